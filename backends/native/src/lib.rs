@@ -1,0 +1,381 @@
+//! # pvops-native — the bare-metal backend
+//!
+//! Every [`DescriptorOps`] op carried out with the real instruction (`lgdt`,
+//! `sgdt`, `lidt`, `sidt`, `ltr`, `str`, `lldt`, `sldt`) or the plain store
+//! Linux's `native_*` functions do. Use it on bare metal and under hardware
+//! virtualization (KVM, Xen HVM), where these instructions run at full speed.
+//!
+//! The privileged instructions sit behind the [`Cpu`] trait: [`HardwareCpu`]
+//! executes them (ring 0 only), and a CPU model — hv-sim's `SoftCpu` —
+//! can stand in for it, so everything this backend does around the
+//! instructions (validating selectors, writing the LDT and TSS descriptors,
+//! setting `TSS.sp0`) is tested on the host without ring 0. The KVM tests
+//! run the same code on a real vCPU with [`HardwareCpu`].
+//!
+//! Before each `ltr`/`lldt` the backend checks the descriptor the selector
+//! names and returns an error (instead of letting the CPU raise #GP/#NP):
+//! null or LDT selector, index past the GDT, wrong type, busy TSS, not
+//! present.
+//!
+//! ```no_run
+//! use pvops::{DescriptorOps, GdtLayout};
+//! use pvops_native::NativeOps;
+//!
+//! static NATIVE: NativeOps = NativeOps::new(GdtLayout::LINUX);
+//! // In a ring-0 kernel:
+//! // unsafe { NATIVE.load_gdt(&GDT.gdt()?)? };
+//! // pvops::install(pvops::OpsTable::new(&NATIVE))?;
+//! # let _ = &NATIVE;
+//! ```
+
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod cpu;
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use pvops::descriptor::SystemType;
+use pvops::{
+    Descriptor, DescriptorOps, DescriptorTablePointer, Gdt, GdtEntry, GdtLayout, Idt, IdtGate, Ldt,
+    PvError, Result, Ring, Selector, TLS_ENTRIES, TableIndicator,
+};
+
+pub use cpu::{Cpu, HardwareCpu};
+
+/// Bytes of a GDT entry for a TSS or LDT descriptor in this mode.
+const SYSTEM_DESC_SLOTS: u32 = if cfg!(target_arch = "x86_64") { 2 } else { 1 };
+
+/// The native backend over CPU `C` (the real one by default).
+pub struct NativeOps<C = HardwareCpu> {
+    cpu: C,
+    layout: GdtLayout,
+    /// Linear address of the TSS loaded by the last `load_tr` (0 = unknown).
+    tss_base: AtomicU64,
+    /// Inside enter_lazy_cpu .. leave_lazy_cpu. Native has nothing to batch,
+    /// but it enforces the same pairing rule as the paravirt backends so a
+    /// kernel tested on bare metal does not break under a hypervisor.
+    lazy: AtomicBool,
+}
+
+impl NativeOps<HardwareCpu> {
+    /// The native backend on the executing CPU.
+    pub const fn new(layout: GdtLayout) -> Self {
+        NativeOps::with_cpu(HardwareCpu, layout)
+    }
+}
+
+impl<C: Cpu> NativeOps<C> {
+    /// The native backend over any [`Cpu`] (a CPU model in tests).
+    pub const fn with_cpu(cpu: C, layout: GdtLayout) -> Self {
+        NativeOps {
+            cpu,
+            layout,
+            tss_base: AtomicU64::new(0),
+            lazy: AtomicBool::new(false),
+        }
+    }
+
+    /// The CPU this backend drives.
+    pub fn cpu(&self) -> &C {
+        &self.cpu
+    }
+
+    /// The GDT layout it was built with.
+    pub fn layout(&self) -> GdtLayout {
+        self.layout
+    }
+
+    fn current_gdt(&self, op: &'static str) -> Result<Gdt> {
+        let p = self.cpu.sgdt();
+        if p.base == 0 && p.limit == 0 {
+            return Err(PvError::NoTableLoaded {
+                op,
+                table: pvops::TableKind::Gdt,
+            });
+        }
+        Gdt::from_pointer(p)
+    }
+
+    /// Read the descriptor `sel` names in the loaded GDT, requiring a GDT
+    /// selector that is not null and whose system descriptor (both halves in
+    /// long mode) lies inside the GDT. Returns (slot address, low half).
+    fn system_descriptor(&self, op: &'static str, sel: Selector) -> Result<(u64, Descriptor)> {
+        if sel.is_null() {
+            return Err(PvError::BadSelector {
+                op,
+                selector: sel,
+                rule: "is null; a TSS/LDT selector must name a GDT entry",
+            });
+        }
+        if sel.ti() != TableIndicator::Gdt {
+            return Err(PvError::BadSelector {
+                op,
+                selector: sel,
+                rule: "has TI=1 (LDT); TSS and LDT descriptors live in the GDT",
+            });
+        }
+        let gdt = self.current_gdt(op)?;
+        let index = sel.index() as u32;
+        let addr = gdt.slot_addr(index)?;
+        if SYSTEM_DESC_SLOTS == 2 && index + 1 >= gdt.entries() {
+            return Err(PvError::DoubleSlotPastEnd {
+                table: pvops::TableKind::Gdt,
+                index,
+                entries: gdt.entries(),
+            });
+        }
+        // SAFETY: `addr` is inside the loaded GDT (checked above), which the
+        // caller of the load op promised is valid memory.
+        let low = Descriptor(unsafe { read_u64(addr) });
+        Ok((addr, low))
+    }
+
+    fn system_base(addr: u64, low: Descriptor) -> u64 {
+        let mut base = low.base() as u64;
+        if SYSTEM_DESC_SLOTS == 2 {
+            // SAFETY: `system_descriptor` checked that slot+1 is in the GDT.
+            base |= unsafe { read_u64(addr + 8) } << 32;
+        }
+        base
+    }
+
+    /// Write a GDT entry (no privilege needed: a store).
+    ///
+    /// # Safety
+    /// `gdt` must be valid writable memory.
+    unsafe fn store_gdt_entry(gdt: &Gdt, index: u32, entry: GdtEntry) -> Result<()> {
+        let addr = gdt.entry_addr(index, &entry)?;
+        match entry {
+            // SAFETY: `entry_addr` checked the slot is inside `gdt`.
+            GdtEntry::Single(d) => unsafe { write_u64(addr, d.0) },
+            GdtEntry::Double(d) => {
+                // High half first, so the descriptor only becomes present
+                // (P lives in the low half) once it is complete.
+                // SAFETY: `entry_addr` checked both slots are inside `gdt`.
+                unsafe {
+                    write_u64(addr + 8, d.high);
+                    write_u64(addr, d.low);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Read an aligned u64 at linear address `addr`.
+///
+/// # Safety
+/// `addr` must be valid for an 8-byte read.
+unsafe fn read_u64(addr: u64) -> u64 {
+    // SAFETY: the caller guarantees validity; volatile because the CPU or a
+    // hypervisor may write descriptor tables behind the compiler's back.
+    unsafe { (addr as usize as *const u64).read_volatile() }
+}
+
+/// Write an aligned u64 at linear address `addr` (one store: atomic on x86
+/// when aligned, so the CPU never sees half a descriptor).
+///
+/// # Safety
+/// `addr` must be valid for an 8-byte write.
+unsafe fn write_u64(addr: u64, v: u64) {
+    // SAFETY: the caller guarantees validity.
+    unsafe { (addr as usize as *mut u64).write_volatile(v) }
+}
+
+impl<C: Cpu> DescriptorOps for NativeOps<C> {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    unsafe fn load_gdt(&self, gdt: &Gdt) -> Result<()> {
+        // SAFETY: forwarded contract: the table is valid while loaded.
+        unsafe { self.cpu.lgdt(&gdt.pointer()) }
+    }
+
+    fn store_gdt(&self) -> Result<DescriptorTablePointer> {
+        Ok(self.cpu.sgdt())
+    }
+
+    unsafe fn load_idt(&self, idt: &Idt) -> Result<()> {
+        // SAFETY: forwarded contract: the table is valid while loaded.
+        unsafe { self.cpu.lidt(&idt.pointer()) }
+    }
+
+    fn store_idt(&self) -> Result<DescriptorTablePointer> {
+        Ok(self.cpu.sidt())
+    }
+
+    unsafe fn load_tr(&self, tss: Selector) -> Result<()> {
+        let (addr, low) = self.system_descriptor("load_tr", tss)?;
+        if low.is_code_or_data() || low.system_type() != SystemType::Tss || !low.present() {
+            let expected = if low.system_type() == SystemType::TssBusy {
+                "an available TSS (type 9); this one is busy (0xB): rewrite the descriptor before reloading TR"
+            } else if !low.present() && low.system_type() == SystemType::Tss {
+                "a present TSS descriptor (P is clear)"
+            } else {
+                "an available TSS descriptor (S=0, type 9)"
+            };
+            return Err(PvError::WrongDescriptorType {
+                op: "load_tr",
+                selector: tss,
+                found: low.s_type(),
+                expected,
+            });
+        }
+        // SAFETY: the descriptor was checked to be a present available TSS
+        // in the loaded GDT; the caller promised the TSS memory is valid.
+        unsafe { self.cpu.ltr(tss)? };
+        self.tss_base
+            .store(Self::system_base(addr, low), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn store_tr(&self) -> Result<Selector> {
+        Ok(self.cpu.str())
+    }
+
+    unsafe fn load_ldt(&self, ldt: Option<&Ldt>) -> Result<()> {
+        let Some(ldt) = ldt else {
+            // SAFETY: loading the null selector disables the LDT.
+            return unsafe { self.cpu.lldt(Selector::NULL) };
+        };
+        let gdt = self.current_gdt("load_ldt")?;
+        let index = self.layout.ldt as u32;
+        #[cfg(target_arch = "x86_64")]
+        let entry = GdtEntry::Double(pvops::SystemDescriptor::ldt(ldt.base(), ldt.entries())?);
+        #[cfg(not(target_arch = "x86_64"))]
+        let entry = GdtEntry::Single(Descriptor::system32(
+            SystemType::Ldt,
+            ldt.base() as u32,
+            ldt.limit(),
+            Ring::Ring0,
+        )?);
+        // SAFETY: the loaded GDT is valid writable memory (load op contract).
+        unsafe { Self::store_gdt_entry(&gdt, index, entry)? };
+        let sel = Selector::gdt(self.layout.ldt, Ring::Ring0);
+        // SAFETY: the descriptor just written is a present LDT descriptor
+        // for memory the caller promised stays valid.
+        unsafe { self.cpu.lldt(sel) }
+    }
+
+    fn store_ldt(&self) -> Result<Option<Ldt>> {
+        let sel = self.cpu.sldt();
+        if sel.is_null() {
+            return Ok(None);
+        }
+        let (addr, low) = self.system_descriptor("store_ldt", sel)?;
+        let base = Self::system_base(addr, low);
+        let bytes = low.effective_limit() as u64 + 1;
+        Ok(Some(Ldt::new(
+            base,
+            (bytes / 8).min(u32::MAX as u64) as u32,
+        )?))
+    }
+
+    unsafe fn write_gdt_entry(&self, gdt: &Gdt, index: u32, entry: GdtEntry) -> Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { Self::store_gdt_entry(gdt, index, entry) }
+    }
+
+    unsafe fn write_ldt_entry(&self, ldt: &Ldt, index: u32, entry: Descriptor) -> Result<()> {
+        let addr = ldt.slot_addr(index)?;
+        // SAFETY: `slot_addr` checked the slot is inside `ldt`, valid per contract.
+        unsafe { write_u64(addr, entry.0) };
+        Ok(())
+    }
+
+    unsafe fn write_idt_entry(&self, idt: &Idt, vector: u8, gate: IdtGate) -> Result<()> {
+        let addr = idt.slot_addr(vector)?;
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `slot_addr` checked the 16-byte slot is inside `idt`. High
+        // half first: P lives in the low half.
+        unsafe {
+            write_u64(addr + 8, gate.high);
+            write_u64(addr, gate.low);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        // SAFETY: `slot_addr` checked the slot is inside `idt`.
+        unsafe {
+            write_u64(addr, gate.0)
+        };
+        Ok(())
+    }
+
+    unsafe fn load_tls(&self, tls: &[Descriptor; TLS_ENTRIES]) -> Result<()> {
+        let gdt = self.current_gdt("load_tls")?;
+        // Check all three slots before writing any: all or nothing.
+        gdt.slot_addr(self.layout.tls_first as u32 + TLS_ENTRIES as u32 - 1)?;
+        for (i, d) in tls.iter().enumerate() {
+            // SAFETY: the loaded GDT is valid writable memory (contract).
+            unsafe {
+                Self::store_gdt_entry(
+                    &gdt,
+                    self.layout.tls_first as u32 + i as u32,
+                    GdtEntry::Single(*d),
+                )?
+            };
+        }
+        Ok(())
+    }
+
+    unsafe fn alloc_ldt(&self, _ldt: &Ldt) -> Result<()> {
+        Ok(())
+    }
+
+    unsafe fn free_ldt(&self, _ldt: &Ldt) -> Result<()> {
+        Ok(())
+    }
+
+    unsafe fn load_kernel_stack(&self, sp0: u64) -> Result<()> {
+        let mut tss = self.tss_base.load(Ordering::Relaxed);
+        if tss == 0 {
+            let tr = self.cpu.str();
+            if tr.is_null() {
+                return Err(PvError::BadSelector {
+                    op: "load_kernel_stack",
+                    selector: tr,
+                    rule: "(the task register) is null: load_tr must run first",
+                });
+            }
+            let (addr, low) = self.system_descriptor("load_kernel_stack", tr)?;
+            tss = Self::system_base(addr, low);
+            self.tss_base.store(tss, Ordering::Relaxed);
+        }
+        // 64-bit TSS: rsp0 at offset 4 (unaligned). 32-bit TSS: esp0 at 4.
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the TSS loaded in TR is valid memory (load_tr contract).
+        unsafe {
+            ((tss + 4) as usize as *mut u64).write_unaligned(sp0)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        // SAFETY: the TSS loaded in TR is valid memory (load_tr contract).
+        unsafe {
+            ((tss + 4) as usize as *mut u32).write_volatile(sp0 as u32)
+        };
+        Ok(())
+    }
+
+    fn enter_lazy_cpu(&self) -> Result<()> {
+        if self.lazy.swap(true, Ordering::Relaxed) {
+            return Err(PvError::LazyModeMismatch {
+                op: "enter_lazy_cpu",
+            });
+        }
+        Ok(())
+    }
+
+    fn leave_lazy_cpu(&self) -> Result<()> {
+        if !self.lazy.swap(false, Ordering::Relaxed) {
+            return Err(PvError::LazyModeMismatch {
+                op: "leave_lazy_cpu",
+            });
+        }
+        Ok(())
+    }
+
+    fn flush_lazy(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,332 @@
+//! A software model of the x86 descriptor-table registers and instructions.
+//!
+//! [`SoftCpu`] executes `lgdt`, `sgdt`, `lidt`, `sidt`, `ltr`, `str`,
+//! `lldt` and `sldt` the way the SDM (vol. 2, and vol. 3 §7.2.4 for LTR)
+//! and AMD's APM specify, including the checks that raise #GP/#NP and
+//! LTR's write of the busy bit into the GDT. It reads and writes the
+//! descriptor tables through a [`LinearMemory`], so the same model serves
+//! in-process tests (tables in this process's memory: [`HostMemory`]) and a
+//! simulated guest address space.
+//!
+//! It implements [`pvops_native::Cpu`], so the native backend's logic runs
+//! against it on the host, with every instruction recorded in a log.
+
+use std::sync::Mutex;
+
+use pvops::descriptor::SystemType;
+use pvops::{Descriptor, DescriptorTablePointer, PvError, Result, Selector, TableIndicator};
+
+/// Linear-address memory the CPU model reads descriptors from.
+pub trait LinearMemory {
+    /// Read 8 bytes at `addr`, or `None` if unmapped.
+    fn read_u64(&self, addr: u64) -> Option<u64>;
+    /// Write 8 bytes at `addr`; false if unmapped or read-only.
+    fn write_u64(&self, addr: u64, value: u64) -> bool;
+}
+
+/// This process's own memory: linear address = host pointer.
+///
+/// Used when the "guest" code runs in-process (tests): its tables are host
+/// memory, exactly as a kernel's tables are its own memory.
+#[derive(Debug)]
+pub struct HostMemory {
+    _private: (),
+}
+
+impl HostMemory {
+    /// # Safety
+    /// Every address the CPU model is asked to touch (table bases from
+    /// `lgdt`/`lidt` and the descriptors in them) must be valid, 8-byte
+    /// aligned host memory for as long as the model is used.
+    pub unsafe fn new() -> HostMemory {
+        HostMemory { _private: () }
+    }
+}
+
+impl LinearMemory for HostMemory {
+    fn read_u64(&self, addr: u64) -> Option<u64> {
+        if addr == 0 || addr % 8 != 0 {
+            return None;
+        }
+        // SAFETY: `HostMemory::new`'s contract: addresses given to the CPU
+        // model are valid aligned host memory.
+        Some(unsafe { (addr as usize as *const u64).read_volatile() })
+    }
+
+    fn write_u64(&self, addr: u64, value: u64) -> bool {
+        if addr == 0 || addr % 8 != 0 {
+            return false;
+        }
+        // SAFETY: as for `read_u64`.
+        unsafe { (addr as usize as *mut u64).write_volatile(value) };
+        true
+    }
+}
+
+/// Operating mode of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuMode {
+    /// IA-32e 64-bit mode: 16-byte TSS/LDT descriptors, canonical checks.
+    Long,
+    /// 32-bit protected mode: 8-byte system descriptors.
+    Protected,
+}
+
+/// One executed instruction, for logs and test assertions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InsnRecord {
+    /// Mnemonic.
+    pub insn: &'static str,
+    /// Operand (selector or table base).
+    pub operand: u64,
+    /// `None` if it completed, else the fault (vector, error code).
+    pub fault: Option<(u8, u32)>,
+}
+
+/// Architectural state of the descriptor-table registers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DtRegisters {
+    /// GDTR.
+    pub gdtr: DescriptorTablePointer,
+    /// IDTR.
+    pub idtr: DescriptorTablePointer,
+    /// TR selector.
+    pub tr: Selector,
+    /// TR hidden part: base.
+    pub tr_base: u64,
+    /// TR hidden part: limit (bytes).
+    pub tr_limit: u32,
+    /// LDTR selector.
+    pub ldtr: Selector,
+    /// LDTR hidden part: base.
+    pub ldtr_base: u64,
+    /// LDTR hidden part: limit (bytes).
+    pub ldtr_limit: u32,
+}
+
+/// The CPU model.
+pub struct SoftCpu<M = HostMemory> {
+    mem: M,
+    mode: CpuMode,
+    regs: Mutex<DtRegisters>,
+    log: Mutex<Vec<InsnRecord>>,
+}
+
+const GP: u8 = 13;
+const NP: u8 = 11;
+
+fn canonical(addr: u64) -> bool {
+    let top = addr >> 47;
+    top == 0 || top == 0x1_ffff
+}
+
+impl<M: LinearMemory> SoftCpu<M> {
+    /// A CPU in `mode` with all registers zero (as after reset, GDTR/IDTR
+    /// base 0 limit 0... the real reset IDTR limit is 0xffff; irrelevant here).
+    pub fn new(mem: M, mode: CpuMode) -> Self {
+        SoftCpu {
+            mem,
+            mode,
+            regs: Mutex::new(DtRegisters::default()),
+            log: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Current register state.
+    pub fn registers(&self) -> DtRegisters {
+        *self.regs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Instructions executed so far.
+    pub fn log(&self) -> Vec<InsnRecord> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The memory it reads tables from.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    fn record(&self, insn: &'static str, operand: u64, r: &Result<()>) {
+        let fault = match r {
+            Err(PvError::CpuFault {
+                vector, error_code, ..
+            }) => Some((*vector, *error_code)),
+            _ => None,
+        };
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(InsnRecord {
+                insn,
+                operand,
+                fault,
+            });
+    }
+
+    fn fault(insn: &'static str, vector: u8, error_code: u32) -> PvError {
+        PvError::CpuFault {
+            insn,
+            vector,
+            error_code,
+        }
+    }
+
+    /// Fetch the system descriptor `sel` names for LTR/LLDT: checks TI,
+    /// the GDT limit (16 bytes in long mode) and, in long mode, the upper
+    /// half's type field. Returns (address, low half, high half).
+    fn fetch_system(&self, insn: &'static str, sel: Selector) -> Result<(u64, Descriptor, u64)> {
+        let regs = self.registers();
+        let ec = (sel.bits() & 0xfffc) as u32;
+        if sel.ti() == TableIndicator::Ldt {
+            return Err(Self::fault(insn, GP, ec));
+        }
+        let size = if self.mode == CpuMode::Long { 16 } else { 8 };
+        let off = sel.index() as u64 * 8;
+        if off + size - 1 > regs.gdtr.limit as u64 {
+            return Err(Self::fault(insn, GP, ec));
+        }
+        let addr = regs.gdtr.base.wrapping_add(off);
+        let low = self.mem.read_u64(addr).ok_or(Self::fault(insn, 14, 0))?;
+        let high = if self.mode == CpuMode::Long {
+            self.mem
+                .read_u64(addr + 8)
+                .ok_or(Self::fault(insn, 14, 0))?
+        } else {
+            0
+        };
+        Ok((addr, Descriptor(low), high))
+    }
+
+    fn do_ltr(&self, sel: Selector) -> Result<()> {
+        let ec = (sel.bits() & 0xfffc) as u32;
+        if sel.is_null() {
+            return Err(Self::fault("ltr", GP, 0));
+        }
+        let (addr, low, high) = self.fetch_system("ltr", sel)?;
+        let ok_type = match self.mode {
+            CpuMode::Long => low.system_type() == SystemType::Tss,
+            CpuMode::Protected => matches!(low.system_type(), SystemType::Tss | SystemType::Tss16),
+        };
+        if low.is_code_or_data() || !ok_type {
+            return Err(Self::fault("ltr", GP, ec));
+        }
+        if !low.present() {
+            return Err(Self::fault("ltr", NP, ec));
+        }
+        let mut base = low.base() as u64;
+        if self.mode == CpuMode::Long {
+            if (high >> 40) & 0x1f != 0 {
+                return Err(Self::fault("ltr", GP, ec));
+            }
+            base |= high << 32;
+            if !canonical(base) {
+                return Err(Self::fault("ltr", GP, ec));
+            }
+        }
+        // Mark busy (type bit 1), a locked read-modify-write on hardware.
+        if !self.mem.write_u64(addr, low.0 | (2 << 40)) {
+            return Err(Self::fault("ltr", 14, 2));
+        }
+        let mut r = self.regs.lock().unwrap_or_else(|e| e.into_inner());
+        r.tr = sel;
+        r.tr_base = base;
+        r.tr_limit = low.effective_limit();
+        Ok(())
+    }
+
+    fn do_lldt(&self, sel: Selector) -> Result<()> {
+        let ec = (sel.bits() & 0xfffc) as u32;
+        if sel.is_null() {
+            let mut r = self.regs.lock().unwrap_or_else(|e| e.into_inner());
+            r.ldtr = sel;
+            r.ldtr_base = 0;
+            r.ldtr_limit = 0;
+            return Ok(());
+        }
+        let (_, low, high) = self.fetch_system("lldt", sel)?;
+        if low.is_code_or_data() || low.system_type() != SystemType::Ldt {
+            return Err(Self::fault("lldt", GP, ec));
+        }
+        if !low.present() {
+            return Err(Self::fault("lldt", NP, ec));
+        }
+        let mut base = low.base() as u64;
+        if self.mode == CpuMode::Long {
+            if (high >> 40) & 0x1f != 0 {
+                return Err(Self::fault("lldt", GP, ec));
+            }
+            base |= high << 32;
+            if !canonical(base) {
+                return Err(Self::fault("lldt", GP, ec));
+            }
+        }
+        let mut r = self.regs.lock().unwrap_or_else(|e| e.into_inner());
+        r.ldtr = sel;
+        r.ldtr_base = base;
+        r.ldtr_limit = low.effective_limit();
+        Ok(())
+    }
+
+    fn check_dt_base(&self, insn: &'static str, p: &DescriptorTablePointer) -> Result<()> {
+        let ok = match self.mode {
+            CpuMode::Long => canonical(p.base),
+            CpuMode::Protected => p.base <= u32::MAX as u64,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Self::fault(insn, GP, 0))
+        }
+    }
+}
+
+impl<M: LinearMemory> pvops_native::Cpu for SoftCpu<M> {
+    unsafe fn lgdt(&self, p: &DescriptorTablePointer) -> Result<()> {
+        let r = self.check_dt_base("lgdt", p).map(|()| {
+            self.regs.lock().unwrap_or_else(|e| e.into_inner()).gdtr = *p;
+        });
+        self.record("lgdt", p.base, &r);
+        r
+    }
+
+    fn sgdt(&self) -> DescriptorTablePointer {
+        self.record("sgdt", 0, &Ok(()));
+        self.registers().gdtr
+    }
+
+    unsafe fn lidt(&self, p: &DescriptorTablePointer) -> Result<()> {
+        let r = self.check_dt_base("lidt", p).map(|()| {
+            self.regs.lock().unwrap_or_else(|e| e.into_inner()).idtr = *p;
+        });
+        self.record("lidt", p.base, &r);
+        r
+    }
+
+    fn sidt(&self) -> DescriptorTablePointer {
+        self.record("sidt", 0, &Ok(()));
+        self.registers().idtr
+    }
+
+    unsafe fn ltr(&self, sel: Selector) -> Result<()> {
+        let r = self.do_ltr(sel);
+        self.record("ltr", sel.bits() as u64, &r);
+        r
+    }
+
+    fn str(&self) -> Selector {
+        self.record("str", 0, &Ok(()));
+        self.registers().tr
+    }
+
+    unsafe fn lldt(&self, sel: Selector) -> Result<()> {
+        let r = self.do_lldt(sel);
+        self.record("lldt", sel.bits() as u64, &r);
+        r
+    }
+
+    fn sldt(&self) -> Selector {
+        self.record("sldt", 0, &Ok(()));
+        self.registers().ldtr
+    }
+}

@@ -1,0 +1,378 @@
+//! Errors of the descriptor model and the ops layer.
+//!
+//! Every error names the rule that was broken, so a kernel developer reading
+//! a boot log knows what to fix without opening the source. Where a
+//! hypervisor rejected a call, the error carries the hypervisor's errno.
+
+use core::fmt;
+
+use crate::selector::Selector;
+
+/// Which descriptor table an error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TableKind {
+    /// Global descriptor table.
+    Gdt,
+    /// Local descriptor table.
+    Ldt,
+    /// Interrupt descriptor table.
+    Idt,
+}
+
+impl TableKind {
+    /// Short upper-case name (`GDT`, `LDT`, `IDT`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            TableKind::Gdt => "GDT",
+            TableKind::Ldt => "LDT",
+            TableKind::Idt => "IDT",
+        }
+    }
+}
+
+impl fmt::Display for TableKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A Linux/Xen errno value as returned by a hypervisor (positive number;
+/// hypercalls return its negation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// Operation not permitted.
+    pub const EPERM: Errno = Errno(1);
+    /// No such file or directory (Xen uses it for missing objects).
+    pub const ENOENT: Errno = Errno(2);
+    /// Try again (continuation / preemption).
+    pub const EAGAIN: Errno = Errno(11);
+    /// Out of memory.
+    pub const ENOMEM: Errno = Errno(12);
+    /// Bad address: the hypervisor could not read or write a guest buffer.
+    pub const EFAULT: Errno = Errno(14);
+    /// Device or resource busy.
+    pub const EBUSY: Errno = Errno(16);
+    /// Invalid argument.
+    pub const EINVAL: Errno = Errno(22);
+    /// Function not implemented (unknown hypercall).
+    pub const ENOSYS: Errno = Errno(38);
+
+    /// The symbolic name, or `None` for values this crate does not name.
+    pub const fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            1 => "EPERM",
+            2 => "ENOENT",
+            11 => "EAGAIN",
+            12 => "ENOMEM",
+            14 => "EFAULT",
+            16 => "EBUSY",
+            22 => "EINVAL",
+            38 => "ENOSYS",
+            _ => return None,
+        })
+    }
+
+    /// Decode a hypercall return value: negative values are errnos.
+    pub const fn from_return(ret: i64) -> Option<Errno> {
+        if ret < 0 && ret >= -4095 {
+            Some(Errno(-ret as i32))
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(n) => write!(f, "-{n} ({})", -self.0),
+            None => write!(f, "errno {}", -self.0),
+        }
+    }
+}
+
+/// Everything that can go wrong in the descriptor model or the ops layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PvError {
+    /// A descriptor field does not fit its bit width.
+    FieldOutOfRange {
+        /// Field name (e.g. `limit`).
+        field: &'static str,
+        /// The value given.
+        value: u64,
+        /// The largest value the field holds.
+        max: u64,
+    },
+    /// A table would be larger than the architecture allows (limit is 16 bits).
+    TableTooLarge {
+        /// The table.
+        table: TableKind,
+        /// Entries requested.
+        entries: u32,
+        /// Largest entry count allowed.
+        max: u32,
+    },
+    /// A table with zero entries where one is required.
+    EmptyTable {
+        /// The table.
+        table: TableKind,
+    },
+    /// A table pointer whose limit is not `entries * entry_size - 1`.
+    LimitNotWhole {
+        /// The table.
+        table: TableKind,
+        /// The limit given.
+        limit: u16,
+        /// The entry size in bytes.
+        entry_size: u8,
+    },
+    /// A table base that is not aligned as required.
+    MisalignedTable {
+        /// The table.
+        table: TableKind,
+        /// The base given.
+        base: u64,
+        /// Required alignment in bytes.
+        align: u64,
+    },
+    /// A table base that is not a valid address for this CPU (non-canonical
+    /// on 64-bit, above 4 GiB on 32-bit, or the table wraps around).
+    BadTableBase {
+        /// The table.
+        table: TableKind,
+        /// The base given.
+        base: u64,
+    },
+    /// An index past the end of a table.
+    IndexOutOfRange {
+        /// The table.
+        table: TableKind,
+        /// Index given.
+        index: u32,
+        /// Entries in the table.
+        entries: u32,
+    },
+    /// A 16-byte system descriptor whose upper half would fall past the table.
+    DoubleSlotPastEnd {
+        /// The table.
+        table: TableKind,
+        /// Index given (the upper half would be `index + 1`).
+        index: u32,
+        /// Entries in the table.
+        entries: u32,
+    },
+    /// A 16-byte descriptor on a CPU mode that has none (32-bit).
+    DoubleSlotUnsupported,
+    /// Interrupt stack table index outside 1..=7.
+    BadIst {
+        /// Index given.
+        ist: u8,
+    },
+    /// IST only exists in 64-bit interrupt and trap gates.
+    IstOnNonInterruptGate,
+    /// A selector that must name a GDT entry names the LDT (TI=1) or is null.
+    BadSelector {
+        /// Operation.
+        op: &'static str,
+        /// The selector.
+        selector: Selector,
+        /// What was expected.
+        rule: &'static str,
+    },
+    /// The descriptor a selector names is not of the kind the operation needs.
+    WrongDescriptorType {
+        /// Operation.
+        op: &'static str,
+        /// The selector.
+        selector: Selector,
+        /// The descriptor's 4-bit type with the S bit in bit 4.
+        found: u8,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// An operation needs a loaded GDT (or IDT) and none was loaded through
+    /// this backend.
+    NoTableLoaded {
+        /// Operation.
+        op: &'static str,
+        /// Table needed.
+        table: TableKind,
+    },
+    /// Lazy mode was entered twice or left without being entered.
+    LazyModeMismatch {
+        /// Operation.
+        op: &'static str,
+    },
+    /// The dynamic ops table was used before [`crate::dispatch::install`].
+    NotInstalled,
+    /// [`crate::dispatch::install`] was called a second time.
+    AlreadyInstalled {
+        /// Name of the backend already installed.
+        installed: &'static str,
+    },
+    /// The backend does not implement this operation in this environment.
+    Unsupported {
+        /// Backend name.
+        backend: &'static str,
+        /// Operation.
+        op: &'static str,
+    },
+    /// The CPU (or a CPU model) raised a fault executing the instruction.
+    CpuFault {
+        /// Instruction (e.g. `ltr`).
+        insn: &'static str,
+        /// Exception vector (13 = #GP, 10 = #TS, 11 = #NP, 12 = #SS, 14 = #PF).
+        vector: u8,
+        /// Error code pushed by the fault.
+        error_code: u32,
+    },
+    /// A hypervisor rejected a call.
+    Hypervisor {
+        /// The hypercall or VMI call (e.g. `set_gdt`).
+        call: &'static str,
+        /// The errno it returned.
+        errno: Errno,
+    },
+    /// Address translation the backend needs (virtual to machine) failed.
+    NoTranslation {
+        /// Operation.
+        op: &'static str,
+        /// The guest virtual address.
+        addr: u64,
+    },
+}
+
+impl fmt::Display for PvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use PvError::*;
+        match *self {
+            FieldOutOfRange { field, value, max } => write!(
+                f,
+                "descriptor field `{field}` = {value:#x} does not fit (largest is {max:#x})"
+            ),
+            TableTooLarge {
+                table,
+                entries,
+                max,
+            } => write!(
+                f,
+                "{table} of {entries} entries is too large: the 16-bit limit allows at most {max} entries (64 KiB)"
+            ),
+            EmptyTable { table } => write!(f, "{table} must have at least one entry"),
+            LimitNotWhole {
+                table,
+                limit,
+                entry_size,
+            } => write!(
+                f,
+                "{table} limit {limit:#x} is not a whole number of {entry_size}-byte entries (limit must be entries*{entry_size}-1)"
+            ),
+            MisalignedTable { table, base, align } => write!(
+                f,
+                "{table} base {base:#x} is not {align}-byte aligned"
+            ),
+            BadTableBase { table, base } => write!(
+                f,
+                "{table} base {base:#x} is not a valid linear address for this CPU (non-canonical, beyond the address width, or the table wraps)"
+            ),
+            IndexOutOfRange {
+                table,
+                index,
+                entries,
+            } => write!(
+                f,
+                "index {index} is past the end of the {table} ({entries} entries)"
+            ),
+            DoubleSlotPastEnd {
+                table,
+                index,
+                entries,
+            } => write!(
+                f,
+                "a 16-byte descriptor at {table} index {index} needs slots {index} and {} but the {table} has {entries} entries",
+                index + 1
+            ),
+            DoubleSlotUnsupported => f.write_str(
+                "16-byte system descriptors exist only in long mode; a 32-bit GDT takes 8-byte TSS/LDT descriptors",
+            ),
+            BadIst { ist } => write!(f, "IST index {ist} is outside 1..=7"),
+            IstOnNonInterruptGate => {
+                f.write_str("an IST index applies only to 64-bit interrupt and trap gates")
+            }
+            BadSelector { op, selector, rule } => {
+                write!(f, "{op}: selector {selector} {rule}")
+            }
+            WrongDescriptorType {
+                op,
+                selector,
+                found,
+                expected,
+            } => write!(
+                f,
+                "{op}: selector {selector} names a descriptor of type {found:#x} (S<<4|type), expected {expected}"
+            ),
+            NoTableLoaded { op, table } => {
+                write!(f, "{op}: no {table} has been loaded through this backend")
+            }
+            LazyModeMismatch { op } => write!(
+                f,
+                "{op}: lazy CPU mode must be entered once and left once (no nesting)"
+            ),
+            NotInstalled => f.write_str(
+                "pvops: no ops table installed; call pvops::dispatch::install() once at boot",
+            ),
+            AlreadyInstalled { installed } => write!(
+                f,
+                "pvops: an ops table ({installed}) is already installed; the table is installed once at boot"
+            ),
+            Unsupported { backend, op } => write!(f, "{backend}: {op} is not supported"),
+            CpuFault {
+                insn,
+                vector,
+                error_code,
+            } => write!(
+                f,
+                "{insn} raised exception {vector} ({}) with error code {error_code:#x}",
+                vector_name(vector)
+            ),
+            Hypervisor { call, errno } => write!(f, "hypervisor rejected {call}: {errno}"),
+            NoTranslation { op, addr } => write!(
+                f,
+                "{op}: virtual address {addr:#x} has no machine translation"
+            ),
+        }
+    }
+}
+
+/// Mnemonic of an exception vector (`#GP`, ...), for messages.
+pub const fn vector_name(vector: u8) -> &'static str {
+    match vector {
+        0 => "#DE",
+        1 => "#DB",
+        2 => "NMI",
+        3 => "#BP",
+        4 => "#OF",
+        5 => "#BR",
+        6 => "#UD",
+        7 => "#NM",
+        8 => "#DF",
+        10 => "#TS",
+        11 => "#NP",
+        12 => "#SS",
+        13 => "#GP",
+        14 => "#PF",
+        16 => "#MF",
+        17 => "#AC",
+        18 => "#MC",
+        19 => "#XM",
+        _ => "vector",
+    }
+}
+
+impl core::error::Error for PvError {}
+
+/// Result alias used throughout pvops.
+pub type Result<T, E = PvError> = core::result::Result<T, E>;

@@ -1,0 +1,126 @@
+//! Static and dynamic dispatch against a recording backend.
+//!
+//! The dynamic table is global and installed once per process, so the whole
+//! install sequence is one test (this file is its own test binary).
+
+use pvops::{DescriptorOps, Installed, OpsTable, PvError};
+use pvops_tests::{ALL_OPS, Recorder, drive_all};
+
+/// Kernel code written generic over its backend: static dispatch.
+fn switch_to<O: DescriptorOps>(ops: &O, sp0: u64) -> pvops::Result<()> {
+    ops.enter_lazy_cpu()?;
+    // SAFETY: the recorder touches no memory.
+    unsafe {
+        ops.load_tls(&[pvops::Descriptor::NULL; 3])?;
+        ops.load_kernel_stack(sp0)?;
+        ops.load_ldt(None)?;
+    }
+    ops.leave_lazy_cpu()
+}
+
+#[test]
+fn static_dispatch_reaches_every_op_in_order() {
+    let r = Recorder::new();
+    let results = drive_all(&r);
+    assert!(results.iter().all(|(_, res)| res.is_ok()), "{results:?}");
+    assert_eq!(r.ops(), ALL_OPS);
+    // Arguments arrive unchanged.
+    let calls = r.calls();
+    assert_eq!(calls[0].args, "0x100000+16");
+    assert_eq!(calls[4].args, "0x40");
+    assert_eq!(calls[14].args, "0xdead0000");
+    let r2 = Recorder::new();
+    switch_to(&r2, 0x1234).unwrap();
+    assert_eq!(
+        r2.ops(),
+        [
+            "enter_lazy_cpu",
+            "load_tls",
+            "load_kernel_stack",
+            "load_ldt",
+            "leave_lazy_cpu"
+        ]
+    );
+}
+
+#[test]
+fn static_dispatch_through_a_reference_is_the_same() {
+    let r = Recorder::new();
+    let by_ref: &Recorder = &r;
+    drive_all(&by_ref);
+    assert_eq!(r.ops(), ALL_OPS);
+}
+
+#[test]
+fn errors_propagate_unchanged() {
+    let r = Recorder::failing(PvError::Hypervisor {
+        call: "set_gdt",
+        errno: pvops::Errno::EINVAL,
+    });
+    let table = OpsTable::new(Box::leak(Box::new(r)));
+    for (op, res) in drive_all(&table) {
+        let e = res.expect_err(op);
+        assert_eq!(e.to_string(), "hypervisor rejected set_gdt: -EINVAL (-22)");
+    }
+}
+
+#[test]
+fn validation_errors_reach_the_caller_through_both_modes() {
+    let gdt = pvops::Gdt::new(0x1000, 4).unwrap();
+    let tss = pvops::SystemDescriptor::tss(0x5000, 0x67).unwrap();
+    let r: &'static Recorder = Box::leak(Box::new(Recorder::new()));
+    let table = OpsTable::new(r);
+    // SAFETY: the recorder touches no memory.
+    unsafe {
+        let direct = r.write_gdt_entry(&gdt, 3, tss.into());
+        let dynamic = table.write_gdt_entry(&gdt, 3, tss.into());
+        assert_eq!(direct, dynamic);
+        assert!(matches!(
+            direct,
+            Err(PvError::DoubleSlotPastEnd {
+                index: 3,
+                entries: 4,
+                ..
+            })
+        ));
+        assert!(matches!(
+            table.write_gdt_entry(&gdt, 4, pvops::Descriptor::NULL.into()),
+            Err(PvError::IndexOutOfRange { .. })
+        ));
+    }
+    assert!(
+        r.calls().is_empty(),
+        "rejected writes must not reach the backend's store"
+    );
+}
+
+#[test]
+fn dynamic_install_sequence() {
+    // Before install: every op is refused with NotInstalled, nothing runs.
+    for (op, res) in drive_all(&Installed) {
+        assert_eq!(res, Err(PvError::NotInstalled), "{op}");
+    }
+    assert_eq!(Installed.name(), "(none installed)");
+    assert!(PvError::NotInstalled.to_string().contains("install"));
+
+    let first: &'static Recorder = Box::leak(Box::new(Recorder::new()));
+    pvops::install(OpsTable::new(first)).unwrap();
+    assert_eq!(Installed.name(), "recorder");
+
+    // A second install is refused and the first table stays.
+    let second: &'static Recorder = Box::leak(Box::new(Recorder::new()));
+    let err = pvops::install(OpsTable::new(second)).unwrap_err();
+    assert_eq!(
+        err,
+        PvError::AlreadyInstalled {
+            installed: "recorder"
+        }
+    );
+    assert!(err.to_string().contains("already installed"));
+
+    let results = drive_all(&Installed);
+    assert!(results.iter().all(|(_, r)| r.is_ok()));
+    assert_eq!(first.ops(), ALL_OPS);
+    assert!(second.calls().is_empty());
+    assert!(pvops::dispatch::installed().is_some());
+}
