@@ -152,7 +152,7 @@ fn exercise<O: DescriptorOps>(ops: &O, cpu: &SoftCpu<HostMemory>) -> Vec<Check> 
             &mut c,
             "load_tr refuses a busy TSS",
             matches!(again, Err(PvError::WrongDescriptorType { .. })),
-            format!("{}", again.err().map(|e| e.to_string()).unwrap_or_default()),
+            again.err().map(|e| e.to_string()).unwrap_or_default(),
         );
 
         let sp0 = 0xffff_c900_0001_0000u64;

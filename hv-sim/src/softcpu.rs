@@ -45,7 +45,7 @@ impl HostMemory {
 
 impl LinearMemory for HostMemory {
     fn read_u64(&self, addr: u64) -> Option<u64> {
-        if addr == 0 || addr % 8 != 0 {
+        if addr == 0 || !addr.is_multiple_of(8) {
             return None;
         }
         // SAFETY: `HostMemory::new`'s contract: addresses given to the CPU
@@ -54,7 +54,7 @@ impl LinearMemory for HostMemory {
     }
 
     fn write_u64(&self, addr: u64, value: u64) -> bool {
-        if addr == 0 || addr % 8 != 0 {
+        if addr == 0 || !addr.is_multiple_of(8) {
             return false;
         }
         // SAFETY: as for `read_u64`.

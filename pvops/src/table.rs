@@ -56,7 +56,7 @@ const fn check_table(
             max,
         });
     }
-    if base % TABLE_ALIGN != 0 {
+    if !base.is_multiple_of(TABLE_ALIGN) {
         return Err(PvError::MisalignedTable {
             table,
             base,
@@ -76,7 +76,7 @@ const fn check_table(
 
 const fn entries_from_limit(table: TableKind, limit: u16, entry_size: u32) -> Result<u32> {
     let bytes = limit as u32 + 1;
-    if bytes % entry_size != 0 {
+    if !bytes.is_multiple_of(entry_size) {
         return Err(PvError::LimitNotWhole {
             table,
             limit,

@@ -9,6 +9,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod platform;
+
+pub use platform::XenPlatform;
+
 /// Xen hypercall numbers used by the descriptor ops (`xen/include/public/xen.h`).
 pub mod nr {
     /// `set_trap_table(trap_info *)`.
