@@ -19,5 +19,6 @@
 pub mod demo;
 pub mod explain;
 pub mod softcpu;
+pub mod xen;
 
 pub use softcpu::{CpuMode, HostMemory, LinearMemory, SoftCpu};

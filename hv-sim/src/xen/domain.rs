@@ -1,0 +1,1595 @@
+//! The simulated PV domain: memory, frames, mappings, vCPUs, and the
+//! hypercall handlers.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use super::descriptor_policy::{Abi, check_descriptor};
+use super::mem::{FrameInfo, GuestRam, PAGE_SIZE, PageType};
+use super::trace::{Trace, TraceEvent, errno_name};
+use super::*;
+
+/// First machine frame number of the domain (mfn = pfn * 3 + MFN_OFFSET).
+pub const MFN_OFFSET: u64 = 0x1d0;
+/// Machine frames above the domain's last one that are valid but owned by
+/// someone else (Xen / other domains).
+const FOREIGN_TAIL: u64 = 0x40;
+/// The domain's own numeric id (naming it instead of DOMID_SELF gives -ESRCH).
+pub const OWN_DOMID: u16 = 1;
+/// pv32 guest virtual address of pfn 0 (Linux's PAGE_OFFSET for i386).
+pub const PV32_VA_BASE: u64 = 0xC000_0000;
+
+const PTE_P: u64 = 1;
+const PTE_RW: u64 = 2;
+const PTE_MFN_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+/// PTE bits a plain PV guest may not set in an L1 entry: cache attributes
+/// (PWT, PCD, PAT) and bits 52-62. (Approximation of Xen's
+/// `l1_disallow_mask` for a domain without I/O capabilities.)
+const L1_DISALLOW: u64 = 0x98 | (0x7FF << 52);
+
+/// One virtual IDT entry (`trap_info`, native layout).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrapInfo {
+    /// Exception vector.
+    pub vector: u8,
+    /// Bits 0-1: DPL; bit 2: mask events on entry.
+    pub flags: u8,
+    /// Code selector (RPL raised to krpl).
+    pub cs: u16,
+    /// Handler address (0 = no handler).
+    pub address: u64,
+}
+
+/// A fault Xen would deliver to the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestFault {
+    /// Vector: 13 (#GP) or 14 (#PF).
+    pub vector: u8,
+    /// Error code.
+    pub error_code: u32,
+    /// CR2 for #PF.
+    pub cr2: Option<u64>,
+    /// Why, in plain words.
+    pub reason: String,
+}
+
+impl core::fmt::Display for GuestFault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let v = if self.vector == 14 { "#PF" } else { "#GP" };
+        write!(f, "{v}({:#x})", self.error_code)?;
+        if let Some(c) = self.cr2 {
+            write!(f, " cr2={c:#x}")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// Per-vCPU PV state (`struct pv_vcpu` subset).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VcpuState {
+    /// Machine frames of the installed GDT (ceil(gdt_ents / 512) of them).
+    pub gdt_frames: Vec<u64>,
+    /// GDT entry count given to set_gdt.
+    pub gdt_ents: u32,
+    /// LDT linear base (ZERO_BLOCK_PTR when `ldt_ents` is 0 after SET_LDT).
+    pub ldt_base: u64,
+    /// LDT entry count.
+    pub ldt_ents: u32,
+    /// Machine frames mapped lazily into Xen's 16 LDT slots.
+    pub ldt_mapped: [Option<u64>; 16],
+    /// Virtual IDT (256 entries).
+    pub trap_table: Vec<TrapInfo>,
+    /// stack_switch: kernel SS.
+    pub kernel_ss: u64,
+    /// stack_switch: kernel SP.
+    pub kernel_sp: u64,
+    /// FS base.
+    pub fs_base: u64,
+    /// Kernel (active) GS base.
+    pub gs_base_kernel: u64,
+    /// User (inactive) GS base.
+    pub gs_base_user: u64,
+    /// User %gs selector loaded by SEGBASE_GS_USER_SEL.
+    pub gs_user_sel: u16,
+    /// Inside a multicall (MCSF_in_multicall).
+    pub in_multicall: bool,
+    /// Current page-table root (NEW_BASEPTR), if any.
+    pub cr3: Option<u64>,
+    /// Guest VA of this vCPU's scratch page.
+    pub scratch_va: u64,
+}
+
+impl VcpuState {
+    fn new(scratch_va: u64) -> VcpuState {
+        VcpuState {
+            gdt_frames: Vec::new(),
+            gdt_ents: 0,
+            ldt_base: 0,
+            ldt_ents: 0,
+            ldt_mapped: [None; 16],
+            trap_table: vec![TrapInfo::default(); 256],
+            kernel_ss: 0,
+            kernel_sp: 0,
+            fs_base: 0,
+            gs_base_kernel: 0,
+            gs_base_user: 0,
+            gs_user_sel: 0,
+            in_multicall: false,
+            cr3: None,
+            scratch_va,
+        }
+    }
+}
+
+/// A failed hypercall: errno (positive) and the rule, in words.
+pub(crate) struct Fail {
+    errno: i64,
+    reason: String,
+}
+
+type Hc = Result<i64, Fail>;
+
+fn fail(errno: i64, reason: impl Into<String>) -> Fail {
+    Fail {
+        errno,
+        reason: reason.into(),
+    }
+}
+
+/// 64-bit `__addr_ok`: below 2^47 or at/above the end of Xen's range.
+pub fn addr_ok64(a: u64) -> bool {
+    !((1 << 47)..0xFFFF_8800_0000_0000).contains(&a)
+}
+
+/// Canonical 48-bit address (bits 63..47 equal).
+pub fn is_canonical(a: u64) -> bool {
+    let top = (a as i64) >> 47;
+    top == 0 || top == -1
+}
+
+/// Name of hypercall `nr` (`"?"` when Xen has none).
+pub fn hypercall_name(nr: u64) -> &'static str {
+    match nr {
+        0 => "set_trap_table",
+        1 => "mmu_update",
+        2 => "set_gdt",
+        3 => "stack_switch",
+        4 => "set_callbacks",
+        5 => "fpu_taskswitch",
+        6 => "sched_op_compat",
+        7 => "platform_op",
+        8 => "set_debugreg",
+        9 => "get_debugreg",
+        10 => "update_descriptor",
+        12 => "memory_op",
+        13 => "multicall",
+        14 => "update_va_mapping",
+        15 => "set_timer_op",
+        16 => "event_channel_op_compat",
+        17 => "xen_version",
+        18 => "console_io",
+        19 => "physdev_op_compat",
+        20 => "grant_table_op",
+        21 => "vm_assist",
+        22 => "update_va_mapping_otherdomain",
+        23 => "iret",
+        24 => "vcpu_op",
+        25 => "set_segment_base",
+        26 => "mmuext_op",
+        27 => "xsm_op",
+        28 => "nmi_op",
+        29 => "sched_op",
+        30 => "callback_op",
+        32 => "event_channel_op",
+        33 => "physdev_op",
+        34 => "hvm_op",
+        35 => "sysctl",
+        36 => "domctl",
+        37 => "kexec_op",
+        39 => "argo_op",
+        40 => "xenpmu_op",
+        41 => "dm_op",
+        42 => "hypfs_op",
+        _ => "?",
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) abi: Abi,
+    pub(crate) ram: GuestRam,
+    pub(crate) va_base: u64,
+    frames: Vec<FrameInfo>,
+    /// Guest L1 entries, one per VA page of the direct map.
+    ptes: Vec<u64>,
+    vcpus: Vec<VcpuState>,
+    /// Contents of every seg_desc-typed frame as Xen validated/wrote them.
+    shadows: BTreeMap<usize, Box<[u64; 512]>>,
+    pub(crate) trace: Trace,
+    seq: u64,
+    changes: Vec<String>,
+    strict: bool,
+    strict_failures: Vec<String>,
+    next_free: usize,
+}
+
+/// A simulated Xen PV domain. All methods take `&self`; the state is behind
+/// a mutex.
+pub struct XenDomain {
+    pub(crate) inner: Mutex<Inner>,
+}
+
+impl XenDomain {
+    /// A domain with `pages` pages of RAM and `vcpus` vCPUs (each gets one
+    /// scratch page). pv64 guest VAs are host addresses of the RAM
+    /// allocation; pv32 guest VAs start at [`PV32_VA_BASE`].
+    ///
+    /// # Panics
+    /// If `vcpus` is 0, or RAM is too small for the scratch pages, or (pv32)
+    /// RAM would reach `0xF5800000`.
+    pub fn new(abi: Abi, pages: usize, vcpus: usize) -> XenDomain {
+        assert!(vcpus > 0, "a domain needs at least one vCPU");
+        assert!(pages > vcpus, "RAM too small for {vcpus} scratch pages");
+        let ram = GuestRam::new(pages);
+        let va_base = match abi {
+            Abi::Pv64 => ram.host_addr(0) as u64,
+            Abi::Pv32 => {
+                assert!(
+                    PV32_VA_BASE + (pages * PAGE_SIZE) as u64 <= 0xF580_0000,
+                    "pv32 RAM must stay below the hypervisor hole"
+                );
+                PV32_VA_BASE
+            }
+        };
+        let ptes = (0..pages)
+            .map(|p| (p as u64 * 3 + MFN_OFFSET) << 12 | PTE_P | PTE_RW)
+            .collect();
+        let frames = vec![
+            FrameInfo {
+                typ: PageType::Writable,
+                type_count: 1,
+                validated: false,
+                refs: 1,
+            };
+            pages
+        ];
+        let vc = (0..vcpus)
+            .map(|i| VcpuState::new(va_base + ((i + 1) * PAGE_SIZE) as u64))
+            .collect();
+        XenDomain {
+            inner: Mutex::new(Inner {
+                abi,
+                ram,
+                va_base,
+                frames,
+                ptes,
+                vcpus: vc,
+                shadows: BTreeMap::new(),
+                trace: Trace::default(),
+                seq: 0,
+                changes: Vec::new(),
+                strict: false,
+                strict_failures: Vec::new(),
+                next_free: vcpus + 1,
+            }),
+        }
+    }
+
+    /// A pv64 domain.
+    pub fn pv64(pages: usize, vcpus: usize) -> XenDomain {
+        XenDomain::new(Abi::Pv64, pages, vcpus)
+    }
+
+    /// A pv32 domain.
+    pub fn pv32(pages: usize, vcpus: usize) -> XenDomain {
+        XenDomain::new(Abi::Pv32, pages, vcpus)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A strict-mode panic happens after the guard is dropped, so the
+        // mutex is only poisoned by bugs; recover the state anyway.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The guest ABI.
+    pub fn abi(&self) -> Abi {
+        self.lock().abi
+    }
+
+    /// Strict mode: a rejected hypercall, a failed lazy LDT mapping or a
+    /// violation panics with the trace and the rule.
+    pub fn set_strict(&self, strict: bool) {
+        self.lock().strict = strict;
+    }
+
+    /// Number of vCPUs.
+    pub fn vcpu_count(&self) -> usize {
+        self.lock().vcpus.len()
+    }
+
+    /// Number of RAM pages.
+    pub fn pages(&self) -> usize {
+        self.lock().ram.pages()
+    }
+
+    /// Guest VA of pfn 0 (the direct map's base).
+    pub fn va_base(&self) -> u64 {
+        self.lock().va_base
+    }
+
+    /// Machine frame of pseudo-physical frame `pfn` (the p2m).
+    pub fn pfn_to_mfn(&self, pfn: u64) -> Option<u64> {
+        let g = self.lock();
+        (pfn < g.ram.pages() as u64).then(|| pfn * 3 + MFN_OFFSET)
+    }
+
+    /// Pseudo-physical frame of machine frame `mfn` (the m2p), if the
+    /// domain owns it.
+    pub fn mfn_to_pfn(&self, mfn: u64) -> Option<u64> {
+        self.lock().m2p(mfn).map(|p| p as u64)
+    }
+
+    /// The kernel's `virt_to_mfn`: direct-map arithmetic plus the p2m (does
+    /// not look at the page tables).
+    pub fn virt_to_mfn(&self, va: u64) -> Option<u64> {
+        let g = self.lock();
+        let off = va.checked_sub(g.va_base)?;
+        let pfn = off / PAGE_SIZE as u64;
+        (pfn < g.ram.pages() as u64).then(|| pfn * 3 + MFN_OFFSET)
+    }
+
+    /// Reserve `n` zeroed, contiguous pages of guest RAM (bump allocator);
+    /// returns the guest VA of the first. They stay mapped writable.
+    ///
+    /// # Panics
+    /// When RAM is exhausted (a test-setup error).
+    pub fn alloc_pages(&self, n: usize) -> u64 {
+        let mut g = self.lock();
+        assert!(
+            g.next_free + n <= g.ram.pages(),
+            "hv-sim: guest RAM exhausted ({} pages)",
+            g.ram.pages()
+        );
+        let pfn = g.next_free;
+        g.next_free += n;
+        g.va_base + (pfn * PAGE_SIZE) as u64
+    }
+
+    /// The guest L1 entry for `va` (None if `va` is outside the direct map).
+    pub fn pte(&self, va: u64) -> Option<u64> {
+        let g = self.lock();
+        g.va_page(va).map(|i| g.ptes[i])
+    }
+
+    /// Type-system state of frame `mfn` (None if the domain does not own it).
+    pub fn frame(&self, mfn: u64) -> Option<FrameInfo> {
+        let g = self.lock();
+        g.m2p(mfn).map(|p| g.frames[p])
+    }
+
+    /// A snapshot of vCPU `v`'s state.
+    ///
+    /// # Panics
+    /// If `v` is not a vCPU.
+    pub fn vcpu(&self, v: usize) -> VcpuState {
+        self.lock().vcpus[v].clone()
+    }
+
+    /// The descriptor the hardware would see at GDT index `idx` of vCPU `v`
+    /// (0 for slots not backed by a guest frame, including Xen's entries).
+    pub fn gdt_entry(&self, v: usize, idx: u32) -> u64 {
+        self.lock().gdt_entry(v, idx)
+    }
+
+    /// The descriptor at LDT index `idx` of vCPU `v` if its page is mapped
+    /// (see [`XenDomain::touch_ldt`]).
+    pub fn ldt_entry(&self, v: usize, idx: u32) -> Option<u64> {
+        let g = self.lock();
+        g.ldt_entry_mapped(v, idx)
+    }
+
+    /// A guest store of 8 bytes at `va` through its page tables: needs a
+    /// present, writable mapping (else the #PF the CPU would raise). The
+    /// bytes land in the mapped frame.
+    pub fn guest_write_u64(&self, va: u64, value: u64) -> Result<(), GuestFault> {
+        let g = self.lock();
+        g.store_bytes(va, &value.to_le_bytes(), true)
+            .map_err(|()| GuestFault {
+                vector: 14,
+                error_code: 0x3,
+                cr2: Some(va),
+                reason: format!("no writable mapping for va {va:#x}"),
+            })
+    }
+
+    /// A guest load of 8 bytes at `va` through its page tables.
+    pub fn guest_read_u64(&self, va: u64) -> Option<u64> {
+        let g = self.lock();
+        let mut b = [0u8; 8];
+        g.load_bytes(va, &mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+
+    /// Write 8 bytes at `va` straight into the host memory of the direct
+    /// map, bypassing the guest's page tables (what a buggy in-process
+    /// kernel does when it writes a table it made read-only). Returns false
+    /// if `va` is outside RAM or unaligned.
+    pub fn host_write_u64(&self, va: u64, value: u64) -> bool {
+        let g = self.lock();
+        match g.va_page(va) {
+            Some(p) if va.is_multiple_of(8) => {
+                g.ram.write_u64(p, (va as usize) & (PAGE_SIZE - 1), value);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Read 8 bytes from the host memory of the direct map at `va`.
+    pub fn host_read_u64(&self, va: u64) -> Option<u64> {
+        let g = self.lock();
+        match g.va_page(va) {
+            Some(p) if va.is_multiple_of(8) => {
+                Some(g.ram.read_u64(p, (va as usize) & (PAGE_SIZE - 1)))
+            }
+            _ => None,
+        }
+    }
+
+    /// A copy of the trace.
+    pub fn trace(&self) -> Trace {
+        self.lock().trace.clone()
+    }
+
+    /// Forget the trace.
+    pub fn clear_trace(&self) {
+        self.lock().trace.events.clear();
+    }
+
+    /// The violations recorded so far.
+    pub fn violations(&self) -> Vec<String> {
+        self.lock()
+            .trace
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                TraceEvent::Violation { message } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Issue hypercall `nr` on vCPU `vcpu`. pv64: 64-bit number and
+    /// arguments (rdi, rsi, rdx, r10, r8, r9). pv32: 32-bit values (ebx, ecx,
+    /// edx, esi, edi); upper bits are ignored. Returns 0/positive or -errno.
+    ///
+    /// # Panics
+    /// If `vcpu` is not a vCPU of this domain; in strict mode, on any
+    /// rejection or violation (by design).
+    pub fn hypercall(&self, vcpu: usize, nr: u64, args: [u64; 6]) -> i64 {
+        let mut g = self.lock();
+        assert!(vcpu < g.vcpus.len(), "hv-sim: no vCPU {vcpu}");
+        g.strict_failures.clear();
+        g.check_shadows();
+        let (nr, args) = match g.abi {
+            Abi::Pv64 => (nr, args),
+            Abi::Pv32 => (nr & 0xFFFF_FFFF, args.map(|a| a & 0xFFFF_FFFF)),
+        };
+        let r = g.dispatch(vcpu, nr, args, 0);
+        g.finish_strict().map_or(r, |msg| {
+            drop(g);
+            panic!("{msg}")
+        })
+    }
+
+    /// The guest touched LDT entry `index` on vCPU `v` from kernel mode (a
+    /// fault in Xen's LDT area): validate and map its page lazily as Xen
+    /// does. Returns the descriptor, or the fault Xen would inject.
+    pub fn touch_ldt(&self, v: usize, index: u32) -> Result<u64, GuestFault> {
+        self.touch_ldt_from(v, index, false)
+    }
+
+    /// [`XenDomain::touch_ldt`] with the guest's mode at the time of the
+    /// access (`user_mode` sets the U bit of an injected #PF).
+    pub fn touch_ldt_from(&self, v: usize, index: u32, user_mode: bool) -> Result<u64, GuestFault> {
+        let mut g = self.lock();
+        assert!(v < g.vcpus.len(), "hv-sim: no vCPU {v}");
+        g.strict_failures.clear();
+        g.check_shadows();
+        g.changes.clear();
+        let r = g.map_ldt(v, index, user_mode);
+        let changes = std::mem::take(&mut g.changes);
+        g.trace.events.push(TraceEvent::LdtFault {
+            vcpu: v,
+            index,
+            fault: r.as_ref().err().map(|f| f.to_string()),
+            changes,
+        });
+        if let Err(f) = &r {
+            let m = format!("LDT entry {index} on vcpu{v}: Xen would inject {f}");
+            g.strict_failures.push(m);
+        }
+        if let Some(msg) = g.finish_strict() {
+            drop(g);
+            panic!("{msg}");
+        }
+        r
+    }
+
+    /// Check the model's invariants: every present code/data descriptor in a
+    /// live GDT or mapped LDT page has DPL >= krpl; no seg_desc frame in use
+    /// has a writable mapping; type counts match the mappings. Err = what
+    /// is wrong.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.lock().invariants()
+    }
+}
+
+impl Inner {
+    fn pages(&self) -> usize {
+        self.ram.pages()
+    }
+
+    pub(crate) fn m2p(&self, mfn: u64) -> Option<usize> {
+        let m = mfn.checked_sub(MFN_OFFSET)?;
+        (m % 3 == 0 && m / 3 < self.pages() as u64).then_some((m / 3) as usize)
+    }
+
+    fn mfn(&self, pfn: usize) -> u64 {
+        pfn as u64 * 3 + MFN_OFFSET
+    }
+
+    fn mfn_valid(&self, mfn: u64) -> bool {
+        mfn < self.mfn(self.pages() - 1) + FOREIGN_TAIL
+    }
+
+    fn addr_ok(&self, a: u64) -> bool {
+        match self.abi {
+            Abi::Pv64 => addr_ok64(a),
+            Abi::Pv32 => true,
+        }
+    }
+
+    pub(crate) fn va_page(&self, va: u64) -> Option<usize> {
+        let off = va.checked_sub(self.va_base)?;
+        let p = off / PAGE_SIZE as u64;
+        (p < self.pages() as u64).then_some(p as usize)
+    }
+
+    /// Guest VA → (pfn, offset) through the guest mappings.
+    fn translate(&self, va: u64, write: bool) -> Option<(usize, usize)> {
+        if !self.addr_ok(va) {
+            return None;
+        }
+        if self.abi == Abi::Pv32 && va > 0xFFFF_FFFF {
+            return None;
+        }
+        let pte = self.ptes[self.va_page(va)?];
+        if pte & PTE_P == 0 || (write && pte & PTE_RW == 0) {
+            return None;
+        }
+        let pfn = self.m2p((pte & PTE_MFN_MASK) >> 12)?;
+        Some((pfn, (va as usize) & (PAGE_SIZE - 1)))
+    }
+
+    fn load_bytes(&self, va: u64, buf: &mut [u8]) -> Result<(), ()> {
+        for (i, b) in buf.iter_mut().enumerate() {
+            let a = va.checked_add(i as u64).ok_or(())?;
+            let (pfn, off) = self.translate(a, false).ok_or(())?;
+            *b = self.ram.read_u8(pfn, off);
+        }
+        Ok(())
+    }
+
+    /// Store through the guest mappings. Checks the whole range first.
+    fn store_bytes(&self, va: u64, data: &[u8], _guest: bool) -> Result<(), ()> {
+        let mut dst = Vec::with_capacity(data.len());
+        for i in 0..data.len() {
+            let a = va.checked_add(i as u64).ok_or(())?;
+            dst.push(self.translate(a, true).ok_or(())?);
+        }
+        for ((pfn, off), b) in dst.into_iter().zip(data) {
+            self.ram.write_u8(pfn, off, *b);
+        }
+        Ok(())
+    }
+
+    fn load_u64(&self, va: u64) -> Result<u64, ()> {
+        let mut b = [0u8; 8];
+        self.load_bytes(va, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn load_u32(&self, va: u64) -> Result<u32, ()> {
+        let mut b = [0u8; 4];
+        self.load_bytes(va, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Guest "long" (8 bytes pv64, 4 bytes pv32).
+    fn long_size(&self) -> u64 {
+        match self.abi {
+            Abi::Pv64 => 8,
+            Abi::Pv32 => 4,
+        }
+    }
+
+    fn load_long(&self, va: u64) -> Result<u64, ()> {
+        match self.abi {
+            Abi::Pv64 => self.load_u64(va),
+            Abi::Pv32 => self.load_u32(va).map(u64::from),
+        }
+    }
+
+    fn note(&mut self, s: String) {
+        self.changes.push(s);
+    }
+
+    // ----------------------------------------------------------------
+    // Strict mode, shadows, invariants
+
+    fn finish_strict(&mut self) -> Option<String> {
+        if !self.strict || self.strict_failures.is_empty() {
+            return None;
+        }
+        let rules = self.strict_failures.join("\n  ");
+        Some(format!(
+            "hv-sim (Xen {}, strict): guest did something Xen refuses:\n  {rules}\n{}",
+            self.abi, self.trace
+        ))
+    }
+
+    fn writable_vas(&self, mfn: u64) -> Vec<u64> {
+        self.ptes
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                **p & (PTE_P | PTE_RW) == PTE_P | PTE_RW && (**p & PTE_MFN_MASK) >> 12 == mfn
+            })
+            .map(|(i, _)| self.va_base + (i * PAGE_SIZE) as u64)
+            .collect()
+    }
+
+    fn check_shadows(&mut self) {
+        let mut bad = Vec::new();
+        for (pfn, sh) in &self.shadows {
+            let cur = self.ram.page_slots(*pfn);
+            if let Some(slot) = (0..512).find(|&i| cur[i] != sh[i]) {
+                bad.push((*pfn, slot, cur[slot], sh[slot]));
+            }
+        }
+        for (pfn, slot, now, was) in bad {
+            let mfn = self.mfn(pfn);
+            let sh = self.shadows[&pfn].clone();
+            for (i, v) in sh.iter().enumerate() {
+                self.ram.write_u64(pfn, i * 8, *v);
+            }
+            let m = format!(
+                "guest wrote descriptor frame mfn {mfn:#x} directly while it had no writable mapping \
+                 (slot {slot}: {was:#018x} -> {now:#018x}); on Xen that store faults, so hv-sim undid it. \
+                 Descriptor pages may only change through update_descriptor"
+            );
+            self.trace
+                .events
+                .push(TraceEvent::Violation { message: m.clone() });
+            self.strict_failures.push(m);
+        }
+    }
+
+    fn gdt_entry(&self, v: usize, idx: u32) -> u64 {
+        let vc = &self.vcpus[v];
+        match vc.gdt_frames.get((idx / 512) as usize) {
+            Some(&mfn) if idx < 7168 => match self.m2p(mfn) {
+                Some(pfn) => self.ram.read_u64(pfn, (idx as usize % 512) * 8),
+                None => 0,
+            },
+            _ => 0,
+        }
+    }
+
+    fn ldt_entry_mapped(&self, v: usize, idx: u32) -> Option<u64> {
+        let vc = &self.vcpus[v];
+        let off = idx as usize * 8;
+        let mfn = (*vc.ldt_mapped.get(off / PAGE_SIZE)?)?;
+        let pfn = self.m2p(mfn)?;
+        Some(self.ram.read_u64(pfn, off % PAGE_SIZE))
+    }
+
+    fn invariants(&self) -> Result<(), String> {
+        let krpl = u64::from(self.abi.krpl());
+        let check = |what: String, d: u64| -> Result<(), String> {
+            let present = d & (1 << 47) != 0;
+            let s = d & (1 << 44) != 0;
+            if present && s && (d >> 45) & 3 < krpl {
+                return Err(format!(
+                    "{what} = {d:#018x} has DPL {} < krpl {krpl}",
+                    (d >> 45) & 3
+                ));
+            }
+            Ok(())
+        };
+        for (v, vc) in self.vcpus.iter().enumerate() {
+            for idx in 0..(vc.gdt_frames.len() as u32 * 512) {
+                check(format!("vcpu{v} GDT[{idx}]"), self.gdt_entry(v, idx))?;
+            }
+            for (slot, m) in vc.ldt_mapped.iter().enumerate() {
+                if let Some(mfn) = m {
+                    let pfn = self.m2p(*mfn).ok_or("LDT slot maps a foreign frame")?;
+                    for i in 0..512 {
+                        check(
+                            format!("vcpu{v} LDT[{}]", slot * 512 + i),
+                            self.ram.read_u64(pfn, i * 8),
+                        )?;
+                    }
+                }
+            }
+        }
+        // Type counts against mappings and users.
+        let mut rw = vec![0u32; self.pages()];
+        let mut mapped = vec![0u32; self.pages()];
+        for p in &self.ptes {
+            if p & PTE_P != 0
+                && let Some(pfn) = self.m2p((p & PTE_MFN_MASK) >> 12)
+            {
+                mapped[pfn] += 1;
+                if p & PTE_RW != 0 {
+                    rw[pfn] += 1;
+                }
+            }
+        }
+        let mut seg = vec![0u32; self.pages()];
+        let mut pt = vec![0u32; self.pages()];
+        for vc in &self.vcpus {
+            for m in vc.gdt_frames.iter().chain(vc.ldt_mapped.iter().flatten()) {
+                if let Some(pfn) = self.m2p(*m) {
+                    seg[pfn] += 1;
+                }
+            }
+            if let Some(pfn) = vc.cr3.and_then(|m| self.m2p(m)) {
+                pt[pfn] += 1;
+            }
+        }
+        for (pfn, fi) in self.frames.iter().enumerate() {
+            let mfn = self.mfn(pfn);
+            let want = match fi.typ {
+                PageType::Writable => rw[pfn],
+                PageType::SegDesc => seg[pfn],
+                PageType::PageTable => pt[pfn],
+                PageType::None => 0,
+            };
+            if fi.type_count != want {
+                return Err(format!(
+                    "mfn {mfn:#x}: type {} count {} but {want} users",
+                    fi.typ.name(),
+                    fi.type_count
+                ));
+            }
+            if fi.typ != PageType::Writable && rw[pfn] > 0 {
+                return Err(format!(
+                    "mfn {mfn:#x} has type {} but is mapped writable",
+                    fi.typ.name()
+                ));
+            }
+            if fi.refs != mapped[pfn] + seg[pfn] + pt[pfn] {
+                return Err(format!("mfn {mfn:#x}: refs {} wrong", fi.refs));
+            }
+            if fi.typ == PageType::SegDesc && !self.shadows.contains_key(&pfn) {
+                return Err(format!("mfn {mfn:#x}: seg_desc without shadow"));
+            }
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------
+    // Type system
+
+    fn frame_reason(&self, mfn: u64) -> String {
+        if self.mfn_valid(mfn) {
+            format!("mfn {mfn:#x} is not owned by this domain")
+        } else {
+            format!("mfn {mfn:#x} is not a valid machine frame")
+        }
+    }
+
+    /// get_page_and_type(PGT_seg_desc_page); validates on a type change.
+    fn get_segdesc(&mut self, mfn: u64) -> Result<(), String> {
+        let pfn = self.m2p(mfn).ok_or_else(|| self.frame_reason(mfn))?;
+        let fi = self.frames[pfn];
+        if fi.typ == PageType::SegDesc {
+            let f = &mut self.frames[pfn];
+            f.type_count += 1;
+            f.refs += 1;
+            return Ok(());
+        }
+        if fi.type_count > 0 {
+            return Err(match fi.typ {
+                PageType::Writable => {
+                    let vas: Vec<String> = self
+                        .writable_vas(mfn)
+                        .iter()
+                        .map(|v| format!("{v:#x}"))
+                        .collect();
+                    format!(
+                        "frame {mfn:#x} is mapped writable at va {}; Xen requires descriptor pages to have no writable mapping",
+                        if vas.is_empty() {
+                            "?".to_string()
+                        } else {
+                            vas.join(", ")
+                        }
+                    )
+                }
+                t => format!(
+                    "frame {mfn:#x} is in use as a {} page; it cannot become a descriptor page",
+                    t.name()
+                ),
+            });
+        }
+        // Type change: validate all 512 slots in place, stop at the first bad.
+        for i in 0..512 {
+            let d = self.ram.read_u64(pfn, i * 8);
+            match check_descriptor(self.abi, d) {
+                Ok(n) => {
+                    if n != d {
+                        self.ram.write_u64(pfn, i * 8, n);
+                    }
+                }
+                Err(r) => {
+                    let f = &mut self.frames[pfn];
+                    f.typ = PageType::None;
+                    f.validated = false;
+                    self.shadows.remove(&pfn);
+                    return Err(format!(
+                        "validating frame {mfn:#x}: slot {i} = {d:#018x} rejected: {r} (slots 0..{i} were already rewritten in place)"
+                    ));
+                }
+            }
+        }
+        let f = &mut self.frames[pfn];
+        f.typ = PageType::SegDesc;
+        f.validated = true;
+        f.type_count = 1;
+        f.refs += 1;
+        self.shadows.insert(pfn, self.ram.page_slots(pfn));
+        self.note(format!("mfn {mfn:#x} validated and typed seg_desc"));
+        Ok(())
+    }
+
+    fn put_type(&mut self, mfn: u64) {
+        if let Some(pfn) = self.m2p(mfn) {
+            let f = &mut self.frames[pfn];
+            f.type_count = f.type_count.saturating_sub(1);
+            f.refs = f.refs.saturating_sub(1);
+        }
+    }
+
+    /// get_page_type(PGT_writable_page) (no general ref).
+    fn get_writable_type(&mut self, pfn: usize) -> Result<(), String> {
+        let mfn = self.mfn(pfn);
+        let f = self.frames[pfn];
+        if f.typ != PageType::Writable {
+            if f.type_count > 0 {
+                return Err(match f.typ {
+                    PageType::SegDesc => format!(
+                        "frame {mfn:#x} is a live descriptor page (seg_desc, {} users); Xen refuses writable mappings of GDT/LDT frames",
+                        f.type_count
+                    ),
+                    t => format!("frame {mfn:#x} is in use as a {} page", t.name()),
+                });
+            }
+            if f.typ == PageType::SegDesc {
+                self.shadows.remove(&pfn);
+                self.note(format!("mfn {mfn:#x} loses its seg_desc type"));
+            }
+            let fm = &mut self.frames[pfn];
+            fm.typ = PageType::Writable;
+            fm.validated = false;
+        }
+        self.frames[pfn].type_count += 1;
+        Ok(())
+    }
+
+    fn destroy_ldt(&mut self, v: usize) {
+        let slots = self.vcpus[v].ldt_mapped;
+        for (i, s) in slots.iter().enumerate() {
+            if let Some(mfn) = s {
+                self.put_type(*mfn);
+                self.note(format!("LDT slot {i} (mfn {mfn:#x}) unmapped"));
+            }
+        }
+        self.vcpus[v].ldt_mapped = [None; 16];
+    }
+
+    fn map_ldt(&mut self, v: usize, index: u32, user: bool) -> Result<u64, GuestFault> {
+        let vc = &self.vcpus[v];
+        let off = u64::from(index) * 8;
+        let gp = |reason: String| GuestFault {
+            vector: 13,
+            error_code: ((off as u32) & !3) | 4,
+            cr2: None,
+            reason,
+        };
+        if index >= vc.ldt_ents {
+            return Err(gp(format!(
+                "LDT index {index} is beyond the LDT limit ({} entries)",
+                vc.ldt_ents
+            )));
+        }
+        if let Some(d) = self.ldt_entry_mapped(v, index) {
+            return Ok(d);
+        }
+        let mut linear = vc.ldt_base.wrapping_add(off);
+        if self.abi == Abi::Pv32 {
+            linear &= 0xFFFF_FFFF;
+        }
+        if self.abi == Abi::Pv64 && !is_canonical(linear) {
+            return Err(gp(format!("LDT address {linear:#x} is non-canonical")));
+        }
+        let pf = |reason: String| GuestFault {
+            vector: 14,
+            error_code: if user { 4 } else { 0 },
+            cr2: Some(linear),
+            reason,
+        };
+        let page_va = linear & !0xFFF;
+        let pte = if self.addr_ok(linear) {
+            self.va_page(page_va).map(|i| self.ptes[i]).unwrap_or(0)
+        } else {
+            0
+        };
+        if pte & PTE_P == 0 {
+            return Err(pf(format!("LDT page at va {page_va:#x} is not mapped")));
+        }
+        let mfn = (pte & PTE_MFN_MASK) >> 12;
+        if let Err(r) = self.get_segdesc(mfn) {
+            return Err(pf(format!("LDT page at va {page_va:#x}: {r}")));
+        }
+        let slot = (off as usize) / PAGE_SIZE;
+        self.vcpus[v].ldt_mapped[slot] = Some(mfn);
+        self.note(format!("LDT slot {slot} maps mfn {mfn:#x}"));
+        Ok(self.ldt_entry_mapped(v, index).unwrap_or(0))
+    }
+
+    // ----------------------------------------------------------------
+    // Dispatch
+
+    pub(crate) fn dispatch(&mut self, v: usize, nr: u64, a: [u64; 6], depth: u32) -> i64 {
+        let slot = self.trace.events.len();
+        let seq = self.seq;
+        self.seq += 1;
+        let name = hypercall_name(nr);
+        let args = self.decode_args(nr, &a);
+        self.trace.events.push(TraceEvent::Call {
+            seq,
+            vcpu: v,
+            depth,
+            nr,
+            name,
+            args: args.clone(),
+            result: 0,
+            reason: None,
+            changes: Vec::new(),
+        });
+        let saved = std::mem::take(&mut self.changes);
+        let r = self.run(v, nr, a, depth);
+        let changes = std::mem::replace(&mut self.changes, saved);
+        let (result, reason) = match r {
+            Ok(x) => (x, None),
+            Err(f) => (-f.errno, Some(f.reason)),
+        };
+        if let Some(r) = &reason {
+            self.strict_failures.push(format!(
+                "{name}({args}) = -{} ({result}): {r}",
+                errno_name(result)
+            ));
+        }
+        self.trace.events[slot] = TraceEvent::Call {
+            seq,
+            vcpu: v,
+            depth,
+            nr,
+            name,
+            args,
+            result,
+            reason,
+            changes,
+        };
+        result
+    }
+
+    fn decode_args(&self, nr: u64, a: &[u64; 6]) -> String {
+        match (nr, self.abi) {
+            (0, _) => format!("table={:#x}", a[0]),
+            (2, _) => format!("frame_list={:#x}, entries={}", a[0], a[1] as u32),
+            (3, _) => format!("ss={:#x}, sp={:#x}", a[0], a[1]),
+            (10, Abi::Pv64) => format!("maddr={:#x}, desc={:#018x}", a[0], a[1]),
+            (10, Abi::Pv32) => format!(
+                "maddr={:#x}, desc={:#018x}",
+                a[0] | a[1] << 32,
+                a[2] | a[3] << 32
+            ),
+            (13, _) => format!("list={:#x}, nr={}", a[0], a[1]),
+            (14, Abi::Pv64) => format!("va={:#x}, pte={:#x}, flags={:#x}", a[0], a[1], a[2]),
+            (14, Abi::Pv32) => format!(
+                "va={:#x}, pte={:#x}, flags={:#x}",
+                a[0],
+                a[1] | a[2] << 32,
+                a[3]
+            ),
+            (25, _) => format!("which={}, base={:#x}", a[0] as u32, a[1]),
+            (26, _) => format!(
+                "ops={:#x}, count={:#x}, pdone={:#x}, foreigndom={:#x}",
+                a[0], a[1] as u32, a[2], a[3] as u32
+            ),
+            _ => format!(
+                "{:#x}, {:#x}, {:#x}, {:#x}, {:#x}",
+                a[0], a[1], a[2], a[3], a[4]
+            ),
+        }
+    }
+
+    fn run(&mut self, v: usize, nr: u64, a: [u64; 6], depth: u32) -> Hc {
+        match nr {
+            0 => self.set_trap_table(v, a[0]),
+            2 => self.set_gdt(v, a[0], a[1] as u32),
+            3 => self.stack_switch(v, a[0], a[1]),
+            10 => match self.abi {
+                Abi::Pv64 => self.update_descriptor(a[0], a[1]),
+                Abi::Pv32 => self.update_descriptor(a[0] | a[1] << 32, a[2] | a[3] << 32),
+            },
+            13 => self.multicall(v, a[0], a[1], depth),
+            14 => match self.abi {
+                Abi::Pv64 => self.update_va_mapping(a[0], a[1], a[2]),
+                Abi::Pv32 => self.update_va_mapping(a[0], a[1] | a[2] << 32, a[3]),
+            },
+            25 => self.set_segment_base(v, a[0] as u32, a[1]),
+            26 => self.mmuext_op(v, a[0], a[1] as u32, a[2], a[3] as u32),
+            _ if hypercall_name(nr) != "?" => Err(fail(
+                ENOSYS,
+                format!(
+                    "hv-sim does not model hypercall {nr} ({}); Xen has a handler for it",
+                    hypercall_name(nr)
+                ),
+            )),
+            _ => Err(fail(ENOSYS, format!("Xen has no hypercall number {nr:#x}"))),
+        }
+    }
+
+    // ----------------------------------------------------------------
+    // Handlers
+
+    fn set_trap_table(&mut self, v: usize, table: u64) -> Hc {
+        if table == 0 {
+            self.vcpus[v].trap_table = vec![TrapInfo::default(); 256];
+            self.note("virtual IDT cleared (NULL table)".into());
+            return Ok(0);
+        }
+        let size = match self.abi {
+            Abi::Pv64 => 16,
+            Abi::Pv32 => 8,
+        };
+        let krpl = self.abi.krpl() as u16;
+        let mut i: u64 = 0;
+        loop {
+            let va = table.wrapping_add(i * size);
+            let mut b = [0u8; 16];
+            if self.load_bytes(va, &mut b[..size as usize]).is_err() {
+                return Err(fail(
+                    EFAULT,
+                    format!(
+                        "trap_info entry {i} at {va:#x} cannot be read ({i} entries installed)"
+                    ),
+                ));
+            }
+            let vector = b[0];
+            let flags = b[1];
+            let mut cs = u16::from_le_bytes([b[2], b[3]]);
+            let address = match self.abi {
+                Abi::Pv64 => u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8])),
+                Abi::Pv32 => u64::from(u32::from_le_bytes(b[4..8].try_into().unwrap_or([0; 4]))),
+            };
+            if address == 0 {
+                return Ok(0);
+            }
+            if self.abi == Abi::Pv64 && !is_canonical(address) {
+                return Err(fail(
+                    EINVAL,
+                    format!(
+                        "trap_info entry {i} (vector {vector}) has non-canonical address {address:#x} ({i} entries installed)"
+                    ),
+                ));
+            }
+            if cs & 3 < krpl {
+                cs = (cs & !3) | krpl;
+            }
+            let t = TrapInfo {
+                vector,
+                flags,
+                cs,
+                address,
+            };
+            self.vcpus[v].trap_table[vector as usize] = t;
+            self.note(format!(
+                "trap[{vector}] = cs {cs:#x} address {address:#x} flags {flags:#x}"
+            ));
+            i += 1;
+        }
+    }
+
+    fn set_gdt(&mut self, v: usize, list: u64, entries: u32) -> Hc {
+        if entries > 7168 {
+            return Err(fail(
+                EINVAL,
+                format!("{entries} entries: a guest GDT has at most 7168 (14 frames)"),
+            ));
+        }
+        let nr = entries.div_ceil(512) as u64;
+        let mut frames = Vec::new();
+        if nr > 0 && !self.addr_ok(list) {
+            return Err(fail(
+                EFAULT,
+                format!("frame list {list:#x} is not a guest address"),
+            ));
+        }
+        for i in 0..nr {
+            let va = list.wrapping_add(i * self.long_size());
+            match self.load_long(va) {
+                Ok(m) => frames.push(m),
+                Err(()) => {
+                    return Err(fail(
+                        EFAULT,
+                        format!("frame list entry {i} at {va:#x} cannot be read"),
+                    ));
+                }
+            }
+        }
+        for (i, &mfn) in frames.iter().enumerate() {
+            if let Err(r) = self.get_segdesc(mfn) {
+                for &m in frames[..i].iter().rev() {
+                    self.put_type(m);
+                }
+                return Err(fail(
+                    EINVAL,
+                    format!("set_gdt frame {i}: {r}; the old GDT stays installed"),
+                ));
+            }
+        }
+        let old = std::mem::take(&mut self.vcpus[v].gdt_frames);
+        for m in old {
+            self.put_type(m);
+        }
+        self.note(format!(
+            "GDT = {} entries in frames [{}]",
+            entries,
+            frames
+                .iter()
+                .map(|m| format!("{m:#x}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let vc = &mut self.vcpus[v];
+        vc.gdt_frames = frames;
+        vc.gdt_ents = entries;
+        Ok(0)
+    }
+
+    fn stack_switch(&mut self, v: usize, ss: u64, sp: u64) -> Hc {
+        let krpl = u64::from(self.abi.krpl());
+        let ss = if ss & 3 < krpl { (ss & !3) | krpl } else { ss };
+        let vc = &mut self.vcpus[v];
+        vc.kernel_ss = ss;
+        vc.kernel_sp = sp;
+        self.note(format!("kernel_ss = {ss:#x}, kernel_sp = {sp:#x}"));
+        Ok(0)
+    }
+
+    fn update_descriptor(&mut self, maddr: u64, desc: u64) -> Hc {
+        if !maddr.is_multiple_of(8) {
+            return Err(fail(
+                EINVAL,
+                format!("machine address {maddr:#x} is not 8-byte aligned"),
+            ));
+        }
+        let stored = check_descriptor(self.abi, desc)
+            .map_err(|r| fail(EINVAL, format!("descriptor {desc:#018x}: {r}")))?;
+        let mfn = maddr >> 12;
+        let Some(pfn) = self.m2p(mfn) else {
+            return Err(fail(EINVAL, self.frame_reason(mfn)));
+        };
+        let off = (maddr & 0xFFF) as usize;
+        if self.frames[pfn].typ == PageType::SegDesc {
+            self.ram.write_u64(pfn, off, stored);
+            if let Some(sh) = self.shadows.get_mut(&pfn) {
+                sh[off / 8] = stored;
+            }
+        } else {
+            self.get_writable_type(pfn).map_err(|r| fail(EINVAL, r))?;
+            self.ram.write_u64(pfn, off, stored);
+            self.frames[pfn].type_count -= 1;
+        }
+        self.note(format!("[{maddr:#x}] = {stored:#018x}"));
+        Ok(0)
+    }
+
+    fn update_va_mapping(&mut self, va: u64, pte: u64, flags: u64) -> Hc {
+        let idx = match self.va_page(va) {
+            Some(i) if self.addr_ok(va) => i,
+            _ => {
+                return Err(fail(
+                    EINVAL,
+                    format!("no guest L1 page table covers va {va:#x}"),
+                ));
+            }
+        };
+        let old = self.ptes[idx];
+        if pte & PTE_P != 0 {
+            if pte & L1_DISALLOW != 0 {
+                return Err(fail(
+                    EINVAL,
+                    format!("pte {pte:#x} sets disallowed bits {:#x}", pte & L1_DISALLOW),
+                ));
+            }
+            let mfn = (pte & PTE_MFN_MASK) >> 12;
+            let Some(pfn) = self.m2p(mfn) else {
+                return Err(if self.mfn_valid(mfn) {
+                    fail(EBUSY, format!("mfn {mfn:#x} belongs to another domain"))
+                } else {
+                    fail(
+                        EPERM,
+                        format!("mfn {mfn:#x} is not RAM (MMIO without permission)"),
+                    )
+                });
+            };
+            if pte & PTE_RW != 0 {
+                self.get_writable_type(pfn).map_err(|r| fail(EBUSY, r))?;
+            }
+            self.frames[pfn].refs += 1;
+        }
+        if old & PTE_P != 0
+            && let Some(opfn) = self.m2p((old & PTE_MFN_MASK) >> 12)
+        {
+            let f = &mut self.frames[opfn];
+            f.refs -= 1;
+            if old & PTE_RW != 0 {
+                f.type_count -= 1;
+            }
+        }
+        self.ptes[idx] = pte;
+        let page_va = self.va_base + (idx * PAGE_SIZE) as u64;
+        self.note(format!("pte[va {page_va:#x}] {old:#x} -> {pte:#x}"));
+        let kind = flags & 3;
+        let target = flags & !3;
+        if (kind == 1 || kind == 2) && target != 0 && target != 4 && self.load_long(target).is_err()
+        {
+            return Err(fail(
+                EFAULT,
+                format!("vCPU bitmap at {target:#x} cannot be read (the PTE was already written)"),
+            ));
+        }
+        Ok(0)
+    }
+
+    fn set_segment_base(&mut self, v: usize, which: u32, base: u64) -> Hc {
+        if self.abi == Abi::Pv32 {
+            return Err(fail(
+                ENOSYS,
+                "set_segment_base does not exist for 32-bit PV guests",
+            ));
+        }
+        match which {
+            0..=2 => {
+                if !is_canonical(base) {
+                    return Err(fail(EINVAL, format!("base {base:#x} is not canonical")));
+                }
+                let vc = &mut self.vcpus[v];
+                let what = match which {
+                    0 => {
+                        vc.fs_base = base;
+                        "fs_base"
+                    }
+                    1 => {
+                        vc.gs_base_user = base;
+                        "gs_base_user"
+                    }
+                    _ => {
+                        vc.gs_base_kernel = base;
+                        "gs_base_kernel"
+                    }
+                };
+                self.note(format!("{what} = {base:#x}"));
+                Ok(0)
+            }
+            3 => {
+                let mut sel = base as u16;
+                if sel > 3 {
+                    sel |= 3;
+                }
+                match self.load_data_selector(v, sel) {
+                    Ok(b) => {
+                        let vc = &mut self.vcpus[v];
+                        vc.gs_user_sel = sel;
+                        if sel > 3 {
+                            vc.gs_base_user = b;
+                        }
+                        self.note(format!("user %gs = {sel:#x} (base {b:#x})"));
+                    }
+                    Err(r) => {
+                        let vc = &mut self.vcpus[v];
+                        vc.gs_user_sel = 0;
+                        vc.gs_base_user = 0;
+                        self.note(format!(
+                            "loading user %gs = {sel:#x} faulted ({r}); %gs left null, result 0 as on Xen"
+                        ));
+                    }
+                }
+                Ok(0)
+            }
+            _ => Err(fail(
+                EINVAL,
+                format!("unknown segment base selector which={which}"),
+            )),
+        }
+    }
+
+    /// Load a data selector at CPL 3 (64-bit guest user %gs). Returns the
+    /// segment base.
+    fn load_data_selector(&mut self, v: usize, sel: u16) -> Result<u64, String> {
+        if sel & !3 == 0 {
+            return Ok(0);
+        }
+        let idx = u32::from(sel >> 3);
+        let d = if sel & 4 != 0 {
+            self.map_ldt(v, idx, false).map_err(|f| f.to_string())?
+        } else if idx >= 7168 {
+            // Xen's own entries: only the flat user data segment is loadable.
+            return if sel == 0xe02b {
+                Ok(0)
+            } else {
+                Err(format!("Xen-reserved selector {sel:#x}"))
+            };
+        } else {
+            self.gdt_entry(v, idx)
+        };
+        let present = d & (1 << 47) != 0;
+        let s = d & (1 << 44) != 0;
+        let typ = (d >> 40) & 0xF;
+        let code = typ & 8 != 0;
+        let readable = typ & 2 != 0;
+        let conforming = typ & 4 != 0;
+        let dpl = (d >> 45) & 3;
+        if !s || (code && !readable) {
+            return Err(format!(
+                "selector {sel:#x} names a non-data descriptor {d:#018x}"
+            ));
+        }
+        if !(code && conforming) && dpl < 3 {
+            return Err(format!("selector {sel:#x}: DPL {dpl} < CPL 3"));
+        }
+        if !present {
+            return Err(format!("selector {sel:#x} names a non-present descriptor"));
+        }
+        Ok(((d >> 16) & 0xFF_FFFF) | (((d >> 56) & 0xFF) << 24))
+    }
+
+    fn multicall(&mut self, v: usize, list: u64, nr: u64, depth: u32) -> Hc {
+        if self.vcpus[v].in_multicall {
+            return Err(fail(EINVAL, "multicall inside a multicall"));
+        }
+        let esize: u64 = match self.abi {
+            Abi::Pv64 => 64,
+            Abi::Pv32 => 32,
+        };
+        if !(nr < u64::MAX / esize && self.addr_ok(list)) {
+            return Err(fail(
+                EFAULT,
+                format!("multicall list {list:#x} x {nr} is not a guest range"),
+            ));
+        }
+        self.vcpus[v].in_multicall = true;
+        let r = self.multicall_body(v, list, nr, depth, esize);
+        self.vcpus[v].in_multicall = false;
+        r
+    }
+
+    fn multicall_body(&mut self, v: usize, list: u64, nr: u64, depth: u32, esize: u64) -> Hc {
+        for i in 0..nr {
+            let va = list.wrapping_add(i * esize);
+            let mut b = [0u8; 64];
+            if self.load_bytes(va, &mut b[..esize as usize]).is_err() {
+                return Err(fail(
+                    EFAULT,
+                    format!("multicall entry {i} at {va:#x} cannot be read"),
+                ));
+            }
+            let w = |k: usize| -> u64 {
+                match esize {
+                    64 => u64::from_le_bytes(b[k * 8..k * 8 + 8].try_into().unwrap_or([0; 8])),
+                    _ => u64::from(u32::from_le_bytes(
+                        b[k * 4..k * 4 + 4].try_into().unwrap_or([0; 4]),
+                    )),
+                }
+            };
+            let op = w(0);
+            // args[5] is ignored by Xen.
+            let args = [w(2), w(3), w(4), w(5), w(6), 0];
+            let result = self.dispatch(v, op, args, depth + 1);
+            let ok = match self.abi {
+                Abi::Pv64 => self.store_bytes(va + 8, &result.to_le_bytes(), false),
+                Abi::Pv32 => self.store_bytes(va + 4, &(result as i32).to_le_bytes(), false),
+            };
+            if ok.is_err() {
+                return Err(fail(
+                    EFAULT,
+                    format!(
+                        "result of multicall entry {i} cannot be written to {:#x} (the call took effect)",
+                        va + 8
+                    ),
+                ));
+            }
+        }
+        Ok(0)
+    }
+
+    fn mmuext_op(&mut self, v: usize, ops: u64, count: u32, pdone: u64, foreigndom: u32) -> Hc {
+        let mut count = count;
+        let mut done: u32 = 0;
+        if count & 0x8000_0000 != 0 {
+            count &= !0x8000_0000;
+            done = self.load_u32(pdone).map_err(|()| {
+                fail(
+                    EFAULT,
+                    format!("pdone {pdone:#x} cannot be read (continuation)"),
+                )
+            })?;
+        }
+        let esize: u64 = match self.abi {
+            Abi::Pv64 => 24,
+            Abi::Pv32 => 12,
+        };
+        if !self.addr_ok(ops) {
+            return Err(fail(EFAULT, format!("ops {ops:#x} is not a guest address")));
+        }
+        let dom = foreigndom as u16;
+        let foreign = match dom {
+            DOMID_SELF => false,
+            DOMID_IO | DOMID_XEN => true,
+            d if d == OWN_DOMID => {
+                return Err(fail(
+                    ESRCH,
+                    format!("foreigndom {d} is the caller's own id; use DOMID_SELF"),
+                ));
+            }
+            d => return Err(fail(ESRCH, format!("no domain {d:#x}"))),
+        };
+        let mut i: u32 = 0;
+        let mut rc = Ok(0);
+        while i < count {
+            let va = ops.wrapping_add(u64::from(i) * esize);
+            let mut b = [0u8; 24];
+            if self.load_bytes(va, &mut b[..esize as usize]).is_err() {
+                rc = Err(fail(
+                    EFAULT,
+                    format!("mmuext_op {i} at {va:#x} cannot be read"),
+                ));
+                break;
+            }
+            let cmd = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            let (arg1, arg2) = match self.abi {
+                Abi::Pv64 => (
+                    u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8])),
+                    u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8])),
+                ),
+                Abi::Pv32 => (
+                    u64::from(u32::from_le_bytes([b[4], b[5], b[6], b[7]])),
+                    u64::from(u32::from_le_bytes([b[8], b[9], b[10], b[11]])),
+                ),
+            };
+            if let Err(f) = self.mmuext_one(v, cmd, arg1, arg2, foreign) {
+                rc = Err(fail(f.errno, format!("op {i} (cmd {cmd}): {}", f.reason)));
+                break;
+            }
+            i += 1;
+        }
+        if pdone != 0 {
+            let _ = self.store_bytes(pdone, &(done.wrapping_add(i)).to_le_bytes(), false);
+        }
+        rc
+    }
+
+    fn mmuext_one(&mut self, v: usize, cmd: u32, arg1: u64, arg2: u64, foreign: bool) -> Hc {
+        match cmd {
+            MMUEXT_SET_LDT => {
+                if foreign {
+                    return Err(fail(EPERM, "SET_LDT with a foreign page owner"));
+                }
+                let ents = arg2 as u32;
+                if ents > 8192 {
+                    return Err(fail(EINVAL, format!("{ents} LDT entries: at most 8192")));
+                }
+                let base = if ents > 0 {
+                    if arg1 & 0xFFF != 0 {
+                        return Err(fail(
+                            EINVAL,
+                            format!("LDT base {arg1:#x} is not page aligned"),
+                        ));
+                    }
+                    if !self.addr_ok(arg1) {
+                        return Err(fail(
+                            EINVAL,
+                            format!("LDT base {arg1:#x} is not a guest address"),
+                        ));
+                    }
+                    arg1
+                } else {
+                    ZERO_BLOCK_PTR
+                };
+                let vc = &self.vcpus[v];
+                if vc.ldt_base == base && vc.ldt_ents == ents {
+                    return Ok(0);
+                }
+                self.destroy_ldt(v);
+                let vc = &mut self.vcpus[v];
+                vc.ldt_base = base;
+                vc.ldt_ents = ents;
+                self.note(format!(
+                    "LDT = base {base:#x}, {ents} entries (pages mapped on first use)"
+                ));
+                Ok(0)
+            }
+            MMUEXT_NEW_BASEPTR => {
+                if foreign {
+                    return Err(fail(EPERM, "NEW_BASEPTR with a foreign page owner"));
+                }
+                let cur = self.vcpus[v].cr3;
+                if self.abi == Abi::Pv64 && cur == Some(arg1) {
+                    return Ok(0);
+                }
+                if cur != Some(arg1) {
+                    let Some(pfn) = self.m2p(arg1) else {
+                        return Err(fail(EINVAL, self.frame_reason(arg1)));
+                    };
+                    let f = self.frames[pfn];
+                    if f.typ != PageType::PageTable {
+                        if f.type_count > 0 {
+                            return Err(fail(
+                                EINVAL,
+                                format!(
+                                    "frame {arg1:#x} is in use as a {} page; it cannot become a page-table root",
+                                    f.typ.name()
+                                ),
+                            ));
+                        }
+                        if f.typ == PageType::SegDesc {
+                            self.shadows.remove(&pfn);
+                        }
+                        self.frames[pfn].typ = PageType::PageTable;
+                        self.frames[pfn].validated = true;
+                    }
+                    self.frames[pfn].type_count += 1;
+                    self.frames[pfn].refs += 1;
+                    if let Some(old) = cur {
+                        self.put_type(old);
+                    }
+                    self.vcpus[v].cr3 = Some(arg1);
+                }
+                self.destroy_ldt(v);
+                self.note(format!("cr3 = mfn {arg1:#x}; mapped LDT pages dropped"));
+                Ok(0)
+            }
+            MMUEXT_TLB_FLUSH_LOCAL
+            | MMUEXT_TLB_FLUSH_ALL
+            | MMUEXT_INVLPG_LOCAL
+            | MMUEXT_INVLPG_ALL => Ok(0),
+            MMUEXT_NEW_USER_BASEPTR if self.abi == Abi::Pv32 => Err(fail(
+                EINVAL,
+                "NEW_USER_BASEPTR does not exist for 32-bit PV guests",
+            )),
+            MMUEXT_MARK_SUPER | MMUEXT_UNMARK_SUPER => {
+                Err(fail(EOPNOTSUPP, "superpage marking is not supported"))
+            }
+            0..=4 | 8 | 9 | 12 | 15..=18 => Err(fail(
+                ENOSYS,
+                format!("hv-sim does not model MMUEXT command {cmd}; Xen has it"),
+            )),
+            _ => Err(fail(ENOSYS, format!("unknown MMUEXT command {cmd}"))),
+        }
+    }
+}

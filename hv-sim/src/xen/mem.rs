@@ -1,0 +1,144 @@
+//! Guest pseudo-physical memory: one page-aligned, zeroed host allocation
+//! (pfn `i` = page `i`), plus the per-frame bookkeeping of Xen's type system.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
+use std::ptr::NonNull;
+
+/// Size of a guest page.
+pub const PAGE_SIZE: usize = 4096;
+
+/// The host allocation backing a domain's RAM.
+pub(crate) struct GuestRam {
+    ptr: NonNull<u8>,
+    pages: usize,
+    layout: Layout,
+}
+
+// SAFETY: GuestRam owns its allocation; all accesses go through raw-pointer
+// volatile reads/writes of plain bytes, which have no thread affinity. The
+// domain serialises its own accesses behind a Mutex.
+unsafe impl Send for GuestRam {}
+// SAFETY: as above; shared references only permit the same volatile
+// accesses, never references into the allocation.
+unsafe impl Sync for GuestRam {}
+
+impl GuestRam {
+    /// Allocate `pages` zeroed pages (at least one).
+    pub(crate) fn new(pages: usize) -> GuestRam {
+        let pages = pages.max(1);
+        let layout = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE)
+            .expect("guest RAM size overflows the address space");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            handle_alloc_error(layout)
+        };
+        GuestRam { ptr, pages, layout }
+    }
+
+    /// Number of pages.
+    pub(crate) fn pages(&self) -> usize {
+        self.pages
+    }
+
+    /// Host address of page `pfn`'s first byte.
+    pub(crate) fn host_addr(&self, pfn: usize) -> usize {
+        self.ptr.as_ptr() as usize + pfn * PAGE_SIZE
+    }
+
+    fn byte_ptr(&self, pfn: usize, off: usize) -> *mut u8 {
+        assert!(
+            pfn < self.pages && off < PAGE_SIZE,
+            "GuestRam index out of range"
+        );
+        // SAFETY: pfn < pages and off < PAGE_SIZE, so the offset stays inside
+        // the allocation.
+        unsafe { self.ptr.as_ptr().add(pfn * PAGE_SIZE + off) }
+    }
+
+    /// Read one byte.
+    pub(crate) fn read_u8(&self, pfn: usize, off: usize) -> u8 {
+        let p = self.byte_ptr(pfn, off);
+        // SAFETY: `p` is inside the live allocation (checked by byte_ptr).
+        unsafe { p.read_volatile() }
+    }
+
+    /// Write one byte.
+    pub(crate) fn write_u8(&self, pfn: usize, off: usize, v: u8) {
+        let p = self.byte_ptr(pfn, off);
+        // SAFETY: `p` is inside the live allocation (checked by byte_ptr).
+        unsafe { p.write_volatile(v) }
+    }
+
+    /// Read an aligned 8-byte slot (`off` must be a multiple of 8).
+    pub(crate) fn read_u64(&self, pfn: usize, off: usize) -> u64 {
+        assert!(off.is_multiple_of(8));
+        let p = self.byte_ptr(pfn, off) as *const u64;
+        // SAFETY: inside the allocation and 8-byte aligned (page-aligned base,
+        // off a multiple of 8, and off + 8 <= PAGE_SIZE).
+        unsafe { p.read_volatile() }
+    }
+
+    /// Write an aligned 8-byte slot with one store.
+    pub(crate) fn write_u64(&self, pfn: usize, off: usize, v: u64) {
+        assert!(off.is_multiple_of(8));
+        let p = self.byte_ptr(pfn, off) as *mut u64;
+        // SAFETY: as for read_u64.
+        unsafe { p.write_volatile(v) }
+    }
+
+    /// Copy of one page as 512 slots.
+    pub(crate) fn page_slots(&self, pfn: usize) -> Box<[u64; 512]> {
+        let mut out = Box::new([0u64; 512]);
+        for (i, s) in out.iter_mut().enumerate() {
+            *s = self.read_u64(pfn, i * 8);
+        }
+        out
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with exactly this layout, freed once.
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// The type of a frame in Xen's type system (the subset this model needs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PageType {
+    /// No type.
+    None,
+    /// Writable: type count = number of writable guest mappings (plus
+    /// transient references).
+    Writable,
+    /// Segment-descriptor page (GDT/LDT frame).
+    SegDesc,
+    /// A page table (here: only roots installed with NEW_BASEPTR).
+    PageTable,
+}
+
+impl PageType {
+    /// Xen's name for the type.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PageType::None => "none",
+            PageType::Writable => "writable",
+            PageType::SegDesc => "seg_desc",
+            PageType::PageTable => "page table",
+        }
+    }
+}
+
+/// Type-system state of one frame owned by the domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameInfo {
+    /// Current type. Kept when the type count drops to zero.
+    pub typ: PageType,
+    /// Type references.
+    pub type_count: u32,
+    /// Whether the contents were validated for the current type.
+    pub validated: bool,
+    /// General references (mappings + type users).
+    pub refs: u32,
+}

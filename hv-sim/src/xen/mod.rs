@@ -1,0 +1,115 @@
+//! The Xen PV personality: a simulated PV domain that executes the
+//! descriptor-table hypercalls exactly as current Xen does (see
+//! `hv-sim/XEN-SEMANTICS.md`), for both the 64-bit PV ABI and the 32-bit
+//! compat ABI.
+//!
+//! * [`XenDomain`]: guest RAM (one page-aligned host allocation, pfn `i` =
+//!   page `i`), a non-identity p2m (`mfn = pfn * 3 + 0x1d0`), Xen's page
+//!   type system for the writable / seg_desc / page-table cases, the
+//!   guest's L1 mappings of its direct map, per-vCPU state, the trace and
+//!   strict mode. Entry point: [`XenDomain::hypercall`].
+//! * [`descriptor_policy::check_descriptor`]: the pure descriptor rule.
+//! * [`XenVcpu`]: a per-vCPU handle implementing [`pvops_xen::XenPlatform`].
+//!
+//! Guest virtual addresses: for pv64 the direct map's VA of pfn `i` is the
+//! host address of page `i` of the allocation, so in-process kernel code can
+//! use its tables as ordinary memory. For pv32 guest VAs are 32-bit and
+//! start at [`domain::PV32_VA_BASE`]; use [`XenDomain::host_write_u64`] and
+//! friends to fill them.
+//!
+//! ```
+//! use hv_sim::xen::{XenDomain, nr};
+//! let dom = XenDomain::pv64(64, 1);
+//! let gdt = dom.alloc_pages(1);
+//! dom.host_write_u64(gdt + 8, 0x00af_9b00_0000_ffff); // kernel CS, DPL 0
+//! let mfn = dom.virt_to_mfn(gdt).unwrap();
+//! // A GDT frame must have no writable mapping: map it read-only first.
+//! assert_eq!(dom.hypercall(0, nr::UPDATE_VA_MAPPING, [gdt, mfn << 12 | 1, 0, 0, 0, 0]), 0);
+//! let list = dom.alloc_pages(1);
+//! dom.host_write_u64(list, mfn);
+//! assert_eq!(dom.hypercall(0, nr::SET_GDT, [list, 2, 0, 0, 0, 0]), 0);
+//! assert_eq!(dom.gdt_entry(0, 1), 0x00af_fb00_0000_ffff); // DPL raised to 3
+//! ```
+
+pub mod descriptor_policy;
+pub mod domain;
+pub mod mem;
+pub mod platform;
+pub mod trace;
+
+pub use descriptor_policy::{Abi, Reject, check_descriptor};
+pub use domain::{GuestFault, TrapInfo, VcpuState, XenDomain};
+pub use mem::{FrameInfo, PageType};
+pub use platform::XenVcpu;
+pub use trace::{Trace, TraceEvent};
+
+/// Hypercall numbers (`public/xen.h`).
+pub mod nr {
+    /// set_trap_table(table).
+    pub const SET_TRAP_TABLE: u64 = 0;
+    /// set_gdt(frame_list, entries).
+    pub const SET_GDT: u64 = 2;
+    /// stack_switch(ss, sp).
+    pub const STACK_SWITCH: u64 = 3;
+    /// update_descriptor(maddr, desc) (pv32: pa_lo, pa_hi, d_lo, d_hi).
+    pub const UPDATE_DESCRIPTOR: u64 = 10;
+    /// multicall(list, nr).
+    pub const MULTICALL: u64 = 13;
+    /// update_va_mapping(va, pte, flags) (pv32: va, pte_lo, pte_hi, flags).
+    pub const UPDATE_VA_MAPPING: u64 = 14;
+    /// iret (not modelled).
+    pub const IRET: u64 = 23;
+    /// set_segment_base(which, base) (pv64 only).
+    pub const SET_SEGMENT_BASE: u64 = 25;
+    /// mmuext_op(ops, count, pdone, foreigndom).
+    pub const MMUEXT_OP: u64 = 26;
+}
+
+/// EPERM.
+pub const EPERM: i64 = 1;
+/// ESRCH.
+pub const ESRCH: i64 = 3;
+/// EFAULT.
+pub const EFAULT: i64 = 14;
+/// EBUSY.
+pub const EBUSY: i64 = 16;
+/// EINVAL.
+pub const EINVAL: i64 = 22;
+/// ENOSYS.
+pub const ENOSYS: i64 = 38;
+/// EOPNOTSUPP.
+pub const EOPNOTSUPP: i64 = 95;
+
+/// MMUEXT_TLB_FLUSH_LOCAL.
+pub const MMUEXT_TLB_FLUSH_LOCAL: u32 = 6;
+/// MMUEXT_INVLPG_LOCAL.
+pub const MMUEXT_INVLPG_LOCAL: u32 = 7;
+/// MMUEXT_TLB_FLUSH_ALL.
+pub const MMUEXT_TLB_FLUSH_ALL: u32 = 10;
+/// MMUEXT_INVLPG_ALL.
+pub const MMUEXT_INVLPG_ALL: u32 = 11;
+/// MMUEXT_NEW_BASEPTR.
+pub const MMUEXT_NEW_BASEPTR: u32 = 5;
+/// MMUEXT_SET_LDT.
+pub const MMUEXT_SET_LDT: u32 = 13;
+/// MMUEXT_NEW_USER_BASEPTR.
+pub const MMUEXT_NEW_USER_BASEPTR: u32 = 15;
+/// MMUEXT_MARK_SUPER.
+pub const MMUEXT_MARK_SUPER: u32 = 19;
+/// MMUEXT_UNMARK_SUPER.
+pub const MMUEXT_UNMARK_SUPER: u32 = 20;
+
+/// DOMID_SELF.
+pub const DOMID_SELF: u16 = 0x7FF0;
+/// DOMID_IO.
+pub const DOMID_IO: u16 = 0x7FF1;
+/// DOMID_XEN.
+pub const DOMID_XEN: u16 = 0x7FF2;
+
+/// Stored as ldt_base when SET_LDT installs 0 entries.
+pub const ZERO_BLOCK_PTR: u64 = 0xBAD0_BAD0_BAD0_BAD0;
+
+/// PTE present bit.
+pub const PTE_PRESENT: u64 = 1;
+/// PTE writable bit.
+pub const PTE_WRITABLE: u64 = 2;
