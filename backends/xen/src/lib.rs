@@ -1,16 +1,109 @@
-//! Xen-style pvops backend (hypercall page: `set_gdt`, `update_descriptor`,
-//! `set_trap_table`, `mmuext_op(SET_LDT)`, `stack_switch`, `multicall`).
+//! # pvops-xen — the Xen PV backend
 //!
-//! Not implemented yet: this crate reserves the name and layout in the
-//! workspace. The work is tracked by the "hv-sim with a Xen PV personality"
-//! issue; see the README's op table for what each op will do.
+//! [`XenOps`] carries out every [`pvops::DescriptorOps`] op with the 64-bit
+//! Xen PV hypercalls, the way Linux's Xen PV guest does
+//! (`arch/x86/xen/enlighten_pv.c`, `multicalls.c`). The environment — the
+//! hypercall transport, the p2m (`virt_to_mfn`) and a scratch page for
+//! argument structures — comes from a [`XenPlatform`]; hv-sim implements it
+//! in-process, so this code is tested against a simulated hypervisor.
+//!
+//! ## Op by op
+//!
+//! | op | hypercalls | deferred in lazy mode |
+//! |---|---|---|
+//! | `load_gdt` | `update_va_mapping(va, mfn<<12 \| P, 0)` per GDT page (read-only), then `set_gdt(frames, entries)` with the machine frames in scratch | the remaps yes, `set_gdt` no |
+//! | `store_gdt` / `store_idt` / `store_ldt` / `store_tr` | none: the guest's own view (shadows), never Xen's tables | — |
+//! | `write_gdt_entry` | `update_descriptor(maddr of slot, desc)`; TSS/LDT descriptors (8-byte types 1, 2, 3, 9, 0xB, and every 16-byte entry) are checked against the table and then ignored | no |
+//! | `write_ldt_entry` | `update_descriptor(maddr of slot, desc)` | no |
+//! | `load_idt` | one `set_trap_table` with every forwardable gate as `trap_info`, terminated by an all-zero entry (two calls if the scratch buffer cannot hold 257 entries) | no |
+//! | `write_idt_entry` | native store into the IDT; if the slot is in the loaded IDT, `set_trap_table` with that vector | no |
+//! | `load_ldt` | `mmuext_op(MMUEXT_SET_LDT(base, entries), 1, NULL, DOMID_SELF)`; `None` sends (0, 0) | yes |
+//! | `alloc_ldt` / `free_ldt` | `update_va_mapping` per LDT page: read-only / writable again | yes |
+//! | `load_tr` | none (Xen owns the TSS); the selector is kept for `store_tr` | — |
+//! | `load_kernel_stack` | `stack_switch(FLAT_KERNEL_SS = 0xe02b, sp0)` | yes |
+//! | `load_tls` | `update_descriptor` for each TLS slot whose shadow differs | yes |
+//! | `enter_lazy_cpu` / `leave_lazy_cpu` / `flush_lazy` | start queuing / send the queue | — |
+//!
+//! Which gates `load_idt` forwards is [`TrapInfo::from_gate`]: present
+//! interrupt and trap gates with a non-zero offset, `flags` = DPL (+4 for
+//! an interrupt gate, events masked on entry); an IST index only on #DB,
+//! NMI, #DF and #MC (Linux's `ist_okay` handlers), other IST gates skipped.
+//! Xen has no per-vector clear, so a vector whose new gate is not
+//! forwardable keeps its previous registration (as in Linux).
+//!
+//! Alignment rules checked here, before any hypercall: the GDT and (for
+//! `load_ldt`) the LDT must start on a page boundary
+//! ([`PvError::MisalignedTable`](pvops::PvError::MisalignedTable) with
+//! `align: 4096`) because Xen takes them as whole frames. Every other rule
+//! is Xen's: a refusal comes back as
+//! [`PvError::Hypervisor`](pvops::PvError::Hypervisor) naming the hypercall
+//! (`"set_gdt"`, `"update_descriptor"`, ...) with Xen's errno; a page the
+//! p2m cannot translate is
+//! [`PvError::NoTranslation`](pvops::PvError::NoTranslation).
+//!
+//! ## Lazy mode and the multicall queue
+//!
+//! Calls marked "deferred" above are queued (32 calls, Linux's `MC_BATCH`;
+//! `mmuext_op` structures in a fixed arena) and sent together. Outside lazy
+//! mode an op sends its own calls at once (Linux `xen_mc_issue`); inside
+//! `enter_lazy_cpu` .. `leave_lazy_cpu` they wait until:
+//! * `leave_lazy_cpu` or `flush_lazy`;
+//! * the queue cannot take the next op's calls (it is sent first);
+//! * a non-deferred call (`set_gdt`, `set_trap_table`, `update_descriptor`
+//!   from `write_*_entry`) is about to run: the queue goes first, keeping
+//!   the order the guest asked for.
+//!
+//! A queue of one call is sent as that hypercall; two or more as one
+//! `multicall` laid out in the scratch buffer (Linux's singleton bypass).
+//! Xen runs every entry of a multicall and writes each result, so when
+//! several fail all of them still ran: the error names the **first**
+//! failing entry's hypercall and errno. If a flush forced by another op
+//! fails, that op returns the flush's error and is not carried out.
+//! Nested `enter_lazy_cpu`, or `leave_lazy_cpu` outside lazy mode, is
+//! [`PvError::LazyModeMismatch`](pvops::PvError::LazyModeMismatch).
+//!
+//! Shadows (`store_*`) follow the guest's requests: in lazy mode they change
+//! when the call is queued. A TLS slot whose `update_descriptor` fails is
+//! forgotten, so the next `load_tls` sends it again.
+//!
+//! ## Differences from Linux and limits
+//! * Only the mapping at the table's own virtual address is made read-only;
+//!   other writable aliases (Linux also fixes the direct-map alias) are the
+//!   kernel's business, and Xen refuses `set_gdt` with `-EINVAL` while one
+//!   exists.
+//! * `write_gdt_entry` and `write_ldt_entry` are not deferred (Linux calls
+//!   `update_descriptor` directly after flushing); `load_tls`'s are.
+//! * The backend keeps no per-vCPU Xen state across vCPUs: one [`XenOps`]
+//!   per vCPU, its state behind a [`spin::Mutex`].
+//! * 32-bit (compat) PV guests have other structure layouts and selectors;
+//!   the ops are compiled only for `target_arch = "x86_64"`. On other
+//!   targets this crate provides the platform trait, hypercall numbers and
+//!   ABI encoders only.
+//!
+//! ```ignore
+//! use pvops::{DescriptorOps, GdtLayout};
+//! use pvops_xen::XenOps;
+//! let ops = XenOps::new(my_platform, GdtLayout::LINUX);
+//! unsafe { ops.load_gdt(&gdt)? };
+//! ```
 
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod abi;
+#[cfg(target_arch = "x86_64")]
+mod batch;
+#[cfg(target_arch = "x86_64")]
+mod ops;
 pub mod platform;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests;
 
+pub use abi::MC_BATCH;
+pub use abi::TrapInfo;
+#[cfg(target_arch = "x86_64")]
+pub use ops::{XenOps, is_tss_or_ldt};
 pub use platform::XenPlatform;
 
 /// Xen hypercall numbers used by the descriptor ops (`xen/include/public/xen.h`).
@@ -31,4 +124,19 @@ pub mod nr {
     pub const SET_SEGMENT_BASE: u32 = 25;
     /// `mmuext_op(ops, count, done, foreigndom)`.
     pub const MMUEXT_OP: u32 = 26;
+
+    /// The hypercall's name, for errors and traces.
+    pub const fn name(nr: u32) -> &'static str {
+        match nr {
+            SET_TRAP_TABLE => "set_trap_table",
+            SET_GDT => "set_gdt",
+            STACK_SWITCH => "stack_switch",
+            UPDATE_DESCRIPTOR => "update_descriptor",
+            MULTICALL => "multicall",
+            UPDATE_VA_MAPPING => "update_va_mapping",
+            SET_SEGMENT_BASE => "set_segment_base",
+            MMUEXT_OP => "mmuext_op",
+            _ => "unknown hypercall",
+        }
+    }
 }

@@ -1,0 +1,290 @@
+//! The 64-bit Xen PV ABI pieces the descriptor ops use: constants and the
+//! exact in-memory layout of the argument structures.
+//!
+//! Layouts (`xen/include/public/xen.h`, `public/arch-x86/xen.h`, LP64; see
+//! hv-sim's `XEN-SEMANTICS.md` §7):
+//!
+//! | struct | layout | size |
+//! |---|---|---|
+//! | `trap_info` | vector u8 @0, flags u8 @1, cs u16 @2, pad @4..8, address u64 @8 | 16 |
+//! | `mmuext_op` | cmd u32 @0, pad @4..8, arg1 u64 @8, arg2 u64 @16 | 24 |
+//! | `multicall_entry` | op u64 @0, result u64 @8, args\[6\] u64 @16..64 | 64 |
+//!
+//! Each structure is encoded here as little-endian 64-bit words, so the
+//! encoders are plain arithmetic that build (and are unit-tested) on any
+//! host; the backend stores the words into guest memory with aligned 8-byte
+//! writes. The 32-bit (compat) layouts are different and not provided.
+
+/// `DOMID_SELF`: the `foreigndom` argument of `mmuext_op` naming the caller.
+pub const DOMID_SELF: u64 = 0x7FF0;
+
+/// `MMUEXT_SET_LDT`: `arg1` = linear address, `arg2` = number of entries.
+pub const MMUEXT_SET_LDT: u32 = 13;
+
+/// `update_va_mapping` flush type: none (`UVMF_NONE`). Linux's
+/// `set_aliased_prot` passes 0: Xen itself flushes stale writable TLB
+/// entries when a frame changes type to "segment descriptor page".
+pub const UVMF_NONE: u64 = 0;
+/// `update_va_mapping` flush type: flush the whole local TLB.
+pub const UVMF_TLB_FLUSH: u64 = 1;
+/// `update_va_mapping` flush type: `invlpg` the one address.
+pub const UVMF_INVLPG: u64 = 2;
+
+/// PTE bit: present.
+pub const PTE_PRESENT: u64 = 1 << 0;
+/// PTE bit: writable.
+pub const PTE_RW: u64 = 1 << 1;
+
+/// `FLAT_KERNEL_SS` of the 64-bit PV ABI (`public/arch-x86/xen-x86_64.h`):
+/// the `ss` argument of `stack_switch`.
+pub const FLAT_KERNEL_SS: u64 = 0xe02b;
+
+/// `trap_info.flags` bit 2: mask events on entry (the PV analogue of an
+/// interrupt gate clearing IF). Bits 0-1 are the DPL.
+pub const TI_MASK_EVENTS: u8 = 1 << 2;
+
+/// Guest page size.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Calls per multicall batch (Linux `MC_BATCH`).
+pub const MC_BATCH: usize = 32;
+
+/// Size of `trap_info` (64-bit).
+pub const TRAP_INFO_SIZE: usize = 16;
+/// Size of `mmuext_op` (64-bit).
+pub const MMUEXT_OP_SIZE: usize = 24;
+/// Size of `multicall_entry` (64-bit).
+pub const MULTICALL_ENTRY_SIZE: usize = 64;
+
+/// One `trap_info` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TrapInfo {
+    /// Exception / interrupt vector.
+    pub vector: u8,
+    /// DPL in bits 0-1, [`TI_MASK_EVENTS`] in bit 2.
+    pub flags: u8,
+    /// Code selector (Xen raises its RPL to the guest kernel ring).
+    pub cs: u16,
+    /// Handler address; 0 terminates a table.
+    pub address: u64,
+}
+
+impl TrapInfo {
+    /// The all-zero terminator (`address == 0` ends a `set_trap_table` list).
+    pub const TERMINATOR: TrapInfo = TrapInfo {
+        vector: 0,
+        flags: 0,
+        cs: 0,
+        address: 0,
+    };
+
+    /// The two little-endian words as stored in memory.
+    pub const fn to_words(self) -> [u64; 2] {
+        [
+            self.vector as u64 | ((self.flags as u64) << 8) | ((self.cs as u64) << 16),
+            self.address,
+        ]
+    }
+
+    /// Convert one IDT gate the way Linux's `cvt_gate_to_trap` does, or
+    /// `None` for a gate the hypervisor is not told about:
+    ///
+    /// * not present (a native not-present gate raises #NP; Xen has no such
+    ///   state, so the vector is simply not registered);
+    /// * not an interrupt or trap gate (task, call, reserved types, S = 1);
+    /// * an IST index on a vector other than #DB (1), NMI (2), #DF (8) or
+    ///   #MC (18). Linux accepts an IST only on the handlers of its
+    ///   `trap_array` marked `ist_okay` (debug, NMI, double fault, machine
+    ///   check) and warns and skips any other IST gate. PV has no IST: the
+    ///   index is dropped and the handler runs on the kernel stack.
+    /// * offset 0: Xen reads `address == 0` as the end of the list.
+    ///
+    /// `flags` = the gate's DPL, plus [`TI_MASK_EVENTS`] for an interrupt
+    /// gate (it clears IF natively).
+    pub const fn from_gate(vector: u8, gate: pvops::Gate64) -> Option<TrapInfo> {
+        if !gate.present() {
+            return None;
+        }
+        let dpl = gate.dpl() as u8;
+        let flags = match gate.kind() {
+            Some(pvops::GateKind::Interrupt) => dpl | TI_MASK_EVENTS,
+            Some(pvops::GateKind::Trap) => dpl,
+            _ => return None,
+        };
+        if gate.ist() != 0 && !matches!(vector, 1 | 2 | 8 | 18) {
+            return None;
+        }
+        let address = gate.offset();
+        if address == 0 {
+            return None;
+        }
+        Some(TrapInfo {
+            vector,
+            flags,
+            cs: gate.selector().0,
+            address,
+        })
+    }
+
+    /// Decode the two words (the padding is ignored).
+    pub const fn from_words(w: [u64; 2]) -> TrapInfo {
+        TrapInfo {
+            vector: w[0] as u8,
+            flags: (w[0] >> 8) as u8,
+            cs: (w[0] >> 16) as u16,
+            address: w[1],
+        }
+    }
+}
+
+/// One `mmuext_op`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MmuextOp {
+    /// Command (`MMUEXT_*`).
+    pub cmd: u32,
+    /// `arg1` (mfn or linear address).
+    pub arg1: u64,
+    /// `arg2` (nr_ents, vcpumask pointer or src_mfn).
+    pub arg2: u64,
+}
+
+impl MmuextOp {
+    /// `MMUEXT_SET_LDT(linear_addr, nr_ents)`.
+    pub const fn set_ldt(linear_addr: u64, nr_ents: u32) -> MmuextOp {
+        MmuextOp {
+            cmd: MMUEXT_SET_LDT,
+            arg1: linear_addr,
+            arg2: nr_ents as u64,
+        }
+    }
+
+    /// The three little-endian words as stored in memory (padding zero).
+    pub const fn to_words(self) -> [u64; 3] {
+        [self.cmd as u64, self.arg1, self.arg2]
+    }
+}
+
+/// One `multicall_entry` as the guest writes it (`result` starts at 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MulticallEntry {
+    /// Hypercall number.
+    pub op: u64,
+    /// Written by the hypervisor: the call's return value (a signed long).
+    pub result: u64,
+    /// Arguments (Xen reads the first five).
+    pub args: [u64; 6],
+}
+
+impl MulticallEntry {
+    /// The eight little-endian words as stored in memory.
+    pub const fn to_words(self) -> [u64; 8] {
+        [
+            self.op,
+            self.result,
+            self.args[0],
+            self.args[1],
+            self.args[2],
+            self.args[3],
+            self.args[4],
+            self.args[5],
+        ]
+    }
+
+    /// Byte offset of `result` inside an entry.
+    pub const RESULT_OFFSET: usize = 8;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trap_info_layout() {
+        let t = TrapInfo {
+            vector: 0x80,
+            flags: 3 | TI_MASK_EVENTS,
+            cs: 0xe033,
+            address: 0xffff_8000_0000_1000,
+        };
+        let w = t.to_words();
+        // vector @0, flags @1, cs @2..4, pad @4..8, address @8.
+        let mut bytes = [0u8; TRAP_INFO_SIZE];
+        bytes[..8].copy_from_slice(&w[0].to_le_bytes());
+        bytes[8..].copy_from_slice(&w[1].to_le_bytes());
+        assert_eq!(bytes[0], 0x80);
+        assert_eq!(bytes[1], 7);
+        assert_eq!(&bytes[2..4], &[0x33, 0xe0]);
+        assert_eq!(&bytes[4..8], &[0, 0, 0, 0]);
+        assert_eq!(&bytes[8..16], &0xffff_8000_0000_1000u64.to_le_bytes());
+        assert_eq!(TrapInfo::from_words(w), t);
+        assert_eq!(TrapInfo::TERMINATOR.to_words(), [0, 0]);
+    }
+
+    #[test]
+    fn gate_conversion_follows_linux() {
+        use pvops::{Gate64, Ring, Selector};
+        let cs = Selector(0xe033);
+        let h = 0xffff_8000_0010_0000;
+        let int = Gate64::interrupt(cs, h, Ring::Ring0);
+        assert_eq!(
+            TrapInfo::from_gate(14, int),
+            Some(TrapInfo {
+                vector: 14,
+                flags: TI_MASK_EVENTS,
+                cs: 0xe033,
+                address: h
+            })
+        );
+        let bp = Gate64::trap(cs, h, Ring::Ring3);
+        assert_eq!(TrapInfo::from_gate(3, bp).map(|t| t.flags), Some(3));
+        // IST: only #DB, NMI, #DF, #MC.
+        for v in [1u8, 2, 8, 18] {
+            assert!(TrapInfo::from_gate(v, int.with_ist(1).unwrap()).is_some());
+        }
+        assert_eq!(TrapInfo::from_gate(14, int.with_ist(1).unwrap()), None);
+        // Not present, call gate, zero offset, garbage.
+        assert_eq!(TrapInfo::from_gate(5, Gate64::MISSING), None);
+        assert_eq!(
+            TrapInfo::from_gate(
+                5,
+                Gate64 {
+                    low: int.low & !(1 << 47),
+                    high: int.high
+                }
+            ),
+            None
+        );
+        assert_eq!(
+            TrapInfo::from_gate(5, Gate64::call(cs, h, Ring::Ring3)),
+            None
+        );
+        assert_eq!(
+            TrapInfo::from_gate(5, Gate64::interrupt(cs, 0, Ring::Ring0)),
+            None
+        );
+        assert_eq!(
+            TrapInfo::from_gate(
+                5,
+                Gate64 {
+                    low: u64::MAX,
+                    high: u64::MAX
+                }
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn mmuext_and_multicall_layout() {
+        let op = MmuextOp::set_ldt(0x7000, 5);
+        assert_eq!(op.to_words(), [13, 0x7000, 5]);
+        assert_eq!(op.to_words().len() * 8, MMUEXT_OP_SIZE);
+        let e = MulticallEntry {
+            op: 10,
+            result: 0,
+            args: [1, 2, 3, 4, 5, 6],
+        };
+        assert_eq!(e.to_words(), [10, 0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(e.to_words().len() * 8, MULTICALL_ENTRY_SIZE);
+    }
+}

@@ -1,0 +1,738 @@
+//! [`XenOps`]: the descriptor ops as 64-bit Xen PV hypercalls.
+//!
+//! See the [crate documentation](crate) for the op-by-op mapping.
+
+use spin::Mutex;
+
+use pvops::descriptor::SystemType;
+use pvops::{
+    Descriptor, DescriptorOps, DescriptorTablePointer, Errno, Gate64, Gdt, GdtEntry, GdtLayout,
+    Idt, IdtGate, Ldt, PvError, Result, Selector, TLS_ENTRIES, TableKind,
+};
+
+use crate::abi::{
+    DOMID_SELF, FLAT_KERNEL_SS, MMUEXT_OP_SIZE, MULTICALL_ENTRY_SIZE, MmuextOp, MulticallEntry,
+    PAGE_SIZE, PTE_PRESENT, PTE_RW, TRAP_INFO_SIZE, TrapInfo, UVMF_NONE,
+};
+use crate::batch::{ARENA_OFFSET, Batch, ENTRIES_OFFSET, MC_BATCH, Queued, SCRATCH_NEEDED, Tag};
+use crate::{XenPlatform, nr};
+
+/// Most pages a GDT or LDT spans (64 KiB, plus one when not page aligned).
+const MAX_TABLE_PAGES: usize = 17;
+
+/// Smallest scratch buffer the backend works with (the platform contract).
+const MIN_SCRATCH: usize = 4096;
+
+/// The Xen PV backend for one vCPU over platform `P`.
+///
+/// All state (the guest's view of GDTR/IDTR/LDTR/TR, the TLS shadow, the
+/// lazy-mode queue) lives in a [`spin::Mutex`] inside the instance, so a
+/// kernel keeps one `XenOps` per vCPU, like Linux's per-CPU `mc_buffer`,
+/// `idt_desc` and `shadow_tls_desc`.
+pub struct XenOps<P: XenPlatform> {
+    platform: P,
+    layout: GdtLayout,
+    state: Mutex<State>,
+}
+
+/// Per-vCPU bookkeeping.
+struct State {
+    /// The GDT last loaded through this backend (what `sgdt` would show on
+    /// bare metal).
+    gdt: Option<Gdt>,
+    /// The IDT last loaded.
+    idt: Option<Idt>,
+    /// The LDT last loaded.
+    ldt: Option<Ldt>,
+    /// The selector last given to `load_tr`.
+    tr: Selector,
+    /// What each TLS slot of the loaded GDT holds as far as we know (the
+    /// value the guest asked for); `None` = unknown, send it next time.
+    tls: [Option<Descriptor>; TLS_ENTRIES],
+    /// Inside enter_lazy_cpu .. leave_lazy_cpu.
+    lazy: bool,
+    /// Deferred calls.
+    batch: Batch,
+}
+
+impl State {
+    const fn new() -> State {
+        State {
+            gdt: None,
+            idt: None,
+            ldt: None,
+            tr: Selector::NULL,
+            tls: [None; TLS_ENTRIES],
+            lazy: false,
+            batch: Batch::new(),
+        }
+    }
+
+    /// Undo the bookkeeping of a call that failed.
+    fn undo(&mut self, tag: Tag) {
+        match tag {
+            Tag::None => {}
+            Tag::Tls(i) => {
+                if let Some(s) = self.tls.get_mut(i) {
+                    *s = None;
+                }
+            }
+        }
+    }
+}
+
+/// Turn a hypercall return value into a result.
+fn check(call: &'static str, ret: i64) -> Result<i64> {
+    if ret < 0 {
+        Err(PvError::Hypervisor {
+            call,
+            errno: Errno::from_return(ret).unwrap_or(Errno(i32::MAX)),
+        })
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Read an aligned u64 at linear address `addr`.
+///
+/// # Safety
+/// `addr` must be valid for an aligned 8-byte read.
+unsafe fn read_u64(addr: u64) -> u64 {
+    // SAFETY: the caller guarantees validity; volatile because the CPU or
+    // the hypervisor may write the memory behind the compiler's back.
+    unsafe { (addr as usize as *const u64).read_volatile() }
+}
+
+/// Write an aligned u64 at linear address `addr` (one store).
+///
+/// # Safety
+/// `addr` must be valid for an aligned 8-byte write.
+unsafe fn write_u64(addr: u64, v: u64) {
+    // SAFETY: the caller guarantees validity.
+    unsafe { (addr as usize as *mut u64).write_volatile(v) }
+}
+
+/// Write consecutive words starting at `addr`.
+///
+/// # Safety
+/// `addr .. addr + 8 * words.len()` must be valid for aligned writes.
+unsafe fn write_words(addr: u64, words: &[u64]) {
+    for (i, w) in words.iter().enumerate() {
+        // SAFETY: inside the range the caller vouches for.
+        unsafe { write_u64(addr + i as u64 * 8, *w) };
+    }
+}
+
+/// Page-aligned addresses of the pages covering `bytes` bytes at `base`
+/// (`bytes` > 0), and how many there are.
+fn pages(base: u64, bytes: u64) -> (impl Iterator<Item = u64>, usize) {
+    let first = base & !(PAGE_SIZE - 1);
+    let last = base.saturating_add(bytes.saturating_sub(1)) & !(PAGE_SIZE - 1);
+    let count = ((last - first) / PAGE_SIZE + 1) as usize;
+    ((0..count as u64).map(move |i| first + i * PAGE_SIZE), count)
+}
+
+/// Is this an 8-byte TSS or LDT descriptor (S = 0, type 1, 2, 3, 9, 0xB)?
+/// Linux's `xen_write_gdt_entry` drops writes of `DESC_TSS` / `DESC_LDT`:
+/// Xen refuses them (`check_descriptor` only takes call gates among the
+/// system types) and installs the guest's TSS and LDT itself.
+pub const fn is_tss_or_ldt(d: Descriptor) -> bool {
+    !d.is_code_or_data()
+        && matches!(
+            d.system_type(),
+            SystemType::Tss16
+                | SystemType::Ldt
+                | SystemType::Tss16Busy
+                | SystemType::Tss
+                | SystemType::TssBusy
+        )
+}
+
+impl<P: XenPlatform> XenOps<P> {
+    /// The backend for the vCPU `platform` stands for. `layout` says where
+    /// the TLS slots are (`load_tls`).
+    pub const fn new(platform: P, layout: GdtLayout) -> Self {
+        XenOps {
+            platform,
+            layout,
+            state: Mutex::new(State::new()),
+        }
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The GDT layout it was built with.
+    pub fn layout(&self) -> GdtLayout {
+        self.layout
+    }
+
+    /// Calls queued and not yet sent (lazy mode).
+    pub fn queued(&self) -> usize {
+        self.state.lock().batch.len()
+    }
+
+    /// Inside `enter_lazy_cpu` .. `leave_lazy_cpu`?
+    pub fn is_lazy(&self) -> bool {
+        self.state.lock().lazy
+    }
+
+    /// Capacity of the multicall queue.
+    pub const BATCH_CAPACITY: usize = MC_BATCH;
+
+    // ---- helpers -------------------------------------------------------
+
+    fn mfn(&self, op: &'static str, va: u64) -> Result<u64> {
+        self.platform
+            .virt_to_mfn(va)
+            .ok_or(PvError::NoTranslation { op, addr: va })
+    }
+
+    /// Machine address of the byte at `va`.
+    fn maddr(&self, op: &'static str, va: u64) -> Result<u64> {
+        Ok((self.mfn(op, va)? << 12) | (va & (PAGE_SIZE - 1)))
+    }
+
+    /// The scratch buffer's address, checking it holds `need` bytes.
+    fn scratch(&self, need: usize) -> Result<(u64, usize)> {
+        let (va, len) = self.platform.scratch();
+        if len < need.max(MIN_SCRATCH) || !va.is_multiple_of(8) || va == 0 {
+            return Err(PvError::Unsupported {
+                backend: "xen",
+                op: "hypercall arguments: XenPlatform::scratch must be an aligned buffer of at least 4096 bytes",
+            });
+        }
+        Ok((va, len))
+    }
+
+    /// Issue hypercall `nr` now.
+    ///
+    /// # Safety
+    /// Pointer arguments must point at argument structures laid out as the
+    /// hypercall expects (in the scratch buffer).
+    unsafe fn call(&self, name: &'static str, nr: u32, args: [u64; 5]) -> Result<i64> {
+        // SAFETY: forwarded contract.
+        check(name, unsafe { self.platform.hypercall(nr, args) })
+    }
+
+    /// Send every queued call: one hypercall if there is one (Linux's
+    /// singleton bypass in `xen_mc_flush`), else one `multicall`. The queue
+    /// is empty afterwards whatever happened. Reports the first call that
+    /// failed; every call still ran (Xen runs all entries of a multicall).
+    fn flush(&self, st: &mut State) -> Result<()> {
+        let n = st.batch.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let result = self.send(st, n);
+        st.batch.clear();
+        result
+    }
+
+    fn send(&self, st: &mut State, n: usize) -> Result<()> {
+        let base = match self.scratch(SCRATCH_NEEDED) {
+            Ok((b, _)) => b,
+            Err(e) => {
+                for i in 0..n {
+                    if let Some(q) = st.batch.calls().get(i).copied() {
+                        st.undo(q.tag);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let arena = base + ARENA_OFFSET as u64;
+        for (k, op) in st.batch.arena().iter().enumerate() {
+            // SAFETY: the arena area of the scratch buffer (checked to hold
+            // SCRATCH_NEEDED bytes); only this vCPU uses it during the op,
+            // and the state lock we hold serializes this instance's ops.
+            unsafe { write_words(arena + (k * MMUEXT_OP_SIZE) as u64, &op.to_words()) };
+        }
+        let resolve = |q: &Queued| {
+            let mut a = q.args;
+            if let Some(k) = q.arena {
+                a[0] = arena + (k * MMUEXT_OP_SIZE) as u64;
+            }
+            a
+        };
+        if n == 1 {
+            let Some(q) = st.batch.calls().first().copied() else {
+                return Ok(());
+            };
+            let a = resolve(&q);
+            // SAFETY: arguments as queued; a pointer argument was resolved
+            // to its arena slot, written above.
+            let r = unsafe { self.call(q.name, q.nr, [a[0], a[1], a[2], a[3], a[4]]) };
+            if r.is_err() {
+                st.undo(q.tag);
+            }
+            return r.map(|_| ());
+        }
+        let entries = base + ENTRIES_OFFSET as u64;
+        for i in 0..n {
+            let Some(q) = st.batch.calls().get(i).copied() else {
+                break;
+            };
+            let e = MulticallEntry {
+                op: q.nr as u64,
+                result: 0,
+                args: resolve(&q),
+            };
+            // SAFETY: entry i of the entry area of the scratch buffer
+            // (i < MC_BATCH; see `send`'s first write for ownership).
+            unsafe { write_words(entries + (i * MULTICALL_ENTRY_SIZE) as u64, &e.to_words()) };
+        }
+        // SAFETY: `entries` holds n multicall entries written above.
+        let r = unsafe { self.call("multicall", nr::MULTICALL, [entries, n as u64, 0, 0, 0]) };
+        if let Err(e) = r {
+            for i in 0..n {
+                if let Some(q) = st.batch.calls().get(i).copied() {
+                    st.undo(q.tag);
+                }
+            }
+            return Err(e);
+        }
+        let mut first = Ok(());
+        for i in 0..n {
+            let Some(q) = st.batch.calls().get(i).copied() else {
+                break;
+            };
+            let at = entries + (i * MULTICALL_ENTRY_SIZE + MulticallEntry::RESULT_OFFSET) as u64;
+            // SAFETY: inside entry i, written above; the hypervisor wrote
+            // the result field.
+            let ret = unsafe { read_u64(at) } as i64;
+            if let Err(e) = check(q.name, ret) {
+                st.undo(q.tag);
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// Make room for `calls` deferred calls, flushing a full queue.
+    fn reserve(&self, st: &mut State, calls: usize) -> Result<()> {
+        if !st.batch.has_room(calls) {
+            self.flush(st)?;
+        }
+        if st.batch.has_room(calls) {
+            Ok(())
+        } else {
+            Err(PvError::Unsupported {
+                backend: "xen",
+                op: "an op needing more calls than one multicall holds",
+            })
+        }
+    }
+
+    /// Queue a call (room was reserved).
+    fn push(st: &mut State, q: Queued) -> Result<()> {
+        if st.batch.push(q) {
+            Ok(())
+        } else {
+            Err(PvError::Unsupported {
+                backend: "xen",
+                op: "queueing past the multicall capacity",
+            })
+        }
+    }
+
+    /// End of an op that queued calls: send them now unless in lazy mode
+    /// (Linux `xen_mc_issue(PARAVIRT_LAZY_CPU)`).
+    fn issue(&self, st: &mut State) -> Result<()> {
+        if st.lazy { Ok(()) } else { self.flush(st) }
+    }
+
+    /// Queue `update_va_mapping` for every page of `base .. base+bytes`:
+    /// read-only (`writable == false`) or writable.
+    fn remap(&self, op: &'static str, base: u64, bytes: u64, writable: bool) -> Result<()> {
+        let (iter, count) = pages(base, bytes);
+        if count > MAX_TABLE_PAGES {
+            return Err(PvError::Unsupported {
+                backend: "xen",
+                op: "a descriptor table larger than 64 KiB",
+            });
+        }
+        let mut frames = [(0u64, 0u64); MAX_TABLE_PAGES];
+        for (slot, va) in frames.iter_mut().zip(iter) {
+            *slot = (va, self.mfn(op, va)?);
+        }
+        let prot = PTE_PRESENT | if writable { PTE_RW } else { 0 };
+        let mut st = self.state.lock();
+        self.reserve(&mut st, count)?;
+        for &(va, mfn) in frames.iter().take(count) {
+            Self::push(
+                &mut st,
+                Queued::new(
+                    "update_va_mapping",
+                    nr::UPDATE_VA_MAPPING,
+                    [va, (mfn << 12) | prot, UVMF_NONE, 0, 0, 0],
+                    Tag::None,
+                ),
+            )?;
+        }
+        self.issue(&mut st)
+    }
+
+    /// `update_descriptor(maddr, desc)` now, after sending anything queued
+    /// (Linux's `xen_write_gdt_entry` / `xen_write_ldt_entry` flush first
+    /// and call directly).
+    fn update_descriptor_now(&self, st: &mut State, maddr: u64, d: Descriptor) -> Result<()> {
+        self.flush(st)?;
+        // SAFETY: scalar arguments only.
+        unsafe {
+            self.call(
+                "update_descriptor",
+                nr::UPDATE_DESCRIPTOR,
+                [maddr, d.0, 0, 0, 0],
+            )
+        }
+        .map(|_| ())
+    }
+
+    /// The TLS shadow index of GDT slot address `addr` in the loaded GDT.
+    fn tls_index(&self, st: &State, addr: u64) -> Option<usize> {
+        let gdt = st.gdt?;
+        (0..TLS_ENTRIES)
+            .find(|&i| gdt.slot_addr(self.layout.tls_first as u32 + i as u32) == Ok(addr))
+    }
+}
+
+impl<P: XenPlatform> DescriptorOps for XenOps<P> {
+    fn name(&self) -> &'static str {
+        "xen"
+    }
+
+    unsafe fn load_gdt(&self, gdt: &Gdt) -> Result<()> {
+        let base = gdt.base();
+        if !base.is_multiple_of(PAGE_SIZE) {
+            // Xen takes whole frames: the GDT must start a page.
+            return Err(PvError::MisalignedTable {
+                table: TableKind::Gdt,
+                base,
+                align: PAGE_SIZE,
+            });
+        }
+        let bytes = gdt.entries() as u64 * 8;
+        let (iter, count) = pages(base, bytes);
+        let mut frames = [(0u64, 0u64); MAX_TABLE_PAGES];
+        for (slot, va) in frames.iter_mut().zip(iter) {
+            *slot = (va, self.mfn("load_gdt", va)?);
+        }
+        let frames = frames.get(..count).unwrap_or(&[]);
+        // The guest's own TLS descriptors, before Xen validates (and maybe
+        // rewrites) the page.
+        let mut tls = [None; TLS_ENTRIES];
+        for (i, t) in tls.iter_mut().enumerate() {
+            if let Ok(addr) = gdt.slot_addr(self.layout.tls_first as u32 + i as u32) {
+                // SAFETY: inside the GDT, valid memory by the op contract.
+                *t = Some(Descriptor(unsafe { read_u64(addr) }));
+            }
+        }
+        let mut st = self.state.lock();
+        // Each page read-only (Xen refuses a GDT frame mapped writable),
+        // queued so several pages go in one multicall...
+        self.reserve(&mut st, count)?;
+        for &(va, mfn) in frames {
+            Self::push(
+                &mut st,
+                Queued::new(
+                    "update_va_mapping",
+                    nr::UPDATE_VA_MAPPING,
+                    [va, (mfn << 12) | PTE_PRESENT, UVMF_NONE, 0, 0, 0],
+                    Tag::None,
+                ),
+            )?;
+        }
+        // ...and sent before set_gdt, which is never deferred.
+        self.flush(&mut st)?;
+        let (scratch, _) = self.scratch(count * 8)?;
+        for (i, &(_, mfn)) in frames.iter().enumerate() {
+            // SAFETY: slot i < 17 of the scratch buffer (>= 4096 bytes),
+            // ours for this op (state lock held).
+            unsafe { write_u64(scratch + i as u64 * 8, mfn) };
+        }
+        // SAFETY: arg 0 points at `count` frame numbers written above.
+        unsafe {
+            self.call(
+                "set_gdt",
+                nr::SET_GDT,
+                [scratch, gdt.entries() as u64, 0, 0, 0],
+            )?
+        };
+        st.gdt = Some(*gdt);
+        st.tls = tls;
+        Ok(())
+    }
+
+    fn store_gdt(&self) -> Result<DescriptorTablePointer> {
+        Ok(self
+            .state
+            .lock()
+            .gdt
+            .map(|g| g.pointer())
+            .unwrap_or_default())
+    }
+
+    unsafe fn load_idt(&self, idt: &Idt) -> Result<()> {
+        let mut st = self.state.lock();
+        self.flush(&mut st)?;
+        let (scratch, len) = self.scratch(MIN_SCRATCH)?;
+        // Entries per call, leaving room for the terminator: 255 in a 4 KiB
+        // buffer, so a full 256-gate IDT takes two calls (additive in Xen).
+        let cap = (len / TRAP_INFO_SIZE - 1).min(256);
+        let mut n = 0usize;
+        let mut sent = false;
+        let send = |n: usize| -> Result<()> {
+            let end = scratch + (n * TRAP_INFO_SIZE) as u64;
+            // SAFETY: n <= cap, so the terminator slot is inside the buffer.
+            unsafe { write_words(end, &TrapInfo::TERMINATOR.to_words()) };
+            // SAFETY: arg 0 points at n trap_info entries and a terminator.
+            unsafe { self.call("set_trap_table", nr::SET_TRAP_TABLE, [scratch, 0, 0, 0, 0]) }
+                .map(|_| ())
+        };
+        for v in 0..idt.entries() {
+            let addr = idt.base() + v as u64 * TRAP_INFO_SIZE as u64;
+            // SAFETY: gate v is inside the IDT, valid by the op contract.
+            let gate = unsafe {
+                Gate64 {
+                    low: read_u64(addr),
+                    high: read_u64(addr + 8),
+                }
+            };
+            let Some(t) = TrapInfo::from_gate(v as u8, gate) else {
+                continue;
+            };
+            // SAFETY: n < cap, inside the buffer.
+            unsafe { write_words(scratch + (n * TRAP_INFO_SIZE) as u64, &t.to_words()) };
+            n += 1;
+            if n == cap {
+                send(n)?;
+                sent = true;
+                n = 0;
+            }
+        }
+        if n > 0 || !sent {
+            send(n)?;
+        }
+        st.idt = Some(*idt);
+        Ok(())
+    }
+
+    fn store_idt(&self) -> Result<DescriptorTablePointer> {
+        Ok(self
+            .state
+            .lock()
+            .idt
+            .map(|i| i.pointer())
+            .unwrap_or_default())
+    }
+
+    unsafe fn load_tr(&self, tss: Selector) -> Result<()> {
+        // Xen owns the TSS; remember the selector for store_tr.
+        self.state.lock().tr = tss;
+        Ok(())
+    }
+
+    fn store_tr(&self) -> Result<Selector> {
+        Ok(self.state.lock().tr)
+    }
+
+    unsafe fn load_ldt(&self, ldt: Option<&Ldt>) -> Result<()> {
+        let (addr, ents) = match ldt {
+            Some(l) => {
+                if !l.base().is_multiple_of(PAGE_SIZE) {
+                    // Xen maps LDT pages one by one: it must start a page.
+                    return Err(PvError::MisalignedTable {
+                        table: TableKind::Ldt,
+                        base: l.base(),
+                        align: PAGE_SIZE,
+                    });
+                }
+                (l.base(), l.entries())
+            }
+            None => (0, 0),
+        };
+        let mut st = self.state.lock();
+        self.reserve(&mut st, 1)?;
+        let q = Queued::new(
+            "mmuext_op",
+            nr::MMUEXT_OP,
+            // ops (resolved to the arena at flush), count, done, foreigndom.
+            [0, 1, 0, DOMID_SELF, 0, 0],
+            Tag::None,
+        );
+        if !st.batch.push_with_op(q, MmuextOp::set_ldt(addr, ents)) {
+            return Err(PvError::Unsupported {
+                backend: "xen",
+                op: "queueing past the multicall capacity",
+            });
+        }
+        if st.lazy {
+            st.ldt = ldt.copied();
+            return Ok(());
+        }
+        self.flush(&mut st)?;
+        st.ldt = ldt.copied();
+        Ok(())
+    }
+
+    fn store_ldt(&self) -> Result<Option<Ldt>> {
+        Ok(self.state.lock().ldt)
+    }
+
+    unsafe fn write_gdt_entry(&self, gdt: &Gdt, index: u32, entry: GdtEntry) -> Result<()> {
+        let addr = gdt.entry_addr(index, &entry)?;
+        let d = match entry {
+            // 16-byte descriptors are the long-mode TSS and LDT: ignored.
+            GdtEntry::Double(_) => return Ok(()),
+            GdtEntry::Single(d) if is_tss_or_ldt(d) => return Ok(()),
+            GdtEntry::Single(d) => d,
+        };
+        let maddr = self.maddr("write_gdt_entry", addr)?;
+        let mut st = self.state.lock();
+        self.update_descriptor_now(&mut st, maddr, d)?;
+        if let Some(i) = self.tls_index(&st, addr)
+            && let Some(s) = st.tls.get_mut(i)
+        {
+            *s = Some(d);
+        }
+        Ok(())
+    }
+
+    unsafe fn write_ldt_entry(&self, ldt: &Ldt, index: u32, entry: Descriptor) -> Result<()> {
+        let addr = ldt.slot_addr(index)?;
+        let maddr = self.maddr("write_ldt_entry", addr)?;
+        let mut st = self.state.lock();
+        self.update_descriptor_now(&mut st, maddr, entry)
+    }
+
+    unsafe fn write_idt_entry(&self, idt: &Idt, vector: u8, gate: IdtGate) -> Result<()> {
+        let addr = idt.slot_addr(vector)?;
+        let mut st = self.state.lock();
+        self.flush(&mut st)?;
+        // SAFETY: `slot_addr` checked the 16-byte slot is inside `idt`,
+        // writable by the op contract. High half first: P is in the low half.
+        unsafe {
+            write_u64(addr + 8, gate.high);
+            write_u64(addr, gate.low);
+        }
+        // Tell Xen only if the slot is a gate of the loaded IDT (Linux
+        // compares the address with the loaded range).
+        let Some(loaded) = st.idt else {
+            return Ok(());
+        };
+        let off = addr.wrapping_sub(loaded.base());
+        let size = loaded.entries() as u64 * TRAP_INFO_SIZE as u64;
+        if addr < loaded.base() || off >= size || !off.is_multiple_of(TRAP_INFO_SIZE as u64) {
+            return Ok(());
+        }
+        let Some(t) = TrapInfo::from_gate((off / TRAP_INFO_SIZE as u64) as u8, gate) else {
+            // Not forwardable: Xen keeps its previous entry for the vector
+            // (it has no per-vector clear), as in Linux.
+            return Ok(());
+        };
+        let (scratch, _) = self.scratch(MIN_SCRATCH)?;
+        // SAFETY: two entries (32 bytes) of the scratch buffer, ours for
+        // this op (state lock held).
+        unsafe {
+            write_words(scratch, &t.to_words());
+            write_words(scratch + 16, &TrapInfo::TERMINATOR.to_words());
+        }
+        // SAFETY: arg 0 points at one trap_info and a terminator.
+        unsafe { self.call("set_trap_table", nr::SET_TRAP_TABLE, [scratch, 0, 0, 0, 0]) }
+            .map(|_| ())
+    }
+
+    unsafe fn load_tls(&self, tls: &[Descriptor; TLS_ENTRIES]) -> Result<()> {
+        let mut st = self.state.lock();
+        let gdt = st.gdt.ok_or(PvError::NoTableLoaded {
+            op: "load_tls",
+            table: TableKind::Gdt,
+        })?;
+        let first = self.layout.tls_first as u32;
+        // All three slots inside the GDT, or nothing is sent.
+        gdt.slot_addr(first + TLS_ENTRIES as u32 - 1)?;
+        let mut sends = [None; TLS_ENTRIES];
+        for (i, (send, d)) in sends.iter_mut().zip(tls).enumerate() {
+            if st.tls.get(i).copied().flatten() != Some(*d) {
+                let addr = gdt.slot_addr(first + i as u32)?;
+                *send = Some(self.maddr("load_tls", addr)?);
+            }
+        }
+        let count = sends.iter().filter(|s| s.is_some()).count();
+        if count == 0 {
+            return Ok(());
+        }
+        self.reserve(&mut st, count)?;
+        for (i, (send, d)) in sends.iter().zip(tls).enumerate() {
+            let Some(maddr) = *send else { continue };
+            Self::push(
+                &mut st,
+                Queued::new(
+                    "update_descriptor",
+                    nr::UPDATE_DESCRIPTOR,
+                    [maddr, d.0, 0, 0, 0, 0],
+                    Tag::Tls(i),
+                ),
+            )?;
+            if let Some(s) = st.tls.get_mut(i) {
+                *s = Some(*d);
+            }
+        }
+        self.issue(&mut st)
+    }
+
+    unsafe fn alloc_ldt(&self, ldt: &Ldt) -> Result<()> {
+        self.remap("alloc_ldt", ldt.base(), ldt.entries() as u64 * 8, false)
+    }
+
+    unsafe fn free_ldt(&self, ldt: &Ldt) -> Result<()> {
+        self.remap("free_ldt", ldt.base(), ldt.entries() as u64 * 8, true)
+    }
+
+    unsafe fn load_kernel_stack(&self, sp0: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        self.reserve(&mut st, 1)?;
+        Self::push(
+            &mut st,
+            Queued::new(
+                "stack_switch",
+                nr::STACK_SWITCH,
+                [FLAT_KERNEL_SS, sp0, 0, 0, 0, 0],
+                Tag::None,
+            ),
+        )?;
+        self.issue(&mut st)
+    }
+
+    fn enter_lazy_cpu(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        if st.lazy {
+            return Err(PvError::LazyModeMismatch {
+                op: "enter_lazy_cpu",
+            });
+        }
+        st.lazy = true;
+        Ok(())
+    }
+
+    fn leave_lazy_cpu(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        if !st.lazy {
+            return Err(PvError::LazyModeMismatch {
+                op: "leave_lazy_cpu",
+            });
+        }
+        st.lazy = false;
+        self.flush(&mut st)
+    }
+
+    fn flush_lazy(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        self.flush(&mut st)
+    }
+}
