@@ -1,5 +1,6 @@
 //! `hv-sim`: command-line front end.
 
+use std::io::{BufRead, BufWriter, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,23 @@ enum Cmd {
         #[arg(required = true)]
         hex: Vec<String>,
     },
+    /// Run descriptors through Xen's check_descriptor: prints `HEX ok STORED`
+    /// or `HEX rejected REASON` per input.
+    CheckDescriptor {
+        /// Guest ABI.
+        #[arg(long, value_enum)]
+        abi: AbiArg,
+        /// Descriptors, 16 hex digits each (optional 0x); a single `-` reads
+        /// one per line from stdin.
+        #[arg(required = true)]
+        hex: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AbiArg {
+    Pv64,
+    Pv32,
 }
 
 fn main() -> ExitCode {
@@ -68,5 +86,69 @@ fn main() -> ExitCode {
             }
             status
         }
+        Cmd::CheckDescriptor { abi, hex } => {
+            let abi = match abi {
+                AbiArg::Pv64 => hv_sim::xen::Abi::Pv64,
+                AbiArg::Pv32 => hv_sim::xen::Abi::Pv32,
+            };
+            match check_descriptors(abi, &hex) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("hv-sim check-descriptor: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
+}
+
+/// Parse exactly 16 hex digits, optional `0x`/`0X` prefix.
+fn parse_desc_hex(s: &str) -> Result<u64, String> {
+    let t = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    if t.len() != 16 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "malformed descriptor {s:?}: expected 16 hex digits (optional 0x)"
+        ));
+    }
+    u64::from_str_radix(t, 16).map_err(|e| format!("malformed descriptor {s:?}: {e}"))
+}
+
+fn check_one(abi: hv_sim::xen::Abi, h: &str, out: &mut impl Write) -> Result<(), String> {
+    let d = parse_desc_hex(h)?;
+    let r = match hv_sim::xen::check_descriptor(abi, d) {
+        Ok(v) => writeln!(out, "{h} ok {v:016x}"),
+        Err(r) => writeln!(out, "{h} rejected {r}"),
+    };
+    r.map_err(|e| format!("writing output: {e}"))
+}
+
+fn check_descriptors(abi: hv_sim::xen::Abi, hex: &[String]) -> Result<(), String> {
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    if hex.len() == 1 && hex[0] == "-" {
+        let stdin = std::io::stdin();
+        let mut line = String::new();
+        let mut input = stdin.lock();
+        let mut n = 0u64;
+        loop {
+            line.clear();
+            let got = input
+                .read_line(&mut line)
+                .map_err(|e| format!("reading stdin: {e}"))?;
+            if got == 0 {
+                break;
+            }
+            n += 1;
+            let h = line.trim_end_matches(['\n', '\r']);
+            check_one(abi, h, &mut out).map_err(|e| format!("line {n}: {e}"))?;
+        }
+    } else {
+        for h in hex {
+            check_one(abi, h, &mut out)?;
+        }
+    }
+    out.flush().map_err(|e| format!("writing output: {e}"))
 }

@@ -547,7 +547,7 @@ fn lazy_ldt_mapping() {
     assert_eq!((f.vector, f.cr2), (14, Some(ldt + 4096)));
     // Beyond ldt_ents: #GP(sel).
     let f = d.touch_ldt(0, 1024).unwrap_err();
-    assert_eq!((f.vector, f.error_code), (13, 1024 * 8 | 4));
+    assert_eq!((f.vector, f.error_code), (13, (1024 * 8) | 4));
     // The mapped LDT page cannot become writable...
     assert_eq!(map(&d, ldt, true), -EBUSY);
     // ... until the LDT is dropped (NEW_BASEPTR to another root).
@@ -576,7 +576,7 @@ fn ldt_non_canonical_gp() {
         0
     );
     let f = d.touch_ldt(0, 600).unwrap_err();
-    assert_eq!((f.vector, f.error_code), (13, 600 * 8 | 4));
+    assert_eq!((f.vector, f.error_code), (13, (600 * 8) | 4));
     // Below the boundary: a #PF (nothing mapped there).
     assert_eq!(d.touch_ldt(0, 3).unwrap_err().vector, 14);
 }
