@@ -388,27 +388,134 @@ mod tests {
     fn every_error_names_its_rule() {
         let sel = Selector(0x40);
         let cases: &[(PvError, &str)] = &[
-            (PvError::FieldOutOfRange { field: "limit", value: 0x100000, max: 0xfffff }, "does not fit"),
-            (PvError::TableTooLarge { table: TableKind::Ldt, entries: 8193, max: 8192 }, "at most 8192 entries"),
-            (PvError::EmptyTable { table: TableKind::Gdt }, "at least one entry"),
-            (PvError::LimitNotWhole { table: TableKind::Gdt, limit: 8, entry_size: 8 }, "entries*8-1"),
-            (PvError::MisalignedTable { table: TableKind::Idt, base: 4, align: 8 }, "8-byte aligned"),
-            (PvError::BadTableBase { table: TableKind::Gdt, base: 1 << 47 }, "non-canonical"),
-            (PvError::IndexOutOfRange { table: TableKind::Gdt, index: 9, entries: 9 }, "past the end of the GDT"),
-            (PvError::DoubleSlotPastEnd { table: TableKind::Gdt, index: 8, entries: 9 }, "needs slots 8 and 9"),
+            (
+                PvError::FieldOutOfRange {
+                    field: "limit",
+                    value: 0x100000,
+                    max: 0xfffff,
+                },
+                "does not fit",
+            ),
+            (
+                PvError::TableTooLarge {
+                    table: TableKind::Ldt,
+                    entries: 8193,
+                    max: 8192,
+                },
+                "at most 8192 entries",
+            ),
+            (
+                PvError::EmptyTable {
+                    table: TableKind::Gdt,
+                },
+                "at least one entry",
+            ),
+            (
+                PvError::LimitNotWhole {
+                    table: TableKind::Gdt,
+                    limit: 8,
+                    entry_size: 8,
+                },
+                "entries*8-1",
+            ),
+            (
+                PvError::MisalignedTable {
+                    table: TableKind::Idt,
+                    base: 4,
+                    align: 8,
+                },
+                "8-byte aligned",
+            ),
+            (
+                PvError::BadTableBase {
+                    table: TableKind::Gdt,
+                    base: 1 << 47,
+                },
+                "non-canonical",
+            ),
+            (
+                PvError::IndexOutOfRange {
+                    table: TableKind::Gdt,
+                    index: 9,
+                    entries: 9,
+                },
+                "past the end of the GDT",
+            ),
+            (
+                PvError::DoubleSlotPastEnd {
+                    table: TableKind::Gdt,
+                    index: 8,
+                    entries: 9,
+                },
+                "needs slots 8 and 9",
+            ),
             (PvError::DoubleSlotUnsupported, "only in long mode"),
             (PvError::BadIst { ist: 9 }, "outside 1..=7"),
             (PvError::IstOnNonInterruptGate, "interrupt and trap gates"),
-            (PvError::BadSelector { op: "load_tr", selector: sel, rule: "is null" }, "load_tr: selector 0x0040"),
-            (PvError::WrongDescriptorType { op: "load_tr", selector: sel, found: 0x1b, expected: "a TSS" }, "expected a TSS"),
-            (PvError::NoTableLoaded { op: "load_tls", table: TableKind::Gdt }, "no GDT has been loaded"),
-            (PvError::LazyModeMismatch { op: "enter_lazy_cpu" }, "no nesting"),
+            (
+                PvError::BadSelector {
+                    op: "load_tr",
+                    selector: sel,
+                    rule: "is null",
+                },
+                "load_tr: selector 0x0040",
+            ),
+            (
+                PvError::WrongDescriptorType {
+                    op: "load_tr",
+                    selector: sel,
+                    found: 0x1b,
+                    expected: "a TSS",
+                },
+                "expected a TSS",
+            ),
+            (
+                PvError::NoTableLoaded {
+                    op: "load_tls",
+                    table: TableKind::Gdt,
+                },
+                "no GDT has been loaded",
+            ),
+            (
+                PvError::LazyModeMismatch {
+                    op: "enter_lazy_cpu",
+                },
+                "no nesting",
+            ),
             (PvError::NotInstalled, "install()"),
-            (PvError::AlreadyInstalled { installed: "xen" }, "(xen) is already installed"),
-            (PvError::Unsupported { backend: "vmi", op: "load_tls" }, "not supported"),
-            (PvError::CpuFault { insn: "ltr", vector: 13, error_code: 0x40 }, "#GP"),
-            (PvError::Hypervisor { call: "set_gdt", errno: Errno::EINVAL }, "-EINVAL (-22)"),
-            (PvError::NoTranslation { op: "load_gdt", addr: 0x1000 }, "no machine translation"),
+            (
+                PvError::AlreadyInstalled { installed: "xen" },
+                "(xen) is already installed",
+            ),
+            (
+                PvError::Unsupported {
+                    backend: "vmi",
+                    op: "load_tls",
+                },
+                "not supported",
+            ),
+            (
+                PvError::CpuFault {
+                    insn: "ltr",
+                    vector: 13,
+                    error_code: 0x40,
+                },
+                "#GP",
+            ),
+            (
+                PvError::Hypervisor {
+                    call: "set_gdt",
+                    errno: Errno::EINVAL,
+                },
+                "-EINVAL (-22)",
+            ),
+            (
+                PvError::NoTranslation {
+                    op: "load_gdt",
+                    addr: 0x1000,
+                },
+                "no machine translation",
+            ),
         ];
         for (e, needle) in cases {
             let s = e.to_string();
