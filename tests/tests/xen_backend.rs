@@ -312,6 +312,32 @@ fn call_gates_follow_xens_rules() {
     // SAFETY: the loaded GDT.
     let e = unsafe { o.write_gdt_entry(&gdt, 11, Descriptor(xen_ds.low).into()) }.unwrap_err();
     assert_eq!(e, hv("update_descriptor", Errno::EINVAL));
+    // The same gate as one 16-byte entry: both halves sent, upper first.
+    dom.clear_trace();
+    let whole = SystemDescriptor {
+        low: gate.low,
+        high: gate.high,
+    };
+    // SAFETY: the loaded GDT.
+    unsafe { o.write_gdt_entry(&gdt, 12, whole.into()).unwrap() };
+    let mfn = dom.virt_to_mfn(gdt.base()).unwrap();
+    assert_eq!(
+        args_of(&dom, "update_descriptor"),
+        [
+            format!(
+                "maddr={:#x}, desc={:#018x}",
+                (mfn << 12) | (13 * 8),
+                gate.high
+            ),
+            format!(
+                "maddr={:#x}, desc={:#018x}",
+                (mfn << 12) | (12 * 8),
+                gate.low
+            )
+        ]
+    );
+    assert_eq!(dom.gdt_entry(0, 12), stored);
+    assert_eq!(dom.gdt_entry(0, 13), gate.high);
     // pv64: a parameter count is a reserved bit.
     let with_params = Descriptor(flat.low | 2 << 32);
     // SAFETY: the loaded GDT.
@@ -839,4 +865,105 @@ fn through_the_dynamic_ops_table() {
     assert_eq!(table.store_gdt().unwrap(), gdt.pointer());
     assert_eq!(dom.gdt_entry(0, 2), xen(presets::KERNEL_CODE64));
     assert_eq!(dom.vcpu(0).kernel_sp, 0x9000);
+}
+
+// ---- properties -------------------------------------------------------------
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn gate_strategy() -> impl Strategy<Value = Gate64> {
+        prop_oneof![
+            // Anything at all.
+            (any::<u64>(), any::<u64>()).prop_map(|(low, high)| Gate64 { low, high }),
+            // Well-formed interrupt/trap gates with any DPL, IST, offset.
+            (any::<bool>(), 0u8..4, 0u8..8, any::<u64>(), any::<bool>()).prop_map(
+                |(int, dpl, ist, off, canonical)| {
+                    let off = if canonical {
+                        off & 0x7fff_ffff_ffff
+                    } else {
+                        off
+                    };
+                    let ring = pvops::selector::ring_from_bits(dpl);
+                    let g = if int {
+                        Gate64::interrupt(KCS, off, ring)
+                    } else {
+                        Gate64::trap(KCS, off, ring)
+                    };
+                    g.with_ist(ist).unwrap()
+                }
+            ),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Any 8 bytes: ignored if TSS/LDT, else stored exactly as Xen's
+        /// check_descriptor says, or refused with -EINVAL. Never a panic.
+        #[test]
+        fn any_gdt_descriptor(d in any::<u64>()) {
+            let dom = domain();
+            let o = ops(&dom, 0);
+            let gdt = loaded_gdt(&dom, &o);
+            let before = dom.gdt_entry(0, 9);
+            // SAFETY: the loaded GDT.
+            let r = unsafe { o.write_gdt_entry(&gdt, 9, Descriptor(d).into()) };
+            if pvops_xen::is_tss_or_ldt(Descriptor(d)) {
+                prop_assert_eq!(r, Ok(()));
+                prop_assert!(calls(&dom).is_empty());
+                prop_assert_eq!(dom.gdt_entry(0, 9), before);
+            } else {
+                match check_descriptor(Abi::Pv64, d) {
+                    Ok(x) => {
+                        prop_assert_eq!(r, Ok(()));
+                        prop_assert_eq!(dom.gdt_entry(0, 9), x);
+                    }
+                    Err(_) => {
+                        prop_assert_eq!(r, Err(hv("update_descriptor", Errno::EINVAL)));
+                        prop_assert_eq!(dom.gdt_entry(0, 9), before);
+                    }
+                }
+            }
+            prop_assert!(dom.check_invariants().is_ok());
+        }
+
+        /// Any IDT contents: Xen's trap table holds exactly the gates
+        /// `TrapInfo::from_gate` forwards (cs RPL raised to 3), or Xen
+        /// refuses a non-canonical handler with -EINVAL.
+        #[test]
+        fn any_idt(gates in proptest::collection::vec(gate_strategy(), 1..24)) {
+            let dom = domain();
+            let o = ops(&dom, 0);
+            let idt = Idt::new(dom.alloc_pages(1), gates.len() as u32).unwrap();
+            for (v, g) in gates.iter().enumerate() {
+                write_gate(&dom, &idt, v as u8, *g);
+            }
+            // SAFETY: simulated guest RAM.
+            let r = unsafe { o.load_idt(&idt) };
+            let want: Vec<_> = gates
+                .iter()
+                .enumerate()
+                .map(|(v, g)| pvops_xen::TrapInfo::from_gate(v as u8, *g))
+                .collect();
+            let canonical = |a: u64| (a >> 47) == 0 || (a >> 47) == 0x1_ffff;
+            if want.iter().flatten().all(|t| canonical(t.address)) {
+                prop_assert_eq!(r, Ok(()));
+                let tt = dom.vcpu(0).trap_table;
+                for (v, w) in want.iter().enumerate() {
+                    let got = tt[v];
+                    match w {
+                        Some(t) => prop_assert_eq!(
+                            (got.vector, got.flags, got.cs, got.address),
+                            (t.vector, t.flags, t.cs | 3, t.address)
+                        ),
+                        None => prop_assert_eq!(got.address, 0),
+                    }
+                }
+            } else {
+                prop_assert_eq!(r, Err(hv("set_trap_table", Errno::EINVAL)));
+            }
+        }
+    }
 }

@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | `load_gdt` | `update_va_mapping(va, mfn<<12 \| P, 0)` per GDT page (read-only), then `set_gdt(frames, entries)` with the machine frames in scratch | the remaps yes, `set_gdt` no |
 //! | `store_gdt` / `store_idt` / `store_ldt` / `store_tr` | none: the guest's own view (shadows), never Xen's tables | — |
-//! | `write_gdt_entry` | `update_descriptor(maddr of slot, desc)`; TSS/LDT descriptors (8-byte types 1, 2, 3, 9, 0xB, and every 16-byte entry) are checked against the table and then ignored | no |
+//! | `write_gdt_entry` | `update_descriptor(maddr of slot, desc)`; TSS/LDT descriptors (types 1, 2, 3, 9, 0xB, 8- or 16-byte) are checked against the table and then ignored; another 16-byte entry (a 64-bit call gate) is sent as two `update_descriptor`s, upper half first | no |
 //! | `write_ldt_entry` | `update_descriptor(maddr of slot, desc)` | no |
 //! | `load_idt` | one `set_trap_table` with every forwardable gate as `trap_info`, terminated by an all-zero entry (two calls if the scratch buffer cannot hold 257 entries) | no |
 //! | `write_idt_entry` | native store into the IDT; if the slot is in the loaded IDT, `set_trap_table` with that vector | no |

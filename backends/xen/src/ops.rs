@@ -586,19 +586,33 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
 
     unsafe fn write_gdt_entry(&self, gdt: &Gdt, index: u32, entry: GdtEntry) -> Result<()> {
         let addr = gdt.entry_addr(index, &entry)?;
-        let d = match entry {
-            // 16-byte descriptors are the long-mode TSS and LDT: ignored.
-            GdtEntry::Double(_) => return Ok(()),
+        // (slot address, value) pairs, upper half of a 16-byte entry first
+        // so the descriptor only becomes present (P is in the low half)
+        // once complete.
+        let (slots, n) = match entry {
             GdtEntry::Single(d) if is_tss_or_ldt(d) => return Ok(()),
-            GdtEntry::Single(d) => d,
+            GdtEntry::Single(d) => ([(addr, d), (0, Descriptor::NULL)], 1),
+            // A long-mode TSS or LDT descriptor: ignored, as Linux does.
+            GdtEntry::Double(sd) if is_tss_or_ldt(Descriptor(sd.low)) => return Ok(()),
+            // Anything else 16 bytes wide (a 64-bit call gate): both halves,
+            // each checked by Xen (the upper half is a type-0 slot).
+            GdtEntry::Double(sd) => (
+                [(addr + 8, Descriptor(sd.high)), (addr, Descriptor(sd.low))],
+                2,
+            ),
         };
-        let maddr = self.maddr("write_gdt_entry", addr)?;
+        let mut maddrs = [0u64; 2];
+        for (m, (a, _)) in maddrs.iter_mut().zip(slots.iter()).take(n) {
+            *m = self.maddr("write_gdt_entry", *a)?;
+        }
         let mut st = self.state.lock();
-        self.update_descriptor_now(&mut st, maddr, d)?;
-        if let Some(i) = self.tls_index(&st, addr)
-            && let Some(s) = st.tls.get_mut(i)
-        {
-            *s = Some(d);
+        for ((a, d), m) in slots.iter().zip(maddrs).take(n) {
+            self.update_descriptor_now(&mut st, m, *d)?;
+            if let Some(i) = self.tls_index(&st, *a)
+                && let Some(s) = st.tls.get_mut(i)
+            {
+                *s = Some(*d);
+            }
         }
         Ok(())
     }

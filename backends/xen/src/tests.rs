@@ -260,6 +260,19 @@ fn write_gdt_entry_updates_the_machine_address_and_ignores_tss_ldt() {
         o.write_gdt_entry(&gdt, 10, ldt32.into()).unwrap();
     }
     assert!(m.log().is_empty());
+    // Another 16-byte entry (a 64-bit call gate): both halves, upper first.
+    let g = Gate64::call(Selector(0x10), 0xffff_8000_0000_1000, Ring::Ring3);
+    let whole = SystemDescriptor {
+        low: g.low,
+        high: g.high,
+    };
+    // SAFETY: the loaded GDT.
+    unsafe { o.write_gdt_entry(&gdt, 10, whole.into()).unwrap() };
+    let log = m.log();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].args[..2], [((MFN0 + 1) << 12) | 88, g.high]);
+    assert_eq!(log[1].args[..2], [((MFN0 + 1) << 12) | 80, g.low]);
+    m.clear();
     // Validation still comes first for ignored entries.
     // SAFETY: rejected before any access.
     let e = unsafe { o.write_gdt_entry(&gdt, 15, GdtEntry::Double(tss)) }.unwrap_err();
