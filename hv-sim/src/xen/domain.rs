@@ -519,8 +519,13 @@ impl XenDomain {
     /// live GDT or mapped LDT page has DPL >= krpl; no seg_desc frame in use
     /// has a writable mapping; type counts match the mappings. Err = what
     /// is wrong.
+    ///
+    /// Like every entry point, it first looks for direct guest writes to
+    /// descriptor frames (recording and undoing them as violations).
     pub fn check_invariants(&self) -> Result<(), String> {
-        self.lock().invariants()
+        let mut g = self.lock();
+        g.check_shadows();
+        g.invariants()
     }
 }
 
