@@ -71,6 +71,9 @@
 //!   other writable aliases (Linux also fixes the direct-map alias) are the
 //!   kernel's business, and Xen refuses `set_gdt` with `-EINVAL` while one
 //!   exists.
+//! * When `set_gdt` fails, the pages already made read-only stay so (Linux
+//!   `BUG()`s instead); make them writable with the kernel's own
+//!   `update_va_mapping` if the memory is reused.
 //! * `write_gdt_entry` and `write_ldt_entry` are not deferred (Linux calls
 //!   `update_descriptor` directly after flushing); `load_tls`'s are.
 //! * The backend keeps no per-vCPU Xen state across vCPUs: one [`XenOps`]
@@ -80,11 +83,47 @@
 //!   targets this crate provides the platform trait, hypercall numbers and
 //!   ABI encoders only.
 //!
-//! ```ignore
+//! ```
+//! # #[cfg(target_arch = "x86_64")] {
+//! use core::cell::Cell;
 //! use pvops::{DescriptorOps, GdtLayout};
-//! use pvops_xen::XenOps;
-//! let ops = XenOps::new(my_platform, GdtLayout::LINUX);
-//! unsafe { ops.load_gdt(&gdt)? };
+//! use pvops_xen::{XenOps, XenPlatform};
+//!
+//! /// A stand-in platform that accepts every hypercall and counts them
+//! /// (a kernel uses its hypercall page; tests use hv-sim's `XenVcpu`).
+//! #[repr(align(4096))]
+//! struct Page([u8; 4096]);
+//! struct Counting(Cell<u32>, Box<Page>);
+//! impl XenPlatform for Counting {
+//!     unsafe fn hypercall(&self, _nr: u32, _args: [u64; 5]) -> i64 {
+//!         self.0.set(self.0.get() + 1);
+//!         0
+//!     }
+//!     fn virt_to_mfn(&self, va: u64) -> Option<u64> {
+//!         Some(va >> 12)
+//!     }
+//!     fn scratch(&self) -> (u64, usize) {
+//!         (&*self.1 as *const Page as u64, 4096)
+//!     }
+//! }
+//!
+//! let ops = XenOps::new(
+//!     Counting(Cell::new(0), Box::new(Page([0; 4096]))),
+//!     GdtLayout::LINUX_X86_64,
+//! );
+//! // A context switch: both calls wait in the queue...
+//! ops.enter_lazy_cpu()?;
+//! // SAFETY: the stand-in hypervisor touches no memory.
+//! unsafe {
+//!     ops.load_kernel_stack(0xffff_8800_0001_0000)?;
+//!     ops.load_ldt(None)?;
+//! }
+//! assert_eq!(ops.platform().0.get(), 0);
+//! // ...and leave as one multicall.
+//! ops.leave_lazy_cpu()?;
+//! assert_eq!(ops.platform().0.get(), 1);
+//! # }
+//! # Ok::<(), pvops::PvError>(())
 //! ```
 
 #![no_std]
