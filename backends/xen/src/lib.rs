@@ -71,6 +71,17 @@
 //!   other writable aliases (Linux also fixes the direct-map alias) are the
 //!   kernel's business, and Xen refuses `set_gdt` with `-EINVAL` while one
 //!   exists.
+//! * The PTEs `update_va_mapping` installs carry only P (and RW when made
+//!   writable again): the `XenPlatform` trait does not expose the kernel's
+//!   own mapping flags, so NX, G and the accessed/dirty bits of the
+//!   original mapping are not kept (Linux rebuilds the PTE from
+//!   `PAGE_KERNEL_RO`, which has NX).
+//! * Linux's `xen_load_tls` also clears %fs in lazy mode so the CPU does not
+//!   hold a TLS descriptor that is about to change; segment registers are
+//!   the kernel's `switch_to` business, not this backend's.
+//! * The per-vCPU lock is held across hypercalls: an op must not be called
+//!   from an interrupt that interrupted an op on the same vCPU (Linux runs
+//!   these paths with preemption off for the same reason).
 //! * When `set_gdt` fails, the pages already made read-only stay so (Linux
 //!   `BUG()`s instead); make them writable with the kernel's own
 //!   `update_va_mapping` if the memory is reused.
