@@ -667,6 +667,53 @@ fn load_tls_sends_only_changed_slots() {
     no_violations(&dom);
 }
 
+#[test]
+fn the_tls_shadow_follows_the_loaded_gdt() {
+    let dom = domain();
+    let o = ops(&dom, 0);
+    let a = Descriptor::data_segment(0x3000, 0xfff, Ring::Ring3).unwrap();
+    // GDT A already holds `a` in slot 12.
+    let base_a = dom.alloc_pages(1);
+    assert!(dom.host_write_u64(base_a + 12 * 8, a.0));
+    let gdt_a = Gdt::new(base_a, 16).unwrap();
+    // SAFETY: simulated guest RAM.
+    unsafe { o.load_gdt(&gdt_a).unwrap() };
+    dom.clear_trace();
+    // SAFETY: the loaded GDT.
+    unsafe {
+        o.load_tls(&[a, Descriptor::NULL, Descriptor::NULL])
+            .unwrap()
+    };
+    assert!(calls(&dom).is_empty());
+    // GDT B is empty: the same TLS set is sent, to B's frame.
+    let base_b = dom.alloc_pages(1);
+    let gdt_b = Gdt::new(base_b, 16).unwrap();
+    // SAFETY: simulated guest RAM.
+    unsafe { o.load_gdt(&gdt_b).unwrap() };
+    dom.clear_trace();
+    // SAFETY: the loaded GDT.
+    unsafe {
+        o.load_tls(&[a, Descriptor::NULL, Descriptor::NULL])
+            .unwrap()
+    };
+    let mfn_b = dom.virt_to_mfn(base_b).unwrap();
+    assert_eq!(
+        args_of(&dom, "update_descriptor"),
+        [format!(
+            "maddr={:#x}, desc={:#018x}",
+            (mfn_b << 12) | (12 * 8),
+            a.0
+        )]
+    );
+    assert_eq!(dom.vcpu(0).gdt_frames, [mfn_b]);
+    assert_eq!(dom.gdt_entry(0, 12), a.0);
+    // Reloading A (already read-only and validated) works too.
+    // SAFETY: simulated guest RAM.
+    unsafe { o.load_gdt(&gdt_a).unwrap() };
+    assert_eq!(o.store_gdt().unwrap(), gdt_a.pointer());
+    no_violations(&dom);
+}
+
 // ---- lazy mode ------------------------------------------------------------
 
 #[test]
