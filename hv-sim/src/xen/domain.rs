@@ -1425,7 +1425,7 @@ impl Inner {
                     EFAULT,
                     format!(
                         "result of multicall entry {i} cannot be written to {:#x} (the call took effect)",
-                        va + 8
+                        va + esize / 8
                     ),
                 ));
             }
