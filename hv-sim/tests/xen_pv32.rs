@@ -18,7 +18,11 @@ fn mfn(d: &XenDomain, va: u64) -> u64 {
 
 fn map(d: &XenDomain, va: u64, writable: bool) -> i64 {
     let pte = mfn(d, va) << 12 | 1 | if writable { 2 } else { 0 };
-    hc(d, nr::UPDATE_VA_MAPPING, &[va, pte & 0xFFFF_FFFF, pte >> 32, 0])
+    hc(
+        d,
+        nr::UPDATE_VA_MAPPING,
+        &[va, pte & 0xFFFF_FFFF, pte >> 32, 0],
+    )
 }
 
 fn table(d: &XenDomain, descs: &[u64]) -> (u64, u64) {
@@ -85,16 +89,41 @@ fn update_descriptor_split_args() {
     let ma = (m << 12) + 8;
     let desc = CODE32;
     assert_eq!(
-        hc(&d, nr::UPDATE_DESCRIPTOR, &[ma & 0xFFFF_FFFF, ma >> 32, desc & 0xFFFF_FFFF, desc >> 32]),
+        hc(
+            &d,
+            nr::UPDATE_DESCRIPTOR,
+            &[ma & 0xFFFF_FFFF, ma >> 32, desc & 0xFFFF_FFFF, desc >> 32]
+        ),
         0
     );
     assert_eq!(d.gdt_entry(0, 1), 0x00cf_bb00_0000_ffff);
     // XSA-32: absurd address via pa_hi.
-    assert_eq!(hc(&d, nr::UPDATE_DESCRIPTOR, &[0, 0xFFFF_FFFF, desc & 0xFFFF_FFFF, desc >> 32]), -EINVAL);
+    assert_eq!(
+        hc(
+            &d,
+            nr::UPDATE_DESCRIPTOR,
+            &[0, 0xFFFF_FFFF, desc & 0xFFFF_FFFF, desc >> 32]
+        ),
+        -EINVAL
+    );
     // L bit rejected.
-    assert_eq!(hc(&d, nr::UPDATE_DESCRIPTOR, &[ma, 0, CODE64 & 0xFFFF_FFFF, CODE64 >> 32]), -EINVAL);
+    assert_eq!(
+        hc(
+            &d,
+            nr::UPDATE_DESCRIPTOR,
+            &[ma, 0, CODE64 & 0xFFFF_FFFF, CODE64 >> 32]
+        ),
+        -EINVAL
+    );
     // Upper argument bits are not part of a 32-bit register.
-    assert_eq!(hc(&d, nr::UPDATE_DESCRIPTOR, &[ma | 0xdead << 32, 0, desc & 0xFFFF_FFFF, desc >> 32]), 0);
+    assert_eq!(
+        hc(
+            &d,
+            nr::UPDATE_DESCRIPTOR,
+            &[ma | 0xdead << 32, 0, desc & 0xFFFF_FFFF, desc >> 32]
+        ),
+        0
+    );
 }
 
 #[test]
@@ -108,7 +137,15 @@ fn trap_table_compat_layout() {
     d.host_write_u64(t + 16, 5);
     assert_eq!(hc(&d, nr::SET_TRAP_TABLE, &[t]), 0);
     let tt = d.vcpu(0).trap_table;
-    assert_eq!(tt[14], TrapInfo { vector: 14, flags: 4, cs: 0x11, address: 0xc010_0000 });
+    assert_eq!(
+        tt[14],
+        TrapInfo {
+            vector: 14,
+            flags: 4,
+            cs: 0x11,
+            address: 0xc010_0000
+        }
+    );
     assert_eq!(tt[3].cs, 0xe019);
     assert_eq!(tt[5].address, 0);
     assert_eq!(hc(&d, nr::SET_TRAP_TABLE, &[0x1000]), -EFAULT);
@@ -143,7 +180,10 @@ fn multicall_compat_entries() {
     d.host_write_u64(l + 48, 0);
     assert_eq!(hc(&d, nr::MULTICALL, &[l, 2]), 0);
     assert_eq!(d.host_read_u64(l).unwrap() >> 32, 0);
-    assert_eq!(d.host_read_u64(l + 32).unwrap() >> 32, (-EINVAL as i32 as u32) as u64);
+    assert_eq!(
+        d.host_read_u64(l + 32).unwrap() >> 32,
+        (-EINVAL as i32 as u32) as u64
+    );
     assert_eq!(d.vcpu(0).kernel_sp, 0x2000);
     assert_eq!(d.vcpu(0).kernel_ss, 0x11);
 }
@@ -158,7 +198,10 @@ fn mmuext(d: &XenDomain, ops: &[(u32, u32, u32)], dom: u16) -> i64 {
     }
     bytes.resize(bytes.len().div_ceil(8) * 8, 0);
     for (i, ch) in bytes.chunks(8).enumerate() {
-        d.host_write_u64(va + 8 * i as u64, u64::from_le_bytes(ch.try_into().unwrap()));
+        d.host_write_u64(
+            va + 8 * i as u64,
+            u64::from_le_bytes(ch.try_into().unwrap()),
+        );
     }
     hc(d, nr::MMUEXT_OP, &[va, ops.len() as u64, 0, u64::from(dom)])
 }
@@ -169,11 +212,23 @@ fn mmuext_compat() {
     let ldt = d.alloc_pages(1);
     d.host_write_u64(ldt, CODE32);
     // No range check on pv32 beyond alignment: a base above the hole is fine.
-    assert_eq!(mmuext(&d, &[(MMUEXT_SET_LDT, 0xFFFF_F000, 4)], DOMID_SELF), 0);
+    assert_eq!(
+        mmuext(&d, &[(MMUEXT_SET_LDT, 0xFFFF_F000, 4)], DOMID_SELF),
+        0
+    );
     assert_eq!(d.vcpu(0).ldt_base, 0xFFFF_F000);
-    assert_eq!(mmuext(&d, &[(MMUEXT_SET_LDT, 0xFFFF_F001, 4)], DOMID_SELF), -EINVAL);
-    assert_eq!(mmuext(&d, &[(MMUEXT_NEW_USER_BASEPTR, 0, 0)], DOMID_SELF), -EINVAL);
-    assert_eq!(mmuext(&d, &[(MMUEXT_SET_LDT, ldt as u32, 2)], DOMID_SELF), 0);
+    assert_eq!(
+        mmuext(&d, &[(MMUEXT_SET_LDT, 0xFFFF_F001, 4)], DOMID_SELF),
+        -EINVAL
+    );
+    assert_eq!(
+        mmuext(&d, &[(MMUEXT_NEW_USER_BASEPTR, 0, 0)], DOMID_SELF),
+        -EINVAL
+    );
+    assert_eq!(
+        mmuext(&d, &[(MMUEXT_SET_LDT, ldt as u32, 2)], DOMID_SELF),
+        0
+    );
     assert_eq!(map(&d, ldt, false), 0);
     assert_eq!(d.touch_ldt(0, 0), Ok(0x00cf_bb00_0000_ffff));
     // Ring-1 kernel: pv32 user-mode fault sets U.
@@ -181,10 +236,24 @@ fn mmuext_compat() {
     // NEW_BASEPTR on pv32 always drops the LDT.
     let root = d.alloc_pages(1);
     assert_eq!(map(&d, root, false), 0);
-    assert_eq!(mmuext(&d, &[(MMUEXT_NEW_BASEPTR, mfn(&d, root) as u32, 0)], DOMID_SELF), 0);
+    assert_eq!(
+        mmuext(
+            &d,
+            &[(MMUEXT_NEW_BASEPTR, mfn(&d, root) as u32, 0)],
+            DOMID_SELF
+        ),
+        0
+    );
     assert_eq!(d.vcpu(0).ldt_mapped[0], None);
     assert!(d.touch_ldt(0, 0).is_ok());
-    assert_eq!(mmuext(&d, &[(MMUEXT_NEW_BASEPTR, mfn(&d, root) as u32, 0)], DOMID_SELF), 0);
+    assert_eq!(
+        mmuext(
+            &d,
+            &[(MMUEXT_NEW_BASEPTR, mfn(&d, root) as u32, 0)],
+            DOMID_SELF
+        ),
+        0
+    );
     assert_eq!(d.vcpu(0).ldt_mapped[0], None);
     d.check_invariants().unwrap();
 }
@@ -192,10 +261,16 @@ fn mmuext_compat() {
 #[test]
 fn ldt_wraps_at_4g_on_pv32() {
     let d = XenDomain::pv32(64, 1);
-    assert_eq!(mmuext(&d, &[(MMUEXT_SET_LDT, 0xFFFF_F000, 8192)], DOMID_SELF), 0);
+    assert_eq!(
+        mmuext(&d, &[(MMUEXT_SET_LDT, 0xFFFF_F000, 8192)], DOMID_SELF),
+        0
+    );
     let f = d.touch_ldt(0, 600).unwrap_err();
     // 0xFFFFF000 + 600*8 truncated to 32 bits: a #PF, never a #GP.
-    assert_eq!((f.vector, f.cr2), (14, Some((0xFFFF_F000u64 + 4800) & 0xFFFF_FFFF)));
+    assert_eq!(
+        (f.vector, f.cr2),
+        (14, Some((0xFFFF_F000u64 + 4800) & 0xFFFF_FFFF))
+    );
 }
 
 #[test]
@@ -204,5 +279,12 @@ fn update_va_mapping_compat_and_ebusy() {
     let (va, m) = table(&d, &[CODE32]);
     assert_eq!(set_gdt(&d, &[m], 1), 0);
     assert_eq!(map(&d, va, true), -EBUSY);
-    assert_eq!(hc(&d, nr::UPDATE_VA_MAPPING, &[0x1000, (m << 12 | 1) & 0xFFFF_FFFF, 0, 0]), -EINVAL);
+    assert_eq!(
+        hc(
+            &d,
+            nr::UPDATE_VA_MAPPING,
+            &[0x1000, (m << 12 | 1) & 0xFFFF_FFFF, 0, 0]
+        ),
+        -EINVAL
+    );
 }
