@@ -283,10 +283,8 @@ fn load_ldt_writes_descriptor_and_lldt() {
 fn load_tls_and_lazy_mode() {
     let e = env();
     // SAFETY: the failing call writes nothing.
-    assert!(matches!(
-        unsafe { e.ops.load_tls(&[Descriptor::NULL; 3]) },
-        Err(PvError::NoTableLoaded { .. })
-    ));
+    let r = unsafe { e.ops.load_tls(&[Descriptor::NULL; 3]) };
+    assert!(matches!(r, Err(PvError::NoTableLoaded { .. })));
     e.boot();
     let tls = [
         Descriptor::data_segment(0x7000_0000, 0xfff, Ring::Ring3).unwrap(),
@@ -319,10 +317,8 @@ fn load_tls_and_lazy_mode() {
     unsafe { e.ops.load_gdt(&small).unwrap() };
     let before = e.gdt_store.read(12);
     // SAFETY: as above.
-    assert!(matches!(
-        unsafe { e.ops.load_tls(&[presets::USER_DATA; 3]) },
-        Err(PvError::IndexOutOfRange { index: 14, .. })
-    ));
+    let r = unsafe { e.ops.load_tls(&[presets::USER_DATA; 3]) };
+    assert!(matches!(r, Err(PvError::IndexOutOfRange { index: 14, .. })));
     assert_eq!(e.gdt_store.read(12), before, "all or nothing");
 }
 
