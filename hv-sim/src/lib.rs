@@ -19,6 +19,7 @@
 pub mod demo;
 pub mod explain;
 pub mod softcpu;
+pub mod vmi;
 pub mod xen;
 
 pub use softcpu::{CpuMode, HostMemory, LinearMemory, SoftCpu};

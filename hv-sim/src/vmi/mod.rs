@@ -1,0 +1,53 @@
+//! The VMI personality: a simulated VMI-style hypervisor with a real option
+//! ROM image, the relocation query, and calls 3–14 and SetLazyMode (73).
+//!
+//! * [`rom`]: the ROM image (API 3.0 header, PCI/PnP headers, `"GPL"`,
+//!   checksum, x86-64 call stubs) and [`RomBuilder`] to break it on purpose.
+//! * [`VmiHypervisor`]: the option-ROM window (guest-physical
+//!   0xC0000..1 MiB), the relocation answers, and the calls. It keeps the
+//!   **guest's view** ([`GuestView`]: the DTRs, selectors and stack it set;
+//!   table entries as written, in the guest's own memory) apart from the
+//!   **effective state** ([`EffectiveState`]: the hypervisor's copies of the
+//!   tables after [`policy`]'s fix-ups, at the hypervisor's own addresses,
+//!   with its reserved GDT entries appended and the TSS marked busy), so
+//!   GetGDT/GetIDT return what the guest expects while the CPU would use
+//!   something else.
+//! * Lazy mode: between SetLazyMode(2) and SetLazyMode(0) each call is
+//!   checked and answered at once (errors are not deferred) and updates the
+//!   guest's view, but its effective-state changes are queued and applied
+//!   at SetLazyMode(0); the trace shows them `deferred:` and then `flush:`.
+//! * [`pvops_vmi::VmiPlatform`] is implemented for [`VmiHypervisor`]
+//!   ([`platform`]), so the VMI backend runs against it in-process.
+//!
+//! Relocation answers ([`default_answers`], changeable with
+//! [`VmiHypervisor::set_answer`]): CALL_REL for 3–14 and 73; NOP for IODelay
+//! (65); NONE (trap the native instruction) for the rest.
+//!
+//! ```
+//! use hv_sim::vmi::{GuestKind, RamMemory, VmiHypervisor};
+//! use pvops_vmi::VmiPlatform;
+//! let hv = VmiHypervisor::new(GuestKind::Vmi64, RamMemory::new(0x10_0000, 0x1000));
+//! let rom = pvops_vmi::rom::probe(&hv).unwrap();
+//! assert_eq!(rom.base, 0xC8000);
+//! // SAFETY: calls into the simulated ROM only touch the simulated RAM.
+//! unsafe {
+//!     assert_eq!(hv.call(rom.init_entry(), [0; 4]), 0);
+//!     let (eip, typ) = hv.get_reloc(rom.reloc_entry(), pvops_vmi::call::GET_TR);
+//!     assert_eq!((eip, typ), (0xC8000 + 0x100 + 16 * 10, 1)); // CALL_REL
+//!     assert_eq!(hv.call(eip, [0; 4]), 0); // GetTR: no TR yet
+//! }
+//! ```
+
+pub mod machine;
+pub mod platform;
+pub mod policy;
+pub mod rom;
+pub mod trace;
+
+pub use machine::{
+    DEFAULT_ROM_BASE, EffectiveState, GuestMemory, GuestView, HostGuestMemory, RamMemory,
+    VmiHypervisor, default_answers,
+};
+pub use policy::{GuestKind, Reject};
+pub use rom::RomBuilder;
+pub use trace::{VmiEvent, VmiTrace};
