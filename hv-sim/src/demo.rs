@@ -261,3 +261,12 @@ pub fn run_native_in_process() -> DemoReport {
         instructions,
     }
 }
+
+/// Build the example kernel and boot it under KVM with `cfg`.
+pub fn boot_example_kernel(
+    cfg: crate::kvm::Config,
+) -> Result<crate::kvm::BootReport, Box<dyn std::error::Error>> {
+    let elf = crate::kernel_build::build_example_kernel()?;
+    let image = std::fs::read(&elf).map_err(|e| format!("reading {}: {e}", elf.display()))?;
+    Ok(crate::kvm::boot(&image, &cfg)?)
+}

@@ -18,6 +18,8 @@
 
 pub mod demo;
 pub mod explain;
+pub mod kernel_build;
+pub mod kvm;
 pub mod softcpu;
 pub mod vmi;
 pub mod xen;

@@ -1,0 +1,480 @@
+//! A small freestanding x86_64 kernel that runs every pvops op and checks
+//! the effect on the CPU: segment loads from its new GDT, `lar`/`lsl`/`verr`
+//! on GDT and LDT selectors, `str`/`sldt`, an `int3`, a `ud2` and a
+//! deliberate #GP landing in its own handlers, and a context-switch loop in
+//! lazy mode. It reports each check to the host over port I/O (see
+//! [`report`]) and exits with the number of failed checks.
+//!
+//! It picks its backend at boot by CPUID detection and installs it as the
+//! dynamic ops table; everything after goes through `pvops::Installed`.
+//!
+//! Entry: `_start` in 64-bit mode with paging on (hv-sim's KVM runner sets
+//! up long mode and an identity map of the first GiB).
+
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod report;
+
+use core::arch::{asm, naked_asm};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use pvops::{
+    Descriptor, DescriptorOps, DescriptorStorage, GdtEntry, GdtLayout, IdtGate, IdtStorage,
+    Installed, OpsTable, Ring, Selector, SystemDescriptor, TableStorage, presets,
+};
+use pvops_native::NativeOps;
+use report::Tally;
+
+const LAYOUT: GdtLayout = GdtLayout::LINUX_X86_64;
+const KERNEL_CS: u16 = 0x10;
+const KERNEL_DS: u16 = 0x18;
+const TSS_SEL: Selector = Selector::gdt(LAYOUT.tss, Ring::Ring0);
+const LDT_SEL: Selector = Selector::gdt(LAYOUT.ldt, Ring::Ring0);
+
+static GDT: DescriptorStorage<16> = DescriptorStorage::new({
+    let mut g = [Descriptor::NULL; 16];
+    g[1] = presets::KERNEL_CODE32;
+    g[2] = presets::KERNEL_CODE64;
+    g[3] = presets::KERNEL_DATA;
+    g[4] = presets::USER_CODE32;
+    g[5] = presets::USER_DATA;
+    g[6] = presets::USER_CODE64;
+    g
+});
+static IDT: IdtStorage<256> = IdtStorage::new([IdtGate::MISSING; 256]);
+static LDT: DescriptorStorage<4> = DescriptorStorage::new([Descriptor::NULL; 4]);
+static TSS: TableStorage<u64, 13> = TableStorage::new([0; 13]);
+
+static NATIVE: NativeOps = NativeOps::new(LAYOUT);
+
+static BP_COUNT: AtomicU32 = AtomicU32::new(0);
+static UD_COUNT: AtomicU32 = AtomicU32::new(0);
+static GP_COUNT: AtomicU32 = AtomicU32::new(0);
+static GP_ERROR: AtomicU64 = AtomicU64::new(0);
+/// A value read back through an FS segment whose base is set by load_tls.
+static TLS_PROBE: AtomicU64 = AtomicU64::new(0x7e57_7e57_0000_0001);
+/// A value read back through an FS segment loaded from the LDT.
+static LDT_PROBE: AtomicU64 = AtomicU64::new(0x001d_71d7_0000_0002);
+
+/// Boot flags hv-sim passes in rdi.
+pub mod boot_flags {
+    /// `lar`/`lsl`/`verr` cannot run here: the host's KVM is PVM, which
+    /// runs the guest deprivileged and cannot emulate them (the VM would
+    /// stop with an internal error). Checks that need them are reported as
+    /// skipped and the same effects are checked through segment loads.
+    pub const NO_DESCRIPTOR_INSPECTION: u64 = 1 << 0;
+    /// `int n` / `int3` cannot run here (PVM's emulator stops the VM with an
+    /// internal error); exceptions raised by faults (#UD, #GP) are delivered
+    /// through the IDT and are checked.
+    pub const NO_SOFTWARE_INTERRUPTS: u64 = 1 << 1;
+}
+
+#[repr(C, align(16))]
+struct Stack([u8; 64 * 1024]);
+static mut STACK: Stack = Stack([0; 64 * 1024]);
+
+/// Entry point: switch to our own stack, then `kmain`.
+#[unsafe(no_mangle)]
+#[unsafe(naked)]
+#[unsafe(link_section = ".text._start")]
+pub extern "C" fn _start() -> ! {
+    naked_asm!(
+        "lea rsp, [rip + {stack} + {size}]",
+        "xor ebp, ebp",
+        // rdi (boot flags from the loader) is passed through to kmain.
+        "call {main}",
+        "ud2",
+        stack = sym STACK,
+        size = const core::mem::size_of::<Stack>(),
+        main = sym kmain,
+    )
+}
+
+#[unsafe(naked)]
+extern "C" fn bp_handler() {
+    naked_asm!("lock inc dword ptr [rip + {c}]", "iretq", c = sym BP_COUNT)
+}
+
+#[unsafe(naked)]
+extern "C" fn ud_handler() {
+    // ud2 is two bytes: resume after it.
+    naked_asm!(
+        "lock inc dword ptr [rip + {c}]",
+        "add qword ptr [rsp], 2",
+        "iretq",
+        c = sym UD_COUNT
+    )
+}
+
+#[unsafe(naked)]
+extern "C" fn gp_handler() {
+    // Error code on the stack; the faulting instruction is the 2-byte
+    // `mov ds, ax` (8e d8) of `faulting_segment_load`.
+    naked_asm!(
+        "push rax",
+        "mov rax, [rsp + 8]",
+        "mov [rip + {e}], rax",
+        "pop rax",
+        "add rsp, 8",
+        "add qword ptr [rsp], 2",
+        "lock inc dword ptr [rip + {c}]",
+        "iretq",
+        e = sym GP_ERROR,
+        c = sym GP_COUNT
+    )
+}
+
+fn lar(sel: u16) -> Option<u32> {
+    let mut v: u32 = 0;
+    let ok: u8;
+    // SAFETY: lar only reads the descriptor table and sets ZF.
+    unsafe {
+        asm!("lar {v:e}, {s:e}", "setz {ok}", s = in(reg) sel as u32, v = inout(reg) v, ok = out(reg_byte) ok, options(nostack))
+    };
+    (ok != 0).then_some(v)
+}
+
+fn lsl(sel: u16) -> Option<u32> {
+    let mut v: u32 = 0;
+    let ok: u8;
+    // SAFETY: lsl only reads the descriptor table and sets ZF.
+    unsafe {
+        asm!("lsl {v:e}, {s:e}", "setz {ok}", s = in(reg) sel as u32, v = inout(reg) v, ok = out(reg_byte) ok, options(nostack))
+    };
+    (ok != 0).then_some(v)
+}
+
+fn verr(sel: u16) -> bool {
+    let ok: u8;
+    // SAFETY: verr only reads the descriptor table and sets ZF.
+    unsafe {
+        asm!("verr {s:x}", "setz {ok}", s = in(reg) sel, ok = out(reg_byte) ok, options(nostack))
+    };
+    ok != 0
+}
+
+fn raw_str() -> u16 {
+    let v: u16;
+    // SAFETY: reads TR.
+    unsafe { asm!("str {0:x}", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+fn raw_sldt() -> u16 {
+    let v: u16;
+    // SAFETY: reads LDTR.
+    unsafe { asm!("sldt {0:x}", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+fn segs() -> (u16, u16, u16) {
+    let (cs, ds, ss): (u16, u16, u16);
+    // SAFETY: reads segment registers.
+    unsafe {
+        asm!("mov {0:x}, cs", "mov {1:x}, ds", "mov {2:x}, ss", out(reg) cs, out(reg) ds, out(reg) ss, options(nomem, nostack))
+    };
+    (cs, ds, ss)
+}
+
+/// Reload CS (far return) and the data segments from the loaded GDT.
+///
+/// # Safety
+/// The GDT must hold a 64-bit code segment at KERNEL_CS and data at KERNEL_DS.
+unsafe fn reload_segments() {
+    // SAFETY: per the contract; the far return lands on the next label.
+    unsafe {
+        asm!(
+            "push {cs}",
+            "lea {tmp}, [rip + 2f]",
+            "push {tmp}",
+            "retfq",
+            "2:",
+            "mov {ds:e}, {dsv}",
+            "mov ds, {ds:x}",
+            "mov es, {ds:x}",
+            "mov ss, {ds:x}",
+            cs = const KERNEL_CS as u64,
+            dsv = const KERNEL_DS as u32,
+            tmp = out(reg) _,
+            ds = out(reg) _,
+        )
+    };
+}
+
+/// Load DS with a selector past the GDT: #GP(selector) into gp_handler,
+/// which skips the instruction. Then restore DS.
+fn faulting_segment_load(sel: u16) {
+    // SAFETY: the fault is handled by gp_handler, which resumes after the
+    // 2-byte `mov ds, ax`; DS is restored afterwards.
+    unsafe {
+        asm!(
+            ".byte 0x8e, 0xd8", // mov ds, ax
+            "mov ds, {kds:x}",
+            in("ax") sel,
+            kds = in(reg) KERNEL_DS,
+            options(nostack)
+        )
+    };
+}
+
+/// Read 8 bytes at FS:0.
+fn read_fs0(sel: u16) -> u64 {
+    let v: u64;
+    // SAFETY: FS is loaded with a present data segment whose base points at
+    // TLS_PROBE; FS is reset to null afterwards.
+    unsafe {
+        asm!(
+            "mov fs, {s:x}",
+            "mov {v}, qword ptr fs:[0]",
+            "mov fs, {z:x}",
+            s = in(reg) sel,
+            z = in(reg) 0u16,
+            v = out(reg) v,
+            options(nostack, readonly)
+        )
+    };
+    v
+}
+
+extern "C" fn kmain(flags: u64) -> ! {
+    say!("pvops example kernel: hello\n");
+    let hv = pvops::detect();
+    say!("detected hypervisor: {:?}\n", hv);
+    if let Err(e) = pvops::install(OpsTable::new(&NATIVE)) {
+        say!("install failed: {}\n", e);
+        report::exit(0xff);
+    }
+    let ops = Installed;
+    say!("backend: {}\n", ops.name());
+    let mut t = Tally {
+        passed: 0,
+        total: 0,
+        skipped: 0,
+    };
+    let inspect = flags & boot_flags::NO_DESCRIPTOR_INSPECTION == 0;
+    let soft_int = flags & boot_flags::NO_SOFTWARE_INTERRUPTS == 0;
+    say!(
+        "boot flags {flags:#x}: lar/lsl/verr {}, int n {}\n",
+        if inspect {
+            "available"
+        } else {
+            "unavailable (PVM host)"
+        },
+        if soft_int {
+            "available"
+        } else {
+            "unavailable (PVM host)"
+        }
+    );
+    run_checks(&ops, &mut t, inspect, soft_int);
+    say!(
+        "done: {}/{} checks passed, {} skipped\n",
+        t.passed,
+        t.total,
+        t.skipped
+    );
+    report::exit(t.total - t.passed)
+}
+
+fn run_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, inspect: bool, soft_int: bool) {
+    let (Ok(gdt), Ok(idt), Ok(ldt)) = (GDT.gdt(), IDT.idt(), LDT.ldt()) else {
+        t.check("tables", false, format_args!("table storage rejected"));
+        return;
+    };
+
+    // GDT: load, reload every segment register from it.
+    // SAFETY: static tables; the GDT has the code/data segments reload uses.
+    let r = unsafe { ops.load_gdt(&gdt) };
+    // SAFETY: as above.
+    unsafe { reload_segments() };
+    let (cs, ds, ss) = segs();
+    t.check(
+        "load_gdt + segment reload",
+        r.is_ok() && cs == KERNEL_CS && ds == KERNEL_DS && ss == KERNEL_DS,
+        format_args!("{r:?} cs={cs:#x} ds={ds:#x} ss={ss:#x}"),
+    );
+    let sg = ops.store_gdt();
+    t.check("store_gdt", sg == Ok(gdt.pointer()), format_args!("{sg:?}"));
+    if inspect {
+        let l = lar(KERNEL_CS);
+        t.check(
+            "lar kernel CS",
+            l.map(|v| (v >> 8) & 0xf0ff) == Some(0xa09b),
+            format_args!("{l:x?}"),
+        );
+        let l = lsl(KERNEL_DS);
+        t.check(
+            "lsl kernel DS",
+            l == Some(0xffff_ffff),
+            format_args!("{l:x?}"),
+        );
+        t.check(
+            "verr kernel DS / not past GDT",
+            verr(KERNEL_DS) && !verr(0x7f8),
+            format_args!(""),
+        );
+    } else {
+        t.skip(
+            "lar/lsl/verr on GDT selectors",
+            "not emulated by this host (PVM)",
+        );
+    }
+
+    // TSS + TR.
+    let tss = SystemDescriptor::tss(TSS.base(), 103).unwrap_or_default();
+    // SAFETY: static GDT and TSS.
+    let r = unsafe { ops.write_gdt_entry(&gdt, LAYOUT.tss as u32, GdtEntry::Double(tss)) };
+    // SAFETY: as above.
+    let r2 = unsafe { ops.load_tr(TSS_SEL) };
+    let busy = GDT.read(LAYOUT.tss as usize).map(|d| d.typ());
+    t.check(
+        "load_tr (str, busy bit)",
+        r.is_ok()
+            && r2.is_ok()
+            && raw_str() == TSS_SEL.bits()
+            && ops.store_tr() == Ok(TSS_SEL)
+            && busy == Some(0xb),
+        format_args!("{r2:?} str={:#x} type={busy:x?}", raw_str()),
+    );
+    // SAFETY: as above.
+    let again = unsafe { ops.load_tr(TSS_SEL) };
+    t.check(
+        "load_tr refuses the busy TSS",
+        again.is_err(),
+        format_args!("{again:?}"),
+    );
+    let sp0 = 0x0000_0000_0090_0000u64;
+    // SAFETY: TR names our static TSS.
+    let r = unsafe { ops.load_kernel_stack(sp0) };
+    let rsp0 = (TSS.read(0).unwrap_or(0) >> 32) | (TSS.read(1).unwrap_or(0) << 32);
+    t.check(
+        "load_kernel_stack -> TSS.rsp0",
+        r.is_ok() && rsp0 == sp0,
+        format_args!("{rsp0:#x}"),
+    );
+
+    // IDT: handlers, then real exceptions.
+    let gate = |h: extern "C" fn(), dpl| {
+        pvops::Gate64::interrupt(Selector(KERNEL_CS), h as usize as u64, dpl)
+    };
+    // SAFETY: static IDT; handlers are the naked stubs above.
+    let r = unsafe {
+        ops.write_idt_entry(&idt, 3, gate(bp_handler, Ring::Ring3))
+            .and_then(|()| ops.write_idt_entry(&idt, 6, gate(ud_handler, Ring::Ring0)))
+            .and_then(|()| ops.write_idt_entry(&idt, 13, gate(gp_handler, Ring::Ring0)))
+            .and_then(|()| ops.load_idt(&idt))
+    };
+    t.check(
+        "load_idt/store_idt",
+        r.is_ok() && ops.store_idt() == Ok(idt.pointer()),
+        format_args!("{r:?}"),
+    );
+    if soft_int {
+        // SAFETY: int3 traps into bp_handler, which returns.
+        unsafe { asm!("int3", options(nomem, nostack)) };
+        t.check(
+            "int3 lands in the #BP handler",
+            BP_COUNT.load(Ordering::SeqCst) == 1,
+            format_args!("count={}", BP_COUNT.load(Ordering::SeqCst)),
+        );
+    } else {
+        t.skip(
+            "int3 lands in the #BP handler",
+            "software interrupts are not emulated by this host (PVM)",
+        );
+    }
+    // SAFETY: ud2 faults into ud_handler, which skips it.
+    unsafe { asm!("ud2", options(nomem, nostack)) };
+    t.check(
+        "ud2 lands in the #UD handler",
+        UD_COUNT.load(Ordering::SeqCst) == 1,
+        format_args!("count={}", UD_COUNT.load(Ordering::SeqCst)),
+    );
+    faulting_segment_load(0x7f8);
+    let err = GP_ERROR.load(Ordering::SeqCst);
+    t.check(
+        "bad selector -> #GP(selector) in handler",
+        GP_COUNT.load(Ordering::SeqCst) == 1 && err == 0x7f8,
+        format_args!("count={} error={err:#x}", GP_COUNT.load(Ordering::SeqCst)),
+    );
+
+    // LDT.
+    let ldt_probe = &LDT_PROBE as *const AtomicU64 as u64;
+    let ldt_data =
+        Descriptor::data_segment(ldt_probe as u32, 0xfff, Ring::Ring0).unwrap_or_default();
+    // SAFETY: static LDT.
+    let r = unsafe {
+        ops.alloc_ldt(&ldt)
+            .and_then(|()| ops.write_ldt_entry(&ldt, 1, ldt_data))
+            .and_then(|()| ops.load_ldt(Some(&ldt)))
+    };
+    let ldt_sel = Selector::ldt(1, Ring::Ring0).bits();
+    t.check(
+        "load_ldt (sldt)",
+        r.is_ok() && raw_sldt() == LDT_SEL.bits() && ops.store_ldt() == Ok(Some(ldt)),
+        format_args!("{r:?} sldt={:#x}", raw_sldt()),
+    );
+    let v = read_fs0(ldt_sel);
+    t.check(
+        "LDT selector loads (FS:[0] through LDT[1])",
+        v == LDT_PROBE.load(Ordering::SeqCst),
+        format_args!("{v:#x}"),
+    );
+    if inspect {
+        t.check(
+            "lar/lsl/verr on an LDT selector",
+            lsl(ldt_sel) == Some(0xfff)
+                && lar(ldt_sel).map(|v| (v >> 8) & 0xff) == Some(0x92)
+                && verr(ldt_sel),
+            format_args!("lsl={:x?} lar={:x?}", lsl(ldt_sel), lar(ldt_sel)),
+        );
+    } else {
+        t.skip(
+            "lar/lsl/verr on an LDT selector",
+            "not emulated by this host (PVM)",
+        );
+    }
+
+    // Context switches: load_tls + load_kernel_stack + load_ldt in lazy mode.
+    let probe = &TLS_PROBE as *const AtomicU64 as u64;
+    let mut ok = true;
+    for i in 0..64u32 {
+        let tls = [
+            Descriptor::data_segment(probe as u32, 0xfff + i * 0x1000, Ring::Ring0)
+                .unwrap_or_default(),
+            Descriptor::data_segment(0, 0xf_ffff, Ring::Ring3).unwrap_or_default(),
+            Descriptor::NULL,
+        ];
+        let e = ops.enter_lazy_cpu();
+        // SAFETY: static GDT/TSS/LDT.
+        let r = unsafe {
+            ops.load_tls(&tls)
+                .and_then(|()| ops.load_kernel_stack(sp0 + i as u64 * 0x1000))
+                .and_then(|()| ops.load_ldt(if i % 2 == 0 { Some(&ldt) } else { None }))
+        };
+        let l = ops.leave_lazy_cpu();
+        let tls_sel = Selector::gdt(LAYOUT.tls_first, Ring::Ring0).bits();
+        ok &= e.is_ok()
+            && r.is_ok()
+            && l.is_ok()
+            && (!inspect || lsl(tls_sel) == Some(0xfff + i * 0x1000))
+            && read_fs0(tls_sel) == TLS_PROBE.load(Ordering::SeqCst)
+            && raw_sldt() == if i % 2 == 0 { LDT_SEL.bits() } else { 0 };
+    }
+    t.check(
+        "64 context switches (load_tls via FS, load_kernel_stack, load_ldt) in lazy mode",
+        ok,
+        format_args!(""),
+    );
+    // SAFETY: the LDT is no longer loaded (last iteration loaded none).
+    let r = unsafe { ops.free_ldt(&ldt) };
+    t.check("free_ldt", r.is_ok(), format_args!("{r:?}"));
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    say!("panic: {}\n", info);
+    report::exit(0xfe)
+}

@@ -1,0 +1,88 @@
+//! Reporting to the host over port I/O.
+//!
+//! Protocol (hv-sim's `kvm::ports` mirrors it):
+//! * port 0x600, byte writes: a text stream of lines,
+//!   `check <pass|fail> <name>[: detail]` or free text;
+//! * port 0x604, dword write: exit with that status (the VM stops).
+
+use core::fmt::{self, Write};
+
+/// Text output port.
+pub const PORT_TEXT: u16 = 0x600;
+/// Exit port.
+pub const PORT_EXIT: u16 = 0x604;
+
+fn outb(port: u16, v: u8) {
+    // SAFETY: port output to the VMM's report device; no memory effects.
+    unsafe {
+        core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    };
+}
+
+fn outl(port: u16, v: u32) {
+    // SAFETY: as outb.
+    unsafe {
+        core::arch::asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// Writer onto the text port.
+pub struct Port;
+
+impl Write for Port {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            outb(PORT_TEXT, b);
+        }
+        Ok(())
+    }
+}
+
+/// Print formatted text to the host.
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let _ = core::fmt::Write::write_fmt(&mut $crate::report::Port, format_args!($($t)*));
+    }};
+}
+
+/// Tally of checks.
+pub struct Tally {
+    /// Passed.
+    pub passed: u32,
+    /// Total.
+    pub total: u32,
+    /// Not run here (reported with the reason).
+    pub skipped: u32,
+}
+
+impl Tally {
+    /// Report a check that cannot run in this environment.
+    pub fn skip(&mut self, name: &str, why: &str) {
+        self.skipped += 1;
+        say!("check skip {}: {}\n", name, why);
+    }
+
+    /// Record one check.
+    pub fn check(&mut self, name: &str, ok: bool, detail: fmt::Arguments<'_>) {
+        self.total += 1;
+        if ok {
+            self.passed += 1;
+        }
+        say!(
+            "check {} {}: {}\n",
+            if ok { "pass" } else { "fail" },
+            name,
+            detail
+        );
+    }
+}
+
+/// Stop the VM with `status`.
+pub fn exit(status: u32) -> ! {
+    outl(PORT_EXIT, status);
+    loop {
+        // SAFETY: halting with interrupts off ends this vCPU's work.
+        unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) };
+    }
+}

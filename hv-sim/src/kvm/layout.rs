@@ -1,0 +1,85 @@
+//! Guest-physical layout of hv-sim's boot environment and the 64-bit entry
+//! state it sets up.
+//!
+//! | GPA | contents |
+//! |---|---|
+//! | 0x0500 | boot GDT: null, 64-bit code (0x08), data (0x10) |
+//! | 0x1000 | PML4 |
+//! | 0x2000 | PDPT |
+//! | 0x3000 | PD: 512 × 2 MiB pages, identity map of the first GiB |
+//! | 0x7000–0x8000 | boot stack (rsp = 0x8000) |
+//! | 0x100000+ | the kernel's `PT_LOAD` segments |
+
+use kvm_bindings::{kvm_segment, kvm_sregs};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Boot GDT address.
+pub const BOOT_GDT: u64 = 0x500;
+/// PML4 address (CR3).
+pub const PML4: u64 = 0x1000;
+/// Top of the boot stack.
+pub const BOOT_STACK_TOP: u64 = 0x8000;
+/// Lowest address a kernel segment may use.
+pub const KERNEL_MIN: u64 = 0x10_0000;
+
+const BOOT_GDT_ENTRIES: [u64; 3] = [
+    0,
+    pvops::presets::KERNEL_CODE64.0,
+    pvops::presets::KERNEL_DATA.0,
+];
+
+/// Write the boot GDT and page tables.
+pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), String> {
+    let w = |addr: u64, v: u64| {
+        mem.write_obj(v, GuestAddress(addr))
+            .map_err(|e| format!("writing boot tables at {addr:#x}: {e}"))
+    };
+    for (i, d) in BOOT_GDT_ENTRIES.iter().enumerate() {
+        w(BOOT_GDT + i as u64 * 8, *d)?;
+    }
+    const P_RW: u64 = 0b11;
+    const PS: u64 = 1 << 7;
+    w(PML4, 0x2000 | P_RW)?;
+    w(0x2000, 0x3000 | P_RW)?;
+    for i in 0..512u64 {
+        w(0x3000 + i * 8, (i << 21) | P_RW | PS)?;
+    }
+    Ok(())
+}
+
+fn seg(selector: u16, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 0xb } else { 0x3 },
+        present: 1,
+        dpl: 0,
+        db: u8::from(!code),
+        s: 1,
+        l: u8::from(code),
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Set `sregs` for 64-bit mode with paging through [`PML4`].
+pub fn long_mode_sregs(sregs: &mut kvm_sregs) {
+    sregs.cs = seg(0x08, true);
+    let data = seg(0x10, false);
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.gdt.base = BOOT_GDT;
+    sregs.gdt.limit = (BOOT_GDT_ENTRIES.len() * 8 - 1) as u16;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+    sregs.cr3 = PML4;
+    sregs.cr4 = 1 << 5; // PAE
+    sregs.cr0 = 0x8005_0033; // PG | WP | NE | ET | MP | PE
+    sregs.efer = 0x500; // LME | LMA
+}

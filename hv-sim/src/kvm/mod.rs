@@ -1,0 +1,431 @@
+//! Running a real guest kernel in a KVM virtual machine.
+//!
+//! [`boot`] creates a VM with one vCPU (kvm-ioctls), loads an ELF kernel's
+//! `PT_LOAD` segments at their physical addresses, enters it in 64-bit mode
+//! (hv-sim builds the boot page tables and GDT, see [`layout`]) and serves
+//! its port I/O until it writes its exit status. A watchdog stops a guest
+//! that runs past the time limit.
+//!
+//! Port protocol (the example kernel's `report` module is the other side):
+//! * [`ports::TEXT`] (0x600), byte writes: text lines; `check <pass|fail>
+//!   <name>: <detail>` lines are collected as checks;
+//! * [`ports::EXIT`] (0x604), dword write: exit status; the VM stops.
+
+pub mod layout;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use goblin::elf::{Elf, program_header::PT_LOAD};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+/// The I/O ports of hv-sim's guest protocol.
+pub mod ports {
+    /// Text output (byte writes).
+    pub const TEXT: u16 = 0x600;
+    /// Exit with a dword status.
+    pub const EXIT: u16 = 0x604;
+}
+
+/// Why a boot failed (as opposed to a guest that ran and reported).
+#[derive(Debug)]
+pub enum KvmError {
+    /// `/dev/kvm` cannot be opened: the reason to print with `SKIPPED:`.
+    Unavailable(String),
+    /// The ELF image is unusable.
+    BadImage(String),
+    /// A KVM ioctl failed.
+    Ioctl(&'static str, String),
+    /// The guest stopped in a way that is not an orderly exit.
+    GuestCrashed {
+        /// What happened (triple fault, failed entry ...).
+        what: String,
+        /// Text the guest printed before.
+        text: String,
+    },
+    /// The guest ran past the time limit.
+    Timeout {
+        /// The limit.
+        limit: Duration,
+        /// Text the guest printed before.
+        text: String,
+    },
+}
+
+impl fmt::Display for KvmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KvmError::Unavailable(why) => write!(f, "KVM is not available: {why}"),
+            KvmError::BadImage(why) => write!(f, "kernel image rejected: {why}"),
+            KvmError::Ioctl(what, e) => write!(f, "KVM ioctl {what} failed: {e}"),
+            KvmError::GuestCrashed { what, text } => {
+                write!(f, "guest crashed: {what}; it printed:\n{text}")
+            }
+            KvmError::Timeout { limit, text } => {
+                write!(
+                    f,
+                    "guest still running after {limit:?}; it printed:\n{text}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for KvmError {}
+
+/// Can this process use KVM? `Err(reason)` says why not.
+pub fn available() -> Result<(), String> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("/dev/kvm: {e}")),
+    }
+}
+
+/// Boot configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Guest RAM in bytes (from guest-physical 0).
+    pub mem_size: usize,
+    /// Wall-clock limit for the guest.
+    pub timeout: Duration,
+    /// Signature to return from CPUID leaf 0x4000_0000 (`None`: KVM's own).
+    pub cpuid_signature: Option<[u8; 12]>,
+    /// Boot flags passed to the kernel in rdi (see [`boot_flags`]).
+    pub boot_flags: u64,
+}
+
+/// Boot flags passed to the guest in rdi.
+pub mod boot_flags {
+    /// The host cannot run `lar`/`lsl`/`verr` in a guest: its /dev/kvm is
+    /// PVM (`kvm_pvm`), which runs guests deprivileged and emulates
+    /// privileged and descriptor instructions in the host kernel; its
+    /// emulator has no `lar`/`lsl`/`verr`, so a guest executing one stops
+    /// with KVM_EXIT_INTERNAL_ERROR ("INTERNAL_ERROR in batch emul").
+    pub const NO_DESCRIPTOR_INSPECTION: u64 = 1 << 0;
+    /// The host cannot deliver software interrupts (`int3`, `int n`) in a
+    /// guest: PVM stops the VM with KVM_EXIT_INTERNAL_ERROR. Exceptions from
+    /// faults (#UD, #GP with its error code) are delivered through the
+    /// guest's IDT.
+    pub const NO_SOFTWARE_INTERRUPTS: u64 = 1 << 1;
+}
+
+/// Is /dev/kvm provided by PVM (`kvm_pvm`) rather than hardware
+/// virtualization?
+pub fn host_is_pvm() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// The boot flags this host needs.
+pub fn host_boot_flags() -> u64 {
+    if host_is_pvm() {
+        boot_flags::NO_DESCRIPTOR_INSPECTION | boot_flags::NO_SOFTWARE_INTERRUPTS
+    } else {
+        0
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mem_size: 64 << 20,
+            timeout: Duration::from_secs(20),
+            cpuid_signature: None,
+            boot_flags: host_boot_flags(),
+        }
+    }
+}
+
+/// One check the guest reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestCheck {
+    /// Name.
+    pub name: String,
+    /// Passed? (false for failed and skipped checks)
+    pub passed: bool,
+    /// Not run in this environment (the detail says why).
+    pub skipped: bool,
+    /// Detail text.
+    pub detail: String,
+}
+
+/// VM exits by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitCounts {
+    /// Port I/O exits.
+    pub io: u64,
+    /// MMIO exits.
+    pub mmio: u64,
+    /// HLT exits.
+    pub hlt: u64,
+    /// Anything else (interrupted runs, ...).
+    pub other: u64,
+}
+
+impl ExitCounts {
+    /// All exits.
+    pub fn total(&self) -> u64 {
+        self.io + self.mmio + self.hlt + self.other
+    }
+}
+
+/// What a guest did.
+#[derive(Clone, Debug)]
+pub struct BootReport {
+    /// Status written to the exit port (`None` if it halted instead).
+    pub exit_status: Option<u32>,
+    /// Everything it printed.
+    pub text: String,
+    /// Checks parsed from the text.
+    pub checks: Vec<GuestCheck>,
+    /// VM exits.
+    pub exits: ExitCounts,
+    /// Writes to ports outside the protocol, (port, first byte).
+    pub stray_io: Vec<(u16, u8)>,
+}
+
+impl BootReport {
+    /// Checks passed.
+    pub fn passed(&self) -> usize {
+        self.checks.iter().filter(|c| c.passed).count()
+    }
+
+    /// Checks that ran (passed or failed; skipped ones excluded).
+    pub fn ran(&self) -> usize {
+        self.checks.iter().filter(|c| !c.skipped).count()
+    }
+
+    /// Checks that failed.
+    pub fn failed(&self) -> Vec<&GuestCheck> {
+        self.checks
+            .iter()
+            .filter(|c| !c.passed && !c.skipped)
+            .collect()
+    }
+}
+
+fn parse_checks(text: &str) -> Vec<GuestCheck> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("check ")?;
+            let (verdict, rest) = rest.split_once(' ')?;
+            let (name, detail) = rest.split_once(": ").unwrap_or((rest, ""));
+            Some(GuestCheck {
+                name: name.to_string(),
+                passed: verdict == "pass",
+                skipped: verdict == "skip",
+                detail: detail.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// A loadable segment: physical address, bytes from the file, size in memory.
+pub type Segment<'a> = (u64, &'a [u8], u64);
+
+/// Parse an ELF64 x86-64 kernel: entry point and loadable segments.
+pub fn parse_elf(image: &[u8]) -> Result<(u64, Vec<Segment<'_>>), KvmError> {
+    let elf = Elf::parse(image).map_err(|e| KvmError::BadImage(e.to_string()))?;
+    if !elf.is_64 || elf.header.e_machine != goblin::elf::header::EM_X86_64 {
+        return Err(KvmError::BadImage(
+            "not an ELF64 x86-64 executable".to_string(),
+        ));
+    }
+    let mut segs = Vec::new();
+    for ph in elf.program_headers.iter().filter(|p| p.p_type == PT_LOAD) {
+        let start = ph.p_offset as usize;
+        let end = start
+            .checked_add(ph.p_filesz as usize)
+            .filter(|&e| e <= image.len())
+            .ok_or_else(|| {
+                KvmError::BadImage(format!("segment at {:#x} runs past the file", ph.p_paddr))
+            })?;
+        if ph.p_memsz < ph.p_filesz {
+            return Err(KvmError::BadImage(format!(
+                "segment at {:#x}: memsz < filesz",
+                ph.p_paddr
+            )));
+        }
+        segs.push((ph.p_paddr, &image[start..end], ph.p_memsz));
+    }
+    if segs.is_empty() {
+        return Err(KvmError::BadImage("no PT_LOAD segments".to_string()));
+    }
+    Ok((elf.entry, segs))
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Boot `image` (an ELF kernel) and run it to its exit.
+pub fn boot(image: &[u8], cfg: &Config) -> Result<BootReport, KvmError> {
+    available().map_err(KvmError::Unavailable)?;
+    let (entry, segs) = parse_elf(image)?;
+    let mem_size = cfg.mem_size;
+    for (paddr, _, memsz) in &segs {
+        if *paddr < layout::KERNEL_MIN || paddr.saturating_add(*memsz) > mem_size as u64 {
+            return Err(KvmError::BadImage(format!(
+                "segment {paddr:#x}+{memsz:#x} is outside guest RAM above {:#x}",
+                layout::KERNEL_MIN
+            )));
+        }
+    }
+    let owned: Vec<(u64, Vec<u8>)> = segs.iter().map(|(a, b, _)| (*a, b.to_vec())).collect();
+    let cfg = cfg.clone();
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let flag = timed_out.clone();
+    // SIGRTMIN interrupts KVM_RUN in the vCPU thread when the watchdog fires.
+    vmm_sys_util::signal::register_signal_handler(vmm_sys_util::signal::SIGRTMIN(), kick_handler)
+        .map_err(|e| KvmError::Ioctl("signal handler", e.to_string()))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let limit = cfg.timeout;
+    let handle = std::thread::spawn(move || {
+        let r = run_vm(entry, &owned, &cfg, &flag);
+        let _ = tx.send(());
+        r
+    });
+    if rx.recv_timeout(limit).is_err() {
+        timed_out.store(true, Ordering::SeqCst);
+        // Kick the vCPU out of KVM_RUN until the thread notices the flag.
+        while !handle.is_finished() {
+            use vmm_sys_util::signal::Killable;
+            let _ = handle.kill(vmm_sys_util::signal::SIGRTMIN());
+            let _ = rx.recv_timeout(Duration::from_millis(50));
+        }
+    }
+    handle
+        .join()
+        .map_err(|_| KvmError::Ioctl("vcpu thread", "panicked".to_string()))?
+}
+
+fn run_vm(
+    entry: u64,
+    segs: &[(u64, Vec<u8>)],
+    cfg: &Config,
+    timed_out: &AtomicBool,
+) -> Result<BootReport, KvmError> {
+    let io = |what: &'static str| move |e: kvm_ioctls::Error| KvmError::Ioctl(what, e.to_string());
+    // Declared before the VM so it is dropped after it.
+    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), cfg.mem_size)])
+        .map_err(|e| KvmError::Ioctl("guest memory mmap", e.to_string()))?;
+    let kvm = Kvm::new().map_err(io("open /dev/kvm"))?;
+    let vm = kvm.create_vm().map_err(io("KVM_CREATE_VM"))?;
+    let host = mem
+        .get_host_address(GuestAddress(0))
+        .map_err(|e| KvmError::Ioctl("guest memory", e.to_string()))?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size: cfg.mem_size as u64,
+        userspace_addr: host as u64,
+        flags: 0,
+    };
+    // SAFETY: `host` is the start of the `mem_size`-byte anonymous mapping
+    // owned by `mem`, which is declared before `vm` and so outlives it.
+    unsafe { vm.set_user_memory_region(region) }.map_err(io("KVM_SET_USER_MEMORY_REGION"))?;
+
+    for (paddr, bytes) in segs {
+        mem.write_slice(bytes, GuestAddress(*paddr))
+            .map_err(|e| KvmError::BadImage(format!("loading {paddr:#x}: {e}")))?;
+    }
+    layout::write_boot_tables(&mem).map_err(KvmError::BadImage)?;
+
+    let mut vcpu = vm.create_vcpu(0).map_err(io("KVM_CREATE_VCPU"))?;
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(io("KVM_GET_SUPPORTED_CPUID"))?;
+    if let Some(sig) = cfg.cpuid_signature {
+        for e in cpuid.as_mut_slice() {
+            if e.function == 0x4000_0000 {
+                e.ebx = u32::from_le_bytes([sig[0], sig[1], sig[2], sig[3]]);
+                e.ecx = u32::from_le_bytes([sig[4], sig[5], sig[6], sig[7]]);
+                e.edx = u32::from_le_bytes([sig[8], sig[9], sig[10], sig[11]]);
+            }
+        }
+    }
+    vcpu.set_cpuid2(&cpuid).map_err(io("KVM_SET_CPUID2"))?;
+    let mut sregs = vcpu.get_sregs().map_err(io("KVM_GET_SREGS"))?;
+    layout::long_mode_sregs(&mut sregs);
+    vcpu.set_sregs(&sregs).map_err(io("KVM_SET_SREGS"))?;
+    let mut regs = vcpu.get_regs().map_err(io("KVM_GET_REGS"))?;
+    regs.rip = entry;
+    regs.rflags = 2;
+    regs.rsp = layout::BOOT_STACK_TOP;
+    regs.rdi = cfg.boot_flags;
+    vcpu.set_regs(&regs).map_err(io("KVM_SET_REGS"))?;
+
+    let mut text = Vec::new();
+    let mut exits = ExitCounts::default();
+    let mut stray_io = Vec::new();
+    let exit_status = loop {
+        if timed_out.load(Ordering::SeqCst) {
+            return Err(KvmError::Timeout {
+                limit: cfg.timeout,
+                text: String::from_utf8_lossy(&text).into_owned(),
+            });
+        }
+        match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                exits.io += 1;
+                match port {
+                    ports::TEXT => text.extend_from_slice(data),
+                    ports::EXIT => {
+                        let mut b = [0u8; 4];
+                        let n = data.len().min(4);
+                        b[..n].copy_from_slice(&data[..n]);
+                        break Some(u32::from_le_bytes(b));
+                    }
+                    p => stray_io.push((p, data.first().copied().unwrap_or(0))),
+                }
+            }
+            Ok(VcpuExit::IoIn(_, data)) => {
+                exits.io += 1;
+                data.fill(0xff);
+            }
+            Ok(VcpuExit::MmioRead(_, data)) => {
+                exits.mmio += 1;
+                data.fill(0xff);
+            }
+            Ok(VcpuExit::MmioWrite(..)) => exits.mmio += 1,
+            Ok(VcpuExit::Hlt) => {
+                exits.hlt += 1;
+                break None;
+            }
+            Ok(VcpuExit::Shutdown) => {
+                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                return Err(KvmError::GuestCrashed {
+                    what: format!("shutdown (triple fault) near rip {rip:#x}"),
+                    text: String::from_utf8_lossy(&text).into_owned(),
+                });
+            }
+            Ok(other) => {
+                let what = format!("unexpected VM exit {other:?}");
+                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                let mut bytes = [0u8; 16];
+                let _ = mem.read_slice(&mut bytes, GuestAddress(rip));
+                return Err(KvmError::GuestCrashed {
+                    what: format!("{what} at rip {rip:#x} (bytes {bytes:02x?})"),
+                    text: String::from_utf8_lossy(&text).into_owned(),
+                });
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                exits.other += 1;
+            }
+            Err(e) => return Err(KvmError::Ioctl("KVM_RUN", e.to_string())),
+        }
+    };
+    let text = String::from_utf8_lossy(&text).into_owned();
+    Ok(BootReport {
+        exit_status,
+        checks: parse_checks(&text),
+        text,
+        exits,
+        stray_io,
+    })
+}
