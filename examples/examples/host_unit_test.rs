@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe {
         cpu_init(
             &ops,
-            &GDT,
+            &GDT.gdt()?,
             &idt,
             TSS.base(),
             &[(3, 0xffff_ffff_8100_0000), (14, 0xffff_ffff_8100_0100)],

@@ -7,8 +7,8 @@
 //! dynamic table.
 
 use pvops::{
-    Descriptor, DescriptorOps, DescriptorStorage, GdtEntry, GdtLayout, Idt, IdtGate, Ring,
-    Selector, SystemDescriptor, presets,
+    Descriptor, DescriptorOps, Gdt, GdtEntry, GdtLayout, Idt, IdtGate, Ring, Selector,
+    SystemDescriptor, presets,
 };
 
 /// The GDT layout this example kernel uses (Linux's).
@@ -34,22 +34,22 @@ pub const INITIAL_GDT: [Descriptor; 16] = {
 /// handler, and set the kernel stack.
 ///
 /// # Safety
-/// `gdt`, `idt` and the TSS at `tss_base` (104 bytes) must stay valid while
-/// loaded; the handlers must be real entry points.
+/// `gdt` (holding [`INITIAL_GDT`]), `idt` and the TSS at `tss_base` (104
+/// bytes) must stay valid while loaded; the handlers must be real entry
+/// points.
 pub unsafe fn cpu_init<O: DescriptorOps>(
     ops: &O,
-    gdt: &'static DescriptorStorage<16>,
+    gdt: &Gdt,
     idt: &Idt,
     tss_base: u64,
     handlers: &[(u8, u64)],
     kernel_stack: u64,
 ) -> pvops::Result<()> {
-    let g = gdt.gdt()?;
     // SAFETY: forwarded contract.
     unsafe {
-        ops.load_gdt(&g)?;
+        ops.load_gdt(gdt)?;
         ops.write_gdt_entry(
-            &g,
+            gdt,
             LAYOUT.tss as u32,
             GdtEntry::Double(SystemDescriptor::tss(tss_base, 103)?),
         )?;
