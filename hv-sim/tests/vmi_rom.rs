@@ -1,0 +1,330 @@
+//! hv-sim's VMI option ROM against pvops-vmi's probe: the good ROM is
+//! accepted with every field as the reference lays it out, each malformed
+//! variant is refused with the rule it breaks, and the call stubs are real
+//! x86-64 code (decoded with iced-x86).
+
+use hv_sim::vmi::rom::{self, ROM_SIZE, RomBuilder, stub_offset};
+use hv_sim::vmi::{GuestKind, RamMemory, VmiHypervisor};
+use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+use pvops_vmi::rom::{License, Refusal, check_rom, probe};
+
+fn hv_with(base: u64, b: &RomBuilder) -> VmiHypervisor<RamMemory> {
+    let hv = VmiHypervisor::without_rom(GuestKind::Vmi64, RamMemory::new(0x10_0000, 0x1000));
+    hv.place_rom(base, b).unwrap();
+    hv
+}
+
+fn refused(b: RomBuilder) -> Refusal {
+    let hv = hv_with(0xC8000, &b);
+    let nf = probe(&hv).unwrap_err();
+    let (base, why) = nf.refused.expect("a refused VMI ROM is reported");
+    assert_eq!(base, 0xC8000);
+    // The report names the rule.
+    assert!(
+        nf.to_string().contains("VMI ROM at 0xc8000 refused"),
+        "{nf}"
+    );
+    why
+}
+
+#[test]
+fn probe_accepts_hv_sims_rom() {
+    let hv = VmiHypervisor::new(GuestKind::Vmi64, RamMemory::new(0x10_0000, 0x1000));
+    let rom = probe(&hv).unwrap();
+    assert_eq!(rom.base, 0xC8000);
+    assert_eq!(rom.size as usize, ROM_SIZE);
+    assert_eq!((rom.api_major, rom.api_minor), (3, 0));
+    assert_eq!((rom.vendor, rom.device), (0x15AD, 0x0801));
+    assert!(!rom.unknown_vendor());
+    assert_eq!(rom.license, License::Gpl);
+    assert_eq!(rom.virtual_top, rom::VIRTUAL_TOP);
+    assert_eq!(rom.jump_slots, 128);
+    assert_eq!(rom.init_entry(), 0xC8080);
+    assert_eq!(rom.reloc_entry(), 0xC8088);
+}
+
+#[test]
+fn rom_bytes_as_the_reference_lays_them_out() {
+    let img = RomBuilder::default().build();
+    assert_eq!(u16::from_le_bytes([img[0], img[1]]), 0xAA55);
+    assert_eq!(img[2] as usize * 512, img.len());
+    assert_eq!(&img[8..12], b"cVmi");
+    assert_eq!(
+        u32::from_le_bytes([img[8], img[9], img[10], img[11]]),
+        0x696d_5663
+    );
+    assert_eq!((img[0x0C], img[0x0D]), (0, 3));
+    let pci = u16::from_le_bytes([img[0x18], img[0x19]]) as usize;
+    assert_eq!(&img[pci..pci + 4], b"PCIR");
+    assert_eq!(&img[pci + 4..pci + 8], &[0xAD, 0x15, 0x01, 0x08]);
+    let lic = u16::from_le_bytes([img[0x16], img[0x17]]) as usize;
+    assert_eq!(&img[lic..lic + 4], b"GPL\0");
+    let pnp = u16::from_le_bytes([img[0x1A], img[0x1B]]) as usize;
+    assert_eq!(&img[pnp..pnp + 4], b"$PnP");
+    assert_eq!(img.iter().fold(0u8, |s, &b| s.wrapping_add(b)), 0);
+}
+
+fn disassemble(bytes: &[u8], ip: u64) -> Vec<String> {
+    let mut d = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE);
+    let mut f = IntelFormatter::new();
+    let mut out = Vec::new();
+    for insn in &mut d {
+        let mut s = String::new();
+        f.format(&insn, &mut s);
+        out.push(s);
+        if insn.mnemonic() == iced_x86::Mnemonic::Ret {
+            break;
+        }
+    }
+    out
+}
+
+/// An immediate as iced's Intel formatter prints it (9 and below in
+/// decimal, else hex with an `h` suffix and a leading 0 before a letter).
+fn masm_imm(v: u32) -> String {
+    if v <= 9 {
+        return v.to_string();
+    }
+    let h = format!("{v:X}h");
+    if h.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        format!("0{h}")
+    } else {
+        h
+    }
+}
+
+#[test]
+fn stubs_are_real_x86_64_code() {
+    let img = RomBuilder::default().build();
+    for nr in pvops_vmi::call::USED {
+        let off = stub_offset(nr).unwrap();
+        let code = disassemble(&img[off..off + 16], 0xC8000 + off as u64);
+        assert_eq!(
+            code,
+            vec![
+                format!("mov eax,{}", masm_imm(nr)),
+                "out 0E6h,eax".into(),
+                "ret".into()
+            ],
+            "call {nr}"
+        );
+    }
+    let init = disassemble(&img[0x80..0x88], 0xC8080);
+    assert_eq!(init, ["mov eax,0FFFF0000h", "out 0E6h,eax", "ret"]);
+    let reloc = disassemble(&img[0x88..0x90], 0xC8088);
+    assert_eq!(reloc, ["mov eax,0FFFF0001h", "out 0E6h,eax", "ret"]);
+    // An undefined call's slot is int3 only.
+    let off = stub_offset(50).unwrap();
+    assert_eq!(disassemble(&img[off..off + 1], 0), ["int3"]);
+}
+
+#[test]
+fn bad_option_rom_signature_is_not_a_rom() {
+    let b = RomBuilder {
+        signature: 0xAA56,
+        ..RomBuilder::default()
+    };
+    let hv = hv_with(0xC8000, &b);
+    let nf = probe(&hv).unwrap_err();
+    assert_eq!(nf.refused, None);
+    assert_eq!(nf.other_roms, 0);
+    assert_eq!(
+        check_rom(&hv, 0xC8000),
+        Err(Refusal::NoOptionRom { found: 0xAA56 })
+    );
+}
+
+#[test]
+fn bad_vmi_signature_is_another_option_rom() {
+    let b = RomBuilder {
+        vmi_signature: u32::from_le_bytes(*b"cVmI"),
+        ..RomBuilder::default()
+    };
+    let hv = hv_with(0xC8000, &b);
+    let nf = probe(&hv).unwrap_err();
+    assert_eq!(nf.refused, None);
+    assert_eq!(nf.other_roms, 1);
+    assert!(matches!(
+        check_rom(&hv, 0xC8000),
+        Err(Refusal::NotVmi { .. })
+    ));
+    assert!(nf.to_string().contains("1 other option ROM"), "{nf}");
+}
+
+#[test]
+fn major_version_other_than_3_refused() {
+    for major in [2, 4, 13] {
+        let why = refused(RomBuilder {
+            api_major: major,
+            ..RomBuilder::default()
+        });
+        assert_eq!(why, Refusal::ApiVersion { major, minor: 0 });
+        assert!(why.to_string().contains("needs major version 3"));
+    }
+}
+
+#[test]
+fn minor_version_bump_accepted() {
+    let hv = hv_with(
+        0xC8000,
+        &RomBuilder {
+            api_minor: 7,
+            ..RomBuilder::default()
+        },
+    );
+    let rom = probe(&hv).unwrap();
+    assert_eq!((rom.api_major, rom.api_minor), (3, 7));
+}
+
+#[test]
+fn missing_pci_header_refused() {
+    let why = refused(RomBuilder {
+        pci_header: false,
+        ..RomBuilder::default()
+    });
+    assert_eq!(why, Refusal::NoPciHeader);
+    assert!(why.to_string().contains("PCI header"));
+}
+
+#[test]
+fn other_vendor_accepted_with_warning() {
+    let hv = hv_with(
+        0xC8000,
+        &RomBuilder {
+            vendor: 0x8086,
+            ..RomBuilder::default()
+        },
+    );
+    let rom = probe(&hv).unwrap();
+    assert!(rom.unknown_vendor());
+}
+
+#[test]
+fn non_gpl_license_refused() {
+    for lic in [&b"BSD"[..], b"GPL v3", b"Proprietary", b"gpl"] {
+        let why = refused(RomBuilder {
+            license: Some(lic.to_vec()),
+            ..RomBuilder::default()
+        });
+        assert!(
+            matches!(why, Refusal::NonGplLicense { .. }),
+            "{lic:?}: {why}"
+        );
+        let text = why.to_string();
+        assert!(text.contains(std::str::from_utf8(lic).unwrap()), "{text}");
+        assert!(text.contains("only \"GPL\" or \"GPL v2\""), "{text}");
+    }
+    assert_eq!(
+        refused(RomBuilder {
+            license: None,
+            ..RomBuilder::default()
+        }),
+        Refusal::NoLicense
+    );
+    // "GPL v2" is accepted too.
+    let hv = hv_with(
+        0xC8000,
+        &RomBuilder {
+            license: Some(b"GPL v2".to_vec()),
+            ..RomBuilder::default()
+        },
+    );
+    assert_eq!(probe(&hv).unwrap().license, License::GplV2);
+}
+
+#[test]
+fn bad_checksum_refused() {
+    let why = refused(RomBuilder {
+        fix_checksum: false,
+        ..RomBuilder::default()
+    });
+    assert!(
+        matches!(why, Refusal::Checksum { sum } if sum != 0),
+        "{why}"
+    );
+}
+
+#[test]
+fn rom_outside_the_scan_window_not_found() {
+    for base in [0xE0000u64, 0xE8000, 0xF0000] {
+        let hv = hv_with(base, &RomBuilder::default());
+        // The ROM is intact where it is...
+        assert!(check_rom(&hv, base).is_ok(), "{base:#x}");
+        // ...but the probe never looks there.
+        let nf = probe(&hv).unwrap_err();
+        assert_eq!(nf.refused, None);
+        assert_eq!(nf.other_roms, 0);
+    }
+    // hv-sim refuses to build such a machine through the checked constructor.
+    let mem = RamMemory::new(0x10_0000, 0x1000);
+    let err = VmiHypervisor::with_rom(GuestKind::Vmi64, mem, 0xE0000, &RomBuilder::default())
+        .err()
+        .unwrap();
+    assert!(err.contains("option-ROM window"), "{err}");
+}
+
+#[test]
+fn rom_not_on_a_2k_boundary_not_found() {
+    for base in [0xC8200u64, 0xC8400, 0xC8001] {
+        let hv = hv_with(base, &RomBuilder::default());
+        assert!(check_rom(&hv, base).is_ok());
+        let nf = probe(&hv).unwrap_err();
+        assert_eq!(nf.refused, None, "{base:#x}");
+    }
+    let mem = RamMemory::new(0x10_0000, 0x1000);
+    let err = VmiHypervisor::with_rom(GuestKind::Vmi64, mem, 0xC8400, &RomBuilder::default())
+        .err()
+        .unwrap();
+    assert!(err.contains("2 KiB boundary"), "{err}");
+}
+
+#[test]
+fn probe_skips_other_roms_and_refused_ones() {
+    // A VGA-BIOS-like ROM at 0xC0000, a refused VMI ROM at 0xC8000, a good
+    // one at 0xD0000: the good one wins and the scan went past the others.
+    let hv = VmiHypervisor::without_rom(GuestKind::Vmi64, RamMemory::new(0x10_0000, 0x1000));
+    hv.place_bytes(0xC0000, &[0x55, 0xAA, 64]).unwrap();
+    hv.place_rom(
+        0xC8000,
+        &RomBuilder {
+            license: Some(b"BSD".to_vec()),
+            ..RomBuilder::default()
+        },
+    )
+    .unwrap();
+    hv.place_rom(0xD0000, &RomBuilder::default()).unwrap();
+    assert_eq!(probe(&hv).unwrap().base, 0xD0000);
+    // Every placement in the window on a 2 KiB boundary is found.
+    for base in [0xC0000u64, 0xC0800, 0xDF000 - 0x800] {
+        let hv = VmiHypervisor::with_rom(
+            GuestKind::Vmi64,
+            RamMemory::new(0x10_0000, 0x1000),
+            base,
+            &RomBuilder::default(),
+        )
+        .unwrap();
+        assert_eq!(probe(&hv).unwrap().base, base);
+    }
+}
+
+#[test]
+fn no_rom_at_all() {
+    let hv = VmiHypervisor::without_rom(GuestKind::Vmi64, RamMemory::new(0x10_0000, 0x1000));
+    let nf = probe(&hv).unwrap_err();
+    assert_eq!(nf.refused, None);
+    assert!(
+        nf.to_string()
+            .starts_with("no usable VMI option ROM in 0xc0000..0xe0000")
+    );
+}
+
+#[test]
+fn corrupting_a_byte_breaks_the_checksum() {
+    let hv = VmiHypervisor::new(GuestKind::Vmi64, RamMemory::new(0x10_0000, 0x1000));
+    hv.place_bytes(0xC8000 + 0x500, &[0x90]).unwrap();
+    let nf = probe(&hv).unwrap_err();
+    assert!(matches!(
+        nf.refused,
+        Some((0xC8000, Refusal::Checksum { .. }))
+    ));
+}
