@@ -144,6 +144,7 @@
 pub mod abi;
 #[cfg(target_arch = "x86_64")]
 mod batch;
+pub mod hypercall_page;
 #[cfg(target_arch = "x86_64")]
 mod ops;
 pub mod platform;
@@ -152,6 +153,7 @@ mod tests;
 
 pub use abi::MC_BATCH;
 pub use abi::TrapInfo;
+pub use hypercall_page::KernelPlatform;
 #[cfg(target_arch = "x86_64")]
 pub use ops::{XenOps, is_tss_or_ldt};
 pub use platform::XenPlatform;
