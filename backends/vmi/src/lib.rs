@@ -35,6 +35,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+#[cfg(target_arch = "x86_64")]
+pub mod kernel;
 pub mod platform;
 pub mod rom;
 
