@@ -203,7 +203,9 @@ fn update_va_mapping_errors() {
         hc(&d, nr::UPDATE_VA_MAPPING, &[va, m << 12 | 3, 1 | 0x1000]),
         -EFAULT
     );
-    assert_eq!(d.pte(va), Some(m << 12 | 3));
+    // pv64 adjust_guest_l1e: a kernel (U=0) entry gains _PAGE_USER and
+    // _PAGE_GUEST_KERNEL (bit 52).
+    assert_eq!(d.pte(va), Some(m << 12 | 3 | 4 | 1 << 52));
     // LOCAL / ALL flush fine.
     assert_eq!(hc(&d, nr::UPDATE_VA_MAPPING, &[va, m << 12 | 3, 2]), 0);
     assert_eq!(hc(&d, nr::UPDATE_VA_MAPPING, &[va, m << 12 | 3, 5]), 0);

@@ -22,10 +22,21 @@ pub const PV32_VA_BASE: u64 = 0xC000_0000;
 const PTE_P: u64 = 1;
 const PTE_RW: u64 = 2;
 const PTE_MFN_MASK: u64 = 0x000F_FFFF_FFFF_F000;
-/// PTE bits a plain PV guest may not set in an L1 entry: cache attributes
-/// (PWT, PCD, PAT) and bits 52-62. (Approximation of Xen's
-/// `l1_disallow_mask` for a domain without I/O capabilities.)
-const L1_DISALLOW: u64 = 0x98 | (0x7FF << 52);
+/// PTE bits a PV domU (no cache-flush permission) may not set in a present
+/// L1 entry (`mm.c` `l1_disallow_mask` / `L1_DISALLOW_MASK`): the cache
+/// attributes PWT, PCD and PAT, and bit 62 (`_PAGE_GNTTAB`). The software
+/// bits 9-11 and 52-61, G, A, D and NX are allowed (an NX-capable host is
+/// assumed).
+const L1_DISALLOW: u64 = 0x98 | (1 << 62);
+/// `_PAGE_USER`.
+const PTE_USER: u64 = 4;
+/// `_PAGE_GLOBAL`.
+const PTE_GLOBAL: u64 = 0x100;
+/// `_PAGE_GUEST_KERNEL` (flag bit 12 = PTE bit 52, pv64 only).
+const PTE_GUEST_KERNEL: u64 = 1 << 52;
+/// The frame number `get_page_from_l1e` treats as INVALID_MFN
+/// (`PADDR_MASK >> PAGE_SHIFT`, 52-bit physical addresses).
+const INVALID_MFN: u64 = (1 << 40) - 1;
 
 /// One virtual IDT entry (`trap_info`, native layout).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -585,17 +596,53 @@ impl Inner {
         Ok(())
     }
 
-    /// Store through the guest mappings. Checks the whole range first.
-    fn store_bytes(&self, va: u64, data: &[u8], _guest: bool) -> Result<(), ()> {
+    /// Store through the guest mappings.
+    ///
+    /// `guest = true`: a CPU store by the guest, all or nothing (a store
+    /// that faults on any byte writes none). `guest = false`: Xen's
+    /// `copy_to_guest` (`rep movsb` with an exception fix-up,
+    /// `lib/copy-guest.c`): bytes before the first faulting one are written.
+    fn store_bytes(&self, va: u64, data: &[u8], guest: bool) -> Result<(), ()> {
         let mut dst = Vec::with_capacity(data.len());
+        let mut faulted = false;
         for i in 0..data.len() {
-            let a = va.checked_add(i as u64).ok_or(())?;
-            dst.push(self.translate(a, true).ok_or(())?);
+            match va
+                .checked_add(i as u64)
+                .and_then(|a| self.translate(a, true))
+            {
+                Some(t) => dst.push(t),
+                None => {
+                    faulted = true;
+                    break;
+                }
+            }
+        }
+        if faulted && guest {
+            return Err(());
         }
         for ((pfn, off), b) in dst.into_iter().zip(data) {
             self.ram.write_u8(pfn, off, *b);
         }
-        Ok(())
+        if faulted { Err(()) } else { Ok(()) }
+    }
+
+    /// Xen's `copy_from_guest` into `buf`: on a fault the bytes read so far
+    /// are kept and the rest is zero-filled (`copy_from_guest_pv`).
+    fn load_bytes_padded(&self, va: u64, buf: &mut [u8]) -> Result<(), ()> {
+        let mut r = Ok(());
+        for (i, b) in buf.iter_mut().enumerate() {
+            match va
+                .checked_add(i as u64)
+                .and_then(|a| self.translate(a, false))
+            {
+                Some((pfn, off)) if r.is_ok() => *b = self.ram.read_u8(pfn, off),
+                _ => {
+                    r = Err(());
+                    *b = 0;
+                }
+            }
+        }
+        r
     }
 
     fn load_u64(&self, va: u64) -> Result<u64, ()> {
@@ -1236,6 +1283,8 @@ impl Inner {
             let Some(pfn) = self.m2p(mfn) else {
                 return Err(if self.mfn_valid(mfn) {
                     fail(EBUSY, format!("mfn {mfn:#x} belongs to another domain"))
+                } else if mfn == INVALID_MFN {
+                    fail(EINVAL, format!("mfn {mfn:#x} is INVALID_MFN"))
                 } else {
                     fail(
                         EPERM,
@@ -1257,19 +1306,59 @@ impl Inner {
                 f.type_count -= 1;
             }
         }
+        // pv64 (`pv/mm.h` `adjust_guest_l1e`): a present entry always gets
+        // _PAGE_USER (the kernel runs in ring 3); one the guest did not mark
+        // user also gets _PAGE_GUEST_KERNEL, and one without
+        // _PAGE_GUEST_KERNEL gets _PAGE_GLOBAL.
+        let mut pte = pte;
+        if self.abi == Abi::Pv64 && pte & PTE_P != 0 {
+            if pte & PTE_USER == 0 {
+                pte |= PTE_GUEST_KERNEL | PTE_USER;
+            }
+            if pte & PTE_GUEST_KERNEL == 0 {
+                pte |= PTE_GLOBAL | PTE_USER;
+            }
+        }
         self.ptes[idx] = pte;
         let page_va = self.va_base + (idx * PAGE_SIZE) as u64;
         self.note(format!("pte[va {page_va:#x}] {old:#x} -> {pte:#x}"));
         let kind = flags & 3;
         let target = flags & !3;
-        if (kind == 1 || kind == 2) && target != 0 && target != 4 && self.load_long(target).is_err()
-        {
-            return Err(fail(
-                EFAULT,
-                format!("vCPU bitmap at {target:#x} cannot be read (the PTE was already written)"),
-            ));
+        if (kind == 1 || kind == 2) && target != 0 && target != 4 {
+            self.read_vcpu_bitmap(target)?;
         }
         Ok(0)
+    }
+
+    /// `vcpumask_to_pcpumask`: reads the guest's vCPU bitmap one long (8
+    /// bytes pv64, 4 pv32) at a time while the word's first vCPU exists,
+    /// and stops early at a set bit naming a vCPU beyond the last. A read
+    /// fault is -EFAULT.
+    fn read_vcpu_bitmap(&self, bmap: u64) -> Hc {
+        let bits = self.long_size() * 8;
+        let nvcpus = self.vcpus.len() as u64;
+        let mut offs = 0u64;
+        loop {
+            let bias = offs * bits;
+            if bias >= nvcpus {
+                return Ok(0);
+            }
+            let va = bmap.wrapping_add(offs * self.long_size());
+            let Ok(word) = self.load_long(va) else {
+                return Err(fail(
+                    EFAULT,
+                    format!(
+                        "vCPU bitmap word {offs} at {va:#x} cannot be read (the PTE was already written)"
+                    ),
+                ));
+            };
+            // Set bits are visited upwards; one beyond the last vCPU ends
+            // the walk, so the highest set bit decides.
+            if word != 0 && bias + u64::from(63 - word.leading_zeros()) >= nvcpus {
+                return Ok(0);
+            }
+            offs += 1;
+        }
     }
 
     fn set_segment_base(&mut self, v: usize, which: u32, base: u64) -> Hc {
@@ -1309,11 +1398,13 @@ impl Inner {
                 }
                 match self.load_data_selector(v, sel) {
                     Ok(b) => {
+                        // gs_base_user is re-read from the segment register
+                        // in every case; a NUL selector leaves base 0 (Intel
+                        // clears it, and on AMD Xen loads a flat selector
+                        // first).
                         let vc = &mut self.vcpus[v];
                         vc.gs_user_sel = sel;
-                        if sel > 3 {
-                            vc.gs_base_user = b;
-                        }
+                        vc.gs_base_user = b;
                         self.note(format!("user %gs = {sel:#x} (base {b:#x})"));
                     }
                     Err(r) => {
@@ -1334,24 +1425,45 @@ impl Inner {
         }
     }
 
-    /// Load a data selector at CPL 3 (64-bit guest user %gs). Returns the
-    /// segment base.
+    /// Load a data selector into %gs the way Xen does for
+    /// SEGBASE_GS_USER_SEL: a `mov` at CPL 0 with the selector's RPL forced
+    /// to 3 for non-NUL selectors, so the usual data-segment rules apply with
+    /// max(CPL, RPL) = 3. Returns the segment base. On success the CPU sets
+    /// the descriptor's accessed bit, which lands in the guest's frame (Xen
+    /// maps GDT/LDT frames read-write in its own area).
     fn load_data_selector(&mut self, v: usize, sel: u16) -> Result<u64, String> {
         if sel & !3 == 0 {
             return Ok(0);
         }
         let idx = u32::from(sel >> 3);
-        let d = if sel & 4 != 0 {
-            self.map_ldt(v, idx, false).map_err(|f| f.to_string())?
+        // Where the descriptor lives: (pfn, byte offset), for the A bit.
+        let (d, loc) = if sel & 4 != 0 {
+            let d = self.map_ldt(v, idx, false).map_err(|f| f.to_string())?;
+            let off = idx as usize * 8;
+            let loc = self.vcpus[v].ldt_mapped[off / PAGE_SIZE]
+                .and_then(|m| self.m2p(m))
+                .map(|pfn| (pfn, off % PAGE_SIZE));
+            (d, loc)
         } else if idx >= 7168 {
-            // Xen's own entries: only the flat user data segment is loadable.
-            return if sel == 0xe02b {
+            // Xen's per-CPU GDT page for 64-bit PV vCPUs (`desc.c`
+            // `boot_gdt`): 0xe023 (ring-3 compat code, readable), 0xe02b
+            // (ring-3 data) and 0xe033 (ring-3 64-bit code, readable) are
+            // DPL 3, present, already accessed, base 0. Everything else there
+            // is DPL 0, a system descriptor or empty.
+            return if matches!(sel, 0xe023 | 0xe02b | 0xe033) {
                 Ok(0)
             } else {
-                Err(format!("Xen-reserved selector {sel:#x}"))
+                Err(format!(
+                    "Xen-reserved selector {sel:#x} is not loadable at RPL 3"
+                ))
             };
         } else {
-            self.gdt_entry(v, idx)
+            let loc = self.vcpus[v]
+                .gdt_frames
+                .get((idx / 512) as usize)
+                .and_then(|&m| self.m2p(m))
+                .map(|pfn| (pfn, (idx as usize % 512) * 8));
+            (self.gdt_entry(v, idx), loc)
         };
         let present = d & (1 << 47) != 0;
         let s = d & (1 << 44) != 0;
@@ -1366,10 +1478,22 @@ impl Inner {
             ));
         }
         if !(code && conforming) && dpl < 3 {
-            return Err(format!("selector {sel:#x}: DPL {dpl} < CPL 3"));
+            return Err(format!("selector {sel:#x}: DPL {dpl} < RPL 3"));
         }
         if !present {
             return Err(format!("selector {sel:#x} names a non-present descriptor"));
+        }
+        if d & (1 << 40) == 0
+            && let Some((pfn, off)) = loc
+        {
+            let nd = d | (1 << 40);
+            self.ram.write_u64(pfn, off, nd);
+            if let Some(sh) = self.shadows.get_mut(&pfn) {
+                sh[off / 8] = nd;
+            }
+            self.note(format!(
+                "CPU set the accessed bit of selector {sel:#x}'s descriptor: {nd:#018x}"
+            ));
         }
         Ok(((d >> 16) & 0xFF_FFFF) | (((d >> 56) & 0xFF) << 24))
     }
@@ -1420,6 +1544,18 @@ impl Inner {
                 Abi::Pv64 => self.store_bytes(va + 8, &result.to_le_bytes(), false),
                 Abi::Pv32 => self.store_bytes(va + 4, &(result as i32).to_le_bytes(), false),
             };
+            // XSA-213: an iret sub-call ends the multicall; its result
+            // (written back best effort) becomes the multicall's own.
+            if op == nr::IRET {
+                let rc = match self.abi {
+                    Abi::Pv64 => result,
+                    Abi::Pv32 => i64::from(result as i32),
+                };
+                self.note(format!(
+                    "entry {i} was iret: the multicall stops and returns its result ({rc})"
+                ));
+                return Ok(rc);
+            }
             if ok.is_err() {
                 return Err(fail(
                     EFAULT,
@@ -1434,16 +1570,31 @@ impl Inner {
     }
 
     fn mmuext_op(&mut self, v: usize, ops: u64, count: u32, pdone: u64, foreigndom: u32) -> Hc {
-        let mut count = count;
+        // The final-status continuation (`count == MMU_UPDATE_PREEMPTED`
+        // with a NULL ops handle) hands `foreigndom` back as the result
+        // (`do_mmuext_op`; `compat_mmuext_op` forwards it unchanged).
+        if count == 0x8000_0000 && ops == 0 {
+            let rc = i64::from(foreigndom as i32);
+            self.note(format!(
+                "count = MMU_UPDATE_PREEMPTED with NULL ops: returns foreigndom ({rc})"
+            ));
+            return Ok(rc);
+        }
+        let preempted = count & 0x8000_0000 != 0;
+        let count = count & !0x8000_0000;
+        // pv32 (`compat_mmuext_op`): ops are translated in chunks and only a
+        // non-empty chunk reaches `do_mmuext_op`, so with count 0 nothing
+        // else (foreigndom, pdone) is looked at.
+        if self.abi == Abi::Pv32 && count == 0 {
+            return Ok(0);
+        }
+        // A continuation resumes counting from *pdone; read errors are
+        // ignored (the unread part reads as 0). A NULL pdone means 0.
         let mut done: u32 = 0;
-        if count & 0x8000_0000 != 0 {
-            count &= !0x8000_0000;
-            done = self.load_u32(pdone).map_err(|()| {
-                fail(
-                    EFAULT,
-                    format!("pdone {pdone:#x} cannot be read (continuation)"),
-                )
-            })?;
+        if preempted && pdone != 0 {
+            let mut b = [0u8; 4];
+            let _ = self.load_bytes_padded(pdone, &mut b);
+            done = u32::from_le_bytes(b);
         }
         let esize: u64 = match self.abi {
             Abi::Pv64 => 24,
@@ -1455,11 +1606,21 @@ impl Inner {
         let dom = foreigndom as u16;
         let foreign = match dom {
             DOMID_SELF => false,
-            DOMID_IO | DOMID_XEN => true,
             d if d == OWN_DOMID => {
                 return Err(fail(
                     ESRCH,
                     format!("foreigndom {d} is the caller's own id; use DOMID_SELF"),
+                ));
+            }
+            // dom_io / dom_xen exist and are PV, but the default XSM policy
+            // (XSM_TARGET) lets only the domain itself or a control domain
+            // act on them; this domain is an unprivileged domU.
+            DOMID_IO | DOMID_XEN => {
+                return Err(fail(
+                    EPERM,
+                    format!(
+                        "foreigndom {dom:#x}: the default XSM policy refuses an unprivileged domain acting on another (no op runs)"
+                    ),
                 ));
             }
             d => return Err(fail(ESRCH, format!("no domain {d:#x}"))),
