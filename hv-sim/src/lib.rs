@@ -20,6 +20,7 @@ pub mod demo;
 pub mod explain;
 pub mod kernel_build;
 pub mod kvm;
+pub mod qemu;
 pub mod softcpu;
 pub mod vmi;
 pub mod xen;

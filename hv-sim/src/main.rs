@@ -145,6 +145,38 @@ fn demo() -> ExitCode {
             }
         },
     };
+    println!("== QEMU (TCG): the same kernel image through its PVH entry, native backend");
+    match hv_sim::qemu::available() {
+        Err(why) => println!("  SKIPPED: {why}"),
+        Ok(()) => match hv_sim::kernel_build::build_example_kernel()
+            .map_err(|e| e.to_string())
+            .and_then(|elf| hv_sim::qemu::boot(&elf, std::time::Duration::from_secs(120)))
+        {
+            Err(e) => {
+                println!("  boot failed: {e}");
+                ok = false;
+            }
+            Ok(r) => {
+                for c in &r.checks {
+                    let v = if c.skipped {
+                        "skip"
+                    } else if c.passed {
+                        "pass"
+                    } else {
+                        "FAIL"
+                    };
+                    println!("  [{v}] {} — {}", c.name, c.detail);
+                }
+                println!(
+                    "  qemu native: checks={}/{} exit status {:?}",
+                    r.passed(),
+                    r.ran(),
+                    r.exit_status
+                );
+                ok &= r.failed().is_empty() && r.exit_status == Some(0);
+            }
+        },
+    }
     println!("== summary");
     match summary {
         Some(line) => println!("{line}"),

@@ -15,6 +15,7 @@
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod pvh;
 mod report;
 
 use core::arch::{asm, naked_asm};
@@ -426,7 +427,7 @@ fn run_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, inspect: bool, soft_int:
         t.check(
             "lar/lsl/verr on an LDT selector",
             lsl(ldt_sel) == Some(0xfff)
-                && lar(ldt_sel).map(|v| (v >> 8) & 0xff) == Some(0x92)
+                && lar(ldt_sel).map(|v| (v >> 8) & 0xfe) == Some(0x92)
                 && verr(ldt_sel),
             format_args!("lsl={:x?} lar={:x?}", lsl(ldt_sel), lar(ldt_sel)),
         );

@@ -1,16 +1,20 @@
 //! Reporting to the host over port I/O.
 //!
-//! Protocol (hv-sim's `kvm::ports` mirrors it):
-//! * port 0x600, byte writes: a text stream of lines,
-//!   `check <pass|fail> <name>[: detail]` or free text;
-//! * port 0x604, dword write: exit with that status (the VM stops).
+//! Protocol (hv-sim's `kvm::ports` mirrors it), on the ports QEMU's debug
+//! devices use, so the same image reports under hv-sim's KVM runner and
+//! under `qemu-system-x86_64 -device isa-debugcon,iobase=0xe9 -device
+//! isa-debug-exit,iobase=0xf4,iosize=4`:
+//! * port 0xE9, byte writes: a text stream of lines,
+//!   `check <pass|fail|skip> <name>[: detail]` or free text;
+//! * port 0xF4, dword write: exit with that status (the VM stops; QEMU exits
+//!   with `status << 1 | 1`).
 
 use core::fmt::{self, Write};
 
 /// Text output port.
-pub const PORT_TEXT: u16 = 0x600;
+pub const PORT_TEXT: u16 = 0xe9;
 /// Exit port.
-pub const PORT_EXIT: u16 = 0x604;
+pub const PORT_EXIT: u16 = 0xf4;
 
 fn outb(port: u16, v: u8) {
     // SAFETY: port output to the VMM's report device; no memory effects.

@@ -6,10 +6,12 @@
 //! its port I/O until it writes its exit status. A watchdog stops a guest
 //! that runs past the time limit.
 //!
-//! Port protocol (the example kernel's `report` module is the other side):
-//! * [`ports::TEXT`] (0x600), byte writes: text lines; `check <pass|fail>
+//! Port protocol (the example kernel's `report` module is the other side;
+//! the ports are those of QEMU's isa-debugcon and isa-debug-exit, so the
+//! same kernel reports under QEMU too):
+//! * [`ports::TEXT`] (0xE9), byte writes: text lines; `check <pass|fail|skip>
 //!   <name>: <detail>` lines are collected as checks;
-//! * [`ports::EXIT`] (0x604), dword write: exit status; the VM stops.
+//! * [`ports::EXIT`] (0xF4), dword write: exit status; the VM stops.
 
 pub mod layout;
 
@@ -25,10 +27,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// The I/O ports of hv-sim's guest protocol.
 pub mod ports {
-    /// Text output (byte writes).
-    pub const TEXT: u16 = 0x600;
-    /// Exit with a dword status.
-    pub const EXIT: u16 = 0x604;
+    /// Text output (byte writes): QEMU's debug console port.
+    pub const TEXT: u16 = 0xe9;
+    /// Exit with a dword status: QEMU's isa-debug-exit default port.
+    pub const EXIT: u16 = 0xf4;
 }
 
 /// Why a boot failed (as opposed to a guest that ran and reported).
@@ -211,7 +213,8 @@ impl BootReport {
     }
 }
 
-fn parse_checks(text: &str) -> Vec<GuestCheck> {
+/// Collect the `check <pass|fail|skip> <name>: <detail>` lines of a guest's text.
+pub fn parse_checks(text: &str) -> Vec<GuestCheck> {
     text.lines()
         .filter_map(|l| {
             let rest = l.strip_prefix("check ")?;

@@ -1,0 +1,94 @@
+//! The second real machine: the same kernel image under QEMU (TCG, no KVM
+//! needed), entered through its PVH note (`XEN_ELFNOTE_PHYS32_ENTRY`).
+//!
+//! QEMU's `isa-debugcon` (port 0xE9) captures the kernel's text and
+//! `isa-debug-exit` (port 0xF4) ends QEMU with exit code `status << 1 | 1`,
+//! the same ports hv-sim's KVM runner serves, so the report is parsed the
+//! same way.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::kvm::{BootReport, ExitCounts, parse_checks};
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Is QEMU installed? `Err(reason)` says why not.
+pub fn available() -> Result<(), String> {
+    match Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("`{QEMU} --version` failed ({s})")),
+        Err(e) => Err(format!(
+            "{QEMU} not found ({e}); install Debian's qemu-system-x86"
+        )),
+    }
+}
+
+/// Boot `elf` under QEMU TCG and collect its report. QEMU is killed after
+/// `timeout`.
+pub fn boot(elf: &Path, timeout: Duration) -> Result<BootReport, String> {
+    available()?;
+    let dir = std::env::temp_dir().join(format!("hv-sim-qemu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let text_path = dir.join("debugcon.txt");
+    let _ = std::fs::remove_file(&text_path);
+    let mut child = Command::new(QEMU)
+        .args(["-machine", "pc", "-accel", "tcg", "-m", "128"])
+        .args(["-nographic", "-no-reboot", "-display", "none"])
+        .args(["-serial", "none", "-monitor", "none"])
+        .arg("-kernel")
+        .arg(elf)
+        .arg("-chardev")
+        .arg(format!("file,id=dbg,path={}", text_path.display()))
+        .args(["-device", "isa-debugcon,iobase=0xe9,chardev=dbg"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {QEMU}: {e}"))?;
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if start.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let text = std::fs::read_to_string(&text_path).unwrap_or_default();
+                return Err(format!(
+                    "QEMU still running after {timeout:?}; the kernel printed:\n{text}"
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("waiting for QEMU: {e}")),
+        }
+    };
+    let text = std::fs::read_to_string(&text_path).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    let exit_status = match status.code() {
+        Some(c) if c & 1 == 1 => Some((c >> 1) as u32),
+        _ => {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            return Err(format!(
+                "QEMU ended without the kernel's exit write ({status}): {err}\nthe kernel printed:\n{text}"
+            ));
+        }
+    };
+    Ok(BootReport {
+        exit_status,
+        checks: parse_checks(&text),
+        text,
+        exits: ExitCounts::default(),
+        stray_io: Vec::new(),
+    })
+}

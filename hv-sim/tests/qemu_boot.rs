@@ -1,0 +1,27 @@
+//! Boot the example kernel under QEMU (TCG) through its PVH entry: the
+//! "second real machine". Prints `SKIPPED: <reason>` without QEMU.
+
+use std::time::Duration;
+
+use hv_sim::kernel_build::build_example_kernel;
+
+#[test]
+fn pvh_boot_under_qemu_passes_every_check() {
+    if let Err(why) = hv_sim::qemu::available() {
+        println!("SKIPPED: pvh_boot_under_qemu_passes_every_check: {why}");
+        return;
+    }
+    let elf = build_example_kernel().expect("example kernel builds");
+    let report =
+        hv_sim::qemu::boot(&elf, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
+    println!("{}", report.text);
+    // Under QEMU nothing is skipped: lar/lsl/verr and int3 run too.
+    assert!(
+        report.checks.iter().all(|c| !c.skipped),
+        "{:?}",
+        report.checks
+    );
+    assert!(report.ran() >= 17, "too few checks: {:?}", report.checks);
+    assert!(report.failed().is_empty(), "failed: {:#?}", report.failed());
+    assert_eq!(report.exit_status, Some(0));
+}
