@@ -209,6 +209,10 @@ pub(crate) struct Inner {
     pub(crate) abi: Abi,
     pub(crate) ram: GuestRam,
     pub(crate) va_base: u64,
+    /// Pages `0..reserved` of RAM belong to the hypervisor (hv-sim's KVM
+    /// runner: page tables, real descriptor tables, start info), not to
+    /// the domain: no machine frame of the domain names them.
+    reserved: usize,
     frames: Vec<FrameInfo>,
     /// Guest L1 entries, one per VA page of the direct map.
     ptes: Vec<u64>,
@@ -271,6 +275,7 @@ impl XenDomain {
                 abi,
                 ram,
                 va_base,
+                reserved: 0,
                 frames,
                 ptes,
                 vcpus: vc,
@@ -283,6 +288,86 @@ impl XenDomain {
                 next_free: vcpus + 1,
             }),
         }
+    }
+
+    /// A pv64 domain over RAM the caller owns (a KVM guest's memory), with
+    /// guest virtual address = guest-physical address (direct map at VA 0,
+    /// pfn `i` at host address `ram + i * 4096`).
+    ///
+    /// Pages `0..reserved` are the hypervisor's: they are not the domain's
+    /// frames (no mfn maps to them, [`XenDomain::pfn_to_mfn`] answers
+    /// `None`), the guest's L1 entries for them are not present, so
+    /// hypercalls cannot read, write or map them. The vCPUs' scratch pages
+    /// follow them and [`XenDomain::alloc_pages`] starts after those.
+    ///
+    /// # Safety
+    /// `ram` must be page aligned and valid for reads and writes of
+    /// `pages * 4096` bytes for the domain's whole life. The guest (a vCPU)
+    /// may write it, but not while a method of the domain runs.
+    ///
+    /// # Panics
+    /// If `vcpus` is 0 or RAM cannot hold the reserved and scratch pages.
+    pub unsafe fn pv64_external(
+        ram: std::ptr::NonNull<u8>,
+        pages: usize,
+        vcpus: usize,
+        reserved: usize,
+    ) -> XenDomain {
+        assert!(vcpus > 0, "a domain needs at least one vCPU");
+        assert!(
+            pages > reserved + vcpus,
+            "RAM too small for {reserved} reserved and {vcpus} scratch pages"
+        );
+        // SAFETY: forwarded from this function's contract.
+        let ram = unsafe { GuestRam::external(ram, pages) };
+        let ptes = (0..pages)
+            .map(|p| {
+                if p < reserved {
+                    0
+                } else {
+                    (p as u64 * 3 + MFN_OFFSET) << 12 | PTE_P | PTE_RW
+                }
+            })
+            .collect();
+        let frames = (0..pages)
+            .map(|p| FrameInfo {
+                typ: if p < reserved {
+                    PageType::None
+                } else {
+                    PageType::Writable
+                },
+                type_count: u32::from(p >= reserved),
+                validated: false,
+                refs: u32::from(p >= reserved),
+            })
+            .collect();
+        let vc = (0..vcpus)
+            .map(|i| VcpuState::new(((reserved + i) * PAGE_SIZE) as u64))
+            .collect();
+        XenDomain {
+            inner: Mutex::new(Inner {
+                abi: Abi::Pv64,
+                ram,
+                va_base: 0,
+                reserved,
+                frames,
+                ptes,
+                vcpus: vc,
+                shadows: BTreeMap::new(),
+                trace: Trace::default(),
+                seq: 0,
+                changes: Vec::new(),
+                strict: false,
+                strict_failures: Vec::new(),
+                next_free: reserved + vcpus,
+            }),
+        }
+    }
+
+    /// Every guest L1 entry of the direct map, in page order (entry `i`
+    /// maps VA `va_base + i * 4096`).
+    pub fn direct_map_ptes(&self) -> Vec<u64> {
+        self.lock().ptes.clone()
     }
 
     /// A pv64 domain.
@@ -330,7 +415,7 @@ impl XenDomain {
     /// Machine frame of pseudo-physical frame `pfn` (the p2m).
     pub fn pfn_to_mfn(&self, pfn: u64) -> Option<u64> {
         let g = self.lock();
-        (pfn < g.ram.pages() as u64).then(|| pfn * 3 + MFN_OFFSET)
+        (pfn < g.ram.pages() as u64 && pfn >= g.reserved as u64).then(|| pfn * 3 + MFN_OFFSET)
     }
 
     /// Pseudo-physical frame of machine frame `mfn` (the m2p), if the
@@ -345,7 +430,7 @@ impl XenDomain {
         let g = self.lock();
         let off = va.checked_sub(g.va_base)?;
         let pfn = off / PAGE_SIZE as u64;
-        (pfn < g.ram.pages() as u64).then(|| pfn * 3 + MFN_OFFSET)
+        (pfn < g.ram.pages() as u64 && pfn >= g.reserved as u64).then(|| pfn * 3 + MFN_OFFSET)
     }
 
     /// Reserve `n` zeroed, contiguous pages of guest RAM (bump allocator);
@@ -547,7 +632,8 @@ impl Inner {
 
     pub(crate) fn m2p(&self, mfn: u64) -> Option<usize> {
         let m = mfn.checked_sub(MFN_OFFSET)?;
-        (m % 3 == 0 && m / 3 < self.pages() as u64).then_some((m / 3) as usize)
+        (m % 3 == 0 && m / 3 < self.pages() as u64 && m / 3 >= self.reserved as u64)
+            .then_some((m / 3) as usize)
     }
 
     fn mfn(&self, pfn: usize) -> u64 {

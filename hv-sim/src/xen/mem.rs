@@ -11,7 +11,9 @@ pub const PAGE_SIZE: usize = 4096;
 pub(crate) struct GuestRam {
     ptr: NonNull<u8>,
     pages: usize,
-    layout: Layout,
+    /// The allocation's layout; `None` for RAM owned by someone else
+    /// ([`GuestRam::external`]), which is never freed here.
+    layout: Option<Layout>,
 }
 
 // SAFETY: GuestRam owns its allocation; all accesses go through raw-pointer
@@ -33,7 +35,31 @@ impl GuestRam {
         let Some(ptr) = NonNull::new(raw) else {
             handle_alloc_error(layout)
         };
-        GuestRam { ptr, pages, layout }
+        GuestRam {
+            ptr,
+            pages,
+            layout: Some(layout),
+        }
+    }
+
+    /// RAM owned by the caller (a KVM guest's memory): `pages` pages at
+    /// `ptr`, never freed by this value.
+    ///
+    /// # Safety
+    /// `ptr` must be page aligned and valid for reads and writes of
+    /// `pages * PAGE_SIZE` bytes for as long as this value lives. Other
+    /// writers (a vCPU) may change the bytes, but not while a method of the
+    /// domain runs.
+    pub(crate) unsafe fn external(ptr: NonNull<u8>, pages: usize) -> GuestRam {
+        assert!(
+            (ptr.as_ptr() as usize).is_multiple_of(PAGE_SIZE),
+            "external guest RAM must be page aligned"
+        );
+        GuestRam {
+            ptr,
+            pages,
+            layout: None,
+        }
     }
 
     /// Number of pages.
@@ -99,8 +125,10 @@ impl GuestRam {
 
 impl Drop for GuestRam {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with exactly this layout, freed once.
-        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+        if let Some(layout) = self.layout {
+            // SAFETY: allocated in `new` with exactly this layout, freed once.
+            unsafe { dealloc(self.ptr.as_ptr(), layout) }
+        }
     }
 }
 
