@@ -7,9 +7,14 @@
 //!
 //! It picks its backend at boot by CPUID detection and installs it as the
 //! dynamic ops table; everything after goes through `pvops::Installed`.
+//! Under hv-sim's Xen personality ("XenVMMXenVMM") it builds the Xen-style
+//! backend from its hypercall page and the start info ([`xen`]) and runs
+//! the checks that make sense for a PV guest ([`run_xen_checks`]);
+//! otherwise the native backend and [`run_checks`].
 //!
 //! Entry: `_start` in 64-bit mode with paging on (hv-sim's KVM runner sets
-//! up long mode and an identity map of the first GiB).
+//! up long mode and an identity map of the first GiB), boot flags in rdi,
+//! the Xen personality's start info (or 0) in rsi.
 
 #![no_std]
 #![no_main]
@@ -17,6 +22,7 @@
 
 mod pvh;
 mod report;
+mod xen;
 
 use core::arch::{asm, naked_asm};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -54,6 +60,7 @@ static BP_COUNT: AtomicU32 = AtomicU32::new(0);
 static UD_COUNT: AtomicU32 = AtomicU32::new(0);
 static GP_COUNT: AtomicU32 = AtomicU32::new(0);
 static GP_ERROR: AtomicU64 = AtomicU64::new(0);
+static PF_COUNT: AtomicU32 = AtomicU32::new(0);
 /// A value read back through an FS segment whose base is set by load_tls.
 static TLS_PROBE: AtomicU64 = AtomicU64::new(0x7e57_7e57_0000_0001);
 /// A value read back through an FS segment loaded from the LDT.
@@ -70,6 +77,11 @@ pub mod boot_flags {
     /// internal error); exceptions raised by faults (#UD, #GP) are delivered
     /// through the IDT and are checked.
     pub const NO_SOFTWARE_INTERRUPTS: u64 = 1 << 1;
+    /// Set only by a Xen-style hypervisor: `cpuid` is not trapped here (PVM
+    /// runs the guest in ring 3 without CPUID faulting, so plain `cpuid`
+    /// shows the host's leaves); detect through Xen's forced-emulation
+    /// prefix ([`crate::xen::XenCpuid`]).
+    pub const CPUID_NEEDS_XEN_PREFIX: u64 = 1 << 2;
 }
 
 #[repr(C, align(16))]
@@ -84,7 +96,8 @@ pub extern "C" fn _start() -> ! {
     naked_asm!(
         "lea rsp, [rip + {stack} + {size}]",
         "xor ebp, ebp",
-        // rdi (boot flags from the loader) is passed through to kmain.
+        // rdi (boot flags) and rsi (start info) from the loader are passed
+        // through to kmain.
         "call {main}",
         "ud2",
         stack = sym STACK,
@@ -125,6 +138,45 @@ extern "C" fn gp_handler() {
         e = sym GP_ERROR,
         c = sym GP_COUNT
     )
+}
+
+#[unsafe(naked)]
+extern "C" fn pf_handler() {
+    // Error code on the stack; the faulting instruction is the 3-byte
+    // `mov [rax], rdx` (48 89 10) of `direct_store`.
+    naked_asm!(
+        "add rsp, 8",
+        "add qword ptr [rsp], 3",
+        "lock inc dword ptr [rip + {c}]",
+        "iretq",
+        c = sym PF_COUNT
+    )
+}
+
+/// Store `v` at `addr` with the 3-byte `mov [rax], rdx`; a #PF is handled
+/// by pf_handler, which skips the store.
+///
+/// # Safety
+/// `addr` must be writable memory, or the fault must be handled.
+unsafe fn direct_store(addr: u64, v: u64) {
+    // SAFETY: per the contract.
+    unsafe { asm!(".byte 0x48, 0x89, 0x10", in("rax") addr, in("rdx") v, options(nostack)) };
+}
+
+fn raw_sgdt() -> (u16, u64) {
+    let mut b = [0u8; 10];
+    // SAFETY: sgdt writes 10 bytes into the buffer.
+    unsafe { asm!("sgdt [{0}]", in(reg) b.as_mut_ptr(), options(nostack)) };
+    (
+        u16::from_le_bytes([b[0], b[1]]),
+        u64::from_le_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]),
+    )
+}
+
+/// Reload DS and ES (not CS or SS) from the loaded GDT.
+fn reload_data_segments(sel: u16) {
+    // SAFETY: the selector names a present data segment of the loaded GDT.
+    unsafe { asm!("mov ds, {0:x}", "mov es, {0:x}", in(reg) sel, options(nostack)) };
 }
 
 fn lar(sel: u16) -> Option<u32> {
@@ -239,10 +291,18 @@ fn read_fs0(sel: u16) -> u64 {
     v
 }
 
-extern "C" fn kmain(flags: u64) -> ! {
+extern "C" fn kmain(flags: u64, start_info: u64) -> ! {
     say!("pvops example kernel: hello\n");
-    let hv = pvops::detect();
+    let hv = if flags & boot_flags::CPUID_NEEDS_XEN_PREFIX != 0 {
+        say!("cpuid through Xen's forced-emulation prefix\n");
+        pvops::detect::detect_with(&xen::XenCpuid)
+    } else {
+        pvops::detect()
+    };
     say!("detected hypervisor: {:?}\n", hv);
+    if let pvops::Hypervisor::Xen { .. } = hv {
+        xen_main(flags, start_info);
+    }
     if let Err(e) = pvops::install(OpsTable::new(&NATIVE)) {
         say!("install failed: {}\n", e);
         report::exit(0xff);
@@ -472,6 +532,297 @@ fn run_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, inspect: bool, soft_int:
     // SAFETY: the LDT is no longer loaded (last iteration loaded none).
     let r = unsafe { ops.free_ldt(&ldt) };
     t.check("free_ldt", r.is_ok(), format_args!("{r:?}"));
+}
+
+/// Xen's selectors as a 64-bit PV guest sees them (`asm-x86/desc.h`): the
+/// flat ring-3 code/data a PV kernel runs on, and the TSS and LDT
+/// descriptors Xen keeps in its reserved GDT area (entries 7168+).
+mod xen_sel {
+    /// FLAT_RING3_CS64 (FLAT_KERNEL_CS for a 64-bit PV kernel).
+    pub const FLAT_KERNEL_CS: u16 = 0xe033;
+    /// FLAT_RING3_DS32 (FLAT_KERNEL_SS).
+    pub const FLAT_KERNEL_SS: u16 = 0xe02b;
+    /// TSS_ENTRY << 3.
+    pub const TSS: u16 = 0xe040;
+    /// LDT_ENTRY << 3.
+    pub const LDT: u16 = 0xe050;
+    /// GDT limit of Xen's per-vCPU GDT: (7168 + 512) * 8 - 1.
+    pub const GDT_LIMIT: u16 = 0xefff;
+    /// Xen's own ring-0 code selector (`__HYPERVISOR_CS`).
+    pub const HYPERVISOR_CS: u16 = 0xe008;
+}
+
+fn xen_main(flags: u64, start_info: u64) -> ! {
+    let (xen, si_flags) = match xen::init(start_info, LAYOUT) {
+        Ok(x) => x,
+        Err(e) => {
+            say!("xen: {}\n", e);
+            report::exit(0xfd)
+        }
+    };
+    if let Err(e) = pvops::install(OpsTable::new(xen)) {
+        say!("install failed: {}\n", e);
+        report::exit(0xff);
+    }
+    let ops = Installed;
+    say!("backend: {}\n", ops.name());
+    let mut t = Tally {
+        passed: 0,
+        total: 0,
+        skipped: 0,
+    };
+    let soft_int = flags & boot_flags::NO_SOFTWARE_INTERRUPTS == 0;
+    let (cs, _, ss) = segs();
+    say!("xen: running on cs={cs:#x} ss={ss:#x}, start info flags {si_flags:#x}\n");
+    // The same host property as NO_DESCRIPTOR_INSPECTION: a PVM host.
+    let pvm = flags & boot_flags::NO_DESCRIPTOR_INSPECTION != 0;
+    run_xen_checks(
+        &ops,
+        &mut t,
+        soft_int,
+        pvm,
+        si_flags & xen::SIF_RO_MIRRORED != 0,
+    );
+    say!(
+        "done: {}/{} checks passed, {} skipped\n",
+        t.passed,
+        t.total,
+        t.skipped
+    );
+    report::exit(t.total - t.passed)
+}
+
+/// The checks that make sense for a 64-bit PV guest: every op goes through
+/// hypercalls, Xen's fix-ups show in the guest's own frames, the CPU runs
+/// on the tables Xen built (raw `sgdt`/`str`/`sldt` show Xen's), segment
+/// loads and exceptions work through them, and a descriptor Xen forbids is
+/// refused with its errno while the kernel carries on.
+fn run_xen_checks<O: DescriptorOps>(
+    ops: &O,
+    t: &mut Tally,
+    soft_int: bool,
+    pvm: bool,
+    ro_mirrored: bool,
+) {
+    let (Ok(gdt), Ok(idt), Ok(ldt)) = (GDT.gdt(), IDT.idt(), LDT.ldt()) else {
+        t.check("tables", false, format_args!("table storage rejected"));
+        return;
+    };
+    t.check(
+        "backend is xen",
+        ops.name() == "xen",
+        format_args!("{}", ops.name()),
+    );
+
+    // GDT: set_gdt; Xen validates the frame and raises DPL 0 to 3 in it.
+    // SAFETY: static GDT, page aligned, loaded for the kernel's life.
+    let r = unsafe { ops.load_gdt(&gdt) };
+    let dpl = |i| GDT.read(i).map(|d| d.dpl() as u8);
+    t.check(
+        "load_gdt (set_gdt): Xen raised DPL 0->3 in the guest's frame",
+        r.is_ok() && dpl(2) == Some(3) && dpl(3) == Some(3),
+        format_args!("{r:?} GDT[2] DPL {:?} GDT[3] DPL {:?}", dpl(2), dpl(3)),
+    );
+    // A DPL 0 descriptor would #GP here (ring 3): reaching the check means
+    // the load used the fixed-up DPL 3 entry.
+    reload_data_segments(KERNEL_DS);
+    let (cs, ds, ss) = segs();
+    if pvm {
+        // PVM runs the guest's ring 3 on the host's selectors: `mov r, cs`
+        // shows those (0x33/0x2b), and DS reads back null. hv-sim checks
+        // the vCPU's real CS/SS/DS through KVM_GET_SREGS instead.
+        t.check(
+            "PV kernel keeps Xen's flat CS/SS, loads DS/ES from its GDT",
+            true,
+            format_args!("loaded; raw reads on this PVM host: cs={cs:#x} ds={ds:#x} ss={ss:#x}"),
+        );
+    } else {
+        t.check(
+            "PV kernel keeps Xen's flat CS/SS, loads DS/ES from its GDT",
+            cs == xen_sel::FLAT_KERNEL_CS && ss == xen_sel::FLAT_KERNEL_SS && ds == KERNEL_DS,
+            format_args!("cs={cs:#x} ds={ds:#x} ss={ss:#x}"),
+        );
+    }
+    let sg = ops.store_gdt();
+    let (limit, base) = raw_sgdt();
+    t.check(
+        "store_gdt = guest view; sgdt = Xen's GDT",
+        sg == Ok(gdt.pointer()) && limit == xen_sel::GDT_LIMIT && base != gdt.base(),
+        format_args!("{sg:?}; sgdt base {base:#x} limit {limit:#x}"),
+    );
+
+    // TR: Xen owns the TSS.
+    let tss = SystemDescriptor::tss(TSS.base(), 103).unwrap_or_default();
+    // SAFETY: static GDT and TSS.
+    let r = unsafe { ops.write_gdt_entry(&gdt, LAYOUT.tss as u32, GdtEntry::Double(tss)) };
+    // SAFETY: as above.
+    let r2 = unsafe { ops.load_tr(TSS_SEL) };
+    t.check(
+        "load_tr is a no-op: store_tr = guest view, str = Xen's TSS",
+        r.is_ok() && r2.is_ok() && ops.store_tr() == Ok(TSS_SEL) && raw_str() == xen_sel::TSS,
+        format_args!("{r:?} {r2:?} str={:#x}", raw_str()),
+    );
+    // SAFETY: Xen's TSS; the value is only recorded.
+    let r = unsafe { ops.load_kernel_stack(0x0090_0000) };
+    t.check(
+        "load_kernel_stack (stack_switch)",
+        r.is_ok(),
+        format_args!("{r:?}"),
+    );
+
+    // IDT: trap table, then real exceptions through it.
+    let gate = |h: extern "C" fn(), dpl| {
+        pvops::Gate64::interrupt(Selector(KERNEL_CS), h as usize as u64, dpl)
+    };
+    // SAFETY: static IDT; handlers are the naked stubs above.
+    let r = unsafe {
+        ops.write_idt_entry(&idt, 3, gate(bp_handler, Ring::Ring3))
+            .and_then(|()| ops.write_idt_entry(&idt, 6, gate(ud_handler, Ring::Ring0)))
+            .and_then(|()| ops.write_idt_entry(&idt, 13, gate(gp_handler, Ring::Ring0)))
+            .and_then(|()| ops.write_idt_entry(&idt, 14, gate(pf_handler, Ring::Ring0)))
+            .and_then(|()| ops.load_idt(&idt))
+    };
+    t.check(
+        "load_idt (set_trap_table); store_idt = guest view",
+        r.is_ok() && ops.store_idt() == Ok(idt.pointer()),
+        format_args!("{r:?}"),
+    );
+    if soft_int {
+        // SAFETY: int3 traps into bp_handler (DPL 3 gate), which returns.
+        unsafe { asm!("int3", options(nomem, nostack)) };
+        t.check(
+            "int3 lands in the #BP handler",
+            BP_COUNT.load(Ordering::SeqCst) == 1,
+            format_args!("count={}", BP_COUNT.load(Ordering::SeqCst)),
+        );
+    } else {
+        t.skip(
+            "int3 lands in the #BP handler",
+            "software interrupts are not emulated by this host (PVM)",
+        );
+    }
+    // SAFETY: ud2 faults into ud_handler, which skips it.
+    unsafe { asm!("ud2", options(nomem, nostack)) };
+    t.check(
+        "ud2 lands in the #UD handler (trap table)",
+        UD_COUNT.load(Ordering::SeqCst) == 1,
+        format_args!("count={}", UD_COUNT.load(Ordering::SeqCst)),
+    );
+    faulting_segment_load(0x7f8);
+    let err = GP_ERROR.load(Ordering::SeqCst);
+    t.check(
+        "bad selector -> #GP(selector) in handler (trap table)",
+        GP_COUNT.load(Ordering::SeqCst) == 1 && err == 0x7f8,
+        format_args!("count={} error={err:#x}", GP_COUNT.load(Ordering::SeqCst)),
+    );
+
+    // LDT.
+    let ldt_probe = &LDT_PROBE as *const AtomicU64 as u64;
+    let ldt_data =
+        Descriptor::data_segment(ldt_probe as u32, 0xfff, Ring::Ring0).unwrap_or_default();
+    // SAFETY: static LDT, page aligned.
+    let r = unsafe {
+        ops.alloc_ldt(&ldt)
+            .and_then(|()| ops.write_ldt_entry(&ldt, 1, ldt_data))
+            .and_then(|()| ops.load_ldt(Some(&ldt)))
+    };
+    t.check(
+        "load_ldt (MMUEXT_SET_LDT): store_ldt = guest view, sldt = Xen's LDT",
+        r.is_ok() && ops.store_ldt() == Ok(Some(ldt)) && raw_sldt() == xen_sel::LDT,
+        format_args!("{r:?} sldt={:#x}", raw_sldt()),
+    );
+    let ldt_sel = Selector::ldt(1, Ring::Ring0).bits();
+    let v = read_fs0(ldt_sel);
+    t.check(
+        "LDT selector loads (FS:[0] through LDT[1], DPL raised to 3)",
+        v == LDT_PROBE.load(Ordering::SeqCst) && LDT.read(1).map(|d| d.dpl() as u8) == Some(3),
+        format_args!("{v:#x}"),
+    );
+
+    // Context switches: load_tls + load_kernel_stack + load_ldt in lazy
+    // mode, each switch one multicall.
+    let probe = &TLS_PROBE as *const AtomicU64 as u64;
+    let mut ok = true;
+    for i in 0..64u32 {
+        let tls = [
+            Descriptor::data_segment(probe as u32, 0xfff + i * 0x1000, Ring::Ring0)
+                .unwrap_or_default(),
+            Descriptor::data_segment(0, 0xf_ffff, Ring::Ring3).unwrap_or_default(),
+            Descriptor::NULL,
+        ];
+        let e = ops.enter_lazy_cpu();
+        // SAFETY: static GDT/LDT.
+        let r = unsafe {
+            ops.load_tls(&tls)
+                .and_then(|()| ops.load_kernel_stack(0x0090_0000 + i as u64 * 0x1000))
+                .and_then(|()| ops.load_ldt(if i % 2 == 0 { Some(&ldt) } else { None }))
+        };
+        let l = ops.leave_lazy_cpu();
+        let tls_sel = Selector::gdt(LAYOUT.tls_first, Ring::Ring0).bits();
+        ok &= e.is_ok()
+            && r.is_ok()
+            && l.is_ok()
+            && read_fs0(tls_sel) == TLS_PROBE.load(Ordering::SeqCst)
+            && raw_sldt() == if i % 2 == 0 { xen_sel::LDT } else { 0 };
+    }
+    t.check(
+        "64 context switches (load_tls via FS, stack_switch, SET_LDT) in lazy mode as multicalls",
+        ok,
+        format_args!(""),
+    );
+
+    // A descriptor Xen forbids: a 64-bit call gate into Xen's own code
+    // segment. Xen refuses it with -EINVAL; the kernel carries on.
+    let target = gp_handler as *const () as u64;
+    let gate_low = (target & 0xffff)
+        | (u64::from(xen_sel::HYPERVISOR_CS) << 16)
+        | (0x8c << 40)
+        | ((target >> 16) & 0xffff) << 48;
+    let call_gate = SystemDescriptor {
+        low: gate_low,
+        high: target >> 32,
+    };
+    // SAFETY: static GDT; slots 8-9 are unused under Xen (the TSS write
+    // above was dropped).
+    let r = unsafe { ops.write_gdt_entry(&gdt, 8, GdtEntry::Double(call_gate)) };
+    let refused = r
+        == Err(pvops::PvError::Hypervisor {
+            call: "update_descriptor",
+            errno: pvops::Errno::EINVAL,
+        });
+    // SAFETY: static GDT; slot 15 is free.
+    let r2 = unsafe { ops.write_gdt_entry(&gdt, 15, GdtEntry::Single(presets::USER_DATA)) };
+    t.check(
+        "forbidden call gate (target 0xe008) -> -EINVAL, and the kernel carries on",
+        refused && r2.is_ok() && GDT.read(15) == Some(presets::USER_DATA),
+        format_args!("{r:?}; next write {r2:?}"),
+    );
+
+    if ro_mirrored {
+        // The GDT page is mapped read-only (load_gdt's update_va_mapping):
+        // a direct store faults and the descriptor is unchanged.
+        let before = GDT.read(15);
+        // SAFETY: the store faults into pf_handler, which skips it.
+        unsafe { direct_store(gdt.base() + 15 * 8, 0x00cf_f300_0000_ffff) };
+        t.check(
+            "direct store into the live GDT -> #PF, descriptor unchanged",
+            PF_COUNT.load(Ordering::SeqCst) == 1 && GDT.read(15) == before,
+            format_args!("#PF count={}", PF_COUNT.load(Ordering::SeqCst)),
+        );
+    } else {
+        t.skip(
+            "direct store into the live GDT -> #PF",
+            "the hypervisor does not mirror read-only mappings",
+        );
+    }
+
+    // SAFETY: the LDT is no longer loaded (last iteration loaded none).
+    let r = unsafe { ops.free_ldt(&ldt) };
+    t.check(
+        "free_ldt (writable again)",
+        r.is_ok(),
+        format_args!("{r:?}"),
+    );
 }
 
 #[panic_handler]

@@ -6,7 +6,8 @@
 //! (ebx = physical address of `hvm_start_info`, unused here). `pvh_start`
 //! builds an identity map of the first GiB with 2 MiB pages, enables PAE,
 //! long mode and paging, loads a small GDT and far-jumps to 64-bit code,
-//! which enters `_start` with boot flags 0 (a full CPU: every check runs).
+//! which enters `_start` with boot flags 0 (a full CPU: every check runs)
+//! and no start info (rsi 0).
 
 use core::arch::global_asm;
 
@@ -67,6 +68,7 @@ pvh_long:
     movw %ax, %es
     movw %ax, %ss
     xorl %edi, %edi          /* boot flags: none */
+    xorl %esi, %esi          /* no hv-sim start info */
     jmp _start
     .popsection
 

@@ -1,0 +1,171 @@
+//! Boot the example kernel under KVM with hv-sim's Xen-style personality.
+//!
+//! Needs /dev/kvm; prints `SKIPPED: <reason>` and passes without it. The
+//! note tests need no KVM.
+
+use hv_sim::kernel_build::build_example_kernel;
+use hv_sim::kvm::xen::{self, XEN_ELFNOTE_HYPERCALL_PAGE, boot_xen, hypercall_page_note};
+use hv_sim::kvm::{self, Config};
+use hv_sim::xen::EINVAL;
+
+fn kvm_or_skip(test: &str) -> bool {
+    match kvm::available() {
+        Ok(()) => true,
+        Err(why) => {
+            println!("SKIPPED: {test}: {why}");
+            false
+        }
+    }
+}
+
+fn kernel_image() -> Vec<u8> {
+    let elf = build_example_kernel().expect("example kernel builds");
+    std::fs::read(&elf).expect("read kernel image")
+}
+
+/// Offset of the hypercall-page note's header (namesz 4, descsz 8, type 2,
+/// "Xen\0") in the image.
+fn note_offset(image: &[u8]) -> usize {
+    let mut pat = Vec::new();
+    pat.extend_from_slice(&4u32.to_le_bytes());
+    pat.extend_from_slice(&8u32.to_le_bytes());
+    pat.extend_from_slice(&XEN_ELFNOTE_HYPERCALL_PAGE.to_le_bytes());
+    pat.extend_from_slice(b"Xen\0");
+    let hits: Vec<usize> = image
+        .windows(pat.len())
+        .enumerate()
+        .filter(|(_, w)| *w == pat.as_slice())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(hits.len(), 1, "exactly one hypercall-page note header");
+    hits[0]
+}
+
+#[test]
+fn xen_backend_boot_passes_every_check() {
+    if !kvm_or_skip("xen_backend_boot_passes_every_check") {
+        return;
+    }
+    let image = kernel_image();
+    let r = boot_xen(&image, &Config::default()).unwrap_or_else(|e| panic!("{e}"));
+    println!("{}", r.boot.text);
+    println!("{}", r.trace);
+    println!("{}", r.summary());
+    let failed = r.boot.failed();
+    assert!(failed.is_empty(), "failed checks: {failed:#?}");
+    assert!(
+        r.boot.ran() >= 14,
+        "too few checks ran: {:?}",
+        r.boot.checks
+    );
+    assert_eq!(r.boot.exit_status, Some(0));
+    assert!(r.boot.stray_io.is_empty(), "{:?}", r.boot.stray_io);
+    assert!(
+        r.boot.text.contains("backend: xen"),
+        "the kernel picked the Xen backend"
+    );
+
+    // Hypercalls by kind, from the domain's trace: (direct, in a multicall).
+    let by = r.calls_by_name();
+    println!("{by:?}");
+    let get = |n: &str| by.get(n).copied().unwrap_or_default();
+    assert_eq!(get("set_gdt"), (1, 0));
+    // load_idt (one call for the whole table) + write_idt_entry calls for
+    // the slots of the loaded IDT (none: the IDT is loaded last).
+    assert_eq!(get("set_trap_table"), (1, 0));
+    // 64 lazy context switches: each one multicall (stack_switch + SET_LDT
+    // + the TLS slot that changed).
+    assert_eq!(get("multicall").0, 64);
+    assert_eq!(get("stack_switch"), (1, 64));
+    // SET_LDT: load_ldt once directly, then 64 times in multicalls.
+    assert_eq!(get("mmuext_op"), (1, 64));
+    // TLS slot 0 changes every switch (its limit), slot 1 once.
+    assert_eq!(get("update_descriptor").1, 65);
+    // update_va_mapping: GDT read-only, LDT read-only, LDT writable again.
+    assert_eq!(get("update_va_mapping"), (3, 0));
+    let direct: usize = by.values().map(|c| c.0).sum();
+    assert_eq!(
+        direct as u64, r.hypercalls,
+        "every stub call reached the domain"
+    );
+
+    // The negative check: exactly one refusal, Xen's errno for a call gate
+    // into Xen's own code segment.
+    let rejected = r.rejected();
+    assert_eq!(rejected.len(), 1, "{rejected:#?}");
+    let (name, errno, reason) = &rejected[0];
+    assert_eq!(*name, "update_descriptor");
+    assert_eq!(*errno, -EINVAL);
+    assert!(reason.contains("0xe008"), "{reason}");
+
+    // Xen's state at the end, and nothing Xen would not have allowed.
+    assert_eq!(r.vcpu.gdt_ents, 16);
+    assert_eq!(r.vcpu.trap_table[6].cs, 0x13, "RPL raised to 3");
+    assert_eq!(r.vcpu.ldt_ents, 0, "the last switch loaded no LDT");
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert_eq!(r.invariants, Ok(()));
+    assert!(r.pte_flushes >= 3, "read-only mappings were mirrored");
+
+    // The vCPU ran the kernel where Xen runs a 64-bit PV kernel: ring 3 on
+    // FLAT_KERNEL_CS/SS, with DS/ES from its own GDT (DPL raised to 3).
+    let seg = r.final_segments.expect("segments recorded at exit");
+    assert_eq!(seg.cpl, 3, "{seg:?}");
+    assert_eq!(
+        (seg.cs, seg.ss),
+        (xen::FLAT_KERNEL_CS, xen::FLAT_KERNEL_SS),
+        "{seg:?}"
+    );
+    assert_eq!((seg.ds, seg.es, seg.ds_dpl), (0x18, 0x18, 3), "{seg:?}");
+    if kvm::host_is_pvm() {
+        assert!(r.emulated_cpuids >= 2, "detect() used the Xen prefix");
+    }
+}
+
+#[test]
+fn hypercall_page_note_is_found() {
+    let image = kernel_image();
+    let page = hypercall_page_note(&image).expect("the kernel names its hypercall page");
+    assert_eq!(page % 4096, 0);
+    assert_eq!(
+        xen::hypercall_stub(13)[..8],
+        [0xb8, 13, 0, 0, 0, 0xe7, 0xe8, 0xc3]
+    );
+}
+
+#[test]
+fn missing_hypercall_page_note_is_refused() {
+    let mut image = kernel_image();
+    let off = note_offset(&image);
+    // Another note type: the kernel no longer names a hypercall page.
+    image[off + 8..off + 12].copy_from_slice(&0x7fu32.to_le_bytes());
+    let err = hypercall_page_note(&image).unwrap_err().to_string();
+    assert!(err.contains("XEN_ELFNOTE_HYPERCALL_PAGE"), "{err}");
+    assert!(err.contains("no such note"), "{err}");
+    if kvm_or_skip("missing_hypercall_page_note_is_refused (boot)") {
+        let err = boot_xen(&image, &Config::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("XEN_ELFNOTE_HYPERCALL_PAGE"), "{err}");
+    }
+}
+
+#[test]
+fn malformed_hypercall_page_notes_are_refused() {
+    let image = kernel_image();
+    let off = note_offset(&image);
+    // A misaligned address.
+    let mut bad = image.clone();
+    bad[off + 16] ^= 0x08;
+    let err = hypercall_page_note(&bad).unwrap_err().to_string();
+    assert!(err.contains("not page aligned"), "{err}");
+    // An address outside every executable segment.
+    let mut bad = image.clone();
+    bad[off + 16..off + 24].copy_from_slice(&0x7000_0000u64.to_le_bytes());
+    let err = hypercall_page_note(&bad).unwrap_err().to_string();
+    assert!(err.contains("executable PT_LOAD"), "{err}");
+    // A 4-byte descriptor (the note's size field says 4: the address is cut).
+    let mut bad = image;
+    bad[off + 4..off + 8].copy_from_slice(&4u32.to_le_bytes());
+    let err = hypercall_page_note(&bad).unwrap_err().to_string();
+    assert!(err.contains("XEN_ELFNOTE_HYPERCALL_PAGE"), "{err}");
+}
