@@ -132,6 +132,7 @@ pub const LDT_SELECTOR: u16 = 0xe050;
 const PTE_P: u64 = 1;
 const PTE_RW: u64 = 2;
 const PTE_U: u64 = 4;
+const PTE_AD: u64 = 0x60;
 const PTE_MFN_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 
 /// The hypercall stub for `nr`: `mov eax, nr; out 0xE8, eax; ret`, then
@@ -828,7 +829,8 @@ impl XenGuest {
                 0
             };
             let at = PT_BASE + pfn as u64 * 8;
-            if self.read(at)? != want {
+            // The CPU sets accessed/dirty in the real entries: not a change.
+            if self.read(at)? & !PTE_AD != want {
                 self.write(at, want)?;
                 changed = true;
             }
