@@ -1,11 +1,11 @@
 //! `hv-sim demo`: every descriptor op, run and checked.
 //!
-//! Today this runs the native backend in-process against [`SoftCpu`], the
-//! instruction model, through the dynamic ops table (as a kernel that
-//! picked its backend at boot would), and checks each op's effect on the
-//! CPU model's registers and on the tables in memory. Booting a real guest
-//! under KVM with the native, Xen-style and VMI-style backends is the
-//! "Run a real guest" issue.
+//! [`run_native_in_process`] runs the native backend in-process against
+//! [`SoftCpu`], the instruction model, through the dynamic ops table (as a
+//! kernel that picked its backend at boot would), and checks each op's
+//! effect on the CPU model's registers and on the tables in memory.
+//! [`boot_example_kernel`] builds `examples/kernel` and boots it under KVM
+//! (see [`crate::kvm`]); the `demo` command also boots it under QEMU.
 
 use pvops::descriptor::SystemType;
 use pvops::{
