@@ -22,9 +22,13 @@ pub struct DescriptorTablePointer {
 }
 
 impl DescriptorTablePointer {
-    /// Number of whole `entry_size`-byte entries covered by the limit.
+    /// Number of whole `entry_size`-byte entries covered by the limit (0 for
+    /// an `entry_size` of 0).
     pub const fn entries(&self, entry_size: u32) -> u32 {
-        (self.limit as u32 + 1) / entry_size
+        match (self.limit as u32 + 1).checked_div(entry_size) {
+            Some(n) => n,
+            None => 0,
+        }
     }
 
     /// The packed 32-bit operand (base truncated to 32 bits).
@@ -168,5 +172,6 @@ mod tests {
             q
         );
         assert_eq!(q.entries(8), 32);
+        assert_eq!(q.entries(0), 0, "no panic on a zero entry size");
     }
 }

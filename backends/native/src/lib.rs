@@ -260,6 +260,9 @@ impl<C: Cpu> DescriptorOps for NativeOps<C> {
         unsafe { self.cpu.lldt(sel) }
     }
 
+    /// Reads the LDT descriptor from the loaded GDT: sound because the GDT
+    /// was loaded through the unsafe `load_gdt` / `Cpu::lgdt`, whose contract
+    /// keeps it valid while loaded.
     fn store_ldt(&self) -> Result<Option<Ldt>> {
         let sel = self.cpu.sldt();
         if sel.is_null() {
