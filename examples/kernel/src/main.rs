@@ -9,8 +9,11 @@
 //! dynamic ops table; everything after goes through `pvops::Installed`.
 //! Under hv-sim's Xen personality ("XenVMMXenVMM") it builds the Xen-style
 //! backend from its hypercall page and the start info ([`xen`]) and runs
-//! the checks that make sense for a PV guest ([`run_xen_checks`]);
-//! otherwise the native backend and [`run_checks`].
+//! the checks that make sense for a PV guest ([`run_xen_checks`]). When
+//! CPUID shows no Xen it probes the option-ROM window for a VMI ROM; under
+//! hv-sim's VMI personality it finds one, builds the VMI-style backend on it
+//! ([`vmi`]) and runs [`run_vmi_checks`]. Otherwise the native backend and
+//! [`run_checks`].
 //!
 //! Entry: `_start` in 64-bit mode with paging on (hv-sim's KVM runner sets
 //! up long mode and an identity map of the first GiB), boot flags in rdi,
@@ -22,6 +25,7 @@
 
 mod pvh;
 mod report;
+mod vmi;
 mod xen;
 
 use core::arch::{asm, naked_asm};
@@ -65,6 +69,10 @@ static PF_COUNT: AtomicU32 = AtomicU32::new(0);
 static TLS_PROBE: AtomicU64 = AtomicU64::new(0x7e57_7e57_0000_0001);
 /// A value read back through an FS segment loaded from the LDT.
 static LDT_PROBE: AtomicU64 = AtomicU64::new(0x001d_71d7_0000_0002);
+/// A second TLS probe (lazy-mode deferral check).
+static TLS_PROBE2: AtomicU64 = AtomicU64::new(0x7e57_7e57_0000_0003);
+/// A second LDT probe (an entry written into the loaded LDT).
+static LDT_PROBE2: AtomicU64 = AtomicU64::new(0x001d_71d7_0000_0004);
 
 /// Boot flags hv-sim passes in rdi.
 pub mod boot_flags {
@@ -82,6 +90,11 @@ pub mod boot_flags {
     /// shows the host's leaves); detect through Xen's forced-emulation
     /// prefix ([`crate::xen::XenCpuid`]).
     pub const CPUID_NEEDS_XEN_PREFIX: u64 = 1 << 2;
+    /// Set only by a VMI-style hypervisor: `cpuid` is not trapped here, so
+    /// its hypervisor leaves are the host's, not this hypervisor's. The
+    /// kernel does not pick a backend from them (a Xen host would otherwise
+    /// send it down the Xen path); the VMI ROM probe decides.
+    pub const CPUID_SHOWS_HOST: u64 = 1 << 3;
 }
 
 #[repr(C, align(16))]
@@ -208,6 +221,16 @@ fn verr(sel: u16) -> bool {
     ok != 0
 }
 
+fn raw_sidt() -> (u16, u64) {
+    let mut b = [0u8; 10];
+    // SAFETY: sidt writes 10 bytes into the buffer.
+    unsafe { asm!("sidt [{0}]", in(reg) b.as_mut_ptr(), options(nostack)) };
+    (
+        u16::from_le_bytes([b[0], b[1]]),
+        u64::from_le_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]),
+    )
+}
+
 fn raw_str() -> u16 {
     let v: u16;
     // SAFETY: reads TR.
@@ -301,7 +324,17 @@ extern "C" fn kmain(flags: u64, start_info: u64) -> ! {
     };
     say!("detected hypervisor: {:?}\n", hv);
     if let pvops::Hypervisor::Xen { .. } = hv {
-        xen_main(flags, start_info);
+        if flags & boot_flags::CPUID_SHOWS_HOST != 0
+            && flags & boot_flags::CPUID_NEEDS_XEN_PREFIX == 0
+        {
+            say!("cpuid shows the host's leaves here (boot flag): not choosing Xen from them\n");
+        } else {
+            xen_main(flags, start_info);
+        }
+    }
+    match vmi::probe() {
+        Ok(rom) => vmi_main(flags, rom),
+        Err(nf) => say!("{}\n", pvops_vmi::InitError::Probe(nf)),
     }
     if let Err(e) = pvops::install(OpsTable::new(&NATIVE)) {
         say!("install failed: {}\n", e);
@@ -823,6 +856,310 @@ fn run_xen_checks<O: DescriptorOps>(
         r.is_ok(),
         format_args!("{r:?}"),
     );
+}
+
+fn vmi_main(flags: u64, rom: pvops_vmi::VmiRom) -> ! {
+    say!(
+        "vmi: ROM at {:#x}, {} bytes, API {}.{}, vendor {:#06x} device {:#06x}\n",
+        rom.base,
+        rom.size,
+        rom.api_major,
+        rom.api_minor,
+        rom.vendor,
+        rom.device
+    );
+    let vmi = match vmi::init(rom, LAYOUT) {
+        Ok(v) => v,
+        Err(e) => {
+            say!("{}\n", e);
+            report::exit(0xfc)
+        }
+    };
+    if let Err(e) = pvops::install(OpsTable::new(vmi)) {
+        say!("install failed: {}\n", e);
+        report::exit(0xff);
+    }
+    let ops = Installed;
+    say!("backend: {}\n", ops.name());
+    let mut t = Tally {
+        passed: 0,
+        total: 0,
+        skipped: 0,
+    };
+    let soft_int = flags & boot_flags::NO_SOFTWARE_INTERRUPTS == 0;
+    let pvm = flags & boot_flags::NO_DESCRIPTOR_INSPECTION != 0;
+    let (cs, _, ss) = segs();
+    say!("vmi: running on cs={cs:#x} ss={ss:#x}\n");
+    let relocs_ok = vmi
+        .relocations()
+        .iter()
+        .all(|r| r.typ == pvops_vmi::RelocType::CallRel && rom.contains(r.eip));
+    t.check(
+        "VMI ROM found by the probe at 0xc0000; VMI_Init; every call CALL_REL into the ROM",
+        ops.name() == "vmi" && rom.base == 0xc0000 && relocs_ok,
+        format_args!(
+            "{} relocations, backend {}",
+            vmi.relocations().len(),
+            ops.name()
+        ),
+    );
+    run_vmi_checks(&ops, &mut t, soft_int, pvm);
+    say!(
+        "done: {}/{} checks passed, {} skipped\n",
+        t.passed,
+        t.total,
+        t.skipped
+    );
+    report::exit(t.total - t.passed)
+}
+
+/// The checks that make sense for a VMI-style guest (ring 3 under hv-sim's
+/// 64-bit policy): every op goes through the ROM; the guest's own tables are
+/// left as it wrote them (Get* = its view) while the CPU runs on the
+/// hypervisor's fixed-up copies (raw `sgdt`/`sidt` show those); segment
+/// loads and exceptions work through them; lazy mode defers the effects to
+/// SetLazyMode(0); and refused calls come back as errors while the kernel
+/// carries on.
+fn run_vmi_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm: bool) {
+    let (Ok(gdt), Ok(idt), Ok(ldt)) = (GDT.gdt(), IDT.idt(), LDT.ldt()) else {
+        t.check("tables", false, format_args!("table storage rejected"));
+        return;
+    };
+
+    // GDT: SetGDT; the personality fixes DPLs up in its copy only.
+    // SAFETY: static GDT, loaded for the kernel's life.
+    let r = unsafe { ops.load_gdt(&gdt) };
+    let dpl = |i| GDT.read(i).map(|d| d.dpl() as u8);
+    t.check(
+        "load_gdt (SetGDT): the guest's GDT is not rewritten",
+        r.is_ok()
+            && GDT.read(2) == Some(presets::KERNEL_CODE64)
+            && GDT.read(3) == Some(presets::KERNEL_DATA),
+        format_args!("{r:?} GDT[2] DPL {:?} GDT[3] DPL {:?}", dpl(2), dpl(3)),
+    );
+    let sg = ops.store_gdt();
+    let (limit, base) = raw_sgdt();
+    t.check(
+        "store_gdt (GetGDT) = guest view; sgdt = the hypervisor's effective GDT",
+        sg == Ok(gdt.pointer()) && limit == 0xffff && base != gdt.base(),
+        format_args!("{sg:?}; sgdt base {base:#x} limit {limit:#x}"),
+    );
+
+    // IDT: two gates written before SetIDT, one into the loaded IDT.
+    let gate = |h: extern "C" fn(), dpl| {
+        pvops::Gate64::interrupt(Selector(KERNEL_CS), h as usize as u64, dpl)
+    };
+    // SAFETY: static IDT; handlers are the naked stubs above.
+    let r = unsafe {
+        ops.write_idt_entry(&idt, 3, gate(bp_handler, Ring::Ring3))
+            .and_then(|()| ops.write_idt_entry(&idt, 6, gate(ud_handler, Ring::Ring0)))
+            .and_then(|()| ops.load_idt(&idt))
+            .and_then(|()| ops.write_idt_entry(&idt, 13, gate(gp_handler, Ring::Ring0)))
+    };
+    let (limit, base) = raw_sidt();
+    t.check(
+        "load_idt (SetIDT) + WriteIDTEntry into the loaded IDT; store_idt = guest view; sidt = the effective IDT",
+        r.is_ok() && ops.store_idt() == Ok(idt.pointer()) && base != idt.base() && limit == 0xfff,
+        format_args!("{r:?}; sidt base {base:#x} limit {limit:#x}"),
+    );
+
+    // A DPL 0 data segment would #GP here (ring 3): reaching the check
+    // means the load used the effective, DPL 3 copy.
+    reload_data_segments(KERNEL_DS);
+    let (cs, ds, ss) = segs();
+    t.check(
+        "DS/ES load from the guest's GDT in ring 3 (DPL raised in the effective copy)",
+        pvm || ds == KERNEL_DS,
+        format_args!(
+            "loaded; raw reads{}: cs={cs:#x} ds={ds:#x} ss={ss:#x}",
+            if pvm { " on this PVM host" } else { "" }
+        ),
+    );
+
+    if soft_int {
+        // SAFETY: int3 traps into bp_handler (DPL 3 gate), which returns.
+        unsafe { asm!("int3", options(nomem, nostack)) };
+        t.check(
+            "int3 lands in the #BP handler",
+            BP_COUNT.load(Ordering::SeqCst) == 1,
+            format_args!("count={}", BP_COUNT.load(Ordering::SeqCst)),
+        );
+    } else {
+        t.skip(
+            "int3 lands in the #BP handler",
+            "software interrupts are not emulated by this host (PVM)",
+        );
+    }
+    // SAFETY: ud2 faults into ud_handler, which skips it.
+    unsafe { asm!("ud2", options(nomem, nostack)) };
+    t.check(
+        "ud2 lands in the #UD handler (SetIDT gate)",
+        UD_COUNT.load(Ordering::SeqCst) == 1,
+        format_args!("count={}", UD_COUNT.load(Ordering::SeqCst)),
+    );
+    faulting_segment_load(0x7f8);
+    let err = GP_ERROR.load(Ordering::SeqCst);
+    t.check(
+        "bad selector -> #GP(selector) in the handler (WriteIDTEntry gate)",
+        GP_COUNT.load(Ordering::SeqCst) == 1 && err == 0x7f8,
+        format_args!("count={} error={err:#x}", GP_COUNT.load(Ordering::SeqCst)),
+    );
+
+    // TR: SetTR of the guest's TSS; busy only in the effective GDT.
+    let tss = SystemDescriptor::tss(TSS.base(), 103).unwrap_or_default();
+    // SAFETY: static GDT and TSS.
+    let r = unsafe { ops.write_gdt_entry(&gdt, LAYOUT.tss as u32, GdtEntry::Double(tss)) };
+    // SAFETY: as above.
+    let r2 = unsafe { ops.load_tr(TSS_SEL) };
+    let typ = GDT.read(LAYOUT.tss as usize).map(|d| d.typ());
+    t.check(
+        "load_tr (SetTR): str = store_tr; the guest's TSS descriptor stays available",
+        r.is_ok()
+            && r2.is_ok()
+            && raw_str() == TSS_SEL.bits()
+            && ops.store_tr() == Ok(TSS_SEL)
+            && typ == Some(0x9),
+        format_args!("{r:?} {r2:?} str={:#x} type={typ:x?}", raw_str()),
+    );
+    let sp0 = 0x0000_0000_0090_0000u64;
+    // SAFETY: TR names our static TSS; the value is only recorded.
+    let r = unsafe { ops.load_kernel_stack(sp0) };
+    let rsp0 = (TSS.read(0).unwrap_or(0) >> 32) | (TSS.read(1).unwrap_or(0) << 32);
+    t.check(
+        "load_kernel_stack (UpdateKernelStack): the hypervisor keeps sp0 in its TSS copy",
+        r.is_ok() && rsp0 == 0,
+        format_args!("{r:?}; guest TSS.rsp0 {rsp0:#x}"),
+    );
+    // SAFETY: the selector names a data segment: the call is refused
+    // before anything changes.
+    let bad = unsafe { ops.load_tr(Selector(KERNEL_DS)) };
+    t.check(
+        "SetTR on a data segment -> -EINVAL; TR unchanged, the kernel carries on",
+        bad == Err(pvops::PvError::Hypervisor {
+            call: "SetTR",
+            errno: pvops::Errno::EINVAL,
+        }) && raw_str() == TSS_SEL.bits()
+            && ops.store_tr() == Ok(TSS_SEL),
+        format_args!("{bad:?}; str={:#x}", raw_str()),
+    );
+
+    // LDT.
+    let probe_seg = |p: &AtomicU64, limit| {
+        Descriptor::data_segment(p as *const AtomicU64 as u64 as u32, limit, Ring::Ring0)
+            .unwrap_or_default()
+    };
+    // SAFETY: static LDT.
+    let r = unsafe {
+        ops.alloc_ldt(&ldt)
+            .and_then(|()| ops.write_ldt_entry(&ldt, 1, probe_seg(&LDT_PROBE, 0xfff)))
+            .and_then(|()| ops.load_ldt(Some(&ldt)))
+    };
+    t.check(
+        "load_ldt (WriteGDTEntry + SetLDT): sldt = store_ldt = guest view",
+        r.is_ok() && raw_sldt() == LDT_SEL.bits() && ops.store_ldt() == Ok(Some(ldt)),
+        format_args!("{r:?} sldt={:#x}", raw_sldt()),
+    );
+    let v = read_fs0(Selector::ldt(1, Ring::Ring0).bits());
+    t.check(
+        "LDT selector loads (FS:[0] through LDT[1], DPL raised in the effective LDT)",
+        v == LDT_PROBE.load(Ordering::SeqCst) && LDT.read(1).map(|d| d.dpl() as u8) == Some(0),
+        format_args!("{v:#x}"),
+    );
+    // SAFETY: static LDT, currently loaded.
+    let r = unsafe { ops.write_ldt_entry(&ldt, 2, probe_seg(&LDT_PROBE2, 0xfff)) };
+    let v = read_fs0(Selector::ldt(2, Ring::Ring0).bits());
+    t.check(
+        "WriteLDTEntry into the loaded LDT takes effect (FS:[0] through LDT[2])",
+        r.is_ok() && v == LDT_PROBE2.load(Ordering::SeqCst),
+        format_args!("{r:?} {v:#x}"),
+    );
+
+    // Lazy mode: the effective GDT changes at SetLazyMode(0), not before.
+    let tls_sel = Selector::gdt(LAYOUT.tls_first, Ring::Ring0).bits();
+    let tls_with = |p: &AtomicU64, limit| {
+        [
+            probe_seg(p, limit),
+            Descriptor::data_segment(0, 0xf_ffff, Ring::Ring3).unwrap_or_default(),
+            Descriptor::NULL,
+        ]
+    };
+    // SAFETY: static GDT.
+    let r = unsafe { ops.load_tls(&tls_with(&TLS_PROBE, 0xfff)) };
+    let before = read_fs0(tls_sel);
+    let e = ops.enter_lazy_cpu();
+    // SAFETY: static GDT.
+    let r2 = unsafe { ops.load_tls(&tls_with(&TLS_PROBE2, 0xfff)) };
+    let during = read_fs0(tls_sel);
+    let l = ops.leave_lazy_cpu();
+    let after = read_fs0(tls_sel);
+    t.check(
+        "lazy mode (SetLazyMode 2/0): FS sees the new TLS base only after the flush",
+        r.is_ok()
+            && r2.is_ok()
+            && e.is_ok()
+            && l.is_ok()
+            && before == TLS_PROBE.load(Ordering::SeqCst)
+            && during == before
+            && after == TLS_PROBE2.load(Ordering::SeqCst),
+        format_args!("before {before:#x} during {during:#x} after {after:#x}"),
+    );
+
+    // Context switches: load_tls + load_kernel_stack + load_ldt in lazy mode.
+    let mut ok = true;
+    for i in 0..64u32 {
+        let e = ops.enter_lazy_cpu();
+        // SAFETY: static GDT/LDT.
+        let r = unsafe {
+            ops.load_tls(&tls_with(&TLS_PROBE, 0xfff + i * 0x1000))
+                .and_then(|()| ops.load_kernel_stack(sp0 + i as u64 * 0x1000))
+                .and_then(|()| ops.load_ldt(if i % 2 == 0 { Some(&ldt) } else { None }))
+        };
+        let l = ops.leave_lazy_cpu();
+        ok &= e.is_ok()
+            && r.is_ok()
+            && l.is_ok()
+            && read_fs0(tls_sel) == TLS_PROBE.load(Ordering::SeqCst)
+            && raw_sldt() == if i % 2 == 0 { LDT_SEL.bits() } else { 0 };
+    }
+    t.check(
+        "64 context switches (load_tls via FS, UpdateKernelStack, SetLDT) in lazy mode",
+        ok,
+        format_args!(""),
+    );
+
+    // A descriptor the personality forbids: a ring-3 call gate into the
+    // kernel's code. Refused with -EINVAL, nothing written; the kernel
+    // carries on.
+    let target = gp_handler as *const () as u64;
+    let gate_low = (target & 0xffff)
+        | (u64::from(KERNEL_CS) << 16)
+        | (0xec << 40)
+        | ((target >> 16) & 0xffff) << 48;
+    let call_gate = SystemDescriptor {
+        low: gate_low,
+        high: target >> 32,
+    };
+    // SAFETY: static GDT; slots 14-15 are free (TLS slot 2 is null).
+    let r = unsafe { ops.write_gdt_entry(&gdt, 14, GdtEntry::Double(call_gate)) };
+    let refused = r
+        == Err(pvops::PvError::Hypervisor {
+            call: "WriteGDTEntry",
+            errno: pvops::Errno::EINVAL,
+        });
+    // SAFETY: static GDT; slot 15 is free.
+    let r2 = unsafe { ops.write_gdt_entry(&gdt, 15, GdtEntry::Single(presets::USER_DATA)) };
+    t.check(
+        "forbidden call gate (DPL 3) -> -EINVAL, nothing written, and the kernel carries on",
+        refused
+            && GDT.read(14) == Some(Descriptor::NULL)
+            && r2.is_ok()
+            && GDT.read(15) == Some(presets::USER_DATA),
+        format_args!("{r:?}; next write {r2:?}"),
+    );
+
+    // SAFETY: the LDT is no longer loaded (last iteration loaded none).
+    let r = unsafe { ops.free_ldt(&ldt) };
+    t.check("free_ldt", r.is_ok(), format_args!("{r:?}"));
 }
 
 #[panic_handler]

@@ -15,9 +15,12 @@
 //!
 //! [`xen::boot_xen`] boots the same kernel with the Xen-style personality
 //! (hypercall page, CPUID "XenVMMXenVMM", hypercalls on
-//! [`ports::HYPERCALL`] run by [`crate::xen::XenDomain`]).
+//! [`ports::HYPERCALL`] run by [`crate::xen::XenDomain`]), and
+//! [`vmi::boot_vmi`] with the VMI-style one (option ROM at 0xC0000, ROM
+//! calls on [`ports::VMI`] run by [`crate::vmi::VmiHypervisor`]).
 
 pub mod layout;
+pub mod vmi;
 pub mod xen;
 
 use std::fmt;
@@ -40,6 +43,9 @@ pub mod ports {
     /// number). No device of QEMU's pc/q35 machines decodes 0xE8, and it
     /// is neither the VMI personality's 0xE6 nor debugcon's 0xE9.
     pub const HYPERCALL: u16 = 0xe8;
+    /// VMI personality: a ROM stub's dword write (`out 0xE6, eax`, eax =
+    /// the call number; [`pvops_vmi::platform::VMI_PORT`]).
+    pub const VMI: u16 = pvops_vmi::platform::VMI_PORT as u16;
 }
 
 /// Why a boot failed (as opposed to a guest that ran and reported).
@@ -132,6 +138,13 @@ pub mod boot_flags {
     /// the host's leaves): the kernel asks through Xen's forced-emulation
     /// prefix `ud2; .ascii "xen"; cpuid`, which hv-sim emulates.
     pub const CPUID_NEEDS_XEN_PREFIX: u64 = 1 << 2;
+    /// Set only by the VMI-style personality ([`super::vmi`]) on hosts where
+    /// `cpuid` in the guest is not trapped (PVM, ring 3, no CPUID
+    /// faulting): the hypervisor leaves `cpuid` shows are the host's, not
+    /// this hypervisor's, so the kernel must not pick a backend from them
+    /// (a Xen host's signature would otherwise send it down the Xen path);
+    /// it finds the hypervisor by the VMI ROM probe instead.
+    pub const CPUID_SHOWS_HOST: u64 = 1 << 3;
 }
 
 /// Is /dev/kvm provided by PVM (`kvm_pvm`) rather than hardware
@@ -294,7 +307,29 @@ pub fn boot(image: &[u8], cfg: &Config) -> Result<BootReport, KvmError> {
             )));
         }
     }
-    launch(entry, &segs, cfg, None).map(|(r, _)| r)
+    launch(entry, &segs, cfg, Setup::Native).map(|(r, _)| r)
+}
+
+/// Which personality a boot runs.
+pub(crate) enum Setup {
+    /// None: the boot tables of [`layout`], ring 0.
+    Native,
+    /// Xen-style ([`xen`]).
+    Xen(xen::XenSetup),
+    /// VMI-style ([`vmi`]).
+    Vmi,
+}
+
+/// A personality's state during a boot.
+enum Guest {
+    Xen(Box<xen::XenGuest>),
+    Vmi(Box<vmi::VmiGuest>),
+}
+
+/// What a personality did.
+pub(crate) enum Outcome {
+    Xen(Box<xen::XenOutcome>),
+    Vmi(Box<vmi::VmiOutcome>),
 }
 
 /// Load `segs` and run the VM on a thread under the watchdog.
@@ -302,8 +337,8 @@ fn launch(
     entry: u64,
     segs: &[Segment<'_>],
     cfg: &Config,
-    xen: Option<xen::XenSetup>,
-) -> Result<(BootReport, Option<xen::XenOutcome>), KvmError> {
+    setup: Setup,
+) -> Result<(BootReport, Option<Outcome>), KvmError> {
     let owned: Vec<(u64, Vec<u8>)> = segs.iter().map(|(a, b, _)| (*a, b.to_vec())).collect();
     let cfg = cfg.clone();
     let timed_out = Arc::new(AtomicBool::new(false));
@@ -314,7 +349,7 @@ fn launch(
     let (tx, rx) = std::sync::mpsc::channel();
     let limit = cfg.timeout;
     let handle = std::thread::spawn(move || {
-        let r = run_vm(entry, &owned, &cfg, &flag, xen);
+        let r = run_vm(entry, &owned, &cfg, &flag, setup);
         let _ = tx.send(());
         r
     });
@@ -348,8 +383,8 @@ fn run_vm(
     segs: &[(u64, Vec<u8>)],
     cfg: &Config,
     timed_out: &AtomicBool,
-    xen: Option<xen::XenSetup>,
-) -> Result<(BootReport, Option<xen::XenOutcome>), KvmError> {
+    setup: Setup,
+) -> Result<(BootReport, Option<Outcome>), KvmError> {
     let io = |what: &'static str| move |e: kvm_ioctls::Error| KvmError::Ioctl(what, e.to_string());
     // Declared before the VM so it is dropped after it.
     let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), cfg.mem_size)])
@@ -374,12 +409,13 @@ fn run_vm(
         mem.write_slice(bytes, GuestAddress(*paddr))
             .map_err(|e| KvmError::BadImage(format!("loading {paddr:#x}: {e}")))?;
     }
-    let mut guest = match &xen {
-        None => {
+    let mut guest = match &setup {
+        Setup::Native => {
             layout::write_boot_tables(&mem).map_err(KvmError::BadImage)?;
             None
         }
-        Some(setup) => Some(xen::XenGuest::new(&mem, cfg, setup)?),
+        Setup::Xen(setup) => Some(Guest::Xen(Box::new(xen::XenGuest::new(&mem, cfg, setup)?))),
+        Setup::Vmi => Some(Guest::Vmi(Box::new(vmi::VmiGuest::new(&mem, cfg)?))),
     };
 
     let mut vcpu = vm.create_vcpu(0).map_err(io("KVM_CREATE_VCPU"))?;
@@ -387,7 +423,8 @@ fn run_vm(
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(io("KVM_GET_SUPPORTED_CPUID"))?;
     let signature = match &guest {
-        Some(_) => Some(xen::CPUID_SIGNATURE),
+        Some(Guest::Xen(_)) => Some(xen::CPUID_SIGNATURE),
+        Some(Guest::Vmi(_)) => Some(vmi::CPUID_SIGNATURE),
         None => cfg.cpuid_signature,
     };
     if let Some(sig) = signature {
@@ -396,7 +433,7 @@ fn run_vm(
                 e.ebx = u32::from_le_bytes([sig[0], sig[1], sig[2], sig[3]]);
                 e.ecx = u32::from_le_bytes([sig[4], sig[5], sig[6], sig[7]]);
                 e.edx = u32::from_le_bytes([sig[8], sig[9], sig[10], sig[11]]);
-                if guest.is_some() {
+                if let Some(Guest::Xen(_)) = guest {
                     // Max leaf: Xen answers at least base + 2 (detect()
                     // and Linux require it).
                     e.eax = e.eax.max(0x4000_0002);
@@ -405,7 +442,7 @@ fn run_vm(
         }
     }
     vcpu.set_cpuid2(&cpuid).map_err(io("KVM_SET_CPUID2"))?;
-    if let Some(g) = guest.as_mut() {
+    if let Some(Guest::Xen(g)) = guest.as_mut() {
         g.set_cpuid(cpuid.as_slice());
     }
     let mut sregs = vcpu.get_sregs().map_err(io("KVM_GET_SREGS"))?;
@@ -415,12 +452,14 @@ fn run_vm(
     regs.rflags = 2;
     regs.rsp = layout::BOOT_STACK_TOP;
     regs.rdi = cfg.boot_flags;
-    if let Some(g) = guest.as_mut() {
-        g.entry_state(&mut regs, &mut sregs);
+    match guest.as_mut() {
+        Some(Guest::Xen(g)) => g.entry_state(&mut regs, &mut sregs),
+        Some(Guest::Vmi(g)) => g.entry_state(&mut regs, &mut sregs),
+        None => {}
     }
     vcpu.set_sregs(&sregs).map_err(io("KVM_SET_SREGS"))?;
     vcpu.set_regs(&regs).map_err(io("KVM_SET_REGS"))?;
-    if let Some(g) = guest.as_mut() {
+    if let Some(Guest::Xen(g)) = guest.as_mut() {
         g.initial_tables(&vm, &vcpu)
             .map_err(|e| KvmError::Ioctl("xen personality setup", e))?;
     }
@@ -463,21 +502,32 @@ fn run_vm(
                 match port {
                     ports::TEXT => text.extend_from_slice(&b[..len.min(4)]),
                     ports::EXIT => {
-                        if let Some(g) = guest.as_mut() {
-                            g.at_exit(&vcpu);
+                        match guest.as_mut() {
+                            Some(Guest::Xen(g)) => g.at_exit(&vcpu),
+                            Some(Guest::Vmi(g)) => g.at_exit(&vcpu),
+                            None => {}
                         }
                         break Some(u32::from_le_bytes(b));
                     }
-                    ports::HYPERCALL if guest.is_some() => {
-                        if let Some(g) = guest.as_mut() {
-                            g.hypercall(&vm, &vcpu, u32::from_le_bytes(b), len)
-                                .map_err(|what| KvmError::GuestCrashed {
-                                    what,
-                                    text: String::from_utf8_lossy(&text).into_owned(),
-                                })?;
+                    p => {
+                        let data = u32::from_le_bytes(b);
+                        let handled = match guest.as_mut() {
+                            Some(Guest::Xen(g)) if p == ports::HYPERCALL => {
+                                Some(g.hypercall(&vm, &vcpu, data, len))
+                            }
+                            Some(Guest::Vmi(g)) if p == ports::VMI => {
+                                Some(g.rom_call(&vcpu, data, len))
+                            }
+                            _ => None,
+                        };
+                        match handled {
+                            Some(r) => r.map_err(|what| KvmError::GuestCrashed {
+                                what,
+                                text: String::from_utf8_lossy(&text).into_owned(),
+                            })?,
+                            None => stray_io.push((p, b[0])),
                         }
                     }
-                    p => stray_io.push((p, b[0])),
                 }
             }
             Exit::In => exits.io += 1,
@@ -506,7 +556,10 @@ fn run_vm(
         }
     };
     let text = String::from_utf8_lossy(&text).into_owned();
-    let outcome = guest.map(xen::XenGuest::finish);
+    let outcome = guest.map(|g| match g {
+        Guest::Xen(g) => Outcome::Xen(Box::new(g.finish())),
+        Guest::Vmi(g) => Outcome::Vmi(Box::new(g.finish())),
+    });
     Ok((
         BootReport {
             exit_status,

@@ -351,8 +351,16 @@ pub fn boot_xen(image: &[u8], cfg: &Config) -> Result<XenBootReport, KvmError> {
             )));
         }
     }
-    let (boot, outcome) = super::launch(entry, &segs, cfg, Some(XenSetup { hypercall_page }))?;
-    let o = outcome.ok_or_else(|| KvmError::Ioctl("xen personality", "no outcome".into()))?;
+    let (boot, outcome) = super::launch(
+        entry,
+        &segs,
+        cfg,
+        super::Setup::Xen(XenSetup { hypercall_page }),
+    )?;
+    let Some(super::Outcome::Xen(o)) = outcome else {
+        return Err(KvmError::Ioctl("xen personality", "no outcome".into()));
+    };
+    let o = *o;
     Ok(XenBootReport {
         boot,
         hypercalls: o.hypercalls,

@@ -183,6 +183,8 @@ pub struct EffectiveState {
     pub idt: Vec<(u64, u64)>,
     /// Linear base of the loaded LDT (0 = none).
     pub ldt_base: u64,
+    /// The selector of the loaded LDT (null = none).
+    pub ldtr: Selector,
     /// Effective LDT entries.
     pub ldt: Vec<u64>,
     /// Task register.
@@ -234,6 +236,7 @@ enum Update {
         gate: (u64, u64),
     },
     Ldt {
+        sel: Selector,
         base: u64,
         entries: Vec<u64>,
     },
@@ -273,11 +276,14 @@ impl Update {
                     gate.1, gate.0
                 )
             }
-            Update::Ldt { base, entries } if entries.is_empty() => {
+            Update::Ldt { base, entries, .. } if entries.is_empty() => {
                 format!("effective LDT none (base {base:#x})")
             }
-            Update::Ldt { base, entries } => {
-                format!("effective LDT at {base:#x}: {} entries", entries.len())
+            Update::Ldt { sel, base, entries } => {
+                format!(
+                    "effective LDT {sel} at {base:#x}: {} entries",
+                    entries.len()
+                )
             }
             Update::LdtSlot { index, value } => {
                 format!("effective LDT[{index}] = {value:#018x}")
@@ -317,7 +323,8 @@ impl Update {
                     *g = gate;
                 }
             }
-            Update::Ldt { base, entries } => {
+            Update::Ldt { sel, base, entries } => {
+                e.ldtr = sel;
                 e.ldt_base = base;
                 e.ldt = entries;
             }
@@ -364,6 +371,8 @@ struct Inner {
     pending: Vec<Update>,
     trace: VmiTrace,
     seq: u64,
+    /// Where the effective GDT and IDT live, if not the defaults.
+    eff_bases: Option<(u64, u64)>,
 }
 
 /// The simulated VMI hypervisor for one vCPU.
@@ -411,6 +420,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 pending: Vec::new(),
                 trace: VmiTrace::default(),
                 seq: 0,
+                eff_bases: None,
             }),
         }
     }
@@ -459,6 +469,15 @@ impl<M: GuestMemory> VmiHypervisor<M> {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Place the effective GDT and IDT at `gdt` and `idt` instead of
+    /// [`EFFECTIVE_GDT_64`]/[`EFFECTIVE_IDT_64`] (or the 32-bit ones): the
+    /// addresses where a VMM running the guest on a real vCPU installs
+    /// them (the KVM runner's pages, [`crate::kvm::vmi`]). Takes effect at
+    /// the next SetGDT/SetIDT.
+    pub fn set_effective_bases(&self, gdt: u64, idt: u64) {
+        self.lock().eff_bases = Some((gdt, idt));
     }
 
     /// The guest kind.
@@ -713,9 +732,10 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                     }
                 }
                 inner.guest.gdtr = Some(p);
-                let base = match k {
-                    GuestKind::Vmi64 => EFFECTIVE_GDT_64,
-                    GuestKind::Vmi32 => EFFECTIVE_GDT_32,
+                let base = match (inner.eff_bases, k) {
+                    (Some((gdt, _)), _) => gdt,
+                    (None, GuestKind::Vmi64) => EFFECTIVE_GDT_64,
+                    (None, GuestKind::Vmi32) => EFFECTIVE_GDT_32,
                 };
                 Ok((0, vec![Update::Gdt { base, entries: eff }]))
             }
@@ -749,9 +769,10 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                     );
                 }
                 inner.guest.idtr = Some(p);
-                let base = match k {
-                    GuestKind::Vmi64 => EFFECTIVE_IDT_64,
-                    GuestKind::Vmi32 => EFFECTIVE_IDT_32,
+                let base = match (inner.eff_bases, k) {
+                    (Some((_, idt)), _) => idt,
+                    (None, GuestKind::Vmi64) => EFFECTIVE_IDT_64,
+                    (None, GuestKind::Vmi32) => EFFECTIVE_IDT_32,
                 };
                 Ok((0, vec![Update::Idt { base, gates }]))
             }
@@ -769,6 +790,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                     return Ok((
                         0,
                         vec![Update::Ldt {
+                            sel: Selector::NULL,
                             base: 0,
                             entries: Vec::new(),
                         }],
@@ -797,7 +819,14 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 }
                 inner.guest.ldtr = sel;
                 inner.guest.ldt = Some((base, entries));
-                Ok((0, vec![Update::Ldt { base, entries: eff }]))
+                Ok((
+                    0,
+                    vec![Update::Ldt {
+                        sel,
+                        base,
+                        entries: eff,
+                    }],
+                ))
             }
             call::SET_TR => {
                 let sel = Selector(a[0] as u16);
