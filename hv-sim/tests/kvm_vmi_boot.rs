@@ -1,10 +1,16 @@
-//! Boot the example kernel under KVM with hv-sim's VMI-style personality.
+//! Boot the example kernel under KVM with hv-sim's VMI-style personality:
+//! the ROM at 0xC0000 found by the kernel's probe, every op a call into the
+//! ROM's stubs served by the same VMI personality the in-process tests use,
+//! the effective tables installed on the real vCPU.
 //!
 //! Needs /dev/kvm; prints `SKIPPED: <reason>` and passes without it.
 
 use hv_sim::kernel_build::build_example_kernel;
-use hv_sim::kvm::vmi::boot_vmi;
+use hv_sim::kvm::vmi::{self, boot_vmi};
 use hv_sim::kvm::{self, Config};
+use hv_sim::vmi::VmiEvent;
+use hv_sim::vmi::machine::{EINVAL, HV_RESERVED_GDT};
+use pvops::{Descriptor, Gate64, Selector, SystemDescriptor, presets};
 
 fn kvm_or_skip(test: &str) -> bool {
     match kvm::available() {
@@ -21,6 +27,9 @@ fn kernel_image() -> Vec<u8> {
     std::fs::read(&elf).expect("read kernel image")
 }
 
+const TSS_SEL: u16 = 0x40;
+const KERNEL_DS: u16 = 0x18;
+
 #[test]
 fn vmi_backend_boot_passes_every_check() {
     if !kvm_or_skip("vmi_backend_boot_passes_every_check") {
@@ -31,8 +40,156 @@ fn vmi_backend_boot_passes_every_check() {
     println!("{}", r.boot.text);
     println!("{}", r.trace);
     println!("{}", r.summary());
-    println!("{:?}", r.calls_by_name());
     let failed = r.boot.failed();
     assert!(failed.is_empty(), "failed checks: {failed:#?}");
+    assert!(
+        r.boot.ran() >= 16,
+        "too few checks ran: {:?}",
+        r.boot.checks
+    );
     assert_eq!(r.boot.exit_status, Some(0));
+    assert!(r.boot.stray_io.is_empty(), "{:?}", r.boot.stray_io);
+    assert!(
+        r.boot.text.contains("backend: vmi"),
+        "the kernel picked VMI"
+    );
+    assert!(
+        r.boot.text.contains("vmi: ROM at 0xc0000"),
+        "found by the probe"
+    );
+
+    // ROM calls by kind: each one a port exit hv-sim served.
+    let by = r.calls_by_name();
+    println!("{by:?}");
+    let get = |n: &str| by.get(n).copied().unwrap_or_default();
+    assert_eq!(get("VMI_Init"), 1);
+    assert_eq!(get("GetRelocationInfo"), 13, "one query per call used");
+    assert_eq!(get("SetGDT"), 1);
+    assert_eq!(get("SetIDT"), 1);
+    assert_eq!(get("WriteIDTEntry"), 3);
+    // The TSS, then a data segment (refused).
+    assert_eq!(get("SetTR"), 2);
+    // load_ldt once, then in the 32 even switches; SetLDT(0) in the odd ones.
+    assert_eq!(get("SetLDT"), 65);
+    assert_eq!(get("UpdateKernelStack"), 65);
+    assert_eq!(get("WriteLDTEntry"), 2);
+    // The deferral check, then 64 switches: SetLazyMode(2) and (0) each.
+    assert_eq!(get("SetLazyMode"), 130);
+    // TSS 1, LDT descriptor 1 + 32, TLS slots 2 + 1 + 64, call gate 1
+    // (refused), slot 15 1.
+    assert_eq!(get("WriteGDTEntry"), 103);
+    let total: usize = by.values().sum();
+    assert_eq!(total as u64, r.rom_calls, "every stub call was served");
+    assert!(
+        !r.trace
+            .events
+            .iter()
+            .any(|e| matches!(e, VmiEvent::BadEntry { .. })),
+        "no call outside the ROM's stubs"
+    );
+
+    // The two negative checks: refused with -EINVAL, named rule.
+    let rejected = r.rejected();
+    assert_eq!(rejected.len(), 2, "{rejected:#?}");
+    assert_eq!(rejected[0].0, "SetTR");
+    assert_eq!(rejected[0].1, -EINVAL);
+    assert!(
+        rejected[0].2.contains("expected an available TSS"),
+        "{}",
+        rejected[0].2
+    );
+    assert_eq!(rejected[1].0, "WriteGDTEntry");
+    assert_eq!(rejected[1].1, -EINVAL);
+    assert!(rejected[1].2.contains("call gate"), "{}", rejected[1].2);
+
+    // Lazy mode: changes queued, applied by one flush per batch.
+    let (deferred, flushes) = r.lazy_batches();
+    assert_eq!(flushes, 65);
+    assert!(deferred >= 64 * 3, "{deferred}");
+
+    // The guest's view at the end.
+    let g = &r.guest;
+    assert_eq!(g.gdtr.map(|p| p.limit), Some(16 * 8 - 1));
+    assert_eq!(g.idtr.map(|p| p.limit), Some(256 * 16 - 1));
+    assert_eq!(g.tr, Selector(TSS_SEL));
+    assert_eq!(g.ldtr, Selector::NULL, "the last switch loaded no LDT");
+    let last_sp0 = 0x90_0000 + 63 * 0x1000;
+    assert_eq!(g.kernel_stack, Some((Selector(TSS_SEL), last_sp0)));
+    assert_eq!(g.lazy_mode, 0);
+
+    // The effective state: at hv-sim's pages, DPLs compressed to 3, the
+    // personality's reserved entries after the guest's, TSS busy.
+    let e = &r.effective;
+    assert_eq!(e.gdt_base, vmi::REAL_GDT);
+    assert_eq!(e.idt_base, vmi::REAL_IDT);
+    assert_eq!(e.gdt.len(), 16 + HV_RESERVED_GDT.len());
+    assert_eq!(&e.gdt[16..], &HV_RESERVED_GDT);
+    assert_eq!(Descriptor(e.gdt[2]).dpl() as u8, 3);
+    assert_eq!(Descriptor(e.gdt[3]).dpl() as u8, 3);
+    assert_eq!(
+        Descriptor(e.gdt[8]).typ(),
+        0xb,
+        "TSS busy in the effective GDT"
+    );
+    assert_eq!(e.tr, Selector(TSS_SEL));
+    assert_eq!(e.sp0, last_sp0);
+    assert!(e.ldt.is_empty());
+    let gate = |v: usize| Gate64 {
+        low: e.idt[v].0,
+        high: e.idt[v].1,
+    };
+    assert_eq!(gate(6).selector(), Selector(0x13), "RPL raised to 3");
+    assert_eq!(gate(13).selector(), Selector(0x13));
+
+    // The real vCPU ran on them.
+    let real = r.real.as_ref().expect("tables recorded at exit");
+    assert_eq!(real.gdtr, (vmi::REAL_GDT, 0xffff));
+    assert_eq!(real.idtr, (vmi::REAL_IDT, 256 * 16 - 1));
+    assert_eq!(real.tr, (TSS_SEL, vmi::TSS_COPY, 0x67));
+    assert_eq!(real.ldtr, (0, 0, 0));
+    assert_eq!(real.tss_rsp0, last_sp0, "UpdateKernelStack reached the TSS");
+    for (i, (&re, &ee)) in real.gdt.iter().zip(&e.gdt).enumerate() {
+        if i == 8 || i == 9 {
+            continue;
+        }
+        assert_eq!(re, ee, "real GDT[{i}] is the effective entry");
+    }
+    let tss = SystemDescriptor {
+        low: real.gdt[8],
+        high: real.gdt[9],
+    };
+    assert_eq!(tss.base(), vmi::TSS_COPY, "TR names hv-sim's TSS copy");
+    assert_eq!(Descriptor(tss.low).typ(), 0xb);
+    assert_eq!(real.hv_gdt[0], 0x00af_fb00_0000_ffff, "hv-sim's ring-3 CS");
+    assert_eq!(&real.idt[..], &e.idt[..]);
+    assert_eq!(
+        real.gdt[15],
+        presets::USER_DATA.0 | (1 << 40),
+        "slot 15 written, accessed bit set"
+    );
+    assert_eq!(real.gdt[14], 0, "the refused call gate is nowhere");
+
+    // Ring 3 on hv-sim's flat CS/SS, DS from the guest's GDT (DPL 3).
+    let seg = r.final_segments.expect("segments recorded at exit");
+    assert_eq!(seg.cpl, 3, "{seg:?}");
+    assert_eq!((seg.cs, seg.ss), (vmi::VMI_KERNEL_CS, vmi::VMI_KERNEL_SS));
+    assert_eq!((seg.ds, seg.es, seg.ds_dpl), (KERNEL_DS, KERNEL_DS, 3));
+    assert!(
+        r.summary().starts_with("backend=vmi checks="),
+        "{}",
+        r.summary()
+    );
+}
+
+/// Without the personality the same kernel finds no ROM (RAM at 0xC0000)
+/// and runs the native backend.
+#[test]
+fn plain_kvm_boot_finds_no_vmi_rom() {
+    if !kvm_or_skip("plain_kvm_boot_finds_no_vmi_rom") {
+        return;
+    }
+    let r = kvm::boot(&kernel_image(), &Config::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.text.contains("no usable VMI option ROM"), "{}", r.text);
+    assert!(r.text.contains("backend: native"), "{}", r.text);
+    assert!(r.failed().is_empty());
 }

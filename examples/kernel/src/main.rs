@@ -931,7 +931,7 @@ fn run_vmi_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm:
     let r = unsafe { ops.load_gdt(&gdt) };
     let dpl = |i| GDT.read(i).map(|d| d.dpl() as u8);
     t.check(
-        "load_gdt (SetGDT): the guest's GDT is not rewritten",
+        "load_gdt (SetGDT) leaves the guest's GDT as written",
         r.is_ok()
             && GDT.read(2) == Some(presets::KERNEL_CODE64)
             && GDT.read(3) == Some(presets::KERNEL_DATA),
@@ -1013,7 +1013,7 @@ fn run_vmi_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm:
     let r2 = unsafe { ops.load_tr(TSS_SEL) };
     let typ = GDT.read(LAYOUT.tss as usize).map(|d| d.typ());
     t.check(
-        "load_tr (SetTR): str = store_tr; the guest's TSS descriptor stays available",
+        "load_tr (SetTR) -> str = store_tr, the guest's TSS descriptor stays available",
         r.is_ok()
             && r2.is_ok()
             && raw_str() == TSS_SEL.bits()
@@ -1026,7 +1026,7 @@ fn run_vmi_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm:
     let r = unsafe { ops.load_kernel_stack(sp0) };
     let rsp0 = (TSS.read(0).unwrap_or(0) >> 32) | (TSS.read(1).unwrap_or(0) << 32);
     t.check(
-        "load_kernel_stack (UpdateKernelStack): the hypervisor keeps sp0 in its TSS copy",
+        "load_kernel_stack (UpdateKernelStack) -> sp0 kept in the hypervisor's TSS copy",
         r.is_ok() && rsp0 == 0,
         format_args!("{r:?}; guest TSS.rsp0 {rsp0:#x}"),
     );
@@ -1055,7 +1055,7 @@ fn run_vmi_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm:
             .and_then(|()| ops.load_ldt(Some(&ldt)))
     };
     t.check(
-        "load_ldt (WriteGDTEntry + SetLDT): sldt = store_ldt = guest view",
+        "load_ldt (WriteGDTEntry + SetLDT) -> sldt = store_ldt = guest view",
         r.is_ok() && raw_sldt() == LDT_SEL.bits() && ops.store_ldt() == Ok(Some(ldt)),
         format_args!("{r:?} sldt={:#x}", raw_sldt()),
     );
@@ -1093,7 +1093,7 @@ fn run_vmi_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm:
     let l = ops.leave_lazy_cpu();
     let after = read_fs0(tls_sel);
     t.check(
-        "lazy mode (SetLazyMode 2/0): FS sees the new TLS base only after the flush",
+        "lazy mode (SetLazyMode 2/0) -> FS sees the new TLS base only after the flush",
         r.is_ok()
             && r2.is_ok()
             && e.is_ok()
