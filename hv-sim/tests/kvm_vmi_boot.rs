@@ -193,3 +193,30 @@ fn plain_kvm_boot_finds_no_vmi_rom() {
     assert!(r.text.contains("backend: native"), "{}", r.text);
     assert!(r.failed().is_empty());
 }
+
+/// A ROM the kernel must refuse (non-GPL license): its probe, running on
+/// the real vCPU against the ROM in guest memory, names the rule and calls
+/// nothing in the ROM. With no usable ROM it falls back to the native
+/// backend, whose `lgdt` cannot run in ring 3, so the VM stops.
+#[test]
+fn kernel_probe_refuses_a_non_gpl_rom() {
+    if !kvm_or_skip("kernel_probe_refuses_a_non_gpl_rom") {
+        return;
+    }
+    let rom = hv_sim::vmi::RomBuilder {
+        license: Some(b"Proprietary".to_vec()),
+        ..Default::default()
+    };
+    let err = vmi::boot_vmi_with_rom(&kernel_image(), &Config::default(), &rom)
+        .expect_err("a ring-3 kernel cannot run natively");
+    let kvm::KvmError::GuestCrashed { text, .. } = &err else {
+        panic!("{err}");
+    };
+    println!("{text}");
+    assert!(
+        text.contains("VMI ROM at 0xc0000 refused: non-GPL license `Proprietary`"),
+        "{text}"
+    );
+    assert!(text.contains("backend: native"), "{text}");
+    assert!(!text.contains("backend: vmi"), "{text}");
+}

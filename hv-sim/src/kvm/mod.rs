@@ -316,8 +316,8 @@ pub(crate) enum Setup {
     Native,
     /// Xen-style ([`xen`]).
     Xen(xen::XenSetup),
-    /// VMI-style ([`vmi`]).
-    Vmi,
+    /// VMI-style ([`vmi`]) with this ROM image.
+    Vmi(crate::vmi::RomBuilder),
 }
 
 /// A personality's state during a boot.
@@ -415,7 +415,7 @@ fn run_vm(
             None
         }
         Setup::Xen(setup) => Some(Guest::Xen(Box::new(xen::XenGuest::new(&mem, cfg, setup)?))),
-        Setup::Vmi => Some(Guest::Vmi(Box::new(vmi::VmiGuest::new(&mem, cfg)?))),
+        Setup::Vmi(rom) => Some(Guest::Vmi(Box::new(vmi::VmiGuest::new(&mem, cfg, rom)?))),
     };
 
     let mut vcpu = vm.create_vcpu(0).map_err(io("KVM_CREATE_VCPU"))?;

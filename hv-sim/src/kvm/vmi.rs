@@ -253,8 +253,19 @@ impl VmiBootReport {
     }
 }
 
-/// Boot `image` with the VMI-style personality.
+/// Boot `image` with the VMI-style personality and its correct ROM.
 pub fn boot_vmi(image: &[u8], cfg: &Config) -> Result<VmiBootReport, KvmError> {
+    boot_vmi_with_rom(image, cfg, &RomBuilder::default())
+}
+
+/// Boot `image` with the VMI-style personality and the ROM `rom` at
+/// [`ROM_BASE`] (a [`RomBuilder`] broken on purpose tests the kernel's
+/// probe on a real vCPU).
+pub fn boot_vmi_with_rom(
+    image: &[u8],
+    cfg: &Config,
+    rom: &RomBuilder,
+) -> Result<VmiBootReport, KvmError> {
     super::available().map_err(KvmError::Unavailable)?;
     let (entry, segs) = parse_elf(image)?;
     let mem_size = cfg.mem_size;
@@ -272,7 +283,7 @@ pub fn boot_vmi(image: &[u8], cfg: &Config) -> Result<VmiBootReport, KvmError> {
             )));
         }
     }
-    let (boot, outcome) = super::launch(entry, &segs, cfg, super::Setup::Vmi)?;
+    let (boot, outcome) = super::launch(entry, &segs, cfg, super::Setup::Vmi(rom.clone()))?;
     let Some(super::Outcome::Vmi(o)) = outcome else {
         return Err(KvmError::Ioctl("vmi personality", "no outcome".into()));
     };
@@ -347,7 +358,11 @@ pub(crate) struct VmiGuest {
 
 impl VmiGuest {
     /// Lay out hv-sim's pages, place the ROM, create the personality.
-    pub(crate) fn new(mem: &GuestMemoryMmap, cfg: &Config) -> Result<VmiGuest, KvmError> {
+    pub(crate) fn new(
+        mem: &GuestMemoryMmap,
+        cfg: &Config,
+        rom: &RomBuilder,
+    ) -> Result<VmiGuest, KvmError> {
         let w = |addr: u64, v: u64| {
             mem.write_obj(v, GuestAddress(addr))
                 .map_err(|e| KvmError::BadImage(format!("writing {addr:#x}: {e}")))
@@ -378,7 +393,6 @@ impl VmiGuest {
             w(PT_BASE + pfn * 8, e)?;
         }
         // The ROM.
-        let rom = RomBuilder::default();
         mem.write_slice(&rom.build(), GuestAddress(ROM_BASE))
             .map_err(|e| KvmError::BadImage(format!("placing the VMI ROM: {e}")))?;
         // hv-sim's reserved GDT entries: ring-3 code and data, its TSS.
@@ -393,7 +407,7 @@ impl VmiGuest {
             mem: mem.clone(),
             end: cfg.mem_size as u64,
         };
-        let hv = VmiHypervisor::with_rom(GuestKind::Vmi64, ram, ROM_BASE, &rom)
+        let hv = VmiHypervisor::with_rom(GuestKind::Vmi64, ram, ROM_BASE, rom)
             .map_err(KvmError::BadImage)?;
         hv.set_effective_bases(REAL_GDT, REAL_IDT);
         Ok(VmiGuest {
