@@ -2,16 +2,20 @@
 //!
 //! hv-sim executes and checks the calls pvops' backends make, the way the
 //! real hypervisor would, so kernel descriptor code can be unit-tested on
-//! the host. Today it contains:
+//! the host, and runs a real guest kernel under KVM with each personality.
 //!
+//! * [`xen`]: a Xen PV domain (pv64 and pv32 ABIs) that validates the
+//!   descriptor hypercalls exactly as Xen does, with a trace and strict mode;
+//! * [`vmi`]: a VMI option ROM image and the VMI personality (guest view vs
+//!   effective tables, relocation answers, lazy mode);
+//! * [`kvm`]: the KVM runner that boots `examples/kernel` natively, as a Xen
+//!   PV guest (hypercall page) or as a VMI guest (ROM at 0xC0000), and
+//!   [`qemu`]: the same image under QEMU through its PVH entry;
 //! * [`softcpu`]: a model of the descriptor-table registers and
 //!   instructions (LGDT … SLDT with their #GP/#NP checks and LTR's busy
 //!   bit), which the native backend runs against in-process;
 //! * [`explain`]: descriptors decoded into plain words;
-//! * [`demo`]: the in-process demonstration behind `hv-sim demo`.
-//!
-//! The Xen PV and VMI personalities and the KVM runner are tracked as open
-//! issues (see the README).
+//! * [`demo`]: what `hv-sim demo` runs.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -61,8 +61,8 @@
 //! call), rdi/rsi/rdx/rcx (the arguments), carries the call out and sets rax
 //! (and rdx for GetRelocationInfo) before resuming at the `ret`. VMI_Init and
 //! GetRelocationInfo use the pseudo-call numbers [`PSEUDO_INIT`] and
-//! [`PSEUDO_GET_RELOC`]. `out` needs CPL <= IOPL: the guest kernel runs at
-//! CPL 0 under KVM.
+//! [`PSEUDO_GET_RELOC`]. `out` needs CPL <= IOPL: under hv-sim's KVM
+//! runner the guest kernel runs ring-compressed at CPL 3 with RFLAGS.IOPL = 3.
 
 /// The I/O port the ROM's stubs write to exit to the VMM (8-bit immediate
 /// form of `out`, so rdx, an argument register, is not needed for the port).
