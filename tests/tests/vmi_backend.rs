@@ -229,10 +229,8 @@ fn load_ldt_writes_descriptor_then_set_ldt() {
     let before = e.calls().len();
     // SAFETY: leaked tables.
     unsafe { e.ops.load_ldt(Some(&e.ldt)).unwrap() };
-    assert_eq!(
-        e.calls()[before..],
-        [call::GET_GDT, call::WRITE_GDT_ENTRY, call::SET_LDT]
-    );
+    // The GDT loaded through the backend is remembered: no GetGDT round trip.
+    assert_eq!(e.calls()[before..], [call::WRITE_GDT_ENTRY, call::SET_LDT]);
     let want = SystemDescriptor::ldt(e.ldt.base(), 8).unwrap();
     assert_eq!(e.gdt_store.read(10), Some(Descriptor(want.low)));
     assert_eq!(e.gdt_store.read(11), Some(Descriptor(want.high)));
@@ -589,4 +587,21 @@ fn calls_before_vmi_init_are_refused() {
             .unwrap()
             .contains("VMI_Init")
     );
+}
+
+#[test]
+fn a_failed_load_gdt_forgets_the_cached_table() {
+    let e = env();
+    e.boot();
+    // A GDT the hypervisor refuses (at an address that is not guest
+    // memory): the next op must ask GetGDT again instead of trusting a
+    // cache of the refused table.
+    let bad = Gdt::new(0x1000, 16).unwrap();
+    // SAFETY: the call is refused before anything is read by the backend.
+    let r = unsafe { e.ops.load_gdt(&bad) };
+    let before = e.calls().len();
+    // SAFETY: leaked tables.
+    let _ = unsafe { e.ops.load_ldt(Some(&e.ldt)) };
+    assert!(r.is_err(), "hv-sim must refuse a GDT outside guest memory");
+    assert_eq!(e.calls()[before], call::GET_GDT);
 }

@@ -41,7 +41,7 @@ pub mod platform;
 pub mod rom;
 
 use core::fmt;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use pvops::descriptor::SystemType;
 use pvops::{
@@ -233,6 +233,12 @@ pub struct VmiOps<P, C = HardwareCpu> {
     native: NativeOps<C>,
     layout: GdtLayout,
     lazy: AtomicBool,
+    /// The GDT last loaded through this backend (entries 0 = unknown), so
+    /// `load_tls`/`load_ldt` find it without a GetGDT call (a VM exit each
+    /// under a real hypervisor). Linux's VMI guest likewise used its own
+    /// per-CPU GDT pointer. One backend per vCPU, so the pair is not torn.
+    gdt_base: AtomicU64,
+    gdt_entries: AtomicU32,
 }
 
 /// The table-pointer operand passed to SetGDT/GetGDT/SetIDT/GetIDT.
@@ -336,6 +342,8 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
             native,
             layout,
             lazy: AtomicBool::new(false),
+            gdt_base: AtomicU64::new(0),
+            gdt_entries: AtomicU32::new(0),
         })
     }
 
@@ -429,6 +437,10 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
 
     /// The GDT the guest loaded (its own view).
     fn current_gdt(&self, op: &'static str) -> Result<Gdt> {
+        let entries = self.gdt_entries.load(Ordering::Relaxed);
+        if entries != 0 {
+            return Gdt::new(self.gdt_base.load(Ordering::Relaxed), entries);
+        }
         let p = self.store_gdt()?;
         if p.base == 0 && p.limit == 0 {
             return Err(PvError::NoTableLoaded {
@@ -503,7 +515,10 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
     }
 
     unsafe fn load_gdt(&self, gdt: &Gdt) -> Result<()> {
-        match self.reloc(call::SET_GDT).typ {
+        // Forget the cached GDT first: if the load fails, the next op asks
+        // the hypervisor (GetGDT) which table is live.
+        self.gdt_entries.store(0, Ordering::Relaxed);
+        let r = match self.reloc(call::SET_GDT).typ {
             RelocType::CallRel => {
                 let dtr = dtr_from(gdt.pointer());
                 let p = core::ptr::addr_of!(dtr) as usize as u64;
@@ -511,10 +526,17 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
                 // caller promised is valid.
                 unsafe { self.void_call(call::SET_GDT, [p, 0, 0, 0]) }
             }
-            RelocType::Nop => Ok(()),
+            // The hypervisor ignores the load: which GDT is live stays its
+            // business, so nothing is cached.
+            RelocType::Nop => return Ok(()),
             // SAFETY: forwarded contract.
             _ => unsafe { self.native.load_gdt(gdt) },
+        };
+        if r.is_ok() {
+            self.gdt_base.store(gdt.base(), Ordering::Relaxed);
+            self.gdt_entries.store(gdt.entries(), Ordering::Relaxed);
         }
+        r
     }
 
     fn store_gdt(&self) -> Result<DescriptorTablePointer> {
