@@ -695,7 +695,12 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                         format!("SetGDT: limit {:#x} is not 8n-1", p.limit),
                     ));
                 }
-                if !self.addr_ok(p.base) || !self.addr_ok(p.base + bytes - 1) {
+                if !self.addr_ok(p.base)
+                    || !p
+                        .base
+                        .checked_add(bytes - 1)
+                        .is_some_and(|end| self.addr_ok(end))
+                {
                     return Err(fail(
                         EINVAL,
                         format!("SetGDT: base {:#x} is not a valid guest address", p.base),
@@ -704,7 +709,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 let n = (bytes / 8) as usize;
                 let mut raw = vec![0u64; n];
                 for (i, d) in raw.iter_mut().enumerate() {
-                    *d = self.read_u64(p.base + i as u64 * 8, "the GDT")?;
+                    *d = self.read_u64(p.base.wrapping_add(i as u64 * 8), "the GDT")?;
                 }
                 let mut eff = raw.clone();
                 let mut i = 0;
@@ -757,9 +762,9 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 }
                 let mut gates = Vec::new();
                 for v in 0..bytes / gs {
-                    let lo = self.read_u64(p.base + v * gs, "the IDT")?;
+                    let lo = self.read_u64(p.base.wrapping_add(v * gs), "the IDT")?;
                     let hi = if gs == 16 {
-                        self.read_u64(p.base + v * gs + 8, "the IDT")?
+                        self.read_u64(p.base.wrapping_add(v * gs + 8), "the IDT")?
                     } else {
                         0
                     };
@@ -811,7 +816,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 let entries = ((d.effective_limit() as u64 + 1) / 8).min(8192) as u32;
                 let mut eff = Vec::with_capacity(entries as usize);
                 for i in 0..entries as u64 {
-                    let raw = self.read_u64(base + i * 8, "the LDT")?;
+                    let raw = self.read_u64(base.wrapping_add(i * 8), "the LDT")?;
                     eff.push(
                         policy::check_ldt_entry(k, raw)
                             .map_err(|r| fail(EINVAL, format!("SetLDT: LDT[{i}]: {r}")))?,
@@ -901,7 +906,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                     ));
                 }
                 let slots = if double { 2 } else { 1 };
-                if index + slots > 8192 {
+                if index.saturating_add(slots) > 8192 {
                     return Err(fail(
                         EINVAL,
                         format!(
@@ -912,7 +917,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 let loaded = inner.guest.gdtr.filter(|p| p.base == base);
                 if let Some(p) = loaded {
                     let n = (p.limit as u64 + 1) / 8;
-                    if index + slots > n {
+                    if index.saturating_add(slots) > n {
                         return Err(fail(
                             EINVAL,
                             format!(
@@ -925,9 +930,13 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 let (elo, ehi) = policy::check_gdt_entry(k, low, double.then_some(high))
                     .map_err(|r| fail(EINVAL, format!("WriteGDTEntry: GDT[{index}]: {r}")))?;
                 if double {
-                    self.write(base + (index + 1) * 8, &high.to_le_bytes(), "the GDT")?;
+                    self.write(
+                        base.wrapping_add((index + 1) * 8),
+                        &high.to_le_bytes(),
+                        "the GDT",
+                    )?;
                 }
-                self.write(base + index * 8, &low.to_le_bytes(), "the GDT")?;
+                self.write(base.wrapping_add(index * 8), &low.to_le_bytes(), "the GDT")?;
                 let mut ups = Vec::new();
                 if loaded.is_some() {
                     ups.push(Update::GdtSlot {
@@ -978,7 +987,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 }
                 let e = policy::check_ldt_entry(k, d)
                     .map_err(|r| fail(EINVAL, format!("WriteLDTEntry: LDT[{index}]: {r}")))?;
-                self.write(base + index * 8, &d.to_le_bytes(), "the LDT")?;
+                self.write(base.wrapping_add(index * 8), &d.to_le_bytes(), "the LDT")?;
                 let ups = if loaded.is_some() {
                     vec![Update::LdtSlot {
                         index: index as u32,
@@ -1017,9 +1026,13 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 let g = policy::check_gate(k, lo, hi)
                     .map_err(|r| fail(EINVAL, format!("WriteIDTEntry: IDT[{vector}]: {r}")))?;
                 if gs == 16 {
-                    self.write(base + vector * gs + 8, &hi.to_le_bytes(), "the IDT")?;
+                    self.write(
+                        base.wrapping_add(vector * gs + 8),
+                        &hi.to_le_bytes(),
+                        "the IDT",
+                    )?;
                 }
-                self.write(base + vector * gs, &lo.to_le_bytes(), "the IDT")?;
+                self.write(base.wrapping_add(vector * gs), &lo.to_le_bytes(), "the IDT")?;
                 let ups = if loaded.is_some() {
                     vec![Update::IdtSlot {
                         vector: vector as u32,
@@ -1130,9 +1143,9 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 ),
             ));
         }
-        let lo = self.read_u64(p.base + index * 8, "the GDT")?;
+        let lo = self.read_u64(p.base.wrapping_add(index * 8), "the GDT")?;
         let hi = if slots == 2 {
-            self.read_u64(p.base + index * 8 + 8, "the GDT")?
+            self.read_u64(p.base.wrapping_add(index * 8 + 8), "the GDT")?
         } else {
             0
         };
