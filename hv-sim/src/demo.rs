@@ -35,6 +35,8 @@ pub struct DemoReport {
     pub checks: Vec<Check>,
     /// Instructions the CPU model executed, formatted.
     pub instructions: Vec<String>,
+    /// Hypercalls / ROM calls the simulated hypervisor handled.
+    pub hypercalls: u64,
 }
 
 impl DemoReport {
@@ -46,10 +48,11 @@ impl DemoReport {
     /// The one-line summary.
     pub fn summary(&self) -> String {
         format!(
-            "backend={} checks={}/{} hypercalls=0 exits=0",
+            "backend={} checks={}/{} hypercalls={} exits=0",
             self.backend,
             self.passed(),
-            self.checks.len()
+            self.checks.len(),
+            self.hypercalls
         )
     }
 }
@@ -259,6 +262,256 @@ pub fn run_native_in_process() -> DemoReport {
         backend: "native",
         checks,
         instructions,
+        hypercalls: 0,
+    }
+}
+
+fn kernel_gdt() -> [Descriptor; 16] {
+    let mut g = [Descriptor::NULL; 16];
+    g[1] = presets::KERNEL_CODE32;
+    g[2] = presets::KERNEL_CODE64;
+    g[3] = presets::KERNEL_DATA;
+    g[5] = presets::USER_DATA;
+    g[6] = presets::USER_CODE64;
+    g
+}
+
+/// The Xen-style backend in-process against hv-sim's Xen PV domain: what
+/// `demo` runs where there is no KVM to boot the kernel with.
+pub fn run_xen_in_process() -> DemoReport {
+    use crate::xen::XenDomain;
+    use pvops::{Gate64, Gdt, Idt, Ldt};
+    let mut c = Vec::new();
+    let dom = XenDomain::pv64(64, 1);
+    let (gdt_va, idt_va, ldt_va) = (dom.alloc_pages(1), dom.alloc_pages(1), dom.alloc_pages(1));
+    for (i, d) in kernel_gdt().iter().enumerate() {
+        dom.host_write_u64(gdt_va + 8 * i as u64, d.0);
+    }
+    let (Ok(gdt), Ok(idt), Ok(ldt)) = (
+        Gdt::new(gdt_va, 16),
+        Idt::new(idt_va, 256),
+        Ldt::new(ldt_va, 8),
+    ) else {
+        check(&mut c, "tables", false, "table handles rejected".into());
+        return DemoReport {
+            backend: "xen",
+            checks: c,
+            instructions: Vec::new(),
+            hypercalls: 0,
+        };
+    };
+    let ops = pvops_xen::XenOps::new(dom.vcpu_handle(0), LAYOUT);
+    // SAFETY: every table is in the domain's RAM, which outlives `ops`.
+    unsafe {
+        let r = ops.load_gdt(&gdt);
+        let v = dom.vcpu(0);
+        let cs = Descriptor(dom.gdt_entry(0, 2));
+        check(
+            &mut c,
+            "load_gdt -> set_gdt (machine frames, DPL 0 raised to 3)",
+            r.is_ok() && v.gdt_ents == 16 && cs.dpl() == Ring::Ring3,
+            format!("{r:?}, frames {:x?}", v.gdt_frames),
+        );
+        check(
+            &mut c,
+            "store_gdt is the guest's view",
+            ops.store_gdt() == Ok(gdt.pointer()),
+            String::new(),
+        );
+        let gate = pvops::Gate64::call(Selector(0xe008), 0x1000, Ring::Ring0);
+        let bad = ops.write_gdt_entry(
+            &gdt,
+            12,
+            GdtEntry::Double(SystemDescriptor {
+                low: gate.low,
+                high: gate.high,
+            }),
+        );
+        check(
+            &mut c,
+            "a call gate to a Xen selector is refused with -EINVAL",
+            matches!(
+                bad,
+                Err(PvError::Hypervisor {
+                    errno: pvops::Errno::EINVAL,
+                    ..
+                })
+            ),
+            bad.err().map(|e| e.to_string()).unwrap_or_default(),
+        );
+        let r = ops.write_gdt_entry(&gdt, 7, GdtEntry::Single(presets::USER_DATA));
+        check(
+            &mut c,
+            "write_gdt_entry -> update_descriptor at the slot's machine address",
+            r.is_ok() && dom.gdt_entry(0, 7) == presets::USER_DATA.0,
+            format!("{r:?}"),
+        );
+        let pf = 0xffff_ffff_8100_0100u64;
+        let r = ops
+            .write_idt_entry(&idt, 14, Gate64::interrupt(Selector(0x10), pf, Ring::Ring0))
+            .and_then(|()| ops.load_idt(&idt));
+        let t = dom.vcpu(0).trap_table[14];
+        check(
+            &mut c,
+            "load_idt -> set_trap_table (interrupt gate: events masked)",
+            r.is_ok() && t.address == pf && t.flags & 4 == 4,
+            format!("{r:?}"),
+        );
+        let r = ops.alloc_ldt(&ldt).and_then(|()| ops.load_ldt(Some(&ldt)));
+        let v = dom.vcpu(0);
+        check(
+            &mut c,
+            "load_ldt -> MMUEXT_SET_LDT",
+            r.is_ok() && v.ldt_base == ldt_va && v.ldt_ents == 8,
+            format!("{r:?}"),
+        );
+        let direct = |d: &XenDomain| {
+            d.trace()
+                .calls()
+                .filter(|e| matches!(e, crate::xen::TraceEvent::Call { depth: 0, .. }))
+                .count()
+        };
+        let before = direct(&dom);
+        let tls = [presets::USER_DATA, Descriptor::NULL, Descriptor::NULL];
+        let r = ops
+            .enter_lazy_cpu()
+            .and_then(|()| ops.load_tls(&tls))
+            .and_then(|()| ops.load_kernel_stack(0xffff_c900_0000_8000))
+            .and_then(|()| ops.load_ldt(None))
+            .and_then(|()| ops.leave_lazy_cpu());
+        let sent = direct(&dom) - before;
+        check(
+            &mut c,
+            "context switch in lazy mode is one multicall",
+            r.is_ok()
+                && sent == 1
+                && dom.vcpu(0).kernel_sp == 0xffff_c900_0000_8000
+                && dom.vcpu(0).ldt_ents == 0,
+            format!("{r:?}, {sent} direct hypercall(s)"),
+        );
+    }
+    let hypercalls = dom.trace().calls().count() as u64;
+    DemoReport {
+        backend: "xen",
+        checks: c,
+        instructions: Vec::new(),
+        hypercalls,
+    }
+}
+
+/// The VMI-style backend in-process against hv-sim's VMI personality.
+pub fn run_vmi_in_process() -> DemoReport {
+    use crate::vmi::{GuestKind, HostGuestMemory, VmiHypervisor};
+    let mut c = Vec::new();
+    // SAFETY: the backend only passes pointers to the leaked tables below and
+    // to DTR operands on its own stack.
+    let hv: &'static VmiHypervisor<HostGuestMemory> =
+        Box::leak(Box::new(VmiHypervisor::new(GuestKind::Vmi64, unsafe {
+            HostGuestMemory::new()
+        })));
+    let rom = match pvops_vmi::rom::probe(hv) {
+        Ok(r) => r,
+        Err(e) => {
+            check(&mut c, "probe finds hv-sim's ROM", false, format!("{e:?}"));
+            return DemoReport {
+                backend: "vmi",
+                checks: c,
+                instructions: Vec::new(),
+                hypercalls: 0,
+            };
+        }
+    };
+    check(
+        &mut c,
+        "probe finds hv-sim's ROM",
+        true,
+        format!("at {:#x}", rom.base),
+    );
+    // SAFETY: the CPU model only sees the leaked tables.
+    let native = NativeOps::with_cpu(
+        SoftCpu::new(unsafe { HostMemory::new() }, CpuMode::Long),
+        LAYOUT,
+    );
+    // SAFETY: the ROM passed the probe.
+    let ops = match unsafe { pvops_vmi::VmiOps::init(hv, rom, LAYOUT, native) } {
+        Ok(o) => o,
+        Err(e) => {
+            check(
+                &mut c,
+                "VMI_Init and relocation queries",
+                false,
+                format!("{e:?}"),
+            );
+            return DemoReport {
+                backend: "vmi",
+                checks: c,
+                instructions: Vec::new(),
+                hypercalls: 0,
+            };
+        }
+    };
+    check(
+        &mut c,
+        "VMI_Init and relocation queries",
+        true,
+        String::new(),
+    );
+    let gdt_store: &'static DescriptorStorage<16> =
+        Box::leak(Box::new(DescriptorStorage::new(kernel_gdt())));
+    let ldt_store: &'static DescriptorStorage<8> =
+        Box::leak(Box::new(DescriptorStorage::new([Descriptor::NULL; 8])));
+    let (Ok(gdt), Ok(ldt)) = (gdt_store.gdt(), ldt_store.ldt()) else {
+        check(&mut c, "tables", false, "table storage rejected".into());
+        return DemoReport {
+            backend: "vmi",
+            checks: c,
+            instructions: Vec::new(),
+            hypercalls: 0,
+        };
+    };
+    // SAFETY: leaked 'static tables.
+    unsafe {
+        let r = ops.load_gdt(&gdt);
+        let eff = hv.effective();
+        check(
+            &mut c,
+            "SetGDT: GetGDT answers the guest's view, the effective GDT is fixed up elsewhere",
+            r.is_ok()
+                && ops.store_gdt() == Ok(gdt.pointer())
+                && eff.gdt_base != gdt.base()
+                && eff
+                    .gdt
+                    .get(2)
+                    .is_some_and(|d| Descriptor(*d).dpl() == Ring::Ring3),
+            format!("{r:?}, effective GDT at {:#x}", eff.gdt_base),
+        );
+        let r = ops
+            .write_ldt_entry(&ldt, 1, presets::USER_DATA)
+            .and_then(|()| ops.load_ldt(Some(&ldt)));
+        check(
+            &mut c,
+            "load_ldt: WriteGDTEntry of the LDT descriptor, then SetLDT",
+            r.is_ok() && ops.store_ldt() == Ok(Some(ldt)) && hv.effective().ldt_base == ldt.base(),
+            format!("{r:?}"),
+        );
+        let tls = [presets::USER_DATA, Descriptor::NULL, Descriptor::NULL];
+        let r = ops
+            .enter_lazy_cpu()
+            .and_then(|()| ops.load_tls(&tls))
+            .and_then(|()| ops.leave_lazy_cpu());
+        check(
+            &mut c,
+            "load_tls in lazy mode (SetLazyMode 2 .. 0)",
+            r.is_ok() && hv.effective().gdt.get(12) == Some(&presets::USER_DATA.0),
+            format!("{r:?}"),
+        );
+    }
+    let hypercalls = hv.trace().call_numbers().len() as u64;
+    DemoReport {
+        backend: "vmi",
+        checks: c,
+        instructions: Vec::new(),
+        hypercalls,
     }
 }
 

@@ -26,6 +26,7 @@ pub mod kernel_build;
 pub mod kvm;
 pub mod qemu;
 pub mod softcpu;
+pub mod testing;
 pub mod vmi;
 pub mod xen;
 

@@ -16,7 +16,7 @@ fn kvm_or_skip(test: &str) -> bool {
     match kvm::available() {
         Ok(()) => true,
         Err(why) => {
-            println!("SKIPPED: {test}: {why}");
+            hv_sim::testing::skipped(test, &why);
             false
         }
     }

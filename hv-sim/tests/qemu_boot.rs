@@ -8,7 +8,7 @@ use hv_sim::kernel_build::build_example_kernel;
 #[test]
 fn pvh_boot_under_qemu_passes_every_check() {
     if let Err(why) = hv_sim::qemu::available() {
-        println!("SKIPPED: pvh_boot_under_qemu_passes_every_check: {why}");
+        hv_sim::testing::skipped("pvh_boot_under_qemu_passes_every_check", &why);
         return;
     }
     let elf = build_example_kernel().expect("example kernel builds");

@@ -94,8 +94,13 @@ impl fmt::Display for KvmError {
 
 impl std::error::Error for KvmError {}
 
-/// Can this process use KVM? `Err(reason)` says why not.
+/// Can this process use KVM? `Err(reason)` says why not. Setting
+/// `HV_SIM_NO_KVM` in the environment makes it answer no (to exercise the
+/// paths that run without KVM).
 pub fn available() -> Result<(), String> {
+    if std::env::var_os("HV_SIM_NO_KVM").is_some() {
+        return Err("HV_SIM_NO_KVM is set".to_string());
+    }
     match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -230,6 +235,20 @@ impl BootReport {
     /// Checks that ran (passed or failed; skipped ones excluded).
     pub fn ran(&self) -> usize {
         self.checks.iter().filter(|c| !c.skipped).count()
+    }
+
+    /// Checks reported as skipped (not runnable on this host).
+    pub fn skipped(&self) -> usize {
+        self.checks.iter().filter(|c| c.skipped).count()
+    }
+
+    /// ` skipped=N` for the summary line when checks were skipped, so the
+    /// `checks=passed/ran` figure never hides them; empty otherwise.
+    pub fn skipped_suffix(&self) -> String {
+        match self.skipped() {
+            0 => String::new(),
+            n => format!(" skipped={n}"),
+        }
     }
 
     /// Checks that failed.
