@@ -398,7 +398,12 @@ fn check_descriptors(abi: hv_sim::xen::Abi, hex: &[String]) -> Result<(), String
                 break;
             }
             n += 1;
-            let h = line.trim_end_matches(['\n', '\r']);
+            // Blank lines (and CRLF endings, surrounding spaces) are allowed
+            // in vector files; anything else must be a descriptor.
+            let h = line.trim();
+            if h.is_empty() {
+                continue;
+            }
             check_one(abi, h, &mut out).map_err(|e| format!("line {n}: {e}"))?;
         }
     } else {

@@ -92,3 +92,16 @@ fn malformed_input_fails() {
     );
     assert_ne!(rc, 0);
 }
+
+#[test]
+fn stdin_tolerates_blank_lines_and_crlf() {
+    let (code, out, err) = run(
+        &["check-descriptor", "--abi", "pv64", "-"],
+        "00cf9a000000ffff\r\n\r\n  \n0000e50000000000\r\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<_> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0], "00cf9a000000ffff ok 00cffa000000ffff");
+    assert!(lines[1].starts_with("0000e50000000000 rejected "), "{out}");
+}

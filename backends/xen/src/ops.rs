@@ -10,6 +10,8 @@ use pvops::{
     Idt, IdtGate, Ldt, PvError, Result, Selector, TLS_ENTRIES, TableKind,
 };
 
+use pvops::gate::IDT_ENTRY_SIZE;
+
 use crate::abi::{
     DOMID_SELF, FLAT_KERNEL_SS, MMUEXT_OP_SIZE, MULTICALL_ENTRY_SIZE, MmuextOp, MulticallEntry,
     PAGE_SIZE, PTE_PRESENT, PTE_RW, TRAP_INFO_SIZE, TrapInfo, UVMF_NONE,
@@ -495,7 +497,7 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
                 .map(|_| ())
         };
         for v in 0..idt.entries() {
-            let addr = idt.base() + v as u64 * TRAP_INFO_SIZE as u64;
+            let addr = idt.base() + v as u64 * IDT_ENTRY_SIZE as u64;
             // SAFETY: gate v is inside the IDT, valid by the op contract.
             let gate = unsafe {
                 Gate64 {
@@ -640,11 +642,13 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
             return Ok(());
         };
         let off = addr.wrapping_sub(loaded.base());
-        let size = loaded.entries() as u64 * TRAP_INFO_SIZE as u64;
-        if addr < loaded.base() || off >= size || !off.is_multiple_of(TRAP_INFO_SIZE as u64) {
+        // IDT slots are gates (IDT_ENTRY_SIZE), not trap_info records.
+        let gate_size = IDT_ENTRY_SIZE as u64;
+        let size = loaded.entries() as u64 * gate_size;
+        if addr < loaded.base() || off >= size || !off.is_multiple_of(gate_size) {
             return Ok(());
         }
-        let Some(t) = TrapInfo::from_gate((off / TRAP_INFO_SIZE as u64) as u8, gate) else {
+        let Some(t) = TrapInfo::from_gate((off / gate_size) as u8, gate) else {
             // Not forwardable: Xen keeps its previous entry for the vector
             // (it has no per-vector clear), as in Linux.
             return Ok(());

@@ -1026,7 +1026,7 @@ fn run_vmi_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm:
     let r = unsafe { ops.load_kernel_stack(sp0) };
     let rsp0 = (TSS.read(0).unwrap_or(0) >> 32) | (TSS.read(1).unwrap_or(0) << 32);
     t.check(
-        "load_kernel_stack (UpdateKernelStack) -> sp0 kept in the hypervisor's TSS copy",
+        "load_kernel_stack (UpdateKernelStack) accepted, guest TSS untouched (sp0 goes to hv-sim's copy, checked host-side)",
         r.is_ok() && rsp0 == 0,
         format_args!("{r:?}; guest TSS.rsp0 {rsp0:#x}"),
     );
