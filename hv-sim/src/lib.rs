@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod demo;
+pub mod emulate;
 pub mod explain;
 pub mod kernel_build;
 pub mod kvm;

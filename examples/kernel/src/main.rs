@@ -95,6 +95,14 @@ pub mod boot_flags {
     /// kernel does not pick a backend from them (a Xen host would otherwise
     /// send it down the Xen path); the VMI ROM probe decides.
     pub const CPUID_SHOWS_HOST: u64 = 1 << 3;
+    /// Set only by a trap-and-emulate hypervisor: this kernel runs in ring
+    /// 3 and its descriptor-table instructions trap and are emulated. CS
+    /// and SS cannot be reloaded from its GDT there (a far return or `mov
+    /// ss` to an RPL 0 selector faults, and those are not descriptor-table
+    /// instructions), and `lar`/`lsl`/`verr` would read the hypervisor's
+    /// ring-3 copy without trapping: those checks are skipped with the
+    /// reason. Everything else runs as at ring 0.
+    pub const DEPRIVILEGED: u64 = 1 << 4;
 }
 
 #[repr(C, align(16))]
@@ -347,12 +355,18 @@ extern "C" fn kmain(flags: u64, start_info: u64) -> ! {
         total: 0,
         skipped: 0,
     };
-    let inspect = flags & boot_flags::NO_DESCRIPTOR_INSPECTION == 0;
+    let deprivileged = flags & boot_flags::DEPRIVILEGED != 0;
+    let inspect = flags & boot_flags::NO_DESCRIPTOR_INSPECTION == 0 && !deprivileged;
     let soft_int = flags & boot_flags::NO_SOFTWARE_INTERRUPTS == 0;
+    if deprivileged {
+        say!("deprivileged (boot flag): descriptor-table instructions are trapped and emulated\n");
+    }
     say!(
         "boot flags {flags:#x}: lar/lsl/verr {}, int n {}\n",
         if inspect {
             "available"
+        } else if deprivileged {
+            "not used (deprivileged)"
         } else {
             "unavailable (PVM host)"
         },
@@ -362,7 +376,13 @@ extern "C" fn kmain(flags: u64, start_info: u64) -> ! {
             "unavailable (PVM host)"
         }
     );
-    run_checks(&ops, &mut t, inspect, soft_int);
+    let env = Env {
+        inspect,
+        soft_int,
+        deprivileged,
+        pvm: flags & boot_flags::NO_DESCRIPTOR_INSPECTION != 0,
+    };
+    run_checks(&ops, &mut t, &env);
     say!(
         "done: {}/{} checks passed, {} skipped\n",
         t.passed,
@@ -372,7 +392,31 @@ extern "C" fn kmain(flags: u64, start_info: u64) -> ! {
     report::exit(t.total - t.passed)
 }
 
-fn run_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, inspect: bool, soft_int: bool) {
+/// What the native checks may use here (from the boot flags).
+struct Env {
+    /// `lar`/`lsl`/`verr` give meaningful answers.
+    inspect: bool,
+    /// `int3` can run.
+    soft_int: bool,
+    /// Ring 3 under a trap-and-emulate hypervisor.
+    deprivileged: bool,
+    /// The host is PVM (reading segment registers shows the host's).
+    pvm: bool,
+}
+
+impl Env {
+    /// Why `lar`/`lsl`/`verr` checks are skipped.
+    fn no_inspect_reason(&self) -> &'static str {
+        if self.deprivileged {
+            "deprivileged: sensitive but unprivileged, they would read the hypervisor's ring-3 copy without trapping"
+        } else {
+            "not emulated by this host (PVM)"
+        }
+    }
+}
+
+fn run_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, env: &Env) {
+    let (inspect, soft_int) = (env.inspect, env.soft_int);
     let (Ok(gdt), Ok(idt), Ok(ldt)) = (GDT.gdt(), IDT.idt(), LDT.ldt()) else {
         t.check("tables", false, format_args!("table storage rejected"));
         return;
@@ -381,14 +425,33 @@ fn run_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, inspect: bool, soft_int:
     // GDT: load, reload every segment register from it.
     // SAFETY: static tables; the GDT has the code/data segments reload uses.
     let r = unsafe { ops.load_gdt(&gdt) };
-    // SAFETY: as above.
-    unsafe { reload_segments() };
-    let (cs, ds, ss) = segs();
-    t.check(
-        "load_gdt + segment reload",
-        r.is_ok() && cs == KERNEL_CS && ds == KERNEL_DS && ss == KERNEL_DS,
-        format_args!("{r:?} cs={cs:#x} ds={ds:#x} ss={ss:#x}"),
-    );
+    if env.deprivileged {
+        // A DPL 0 data segment would #GP in ring 3: reaching the check
+        // means the load used the hypervisor's DPL 3 copy of the entry.
+        reload_data_segments(KERNEL_DS);
+        let (cs, ds, ss) = segs();
+        t.check(
+            "load_gdt + DS/ES reload (deprivileged: the hypervisor's ring-3 copy)",
+            r.is_ok() && (env.pvm || ds == KERNEL_DS),
+            format_args!(
+                "{r:?}; raw reads{}: cs={cs:#x} ds={ds:#x} ss={ss:#x}",
+                if env.pvm { " on this PVM host" } else { "" }
+            ),
+        );
+        t.skip(
+            "CS/SS reload from the new GDT",
+            "deprivileged: a far return or mov ss to an RPL 0 selector faults in ring 3 and is not a descriptor-table instruction",
+        );
+    } else {
+        // SAFETY: as above.
+        unsafe { reload_segments() };
+        let (cs, ds, ss) = segs();
+        t.check(
+            "load_gdt + segment reload",
+            r.is_ok() && cs == KERNEL_CS && ds == KERNEL_DS && ss == KERNEL_DS,
+            format_args!("{r:?} cs={cs:#x} ds={ds:#x} ss={ss:#x}"),
+        );
+    }
     let sg = ops.store_gdt();
     t.check("store_gdt", sg == Ok(gdt.pointer()), format_args!("{sg:?}"));
     if inspect {
@@ -410,10 +473,7 @@ fn run_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, inspect: bool, soft_int:
             format_args!(""),
         );
     } else {
-        t.skip(
-            "lar/lsl/verr on GDT selectors",
-            "not emulated by this host (PVM)",
-        );
+        t.skip("lar/lsl/verr on GDT selectors", env.no_inspect_reason());
     }
 
     // TSS + TR.
@@ -525,10 +585,7 @@ fn run_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, inspect: bool, soft_int:
             format_args!("lsl={:x?} lar={:x?}", lsl(ldt_sel), lar(ldt_sel)),
         );
     } else {
-        t.skip(
-            "lar/lsl/verr on an LDT selector",
-            "not emulated by this host (PVM)",
-        );
+        t.skip("lar/lsl/verr on an LDT selector", env.no_inspect_reason());
     }
 
     // Context switches: load_tls + load_kernel_stack + load_ldt in lazy mode.

@@ -17,9 +17,13 @@
 //! (hypercall page, CPUID "XenVMMXenVMM", hypercalls on
 //! [`ports::HYPERCALL`] run by [`crate::xen::XenDomain`]), and
 //! [`vmi::boot_vmi`] with the VMI-style one (option ROM at 0xC0000, ROM
-//! calls on [`ports::VMI`] run by [`crate::vmi::VmiHypervisor`]).
+//! calls on [`ports::VMI`] run by [`crate::vmi::VmiHypervisor`]), and
+//! [`trap::boot_trap`] boots the native-backend kernel deprivileged, with
+//! its descriptor-table instructions trapped (#GP to hv-sim's stub, port
+//! [`ports::TRAP`]) and emulated by [`crate::emulate`].
 
 pub mod layout;
+pub mod trap;
 pub mod vmi;
 pub mod xen;
 
@@ -46,6 +50,9 @@ pub mod ports {
     /// VMI personality: a ROM stub's dword write (`out 0xE6, eax`, eax =
     /// the call number; [`pvops_vmi::platform::VMI_PORT`]).
     pub const VMI: u16 = pvops_vmi::platform::VMI_PORT as u16;
+    /// Trap-and-emulate personality: hv-sim's #GP entry stub's dword write
+    /// (`out 0xE5, eax`, eax = 13); see [`super::trap`].
+    pub const TRAP: u16 = 0xe5;
 }
 
 /// Why a boot failed (as opposed to a guest that ran and reported).
@@ -150,6 +157,14 @@ pub mod boot_flags {
     /// (a Xen host's signature would otherwise send it down the Xen path);
     /// it finds the hypervisor by the VMI ROM probe instead.
     pub const CPUID_SHOWS_HOST: u64 = 1 << 3;
+    /// Set only by the trap-and-emulate personality ([`super::trap`]): the
+    /// kernel runs in ring 3 and believes it runs in ring 0; the hypervisor
+    /// traps and emulates its descriptor-table instructions. CS/SS cannot
+    /// be reloaded from its own GDT there (a far return or `mov ss` to an
+    /// RPL 0 selector faults and is not emulated), and `lar`/`lsl`/`verr`
+    /// would read the hypervisor's compressed copy without trapping, so
+    /// those checks are skipped with the reason.
+    pub const DEPRIVILEGED: u64 = 1 << 4;
 }
 
 /// Is /dev/kvm provided by PVM (`kvm_pvm`) rather than hardware
@@ -337,18 +352,22 @@ pub(crate) enum Setup {
     Xen(xen::XenSetup),
     /// VMI-style ([`vmi`]) with this ROM image.
     Vmi(crate::vmi::RomBuilder),
+    /// Trap-and-emulate ([`trap`]).
+    Trap,
 }
 
 /// A personality's state during a boot.
 enum Guest {
     Xen(Box<xen::XenGuest>),
     Vmi(Box<vmi::VmiGuest>),
+    Trap(Box<trap::TrapGuest>),
 }
 
 /// What a personality did.
 pub(crate) enum Outcome {
     Xen(Box<xen::XenOutcome>),
     Vmi(Box<vmi::VmiOutcome>),
+    Trap(Box<trap::TrapOutcome>),
 }
 
 /// Load `segs` and run the VM on a thread under the watchdog.
@@ -435,6 +454,7 @@ fn run_vm(
         }
         Setup::Xen(setup) => Some(Guest::Xen(Box::new(xen::XenGuest::new(&mem, cfg, setup)?))),
         Setup::Vmi(rom) => Some(Guest::Vmi(Box::new(vmi::VmiGuest::new(&mem, cfg, rom)?))),
+        Setup::Trap => Some(Guest::Trap(Box::new(trap::TrapGuest::new(&mem, cfg)?))),
     };
 
     let mut vcpu = vm.create_vcpu(0).map_err(io("KVM_CREATE_VCPU"))?;
@@ -444,7 +464,7 @@ fn run_vm(
     let signature = match &guest {
         Some(Guest::Xen(_)) => Some(xen::CPUID_SIGNATURE),
         Some(Guest::Vmi(_)) => Some(vmi::CPUID_SIGNATURE),
-        None => cfg.cpuid_signature,
+        Some(Guest::Trap(_)) | None => cfg.cpuid_signature,
     };
     if let Some(sig) = signature {
         for e in cpuid.as_mut_slice() {
@@ -474,6 +494,7 @@ fn run_vm(
     match guest.as_mut() {
         Some(Guest::Xen(g)) => g.entry_state(&mut regs, &mut sregs),
         Some(Guest::Vmi(g)) => g.entry_state(&mut regs, &mut sregs),
+        Some(Guest::Trap(g)) => g.entry_state(&mut regs, &mut sregs),
         None => {}
     }
     vcpu.set_sregs(&sregs).map_err(io("KVM_SET_SREGS"))?;
@@ -481,6 +502,10 @@ fn run_vm(
     if let Some(Guest::Xen(g)) = guest.as_mut() {
         g.initial_tables(&vm, &vcpu)
             .map_err(|e| KvmError::Ioctl("xen personality setup", e))?;
+    }
+    if let Some(Guest::Trap(g)) = guest.as_mut() {
+        g.initial_tables(&vcpu)
+            .map_err(|e| KvmError::Ioctl("trap personality setup", e))?;
     }
 
     let mut text = Vec::new();
@@ -524,6 +549,7 @@ fn run_vm(
                         match guest.as_mut() {
                             Some(Guest::Xen(g)) => g.at_exit(&vcpu),
                             Some(Guest::Vmi(g)) => g.at_exit(&vcpu),
+                            Some(Guest::Trap(g)) => g.at_exit(&vcpu),
                             None => {}
                         }
                         break Some(u32::from_le_bytes(b));
@@ -536,6 +562,9 @@ fn run_vm(
                             }
                             Some(Guest::Vmi(g)) if p == ports::VMI => {
                                 Some(g.rom_call(&vcpu, data, len))
+                            }
+                            Some(Guest::Trap(g)) if p == ports::TRAP => {
+                                Some(g.trap(&vcpu, data, len))
                             }
                             _ => None,
                         };
@@ -578,6 +607,7 @@ fn run_vm(
     let outcome = guest.map(|g| match g {
         Guest::Xen(g) => Outcome::Xen(Box::new(g.finish())),
         Guest::Vmi(g) => Outcome::Vmi(Box::new(g.finish())),
+        Guest::Trap(g) => Outcome::Trap(Box::new(g.finish())),
     });
     Ok((
         BootReport {

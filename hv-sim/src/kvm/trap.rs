@@ -1,0 +1,918 @@
+//! The trap-and-emulate personality on a real vCPU: what paravirtualization
+//! avoids, shown and counted.
+//!
+//! [`boot_trap`] boots the *unmodified native-backend* kernel deprivileged:
+//! its `lgdt`, `lidt`, `ltr`, `lldt` are the real instructions, executed in
+//! ring 3, so they raise #GP; with CR4.UMIP set, so do `sgdt`, `sidt`,
+//! `str` and `sldt`. hv-sim:
+//!
+//! * enters the kernel in **ring 3** on its own flat selectors
+//!   [`TRAP_KERNEL_CS`]/[`TRAP_KERNEL_SS`] at the top of the real GDT, with
+//!   RFLAGS.IOPL = 3 (the report port `out`s work), the U bit on the
+//!   kernel's pages and CR4.UMIP on;
+//! * keeps the guest's **virtual** GDTR, IDTR, TR and LDTR
+//!   ([`DtRegisters`]) — what the kernel loaded and what its `sgdt`…`sldt`
+//!   must see — and builds the **real** GDT, IDT and LDT the vCPU runs on
+//!   from the guest's tables, compressed to ring 3: present code/data
+//!   descriptors get DPL 3, gates get DPL 3, code selector RPL 3 and no
+//!   IST, the guest's TR and LDTR selectors name hv-sim's TSS and LDT copy
+//!   (installed with `KVM_SET_SREGS`);
+//! * routes #GP (vector 13 of the real IDT) to its stub page [`TRAP_TEXT`]
+//!   (`push rax; mov eax, 13; out 0xE5, eax`): on that port exit it reads
+//!   the exception frame, fetches the instruction at the faulting RIP
+//!   through the guest's page tables, runs [`crate::emulate`] against the
+//!   virtual state and guest memory, and then either advances RIP past the
+//!   instruction (unwinding the frame itself: RIP, RSP, RFLAGS, RAX),
+//!   delivers the exception the emulator asks for (#GP(sel), #NP(sel),
+//!   #PF with CR2) to the handler in the *guest's* IDT, or — for any #GP
+//!   that is not a descriptor-table instruction, such as the kernel's
+//!   deliberate bad selector load — delivers the original #GP, error code
+//!   and all, to the guest's handler ("bounced"). Every other vector goes
+//!   straight to the guest's handler through the compressed real IDT.
+//!
+//! # What the kernel is told
+//! Boot flag [`super::boot_flags::DEPRIVILEGED`]: CS and SS cannot be
+//! reloaded from its GDT in ring 3 (a far return or `mov ss` to an RPL 0
+//! selector faults, and those are not descriptor-table instructions), so
+//! its load_gdt check reloads DS/ES only and reports the CS/SS reload as
+//! skipped; `lar`/`lsl`/`verr` are sensitive but unprivileged (they would
+//! read the compressed copy without trapping), so they are skipped too.
+//! On PVM hosts, [`super::boot_flags::CPUID_SHOWS_HOST`] as well.
+//!
+//! # Shadowing
+//! hv-sim rebuilds the real tables from the guest's at every trap. A
+//! kernel that stores into its live GDT and loads a segment from the new
+//! entry with no trap in between would use the stale copy (a production
+//! trap-and-emulate VMM write-protects the guest's table pages and traps
+//! those stores too); the example kernel always executes a trapping
+//! instruction (`lldt`, `sldt`) between the two.
+//!
+//! # Guest-physical layout (pages below 1 MiB are the hypervisor's)
+//! | GPA | contents | guest access |
+//! |---|---|---|
+//! | 0x1000 / 0x2000 / 0x3000 | PML4, PDPT, PD | none |
+//! | 0x7000–0x8000 | boot stack (rsp at entry) | read/write |
+//! | 0x10000–0x50000 | page tables: 64 × 512 4 KiB entries (≤ 128 MiB RAM) | none |
+//! | 0x50000–0x60000 | the real GDT: 8192 entries, hv-sim's from [`FIRST_HV_GDT_ENTRY`] | none |
+//! | 0x60000 | the real IDT | none |
+//! | 0x61000–0x71000 | the real LDT (compressed copy of the guest's) | none |
+//! | 0x71000 | hv-sim's TSS | none |
+//! | 0x72000 | hv-sim's #GP entry ([`TRAP_TEXT`]) | execute |
+//! | 0xC0000–0x100000 | option-ROM window (empty: zeros) | read |
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::xen::FinalSegments;
+use super::{BootReport, Config, KvmError, layout, parse_elf, ports};
+use crate::emulate::{
+    self, Access, CpuState, DtRegisters, Exception, GuestMemory, Insn, NotEmulated, Outcome,
+    PageFault, Segment,
+};
+use pvops::{DescriptorTablePointer, Selector};
+
+/// First page-table page.
+pub const PT_BASE: u64 = 0x1_0000;
+/// Most page-table pages (each maps 2 MiB).
+pub const MAX_PTS: u64 = 64;
+/// The real GDT.
+pub const REAL_GDT: u64 = 0x5_0000;
+/// Entries of the real GDT.
+pub const REAL_GDT_ENTRIES: u32 = 8192;
+/// The real IDT.
+pub const REAL_IDT: u64 = 0x6_0000;
+/// The real LDT.
+pub const REAL_LDT: u64 = 0x6_1000;
+/// Most entries of the real LDT.
+pub const REAL_LDT_ENTRIES: u64 = 8192;
+/// hv-sim's TSS.
+pub const HV_TSS: u64 = 0x7_1000;
+/// hv-sim's #GP entry page.
+pub const TRAP_TEXT: u64 = 0x7_2000;
+/// The stub: `push rax; mov eax, 13; out 0xE5, eax; ud2` (hv-sim resumes
+/// the guest elsewhere; the `ud2` is never reached).
+pub const TRAP_STUB: [u8; 10] = [0x50, 0xb8, 13, 0, 0, 0, 0xe7, ports::TRAP as u8, 0x0f, 0x0b];
+/// RIP after the stub's `out`.
+pub const TRAP_STUB_EXIT_RIP: u64 = TRAP_TEXT + 8;
+/// hv-sim's first reserved entry at the top of the real GDT.
+pub const FIRST_HV_GDT_ENTRY: u32 = 8184;
+/// hv-sim's ring-3 64-bit code segment: the kernel's CS.
+pub const TRAP_KERNEL_CS: u16 = (FIRST_HV_GDT_ENTRY as u16) << 3 | 3;
+/// hv-sim's ring-3 flat data segment: the kernel's SS.
+pub const TRAP_KERNEL_SS: u16 = (FIRST_HV_GDT_ENTRY as u16 + 1) << 3 | 3;
+/// hv-sim's TSS descriptor: TR until the guest's first `ltr`.
+pub const HV_TSS_SELECTOR: u16 = (FIRST_HV_GDT_ENTRY as u16 + 2) << 3;
+/// Pages reserved for the hypervisor (the first MiB).
+pub const RESERVED_PAGES: u64 = 0x100;
+/// CR4.UMIP.
+pub const CR4_UMIP: u64 = 1 << 11;
+
+const PTE_P: u64 = 1;
+const PTE_RW: u64 = 2;
+const PTE_U: u64 = 4;
+const PTE_PS: u64 = 1 << 7;
+const PTE_ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+const BUSY: u64 = 2 << 40;
+const RFLAGS_TF: u64 = 1 << 8;
+const RFLAGS_IF: u64 = 1 << 9;
+const RFLAGS_NT: u64 = 1 << 14;
+const RFLAGS_RF: u64 = 1 << 16;
+
+/// The guest's linear memory through the page tables the vCPU runs on
+/// (CR3), as the emulator reads and writes it. Every access the guest can
+/// make is a user access in reality (it runs in ring 3), so a page is
+/// reachable only with U set at every level — hv-sim's own pages (the real
+/// tables, the page tables) are not, whatever address the guest names.
+/// Writes need RW at every level (CR0.WP). A failure is a #PF with P, W and
+/// I/D set as the CPU would for a supervisor access (the guest believes it
+/// runs in ring 0).
+pub struct PagingMemory<'a> {
+    mem: &'a GuestMemoryMmap,
+    cr3: u64,
+}
+
+impl<'a> PagingMemory<'a> {
+    /// Guest memory through the paging rooted at `cr3`.
+    pub fn new(mem: &'a GuestMemoryMmap, cr3: u64) -> Self {
+        PagingMemory { mem, cr3 }
+    }
+
+    /// Translate `va` for `access`: the guest-physical address.
+    pub fn translate(&self, va: u64, access: Access) -> Result<u64, PageFault> {
+        let write = access.is_write();
+        let fault = |present: bool| PageFault {
+            addr: va,
+            error_code: u32::from(present)
+                | u32::from(write) << 1
+                | u32::from(access == Access::Fetch) << 4,
+        };
+        let top = va >> 47;
+        if top != 0 && top != 0x1_ffff {
+            return Err(fault(false));
+        }
+        let mut table = self.cr3 & PTE_ADDR;
+        for level in (0..4u32).rev() {
+            let idx = (va >> (12 + 9 * level)) & 511;
+            let e: u64 = self
+                .mem
+                .read_obj(GuestAddress(table + idx * 8))
+                .map_err(|_| fault(false))?;
+            if e & PTE_P == 0 {
+                return Err(fault(false));
+            }
+            if e & PTE_U == 0 || (write && e & PTE_RW == 0) {
+                return Err(fault(true));
+            }
+            if level == 0 || (level <= 2 && e & PTE_PS != 0) {
+                let size_bits = 12 + 9 * level;
+                let mask = (1u64 << size_bits) - 1;
+                return Ok((e & PTE_ADDR & !mask) | (va & mask));
+            }
+            table = e & PTE_ADDR;
+        }
+        Err(fault(false))
+    }
+
+    fn chunks(
+        &self,
+        addr: u64,
+        len: usize,
+        access: Access,
+        mut f: impl FnMut(u64, usize, usize) -> bool,
+    ) -> Result<(), PageFault> {
+        let mut done = 0usize;
+        while done < len {
+            let va = addr.wrapping_add(done as u64);
+            let n = ((4096 - (va & 0xfff)) as usize).min(len - done);
+            let pa = self.translate(va, access)?;
+            if !f(pa, done, n) {
+                return Err(PageFault {
+                    addr: va,
+                    error_code: u32::from(access.is_write()) << 1,
+                });
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl GuestMemory for PagingMemory<'_> {
+    fn read(&self, addr: u64, buf: &mut [u8], access: Access) -> Result<(), PageFault> {
+        let len = buf.len();
+        self.chunks(addr, len, access, |pa, off, n| {
+            self.mem
+                .read_slice(&mut buf[off..off + n], GuestAddress(pa))
+                .is_ok()
+        })
+    }
+
+    fn write(&self, addr: u64, data: &[u8], access: Access) -> Result<(), PageFault> {
+        // Translate every page first: nothing is written if any page faults.
+        self.chunks(addr, data.len(), access, |_, _, _| true)?;
+        self.chunks(addr, data.len(), access, |pa, off, n| {
+            self.mem
+                .write_slice(&data[off..off + n], GuestAddress(pa))
+                .is_ok()
+        })
+    }
+}
+
+/// The vCPU as the emulator sees it: the registers at the fault, the FS/GS
+/// bases, and the guest's virtual descriptor-table registers (virtual CPL
+/// 0, virtual CR4.UMIP off).
+struct TrapCpu {
+    regs: kvm_regs,
+    fs_base: u64,
+    gs_base: u64,
+    dt: DtRegisters,
+}
+
+impl CpuState for TrapCpu {
+    fn gpr(&self, n: u8) -> u64 {
+        let r = &self.regs;
+        match n {
+            0 => r.rax,
+            1 => r.rcx,
+            2 => r.rdx,
+            3 => r.rbx,
+            4 => r.rsp,
+            5 => r.rbp,
+            6 => r.rsi,
+            7 => r.rdi,
+            8 => r.r8,
+            9 => r.r9,
+            10 => r.r10,
+            11 => r.r11,
+            12 => r.r12,
+            13 => r.r13,
+            14 => r.r14,
+            15 => r.r15,
+            _ => 0,
+        }
+    }
+
+    fn set_gpr(&mut self, n: u8, value: u64) {
+        let r = &mut self.regs;
+        let slot = match n {
+            0 => &mut r.rax,
+            1 => &mut r.rcx,
+            2 => &mut r.rdx,
+            3 => &mut r.rbx,
+            4 => &mut r.rsp,
+            5 => &mut r.rbp,
+            6 => &mut r.rsi,
+            7 => &mut r.rdi,
+            8 => &mut r.r8,
+            9 => &mut r.r9,
+            10 => &mut r.r10,
+            11 => &mut r.r11,
+            12 => &mut r.r12,
+            13 => &mut r.r13,
+            14 => &mut r.r14,
+            15 => &mut r.r15,
+            _ => return,
+        };
+        *slot = value;
+    }
+
+    fn rip(&self) -> u64 {
+        self.regs.rip
+    }
+
+    fn segment_base(&self, seg: Segment) -> u64 {
+        match seg {
+            Segment::Fs => self.fs_base,
+            Segment::Gs => self.gs_base,
+            _ => 0,
+        }
+    }
+
+    fn cpl(&self) -> u8 {
+        0
+    }
+
+    fn umip(&self) -> bool {
+        false
+    }
+
+    fn descriptor_tables(&self) -> DtRegisters {
+        self.dt
+    }
+
+    fn set_descriptor_tables(&mut self, dt: DtRegisters) {
+        self.dt = dt;
+    }
+}
+
+/// A #GP hv-sim did not emulate and delivered to the guest's own handler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bounced {
+    /// The faulting instruction.
+    pub rip: u64,
+    /// The #GP's error code.
+    pub error_code: u64,
+    /// Why it was not emulated.
+    pub reason: String,
+}
+
+/// What a trap-and-emulate boot did.
+#[derive(Clone, Debug)]
+pub struct TrapBootReport {
+    /// The guest's text, checks and exits.
+    pub boot: BootReport,
+    /// #GP traps that reached hv-sim (each one a port exit of the stub).
+    pub traps: u64,
+    /// Instructions emulated, by mnemonic.
+    pub emulated: BTreeMap<&'static str, u64>,
+    /// Exceptions the emulator injected instead: (instruction, exception).
+    pub injected: Vec<(&'static str, String)>,
+    /// #GPs delivered to the guest's handler as they were.
+    pub bounced: Vec<Bounced>,
+    /// Times the real tables' registers changed (`KVM_SET_SREGS`).
+    pub installs: u64,
+    /// Did the vCPU accept CR4.UMIP (so `sgdt`…`sldt` trap)?
+    pub umip: bool,
+    /// Time hv-sim spent handling traps (from the port exit to the
+    /// registers set), summed.
+    pub handler_time: Duration,
+    /// The guest's virtual descriptor-table registers at its exit.
+    pub virtual_dt: DtRegisters,
+    /// The vCPU's segments at the guest's exit.
+    pub final_segments: Option<FinalSegments>,
+    /// The real TR and LDTR at the guest's exit: (selector, base).
+    pub real_tr_ldtr: Option<((u16, u64), (u16, u64))>,
+}
+
+impl TrapBootReport {
+    /// Instructions emulated, all kinds.
+    pub fn emulated_total(&self) -> u64 {
+        self.emulated.values().sum()
+    }
+
+    /// The one-line summary.
+    pub fn summary(&self) -> String {
+        format!(
+            "personality=trap-and-emulate backend=native checks={}/{} emulated={} exits={}{}",
+            self.boot.passed(),
+            self.boot.ran(),
+            self.emulated_total(),
+            self.boot.exits.total(),
+            self.boot.skipped_suffix()
+        )
+    }
+}
+
+/// Boot `image` (a native-backend kernel) deprivileged, trapping and
+/// emulating its descriptor-table instructions.
+pub fn boot_trap(image: &[u8], cfg: &Config) -> Result<TrapBootReport, KvmError> {
+    super::available().map_err(KvmError::Unavailable)?;
+    let (entry, segs) = parse_elf(image)?;
+    let mem_size = cfg.mem_size;
+    if mem_size as u64 > MAX_PTS * (2 << 20) || mem_size < 4 << 20 {
+        return Err(KvmError::BadImage(format!(
+            "the trap-and-emulate personality supports 4 MiB to {} MiB of guest RAM, not {mem_size:#x} bytes",
+            MAX_PTS * 2
+        )));
+    }
+    for (paddr, _, memsz) in &segs {
+        if *paddr < layout::KERNEL_MIN || paddr.saturating_add(*memsz) > mem_size as u64 {
+            return Err(KvmError::BadImage(format!(
+                "segment {paddr:#x}+{memsz:#x} is outside guest RAM above {:#x}",
+                layout::KERNEL_MIN
+            )));
+        }
+    }
+    let (boot, outcome) = super::launch(entry, &segs, cfg, super::Setup::Trap)?;
+    let Some(super::Outcome::Trap(o)) = outcome else {
+        return Err(KvmError::Ioctl("trap personality", "no outcome".into()));
+    };
+    let o = *o;
+    Ok(TrapBootReport {
+        boot,
+        traps: o.traps,
+        emulated: o.emulated.iter().map(|(k, v)| (k.name(), *v)).collect(),
+        injected: o.injected,
+        bounced: o.bounced,
+        installs: o.installs,
+        umip: o.umip,
+        handler_time: o.handler_time,
+        virtual_dt: o.dt,
+        final_segments: o.final_segments,
+        real_tr_ldtr: o.real_tr_ldtr,
+    })
+}
+
+fn flat(selector: u16, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 0xb } else { 0x3 },
+        present: 1,
+        dpl: 3,
+        db: u8::from(!code),
+        s: 1,
+        l: u8::from(code),
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// A ring-3 copy of a code/data descriptor: DPL 3, accessed (the real
+/// tables are hv-sim's: the CPU must not need to write them). Other
+/// entries unchanged.
+fn compress(d: u64) -> u64 {
+    if d & (1 << 44) != 0 && d & (1 << 47) != 0 {
+        d | (3 << 45) | (1 << 40)
+    } else {
+        d
+    }
+}
+
+/// An interrupt gate's two halves.
+fn gate(offset: u64, selector: u16, type_attr: u64) -> (u64, u64) {
+    let low = (offset & 0xffff)
+        | (u64::from(selector) << 16)
+        | (type_attr << 40)
+        | ((offset >> 16) & 0xffff) << 48;
+    (low, offset >> 32)
+}
+
+/// What the personality did, handed back with the boot report.
+pub(crate) struct TrapOutcome {
+    traps: u64,
+    emulated: BTreeMap<Insn, u64>,
+    injected: Vec<(&'static str, String)>,
+    bounced: Vec<Bounced>,
+    installs: u64,
+    umip: bool,
+    handler_time: Duration,
+    dt: DtRegisters,
+    final_segments: Option<FinalSegments>,
+    real_tr_ldtr: Option<((u16, u64), (u16, u64))>,
+}
+
+/// The personality's state during a boot.
+pub(crate) struct TrapGuest {
+    mem: GuestMemoryMmap,
+    /// The guest's virtual descriptor-table registers.
+    dt: DtRegisters,
+    traps: u64,
+    emulated: BTreeMap<Insn, u64>,
+    injected: Vec<(&'static str, String)>,
+    bounced: Vec<Bounced>,
+    installs: u64,
+    umip: bool,
+    handler_time: Duration,
+    /// What the real tables hold (to write only changes).
+    last_gdt: Vec<u64>,
+    last_ldt: Vec<u64>,
+    last_idt: Vec<(u64, u64)>,
+    /// The real TR and LDTR last installed: (selector, base, limit).
+    last_tr: (u16, u64, u32),
+    last_ldtr: (u16, u64, u32),
+    final_segments: Option<FinalSegments>,
+    real_tr_ldtr: Option<((u16, u64), (u16, u64))>,
+}
+
+impl TrapGuest {
+    /// Lay out hv-sim's pages: page tables, its GDT entries and TSS, the
+    /// #GP stub.
+    pub(crate) fn new(mem: &GuestMemoryMmap, cfg: &Config) -> Result<TrapGuest, KvmError> {
+        let w = |addr: u64, v: u64| {
+            mem.write_obj(v, GuestAddress(addr))
+                .map_err(|e| KvmError::BadImage(format!("writing {addr:#x}: {e}")))
+        };
+        let pages = (cfg.mem_size / 4096) as u64;
+        w(layout::PML4, 0x2000 | PTE_P | PTE_RW | PTE_U)?;
+        w(0x2000, 0x3000 | PTE_P | PTE_RW | PTE_U)?;
+        for i in 0..pages.div_ceil(512) {
+            w(
+                0x3000 + i * 8,
+                (PT_BASE + i * 4096) | PTE_P | PTE_RW | PTE_U,
+            )?;
+        }
+        for pfn in 0..pages {
+            let a = pfn << 12;
+            let e = if pfn >= RESERVED_PAGES || (0x7000..0x8000).contains(&a) {
+                a | PTE_P | PTE_RW | PTE_U
+            } else if a >= pvops_vmi::rom::SCAN_START || a == TRAP_TEXT {
+                // The (empty) option-ROM window, so the kernel's VMI probe
+                // reads zeros as on a plain machine; the stub page.
+                a | PTE_P | PTE_U
+            } else if (REAL_GDT..HV_TSS + 0x1000).contains(&a) {
+                // Supervisor only: the CPU's implicit accesses.
+                a | PTE_P | PTE_RW
+            } else {
+                0
+            };
+            w(PT_BASE + pfn * 8, e)?;
+        }
+        mem.write_slice(&TRAP_STUB, GuestAddress(TRAP_TEXT))
+            .map_err(|e| KvmError::BadImage(format!("writing the #GP entry: {e}")))?;
+        let gdt = |idx: u32, d: u64| w(REAL_GDT + u64::from(idx) * 8, d);
+        gdt(FIRST_HV_GDT_ENTRY, 0x00af_fb00_0000_ffff)?;
+        gdt(FIRST_HV_GDT_ENTRY + 1, 0x00cf_f300_0000_ffff)?;
+        let tss = pvops::SystemDescriptor::tss(HV_TSS, 0x67)
+            .map_err(|e| KvmError::BadImage(e.to_string()))?;
+        gdt(FIRST_HV_GDT_ENTRY + 2, tss.low | BUSY)?;
+        gdt(FIRST_HV_GDT_ENTRY + 3, tss.high)?;
+        // The virtual registers start as after reset: GDTR/IDTR base 0,
+        // limit 0xffff; TR and LDTR null.
+        let reset = DescriptorTablePointer {
+            limit: 0xffff,
+            base: 0,
+        };
+        Ok(TrapGuest {
+            mem: mem.clone(),
+            dt: DtRegisters {
+                gdtr: reset,
+                idtr: reset,
+                ..DtRegisters::default()
+            },
+            traps: 0,
+            emulated: BTreeMap::new(),
+            injected: Vec::new(),
+            bounced: Vec::new(),
+            installs: 0,
+            umip: false,
+            handler_time: Duration::ZERO,
+            last_gdt: Vec::new(),
+            last_ldt: Vec::new(),
+            last_idt: vec![(0, 0); 256],
+            last_tr: (HV_TSS_SELECTOR, HV_TSS, 0x67),
+            last_ldtr: (0, 0, 0),
+            final_segments: None,
+            real_tr_ldtr: None,
+        })
+    }
+
+    /// The entry state: ring 3 on hv-sim's flat selectors, IOPL 3, UMIP,
+    /// hv-sim's GDT/IDT/TR; the boot flags that say so.
+    pub(crate) fn entry_state(&mut self, regs: &mut kvm_regs, sregs: &mut kvm_sregs) {
+        regs.rdi |= super::boot_flags::DEPRIVILEGED;
+        if super::host_is_pvm() {
+            regs.rdi |= super::boot_flags::CPUID_SHOWS_HOST;
+        }
+        regs.rflags = 0x3002;
+        sregs.cs = flat(TRAP_KERNEL_CS, true);
+        let ds = flat(TRAP_KERNEL_SS, false);
+        sregs.ds = ds;
+        sregs.es = ds;
+        sregs.fs = ds;
+        sregs.gs = ds;
+        sregs.ss = ds;
+        sregs.gdt.base = REAL_GDT;
+        sregs.gdt.limit = (REAL_GDT_ENTRIES * 8 - 1) as u16;
+        sregs.idt.base = REAL_IDT;
+        sregs.idt.limit = 256 * 16 - 1;
+        sregs.tr = kvm_segment {
+            base: HV_TSS,
+            limit: 0x67,
+            selector: HV_TSS_SELECTOR,
+            type_: 0xb,
+            present: 1,
+            ..Default::default()
+        };
+        sregs.ldt = kvm_segment {
+            unusable: 1,
+            ..Default::default()
+        };
+        sregs.cr4 |= CR4_UMIP;
+    }
+
+    /// Before the guest runs: the #GP gate, and whether UMIP stuck.
+    pub(crate) fn initial_tables(&mut self, vcpu: &VcpuFd) -> Result<(), String> {
+        let sregs = vcpu
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        self.umip = sregs.cr4 & CR4_UMIP != 0;
+        self.sync(vcpu, sregs)
+    }
+
+    fn read_u64s(&self, mem: &PagingMemory<'_>, base: u64, n: u64) -> Vec<u64> {
+        // Page by page; an unreadable page reads as zeros (not present).
+        let mut out = vec![0u64; n as usize];
+        let mut buf = [0u8; 8];
+        for (i, v) in out.iter_mut().enumerate() {
+            let a = base.wrapping_add(i as u64 * 8);
+            if mem.read(a, &mut buf, Access::ImplicitRead).is_ok() {
+                *v = u64::from_le_bytes(buf);
+            }
+        }
+        out
+    }
+
+    /// Build the real GDT, LDT and IDT from the guest's (through its
+    /// virtual registers) and install changed registers.
+    fn sync(&mut self, vcpu: &VcpuFd, mut sregs: kvm_sregs) -> Result<(), String> {
+        let mem = PagingMemory::new(&self.mem, sregs.cr3);
+        let dt = self.dt;
+        let w = |addr: u64, v: u64| {
+            self.mem
+                .write_obj(v, GuestAddress(addr))
+                .map_err(|e| format!("writing hv-sim page {addr:#x}: {e}"))
+        };
+
+        // GDT: the guest's entries, compressed, below hv-sim's.
+        let n = ((u64::from(dt.gdtr.limit) + 1) / 8).min(u64::from(FIRST_HV_GDT_ENTRY));
+        let mut gdt: Vec<u64> = self
+            .read_u64s(&mem, dt.gdtr.base, n)
+            .into_iter()
+            .map(compress)
+            .collect();
+        let mut slot = |sel: Selector, pair: (u64, u64)| {
+            let i = usize::from(sel.index());
+            if i + 1 < gdt.len() {
+                gdt[i] = pair.0;
+                gdt[i + 1] = pair.1;
+                true
+            } else {
+                false
+            }
+        };
+        let hv_tss =
+            pvops::SystemDescriptor::tss(HV_TSS, 0x67).map_err(|e| format!("hv TSS: {e}"))?;
+        let tr = if !dt.tr.is_null() && slot(dt.tr, (hv_tss.low | BUSY, hv_tss.high)) {
+            (dt.tr.bits(), HV_TSS, 0x67)
+        } else {
+            (HV_TSS_SELECTOR, HV_TSS, 0x67)
+        };
+        let ldt_entries = ((u64::from(dt.ldtr_limit) + 1) / 8).min(REAL_LDT_ENTRIES);
+        let mut ldtr = (0, 0, 0);
+        if !dt.ldtr.is_null() {
+            let sd = pvops::SystemDescriptor::ldt(REAL_LDT, ldt_entries as u32)
+                .map_err(|e| format!("LDT descriptor: {e}"))?;
+            if slot(dt.ldtr, (sd.low, sd.high)) {
+                ldtr = (dt.ldtr.bits(), REAL_LDT, (ldt_entries * 8 - 1) as u32);
+            }
+        }
+        for i in 0..gdt.len().max(self.last_gdt.len()) {
+            let d = gdt.get(i).copied().unwrap_or(0);
+            if self.last_gdt.get(i) != Some(&d) {
+                w(REAL_GDT + i as u64 * 8, d)?;
+            }
+        }
+        self.last_gdt = gdt;
+
+        // LDT: the guest's (at LDTR's cached base), compressed.
+        let ldt: Vec<u64> = if ldtr.0 == 0 {
+            Vec::new()
+        } else {
+            self.read_u64s(&mem, dt.ldtr_base, ldt_entries)
+                .into_iter()
+                .map(compress)
+                .collect()
+        };
+        for (i, d) in ldt.iter().enumerate() {
+            if self.last_ldt.get(i) != Some(d) {
+                w(REAL_LDT + i as u64 * 8, *d)?;
+            }
+        }
+        self.last_ldt = ldt;
+
+        // IDT: the guest's gates, DPL 3, code selector RPL 3, no IST;
+        // vector 13 always hv-sim's stub.
+        let gates = ((u64::from(dt.idtr.limit) + 1) / 16).min(256);
+        let raw = self.read_u64s(&mem, dt.idtr.base, gates * 2);
+        for v in 0..256usize {
+            let g = if v == 13 {
+                gate(TRAP_TEXT, TRAP_KERNEL_CS, 0x8e)
+            } else if (v as u64) < gates {
+                let (low, high) = (raw[v * 2], raw[v * 2 + 1]);
+                let typ = (low >> 40) & 0xf;
+                if low & (1 << 47) != 0 && (typ == 0xe || typ == 0xf) {
+                    let offset = (low & 0xffff) | ((low >> 48) << 16) | (high << 32);
+                    let sel = ((low >> 16) as u16) | 3;
+                    gate(offset, sel, 0xe0 | typ)
+                } else {
+                    (0, 0)
+                }
+            } else {
+                (0, 0)
+            };
+            if self.last_idt[v] != g {
+                w(REAL_IDT + v as u64 * 16, g.0)?;
+                w(REAL_IDT + v as u64 * 16 + 8, g.1)?;
+                self.last_idt[v] = g;
+            }
+        }
+
+        if tr != self.last_tr || ldtr != self.last_ldtr || self.installs == 0 {
+            sregs.tr = kvm_segment {
+                base: tr.1,
+                limit: tr.2,
+                selector: tr.0,
+                type_: 0xb,
+                present: 1,
+                ..Default::default()
+            };
+            sregs.ldt = if ldtr.0 == 0 {
+                kvm_segment {
+                    unusable: 1,
+                    ..Default::default()
+                }
+            } else {
+                kvm_segment {
+                    base: ldtr.1,
+                    limit: ldtr.2,
+                    selector: ldtr.0,
+                    type_: 2,
+                    present: 1,
+                    ..Default::default()
+                }
+            };
+            vcpu.set_sregs(&sregs)
+                .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+            self.installs += 1;
+            self.last_tr = tr;
+            self.last_ldtr = ldtr;
+        }
+        Ok(())
+    }
+
+    /// hv-sim's #GP entry wrote the trap port: emulate the instruction, or
+    /// deliver an exception to the guest's own handler.
+    pub(crate) fn trap(&mut self, vcpu: &VcpuFd, data: u32, len: usize) -> Result<(), String> {
+        let t0 = Instant::now();
+        let regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        if len != 4 || data != 13 || regs.rax != 13 || regs.rip != TRAP_STUB_EXIT_RIP {
+            return Err(format!(
+                "trap port {:#x} written with {len} bytes {data:#x} at rip {:#x}; only hv-sim's #GP entry may use it",
+                ports::TRAP,
+                regs.rip
+            ));
+        }
+        self.traps += 1;
+        let sregs = vcpu
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        let mem = PagingMemory::new(&self.mem, sregs.cr3);
+        // The stub's saved rax, then the CPU's frame: error code, rip, cs,
+        // rflags, rsp, ss.
+        let mut frame = [0u8; 56];
+        mem.read(regs.rsp, &mut frame, Access::ImplicitRead)
+            .map_err(|pf| format!("reading the #GP frame at {:#x}: {pf:?}", regs.rsp))?;
+        let f =
+            |i: usize| u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        let (saved_rax, error_code, rip, rflags, rsp) = (f(0), f(1), f(2), f(4), f(5));
+        let mut cpu = TrapCpu {
+            regs,
+            fs_base: sregs.fs.base,
+            gs_base: sregs.gs.base,
+            dt: self.dt,
+        };
+        cpu.regs.rax = saved_rax;
+        cpu.regs.rip = rip;
+        cpu.regs.rsp = rsp;
+        cpu.regs.rflags = rflags;
+        // Ring 3 raises #GP(0) for every descriptor-table instruction before
+        // any other check: a non-zero error code is some other fault.
+        let outcome = if error_code != 0 {
+            Outcome::NotEmulated(NotEmulated::Other(format!(
+                "#GP({error_code:#x}) (not a privilege fault)"
+            )))
+        } else {
+            emulate::emulate(&mut cpu, &mem)
+        };
+        let r = match outcome {
+            Outcome::Emulated { insn, len, .. } => {
+                *self.emulated.entry(insn).or_default() += 1;
+                self.dt = cpu.dt;
+                cpu.regs.rip = rip.wrapping_add(len as u64);
+                vcpu.set_regs(&cpu.regs)
+                    .map_err(|e| format!("KVM_SET_REGS: {e}"))
+            }
+            Outcome::Inject { insn, exception } => {
+                self.injected.push((insn.name(), exception.to_string()));
+                self.deliver(vcpu, &mem, regs, saved_rax, exception)
+            }
+            Outcome::NotEmulated(why) => {
+                self.bounced.push(Bounced {
+                    rip,
+                    error_code,
+                    reason: why.to_string(),
+                });
+                self.deliver(
+                    vcpu,
+                    &mem,
+                    regs,
+                    saved_rax,
+                    Exception::Gp(error_code as u16),
+                )
+            }
+        };
+        r?;
+        // The guest may have changed its tables since the last trap.
+        let sregs = vcpu
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        self.sync(vcpu, sregs)?;
+        self.handler_time += t0.elapsed();
+        Ok(())
+    }
+
+    /// Deliver `exc` to the handler in the guest's IDT, on the frame the
+    /// CPU built for the #GP (at `regs.rsp + 8`, past the stub's push).
+    fn deliver(
+        &self,
+        vcpu: &VcpuFd,
+        mem: &PagingMemory<'_>,
+        mut regs: kvm_regs,
+        saved_rax: u64,
+        exc: Exception,
+    ) -> Result<(), String> {
+        let v = u64::from(exc.vector());
+        let idtr = self.dt.idtr;
+        let mut g = [0u8; 16];
+        let ok = v * 16 + 15 <= u64::from(idtr.limit)
+            && mem
+                .read(idtr.base.wrapping_add(v * 16), &mut g, Access::ImplicitRead)
+                .is_ok();
+        let low = u64::from_le_bytes(g[..8].try_into().unwrap_or_default());
+        let high = u64::from_le_bytes(g[8..].try_into().unwrap_or_default());
+        let typ = (low >> 40) & 0xf;
+        if !ok || low & (1 << 47) == 0 || (typ != 0xe && typ != 0xf) {
+            return Err(format!(
+                "{exc} to deliver and the guest's IDT (base {:#x} limit {:#x}) has no gate for vector {v}",
+                idtr.base, idtr.limit
+            ));
+        }
+        let handler = (low & 0xffff) | ((low >> 48) << 16) | (high << 32);
+        let frame = regs.rsp.wrapping_add(8);
+        let rflags: u64 = {
+            let mut b = [0u8; 8];
+            mem.read(frame.wrapping_add(24), &mut b, Access::ImplicitRead)
+                .map_err(|pf| format!("reading the #GP frame: {pf:?}"))?;
+            u64::from_le_bytes(b)
+        };
+        match exc.error_code() {
+            Some(code) => {
+                mem.write(frame, &u64::from(code).to_le_bytes(), Access::ImplicitWrite)
+                    .map_err(|pf| format!("writing the error code: {pf:?}"))?;
+                regs.rsp = frame;
+            }
+            // No error code: the frame starts at the saved rip.
+            None => regs.rsp = frame.wrapping_add(8),
+        }
+        if let Exception::Pf(pf) = exc {
+            let mut sregs = vcpu
+                .get_sregs()
+                .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+            sregs.cr2 = pf.addr;
+            vcpu.set_sregs(&sregs)
+                .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+        }
+        regs.rax = saved_rax;
+        regs.rip = handler;
+        regs.rflags = rflags & !(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF);
+        if typ == 0xe {
+            regs.rflags &= !RFLAGS_IF;
+        }
+        vcpu.set_regs(&regs)
+            .map_err(|e| format!("KVM_SET_REGS: {e}"))
+    }
+
+    /// The guest wrote its exit status: record the vCPU's segments.
+    pub(crate) fn at_exit(&mut self, vcpu: &VcpuFd) {
+        if let Ok(s) = vcpu.get_sregs() {
+            self.final_segments = Some(FinalSegments {
+                cs: s.cs.selector,
+                cpl: s.cs.dpl,
+                ss: s.ss.selector,
+                ds: s.ds.selector,
+                es: s.es.selector,
+                ds_dpl: s.ds.dpl,
+            });
+            let ldt = if s.ldt.unusable != 0 {
+                (0, 0)
+            } else {
+                (s.ldt.selector, s.ldt.base)
+            };
+            self.real_tr_ldtr = Some(((s.tr.selector, s.tr.base), ldt));
+        }
+    }
+
+    /// The outcome, once the guest has stopped.
+    pub(crate) fn finish(self) -> TrapOutcome {
+        TrapOutcome {
+            traps: self.traps,
+            emulated: self.emulated,
+            injected: self.injected,
+            bounced: self.bounced,
+            installs: self.installs,
+            umip: self.umip,
+            handler_time: self.handler_time,
+            dt: self.dt,
+            final_segments: self.final_segments,
+            real_tr_ldtr: self.real_tr_ldtr,
+        }
+    }
+}
