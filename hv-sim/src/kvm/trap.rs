@@ -340,6 +340,10 @@ pub struct TrapBootReport {
     /// Time hv-sim spent handling traps (from the port exit to the
     /// registers set), summed.
     pub handler_time: Duration,
+    /// Of that, in the emulator (fetch, decode, operand, checks), summed.
+    pub emulate_time: Duration,
+    /// Of that, rebuilding the real tables from the guest's, summed.
+    pub sync_time: Duration,
     /// The guest's virtual descriptor-table registers at its exit.
     pub virtual_dt: DtRegisters,
     /// The vCPU's segments at the guest's exit.
@@ -401,6 +405,8 @@ pub fn boot_trap(image: &[u8], cfg: &Config) -> Result<TrapBootReport, KvmError>
         installs: o.installs,
         umip: o.umip,
         handler_time: o.handler_time,
+        emulate_time: o.emulate_time,
+        sync_time: o.sync_time,
         virtual_dt: o.dt,
         final_segments: o.final_segments,
         real_tr_ldtr: o.real_tr_ldtr,
@@ -454,6 +460,8 @@ pub(crate) struct TrapOutcome {
     installs: u64,
     umip: bool,
     handler_time: Duration,
+    emulate_time: Duration,
+    sync_time: Duration,
     dt: DtRegisters,
     final_segments: Option<FinalSegments>,
     real_tr_ldtr: Option<((u16, u64), (u16, u64))>,
@@ -471,6 +479,8 @@ pub(crate) struct TrapGuest {
     installs: u64,
     umip: bool,
     handler_time: Duration,
+    emulate_time: Duration,
+    sync_time: Duration,
     /// What the real tables hold (to write only changes).
     last_gdt: Vec<u64>,
     last_ldt: Vec<u64>,
@@ -544,6 +554,8 @@ impl TrapGuest {
             installs: 0,
             umip: false,
             handler_time: Duration::ZERO,
+            emulate_time: Duration::ZERO,
+            sync_time: Duration::ZERO,
             last_gdt: Vec::new(),
             last_ldt: Vec::new(),
             last_idt: vec![(0, 0); 256],
@@ -594,25 +606,37 @@ impl TrapGuest {
             .get_sregs()
             .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
         self.umip = sregs.cr4 & CR4_UMIP != 0;
-        self.sync(vcpu, sregs)
+        self.sync(vcpu, sregs, true)
     }
 
     fn read_u64s(&self, mem: &PagingMemory<'_>, base: u64, n: u64) -> Vec<u64> {
-        // Page by page; an unreadable page reads as zeros (not present).
-        let mut out = vec![0u64; n as usize];
-        let mut buf = [0u8; 8];
-        for (i, v) in out.iter_mut().enumerate() {
-            let a = base.wrapping_add(i as u64 * 8);
-            if mem.read(a, &mut buf, Access::ImplicitRead).is_ok() {
-                *v = u64::from_le_bytes(buf);
+        // One translation and one copy per page; a page that cannot be
+        // read reads as zeros (not present).
+        let len = (n * 8) as usize;
+        let mut bytes = vec![0u8; len];
+        let mut done = 0usize;
+        while done < len {
+            let va = base.wrapping_add(done as u64);
+            let k = ((4096 - (va & 0xfff)) as usize).min(len - done);
+            if let Ok(pa) = mem.translate(va, Access::ImplicitRead)
+                && self
+                    .mem
+                    .read_slice(&mut bytes[done..done + k], GuestAddress(pa))
+                    .is_err()
+            {
+                bytes[done..done + k].fill(0);
             }
+            done += k;
         }
-        out
+        bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect()
     }
 
     /// Build the real GDT, LDT and IDT from the guest's (through its
     /// virtual registers) and install changed registers.
-    fn sync(&mut self, vcpu: &VcpuFd, mut sregs: kvm_sregs) -> Result<(), String> {
+    fn sync(&mut self, vcpu: &VcpuFd, mut sregs: kvm_sregs, install: bool) -> Result<(), String> {
         let mem = PagingMemory::new(&self.mem, sregs.cr3);
         let dt = self.dt;
         let w = |addr: u64, v: u64| {
@@ -705,7 +729,7 @@ impl TrapGuest {
             }
         }
 
-        if tr != self.last_tr || ldtr != self.last_ldtr || self.installs == 0 {
+        if install || tr != self.last_tr || ldtr != self.last_ldtr {
             sregs.tr = kvm_segment {
                 base: tr.1,
                 limit: tr.2,
@@ -751,7 +775,7 @@ impl TrapGuest {
             ));
         }
         self.traps += 1;
-        let sregs = vcpu
+        let mut sregs = vcpu
             .get_sregs()
             .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
         let mem = PagingMemory::new(&self.mem, sregs.cr3);
@@ -780,7 +804,10 @@ impl TrapGuest {
                 "#GP({error_code:#x}) (not a privilege fault)"
             )))
         } else {
-            emulate::emulate(&mut cpu, &mem)
+            let t = Instant::now();
+            let o = emulate::emulate(&mut cpu, &mem);
+            self.emulate_time += t.elapsed();
+            o
         };
         let r = match outcome {
             Outcome::Emulated { insn, len, .. } => {
@@ -789,10 +816,11 @@ impl TrapGuest {
                 cpu.regs.rip = rip.wrapping_add(len as u64);
                 vcpu.set_regs(&cpu.regs)
                     .map_err(|e| format!("KVM_SET_REGS: {e}"))
+                    .map(|()| false)
             }
             Outcome::Inject { insn, exception } => {
                 self.injected.push((insn.name(), exception.to_string()));
-                self.deliver(vcpu, &mem, regs, saved_rax, exception)
+                self.deliver(vcpu, &mem, regs, &mut sregs, saved_rax, exception)
             }
             Outcome::NotEmulated(why) => {
                 self.bounced.push(Bounced {
@@ -804,31 +832,35 @@ impl TrapGuest {
                     vcpu,
                     &mem,
                     regs,
+                    &mut sregs,
                     saved_rax,
                     Exception::Gp(error_code as u16),
                 )
             }
         };
-        r?;
+        // A #PF's CR2 is installed with the tables.
+        let cr2_changed = r?;
         // The guest may have changed its tables since the last trap.
-        let sregs = vcpu
-            .get_sregs()
-            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
-        self.sync(vcpu, sregs)?;
+        let t = Instant::now();
+        self.sync(vcpu, sregs, cr2_changed)?;
+        self.sync_time += t.elapsed();
         self.handler_time += t0.elapsed();
         Ok(())
     }
 
     /// Deliver `exc` to the handler in the guest's IDT, on the frame the
     /// CPU built for the #GP (at `regs.rsp + 8`, past the stub's push).
+    /// For a #PF, CR2 goes into `sregs` (installed by the caller): returns
+    /// whether `sregs` changed.
     fn deliver(
         &self,
         vcpu: &VcpuFd,
         mem: &PagingMemory<'_>,
         mut regs: kvm_regs,
+        sregs: &mut kvm_sregs,
         saved_rax: u64,
         exc: Exception,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let v = u64::from(exc.vector());
         let idtr = self.dt.idtr;
         let mut g = [0u8; 16];
@@ -862,13 +894,10 @@ impl TrapGuest {
             // No error code: the frame starts at the saved rip.
             None => regs.rsp = frame.wrapping_add(8),
         }
+        let mut changed = false;
         if let Exception::Pf(pf) = exc {
-            let mut sregs = vcpu
-                .get_sregs()
-                .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
             sregs.cr2 = pf.addr;
-            vcpu.set_sregs(&sregs)
-                .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+            changed = true;
         }
         regs.rax = saved_rax;
         regs.rip = handler;
@@ -877,7 +906,8 @@ impl TrapGuest {
             regs.rflags &= !RFLAGS_IF;
         }
         vcpu.set_regs(&regs)
-            .map_err(|e| format!("KVM_SET_REGS: {e}"))
+            .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+        Ok(changed)
     }
 
     /// The guest wrote its exit status: record the vCPU's segments.
@@ -910,6 +940,8 @@ impl TrapGuest {
             installs: self.installs,
             umip: self.umip,
             handler_time: self.handler_time,
+            emulate_time: self.emulate_time,
+            sync_time: self.sync_time,
             dt: self.dt,
             final_segments: self.final_segments,
             real_tr_ldtr: self.real_tr_ldtr,
