@@ -150,16 +150,7 @@ fn demo() -> ExitCode {
                         "  host: /dev/kvm is PVM (kvm_pvm): lar/lsl/verr and int n cannot run in a guest here; those checks are skipped and the same effects are checked through segment loads and faults"
                     );
                 }
-                for c in &r.checks {
-                    let v = if c.skipped {
-                        "skip"
-                    } else if c.passed {
-                        "pass"
-                    } else {
-                        "FAIL"
-                    };
-                    println!("  [{v}] {} — {}", c.name, c.detail);
-                }
+                print_checks(&r.checks);
                 println!(
                     "  exit status {:?}; VM exits: {} port I/O, {} MMIO, {} HLT, {} other; rejected calls: 0",
                     r.exit_status, r.exits.io, r.exits.mmio, r.exits.hlt, r.exits.other
@@ -184,31 +175,17 @@ fn demo() -> ExitCode {
             println!("  SKIPPED: KVM is not available ({why})");
             None
         }
-        Ok(()) => match hv_sim::kernel_build::build_example_kernel()
-            .map_err(|e| e.to_string())
-            .and_then(|elf| {
-                std::fs::read(&elf).map_err(|e| format!("reading {}: {e}", elf.display()))
-            })
-            .and_then(|image| {
-                hv_sim::kvm::xen::boot_xen(&image, &hv_sim::kvm::Config::default())
-                    .map_err(|e| e.to_string())
-            }) {
+        Ok(()) => match kernel_image().and_then(|image| {
+            hv_sim::kvm::xen::boot_xen(&image, &hv_sim::kvm::Config::default())
+                .map_err(|e| e.to_string())
+        }) {
             Err(e) => {
                 println!("  boot failed: {e}");
                 ok = false;
                 None
             }
             Ok(r) => {
-                for c in &r.boot.checks {
-                    let v = if c.skipped {
-                        "skip"
-                    } else if c.passed {
-                        "pass"
-                    } else {
-                        "FAIL"
-                    };
-                    println!("  [{v}] {} — {}", c.name, c.detail);
-                }
+                print_checks(&r.boot.checks);
                 let kinds: Vec<String> = r
                     .calls_by_name()
                     .iter()
@@ -246,31 +223,17 @@ fn demo() -> ExitCode {
             println!("  SKIPPED: KVM is not available ({why})");
             None
         }
-        Ok(()) => match hv_sim::kernel_build::build_example_kernel()
-            .map_err(|e| e.to_string())
-            .and_then(|elf| {
-                std::fs::read(&elf).map_err(|e| format!("reading {}: {e}", elf.display()))
-            })
-            .and_then(|image| {
-                hv_sim::kvm::vmi::boot_vmi(&image, &hv_sim::kvm::Config::default())
-                    .map_err(|e| e.to_string())
-            }) {
+        Ok(()) => match kernel_image().and_then(|image| {
+            hv_sim::kvm::vmi::boot_vmi(&image, &hv_sim::kvm::Config::default())
+                .map_err(|e| e.to_string())
+        }) {
             Err(e) => {
                 println!("  boot failed: {e}");
                 ok = false;
                 None
             }
             Ok(r) => {
-                for c in &r.boot.checks {
-                    let v = if c.skipped {
-                        "skip"
-                    } else if c.passed {
-                        "pass"
-                    } else {
-                        "FAIL"
-                    };
-                    println!("  [{v}] {} — {}", c.name, c.detail);
-                }
+                print_checks(&r.boot.checks);
                 let kinds: Vec<String> = r
                     .calls_by_name()
                     .iter()
@@ -311,16 +274,7 @@ fn demo() -> ExitCode {
                 ok = false;
             }
             Ok(r) => {
-                for c in &r.checks {
-                    let v = if c.skipped {
-                        "skip"
-                    } else if c.passed {
-                        "pass"
-                    } else {
-                        "FAIL"
-                    };
-                    println!("  [{v}] {} — {}", c.name, c.detail);
-                }
+                print_checks(&r.checks);
                 println!(
                     "  qemu native: checks={}/{} exit status {:?}",
                     r.passed(),
@@ -369,7 +323,26 @@ fn demo() -> ExitCode {
     }
 }
 
-/// Parse exactly 16 hex digits, optional `0x`/`0X` prefix.
+/// Print a boot's checks, one per line.
+fn print_checks(checks: &[hv_sim::kvm::GuestCheck]) {
+    for c in checks {
+        let v = if c.skipped {
+            "skip"
+        } else if c.passed {
+            "pass"
+        } else {
+            "FAIL"
+        };
+        println!("  [{v}] {} — {}", c.name, c.detail);
+    }
+}
+
+/// Build the example kernel (once; cargo is incremental) and read its ELF.
+fn kernel_image() -> Result<Vec<u8>, String> {
+    let elf = hv_sim::kernel_build::build_example_kernel().map_err(|e| e.to_string())?;
+    std::fs::read(&elf).map_err(|e| format!("reading {}: {e}", elf.display()))
+}
+
 /// The trap-and-emulate boot: its checks, what hv-sim emulated, and the
 /// lines for the summary (its own, then the comparison with the Xen-style
 /// boot's hypercalls).
@@ -384,15 +357,10 @@ fn trap_section(ok: &mut bool, xen_calls: Option<(u64, usize)>) -> Vec<String> {
                 "personality=trap-and-emulate backend=native (SKIPPED: KVM is not available: {why}; the emulator's unit tests run in-process)"
             )];
         }
-        Ok(()) => hv_sim::kernel_build::build_example_kernel()
-            .map_err(|e| e.to_string())
-            .and_then(|elf| {
-                std::fs::read(&elf).map_err(|e| format!("reading {}: {e}", elf.display()))
-            })
-            .and_then(|image| {
-                hv_sim::kvm::trap::boot_trap(&image, &hv_sim::kvm::Config::default())
-                    .map_err(|e| e.to_string())
-            }),
+        Ok(()) => kernel_image().and_then(|image| {
+            hv_sim::kvm::trap::boot_trap(&image, &hv_sim::kvm::Config::default())
+                .map_err(|e| e.to_string())
+        }),
     };
     let r = match r {
         Ok(r) => r,
@@ -402,16 +370,7 @@ fn trap_section(ok: &mut bool, xen_calls: Option<(u64, usize)>) -> Vec<String> {
             return Vec::new();
         }
     };
-    for c in &r.boot.checks {
-        let v = if c.skipped {
-            "skip"
-        } else if c.passed {
-            "pass"
-        } else {
-            "FAIL"
-        };
-        println!("  [{v}] {} — {}", c.name, c.detail);
-    }
+    print_checks(&r.boot.checks);
     let kinds: Vec<String> = r.emulated.iter().map(|(n, c)| format!("{n} {c}")).collect();
     println!("  emulated by kind: {}", kinds.join(", "));
     for (insn, exc) in &r.injected {
@@ -467,6 +426,7 @@ fn trap_section(ok: &mut bool, xen_calls: Option<(u64, usize)>) -> Vec<String> {
     lines
 }
 
+/// Parse exactly 16 hex digits, optional `0x`/`0X` prefix.
 fn parse_desc_hex(s: &str) -> Result<u64, String> {
     let t = s
         .strip_prefix("0x")
