@@ -156,13 +156,7 @@ fn demo() -> ExitCode {
                     r.exit_status, r.exits.io, r.exits.mmio, r.exits.hlt, r.exits.other
                 );
                 ok &= r.failed().is_empty() && r.exit_status == Some(0);
-                Some(format!(
-                    "backend=native checks={}/{} hypercalls=0 exits={}{}",
-                    r.passed(),
-                    r.ran(),
-                    r.exits.total(),
-                    r.skipped_suffix()
-                ))
+                Some(r.summary_line("native", 0))
             }
         },
     };

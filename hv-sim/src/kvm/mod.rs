@@ -257,6 +257,18 @@ impl BootReport {
         self.checks.iter().filter(|c| c.skipped).count()
     }
 
+    /// The demo's summary line for this boot:
+    /// `backend=<name> checks=<passed>/<ran> hypercalls=<n> exits=<n>[ skipped=<n>]`.
+    pub fn summary_line(&self, backend: &str, hypercalls: u64) -> String {
+        format!(
+            "backend={backend} checks={}/{} hypercalls={hypercalls} exits={}{}",
+            self.passed(),
+            self.ran(),
+            self.exits.total(),
+            self.skipped_suffix()
+        )
+    }
+
     /// ` skipped=N` for the summary line when checks were skipped, so the
     /// `checks=passed/ran` figure never hides them; empty otherwise.
     pub fn skipped_suffix(&self) -> String {

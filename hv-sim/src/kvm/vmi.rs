@@ -243,14 +243,7 @@ impl VmiBootReport {
 
     /// The one-line summary.
     pub fn summary(&self) -> String {
-        format!(
-            "backend=vmi checks={}/{} hypercalls={} exits={}{}",
-            self.boot.passed(),
-            self.boot.ran(),
-            self.rom_calls,
-            self.boot.exits.total(),
-            self.boot.skipped_suffix()
-        )
+        self.boot.summary_line("vmi", self.rom_calls)
     }
 }
 

@@ -321,14 +321,7 @@ impl XenBootReport {
 
     /// The one-line summary.
     pub fn summary(&self) -> String {
-        format!(
-            "backend=xen checks={}/{} hypercalls={} exits={}{}",
-            self.boot.passed(),
-            self.boot.ran(),
-            self.hypercalls,
-            self.boot.exits.total(),
-            self.boot.skipped_suffix()
-        )
+        self.boot.summary_line("xen", self.hypercalls)
     }
 }
 
