@@ -47,14 +47,16 @@ pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), String> {
     Ok(())
 }
 
-fn seg(selector: u16, code: bool) -> kvm_segment {
+/// A flat (base 0, 4 GiB) segment register state: 64-bit code or data at
+/// privilege `dpl`, as every personality's entry state uses.
+pub fn flat_segment(selector: u16, code: bool, dpl: u8) -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
         selector,
         type_: if code { 0xb } else { 0x3 },
         present: 1,
-        dpl: 0,
+        dpl,
         db: u8::from(!code),
         s: 1,
         l: u8::from(code),
@@ -67,8 +69,8 @@ fn seg(selector: u16, code: bool) -> kvm_segment {
 
 /// Set `sregs` for 64-bit mode with paging through [`PML4`].
 pub fn long_mode_sregs(sregs: &mut kvm_sregs) {
-    sregs.cs = seg(0x08, true);
-    let data = seg(0x10, false);
+    sregs.cs = flat_segment(0x08, true, 0);
+    let data = flat_segment(0x10, false, 0);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;

@@ -413,24 +413,6 @@ pub fn boot_trap(image: &[u8], cfg: &Config) -> Result<TrapBootReport, KvmError>
     })
 }
 
-fn flat(selector: u16, code: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_: if code { 0xb } else { 0x3 },
-        present: 1,
-        dpl: 3,
-        db: u8::from(!code),
-        s: 1,
-        l: u8::from(code),
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
 /// A ring-3 copy of a code/data descriptor: DPL 3, accessed (the real
 /// tables are hv-sim's: the CPU must not need to write them). Other
 /// entries unchanged.
@@ -574,8 +556,8 @@ impl TrapGuest {
             regs.rdi |= super::boot_flags::CPUID_SHOWS_HOST;
         }
         regs.rflags = 0x3002;
-        sregs.cs = flat(TRAP_KERNEL_CS, true);
-        let ds = flat(TRAP_KERNEL_SS, false);
+        sregs.cs = layout::flat_segment(TRAP_KERNEL_CS, true, 3);
+        let ds = layout::flat_segment(TRAP_KERNEL_SS, false, 3);
         sregs.ds = ds;
         sregs.es = ds;
         sregs.fs = ds;

@@ -294,24 +294,6 @@ pub fn boot_vmi_with_rom(
     })
 }
 
-fn flat(selector: u16, code: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_: if code { 0xb } else { 0x3 },
-        present: 1,
-        dpl: 3,
-        db: u8::from(!code),
-        s: 1,
-        l: u8::from(code),
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
 fn system_segment(selector: u16, base: u64, limit: u32, type_: u8) -> kvm_segment {
     kvm_segment {
         base,
@@ -425,8 +407,8 @@ impl VmiGuest {
         }
         regs.rsi = 0;
         regs.rflags = 0x3002;
-        sregs.cs = flat(VMI_KERNEL_CS, true);
-        let ds = flat(VMI_KERNEL_SS, false);
+        sregs.cs = layout::flat_segment(VMI_KERNEL_CS, true, 3);
+        let ds = layout::flat_segment(VMI_KERNEL_SS, false, 3);
         sregs.ds = ds;
         sregs.es = ds;
         sregs.fs = ds;

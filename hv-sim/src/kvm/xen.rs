@@ -370,24 +370,6 @@ pub fn boot_xen(image: &[u8], cfg: &Config) -> Result<XenBootReport, KvmError> {
     })
 }
 
-fn seg(selector: u16, code: bool, dpl: u8) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_: if code { 0xb } else { 0x3 },
-        present: 1,
-        dpl,
-        db: u8::from(!code),
-        s: 1,
-        l: u8::from(code),
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
 /// Set the accessed bit of a present code/data descriptor (the real tables
 /// are hv-sim's copies: the CPU must not need to write them).
 fn accessed(d: u64) -> u64 {
@@ -626,8 +608,8 @@ impl XenGuest {
             regs.rdi |= super::boot_flags::CPUID_NEEDS_XEN_PREFIX;
         }
         regs.rflags = 0x3002;
-        sregs.cs = seg(FLAT_KERNEL_CS, true, 3);
-        let ds = seg(FLAT_KERNEL_SS, false, 3);
+        sregs.cs = layout::flat_segment(FLAT_KERNEL_CS, true, 3);
+        let ds = layout::flat_segment(FLAT_KERNEL_SS, false, 3);
         sregs.ds = ds;
         sregs.es = ds;
         sregs.fs = ds;
