@@ -28,6 +28,54 @@ const BOOT_GDT_ENTRIES: [u64; 3] = [
     pvops::presets::KERNEL_DATA.0,
 ];
 
+/// First of the 4 KiB page tables the ring-3 personalities (Xen-style,
+/// VMI-style, trap-and-emulate) use: one u64 entry per guest page.
+pub const RING3_PT_BASE: u64 = 0x1_0000;
+/// Pages below this one (1 MiB) are hv-sim's in the ring-3 personalities;
+/// the guest kernel's own RAM starts here.
+pub const RING3_RESERVED_PAGES: u64 = 0x100;
+/// Page-table entry bits.
+pub const PTE_P: u64 = 1;
+/// Writable.
+pub const PTE_RW: u64 = 2;
+/// User (ring-3) accessible.
+pub const PTE_U: u64 = 4;
+
+/// Identity paging with 4 KiB pages for a guest that runs in ring 3:
+/// PML4 -> PDPT -> PD -> tables at [`RING3_PT_BASE`], U on the upper levels.
+/// Pages from [`RING3_RESERVED_PAGES`] up are the kernel's (present,
+/// writable, user); `low_page(addr)` gives the entry of each hv-sim page
+/// below (0 = not present).
+pub fn write_ring3_page_tables(
+    mem: &GuestMemoryMmap,
+    mem_size: usize,
+    low_page: impl Fn(u64) -> u64,
+) -> Result<(), String> {
+    let w = |addr: u64, v: u64| {
+        mem.write_obj(v, GuestAddress(addr))
+            .map_err(|e| format!("writing page tables at {addr:#x}: {e}"))
+    };
+    let pages = (mem_size / 4096) as u64;
+    w(PML4, 0x2000 | PTE_P | PTE_RW | PTE_U)?;
+    w(0x2000, 0x3000 | PTE_P | PTE_RW | PTE_U)?;
+    for i in 0..pages.div_ceil(512) {
+        w(
+            0x3000 + i * 8,
+            (RING3_PT_BASE + i * 4096) | PTE_P | PTE_RW | PTE_U,
+        )?;
+    }
+    for pfn in 0..pages {
+        let a = pfn << 12;
+        let e = if pfn >= RING3_RESERVED_PAGES {
+            a | PTE_P | PTE_RW | PTE_U
+        } else {
+            low_page(a)
+        };
+        w(RING3_PT_BASE + pfn * 8, e)?;
+    }
+    Ok(())
+}
+
 /// Write the boot GDT and page tables.
 pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), String> {
     let w = |addr: u64, v: u64| {

@@ -76,7 +76,7 @@ use crate::emulate::{
 use pvops::{DescriptorTablePointer, Selector};
 
 /// First page-table page.
-pub const PT_BASE: u64 = 0x1_0000;
+pub const PT_BASE: u64 = layout::RING3_PT_BASE;
 /// Most page-table pages (each maps 2 MiB).
 pub const MAX_PTS: u64 = 64;
 /// The real GDT.
@@ -111,9 +111,7 @@ pub const RESERVED_PAGES: u64 = 0x100;
 /// CR4.UMIP.
 pub const CR4_UMIP: u64 = 1 << 11;
 
-const PTE_P: u64 = 1;
-const PTE_RW: u64 = 2;
-const PTE_U: u64 = 4;
+use layout::{PTE_P, PTE_RW, PTE_U};
 const PTE_PS: u64 = 1 << 7;
 const PTE_ADDR: u64 = 0x000F_FFFF_FFFF_F000;
 const BUSY: u64 = 2 << 40;
@@ -482,18 +480,8 @@ impl TrapGuest {
             mem.write_obj(v, GuestAddress(addr))
                 .map_err(|e| KvmError::BadImage(format!("writing {addr:#x}: {e}")))
         };
-        let pages = (cfg.mem_size / 4096) as u64;
-        w(layout::PML4, 0x2000 | PTE_P | PTE_RW | PTE_U)?;
-        w(0x2000, 0x3000 | PTE_P | PTE_RW | PTE_U)?;
-        for i in 0..pages.div_ceil(512) {
-            w(
-                0x3000 + i * 8,
-                (PT_BASE + i * 4096) | PTE_P | PTE_RW | PTE_U,
-            )?;
-        }
-        for pfn in 0..pages {
-            let a = pfn << 12;
-            let e = if pfn >= RESERVED_PAGES || (0x7000..0x8000).contains(&a) {
+        layout::write_ring3_page_tables(mem, cfg.mem_size, |a| {
+            if (0x7000..0x8000).contains(&a) {
                 a | PTE_P | PTE_RW | PTE_U
             } else if a >= pvops_vmi::rom::SCAN_START || a == TRAP_TEXT {
                 // The (empty) option-ROM window, so the kernel's VMI probe
@@ -504,9 +492,9 @@ impl TrapGuest {
                 a | PTE_P | PTE_RW
             } else {
                 0
-            };
-            w(PT_BASE + pfn * 8, e)?;
-        }
+            }
+        })
+        .map_err(KvmError::BadImage)?;
         mem.write_slice(&TRAP_STUB, GuestAddress(TRAP_TEXT))
             .map_err(|e| KvmError::BadImage(format!("writing the #GP entry: {e}")))?;
         let gdt = |idx: u32, d: u64| w(REAL_GDT + u64::from(idx) * 8, d);

@@ -89,7 +89,7 @@ pub const CPUID_SIGNATURE: [u8; 12] = *b"VMwareVMware";
 /// Where hv-sim places its VMI ROM: the first slot the probe scans.
 pub const ROM_BASE: u64 = 0xC0000;
 /// First page-table page.
-pub const PT_BASE: u64 = 0x1_0000;
+pub const PT_BASE: u64 = layout::RING3_PT_BASE;
 /// Most page-table pages (each maps 2 MiB).
 pub const MAX_PTS: u64 = 64;
 /// The real GDT.
@@ -118,9 +118,7 @@ pub const RESERVED_PAGES: u64 = 0x100;
 /// callee clobber them; a kernel that relied on them would see this).
 pub const CLOBBER: u64 = 0xdead_0000_c0de_0000;
 
-const PTE_P: u64 = 1;
-const PTE_RW: u64 = 2;
-const PTE_U: u64 = 4;
+use layout::{PTE_P, PTE_RW, PTE_U};
 const BUSY: u64 = 2 << 40;
 
 /// The guest's RAM as the VMI personality reads and writes it: guest
@@ -343,19 +341,8 @@ impl VmiGuest {
             mem.write_obj(v, GuestAddress(addr))
                 .map_err(|e| KvmError::BadImage(format!("writing {addr:#x}: {e}")))
         };
-        let pages = (cfg.mem_size / 4096) as u64;
-        // Paging: PML4 -> PDPT -> PD -> 4 KiB tables, U on the upper levels.
-        w(layout::PML4, 0x2000 | PTE_P | PTE_RW | PTE_U)?;
-        w(0x2000, 0x3000 | PTE_P | PTE_RW | PTE_U)?;
-        for i in 0..pages.div_ceil(512) {
-            w(
-                0x3000 + i * 8,
-                (PT_BASE + i * 4096) | PTE_P | PTE_RW | PTE_U,
-            )?;
-        }
-        for pfn in 0..pages {
-            let a = pfn << 12;
-            let e = if pfn >= RESERVED_PAGES || (0x7000..0x8000).contains(&a) {
+        layout::write_ring3_page_tables(mem, cfg.mem_size, |a| {
+            if (0x7000..0x8000).contains(&a) {
                 a | PTE_P | PTE_RW | PTE_U
             } else if a >= pvops_vmi::rom::SCAN_START {
                 // The option-ROM window: read-only, as ROM is.
@@ -365,9 +352,9 @@ impl VmiGuest {
                 a | PTE_P | PTE_RW
             } else {
                 0
-            };
-            w(PT_BASE + pfn * 8, e)?;
-        }
+            }
+        })
+        .map_err(KvmError::BadImage)?;
         // The ROM.
         mem.write_slice(&rom.build(), GuestAddress(ROM_BASE))
             .map_err(|e| KvmError::BadImage(format!("placing the VMI ROM: {e}")))?;

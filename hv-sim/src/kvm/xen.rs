@@ -88,7 +88,7 @@ pub const START_INFO_MAGIC: u64 = u64::from_le_bytes(*b"hvsimxen");
 /// tables (a direct store into a live descriptor page faults).
 pub const SIF_RO_MIRRORED: u64 = 1 << 0;
 /// First page-table page.
-pub const PT_BASE: u64 = 0x1_0000;
+pub const PT_BASE: u64 = layout::RING3_PT_BASE;
 /// Most page-table pages (each maps 2 MiB).
 pub const MAX_PTS: u64 = 64;
 /// The real GDT.
@@ -129,9 +129,7 @@ pub const TSS_SELECTOR: u16 = 0xe040;
 /// `LDT_ENTRY << 3`.
 pub const LDT_SELECTOR: u16 = 0xe050;
 
-const PTE_P: u64 = 1;
-const PTE_RW: u64 = 2;
-const PTE_U: u64 = 4;
+use layout::{PTE_P, PTE_RW, PTE_U};
 const PTE_AD: u64 = 0x60;
 const PTE_MFN_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 
@@ -414,21 +412,8 @@ impl XenGuest {
                 .map_err(|e| KvmError::BadImage(format!("writing {addr:#x}: {e}")))
         };
         let pages = cfg.mem_size / 4096;
-        // Paging: PML4 -> PDPT -> PD -> 4 KiB tables, U on the upper levels.
-        w(layout::PML4, 0x2000 | PTE_P | PTE_RW | PTE_U)?;
-        w(0x2000, 0x3000 | PTE_P | PTE_RW | PTE_U)?;
-        let pts = (pages as u64).div_ceil(512);
-        for i in 0..pts {
-            w(
-                0x3000 + i * 8,
-                (PT_BASE + i * 4096) | PTE_P | PTE_RW | PTE_U,
-            )?;
-        }
-        for pfn in 0..pages as u64 {
-            let a = pfn << 12;
-            let e = if pfn >= RESERVED_PAGES as u64 {
-                a | PTE_P | PTE_RW | PTE_U
-            } else if a == START_INFO || (P2M..P2M + 0x4_0000).contains(&a) {
+        layout::write_ring3_page_tables(mem, cfg.mem_size, |a| {
+            if a == START_INFO || (P2M..P2M + 0x4_0000).contains(&a) {
                 a | PTE_P | PTE_U
             } else if (0x7000..0x8000).contains(&a) || a == TRAP_TEXT {
                 a | PTE_P | PTE_RW | PTE_U
@@ -437,9 +422,9 @@ impl XenGuest {
                 a | PTE_P | PTE_RW
             } else {
                 0
-            };
-            w(PT_BASE + pfn * 8, e)?;
-        }
+            }
+        })
+        .map_err(KvmError::BadImage)?;
         // Hypercall page.
         let mut stubs = vec![0u8; 4096];
         for (nr, s) in stubs.chunks_mut(STUB_SIZE).enumerate() {
