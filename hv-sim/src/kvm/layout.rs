@@ -10,7 +10,7 @@
 //! | 0x7000–0x8000 | boot stack (rsp = 0x8000) |
 //! | 0x100000+ | the kernel's `PT_LOAD` segments |
 
-use kvm_bindings::{kvm_segment, kvm_sregs};
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Boot GDT address.
@@ -113,6 +113,55 @@ pub fn flat_segment(selector: u16, code: bool, dpl: u8) -> kvm_segment {
         unusable: 0,
         padding: 0,
     }
+}
+
+/// A present system-segment register state (TR or LDTR).
+pub fn system_segment(selector: u16, base: u64, limit: u32, type_: u8) -> kvm_segment {
+    kvm_segment {
+        base,
+        limit,
+        selector,
+        type_,
+        present: 1,
+        ..Default::default()
+    }
+}
+
+/// hv-sim's own tables for a ring-3 personality's entry state.
+pub struct Ring3Tables {
+    /// Ring-3 flat code selector.
+    pub cs: u16,
+    /// Ring-3 flat stack/data selector.
+    pub ss: u16,
+    /// Real GDT address and entry count.
+    pub gdt: (u64, u64),
+    /// Real IDT address (256 16-byte gates).
+    pub idt: u64,
+    /// hv-sim's TSS: selector and address.
+    pub tss: (u16, u64),
+}
+
+/// The entry state every ring-3 personality (Xen-style, VMI-style,
+/// trap-and-emulate) shares: IOPL 3 so the stubs' `out`s work, flat ring-3
+/// segments, hv-sim's GDT/IDT/TSS, no LDT.
+pub fn ring3_entry(regs: &mut kvm_regs, sregs: &mut kvm_sregs, t: &Ring3Tables) {
+    regs.rflags = 0x3002;
+    sregs.cs = flat_segment(t.cs, true, 3);
+    let ds = flat_segment(t.ss, false, 3);
+    sregs.ds = ds;
+    sregs.es = ds;
+    sregs.fs = ds;
+    sregs.gs = ds;
+    sregs.ss = ds;
+    sregs.gdt.base = t.gdt.0;
+    sregs.gdt.limit = (t.gdt.1 * 8 - 1) as u16;
+    sregs.idt.base = t.idt;
+    sregs.idt.limit = 256 * 16 - 1;
+    sregs.tr = system_segment(t.tss.0, t.tss.1, 0x67, 0xb);
+    sregs.ldt = kvm_segment {
+        unusable: 1,
+        ..Default::default()
+    };
 }
 
 /// Set `sregs` for 64-bit mode with paging through [`PML4`].

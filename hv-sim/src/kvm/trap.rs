@@ -543,30 +543,17 @@ impl TrapGuest {
         if super::host_is_pvm() {
             regs.rdi |= super::boot_flags::CPUID_SHOWS_HOST;
         }
-        regs.rflags = 0x3002;
-        sregs.cs = layout::flat_segment(TRAP_KERNEL_CS, true, 3);
-        let ds = layout::flat_segment(TRAP_KERNEL_SS, false, 3);
-        sregs.ds = ds;
-        sregs.es = ds;
-        sregs.fs = ds;
-        sregs.gs = ds;
-        sregs.ss = ds;
-        sregs.gdt.base = REAL_GDT;
-        sregs.gdt.limit = (REAL_GDT_ENTRIES * 8 - 1) as u16;
-        sregs.idt.base = REAL_IDT;
-        sregs.idt.limit = 256 * 16 - 1;
-        sregs.tr = kvm_segment {
-            base: HV_TSS,
-            limit: 0x67,
-            selector: HV_TSS_SELECTOR,
-            type_: 0xb,
-            present: 1,
-            ..Default::default()
-        };
-        sregs.ldt = kvm_segment {
-            unusable: 1,
-            ..Default::default()
-        };
+        layout::ring3_entry(
+            regs,
+            sregs,
+            &layout::Ring3Tables {
+                cs: TRAP_KERNEL_CS,
+                ss: TRAP_KERNEL_SS,
+                gdt: (REAL_GDT, REAL_GDT_ENTRIES as u64),
+                idt: REAL_IDT,
+                tss: (HV_TSS_SELECTOR, HV_TSS),
+            },
+        );
         sregs.cr4 |= CR4_UMIP;
     }
 

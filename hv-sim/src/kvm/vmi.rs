@@ -292,17 +292,6 @@ pub fn boot_vmi_with_rom(
     })
 }
 
-fn system_segment(selector: u16, base: u64, limit: u32, type_: u8) -> kvm_segment {
-    kvm_segment {
-        base,
-        limit,
-        selector,
-        type_,
-        present: 1,
-        ..Default::default()
-    }
-}
-
 /// What the personality did, handed back with the boot report.
 pub(crate) struct VmiOutcome {
     rom_calls: u64,
@@ -393,23 +382,17 @@ impl VmiGuest {
             regs.rdi |= super::boot_flags::CPUID_SHOWS_HOST;
         }
         regs.rsi = 0;
-        regs.rflags = 0x3002;
-        sregs.cs = layout::flat_segment(VMI_KERNEL_CS, true, 3);
-        let ds = layout::flat_segment(VMI_KERNEL_SS, false, 3);
-        sregs.ds = ds;
-        sregs.es = ds;
-        sregs.fs = ds;
-        sregs.gs = ds;
-        sregs.ss = ds;
-        sregs.gdt.base = REAL_GDT;
-        sregs.gdt.limit = (REAL_GDT_ENTRIES * 8 - 1) as u16;
-        sregs.idt.base = REAL_IDT;
-        sregs.idt.limit = 256 * 16 - 1;
-        sregs.tr = system_segment(HV_TSS_SELECTOR, HV_TSS, 0x67, 0xb);
-        sregs.ldt = kvm_segment {
-            unusable: 1,
-            ..Default::default()
-        };
+        layout::ring3_entry(
+            regs,
+            sregs,
+            &layout::Ring3Tables {
+                cs: VMI_KERNEL_CS,
+                ss: VMI_KERNEL_SS,
+                gdt: (REAL_GDT, REAL_GDT_ENTRIES as u64),
+                idt: REAL_IDT,
+                tss: (HV_TSS_SELECTOR, HV_TSS),
+            },
+        );
     }
 
     /// A ROM stub's port write: run the call, write the result, make its
@@ -508,7 +491,7 @@ impl VmiGuest {
             ));
         }
         let tr = if eff.tr.is_null() {
-            system_segment(HV_TSS_SELECTOR, HV_TSS, 0x67, 0xb)
+            layout::system_segment(HV_TSS_SELECTOR, HV_TSS, 0x67, 0xb)
         } else {
             let limit = eff.tss_limit.min(0xfff);
             if eff.tr != self.last.tr || eff.tss_base != self.last.tss_base {
@@ -531,7 +514,7 @@ impl VmiGuest {
                 gdt[i] = sd.low | BUSY;
                 gdt[i + 1] = sd.high;
             }
-            system_segment(eff.tr.bits(), TSS_COPY, limit, 0xb)
+            layout::system_segment(eff.tr.bits(), TSS_COPY, limit, 0xb)
         };
         let ldt = if eff.ldtr.is_null() || eff.ldt.is_empty() {
             kvm_segment {
@@ -551,7 +534,7 @@ impl VmiGuest {
                 gdt[i] = sd.low;
                 gdt[i + 1] = sd.high;
             }
-            system_segment(eff.ldtr.bits(), REAL_LDT, n * 8 - 1, 0x2)
+            layout::system_segment(eff.ldtr.bits(), REAL_LDT, n * 8 - 1, 0x2)
         };
         for i in 0..gdt.len().max(self.gdt_written) {
             let d = gdt.get(i).copied().unwrap_or(0);

@@ -592,37 +592,17 @@ impl XenGuest {
         if super::host_is_pvm() {
             regs.rdi |= super::boot_flags::CPUID_NEEDS_XEN_PREFIX;
         }
-        regs.rflags = 0x3002;
-        sregs.cs = layout::flat_segment(FLAT_KERNEL_CS, true, 3);
-        let ds = layout::flat_segment(FLAT_KERNEL_SS, false, 3);
-        sregs.ds = ds;
-        sregs.es = ds;
-        sregs.fs = ds;
-        sregs.gs = ds;
-        sregs.ss = ds;
-        sregs.gdt.base = REAL_GDT;
-        sregs.gdt.limit = (REAL_GDT_ENTRIES * 8 - 1) as u16;
-        sregs.idt.base = REAL_IDT;
-        sregs.idt.limit = 256 * 16 - 1;
-        sregs.tr = kvm_segment {
-            base: REAL_TSS,
-            limit: 0x67,
-            selector: TSS_SELECTOR,
-            type_: 0xb,
-            present: 1,
-            dpl: 0,
-            db: 0,
-            s: 0,
-            l: 0,
-            g: 0,
-            avl: 0,
-            unusable: 0,
-            padding: 0,
-        };
-        sregs.ldt = kvm_segment {
-            unusable: 1,
-            ..Default::default()
-        };
+        layout::ring3_entry(
+            regs,
+            sregs,
+            &layout::Ring3Tables {
+                cs: FLAT_KERNEL_CS,
+                ss: FLAT_KERNEL_SS,
+                gdt: (REAL_GDT, REAL_GDT_ENTRIES as u64),
+                idt: REAL_IDT,
+                tss: (TSS_SELECTOR, REAL_TSS),
+            },
+        );
     }
 
     /// A hypercall stub's port write: run the hypercall, write rax back,
