@@ -4,8 +4,10 @@
 //! [`SoftCpu`], the instruction model, through the dynamic ops table (as a
 //! kernel that picked its backend at boot would), and checks each op's
 //! effect on the CPU model's registers and on the tables in memory.
-//! [`boot_example_kernel`] builds `examples/kernel` and boots it under KVM
-//! (see [`crate::kvm`]); the `demo` command also boots it under QEMU.
+//! [`run_xen_in_process`] and [`run_vmi_in_process`] do the same for the
+//! paravirtual backends against hv-sim's personalities: what `demo` shows
+//! where there is no KVM. The KVM and QEMU boots are [`crate::kvm`] and
+//! [`crate::qemu`].
 
 use pvops::descriptor::SystemType;
 use pvops::{
@@ -513,13 +515,4 @@ pub fn run_vmi_in_process() -> DemoReport {
         instructions: Vec::new(),
         hypercalls,
     }
-}
-
-/// Build the example kernel and boot it under KVM with `cfg`.
-pub fn boot_example_kernel(
-    cfg: crate::kvm::Config,
-) -> Result<crate::kvm::BootReport, Box<dyn std::error::Error>> {
-    let elf = crate::kernel_build::build_example_kernel()?;
-    let image = std::fs::read(&elf).map_err(|e| format!("reading {}: {e}", elf.display()))?;
-    Ok(crate::kvm::boot(&image, &cfg)?)
 }

@@ -131,129 +131,94 @@ fn demo() -> ExitCode {
     );
 
     println!("== KVM: the example kernel (examples/kernel) booted in a real VM, native backend");
-    let summary = match hv_sim::kvm::available() {
-        Err(why) => {
-            println!(
-                "  SKIPPED: KVM is not available ({why}); the in-process run above is what can run here"
-            );
+    let summary = match kvm_boot(&mut ok, hv_sim::kvm::boot) {
+        Boot::Skipped(_) => {
+            println!("  (the in-process run above is what can run here)");
             None
         }
-        Ok(()) => match hv_sim::demo::boot_example_kernel(hv_sim::kvm::Config::default()) {
-            Err(e) => {
-                println!("  boot failed: {e}");
-                ok = false;
-                None
-            }
-            Ok(r) => {
-                if hv_sim::kvm::host_is_pvm() {
-                    println!(
-                        "  host: /dev/kvm is PVM (kvm_pvm): lar/lsl/verr and int n cannot run in a guest here; those checks are skipped and the same effects are checked through segment loads and faults"
-                    );
-                }
-                print_checks(&r.checks);
+        Boot::Failed => None,
+        Boot::Ran(r) => {
+            if hv_sim::kvm::host_is_pvm() {
                 println!(
-                    "  exit status {:?}; VM exits: {} port I/O, {} MMIO, {} HLT, {} other; rejected calls: 0",
-                    r.exit_status, r.exits.io, r.exits.mmio, r.exits.hlt, r.exits.other
+                    "  host: /dev/kvm is PVM (kvm_pvm): lar/lsl/verr and int n cannot run in a guest here; those checks are skipped and the same effects are checked through segment loads and faults"
                 );
-                ok &= r.failed().is_empty() && r.exit_status == Some(0);
-                Some(r.summary_line("native", 0))
             }
-        },
+            print_checks(&r.checks);
+            println!(
+                "  exit status {:?}; VM exits: {} port I/O, {} MMIO, {} HLT, {} other; rejected calls: 0",
+                r.exit_status, r.exits.io, r.exits.mmio, r.exits.hlt, r.exits.other
+            );
+            ok &= r.failed().is_empty() && r.exit_status == Some(0);
+            Some(r.summary_line("native", 0))
+        }
     };
     println!(
         "== KVM: the same kernel booted with hv-sim's Xen-style personality (hypercall page, ring 3), xen backend"
     );
     let mut xen_calls: Option<(u64, usize)> = None;
-    let xen_summary = match hv_sim::kvm::available() {
-        Err(why) => {
-            println!("  SKIPPED: KVM is not available ({why})");
-            None
+    let xen_summary = match kvm_boot(&mut ok, hv_sim::kvm::xen::boot_xen) {
+        Boot::Skipped(_) | Boot::Failed => None,
+        Boot::Ran(r) => {
+            print_checks(&r.boot.checks);
+            let kinds: Vec<String> = r
+                .calls_by_name()
+                .iter()
+                .map(|(n, (d, m))| format!("{n} {d}+{m}"))
+                .collect();
+            println!(
+                "  hypercalls by kind (direct+in multicalls): {}",
+                kinds.join(", ")
+            );
+            for (name, errno, reason) in r.rejected() {
+                println!("  refused as on Xen: {name} = {errno}: {reason}");
+            }
+            println!(
+                "  exit status {:?}; {} cpuid(s) emulated via the Xen prefix, {} #UD bounced, {} page-table mirror flushes",
+                r.boot.exit_status, r.emulated_cpuids, r.bounced_uds, r.pte_flushes
+            );
+            ok &=
+                r.boot.failed().is_empty() && r.boot.exit_status == Some(0) && r.invariants.is_ok();
+            let carried: usize = r
+                .calls_by_name()
+                .iter()
+                .map(|(n, (d, m))| if *n == "multicall" { *m } else { d + m })
+                .sum();
+            xen_calls = Some((r.hypercalls, carried));
+            Some(r.summary())
         }
-        Ok(()) => match kernel_image().and_then(|image| {
-            hv_sim::kvm::xen::boot_xen(&image, &hv_sim::kvm::Config::default())
-                .map_err(|e| e.to_string())
-        }) {
-            Err(e) => {
-                println!("  boot failed: {e}");
-                ok = false;
-                None
-            }
-            Ok(r) => {
-                print_checks(&r.boot.checks);
-                let kinds: Vec<String> = r
-                    .calls_by_name()
-                    .iter()
-                    .map(|(n, (d, m))| format!("{n} {d}+{m}"))
-                    .collect();
-                println!(
-                    "  hypercalls by kind (direct+in multicalls): {}",
-                    kinds.join(", ")
-                );
-                for (name, errno, reason) in r.rejected() {
-                    println!("  refused as on Xen: {name} = {errno}: {reason}");
-                }
-                println!(
-                    "  exit status {:?}; {} cpuid(s) emulated via the Xen prefix, {} #UD bounced, {} page-table mirror flushes",
-                    r.boot.exit_status, r.emulated_cpuids, r.bounced_uds, r.pte_flushes
-                );
-                ok &= r.boot.failed().is_empty()
-                    && r.boot.exit_status == Some(0)
-                    && r.invariants.is_ok();
-                let carried: usize = r
-                    .calls_by_name()
-                    .iter()
-                    .map(|(n, (d, m))| if *n == "multicall" { *m } else { d + m })
-                    .sum();
-                xen_calls = Some((r.hypercalls, carried));
-                Some(r.summary())
-            }
-        },
     };
     println!(
         "== KVM: the same kernel booted with hv-sim's VMI-style personality (option ROM at 0xC0000, ring 3), vmi backend"
     );
-    let vmi_summary = match hv_sim::kvm::available() {
-        Err(why) => {
-            println!("  SKIPPED: KVM is not available ({why})");
-            None
+    let vmi_summary = match kvm_boot(&mut ok, hv_sim::kvm::vmi::boot_vmi) {
+        Boot::Skipped(_) | Boot::Failed => None,
+        Boot::Ran(r) => {
+            print_checks(&r.boot.checks);
+            let kinds: Vec<String> = r
+                .calls_by_name()
+                .iter()
+                .map(|(n, c)| format!("{n} {c}"))
+                .collect();
+            println!("  ROM calls by kind: {}", kinds.join(", "));
+            for (name, errno, reason) in r.rejected() {
+                println!("  refused by the VMI personality: {name} = {errno}: {reason}");
+            }
+            let (deferred, flushes) = r.lazy_batches();
+            println!(
+                "  exit status {:?}; VM exits: {} port I/O ({} ROM calls), {} MMIO, {} HLT, {} other; {} calls deferred in lazy mode, applied by {} flushes; real tables installed {} times",
+                r.boot.exit_status,
+                r.boot.exits.io,
+                r.rom_calls,
+                r.boot.exits.mmio,
+                r.boot.exits.hlt,
+                r.boot.exits.other,
+                deferred,
+                flushes,
+                r.installs
+            );
+            ok &= r.boot.failed().is_empty() && r.boot.exit_status == Some(0);
+            Some(r.summary())
         }
-        Ok(()) => match kernel_image().and_then(|image| {
-            hv_sim::kvm::vmi::boot_vmi(&image, &hv_sim::kvm::Config::default())
-                .map_err(|e| e.to_string())
-        }) {
-            Err(e) => {
-                println!("  boot failed: {e}");
-                ok = false;
-                None
-            }
-            Ok(r) => {
-                print_checks(&r.boot.checks);
-                let kinds: Vec<String> = r
-                    .calls_by_name()
-                    .iter()
-                    .map(|(n, c)| format!("{n} {c}"))
-                    .collect();
-                println!("  ROM calls by kind: {}", kinds.join(", "));
-                for (name, errno, reason) in r.rejected() {
-                    println!("  refused by the VMI personality: {name} = {errno}: {reason}");
-                }
-                let (deferred, flushes) = r.lazy_batches();
-                println!(
-                    "  exit status {:?}; VM exits: {} port I/O ({} ROM calls), {} MMIO, {} HLT, {} other; {} calls deferred in lazy mode, applied by {} flushes; real tables installed {} times",
-                    r.boot.exit_status,
-                    r.boot.exits.io,
-                    r.rom_calls,
-                    r.boot.exits.mmio,
-                    r.boot.exits.hlt,
-                    r.boot.exits.other,
-                    deferred,
-                    flushes,
-                    r.installs
-                );
-                ok &= r.boot.failed().is_empty() && r.boot.exit_status == Some(0);
-                Some(r.summary())
-            }
-        },
     };
     let trap_summary = trap_section(&mut ok, xen_calls);
     println!("== QEMU (TCG): the same kernel image through its PVH entry, native backend");
@@ -331,6 +296,39 @@ fn print_checks(checks: &[hv_sim::kvm::GuestCheck]) {
     }
 }
 
+/// One KVM boot of the demo.
+enum Boot<T> {
+    /// No KVM here (the reason was printed).
+    Skipped(String),
+    /// Building or booting failed (printed; the demo fails).
+    Failed,
+    /// The guest ran.
+    Ran(T),
+}
+
+/// Build the example kernel and boot it with `boot` (one of the KVM
+/// personalities), printing `SKIPPED` or the failure as the demo reports
+/// them.
+fn kvm_boot<T>(
+    ok: &mut bool,
+    boot: impl FnOnce(&[u8], &hv_sim::kvm::Config) -> Result<T, hv_sim::kvm::KvmError>,
+) -> Boot<T> {
+    if let Err(why) = hv_sim::kvm::available() {
+        println!("  SKIPPED: KVM is not available ({why})");
+        return Boot::Skipped(why);
+    }
+    match kernel_image()
+        .and_then(|image| boot(&image, &hv_sim::kvm::Config::default()).map_err(|e| e.to_string()))
+    {
+        Ok(r) => Boot::Ran(r),
+        Err(e) => {
+            println!("  boot failed: {e}");
+            *ok = false;
+            Boot::Failed
+        }
+    }
+}
+
 /// Build the example kernel (once; cargo is incremental) and read its ELF.
 fn kernel_image() -> Result<Vec<u8>, String> {
     let elf = hv_sim::kernel_build::build_example_kernel().map_err(|e| e.to_string())?;
@@ -344,25 +342,14 @@ fn trap_section(ok: &mut bool, xen_calls: Option<(u64, usize)>) -> Vec<String> {
     println!(
         "== KVM: the same kernel, native backend, deprivileged (ring 3): hv-sim traps and emulates lgdt/lidt/ltr/lldt and, under UMIP, sgdt/sidt/str/sldt"
     );
-    let r = match hv_sim::kvm::available() {
-        Err(why) => {
-            println!("  SKIPPED: KVM is not available ({why})");
+    let r = match kvm_boot(ok, hv_sim::kvm::trap::boot_trap) {
+        Boot::Skipped(why) => {
             return vec![format!(
                 "personality=trap-and-emulate backend=native (SKIPPED: KVM is not available: {why}; the emulator's unit tests run in-process)"
             )];
         }
-        Ok(()) => kernel_image().and_then(|image| {
-            hv_sim::kvm::trap::boot_trap(&image, &hv_sim::kvm::Config::default())
-                .map_err(|e| e.to_string())
-        }),
-    };
-    let r = match r {
-        Ok(r) => r,
-        Err(e) => {
-            println!("  boot failed: {e}");
-            *ok = false;
-            return Vec::new();
-        }
+        Boot::Failed => return Vec::new(),
+        Boot::Ran(r) => r,
     };
     print_checks(&r.boot.checks);
     let kinds: Vec<String> = r.emulated.iter().map(|(n, c)| format!("{n} {c}")).collect();

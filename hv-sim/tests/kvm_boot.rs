@@ -3,26 +3,15 @@
 //! Needs /dev/kvm; prints `SKIPPED: <reason>` and passes without it (CI on
 //! this project's machines has it, so there it runs).
 
-use hv_sim::kernel_build::build_example_kernel;
 use hv_sim::kvm::{self, Config};
-
-fn kvm_or_skip(test: &str) -> bool {
-    match kvm::available() {
-        Ok(()) => true,
-        Err(why) => {
-            hv_sim::testing::skipped(test, &why);
-            false
-        }
-    }
-}
+use hv_sim::testing::{example_kernel_image, kvm_or_skip};
 
 #[test]
 fn native_backend_boot_passes_every_check() {
     if !kvm_or_skip("native_backend_boot_passes_every_check") {
         return;
     }
-    let elf = build_example_kernel().expect("example kernel builds");
-    let image = std::fs::read(&elf).expect("read kernel image");
+    let image = example_kernel_image().expect("example kernel builds");
     let report = kvm::boot(&image, &Config::default()).unwrap_or_else(|e| panic!("{e}"));
     println!("{}", report.text);
     assert!(

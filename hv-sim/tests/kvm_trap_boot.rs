@@ -4,27 +4,16 @@
 //!
 //! Needs /dev/kvm; prints `SKIPPED: <reason>` and passes without it.
 
-use hv_sim::kernel_build::build_example_kernel;
+use hv_sim::kvm::Config;
 use hv_sim::kvm::trap::{HV_TSS, TRAP_KERNEL_CS, TRAP_KERNEL_SS, boot_trap};
-use hv_sim::kvm::{self, Config};
-
-fn kvm_or_skip(test: &str) -> bool {
-    match kvm::available() {
-        Ok(()) => true,
-        Err(why) => {
-            hv_sim::testing::skipped(test, &why);
-            false
-        }
-    }
-}
+use hv_sim::testing::{example_kernel_image, kvm_or_skip};
 
 #[test]
 fn trap_and_emulate_boot_passes_every_check() {
     if !kvm_or_skip("trap_and_emulate_boot_passes_every_check") {
         return;
     }
-    let elf = build_example_kernel().expect("example kernel builds");
-    let image = std::fs::read(&elf).expect("read kernel image");
+    let image = example_kernel_image().expect("example kernel builds");
     let r = boot_trap(&image, &Config::default()).unwrap_or_else(|e| panic!("{e}"));
     println!("{}", r.boot.text);
     println!("{}", r.summary());

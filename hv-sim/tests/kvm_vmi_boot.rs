@@ -5,26 +5,15 @@
 //!
 //! Needs /dev/kvm; prints `SKIPPED: <reason>` and passes without it.
 
-use hv_sim::kernel_build::build_example_kernel;
 use hv_sim::kvm::vmi::{self, boot_vmi};
 use hv_sim::kvm::{self, Config};
+use hv_sim::testing::{example_kernel_image, kvm_or_skip};
 use hv_sim::vmi::VmiEvent;
 use hv_sim::vmi::machine::{EINVAL, HV_RESERVED_GDT};
 use pvops::{Descriptor, Gate64, Selector, SystemDescriptor, presets};
 
-fn kvm_or_skip(test: &str) -> bool {
-    match kvm::available() {
-        Ok(()) => true,
-        Err(why) => {
-            hv_sim::testing::skipped(test, &why);
-            false
-        }
-    }
-}
-
 fn kernel_image() -> Vec<u8> {
-    let elf = build_example_kernel().expect("example kernel builds");
-    std::fs::read(&elf).expect("read kernel image")
+    example_kernel_image().expect("example kernel builds")
 }
 
 const TSS_SEL: u16 = 0x40;

@@ -3,24 +3,13 @@
 //! Needs /dev/kvm; prints `SKIPPED: <reason>` and passes without it. The
 //! note tests need no KVM.
 
-use hv_sim::kernel_build::build_example_kernel;
 use hv_sim::kvm::xen::{self, XEN_ELFNOTE_HYPERCALL_PAGE, boot_xen, hypercall_page_note};
 use hv_sim::kvm::{self, Config};
+use hv_sim::testing::{example_kernel_image, kvm_or_skip};
 use hv_sim::xen::EINVAL;
 
-fn kvm_or_skip(test: &str) -> bool {
-    match kvm::available() {
-        Ok(()) => true,
-        Err(why) => {
-            hv_sim::testing::skipped(test, &why);
-            false
-        }
-    }
-}
-
 fn kernel_image() -> Vec<u8> {
-    let elf = build_example_kernel().expect("example kernel builds");
-    std::fs::read(&elf).expect("read kernel image")
+    example_kernel_image().expect("example kernel builds")
 }
 
 /// Offset of the hypercall-page note's header (namesz 4, descsz 8, type 2,

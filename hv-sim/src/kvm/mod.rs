@@ -304,6 +304,36 @@ pub fn parse_checks(text: &str) -> Vec<GuestCheck> {
         .collect()
 }
 
+/// Refuse a kernel whose segments are not inside guest RAM above
+/// [`layout::KERNEL_MIN`] (below is hv-sim's).
+pub(crate) fn check_segments_fit(segs: &[Segment<'_>], mem_size: usize) -> Result<(), KvmError> {
+    for (paddr, _, memsz) in segs {
+        if *paddr < layout::KERNEL_MIN || paddr.saturating_add(*memsz) > mem_size as u64 {
+            return Err(KvmError::BadImage(format!(
+                "segment {paddr:#x}+{memsz:#x} is outside guest RAM above {:#x}",
+                layout::KERNEL_MIN
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The guest RAM sizes the ring-3 personalities support: their page tables
+/// hold at most `max_pts` 4 KiB tables (2 MiB each).
+pub(crate) fn check_ring3_ram(
+    personality: &str,
+    mem_size: usize,
+    max_pts: u64,
+) -> Result<(), KvmError> {
+    if mem_size as u64 > max_pts * (2 << 20) || mem_size < 4 << 20 {
+        return Err(KvmError::BadImage(format!(
+            "the {personality} personality supports 4 MiB to {} MiB of guest RAM, not {mem_size:#x} bytes",
+            max_pts * 2
+        )));
+    }
+    Ok(())
+}
+
 /// A loadable segment: physical address, bytes from the file, size in memory.
 pub type Segment<'a> = (u64, &'a [u8], u64);
 
@@ -344,15 +374,7 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 pub fn boot(image: &[u8], cfg: &Config) -> Result<BootReport, KvmError> {
     available().map_err(KvmError::Unavailable)?;
     let (entry, segs) = parse_elf(image)?;
-    let mem_size = cfg.mem_size;
-    for (paddr, _, memsz) in &segs {
-        if *paddr < layout::KERNEL_MIN || paddr.saturating_add(*memsz) > mem_size as u64 {
-            return Err(KvmError::BadImage(format!(
-                "segment {paddr:#x}+{memsz:#x} is outside guest RAM above {:#x}",
-                layout::KERNEL_MIN
-            )));
-        }
-    }
+    check_segments_fit(&segs, cfg.mem_size)?;
     launch(entry, &segs, cfg, Setup::Native).map(|(r, _)| r)
 }
 

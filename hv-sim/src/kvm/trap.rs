@@ -374,21 +374,8 @@ impl TrapBootReport {
 pub fn boot_trap(image: &[u8], cfg: &Config) -> Result<TrapBootReport, KvmError> {
     super::available().map_err(KvmError::Unavailable)?;
     let (entry, segs) = parse_elf(image)?;
-    let mem_size = cfg.mem_size;
-    if mem_size as u64 > MAX_PTS * (2 << 20) || mem_size < 4 << 20 {
-        return Err(KvmError::BadImage(format!(
-            "the trap-and-emulate personality supports 4 MiB to {} MiB of guest RAM, not {mem_size:#x} bytes",
-            MAX_PTS * 2
-        )));
-    }
-    for (paddr, _, memsz) in &segs {
-        if *paddr < layout::KERNEL_MIN || paddr.saturating_add(*memsz) > mem_size as u64 {
-            return Err(KvmError::BadImage(format!(
-                "segment {paddr:#x}+{memsz:#x} is outside guest RAM above {:#x}",
-                layout::KERNEL_MIN
-            )));
-        }
-    }
+    super::check_ring3_ram("trap-and-emulate", cfg.mem_size, MAX_PTS)?;
+    super::check_segments_fit(&segs, cfg.mem_size)?;
     let (boot, outcome) = super::launch(entry, &segs, cfg, super::Setup::Trap)?;
     let Some(super::Outcome::Trap(o)) = outcome else {
         return Err(KvmError::Ioctl("trap personality", "no outcome".into()));

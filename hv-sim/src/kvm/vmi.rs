@@ -260,21 +260,8 @@ pub fn boot_vmi_with_rom(
 ) -> Result<VmiBootReport, KvmError> {
     super::available().map_err(KvmError::Unavailable)?;
     let (entry, segs) = parse_elf(image)?;
-    let mem_size = cfg.mem_size;
-    if mem_size as u64 > MAX_PTS * (2 << 20) || mem_size < 4 << 20 {
-        return Err(KvmError::BadImage(format!(
-            "the VMI personality supports 4 MiB to {} MiB of guest RAM, not {mem_size:#x} bytes",
-            MAX_PTS * 2
-        )));
-    }
-    for (paddr, _, memsz) in &segs {
-        if *paddr < layout::KERNEL_MIN || paddr.saturating_add(*memsz) > mem_size as u64 {
-            return Err(KvmError::BadImage(format!(
-                "segment {paddr:#x}+{memsz:#x} is outside guest RAM above {:#x}",
-                layout::KERNEL_MIN
-            )));
-        }
-    }
+    super::check_ring3_ram("VMI", cfg.mem_size, MAX_PTS)?;
+    super::check_segments_fit(&segs, cfg.mem_size)?;
     let (boot, outcome) = super::launch(entry, &segs, cfg, super::Setup::Vmi(rom.clone()))?;
     let Some(super::Outcome::Vmi(o)) = outcome else {
         return Err(KvmError::Ioctl("vmi personality", "no outcome".into()));
