@@ -303,6 +303,41 @@ fn faulting_segment_load(sel: u16) {
     };
 }
 
+/// Real exceptions through the IDT just loaded (by whatever means the
+/// backend loads it): `int3` (where the host can run it), `ud2`, and a
+/// segment load with a selector past the GDT, each landing in its handler
+/// exactly once. The check names say which kind of IDT was used.
+fn exception_checks(t: &mut Tally, soft_int: bool, ud_name: &str, gp_name: &str) {
+    if soft_int {
+        // SAFETY: int3 traps into bp_handler, which returns.
+        unsafe { asm!("int3", options(nomem, nostack)) };
+        t.check(
+            "int3 lands in the #BP handler",
+            BP_COUNT.load(Ordering::SeqCst) == 1,
+            format_args!("count={}", BP_COUNT.load(Ordering::SeqCst)),
+        );
+    } else {
+        t.skip(
+            "int3 lands in the #BP handler",
+            "software interrupts are not emulated by this host (PVM)",
+        );
+    }
+    // SAFETY: ud2 faults into ud_handler, which skips it.
+    unsafe { asm!("ud2", options(nomem, nostack)) };
+    t.check(
+        ud_name,
+        UD_COUNT.load(Ordering::SeqCst) == 1,
+        format_args!("count={}", UD_COUNT.load(Ordering::SeqCst)),
+    );
+    faulting_segment_load(0x7f8);
+    let err = GP_ERROR.load(Ordering::SeqCst);
+    t.check(
+        gp_name,
+        GP_COUNT.load(Ordering::SeqCst) == 1 && err == 0x7f8,
+        format_args!("count={} error={err:#x}", GP_COUNT.load(Ordering::SeqCst)),
+    );
+}
+
 /// Read 8 bytes at FS:0.
 fn read_fs0(sel: u16) -> u64 {
     let v: u64;
@@ -525,33 +560,11 @@ fn run_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, env: &Env) {
         r.is_ok() && ops.store_idt() == Ok(idt.pointer()),
         format_args!("{r:?}"),
     );
-    if soft_int {
-        // SAFETY: int3 traps into bp_handler, which returns.
-        unsafe { asm!("int3", options(nomem, nostack)) };
-        t.check(
-            "int3 lands in the #BP handler",
-            BP_COUNT.load(Ordering::SeqCst) == 1,
-            format_args!("count={}", BP_COUNT.load(Ordering::SeqCst)),
-        );
-    } else {
-        t.skip(
-            "int3 lands in the #BP handler",
-            "software interrupts are not emulated by this host (PVM)",
-        );
-    }
-    // SAFETY: ud2 faults into ud_handler, which skips it.
-    unsafe { asm!("ud2", options(nomem, nostack)) };
-    t.check(
+    exception_checks(
+        t,
+        soft_int,
         "ud2 lands in the #UD handler",
-        UD_COUNT.load(Ordering::SeqCst) == 1,
-        format_args!("count={}", UD_COUNT.load(Ordering::SeqCst)),
-    );
-    faulting_segment_load(0x7f8);
-    let err = GP_ERROR.load(Ordering::SeqCst);
-    t.check(
         "bad selector -> #GP(selector) in handler",
-        GP_COUNT.load(Ordering::SeqCst) == 1 && err == 0x7f8,
-        format_args!("count={} error={err:#x}", GP_COUNT.load(Ordering::SeqCst)),
     );
 
     // LDT.
@@ -777,33 +790,11 @@ fn run_xen_checks<O: DescriptorOps>(
         r.is_ok() && ops.store_idt() == Ok(idt.pointer()),
         format_args!("{r:?}"),
     );
-    if soft_int {
-        // SAFETY: int3 traps into bp_handler (DPL 3 gate), which returns.
-        unsafe { asm!("int3", options(nomem, nostack)) };
-        t.check(
-            "int3 lands in the #BP handler",
-            BP_COUNT.load(Ordering::SeqCst) == 1,
-            format_args!("count={}", BP_COUNT.load(Ordering::SeqCst)),
-        );
-    } else {
-        t.skip(
-            "int3 lands in the #BP handler",
-            "software interrupts are not emulated by this host (PVM)",
-        );
-    }
-    // SAFETY: ud2 faults into ud_handler, which skips it.
-    unsafe { asm!("ud2", options(nomem, nostack)) };
-    t.check(
+    exception_checks(
+        t,
+        soft_int,
         "ud2 lands in the #UD handler (trap table)",
-        UD_COUNT.load(Ordering::SeqCst) == 1,
-        format_args!("count={}", UD_COUNT.load(Ordering::SeqCst)),
-    );
-    faulting_segment_load(0x7f8);
-    let err = GP_ERROR.load(Ordering::SeqCst);
-    t.check(
         "bad selector -> #GP(selector) in handler (trap table)",
-        GP_COUNT.load(Ordering::SeqCst) == 1 && err == 0x7f8,
-        format_args!("count={} error={err:#x}", GP_COUNT.load(Ordering::SeqCst)),
     );
 
     // LDT.
@@ -1033,33 +1024,11 @@ fn run_vmi_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm:
         ),
     );
 
-    if soft_int {
-        // SAFETY: int3 traps into bp_handler (DPL 3 gate), which returns.
-        unsafe { asm!("int3", options(nomem, nostack)) };
-        t.check(
-            "int3 lands in the #BP handler",
-            BP_COUNT.load(Ordering::SeqCst) == 1,
-            format_args!("count={}", BP_COUNT.load(Ordering::SeqCst)),
-        );
-    } else {
-        t.skip(
-            "int3 lands in the #BP handler",
-            "software interrupts are not emulated by this host (PVM)",
-        );
-    }
-    // SAFETY: ud2 faults into ud_handler, which skips it.
-    unsafe { asm!("ud2", options(nomem, nostack)) };
-    t.check(
+    exception_checks(
+        t,
+        soft_int,
         "ud2 lands in the #UD handler (SetIDT gate)",
-        UD_COUNT.load(Ordering::SeqCst) == 1,
-        format_args!("count={}", UD_COUNT.load(Ordering::SeqCst)),
-    );
-    faulting_segment_load(0x7f8);
-    let err = GP_ERROR.load(Ordering::SeqCst);
-    t.check(
         "bad selector -> #GP(selector) in the handler (WriteIDTEntry gate)",
-        GP_COUNT.load(Ordering::SeqCst) == 1 && err == 0x7f8,
-        format_args!("count={} error={err:#x}", GP_COUNT.load(Ordering::SeqCst)),
     );
 
     // TR: SetTR of the guest's TSS; busy only in the effective GDT.
