@@ -288,3 +288,141 @@ mod tests {
         assert_eq!(e.to_words().len() * 8, MULTICALL_ENTRY_SIZE);
     }
 }
+
+/// `CONSOLEIO_write` (`public/xen.h`): `console_io(CONSOLEIO_write, count,
+/// buffer)` prints `count` bytes on the hypervisor's console (the hardware
+/// domain's text goes to Xen's serial line).
+pub const CONSOLEIO_WRITE: u64 = 0;
+
+/// `SCHEDOP_shutdown` (`public/sched.h`): `sched_op(SCHEDOP_shutdown,
+/// &sched_shutdown)`, where `sched_shutdown` is one `u32` reason.
+pub const SCHEDOP_SHUTDOWN: u64 = 2;
+
+/// Shutdown reasons (`public/sched.h`, `SHUTDOWN_*`).
+pub mod shutdown {
+    /// Domain exited normally; clean up and kill.
+    pub const POWEROFF: u32 = 0;
+    /// Clean up, kill, and then restart.
+    pub const REBOOT: u32 = 1;
+    /// Clean up, save suspend info, kill.
+    pub const SUSPEND: u32 = 2;
+    /// Tell controller we've crashed.
+    pub const CRASH: u32 = 3;
+}
+
+/// `VGCF_in_syscall` (`public/arch-x86/xen.h`): in an `iret_context`'s
+/// `flags`, "rcx and r11 are not to be restored" (return from a syscall).
+pub const VGCF_IN_SYSCALL: u64 = 1 << 8;
+
+/// `start_info.flags` (`public/xen.h`): the domain is privileged.
+pub const SIF_PRIVILEGED: u32 = 1 << 0;
+/// `start_info.flags`: the domain is the initial (hardware) domain, dom0.
+pub const SIF_INITDOMAIN: u32 = 1 << 1;
+
+/// Length of `start_info.magic`.
+pub const START_INFO_MAGIC_LEN: usize = 32;
+/// `MAX_GUEST_CMDLINE`: length of `start_info.cmd_line`.
+pub const MAX_GUEST_CMDLINE: usize = 1024;
+/// What `start_info.magic` starts with for a 64-bit PV guest
+/// (`"xen-<version>-x86_64"`; Xen writes `"xen-3.0-x86_64"`).
+pub const START_INFO_MAGIC_PREFIX: &[u8] = b"xen-3.0-x86_64";
+
+/// `start_info_t` of the 64-bit PV ABI (`public/xen.h`, `struct
+/// start_info`): what Xen's domain builder leaves in guest memory and
+/// passes in rsi at the guest's entry point.
+///
+/// | offset | field |
+/// |---|---|
+/// | 0 | `magic[32]` |
+/// | 32 | `nr_pages` |
+/// | 40 | `shared_info` (machine address) |
+/// | 48 | `flags` (u32, `SIF_*`) |
+/// | 56 | `store_mfn` |
+/// | 64 | `store_evtchn` (u32) |
+/// | 72 | `console`: dom0 `{info_off u32, info_size u32}` or domU `{mfn u64 @72, evtchn u32 @80}` |
+/// | 88 | `pt_base` (virtual address of the top-level page table) |
+/// | 96 | `nr_pt_frames` |
+/// | 104 | `mfn_list` (virtual address of the p2m list) |
+/// | 112 | `mod_start` |
+/// | 120 | `mod_len` |
+/// | 128 | `cmd_line[1024]` |
+/// | 1152 | `first_p2m_pfn` |
+/// | 1160 | `nr_p2m_frames` |
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StartInfo {
+    /// `"xen-<version>-<platform>"`, NUL padded.
+    pub magic: [u8; START_INFO_MAGIC_LEN],
+    /// Pages allocated to the domain.
+    pub nr_pages: u64,
+    /// Machine address of the shared-info page.
+    pub shared_info: u64,
+    /// `SIF_*` flags.
+    pub flags: u32,
+    /// Machine frame of the xenstore page (0 for dom0).
+    pub store_mfn: u64,
+    /// Event channel of the xenstore page.
+    pub store_evtchn: u32,
+    /// The console union (8-byte aligned): for dom0 word 0 holds
+    /// `info_off` (low half) and `info_size` (high half); for a domU word 0
+    /// is the console page's mfn and word 1 its event channel.
+    pub console: [u64; 2],
+    /// Virtual address of the top-level page table Xen built.
+    pub pt_base: u64,
+    /// Frames of the bootstrap page tables.
+    pub nr_pt_frames: u64,
+    /// Virtual address of the p2m list (`nr_pages` machine frame numbers).
+    pub mfn_list: u64,
+    /// Virtual address (or pfn) of the module, 0 if none.
+    pub mod_start: u64,
+    /// Size of the module in bytes.
+    pub mod_len: u64,
+    /// The guest's command line, NUL terminated.
+    pub cmd_line: [u8; MAX_GUEST_CMDLINE],
+    /// First pfn of the initial p2m table (and page-table) frames.
+    pub first_p2m_pfn: u64,
+    /// Frames of the initial p2m table.
+    pub nr_p2m_frames: u64,
+}
+
+static_assertions::const_assert_eq!(core::mem::size_of::<StartInfo>(), 1168);
+static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, nr_pages), 32);
+static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, flags), 48);
+static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, store_evtchn), 64);
+static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, console), 72);
+static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, pt_base), 88);
+static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, mfn_list), 104);
+static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, cmd_line), 128);
+static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, first_p2m_pfn), 1152);
+
+impl StartInfo {
+    /// Does `magic` name the 64-bit PV ABI (`"xen-3.0-x86_64"`)?
+    pub fn magic_ok(&self) -> bool {
+        self.magic.starts_with(START_INFO_MAGIC_PREFIX)
+    }
+
+    /// The magic as text (up to its first NUL).
+    pub fn magic_str(&self) -> &str {
+        nul_terminated(&self.magic)
+    }
+
+    /// dom0's console fields: (`info_off`, `info_size`) of the VGA
+    /// console info after the start info (0, 0 when there is none).
+    pub fn console_dom0(&self) -> (u32, u32) {
+        (self.console[0] as u32, (self.console[0] >> 32) as u32)
+    }
+
+    /// The command line as text (up to its first NUL; invalid UTF-8 cut
+    /// at the first bad byte).
+    pub fn cmd_line_str(&self) -> &str {
+        nul_terminated(&self.cmd_line)
+    }
+}
+
+fn nul_terminated(b: &[u8]) -> &str {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    match core::str::from_utf8(&b[..end]) {
+        Ok(s) => s,
+        Err(e) => core::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or(""),
+    }
+}

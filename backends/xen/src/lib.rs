@@ -176,6 +176,12 @@ pub mod nr {
     pub const SET_SEGMENT_BASE: u32 = 25;
     /// `mmuext_op(ops, count, done, foreigndom)`.
     pub const MMUEXT_OP: u32 = 26;
+    /// `console_io(cmd, count, buffer)`.
+    pub const CONSOLE_IO: u32 = 18;
+    /// `iret`: jumped to (not called) with an `iret_context` on the stack.
+    pub const IRET: u32 = 23;
+    /// `sched_op(cmd, arg)`.
+    pub const SCHED_OP: u32 = 29;
 
     /// The hypercall's name, for errors and traces.
     pub const fn name(nr: u32) -> &'static str {
@@ -188,6 +194,9 @@ pub mod nr {
             UPDATE_VA_MAPPING => "update_va_mapping",
             SET_SEGMENT_BASE => "set_segment_base",
             MMUEXT_OP => "mmuext_op",
+            CONSOLE_IO => "console_io",
+            IRET => "iret",
+            SCHED_OP => "sched_op",
             _ => "unknown hypercall",
         }
     }

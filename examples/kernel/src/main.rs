@@ -85,11 +85,6 @@ pub mod boot_flags {
     /// internal error); exceptions raised by faults (#UD, #GP) are delivered
     /// through the IDT and are checked.
     pub const NO_SOFTWARE_INTERRUPTS: u64 = 1 << 1;
-    /// Set only by a Xen-style hypervisor: `cpuid` is not trapped here (PVM
-    /// runs the guest in ring 3 without CPUID faulting, so plain `cpuid`
-    /// shows the host's leaves); detect through Xen's forced-emulation
-    /// prefix ([`crate::xen::XenCpuid`]).
-    pub const CPUID_NEEDS_XEN_PREFIX: u64 = 1 << 2;
     /// Set only by a VMI-style hypervisor: `cpuid` is not trapped here, so
     /// its hypervisor leaves are the host's, not this hypervisor's. The
     /// kernel does not pick a backend from them (a Xen host would otherwise
@@ -103,6 +98,10 @@ pub mod boot_flags {
     /// ring-3 copy without trapping: those checks are skipped with the
     /// reason. Everything else runs as at ring 0.
     pub const DEPRIVILEGED: u64 = 1 << 4;
+    /// Set by the kernel's own Xen PV entry point ([`crate::xen_start`]),
+    /// never by a loader: the kernel was started by a Xen domain builder
+    /// (real Xen, or hv-sim's Xen personality) with its start info in rsi.
+    pub const XEN_PV_ENTRY: u64 = 1 << 5;
 }
 
 #[repr(C, align(16))]
@@ -123,6 +122,25 @@ pub extern "C" fn _start() -> ! {
         "ud2",
         stack = sym STACK,
         size = const core::mem::size_of::<Stack>(),
+        main = sym kmain,
+    )
+}
+
+/// Xen PV entry point (the Xen `ENTRY` ELF note): 64-bit mode, ring 3,
+/// rsi = Xen's start info. Switch to our own stack, then `kmain` with the
+/// [`boot_flags::XEN_PV_ENTRY`] flag.
+#[unsafe(no_mangle)]
+#[unsafe(naked)]
+pub extern "C" fn xen_start() -> ! {
+    naked_asm!(
+        "lea rsp, [rip + {stack} + {size}]",
+        "xor ebp, ebp",
+        "mov edi, {flag}",
+        "call {main}",
+        "ud2",
+        stack = sym STACK,
+        size = const core::mem::size_of::<Stack>(),
+        flag = const boot_flags::XEN_PV_ENTRY,
         main = sym kmain,
     )
 }
@@ -158,19 +176,6 @@ extern "C" fn gp_handler() {
         "iretq",
         e = sym GP_ERROR,
         c = sym GP_COUNT
-    )
-}
-
-#[unsafe(naked)]
-extern "C" fn pf_handler() {
-    // Error code on the stack; the faulting instruction is the 3-byte
-    // `mov [rax], rdx` (48 89 10) of `direct_store`.
-    naked_asm!(
-        "add rsp, 8",
-        "add qword ptr [rsp], 3",
-        "lock inc dword ptr [rip + {c}]",
-        "iretq",
-        c = sym PF_COUNT
     )
 }
 
@@ -358,22 +363,16 @@ fn read_fs0(sel: u16) -> u64 {
 }
 
 extern "C" fn kmain(flags: u64, start_info: u64) -> ! {
+    if flags & boot_flags::XEN_PV_ENTRY != 0 {
+        xen_pv_main(start_info);
+    }
     say!("pvops example kernel: hello\n");
-    let hv = if flags & boot_flags::CPUID_NEEDS_XEN_PREFIX != 0 {
-        say!("cpuid through Xen's forced-emulation prefix\n");
-        pvops::detect::detect_with(&xen::XenCpuid)
-    } else {
-        pvops::detect()
-    };
+    let hv = pvops::detect();
     say!("detected hypervisor: {:?}\n", hv);
     if let pvops::Hypervisor::Xen { .. } = hv {
-        if flags & boot_flags::CPUID_SHOWS_HOST != 0
-            && flags & boot_flags::CPUID_NEEDS_XEN_PREFIX == 0
-        {
-            say!("cpuid shows the host's leaves here (boot flag): not choosing Xen from them\n");
-        } else {
-            xen_main(flags, start_info);
-        }
+        // A Xen PV guest enters through the Xen note's entry point
+        // (xen_start), never here.
+        say!("cpuid says Xen, but this is not the Xen PV entry: not using the Xen backend\n");
     }
     match vmi::probe() {
         Ok(rom) => vmi_main(flags, rom),
@@ -655,14 +654,50 @@ mod xen_sel {
     pub const HYPERVISOR_CS: u16 = 0xe008;
 }
 
-fn xen_main(flags: u64, start_info: u64) -> ! {
-    let (xen, si_flags) = match xen::init(start_info, LAYOUT) {
-        Ok(x) => x,
+/// The Xen PV entry ([`xen_start`]): read Xen's start info, report
+/// through its console, detect Xen through the forced-emulation prefix,
+/// build the Xen backend over the p2m list and run the PV checks.
+fn xen_pv_main(start_info: u64) -> ! {
+    report::use_xen_console();
+    say!("pvops example kernel: hello (Xen PV entry)\n");
+    let boot = match xen::start_info(start_info) {
+        Ok(b) => b,
         Err(e) => {
             say!("xen: {}\n", e);
             report::exit(0xfd)
         }
     };
+    let si = boot.si;
+    say!(
+        "xen: start info {:?}: nr_pages {} shared_info {:#x} flags {:#x} console {:x?}\n",
+        si.magic_str(),
+        si.nr_pages,
+        si.shared_info,
+        si.flags,
+        si.console
+    );
+    say!(
+        "xen: pt_base {:#x} nr_pt_frames {} mfn_list {:#x} mod {:#x}+{:#x} p2m frames {}+{} cmdline {:?}\n",
+        si.pt_base,
+        si.nr_pt_frames,
+        si.mfn_list,
+        si.mod_start,
+        si.mod_len,
+        si.first_p2m_pfn,
+        si.nr_p2m_frames,
+        si.cmd_line_str()
+    );
+    // hv-sim passes what its host cannot do in the command line
+    // (`hvsim.flags=<hex boot flags>`); real Xen passes the runner's.
+    let flags = si
+        .cmd_line_str()
+        .split(' ')
+        .find_map(|w| w.strip_prefix("hvsim.flags="))
+        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0);
+    let hv = pvops::detect::detect_with(&xen::XenCpuid);
+    say!("detected hypervisor (prefixed cpuid): {:?}\n", hv);
+    let xen = xen::init(&boot, LAYOUT);
     if let Err(e) = pvops::install(OpsTable::new(xen)) {
         say!("install failed: {}\n", e);
         report::exit(0xff);
@@ -674,17 +709,14 @@ fn xen_main(flags: u64, start_info: u64) -> ! {
         total: 0,
         skipped: 0,
     };
-    let soft_int = flags & boot_flags::NO_SOFTWARE_INTERRUPTS == 0;
     let (cs, _, ss) = segs();
-    say!("xen: running on cs={cs:#x} ss={ss:#x}, start info flags {si_flags:#x}\n");
-    // The same host property as NO_DESCRIPTOR_INSPECTION: a PVM host.
-    let pvm = flags & boot_flags::NO_DESCRIPTOR_INSPECTION != 0;
+    say!("xen: running on cs={cs:#x} ss={ss:#x}, boot flags {flags:#x}\n");
+    start_info_checks(&mut t, &boot, matches!(hv, pvops::Hypervisor::Xen { .. }));
     run_xen_checks(
         &ops,
         &mut t,
-        soft_int,
-        pvm,
-        si_flags & xen::SIF_RO_MIRRORED != 0,
+        flags & boot_flags::NO_SOFTWARE_INTERRUPTS == 0,
+        flags & boot_flags::NO_DESCRIPTOR_INSPECTION != 0,
     );
     say!(
         "done: {}/{} checks passed, {} skipped\n",
@@ -695,18 +727,53 @@ fn xen_main(flags: u64, start_info: u64) -> ! {
     report::exit(t.total - t.passed)
 }
 
+/// What Xen's domain builder handed over: a 64-bit PV start info for dom0
+/// or a domU, a p2m list that maps this kernel's own pages to distinct
+/// machine frames, page tables at a page-aligned `pt_base`, and CPUID
+/// (through the prefix) naming Xen.
+fn start_info_checks(t: &mut Tally, boot: &xen::Boot, cpuid_xen: bool) {
+    let si = boot.si;
+    t.check(
+        "start_info: magic xen-3.0-x86_64, cpuid (forced-emulation prefix) says Xen",
+        si.magic_ok() && cpuid_xen,
+        format_args!("{:?} cpuid_xen={cpuid_xen}", si.magic_str()),
+    );
+    // The kernel image: every page between _start and the end of .bss.
+    let first = (xen_start as *const () as u64) >> 12;
+    let last = (core::ptr::addr_of!(STACK) as u64 + core::mem::size_of::<Stack>() as u64) >> 12;
+    let mut distinct = true;
+    let mut prev = u64::MAX;
+    let mut valid = true;
+    for pfn in first..=last {
+        let mfn = boot.p2m.get(pfn as usize).copied().unwrap_or(u64::MAX);
+        valid &= mfn != u64::MAX && mfn != 0;
+        distinct &= mfn != prev;
+        prev = mfn;
+    }
+    let in_list = |va: u64| (va >> 12) < si.nr_pages;
+    t.check(
+        "start_info: p2m (mfn_list) maps the kernel's pages; pt_base, start info and p2m inside the initial mapping",
+        valid
+            && distinct
+            && si.pt_base.is_multiple_of(4096)
+            && si.pt_base != 0
+            && si.nr_pt_frames >= 4
+            && in_list(si.pt_base)
+            && in_list(si.mfn_list)
+            && in_list(si as *const _ as u64),
+        format_args!(
+            "pfns {first:#x}..={last:#x} valid={valid} distinct={distinct} nr_pt_frames={}",
+            si.nr_pt_frames
+        ),
+    );
+}
+
 /// The checks that make sense for a 64-bit PV guest: every op goes through
 /// hypercalls, Xen's fix-ups show in the guest's own frames, the CPU runs
 /// on the tables Xen built (raw `sgdt`/`str`/`sldt` show Xen's), segment
 /// loads and exceptions work through them, and a descriptor Xen forbids is
 /// refused with its errno while the kernel carries on.
-fn run_xen_checks<O: DescriptorOps>(
-    ops: &O,
-    t: &mut Tally,
-    soft_int: bool,
-    pvm: bool,
-    ro_mirrored: bool,
-) {
+fn run_xen_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm: bool) {
     let (Ok(gdt), Ok(idt), Ok(ldt)) = (GDT.gdt(), IDT.idt(), LDT.ldt()) else {
         t.check("tables", false, format_args!("table storage rejected"));
         return;
@@ -779,10 +846,10 @@ fn run_xen_checks<O: DescriptorOps>(
     };
     // SAFETY: static IDT; handlers are the naked stubs above.
     let r = unsafe {
-        ops.write_idt_entry(&idt, 3, gate(bp_handler, Ring::Ring3))
-            .and_then(|()| ops.write_idt_entry(&idt, 6, gate(ud_handler, Ring::Ring0)))
-            .and_then(|()| ops.write_idt_entry(&idt, 13, gate(gp_handler, Ring::Ring0)))
-            .and_then(|()| ops.write_idt_entry(&idt, 14, gate(pf_handler, Ring::Ring0)))
+        ops.write_idt_entry(&idt, 3, gate(xen::bp_handler, Ring::Ring3))
+            .and_then(|()| ops.write_idt_entry(&idt, 6, gate(xen::ud_handler, Ring::Ring0)))
+            .and_then(|()| ops.write_idt_entry(&idt, 13, gate(xen::gp_handler, Ring::Ring0)))
+            .and_then(|()| ops.write_idt_entry(&idt, 14, gate(xen::pf_handler, Ring::Ring0)))
             .and_then(|()| ops.load_idt(&idt))
     };
     t.check(
@@ -879,23 +946,16 @@ fn run_xen_checks<O: DescriptorOps>(
         format_args!("{r:?}; next write {r2:?}"),
     );
 
-    if ro_mirrored {
-        // The GDT page is mapped read-only (load_gdt's update_va_mapping):
-        // a direct store faults and the descriptor is unchanged.
-        let before = GDT.read(15);
-        // SAFETY: the store faults into pf_handler, which skips it.
-        unsafe { direct_store(gdt.base() + 15 * 8, 0x00cf_f300_0000_ffff) };
-        t.check(
-            "direct store into the live GDT -> #PF, descriptor unchanged",
-            PF_COUNT.load(Ordering::SeqCst) == 1 && GDT.read(15) == before,
-            format_args!("#PF count={}", PF_COUNT.load(Ordering::SeqCst)),
-        );
-    } else {
-        t.skip(
-            "direct store into the live GDT -> #PF",
-            "the hypervisor does not mirror read-only mappings",
-        );
-    }
+    // The GDT page is mapped read-only (load_gdt's update_va_mapping):
+    // a direct store faults and the descriptor is unchanged.
+    let before = GDT.read(15);
+    // SAFETY: the store faults into pf_handler, which skips it.
+    unsafe { direct_store(gdt.base() + 15 * 8, 0x00cf_f300_0000_ffff) };
+    t.check(
+        "direct store into the live GDT -> #PF, descriptor unchanged",
+        PF_COUNT.load(Ordering::SeqCst) == 1 && GDT.read(15) == before,
+        format_args!("#PF count={}", PF_COUNT.load(Ordering::SeqCst)),
+    );
 
     // SAFETY: the LDT is no longer loaded (last iteration loaded none).
     let r = unsafe { ops.free_ldt(&ldt) };

@@ -8,8 +8,41 @@
 //!   `check <pass|fail|skip> <name>[: detail]` or free text;
 //! * port 0xF4, dword write: exit with that status (the VM stops; QEMU exits
 //!   with `status << 1 | 1`).
+//!
+//! A Xen PV guest (entered through the Xen ELF note's entry point) reports
+//! the same lines through `console_io(CONSOLEIO_write)` instead, one
+//! hypercall per line, and exits with an `exit status N` line and
+//! `sched_op(SCHEDOP_shutdown)` ([`use_xen_console`]).
 
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// Text goes to Xen's console (`console_io`) rather than port 0xE9.
+static XEN_CONSOLE: AtomicBool = AtomicBool::new(false);
+
+/// One line of text waiting for its newline (Xen console only).
+struct LineBuf {
+    buf: [u8; 256],
+    len: usize,
+}
+
+static LINE: spin::Mutex<LineBuf> = spin::Mutex::new(LineBuf {
+    buf: [0; 256],
+    len: 0,
+});
+
+/// From now on, report through Xen's console and exit with
+/// `sched_op(SCHEDOP_shutdown)`.
+pub fn use_xen_console() {
+    XEN_CONSOLE.store(true, Ordering::SeqCst);
+}
+
+fn xen_flush(l: &mut LineBuf) {
+    if l.len > 0 {
+        crate::xen::console_write(&l.buf[..l.len]);
+        l.len = 0;
+    }
+}
 
 /// Text output port.
 pub const PORT_TEXT: u16 = 0xe9;
@@ -35,6 +68,18 @@ pub struct Port;
 
 impl Write for Port {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        if XEN_CONSOLE.load(Ordering::Relaxed) {
+            let mut l = LINE.lock();
+            for b in s.bytes() {
+                let n = l.len;
+                l.buf[n] = b;
+                l.len += 1;
+                if b == b'\n' || l.len == l.buf.len() {
+                    xen_flush(&mut l);
+                }
+            }
+            return Ok(());
+        }
         for b in s.bytes() {
             outb(PORT_TEXT, b);
         }
@@ -84,6 +129,15 @@ impl Tally {
 
 /// Stop the VM with `status`.
 pub fn exit(status: u32) -> ! {
+    if XEN_CONSOLE.load(Ordering::Relaxed) {
+        crate::say!("exit status {}\n", status);
+        xen_flush(&mut LINE.lock());
+        crate::xen::shutdown(if status == 0 {
+            pvops_xen::abi::shutdown::POWEROFF
+        } else {
+            pvops_xen::abi::shutdown::CRASH
+        });
+    }
     outl(PORT_EXIT, status);
     loop {
         // SAFETY: halting with interrupts off ends this vCPU's work.
