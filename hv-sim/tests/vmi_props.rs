@@ -2,6 +2,9 @@
 //! hostile arguments (extreme table bases, limits, indices, selectors)
 //! panics the simulator, for both guest kinds, and every call answers.
 
+#[path = "common/seeds.rs"]
+mod seeds;
+
 use hv_sim::vmi::{GuestKind, RamMemory, VmiHypervisor};
 use proptest::prelude::*;
 use pvops_vmi::{VmiPlatform, call};
@@ -69,7 +72,7 @@ fn run(kind: GuestKind, ops: &[(usize, [u64; 4], u64, u64)]) {
     }
 }
 
-proptest! {
+seeds::seeded_proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]

@@ -4,6 +4,10 @@
 //! identity for every bit pattern, and fields → raw → fields is the identity
 //! for every in-range field set.
 
+// The workspace's one seed helper (fixed seeds plus one printed random seed).
+#[path = "../../hv-sim/tests/common/seeds.rs"]
+mod seeds;
+
 use proptest::prelude::*;
 use pvops::selector::ring_from_bits;
 use pvops::*;
@@ -45,7 +49,7 @@ prop_compose! {
     }
 }
 
-proptest! {
+seeds::seeded_proptest! {
     #![proptest_config(ProptestConfig::with_cases(2048))]
 
     #[test]

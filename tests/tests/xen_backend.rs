@@ -8,6 +8,10 @@
 
 #![cfg(target_arch = "x86_64")]
 
+// The workspace's one seed helper (fixed seeds plus one printed random seed).
+#[path = "../../hv-sim/tests/common/seeds.rs"]
+mod seeds;
+
 use hv_sim::xen::{Abi, PageType, TraceEvent, XenDomain, check_descriptor};
 use pvops::{
     Descriptor, DescriptorOps, Errno, Gate64, Gdt, GdtEntry, GdtLayout, Idt, Ldt, OpsTable,
@@ -944,7 +948,7 @@ mod props {
         ]
     }
 
-    proptest! {
+    seeds::seeded_proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
         /// Any 8 bytes: ignored if TSS/LDT, else stored exactly as Xen's
