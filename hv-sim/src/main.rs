@@ -173,8 +173,13 @@ fn demo() -> ExitCode {
                 println!("  refused as on Xen: {name} = {errno}: {reason}");
             }
             println!(
-                "  exit status {:?}; {} cpuid(s) emulated via the Xen prefix, {} #UD bounced, {} page-table mirror flushes",
-                r.boot.exit_status, r.emulated_cpuids, r.bounced_uds, r.pte_flushes
+                "  exit status {:?} (shutdown reason {:?}); {} cpuid(s) emulated via the Xen prefix; exceptions bounced by vector {:?}, {} iret(s); {} page-table mirror flushes",
+                r.boot.exit_status,
+                r.shutdown,
+                r.emulated_cpuids,
+                r.bounced,
+                r.irets,
+                r.pte_flushes
             );
             ok &=
                 r.boot.failed().is_empty() && r.boot.exit_status == Some(0) && r.invariants.is_ok();

@@ -863,6 +863,18 @@ fn run_xen_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm:
         "ud2 lands in the #UD handler (trap table)",
         "bad selector -> #GP(selector) in handler (trap table)",
     );
+    let f = |i: usize| xen::UD_FRAME[i].load(Ordering::SeqCst);
+    let (cs_word, rflags, ss, at) = (f(0), f(1), f(2), f(3));
+    let mask = (cs_word >> 32) & 0xff;
+    t.check(
+        "#UD bounce frame: [rcx, r11, rip, cs, rflags, rsp, ss], cs RPL cleared with the event mask in bits 32-39, IF = !mask, IOPL 0",
+        cs_word & 0xffff == u64::from(xen_sel::FLAT_KERNEL_CS & !3)
+            && ss == u64::from(xen_sel::FLAT_KERNEL_SS)
+            && (rflags >> 9) & 1 == u64::from(mask == 0)
+            && (rflags >> 12) & 3 == 0
+            && (at + 7 * 8).is_multiple_of(16),
+        format_args!("cs word {cs_word:#x} rflags {rflags:#x} ss {ss:#x} frame at {at:#x}"),
+    );
 
     // LDT.
     let ldt_probe = &LDT_PROBE as *const AtomicU64 as u64;

@@ -30,6 +30,7 @@
 //!   word pushed (Xen's `pv/iret.c`; Linux's `xen_iret`).
 
 use core::arch::{global_asm, naked_asm};
+use core::sync::atomic::AtomicU64;
 
 use pvops::GdtLayout;
 use pvops_xen::abi::{self, StartInfo};
@@ -229,16 +230,30 @@ pub extern "C" fn bp_handler() {
     )
 }
 
-/// #UD: resume after the 2-byte `ud2`.
+/// The first #UD bounce frame as the handler found it: the cs word
+/// (selector and saved event mask), rflags, ss, and the frame's address.
+pub static UD_FRAME: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// #UD: record the frame, resume after the 2-byte `ud2`.
 #[unsafe(naked)]
 pub extern "C" fn ud_handler() {
     naked_asm!(
+        "mov [rip + {f} + 24], rsp",
         "pop rcx",
         "pop r11",
+        "push rax",
+        "mov rax, [rsp + 16]",
+        "mov [rip + {f}], rax",
+        "mov rax, [rsp + 24]",
+        "mov [rip + {f} + 8], rax",
+        "mov rax, [rsp + 40]",
+        "mov [rip + {f} + 16], rax",
+        "pop rax",
         "lock inc dword ptr [rip + {c}]",
         "add qword ptr [rsp], 2",
         xen_iret!(),
-        c = sym crate::UD_COUNT
+        c = sym crate::UD_COUNT,
+        f = sym UD_FRAME
     )
 }
 

@@ -131,7 +131,8 @@ pub struct Config {
     pub boot_flags: u64,
 }
 
-/// Boot flags passed to the guest in rdi.
+/// Boot flags passed to the guest in rdi (the Xen personality passes them
+/// in the start info's command line instead, `hvsim.flags=<hex>`).
 pub mod boot_flags {
     /// The host cannot run `lar`/`lsl`/`verr` in a guest: its /dev/kvm is
     /// PVM (`kvm_pvm`), which runs guests deprivileged and emulates
@@ -144,12 +145,9 @@ pub mod boot_flags {
     /// faults (#UD, #GP with its error code) are delivered through the
     /// guest's IDT.
     pub const NO_SOFTWARE_INTERRUPTS: u64 = 1 << 1;
-    /// Set only by the Xen-style personality ([`super::xen`]) on hosts
-    /// where `cpuid` in the guest is not trapped (PVM runs the guest in
-    /// ring 3 and this CPU has no CPUID faulting, so a plain `cpuid` shows
-    /// the host's leaves): the kernel asks through Xen's forced-emulation
-    /// prefix `ud2; .ascii "xen"; cpuid`, which hv-sim emulates.
-    pub const CPUID_NEEDS_XEN_PREFIX: u64 = 1 << 2;
+    /// (Bit 2 was the Xen personality's "use the cpuid prefix" flag: a Xen
+    /// PV kernel now always asks through Xen's forced-emulation prefix, as
+    /// Linux's does.)
     /// Set only by the VMI-style personality ([`super::vmi`]) on hosts where
     /// `cpuid` in the guest is not trapped (PVM, ring 3, no CPUID
     /// faulting): the hypervisor leaves `cpuid` shows are the host's, not
@@ -592,7 +590,15 @@ fn run_vm(
                         let data = u32::from_le_bytes(b);
                         let handled = match guest.as_mut() {
                             Some(Guest::Xen(g)) if p == ports::HYPERCALL => {
-                                Some(g.hypercall(&vm, &vcpu, data, len))
+                                match g.port(&vm, &vcpu, data, len, &mut text) {
+                                    Ok(Some(reason)) => {
+                                        g.at_exit(&vcpu);
+                                        let t = String::from_utf8_lossy(&text);
+                                        break Some(xen::exit_status(&t, reason));
+                                    }
+                                    Ok(None) => Some(Ok(())),
+                                    Err(e) => Some(Err(e)),
+                                }
                             }
                             Some(Guest::Vmi(g)) if p == ports::VMI => {
                                 Some(g.rom_call(&vcpu, data, len))

@@ -138,9 +138,9 @@ pub(crate) struct Fail {
     reason: String,
 }
 
-type Hc = Result<i64, Fail>;
+pub(crate) type Hc = Result<i64, Fail>;
 
-fn fail(errno: i64, reason: impl Into<String>) -> Fail {
+pub(crate) fn fail(errno: i64, reason: impl Into<String>) -> Fail {
     Fail {
         errno,
         reason: reason.into(),
@@ -225,6 +225,12 @@ pub(crate) struct Inner {
     strict: bool,
     strict_failures: Vec<String>,
     next_free: usize,
+    /// `console_io` output, bounded (see [`super::misc`]).
+    pub(crate) console: super::misc::Console,
+    /// The reason given to `SCHEDOP_shutdown`, once the domain shut down.
+    pub(crate) shutdown: Option<u32>,
+    /// The hardware domain (dom0): `console_io` is allowed.
+    pub(crate) privileged: bool,
 }
 
 /// A simulated Xen PV domain. All methods take `&self`; the state is behind
@@ -286,6 +292,9 @@ impl XenDomain {
                 strict: false,
                 strict_failures: Vec::new(),
                 next_free: vcpus + 1,
+                console: Default::default(),
+                shutdown: None,
+                privileged: false,
             }),
         }
     }
@@ -360,6 +369,9 @@ impl XenDomain {
                 strict: false,
                 strict_failures: Vec::new(),
                 next_free: reserved + vcpus,
+                console: Default::default(),
+                shutdown: None,
+                privileged: false,
             }),
         }
     }
@@ -368,6 +380,63 @@ impl XenDomain {
     /// maps VA `va_base + i * 4096`).
     pub fn direct_map_ptes(&self) -> Vec<u64> {
         self.lock().ptes.clone()
+    }
+
+    /// Make the domain the hardware domain (dom0) or not: `console_io` is
+    /// refused (-EPERM) to an unprivileged domain.
+    pub fn set_privileged(&self, privileged: bool) {
+        self.lock().privileged = privileged;
+    }
+
+    /// What Xen's domain builder does to the bootstrap page tables it
+    /// wrote into the domain's pages `pfns` (the first is the L4): map
+    /// them read-only, give the L4 the page-table type and make it vCPU
+    /// 0's root (`guest_table`), with its reference. The other frames keep
+    /// no type here: hv-sim's domain models no L1–L3 page types yet.
+    ///
+    /// # Errors
+    /// A pfn outside the domain's own RAM, or a frame already in use (the
+    /// domain's invariants would break).
+    pub fn install_bootstrap_tables(&self, pfns: std::ops::Range<u64>) -> Result<(), String> {
+        let mut g = self.lock();
+        let root = pfns.start as usize;
+        for pfn in pfns.clone() {
+            let p = pfn as usize;
+            if p < g.reserved || p >= g.pages() {
+                return Err(format!(
+                    "bootstrap page table pfn {pfn:#x} is not the domain's"
+                ));
+            }
+            let f = &g.frames[p];
+            if f.typ != PageType::Writable || f.type_count != 1 || f.refs != 1 {
+                return Err(format!(
+                    "bootstrap page table pfn {pfn:#x} is already in use"
+                ));
+            }
+            g.ptes[p] &= !PTE_RW;
+            let f = &mut g.frames[p];
+            f.typ = PageType::None;
+            f.type_count = 0;
+        }
+        let mfn = g.mfn(root);
+        let f = &mut g.frames[root];
+        f.typ = PageType::PageTable;
+        f.type_count = 1;
+        f.validated = true;
+        f.refs += 1;
+        g.vcpus[0].cr3 = Some(mfn);
+        g.invariants()
+    }
+
+    /// Take the console text written so far (and the count of bytes
+    /// dropped past [`super::misc::CONSOLE_CAP`]).
+    pub fn take_console(&self) -> super::misc::Console {
+        std::mem::take(&mut self.lock().console)
+    }
+
+    /// The `SCHEDOP_shutdown` reason, once the domain has shut down.
+    pub fn shutdown_reason(&self) -> Option<u32> {
+        self.lock().shutdown
     }
 
     /// A pv64 domain.
@@ -673,7 +742,7 @@ impl Inner {
         Some((pfn, (va as usize) & (PAGE_SIZE - 1)))
     }
 
-    fn load_bytes(&self, va: u64, buf: &mut [u8]) -> Result<(), ()> {
+    pub(crate) fn load_bytes(&self, va: u64, buf: &mut [u8]) -> Result<(), ()> {
         for (i, b) in buf.iter_mut().enumerate() {
             let a = va.checked_add(i as u64).ok_or(())?;
             let (pfn, off) = self.translate(a, false).ok_or(())?;
@@ -758,7 +827,7 @@ impl Inner {
         }
     }
 
-    fn note(&mut self, s: String) {
+    pub(crate) fn note(&mut self, s: String) {
         self.changes.push(s);
     }
 
@@ -1180,6 +1249,8 @@ impl Inner {
             },
             25 => self.set_segment_base(v, a[0] as u32, a[1]),
             26 => self.mmuext_op(v, a[0], a[1] as u32, a[2], a[3] as u32),
+            18 => self.console_io(a[0] as u32, a[1] as u32, a[2]),
+            29 => self.sched_op(a[0] as u32, a[1]),
             _ if hypercall_name(nr) != "?" => Err(fail(
                 ENOSYS,
                 format!(

@@ -34,8 +34,10 @@
 pub mod descriptor_policy;
 pub mod domain;
 pub mod mem;
+pub mod misc;
 pub mod platform;
 pub mod trace;
+pub mod traps;
 
 pub use descriptor_policy::{Abi, Reject, check_descriptor};
 pub use domain::{GuestFault, TrapInfo, VcpuState, XenDomain};
@@ -57,12 +59,16 @@ pub mod nr {
     pub const MULTICALL: u64 = 13;
     /// update_va_mapping(va, pte, flags) (pv32: va, pte_lo, pte_hi, flags).
     pub const UPDATE_VA_MAPPING: u64 = 14;
-    /// iret (not modelled).
+    /// iret (the KVM runner's, see `kvm::xen`; in process -ENOSYS).
     pub const IRET: u64 = 23;
     /// set_segment_base(which, base) (pv64 only).
     pub const SET_SEGMENT_BASE: u64 = 25;
     /// mmuext_op(ops, count, pdone, foreigndom).
     pub const MMUEXT_OP: u64 = 26;
+    /// console_io(cmd, count, buffer).
+    pub const CONSOLE_IO: u64 = 18;
+    /// sched_op(cmd, arg).
+    pub const SCHED_OP: u64 = 29;
 }
 
 /// EPERM.

@@ -1,94 +1,88 @@
-//! The Xen-style personality on a real vCPU.
+//! The Xen PV personality on a real vCPU: hv-sim loads a 64-bit PV kernel
+//! the way Xen loads dom0, and runs it in ring 3 against the validating
+//! handlers of [`crate::xen::XenDomain`].
 //!
-//! [`boot_xen`] boots a kernel that names a hypercall page in its
-//! `XEN_ELFNOTE_HYPERCALL_PAGE` ELF note. hv-sim:
+//! [`boot_xen`] takes the same ELF image that boots on the real Xen
+//! hypervisor (see [`crate::realxen`]):
 //!
-//! * answers CPUID 0x4000_0000 with "XenVMMXenVMM" (max leaf 0x4000_0002 at
-//!   least), so `pvops::detect()` picks the Xen-style backend;
-//! * fills the hypercall page with 32-byte stubs `mov eax, nr; out 0xE8,
-//!   eax; ret` (`vmcall` would be #UD here, and KVM never forwards it to
-//!   userspace), then int3 padding;
-//! * on each write to [`ports::HYPERCALL`] reads rax (= the number, checked
-//!   against the port data), rdi, rsi, rdx, r10 and r8, runs the *same*
-//!   validating handlers as in-process ([`XenDomain::hypercall`], over the
-//!   guest's RAM with guest VA = GPA) and writes the result to rax;
-//! * after each hypercall makes the domain's state take effect on the vCPU:
-//!   it builds the real GDT (the guest frames' validated entries, then
-//!   Xen's reserved entries from 7168 on), LDT (the guest's LDT pages,
-//!   mapped and validated through the domain) and IDT (one gate per
-//!   trap-table entry) in hv-sim's own memory, installs them with
-//!   `KVM_SET_SREGS`, applies `set_segment_base`, and mirrors the domain's
-//!   L1 entries (`update_va_mapping`) into the real 4 KiB page tables.
+//! * **Loading** ([`builder`]): the kernel's Xen notes (LOADER "generic" or
+//!   GUEST_OS "linux", ENTRY, HYPERCALL_PAGE, VIRT_BASE = PADDR_OFFSET = 0);
+//!   after the image, in Xen's order and with Xen's arithmetic, the p2m
+//!   list, Xen's `start_info_t` (magic "xen-3.0-x86_64", `nr_pages`,
+//!   `flags` = SIF_PRIVILEGED | SIF_INITDOMAIN as for dom0, `pt_base`,
+//!   `nr_pt_frames`, `mfn_list`, `cmd_line`), the bootstrap page tables in
+//!   machine frames (mapped read-only, the L4 typed and installed as the
+//!   vCPU's root) and the boot stack. The kernel enters at ENTRY in ring 3
+//!   on FLAT_KERNEL_CS/SS with rsi = the start info and rsp = the stack's
+//!   top. What this host cannot run is said in the command line
+//!   (`hvsim.flags=<hex>`, [`super::boot_flags`]).
+//! * **Hypercalls**: the hypercall page's 32-byte stubs are `mov eax, nr;
+//!   out 0xE8, eax; ret` (`vmcall` never reaches userspace here); on the
+//!   port write hv-sim reads rax, rdi, rsi, rdx, r10, r8, runs
+//!   [`XenDomain::hypercall`] over guest RAM (guest VA = GPA) and writes
+//!   rax back, clobbering rcx and r11 as `syscall` does. `console_io` text
+//!   becomes the boot's text; `sched_op(SCHEDOP_shutdown)` ends the boot.
+//! * **Exceptions** (vectors 0–31) enter hv-sim's stubs
+//!   ([`builder::exception_stub`]); hv-sim emulates the forced-emulation
+//!   `cpuid` (`ud2; .ascii "xen"; cpuid`, answering Xen's leaves), and
+//!   delivers every other exception as Xen does: a bounce frame on the
+//!   kernel stack and a jump to the `set_trap_table` handler
+//!   ([`crate::xen::traps`]). The kernel returns through the `iret`
+//!   hypercall, whose stub completes the `iret_context` as Xen's does. An
+//!   exception with no handler crashes the domain, as on Xen.
+//! * **Effects**: after each hypercall hv-sim builds the real GDT (the
+//!   guest frames' validated entries, then Xen's reserved entries from 7168
+//!   on) and LDT (the guest's LDT pages, validated through the domain),
+//!   installs them with `KVM_SET_SREGS`, applies `set_segment_base`, and
+//!   mirrors the domain's L1 entries into the real 4 KiB page tables (so a
+//!   direct store into a live descriptor page faults, as on Xen).
 //!
-//! # CPUID
-//! Where the guest's `cpuid` is not trapped (PVM: ring 3, no CPUID
-//! faulting on this CPU) a plain `cpuid` returns the host's leaves. As on
-//! Xen, the kernel then uses the forced-emulation prefix `ud2; .ascii
-//! "xen"; cpuid` (boot flag [`super::boot_flags::CPUID_NEEDS_XEN_PREFIX`]).
-//! Vector 6 of the real IDT always enters hv-sim's [`TRAP_TEXT`] stub
-//! (`push rax; mov eax, UD_MARKER; out 0xE8, eax; pop rax; iretq`). On its
-//! port write hv-sim looks at the faulting instruction: the prefix is
-//! emulated (the leaves set with `KVM_SET_CPUID2`, Xen's 0x4000_0000..2)
-//! and skipped; any other #UD is bounced to the handler the guest
-//! registered with `set_trap_table` (rip = handler, the exception frame
-//! unchanged), as Xen's #UD path does.
-//!
-//! # Ring
-//! The guest kernel runs where a 64-bit PV kernel runs on Xen: **ring 3**,
-//! on `FLAT_KERNEL_CS` 0xe033 / `FLAT_KERNEL_SS` 0xe02b from Xen's reserved
-//! GDT entries, with RFLAGS.IOPL = 3 (so its `out`s to the report ports and
-//! hypercall stubs work) and the U bit on every page of its RAM. Its
-//! descriptors are DPL 3 after Xen's fix-ups, so it loads DS/ES/FS/GS from
-//! its own GDT and LDT; exceptions go through DPL-`flags & 3` gates whose
-//! code selector is the trap table's (RPL raised to 3), so handlers run in
-//! ring 3 on the same stack — where Xen would build a bounce frame on the
-//! kernel stack instead.
+//! # Where this differs from Xen
+//! * hv-sim's real page tables map guest-physical frames; the bootstrap
+//!   tables at `pt_base` are Xen's image of the initial mapping (machine
+//!   frames), and later `update_va_mapping`s change the domain's model and
+//!   the real tables, not that image. Only the L4 has a page type.
+//! * Pages below 1 MiB are hv-sim's (their p2m entries are `!0`); there is
+//!   no shared-info page (`shared_info` is 0) and no event delivery.
+//! * The vCPU's real IOPL is 3 (the stubs use `out`); bounce frames show
+//!   the guest Xen's virtual IOPL 0.
+//! * `iret` returns only to FLAT_KERNEL_CS/SS (kernel mode); PVM cannot
+//!   run `int n`, so software interrupts other than through faults are
+//!   not delivered (the kernel is told with `hvsim.flags`).
 //!
 //! # Guest-physical layout (pages below 1 MiB are the hypervisor's)
 //! | GPA | contents | guest access |
 //! |---|---|---|
 //! | 0x1000 / 0x2000 / 0x3000 | PML4, PDPT, PD | none |
-//! | 0x7000–0x8000 | boot stack (rsp at entry) | read/write |
-//! | 0x9000 | [`StartInfo`] (address in rsi at entry) | read-only |
 //! | 0x10000–0x50000 | page tables: 64 × 512 4 KiB entries (≤ 128 MiB RAM) | none |
 //! | 0x50000–0x5f000 | the real GDT: 7680 entries (Xen's 7168 + 512 reserved) | none |
-//! | 0x60000 | the real IDT | none |
+//! | 0x60000 | the real IDT (vectors 0–31 → hv-sim's exception stubs) | none |
 //! | 0x61000–0x71000 | the real LDT | none |
 //! | 0x71000 | Xen's TSS (selector 0xe040) | none |
-//! | 0x72000 | hv-sim's #UD entry ([`TRAP_TEXT`]) | execute (ring 3) |
-//! | 0x80000–0xc0000 | p2m list: one u64 mfn per pfn, `u64::MAX` for hypervisor pages | read-only |
+//! | 0x72000 | hv-sim's exception stubs | read, execute (ring 3) |
 //!
-//! Above 1 MiB the pages are the domain's (pfn `i` = mfn `3i + 0x1d0`);
-//! the domain's scratch page is pfn 0x100.
+//! Above 1 MiB the pages are the domain's (pfn `i` = mfn `3i + 0x1d0`); the
+//! domain's scratch page is pfn 0x100; the kernel and Xen's layout follow.
+
+pub mod builder;
 
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
 
-use goblin::elf::Elf;
-use goblin::elf::program_header::{PF_X, PT_LOAD};
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::{BootReport, Config, KvmError, layout, parse_elf, ports};
+use super::{BootReport, Config, KvmError, layout, parse_elf};
+use crate::xen::traps::{self, Interrupted};
 use crate::xen::{Trace, TraceEvent, VcpuState, XenDomain, ZERO_BLOCK_PTR};
+pub use builder::{
+    Dom0Layout, EXCEPTION_MARKER, STUB_SIZE, XEN_ELFNOTE_HYPERCALL_PAGE, XenNotes, hypercall_stub,
+    xen_notes,
+};
 
 /// CPUID 0x4000_0000 signature.
 pub const CPUID_SIGNATURE: [u8; 12] = *b"XenVMMXenVMM";
-/// `XEN_ELFNOTE_HYPERCALL_PAGE`.
-pub const XEN_ELFNOTE_HYPERCALL_PAGE: u32 = 2;
-/// Size of one hypercall stub.
-pub const STUB_SIZE: usize = 32;
-
-/// Start info address (rsi at entry).
-pub const START_INFO: u64 = 0x9000;
-/// `StartInfo::magic`: "hvsimxen".
-pub const START_INFO_MAGIC: u64 = u64::from_le_bytes(*b"hvsimxen");
-/// `StartInfo::flags`: read-only mappings are mirrored into the real page
-/// tables (a direct store into a live descriptor page faults).
-pub const SIF_RO_MIRRORED: u64 = 1 << 0;
-/// First page-table page.
-pub const PT_BASE: u64 = layout::RING3_PT_BASE;
 /// Most page-table pages (each maps 2 MiB).
 pub const MAX_PTS: u64 = 64;
 /// The real GDT.
@@ -99,14 +93,10 @@ pub const REAL_IDT: u64 = 0x6_0000;
 pub const REAL_LDT: u64 = 0x6_1000;
 /// Xen's TSS.
 pub const REAL_TSS: u64 = 0x7_1000;
-/// The p2m list.
-pub const P2M: u64 = 0x8_0000;
-/// hv-sim's #UD entry page.
+/// hv-sim's exception stubs (16 bytes per vector).
 pub const TRAP_TEXT: u64 = 0x7_2000;
-/// Written to the hypercall port by the #UD entry (no hypercall has it).
-pub const UD_MARKER: u32 = 0xffff_ff06;
-/// Xen version reported by CPUID 0x4000_0001 (4.19).
-pub const XEN_VERSION: u32 = (4 << 16) | 19;
+/// Xen version reported by CPUID 0x4000_0001: 4.17, the version CI runs.
+pub const XEN_VERSION: u32 = (4 << 16) | 17;
 /// Pages reserved for the hypervisor (the first MiB).
 pub const RESERVED_PAGES: usize = 0x100;
 
@@ -133,77 +123,16 @@ use layout::{PTE_P, PTE_RW, PTE_U};
 const PTE_AD: u64 = 0x60;
 const PTE_MFN_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 
-/// The hypercall stub for `nr`: `mov eax, nr; out 0xE8, eax; ret`, then
-/// int3 up to 32 bytes.
-pub fn hypercall_stub(nr: u32) -> [u8; STUB_SIZE] {
-    let mut s = [0xccu8; STUB_SIZE];
-    s[0] = 0xb8;
-    s[1..5].copy_from_slice(&nr.to_le_bytes());
-    s[5] = 0xe7;
-    s[6] = ports::HYPERCALL as u8;
-    s[7] = 0xc3;
-    s
-}
-
-/// The address in the kernel's `XEN_ELFNOTE_HYPERCALL_PAGE` note, checked:
-/// exactly one such note, an 8-byte descriptor, a page-aligned address
-/// inside an executable `PT_LOAD` segment. Notes are read from `PT_NOTE`
-/// program headers, or from note sections when there are none.
+/// The address in the kernel's `XEN_ELFNOTE_HYPERCALL_PAGE` note, checked
+/// with the rest of its Xen notes ([`xen_notes`]).
 pub fn hypercall_page_note(image: &[u8]) -> Result<u64, KvmError> {
-    let bad = |why: String| {
-        KvmError::BadImage(format!(
-            "XEN_ELFNOTE_HYPERCALL_PAGE (Xen note type 2): {why}"
-        ))
-    };
-    let elf = Elf::parse(image).map_err(|e| KvmError::BadImage(e.to_string()))?;
-    let notes = elf
-        .iter_note_headers(image)
-        .or_else(|| elf.iter_note_sections(image, None));
-    let mut found = Vec::new();
-    if let Some(it) = notes {
-        for n in it {
-            let n = n.map_err(|e| bad(format!("note table is malformed: {e}")))?;
-            if n.name == "Xen" && n.n_type == XEN_ELFNOTE_HYPERCALL_PAGE {
-                found.push(n.desc.to_vec());
-            }
-        }
-    }
-    let desc = match found.as_slice() {
-        [] => {
-            return Err(bad(
-                "the kernel has no such note; a Xen-style guest must name the page hv-sim fills with hypercall stubs".into(),
-            ));
-        }
-        [d] => d,
-        _ => return Err(bad(format!("{} such notes; expected one", found.len()))),
-    };
-    let Ok(bytes) = <[u8; 8]>::try_from(desc.as_slice()) else {
-        return Err(bad(format!(
-            "descriptor is {} bytes; expected an 8-byte address",
-            desc.len()
-        )));
-    };
-    let page = u64::from_le_bytes(bytes);
-    if !page.is_multiple_of(4096) {
-        return Err(bad(format!("address {page:#x} is not page aligned")));
-    }
-    let inside = elf.program_headers.iter().any(|ph| {
-        ph.p_type == PT_LOAD
-            && ph.p_flags & PF_X != 0
-            && page >= ph.p_vaddr
-            && page + 4096 <= ph.p_vaddr + ph.p_memsz
-    });
-    if !inside {
-        return Err(bad(format!(
-            "address {page:#x} is not a page inside an executable PT_LOAD segment"
-        )));
-    }
-    Ok(page)
+    xen_notes(image).map(|n| n.hypercall_page)
 }
 
 /// What `run_vm` needs to set up the personality.
 pub(crate) struct XenSetup {
-    hypercall_page: u64,
+    notes: XenNotes,
+    layout: Dom0Layout,
 }
 
 /// What the personality did, handed back with the boot report.
@@ -215,11 +144,13 @@ pub(crate) struct XenOutcome {
     invariants: Result<(), String>,
     pte_flushes: u64,
     emulated_cpuids: u64,
-    bounced_uds: u64,
+    bounced: BTreeMap<u8, u64>,
+    irets: u64,
+    shutdown: Option<u32>,
     final_segments: Option<FinalSegments>,
 }
 
-/// The vCPU's segment registers when the guest wrote its exit status, as
+/// The vCPU's segment registers when the guest shut down, as
 /// `KVM_GET_SREGS` reports them (on PVM a ring-3 guest reading its own
 /// selectors with `mov r, cs` sees the host's instead).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,29 +169,13 @@ pub struct FinalSegments {
     pub ds_dpl: u8,
 }
 
-/// hv-sim's start info (rsi at entry); the example kernel's
-/// `xen::StartInfo` is the other side. All fields u64, little endian.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StartInfo {
-    /// [`START_INFO_MAGIC`].
-    pub magic: u64,
-    /// The filled hypercall page (the note's address).
-    pub hypercall_page: u64,
-    /// Address of the p2m list.
-    pub p2m: u64,
-    /// Entries in the p2m list.
-    pub nr_pages: u64,
-    /// [`SIF_RO_MIRRORED`].
-    pub flags: u64,
-}
-
-/// What a Xen-style boot did.
+/// What a Xen PV boot did.
 #[derive(Clone, Debug)]
 pub struct XenBootReport {
     /// The guest's text, checks and exits.
     pub boot: BootReport,
     /// Hypercalls the guest issued through its hypercall page (multicall
-    /// sub-calls not counted).
+    /// sub-calls and `iret` not counted).
     pub hypercalls: u64,
     /// Every hypercall as the domain ran it.
     pub trace: Trace,
@@ -273,13 +188,19 @@ pub struct XenBootReport {
     /// Times the real page tables changed and KVM's shadow copies were
     /// dropped (memory slot re-registered).
     pub pte_flushes: u64,
-    /// The hypercall page hv-sim filled.
-    pub hypercall_page: u64,
+    /// The kernel's Xen notes.
+    pub notes: XenNotes,
+    /// Where the builder put the p2m, start info, page tables and stack.
+    pub layout: Dom0Layout,
     /// `cpuid`s emulated through Xen's forced-emulation prefix.
     pub emulated_cpuids: u64,
-    /// Other #UDs bounced to the guest's handler.
-    pub bounced_uds: u64,
-    /// The vCPU's segments at the guest's exit.
+    /// Exceptions bounced to the guest's handlers, by vector.
+    pub bounced: BTreeMap<u8, u64>,
+    /// `iret` hypercalls.
+    pub irets: u64,
+    /// The `SCHEDOP_shutdown` reason (`None`: the guest stopped otherwise).
+    pub shutdown: Option<u32>,
+    /// The vCPU's segments at the guest's shutdown.
     pub final_segments: Option<FinalSegments>,
 }
 
@@ -323,18 +244,42 @@ impl XenBootReport {
     }
 }
 
-/// Boot `image` with the Xen-style personality.
+/// The status a Xen guest reported: its last `exit status N` line, else 0
+/// for a poweroff and `0x100 + reason` for any other shutdown.
+pub fn exit_status(text: &str, shutdown_reason: u32) -> u32 {
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("exit status ")?.trim().parse().ok())
+        .unwrap_or(if shutdown_reason == 0 {
+            0
+        } else {
+            0x100 + shutdown_reason
+        })
+}
+
+/// Boot `image` as a Xen PV guest (dom0).
 pub fn boot_xen(image: &[u8], cfg: &Config) -> Result<XenBootReport, KvmError> {
     super::available().map_err(KvmError::Unavailable)?;
-    let (entry, segs) = parse_elf(image)?;
-    let hypercall_page = hypercall_page_note(image)?;
+    let (_, segs) = parse_elf(image)?;
+    let notes = xen_notes(image)?;
     super::check_ring3_ram("Xen", cfg.mem_size, MAX_PTS)?;
     super::check_segments_fit(&segs, cfg.mem_size)?;
+    let kernel_end = segs.iter().map(|(a, _, m)| a + m).max().unwrap_or(0);
+    let layout = Dom0Layout::new(kernel_end, (cfg.mem_size / 4096) as u64);
+    if layout.total > cfg.mem_size as u64 {
+        return Err(KvmError::BadImage(format!(
+            "the initial mapping (kernel, p2m, start info, page tables, stack) ends at {:#x}, past guest RAM",
+            layout.total
+        )));
+    }
     let (boot, outcome) = super::launch(
-        entry,
+        notes.entry,
         &segs,
         cfg,
-        super::Setup::Xen(XenSetup { hypercall_page }),
+        super::Setup::Xen(XenSetup {
+            notes: notes.clone(),
+            layout,
+        }),
     )?;
     let Some(super::Outcome::Xen(o)) = outcome else {
         return Err(KvmError::Ioctl("xen personality", "no outcome".into()));
@@ -348,9 +293,12 @@ pub fn boot_xen(image: &[u8], cfg: &Config) -> Result<XenBootReport, KvmError> {
         violations: o.violations,
         invariants: o.invariants,
         pte_flushes: o.pte_flushes,
-        hypercall_page,
+        notes,
+        layout,
         emulated_cpuids: o.emulated_cpuids,
-        bounced_uds: o.bounced_uds,
+        bounced: o.bounced,
+        irets: o.irets,
+        shutdown: o.shutdown,
         final_segments: o.final_segments,
     })
 }
@@ -373,22 +321,28 @@ pub(crate) struct XenGuest {
     hypercalls: u64,
     /// Entries of the real GDT last written from guest frames.
     gdt_written: u32,
-    /// What the real GDT/LDT/IDT hold (to skip unchanged work).
+    /// What the real GDT/LDT hold (to skip unchanged work).
     last_gdt: Vec<u64>,
     last_ldt: (u64, u32, Vec<u64>),
-    last_idt: Vec<(u64, u64)>,
     fs_base: u64,
     gs_base: u64,
     pte_flushes: u64,
     region: kvm_bindings::kvm_userspace_memory_region,
     cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
     emulated_cpuids: u64,
-    bounced_uds: u64,
+    bounced: BTreeMap<u8, u64>,
+    irets: u64,
+    /// vCPU 0's `evtchn_upcall_mask` (1 at dom0's start: `dom0_build.c`).
+    upcall_mask: u8,
+    shutdown: Option<u32>,
     final_segments: Option<FinalSegments>,
+    start_info: u64,
+    stack_top: u64,
 }
 
 impl XenGuest {
-    /// Lay out hv-sim's pages, fill the hypercall page, create the domain.
+    /// Lay out hv-sim's pages and Xen's, fill the hypercall page, create
+    /// the domain.
     pub(crate) fn new(
         mem: &GuestMemoryMmap,
         cfg: &Config,
@@ -400,10 +354,8 @@ impl XenGuest {
         };
         let pages = cfg.mem_size / 4096;
         layout::write_ring3_page_tables(mem, cfg.mem_size, |a| {
-            if a == START_INFO || (P2M..P2M + 0x4_0000).contains(&a) {
+            if a == TRAP_TEXT {
                 a | PTE_P | PTE_U
-            } else if (0x7000..0x8000).contains(&a) || a == TRAP_TEXT {
-                a | PTE_P | PTE_RW | PTE_U
             } else if (REAL_GDT..REAL_TSS + 0x1000).contains(&a) {
                 // Supervisor only: the CPU's implicit accesses.
                 a | PTE_P | PTE_RW
@@ -412,19 +364,27 @@ impl XenGuest {
             }
         })
         .map_err(KvmError::BadImage)?;
-        // Hypercall page.
+        // Hypercall page and exception stubs.
         let mut stubs = vec![0u8; 4096];
         for (nr, s) in stubs.chunks_mut(STUB_SIZE).enumerate() {
             s.copy_from_slice(&hypercall_stub(nr as u32));
         }
-        mem.write_slice(&stubs, GuestAddress(setup.hypercall_page))
+        mem.write_slice(&stubs, GuestAddress(setup.notes.hypercall_page))
             .map_err(|e| KvmError::BadImage(format!("filling the hypercall page: {e}")))?;
-        // The #UD entry.
-        let mut ud = vec![0x50u8, 0xb8];
-        ud.extend_from_slice(&UD_MARKER.to_le_bytes());
-        ud.extend_from_slice(&[0xe7, ports::HYPERCALL as u8, 0x58, 0x48, 0xcf]);
-        mem.write_slice(&ud, GuestAddress(TRAP_TEXT))
-            .map_err(|e| KvmError::BadImage(format!("writing the #UD entry: {e}")))?;
+        for v in 0..32u8 {
+            let at = TRAP_TEXT + u64::from(v) * builder::EXCEPTION_STUB_SIZE;
+            mem.write_slice(&builder::exception_stub(v), GuestAddress(at))
+                .map_err(|e| KvmError::BadImage(format!("writing exception stub {v}: {e}")))?;
+            // Interrupt gates into the stubs; #BP and #OF may be raised by
+            // `int3`/`into` in ring 3, as Xen's IDT allows.
+            let dpl: u64 = if v == 3 || v == 4 { 3 } else { 0 };
+            let low = (at & 0xffff)
+                | (u64::from(FLAT_KERNEL_CS) << 16)
+                | ((0x8e | dpl << 5) << 40)
+                | ((at >> 16) & 0xffff) << 48;
+            w(REAL_IDT + u64::from(v) * 16, low)?;
+            w(REAL_IDT + u64::from(v) * 16 + 8, at >> 32)?;
+        }
         // Xen's reserved GDT entries.
         let gdt = |idx: u32, d: u64| w(REAL_GDT + u64::from(idx) * 8, d);
         gdt(u32::from(HYPERVISOR_CS >> 3), 0x00af_9b00_0000_ffff)?;
@@ -449,24 +409,33 @@ impl XenGuest {
         // the vCPU only runs while no domain method does (the vCPU thread
         // calls both).
         let dom = unsafe { XenDomain::pv64_external(host, pages, 1, RESERVED_PAGES) };
-        // p2m list and start info.
+        dom.set_privileged(true);
+        let l = setup.layout;
+        // The p2m list, the bootstrap page tables, the start info.
         for pfn in 0..pages as u64 {
-            let mfn = dom.pfn_to_mfn(pfn).unwrap_or(u64::MAX);
-            w(P2M + pfn * 8, mfn)?;
+            w(l.p2m + pfn * 8, dom.pfn_to_mfn(pfn).unwrap_or(u64::MAX))?;
         }
-        let si = StartInfo {
-            magic: START_INFO_MAGIC,
-            hypercall_page: setup.hypercall_page,
-            p2m: P2M,
-            nr_pages: pages as u64,
-            flags: SIF_RO_MIRRORED,
-        };
-        for (i, v) in [si.magic, si.hypercall_page, si.p2m, si.nr_pages, si.flags]
-            .into_iter()
-            .enumerate()
-        {
-            w(START_INFO + i as u64 * 8, v)?;
+        for (a, v) in builder::bootstrap_page_tables(&l, |pfn| dom.pfn_to_mfn(pfn)) {
+            w(a, v)?;
         }
+        dom.install_bootstrap_tables(l.pt_base >> 12..(l.pt_base >> 12) + l.nr_pt_frames)
+            .map_err(|e| KvmError::BadImage(format!("bootstrap page tables: {e}")))?;
+        builder::write_start_info(
+            mem,
+            l.start_info,
+            &builder::StartInfoFields {
+                nr_pages: pages as u64,
+                shared_info: 0,
+                flags: builder::si::SIF_PRIVILEGED
+                    | builder::si::SIF_INITDOMAIN
+                    | builder::si::SIF_PM_XEN_4_17,
+                pt_base: l.pt_base,
+                nr_pt_frames: l.nr_pt_frames,
+                mfn_list: l.p2m,
+                cmd_line: format!("hvsim.flags={:#x}", cfg.boot_flags),
+                first_p2m_pfn: l.total >> 12,
+            },
+        )?;
         Ok(XenGuest {
             dom,
             mem: mem.clone(),
@@ -475,7 +444,6 @@ impl XenGuest {
             gdt_written: 0,
             last_gdt: Vec::new(),
             last_ldt: (0, 0, Vec::new()),
-            last_idt: vec![(0, 0); 256],
             fs_base: 0,
             gs_base: 0,
             pte_flushes: 0,
@@ -488,12 +456,17 @@ impl XenGuest {
             },
             cpuid: Vec::new(),
             emulated_cpuids: 0,
-            bounced_uds: 0,
+            bounced: BTreeMap::new(),
+            irets: 0,
+            upcall_mask: 1,
+            shutdown: None,
             final_segments: None,
+            start_info: l.start_info,
+            stack_top: l.stack_top,
         })
     }
 
-    /// The guest wrote its exit status: record the vCPU's segments.
+    /// The guest shut down: record the vCPU's segments.
     pub(crate) fn at_exit(&mut self, vcpu: &VcpuFd) {
         if let Ok(s) = vcpu.get_sregs() {
             self.final_segments = Some(FinalSegments {
@@ -538,47 +511,10 @@ impl XenGuest {
         }
     }
 
-    /// hv-sim's #UD entry wrote the port: emulate a prefixed `cpuid` or
-    /// bounce the #UD to the guest's handler.
-    fn invalid_opcode(&mut self, vcpu: &VcpuFd, mut regs: kvm_regs) -> Result<(), String> {
-        const PREFIX: [u8; 7] = [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2];
-        let saved_rax = self.read(regs.rsp)?;
-        let rip = self.read(regs.rsp + 8)?;
-        let mut insn = [0u8; 7];
-        let prefixed = self.mem.read_slice(&mut insn, GuestAddress(rip)).is_ok() && insn == PREFIX;
-        if prefixed {
-            let r = self.emulate_cpuid(saved_rax as u32, regs.rcx as u32);
-            self.write(regs.rsp, u64::from(r[0]))?;
-            self.write(regs.rsp + 8, rip + PREFIX.len() as u64)?;
-            regs.rbx = u64::from(r[1]);
-            regs.rcx = u64::from(r[2]);
-            regs.rdx = u64::from(r[3]);
-            self.emulated_cpuids += 1;
-        } else {
-            let handler = self.dom.vcpu(0).trap_table[6];
-            if handler.address == 0 {
-                return Err(format!(
-                    "#UD at rip {rip:#x} (bytes {insn:02x?}) and the guest registered no handler for vector 6"
-                ));
-            }
-            // Undo the entry's push; the exception frame stays as the CPU
-            // built it.
-            regs.rax = saved_rax;
-            regs.rsp += 8;
-            regs.rip = handler.address;
-            self.bounced_uds += 1;
-        }
-        vcpu.set_regs(&regs)
-            .map_err(|e| format!("KVM_SET_REGS: {e}"))
-    }
-
-    /// The entry state of a PV kernel: ring 3 on Xen's flat selectors,
-    /// IOPL 3, start info in rsi, hv-sim's GDT/IDT/TR.
+    /// The entry state of a PV kernel as Xen's builder leaves it: ring 3 on
+    /// Xen's flat selectors at the ENTRY note, rsp = the boot stack's top,
+    /// rsi = the start info; hv-sim's GDT/IDT/TR, IOPL 3 for its stubs.
     pub(crate) fn entry_state(&mut self, regs: &mut kvm_regs, sregs: &mut kvm_sregs) {
-        regs.rsi = START_INFO;
-        if super::host_is_pvm() {
-            regs.rdi |= super::boot_flags::CPUID_NEEDS_XEN_PREFIX;
-        }
         layout::ring3_entry(
             regs,
             sregs,
@@ -590,28 +526,36 @@ impl XenGuest {
                 tss: (TSS_SELECTOR, REAL_TSS),
             },
         );
+        regs.rsi = self.start_info;
+        regs.rdi = 0;
+        regs.rsp = self.stack_top;
     }
 
-    /// A hypercall stub's port write: run the hypercall, write rax back,
-    /// make its effects real. `Err` = the guest broke the stub protocol.
-    pub(crate) fn hypercall(
+    /// A stub's port write: a hypercall, `iret`, or an exception entry.
+    /// `Ok(Some(reason))`: the domain shut down. `Err`: the guest broke the
+    /// stub protocol, or did what makes Xen crash the domain.
+    pub(crate) fn port(
         &mut self,
         vm: &VmFd,
         vcpu: &VcpuFd,
         data: u32,
         len: usize,
-    ) -> Result<(), String> {
+        text: &mut Vec<u8>,
+    ) -> Result<Option<u32>, String> {
         let mut regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
-        if len == 4 && data == UD_MARKER && regs.rax == u64::from(data) {
-            return self.invalid_opcode(vcpu, regs);
-        }
         if len != 4 || regs.rax != u64::from(data) {
             return Err(format!(
-                "hypercall port {:#x} written with {len} bytes {data:#x} while rax = {:#x} (rip {:#x}); only the stubs of the hypercall page may use it",
-                ports::HYPERCALL,
+                "hypercall port {:#x} written with {len} bytes {data:#x} while rax = {:#x} (rip {:#x}); only hv-sim's stubs may use it",
+                super::ports::HYPERCALL,
                 regs.rax,
                 regs.rip
             ));
+        }
+        if let Some(v) = data.checked_sub(EXCEPTION_MARKER).filter(|v| *v < 32) {
+            return self.exception(vcpu, regs, v as u8).map(|()| None);
+        }
+        if data == builder::HYPERVISOR_IRET {
+            return self.iret(vcpu, regs).map(|()| None);
         }
         self.hypercalls += 1;
         let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, 0];
@@ -622,24 +566,126 @@ impl XenGuest {
         regs.r11 = 0;
         vcpu.set_regs(&regs)
             .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
-        self.sync(vm, vcpu)
+        text.extend_from_slice(&self.dom.take_console().text);
+        if let Some(reason) = self.dom.shutdown_reason() {
+            self.shutdown = Some(reason);
+            return Ok(Some(reason));
+        }
+        self.sync(vm, vcpu).map(|()| None)
     }
 
-    /// Write the initial real IDT (the #UD entry) before the guest runs.
+    /// An exception stub's port write: the stub pushed rax above the
+    /// hardware frame. Emulate a forced-emulation `cpuid`, or bounce.
+    fn exception(&mut self, vcpu: &VcpuFd, mut regs: kvm_regs, v: u8) -> Result<(), String> {
+        const PREFIX: [u8; 7] = [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2];
+        let saved_rax = self.read(regs.rsp)?;
+        let mut p = regs.rsp + 8;
+        let error_code = if traps::has_error_code(v) {
+            p += 8;
+            Some(self.read(p - 8)? as u32)
+        } else {
+            None
+        };
+        let at = Interrupted {
+            rip: self.read(p)?,
+            cs: self.read(p + 8)? as u16,
+            rflags: self.read(p + 16)?,
+            rsp: self.read(p + 24)?,
+            ss: self.read(p + 32)? as u16,
+            rcx: regs.rcx,
+            r11: regs.r11,
+        };
+        let mut insn = [0u8; 7];
+        if v == 6 && self.mem.read_slice(&mut insn, GuestAddress(at.rip)).is_ok() && insn == PREFIX
+        {
+            let r = self.emulate_cpuid(saved_rax as u32, regs.rcx as u32);
+            regs.rax = u64::from(r[0]);
+            regs.rbx = u64::from(r[1]);
+            regs.rcx = u64::from(r[2]);
+            regs.rdx = u64::from(r[3]);
+            regs.rip = at.rip + PREFIX.len() as u64;
+            regs.rsp = at.rsp;
+            regs.rflags = at.rflags;
+            self.emulated_cpuids += 1;
+            return vcpu
+                .set_regs(&regs)
+                .map_err(|e| format!("KVM_SET_REGS: {e}"));
+        }
+        let t = self.dom.vcpu(0).trap_table[usize::from(v)];
+        if t.address == 0 {
+            return Err(format!(
+                "exception {v} (error code {error_code:x?}) at rip {:#x} and the guest registered no handler for it: Xen crashes the domain",
+                at.rip
+            ));
+        }
+        let bf = traps::bounce_frame(&at, error_code, self.upcall_mask, t.flags & 4 != 0);
+        for (i, word) in bf.words.iter().enumerate() {
+            self.dom
+                .guest_write_u64(bf.rsp + i as u64 * 8, *word)
+                .map_err(|f| {
+                    format!("bounce frame for exception {v}: {f}; Xen crashes the domain")
+                })?;
+        }
+        self.upcall_mask = bf.upcall_mask;
+        regs.rax = saved_rax;
+        regs.rsp = bf.rsp;
+        regs.rip = t.address;
+        regs.rflags = bf.rflags;
+        *self.bounced.entry(v).or_default() += 1;
+        vcpu.set_regs(&regs)
+            .map_err(|e| format!("KVM_SET_REGS: {e}"))
+    }
+
+    /// The `iret` stub's port write: the `iret_context` is at rsp.
+    fn iret(&mut self, vcpu: &VcpuFd, mut regs: kvm_regs) -> Result<(), String> {
+        let mut ctx = [0u64; 9];
+        for (i, w) in ctx.iter_mut().enumerate() {
+            let a = regs.rsp.wrapping_add(i as u64 * 8);
+            *w = self
+                .dom
+                .guest_read_u64(a)
+                .ok_or_else(|| traps::IretError::Unreadable(a).to_string())?;
+        }
+        let r = traps::iret(ctx).map_err(|e| format!("{e}; Xen crashes the domain"))?;
+        if r.cs != FLAT_KERNEL_CS || r.ss != FLAT_KERNEL_SS {
+            return Err(format!(
+                "iret to cs {:#x} ss {:#x}: hv-sim returns only to FLAT_KERNEL_CS/SS",
+                r.cs, r.ss
+            ));
+        }
+        regs.rax = r.rax;
+        regs.rip = r.rip;
+        regs.rsp = r.rsp;
+        // The real IOPL stays 3: hv-sim's stubs use `out`.
+        regs.rflags = r.rflags | traps::RFLAGS_IOPL;
+        if let Some((rcx, r11)) = r.rcx_r11 {
+            regs.rcx = rcx;
+            regs.r11 = r11;
+        }
+        self.upcall_mask = r.upcall_mask;
+        self.irets += 1;
+        vcpu.set_regs(&regs)
+            .map_err(|e| format!("KVM_SET_REGS: {e}"))
+    }
+
+    /// Install the initial real tables before the guest runs.
     pub(crate) fn initial_tables(&mut self, vm: &VmFd, vcpu: &VcpuFd) -> Result<(), String> {
-        self.sync(vm, vcpu)
+        self.sync(vm, vcpu)?;
+        // Nothing ran yet: KVM had no shadow copies to drop.
+        self.pte_flushes = 0;
+        Ok(())
+    }
+
+    fn read(&self, addr: u64) -> Result<u64, String> {
+        self.mem
+            .read_obj(GuestAddress(addr))
+            .map_err(|e| format!("reading guest memory at {addr:#x}: {e}"))
     }
 
     fn write(&self, addr: u64, v: u64) -> Result<(), String> {
         self.mem
             .write_obj(v, GuestAddress(addr))
             .map_err(|e| format!("writing hv-sim page {addr:#x}: {e}"))
-    }
-
-    fn read(&self, addr: u64) -> Result<u64, String> {
-        self.mem
-            .read_obj(GuestAddress(addr))
-            .map_err(|e| format!("reading hv-sim page {addr:#x}: {e}"))
     }
 
     /// Make the domain's state real on the vCPU.
@@ -709,34 +755,6 @@ impl XenGuest {
             self.last_ldt = ldt_state;
         }
 
-        // IDT: one gate per trap-table entry.
-        for (v, t) in vc.trap_table.iter().enumerate() {
-            let gate = if v == 6 {
-                // hv-sim's #UD entry (ring 3, interrupt gate, DPL 0).
-                let a = TRAP_TEXT;
-                let low = (a & 0xffff)
-                    | (u64::from(FLAT_KERNEL_CS) << 16)
-                    | (0x8e << 40)
-                    | ((a >> 16) & 0xffff) << 48;
-                (low, a >> 32)
-            } else if t.address == 0 {
-                (0, 0)
-            } else {
-                let typ: u64 = if t.flags & 4 != 0 { 0xe } else { 0xf };
-                let a = t.address;
-                let low = (a & 0xffff)
-                    | (u64::from(t.cs) << 16)
-                    | ((typ | u64::from(t.flags & 3) << 5 | 0x80) << 40)
-                    | ((a >> 16) & 0xffff) << 48;
-                (low, a >> 32)
-            };
-            if self.last_idt[v] != gate {
-                self.write(REAL_IDT + v as u64 * 16, gate.0)?;
-                self.write(REAL_IDT + v as u64 * 16 + 8, gate.1)?;
-                self.last_idt[v] = gate;
-            }
-        }
-
         // set_segment_base.
         if vc.fs_base != self.fs_base {
             sregs.fs.base = vc.fs_base;
@@ -764,7 +782,7 @@ impl XenGuest {
             } else {
                 0
             };
-            let at = PT_BASE + pfn as u64 * 8;
+            let at = layout::RING3_PT_BASE + pfn as u64 * 8;
             // The CPU sets accessed/dirty in the real entries: not a change.
             if self.read(at)? & !PTE_AD != want {
                 self.write(at, want)?;
@@ -807,7 +825,9 @@ impl XenGuest {
             invariants: self.dom.check_invariants(),
             pte_flushes: self.pte_flushes,
             emulated_cpuids: self.emulated_cpuids,
-            bounced_uds: self.bounced_uds,
+            bounced: self.bounced,
+            irets: self.irets,
+            shutdown: self.shutdown,
             final_segments: self.final_segments,
         }
     }

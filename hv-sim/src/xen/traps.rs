@@ -1,0 +1,250 @@
+//! How Xen delivers an exception to a 64-bit PV kernel and how the kernel
+//! returns: the bounce frame (`create_bounce_frame` in Xen's
+//! `x86_64/entry.S`) and the `iret` hypercall (`do_iret` in `pv/iret.c`).
+//! Pure functions over register values; the KVM runner
+//! ([`crate::kvm::xen`]) reads and writes the vCPU and guest memory.
+//!
+//! Bounce frame, for a guest already in kernel mode (the only mode the
+//! runner's guests use): the frame is pushed at the interrupted rsp rounded
+//! down to 16 bytes; from the new rsp up it holds
+//! `rcx, r11, [error code,] rip, cs, rflags, rsp, ss` where
+//! * `cs` has its RPL cleared ("kernel context") and bits 32-39 hold the
+//!   vCPU's event mask before delivery (`saved_upcall_mask`);
+//! * `rflags` has IF = !saved_upcall_mask and IOPL 0 (no
+//!   `VMASST_TYPE_architectural_iopl`);
+//! * the event mask is then set if the trap-table entry asks for it
+//!   (`flags & 4`, `TBF_INTERRUPT`);
+//! * the guest continues at the handler on `FLAT_KERNEL_CS`/`FLAT_KERNEL_SS`
+//!   with TF, NT, RF, VM and AC cleared.
+//!
+//! `iret`: the kernel jumps to the hypercall page's `iret` stub with
+//! `[flags, rip, cs, rflags, rsp, ss]` on its stack; the stub pushes rcx,
+//! r11 and rax, so Xen reads `rax, r11, rcx, flags, rip, cs, rflags, rsp,
+//! ss` (`struct iret_context`). A `cs` with RPL 3 means "return to user
+//! mode", which needs user page tables (none here: Xen crashes the domain).
+//! Otherwise rip, rsp, `cs | 3`, `ss | 3` and rflags (IOPL and VM cleared,
+//! IF set) are restored, rcx and r11 too unless `flags` has
+//! `VGCF_in_syscall`, the event mask becomes !rflags.IF, and rax is the
+//! saved rax.
+
+/// RFLAGS.TF.
+pub const RFLAGS_TF: u64 = 1 << 8;
+/// RFLAGS.IF.
+pub const RFLAGS_IF: u64 = 1 << 9;
+/// RFLAGS.IOPL.
+pub const RFLAGS_IOPL: u64 = 3 << 12;
+/// RFLAGS.NT.
+pub const RFLAGS_NT: u64 = 1 << 14;
+/// RFLAGS.RF.
+pub const RFLAGS_RF: u64 = 1 << 16;
+/// RFLAGS.VM.
+pub const RFLAGS_VM: u64 = 1 << 17;
+/// RFLAGS.AC.
+pub const RFLAGS_AC: u64 = 1 << 18;
+/// `VGCF_in_syscall` in `iret_context.flags`.
+pub const VGCF_IN_SYSCALL: u64 = 1 << 8;
+/// `trap_info.flags` bit 2: mask events on entry (`TBF_INTERRUPT`).
+pub const TI_MASK_EVENTS: u8 = 1 << 2;
+
+/// Vectors whose hardware exception pushes an error code (and Xen's bounce
+/// frame with it): #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP, #VC, #SX.
+pub fn has_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+/// The interrupted context, as the CPU (or hv-sim) saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interrupted {
+    /// rip.
+    pub rip: u64,
+    /// cs selector.
+    pub cs: u16,
+    /// rflags.
+    pub rflags: u64,
+    /// rsp.
+    pub rsp: u64,
+    /// ss selector.
+    pub ss: u16,
+    /// rcx.
+    pub rcx: u64,
+    /// r11.
+    pub r11: u64,
+}
+
+/// A bounce frame: where it goes and what it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BounceFrame {
+    /// The guest's new rsp: the frame's lowest address.
+    pub rsp: u64,
+    /// The frame's words from `rsp` up.
+    pub words: Vec<u64>,
+    /// The handler's rflags (what the vCPU continues with).
+    pub rflags: u64,
+    /// The event mask after delivery.
+    pub upcall_mask: u8,
+}
+
+/// Build the bounce frame for an exception taken in guest kernel mode.
+/// `mask_events` is the trap-table entry's `flags & 4`.
+pub fn bounce_frame(
+    at: &Interrupted,
+    error_code: Option<u32>,
+    upcall_mask: u8,
+    mask_events: bool,
+) -> BounceFrame {
+    let top = at.rsp & !0xf;
+    let cs_word = u64::from(at.cs & !3) | (u64::from(upcall_mask) << 32);
+    let mut flags = at.rflags & !(RFLAGS_IF | RFLAGS_IOPL);
+    if upcall_mask == 0 {
+        flags |= RFLAGS_IF;
+    }
+    let mut words = vec![at.rcx, at.r11];
+    if let Some(e) = error_code {
+        words.push(u64::from(e));
+    }
+    words.extend([at.rip, cs_word, flags, at.rsp, u64::from(at.ss)]);
+    BounceFrame {
+        rsp: top.wrapping_sub(8 * words.len() as u64),
+        words,
+        rflags: at.rflags & !(RFLAGS_AC | RFLAGS_VM | RFLAGS_RF | RFLAGS_NT | RFLAGS_TF),
+        upcall_mask: upcall_mask | u8::from(mask_events),
+    }
+}
+
+/// The state `iret` returns to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IretReturn {
+    /// rax (the saved one).
+    pub rax: u64,
+    /// rip.
+    pub rip: u64,
+    /// cs (`| 3`).
+    pub cs: u16,
+    /// rflags (IOPL and VM cleared, IF set).
+    pub rflags: u64,
+    /// rsp.
+    pub rsp: u64,
+    /// ss (`| 3`).
+    pub ss: u16,
+    /// rcx and r11, unless `VGCF_in_syscall` said to keep the current ones.
+    pub rcx_r11: Option<(u64, u64)>,
+    /// The event mask: !rflags.IF.
+    pub upcall_mask: u8,
+}
+
+/// Why an `iret` crashes the domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IretError {
+    /// The context could not be read from the guest stack.
+    #[error("iret: fault while reading the iret context from the guest stack at {0:#x}")]
+    Unreadable(u64),
+    /// `cs` has RPL 3: a return to user mode without user page tables.
+    #[error("iret: guest switching to user mode (cs {0:#x}) with no user page tables")]
+    NoUserPageTables(u16),
+}
+
+/// Evaluate an `iret` from the 9-word `iret_context` at the guest's rsp.
+pub fn iret(ctx: [u64; 9]) -> Result<IretReturn, IretError> {
+    let [rax, r11, rcx, flags, rip, cs, rflags, rsp, ss] = ctx;
+    if cs & 3 == 3 {
+        return Err(IretError::NoUserPageTables(cs as u16));
+    }
+    Ok(IretReturn {
+        rax,
+        rip,
+        cs: (cs as u16) | 3,
+        rflags: (rflags & !(RFLAGS_IOPL | RFLAGS_VM)) | RFLAGS_IF,
+        rsp,
+        ss: (ss as u16) | 3,
+        rcx_r11: (flags & VGCF_IN_SYSCALL == 0).then_some((rcx, r11)),
+        upcall_mask: u8::from(rflags & RFLAGS_IF == 0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> Interrupted {
+        Interrupted {
+            rip: 0x20_1234,
+            cs: 0xe033,
+            rflags: 0x3246 | RFLAGS_TF | RFLAGS_AC,
+            rsp: 0x22_3f38,
+            ss: 0xe02b,
+            rcx: 0xc,
+            r11: 0x11,
+        }
+    }
+
+    /// entry.S create_bounce_frame: `andq $~0xf,%rsi`, then 7 words (8
+    /// with an error code) below; RPL cleared in cs; mask in bits 32-39;
+    /// IF = !mask, IOPL 0; TF/NT/RF/VM/AC cleared in the live rflags.
+    #[test]
+    fn frame_layout_with_and_without_error_code() {
+        let f = bounce_frame(&at(), None, 1, false);
+        assert_eq!(f.rsp, 0x22_3f30 - 7 * 8);
+        assert_eq!(
+            f.words,
+            vec![
+                0xc,
+                0x11,
+                0x20_1234,
+                0x1_0000_e030,
+                0x0046 | RFLAGS_TF | RFLAGS_AC,
+                0x22_3f38,
+                0xe02b
+            ]
+        );
+        assert_eq!(f.rflags, 0x3246);
+        assert_eq!(f.upcall_mask, 1);
+        let g = bounce_frame(&at(), Some(0x7f8), 0, true);
+        assert_eq!(g.rsp, 0x22_3f30 - 8 * 8);
+        assert_eq!(g.words[2], 0x7f8);
+        assert_eq!(g.words[4], 0xe030, "mask 0 in bits 32-39");
+        assert_eq!(g.words[5] & RFLAGS_IF, RFLAGS_IF, "IF = !saved mask");
+        assert_eq!(g.upcall_mask, 1, "TBF_INTERRUPT sets the mask");
+    }
+
+    /// pv/iret.c do_iret.
+    #[test]
+    fn iret_restores_and_forces_guest_privilege() {
+        let r = iret([
+            7,
+            0x11,
+            0xc,
+            0,
+            0x20_1236,
+            0x1_0000_e030,
+            0x46,
+            0x22_3f38,
+            0xe02b,
+        ])
+        .unwrap();
+        assert_eq!(r.rax, 7);
+        assert_eq!(r.cs, 0xe033);
+        assert_eq!(r.ss, 0xe02b);
+        assert_eq!(r.rflags, 0x46 | RFLAGS_IF);
+        assert_eq!(r.rcx_r11, Some((0xc, 0x11)));
+        assert_eq!(r.upcall_mask, 1);
+        let s = iret([
+            0,
+            0,
+            0,
+            VGCF_IN_SYSCALL,
+            1,
+            0xe030,
+            0x3200 | RFLAGS_VM,
+            2,
+            0xe02b,
+        ])
+        .unwrap();
+        assert_eq!(s.rcx_r11, None);
+        assert_eq!(s.rflags, RFLAGS_IF, "IOPL and VM cleared, IF set");
+        assert_eq!(s.upcall_mask, 0);
+        assert_eq!(
+            iret([0, 0, 0, 0, 1, 0xe033, 0, 2, 0xe02b]),
+            Err(IretError::NoUserPageTables(0xe033))
+        );
+    }
+}
