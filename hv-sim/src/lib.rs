@@ -11,6 +11,8 @@
 //! * [`kvm`]: the KVM runner that boots `examples/kernel` natively, as a Xen
 //!   PV guest (hypercall page) or as a VMI guest (ROM at 0xC0000), and
 //!   [`qemu`]: the same image under QEMU through its PVH entry;
+//! * [`realxen`]: the same image as dom0 of the real Xen hypervisor
+//!   (Debian's 4.17) under QEMU;
 //! * [`softcpu`]: a model of the descriptor-table registers and
 //!   instructions (LGDT … SLDT with their #GP/#NP checks and LTR's busy
 //!   bit), which the native backend runs against in-process;
@@ -26,6 +28,7 @@ pub mod explain;
 pub mod kernel_build;
 pub mod kvm;
 pub mod qemu;
+pub mod realxen;
 pub mod softcpu;
 pub mod testing;
 pub mod vmi;

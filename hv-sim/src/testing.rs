@@ -1,4 +1,11 @@
 //! Helpers for tests that need real machines.
+//!
+//! Each `*_or_skip` helper answers whether the machine is there; if not it
+//! reports the test as skipped and the test returns early. Where CI has
+//! installed the machine, a skip would hide a broken setup, so a skip can
+//! be made to fail: with `HV_SIM_REQUIRE_KVM=1`, `HV_SIM_REQUIRE_QEMU=1` or
+//! `HV_SIM_REQUIRE_XEN=1` set (any value but empty or `0`), the matching
+//! helper panics with the reason instead, and the test fails.
 
 use std::io::Write;
 
@@ -10,14 +17,63 @@ pub fn skipped(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {test}: {why}");
 }
 
+/// Is the variable `var` set to require a machine (set, not empty, not `0`)?
+pub fn required(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Skip `test` because `what` is unavailable (`why`), or, when `var` is
+/// [`required`], fail it.
+///
+/// # Panics
+/// When `var` is set: the test must not pass without the machine.
+pub fn skip_unless_required(test: &str, var: &str, what: &str, why: &str) {
+    if required(var) {
+        panic!("{test}: {what} is unavailable but {var} is set: {why}");
+    }
+    skipped(test, why);
+}
+
 /// Is KVM usable here? If not, report the test as skipped (see
 /// [`skipped`]) and answer false.
+///
+/// # Panics
+/// When KVM is unavailable and `HV_SIM_REQUIRE_KVM` is set.
 pub fn kvm_or_skip(test: &str) -> bool {
     match crate::kvm::available() {
         Ok(()) => true,
         Err(why) => {
-            skipped(test, &why);
+            skip_unless_required(test, "HV_SIM_REQUIRE_KVM", "KVM", &why);
             false
+        }
+    }
+}
+
+/// Is QEMU installed? If not, report the test as skipped and answer false.
+///
+/// # Panics
+/// When QEMU is unavailable and `HV_SIM_REQUIRE_QEMU` is set.
+pub fn qemu_or_skip(test: &str) -> bool {
+    match crate::qemu::available() {
+        Ok(()) => true,
+        Err(why) => {
+            skip_unless_required(test, "HV_SIM_REQUIRE_QEMU", "QEMU", &why);
+            false
+        }
+    }
+}
+
+/// Can real Xen run here (see [`crate::realxen::available`])? Returns the
+/// hypervisor image, or reports the test as skipped and answers `None`.
+///
+/// # Panics
+/// When real Xen is unavailable and `HV_SIM_REQUIRE_XEN` is set.
+pub fn xen_or_skip(test: &str) -> Option<crate::realxen::XenImage> {
+    match crate::realxen::available() {
+        Ok(image) => Some(image),
+        Err(why) => {
+            skip_unless_required(test, "HV_SIM_REQUIRE_XEN", "real Xen", &why);
+            None
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Boot the example kernel under QEMU (TCG) through its PVH entry: the
-//! "second real machine". Prints `SKIPPED: <reason>` without QEMU.
+//! "second real machine". Prints `SKIPPED: <reason>` without QEMU (fails
+//! instead with `HV_SIM_REQUIRE_QEMU=1`).
 
 use std::time::Duration;
 
@@ -7,8 +8,7 @@ use hv_sim::kernel_build::build_example_kernel;
 
 #[test]
 fn pvh_boot_under_qemu_passes_every_check() {
-    if let Err(why) = hv_sim::qemu::available() {
-        hv_sim::testing::skipped("pvh_boot_under_qemu_passes_every_check", &why);
+    if !hv_sim::testing::qemu_or_skip("pvh_boot_under_qemu_passes_every_check") {
         return;
     }
     let elf = build_example_kernel().expect("example kernel builds");
