@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod demo;
+pub mod differential;
 pub mod emulate;
 pub mod explain;
 pub mod kernel_build;

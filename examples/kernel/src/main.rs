@@ -23,6 +23,7 @@
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod battery;
 mod pvh;
 mod report;
 mod vmi;
@@ -697,6 +698,19 @@ fn xen_pv_main(start_info: u64) -> ! {
         .unwrap_or(0);
     let hv = pvops::detect::detect_with(&xen::XenCpuid);
     say!("detected hypervisor (prefixed cpuid): {:?}\n", hv);
+    let arg = |k: &str| {
+        si.cmd_line_str()
+            .split(' ')
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    if si.cmd_line_str().split(' ').any(|w| w == "battery") {
+        let (seed, count) = (arg("seed").unwrap_or(1), arg("count").unwrap_or(10_000));
+        let dump = si.cmd_line_str().split(' ').any(|w| w == "dump");
+        let h = battery::run(seed, count, dump, boot.p2m, si.pt_base);
+        say!("battery done: {count} calls, seed {seed}, hash {h:016x}\n");
+        report::exit(0);
+    }
     let xen = xen::init(&boot, LAYOUT);
     if let Err(e) = pvops::install(OpsTable::new(xen)) {
         say!("install failed: {}\n", e);

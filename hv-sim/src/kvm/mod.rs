@@ -129,6 +129,9 @@ pub struct Config {
     pub cpuid_signature: Option<[u8; 12]>,
     /// Boot flags passed to the kernel in rdi (see [`boot_flags`]).
     pub boot_flags: u64,
+    /// The Xen personality's guest command line (`start_info.cmd_line`,
+    /// after hv-sim's own `hvsim.flags=`), e.g. `battery seed=1 count=100`.
+    pub guest_cmdline: String,
 }
 
 /// Boot flags passed to the guest in rdi (the Xen personality passes them
@@ -187,6 +190,7 @@ impl Default for Config {
             timeout: Duration::from_secs(20),
             cpuid_signature: None,
             boot_flags: host_boot_flags(),
+            guest_cmdline: String::new(),
         }
     }
 }

@@ -24,10 +24,14 @@ const PTE_RW: u64 = 2;
 const PTE_MFN_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 /// PTE bits a PV domU (no cache-flush permission) may not set in a present
 /// L1 entry (`mm.c` `l1_disallow_mask` / `L1_DISALLOW_MASK`): the cache
-/// attributes PWT, PCD and PAT, and bit 62 (`_PAGE_GNTTAB`). The software
+/// attributes PWT, PCD and PAT, and, in debug builds of Xen only, bit 62
+/// (`_PAGE_GNTTAB` is 0 in release builds: `asm/page.h`). The software
 /// bits 9-11 and 52-61, G, A, D and NX are allowed (an NX-capable host is
-/// assumed).
-const L1_DISALLOW: u64 = 0x98 | (1 << 62);
+/// assumed). A domain with I/O capabilities (the hardware domain) may set
+/// the cache attributes.
+const PAGE_CACHE_ATTRS: u64 = 0x98;
+/// Bit 62: `_PAGE_GNTTAB` of a debug build.
+const PTE_GNTTAB_DEBUG: u64 = 1 << 62;
 /// `_PAGE_USER`.
 const PTE_USER: u64 = 4;
 /// `_PAGE_GLOBAL`.
@@ -225,6 +229,9 @@ pub(crate) struct Inner {
     strict: bool,
     strict_failures: Vec<String>,
     next_free: usize,
+    /// Modelled as a debug build of Xen (`debug=y`): bit 62 of an L1 entry
+    /// is `_PAGE_GNTTAB` and refused. Debian's 4.17 is a release build.
+    pub(crate) debug_build: bool,
     /// `console_io` output, bounded (see [`super::misc`]).
     pub(crate) console: super::misc::Console,
     /// The reason given to `SCHEDOP_shutdown`, once the domain shut down.
@@ -292,6 +299,7 @@ impl XenDomain {
                 strict: false,
                 strict_failures: Vec::new(),
                 next_free: vcpus + 1,
+                debug_build: false,
                 console: Default::default(),
                 shutdown: None,
                 privileged: false,
@@ -369,6 +377,7 @@ impl XenDomain {
                 strict: false,
                 strict_failures: Vec::new(),
                 next_free: reserved + vcpus,
+                debug_build: false,
                 console: Default::default(),
                 shutdown: None,
                 privileged: false,
@@ -382,8 +391,16 @@ impl XenDomain {
         self.lock().ptes.clone()
     }
 
-    /// Make the domain the hardware domain (dom0) or not: `console_io` is
-    /// refused (-EPERM) to an unprivileged domain.
+    /// Model a debug build of Xen (`debug=y`, bit 62 of an L1 entry refused)
+    /// or a release build (the default, as Debian's 4.17).
+    pub fn set_debug_build(&self, debug: bool) {
+        self.lock().debug_build = debug;
+    }
+
+    /// Make the domain the hardware domain (dom0, id 0, with I/O
+    /// capabilities) or a domU (id [`OWN_DOMID`], the default). dom0 may
+    /// use `console_io` and set cache attributes in its L1 entries; a domU
+    /// gets -EPERM and -EINVAL.
     pub fn set_privileged(&self, privileged: bool) {
         self.lock().privileged = privileged;
     }
@@ -695,6 +712,24 @@ impl XenDomain {
 }
 
 impl Inner {
+    /// `l1_disallow_mask(d)`: the hardware domain (I/O capabilities) may set
+    /// cache attributes; bit 62 only in a debug build.
+    fn l1_disallow_mask(&self) -> u64 {
+        let cache = if self.privileged { 0 } else { PAGE_CACHE_ATTRS };
+        let gnttab = if self.debug_build {
+            PTE_GNTTAB_DEBUG
+        } else {
+            0
+        };
+        cache | gnttab
+    }
+
+    /// The domain's numeric id: 0 for the hardware domain, else
+    /// [`OWN_DOMID`].
+    pub(crate) fn own_domid(&self) -> u16 {
+        if self.privileged { 0 } else { OWN_DOMID }
+    }
+
     fn pages(&self) -> usize {
         self.ram.pages()
     }
@@ -1430,10 +1465,11 @@ impl Inner {
         };
         let old = self.ptes[idx];
         if pte & PTE_P != 0 {
-            if pte & L1_DISALLOW != 0 {
+            let disallow = self.l1_disallow_mask();
+            if pte & disallow != 0 {
                 return Err(fail(
                     EINVAL,
-                    format!("pte {pte:#x} sets disallowed bits {:#x}", pte & L1_DISALLOW),
+                    format!("pte {pte:#x} sets disallowed bits {:#x}", pte & disallow),
                 ));
             }
             let mfn = (pte & PTE_MFN_MASK) >> 12;
@@ -1763,7 +1799,7 @@ impl Inner {
         let dom = foreigndom as u16;
         let foreign = match dom {
             DOMID_SELF => false,
-            d if d == OWN_DOMID => {
+            d if d == self.own_domid() => {
                 return Err(fail(
                     ESRCH,
                     format!("foreigndom {d} is the caller's own id; use DOMID_SELF"),

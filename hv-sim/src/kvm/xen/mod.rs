@@ -32,8 +32,11 @@
 //!   exception with no handler crashes the domain, as on Xen.
 //! * **Effects**: after each hypercall hv-sim builds the real GDT (the
 //!   guest frames' validated entries, then Xen's reserved entries from 7168
-//!   on) and LDT (the guest's LDT pages, validated through the domain),
-//!   installs them with `KVM_SET_SREGS`, applies `set_segment_base`, and
+//!   on) and LDT, installs them with `KVM_SET_SREGS`. LDT pages are mapped
+//!   lazily, as on Xen: a real LDT page stays not present until the CPU
+//!   touches it; the #PF comes to hv-sim, which maps (validates) the
+//!   guest's page through the domain and retries, or delivers the #PF to
+//!   the guest when the page cannot be a descriptor page. hv-sim applies `set_segment_base`, and
 //!   mirrors the domain's L1 entries into the real 4 KiB page tables (so a
 //!   direct store into a live descriptor page faults, as on Xen).
 //!
@@ -146,6 +149,7 @@ pub(crate) struct XenOutcome {
     emulated_cpuids: u64,
     bounced: BTreeMap<u8, u64>,
     irets: u64,
+    lazy_ldt_maps: u64,
     shutdown: Option<u32>,
     final_segments: Option<FinalSegments>,
 }
@@ -198,6 +202,8 @@ pub struct XenBootReport {
     pub bounced: BTreeMap<u8, u64>,
     /// `iret` hypercalls.
     pub irets: u64,
+    /// LDT pages mapped on the CPU's first access (Xen's lazy LDT).
+    pub lazy_ldt_maps: u64,
     /// The `SCHEDOP_shutdown` reason (`None`: the guest stopped otherwise).
     pub shutdown: Option<u32>,
     /// The vCPU's segments at the guest's shutdown.
@@ -298,6 +304,7 @@ pub fn boot_xen(image: &[u8], cfg: &Config) -> Result<XenBootReport, KvmError> {
         emulated_cpuids: o.emulated_cpuids,
         bounced: o.bounced,
         irets: o.irets,
+        lazy_ldt_maps: o.lazy_ldt_maps,
         shutdown: o.shutdown,
         final_segments: o.final_segments,
     })
@@ -332,6 +339,7 @@ pub(crate) struct XenGuest {
     emulated_cpuids: u64,
     bounced: BTreeMap<u8, u64>,
     irets: u64,
+    lazy_ldt_maps: u64,
     /// vCPU 0's `evtchn_upcall_mask` (1 at dom0's start: `dom0_build.c`).
     upcall_mask: u8,
     shutdown: Option<u32>,
@@ -432,7 +440,9 @@ impl XenGuest {
                 pt_base: l.pt_base,
                 nr_pt_frames: l.nr_pt_frames,
                 mfn_list: l.p2m,
-                cmd_line: format!("hvsim.flags={:#x}", cfg.boot_flags),
+                cmd_line: format!("hvsim.flags={:#x} {}", cfg.boot_flags, cfg.guest_cmdline)
+                    .trim_end()
+                    .to_string(),
                 first_p2m_pfn: l.total >> 12,
             },
         )?;
@@ -458,6 +468,7 @@ impl XenGuest {
             emulated_cpuids: 0,
             bounced: BTreeMap::new(),
             irets: 0,
+            lazy_ldt_maps: 0,
             upcall_mask: 1,
             shutdown: None,
             final_segments: None,
@@ -552,7 +563,7 @@ impl XenGuest {
             ));
         }
         if let Some(v) = data.checked_sub(EXCEPTION_MARKER).filter(|v| *v < 32) {
-            return self.exception(vcpu, regs, v as u8).map(|()| None);
+            return self.exception(vm, vcpu, regs, v as u8).map(|()| None);
         }
         if data == builder::HYPERVISOR_IRET {
             return self.iret(vcpu, regs).map(|()| None);
@@ -576,7 +587,13 @@ impl XenGuest {
 
     /// An exception stub's port write: the stub pushed rax above the
     /// hardware frame. Emulate a forced-emulation `cpuid`, or bounce.
-    fn exception(&mut self, vcpu: &VcpuFd, mut regs: kvm_regs, v: u8) -> Result<(), String> {
+    fn exception(
+        &mut self,
+        vm: &VmFd,
+        vcpu: &VcpuFd,
+        mut regs: kvm_regs,
+        v: u8,
+    ) -> Result<(), String> {
         const PREFIX: [u8; 7] = [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2];
         let saved_rax = self.read(regs.rsp)?;
         let mut p = regs.rsp + 8;
@@ -610,6 +627,29 @@ impl XenGuest {
             return vcpu
                 .set_regs(&regs)
                 .map_err(|e| format!("KVM_SET_REGS: {e}"));
+        }
+        if v == 14 {
+            let cr2 = vcpu
+                .get_sregs()
+                .map_err(|e| format!("KVM_GET_SREGS: {e}"))?
+                .cr2;
+            if (REAL_LDT..REAL_LDT + 16 * 4096).contains(&cr2) {
+                // The CPU touched a page of the LDT not mapped yet: map it
+                // now as Xen does on this fault (`handle_ldt_mapping_fault`)
+                // and retry the instruction; if the guest's page cannot be
+                // mapped, the #PF goes to the guest.
+                let index = ((cr2 - REAL_LDT) / 8) as u32;
+                if self.dom.touch_ldt(0, index).is_ok() {
+                    regs.rax = saved_rax;
+                    regs.rip = at.rip;
+                    regs.rsp = at.rsp;
+                    regs.rflags = at.rflags;
+                    self.lazy_ldt_maps += 1;
+                    vcpu.set_regs(&regs)
+                        .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+                    return self.sync(vm, vcpu);
+                }
+            }
         }
         let t = self.dom.vcpu(0).trap_table[usize::from(v)];
         if t.address == 0 {
@@ -709,18 +749,18 @@ impl XenGuest {
             self.last_gdt = gdt;
         }
 
-        // LDT: map (validate) the guest's LDT pages through the domain, copy.
+        // LDT, mapped lazily as Xen maps it: a page of the real LDT is
+        // present only once the domain has mapped (validated) the guest's
+        // page, which happens on the CPU's first access to it
+        // ([`XenGuest::ldt_fault`]); entries past `ldt_ents` read as 0.
         let (base, ents) = (vc.ldt_base, vc.ldt_ents);
         let mut ldt = Vec::new();
+        let mut present = [false; 16];
         if ents > 0 && base != ZERO_BLOCK_PTR {
             for idx in 0..ents {
-                if idx % 512 == 0 && self.dom.ldt_entry(0, idx).is_none() {
-                    // Xen maps LDT pages on first use; hv-sim maps them as
-                    // soon as they are in the LDT (a failure leaves the
-                    // page's entries not present).
-                    let _ = self.dom.touch_ldt(0, idx);
-                }
-                ldt.push(accessed(self.dom.ldt_entry(0, idx).unwrap_or(0)));
+                let e = self.dom.ldt_entry(0, idx);
+                present[(idx / 512) as usize] |= e.is_some();
+                ldt.push(accessed(e.unwrap_or(0)));
             }
         }
         let ldt_state = (base, ents, ldt);
@@ -753,6 +793,16 @@ impl XenGuest {
                 };
             }
             self.last_ldt = ldt_state;
+        }
+        let mut ldt_ptes_changed = false;
+        for (j, p) in present.iter().enumerate() {
+            let page = REAL_LDT + j as u64 * 4096;
+            let at = layout::RING3_PT_BASE + (page >> 12) * 8;
+            let want = if *p { page | PTE_P | PTE_RW } else { 0 };
+            if self.read(at)? & !PTE_AD != want {
+                self.write(at, want)?;
+                ldt_ptes_changed = true;
+            }
         }
 
         // set_segment_base.
@@ -790,7 +840,7 @@ impl XenGuest {
             }
         }
         debug_assert_eq!(ptes.len(), self.pages);
-        if changed {
+        if changed || ldt_ptes_changed {
             self.flush_shadow_mmu(vm)?;
         }
         Ok(())
@@ -827,6 +877,7 @@ impl XenGuest {
             emulated_cpuids: self.emulated_cpuids,
             bounced: self.bounced,
             irets: self.irets,
+            lazy_ldt_maps: self.lazy_ldt_maps,
             shutdown: self.shutdown,
             final_segments: self.final_segments,
         }
