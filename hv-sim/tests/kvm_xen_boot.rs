@@ -93,9 +93,31 @@ fn xen_backend_boot_passes_every_check() {
     assert_eq!(r.vcpu.ldt_ents, 0, "the last switch loaded no LDT");
     assert!(r.violations.is_empty(), "{:?}", r.violations);
     assert_eq!(r.invariants, Ok(()));
-    // Read-only mappings mirrored into the real page tables: GDT read-only,
-    // LDT read-only, LDT writable again.
-    assert_eq!(r.pte_flushes, 3, "page-table changes mirrored");
+    // Real page-table changes: the domain's mappings (GDT read-only, LDT
+    // read-only, LDT writable again), and the real LDT page mapped when the
+    // CPU first touched it (Xen's lazy LDT) and unmapped when the next
+    // SET_LDT replaced the LDT.
+    assert_eq!(r.lazy_ldt_maps, 1, "one lazy LDT mapping");
+    assert_eq!(r.pte_flushes, 5, "page-table changes mirrored");
+
+    // Loaded as Xen's dom0 builder loads it: the layout Xen 4.17 computes
+    // for this image, entered at the ENTRY note, ended by SCHEDOP_shutdown
+    // (poweroff), exceptions bounced (#UD, #GP, #PF) and returned through
+    // the iret hypercall.
+    let end = r.layout.kernel_end;
+    assert_eq!(r.layout, xen::Dom0Layout::new(end, 64 << 8));
+    assert_eq!(r.notes.loader.as_deref(), Some("generic"));
+    assert_eq!(r.shutdown, Some(0));
+    assert_eq!(
+        r.bounced.iter().map(|(v, n)| (*v, *n)).collect::<Vec<_>>(),
+        [(6, 1), (13, 1), (14, 1)]
+    );
+    assert_eq!(r.irets, 3);
+    assert!(
+        get("console_io").0 >= 20,
+        "the kernel reports through console_io"
+    );
+    assert_eq!(get("sched_op"), (1, 0));
 
     // The vCPU ran the kernel where Xen runs a 64-bit PV kernel: ring 3 on
     // FLAT_KERNEL_CS/SS, with DS/ES from its own GDT (DPL raised to 3).

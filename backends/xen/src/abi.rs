@@ -36,8 +36,14 @@ pub const PTE_PRESENT: u64 = 1 << 0;
 pub const PTE_RW: u64 = 1 << 1;
 
 /// `FLAT_KERNEL_SS` of the 64-bit PV ABI (`public/arch-x86/xen-x86_64.h`):
-/// the `ss` argument of `stack_switch`.
+/// the stack selector Xen's bounce frames give a 64-bit PV kernel.
 pub const FLAT_KERNEL_SS: u64 = 0xe02b;
+
+/// Linux's `__KERNEL_DS` (x86_64: GDT entry 3, 0x18): the `ss` Linux's
+/// `xen_load_sp0` passes to `stack_switch` (Xen raises its RPL to the
+/// kernel's ring, 0x1b; a 64-bit PV guest's bounce frames use
+/// `FLAT_KERNEL_SS` whatever it is).
+pub const KERNEL_DS: u64 = 0x18;
 
 /// `trap_info.flags` bit 2: mask events on entry (the PV analogue of an
 /// interrupt gate clearing IF). Bits 0-1 are the DPL.
@@ -87,10 +93,10 @@ impl TrapInfo {
     }
 
     /// Convert one IDT gate the way Linux's `cvt_gate_to_trap` does, or
-    /// `None` for a gate the hypervisor is not told about:
+    /// `None` for a gate the hypervisor is not told about. The present bit
+    /// is not looked at (Linux does not either: a not-present trap or
+    /// interrupt gate is registered like a present one). `None` for:
     ///
-    /// * not present (a native not-present gate raises #NP; Xen has no such
-    ///   state, so the vector is simply not registered);
     /// * not an interrupt or trap gate (task, call, reserved types, S = 1);
     /// * an IST index on a vector other than #DB (1), NMI (2), #DF (8) or
     ///   #MC (18). Linux accepts an IST only on the handlers of its
@@ -102,9 +108,8 @@ impl TrapInfo {
     /// `flags` = the gate's DPL, plus [`TI_MASK_EVENTS`] for an interrupt
     /// gate (it clears IF natively).
     pub const fn from_gate(vector: u8, gate: pvops::Gate64) -> Option<TrapInfo> {
-        if !gate.present() {
-            return None;
-        }
+        // No present check: Linux's cvt_gate_to_trap registers any trap or
+        // interrupt gate, present or not.
         let dpl = gate.dpl() as u8;
         let flags = match gate.kind() {
             Some(pvops::GateKind::Interrupt) => dpl | TI_MASK_EVENTS,
@@ -242,18 +247,16 @@ mod tests {
             assert!(TrapInfo::from_gate(v, int.with_ist(1).unwrap()).is_some());
         }
         assert_eq!(TrapInfo::from_gate(14, int.with_ist(1).unwrap()), None);
-        // Not present, call gate, zero offset, garbage.
+        // A not-present interrupt gate is registered (Linux's
+        // cvt_gate_to_trap looks only at the type); an all-zero gate is not
+        // (type 0, offset 0).
+        let absent = Gate64 {
+            low: int.low & !(1 << 47),
+            high: int.high,
+        };
+        assert_eq!(TrapInfo::from_gate(5, absent).map(|t| t.address), Some(h));
+        // Call gate, zero offset, garbage.
         assert_eq!(TrapInfo::from_gate(5, Gate64::MISSING), None);
-        assert_eq!(
-            TrapInfo::from_gate(
-                5,
-                Gate64 {
-                    low: int.low & !(1 << 47),
-                    high: int.high
-                }
-            ),
-            None
-        );
         assert_eq!(
             TrapInfo::from_gate(5, Gate64::call(cs, h, Ring::Ring3)),
             None

@@ -12,15 +12,16 @@
 //! | op | hypercalls | deferred in lazy mode |
 //! |---|---|---|
 //! | `load_gdt` | `update_va_mapping(va, mfn<<12 \| P, 0)` per GDT page (read-only), then `set_gdt(frames, entries)` with the machine frames in scratch | the remaps yes, `set_gdt` no |
-//! | `store_gdt` / `store_idt` / `store_ldt` / `store_tr` | none: the guest's own view (shadows), never Xen's tables | — |
+//! | `store_gdt` / `store_idt` / `store_ldt` | none: the guest's own view (shadows), never Xen's tables | — |
+//! | `store_tr` | none: 0, as Linux's `xen_store_tr` | — |
 //! | `write_gdt_entry` | `update_descriptor(maddr of slot, desc)`; TSS/LDT descriptors (types 1, 2, 3, 9, 0xB, 8- or 16-byte) are checked against the table and then ignored; another 16-byte entry (a 64-bit call gate) is sent as two `update_descriptor`s, upper half first | no |
 //! | `write_ldt_entry` | `update_descriptor(maddr of slot, desc)` | no |
 //! | `load_idt` | one `set_trap_table` with every forwardable gate as `trap_info`, terminated by an all-zero entry (two calls if the scratch buffer cannot hold 257 entries) | no |
 //! | `write_idt_entry` | native store into the IDT; if the slot is in the loaded IDT, `set_trap_table` with that vector | no |
 //! | `load_ldt` | `mmuext_op(MMUEXT_SET_LDT(base, entries), 1, NULL, DOMID_SELF)`; `None` sends (0, 0) | yes |
 //! | `alloc_ldt` / `free_ldt` | `update_va_mapping` per LDT page: read-only / writable again | yes |
-//! | `load_tr` | none (Xen owns the TSS); the selector is kept for `store_tr` | — |
-//! | `load_kernel_stack` | `stack_switch(FLAT_KERNEL_SS = 0xe02b, sp0)` | yes |
+//! | `load_tr` | none (Xen owns the TSS) | — |
+//! | `load_kernel_stack` | `stack_switch(__KERNEL_DS = 0x18, sp0)` (as Linux) | yes |
 //! | `load_tls` | `update_descriptor` for each TLS slot whose shadow differs | yes |
 //! | `enter_lazy_cpu` / `leave_lazy_cpu` / `flush_lazy` | start queuing / send the queue | — |
 //!

@@ -13,7 +13,7 @@ use pvops::{
 use pvops::gate::IDT_ENTRY_SIZE;
 
 use crate::abi::{
-    DOMID_SELF, FLAT_KERNEL_SS, MMUEXT_OP_SIZE, MULTICALL_ENTRY_SIZE, MmuextOp, MulticallEntry,
+    DOMID_SELF, KERNEL_DS, MMUEXT_OP_SIZE, MULTICALL_ENTRY_SIZE, MmuextOp, MulticallEntry,
     PAGE_SIZE, PTE_PRESENT, PTE_RW, TRAP_INFO_SIZE, TrapInfo, UVMF_NONE,
 };
 use crate::batch::{ARENA_OFFSET, Batch, ENTRIES_OFFSET, MC_BATCH, Queued, SCRATCH_NEEDED, Tag};
@@ -47,7 +47,6 @@ struct State {
     /// The LDT last loaded.
     ldt: Option<Ldt>,
     /// The selector last given to `load_tr`.
-    tr: Selector,
     /// What each TLS slot of the loaded GDT holds as far as we know (the
     /// value the guest asked for); `None` = unknown, send it next time.
     tls: [Option<Descriptor>; TLS_ENTRIES],
@@ -63,7 +62,6 @@ impl State {
             gdt: None,
             idt: None,
             ldt: None,
-            tr: Selector::NULL,
             tls: [None; TLS_ENTRIES],
             lazy: false,
             batch: Batch::new(),
@@ -533,14 +531,16 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
             .unwrap_or_default())
     }
 
-    unsafe fn load_tr(&self, tss: Selector) -> Result<()> {
-        // Xen owns the TSS; remember the selector for store_tr.
-        self.state.lock().tr = tss;
+    unsafe fn load_tr(&self, _tss: Selector) -> Result<()> {
+        // Xen owns the TSS: nothing to do (Linux's `load_tr_desc` is a
+        // no-op under Xen PV).
         Ok(())
     }
 
+    /// 0, as Linux's `xen_store_tr`: a PV guest has no TR of its own (the
+    /// CPU's `str` shows Xen's TSS selector).
     fn store_tr(&self) -> Result<Selector> {
-        Ok(self.state.lock().tr)
+        Ok(Selector::NULL)
     }
 
     unsafe fn load_ldt(&self, ldt: Option<&Ldt>) -> Result<()> {
@@ -720,7 +720,7 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
             Queued::new(
                 "stack_switch",
                 nr::STACK_SWITCH,
-                [FLAT_KERNEL_SS, sp0, 0, 0, 0, 0],
+                [KERNEL_DS, sp0, 0, 0, 0, 0],
                 Tag::None,
             ),
         )?;

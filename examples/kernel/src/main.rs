@@ -842,8 +842,11 @@ fn run_xen_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm:
     // SAFETY: as above.
     let r2 = unsafe { ops.load_tr(TSS_SEL) };
     t.check(
-        "load_tr is a no-op: store_tr = guest view, str = Xen's TSS",
-        r.is_ok() && r2.is_ok() && ops.store_tr() == Ok(TSS_SEL) && raw_str() == xen_sel::TSS,
+        "load_tr is a no-op: store_tr = 0 (as Linux's xen_store_tr), str = Xen's TSS",
+        r.is_ok()
+            && r2.is_ok()
+            && ops.store_tr() == Ok(Selector::NULL)
+            && raw_str() == xen_sel::TSS,
         format_args!("{r:?} {r2:?} str={:#x}", raw_str()),
     );
     // SAFETY: Xen's TSS; the value is only recorded.
