@@ -331,6 +331,8 @@ pub(crate) struct XenGuest {
     /// What the real GDT/LDT hold (to skip unchanged work).
     last_gdt: Vec<u64>,
     last_ldt: (u64, u32, Vec<u64>),
+    /// The domain's L1 entries when last mirrored.
+    last_ptes: Vec<u64>,
     fs_base: u64,
     gs_base: u64,
     pte_flushes: u64,
@@ -454,6 +456,7 @@ impl XenGuest {
             gdt_written: 0,
             last_gdt: Vec::new(),
             last_ldt: (0, 0, Vec::new()),
+            last_ptes: Vec::new(),
             fs_base: 0,
             gs_base: 0,
             pte_flushes: 0,
@@ -819,9 +822,16 @@ impl XenGuest {
         vcpu.set_sregs(&sregs)
             .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
 
-        // The domain's L1 entries, mirrored into the real page tables.
+        // The domain's L1 entries, mirrored into the real page tables (only
+        // when some changed since the last look).
         let ptes = self.dom.direct_map_ptes();
         let mut changed = false;
+        if ptes == self.last_ptes {
+            if ldt_ptes_changed {
+                self.flush_shadow_mmu(vm)?;
+            }
+            return Ok(());
+        }
         for (pfn, pte) in ptes.iter().enumerate().skip(RESERVED_PAGES) {
             let want = if pte & PTE_P != 0 {
                 let mfn = (pte & PTE_MFN_MASK) >> 12;
@@ -840,6 +850,7 @@ impl XenGuest {
             }
         }
         debug_assert_eq!(ptes.len(), self.pages);
+        self.last_ptes = ptes;
         if changed || ldt_ptes_changed {
             self.flush_shadow_mmu(vm)?;
         }
