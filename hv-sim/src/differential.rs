@@ -69,7 +69,7 @@ impl Differential {
 pub fn battery_lines(text: &str) -> Vec<&str> {
     text.lines()
         .map(str::trim_end)
-        .filter(|l| l.starts_with("b ") || l.starts_with("dump "))
+        .filter(|l| l.starts_with(hvsim_boot_protocol::BATTERY_PREFIX) || l.starts_with("dump "))
         .collect()
 }
 
@@ -148,7 +148,10 @@ pub fn cmdline(seed: u64, count: usize) -> String {
     } else {
         ""
     };
-    format!("battery seed={seed} count={count}{dump}")
+    format!(
+        "{} seed={seed} count={count}{dump}",
+        hvsim_boot_protocol::BATTERY_WORD
+    )
 }
 
 /// Run the battery from `seed` on real Xen and under hv-sim (KVM) and

@@ -595,7 +595,9 @@ impl Scan {
     }
 
     fn guest_line(&mut self, line: &str) {
-        if let Some(n) = line.trim().strip_prefix("exit status ")
+        if let Some(n) = line
+            .trim()
+            .strip_prefix(hvsim_boot_protocol::EXIT_STATUS_PREFIX)
             && let Ok(n) = n.trim().parse()
         {
             self.exit_status = Some(n);

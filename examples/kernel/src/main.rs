@@ -75,35 +75,9 @@ static TLS_PROBE2: AtomicU64 = AtomicU64::new(0x7e57_7e57_0000_0003);
 /// A second LDT probe (an entry written into the loaded LDT).
 static LDT_PROBE2: AtomicU64 = AtomicU64::new(0x001d_71d7_0000_0004);
 
-/// Boot flags hv-sim passes in rdi.
-pub mod boot_flags {
-    /// `lar`/`lsl`/`verr` cannot run here: the host's KVM is PVM, which
-    /// runs the guest deprivileged and cannot emulate them (the VM would
-    /// stop with an internal error). Checks that need them are reported as
-    /// skipped and the same effects are checked through segment loads.
-    pub const NO_DESCRIPTOR_INSPECTION: u64 = 1 << 0;
-    /// `int n` / `int3` cannot run here (PVM's emulator stops the VM with an
-    /// internal error); exceptions raised by faults (#UD, #GP) are delivered
-    /// through the IDT and are checked.
-    pub const NO_SOFTWARE_INTERRUPTS: u64 = 1 << 1;
-    /// Set only by a VMI-style hypervisor: `cpuid` is not trapped here, so
-    /// its hypervisor leaves are the host's, not this hypervisor's. The
-    /// kernel does not pick a backend from them (a Xen host would otherwise
-    /// send it down the Xen path); the VMI ROM probe decides.
-    pub const CPUID_SHOWS_HOST: u64 = 1 << 3;
-    /// Set only by a trap-and-emulate hypervisor: this kernel runs in ring
-    /// 3 and its descriptor-table instructions trap and are emulated. CS
-    /// and SS cannot be reloaded from its GDT there (a far return or `mov
-    /// ss` to an RPL 0 selector faults, and those are not descriptor-table
-    /// instructions), and `lar`/`lsl`/`verr` would read the hypervisor's
-    /// ring-3 copy without trapping: those checks are skipped with the
-    /// reason. Everything else runs as at ring 0.
-    pub const DEPRIVILEGED: u64 = 1 << 4;
-    /// Set by the kernel's own Xen PV entry point ([`crate::xen_start`]),
-    /// never by a loader: the kernel was started by a Xen domain builder
-    /// (real Xen, or hv-sim's Xen personality) with its start info in rsi.
-    pub const XEN_PV_ENTRY: u64 = 1 << 5;
-}
+/// Boot flags hv-sim passes in rdi (or, to a Xen guest, in its command
+/// line); the one definition both sides use.
+pub use hvsim_boot_protocol::boot_flags;
 
 #[repr(C, align(16))]
 struct Stack([u8; 64 * 1024]);
@@ -690,23 +664,14 @@ fn xen_pv_main(start_info: u64) -> ! {
     );
     // hv-sim passes what its host cannot do in the command line
     // (`hvsim.flags=<hex boot flags>`); real Xen passes the runner's.
-    let flags = si
-        .cmd_line_str()
-        .split(' ')
-        .find_map(|w| w.strip_prefix("hvsim.flags="))
-        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
-        .unwrap_or(0);
+    let flags = hvsim_boot_protocol::cmdline_flags(si.cmd_line_str());
     let hv = pvops::detect::detect_with(&xen::XenCpuid);
     say!("detected hypervisor (prefixed cpuid): {:?}\n", hv);
-    let arg = |k: &str| {
-        si.cmd_line_str()
-            .split(' ')
-            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    if si.cmd_line_str().split(' ').any(|w| w == "battery") {
+    let cmd = si.cmd_line_str();
+    let arg = |k: &str| hvsim_boot_protocol::cmdline_value(cmd, k).and_then(|v| v.parse().ok());
+    if hvsim_boot_protocol::cmdline_has(cmd, hvsim_boot_protocol::BATTERY_WORD) {
         let (seed, count) = (arg("seed").unwrap_or(1), arg("count").unwrap_or(10_000));
-        let dump = si.cmd_line_str().split(' ').any(|w| w == "dump");
+        let dump = hvsim_boot_protocol::cmdline_has(cmd, "dump");
         let h = battery::run(seed, count, dump, boot.p2m, si.pt_base);
         say!("battery done: {count} calls, seed {seed}, hash {h:016x}\n");
         report::exit(0);

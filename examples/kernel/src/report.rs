@@ -45,9 +45,9 @@ fn xen_flush(l: &mut LineBuf) {
 }
 
 /// Text output port.
-pub const PORT_TEXT: u16 = 0xe9;
+pub const PORT_TEXT: u16 = hvsim_boot_protocol::ports::TEXT;
 /// Exit port.
-pub const PORT_EXIT: u16 = 0xf4;
+pub const PORT_EXIT: u16 = hvsim_boot_protocol::ports::EXIT;
 
 fn outb(port: u16, v: u8) {
     // SAFETY: port output to the VMM's report device; no memory effects.
@@ -130,7 +130,7 @@ impl Tally {
 /// Stop the VM with `status`.
 pub fn exit(status: u32) -> ! {
     if XEN_CONSOLE.load(Ordering::Relaxed) {
-        crate::say!("exit status {}\n", status);
+        crate::say!("{}{}\n", hvsim_boot_protocol::EXIT_STATUS_PREFIX, status);
         xen_flush(&mut LINE.lock());
         crate::xen::shutdown(if status == 0 {
             pvops_xen::abi::shutdown::POWEROFF

@@ -37,22 +37,13 @@ use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-/// The I/O ports of hv-sim's guest protocol.
+/// The I/O ports of hv-sim's guest protocol (shared with the example
+/// kernel through `hvsim-boot-protocol`), and the VMI ROM stubs' port.
 pub mod ports {
-    /// Text output (byte writes): QEMU's debug console port.
-    pub const TEXT: u16 = 0xe9;
-    /// Exit with a dword status: QEMU's isa-debug-exit default port.
-    pub const EXIT: u16 = 0xf4;
-    /// Xen personality: a hypercall stub's dword write (the hypercall
-    /// number). No device of QEMU's pc/q35 machines decodes 0xE8, and it
-    /// is neither the VMI personality's 0xE6 nor debugcon's 0xE9.
-    pub const HYPERCALL: u16 = 0xe8;
+    pub use hvsim_boot_protocol::ports::*;
     /// VMI personality: a ROM stub's dword write (`out 0xE6, eax`, eax =
     /// the call number; [`pvops_vmi::platform::VMI_PORT`]).
     pub const VMI: u16 = pvops_vmi::platform::VMI_PORT as u16;
-    /// Trap-and-emulate personality: hv-sim's #GP entry stub's dword write
-    /// (`out 0xE5, eax`, eax = 13); see [`super::trap`].
-    pub const TRAP: u16 = 0xe5;
 }
 
 /// Why a boot failed (as opposed to a guest that ran and reported).
@@ -135,38 +126,9 @@ pub struct Config {
 }
 
 /// Boot flags passed to the guest in rdi (the Xen personality passes them
-/// in the start info's command line instead, `hvsim.flags=<hex>`).
-pub mod boot_flags {
-    /// The host cannot run `lar`/`lsl`/`verr` in a guest: its /dev/kvm is
-    /// PVM (`kvm_pvm`), which runs guests deprivileged and emulates
-    /// privileged and descriptor instructions in the host kernel; its
-    /// emulator has no `lar`/`lsl`/`verr`, so a guest executing one stops
-    /// with KVM_EXIT_INTERNAL_ERROR ("INTERNAL_ERROR in batch emul").
-    pub const NO_DESCRIPTOR_INSPECTION: u64 = 1 << 0;
-    /// The host cannot deliver software interrupts (`int3`, `int n`) in a
-    /// guest: PVM stops the VM with KVM_EXIT_INTERNAL_ERROR. Exceptions from
-    /// faults (#UD, #GP with its error code) are delivered through the
-    /// guest's IDT.
-    pub const NO_SOFTWARE_INTERRUPTS: u64 = 1 << 1;
-    /// (Bit 2 was the Xen personality's "use the cpuid prefix" flag: a Xen
-    /// PV kernel now always asks through Xen's forced-emulation prefix, as
-    /// Linux's does.)
-    /// Set only by the VMI-style personality ([`super::vmi`]) on hosts where
-    /// `cpuid` in the guest is not trapped (PVM, ring 3, no CPUID
-    /// faulting): the hypervisor leaves `cpuid` shows are the host's, not
-    /// this hypervisor's, so the kernel must not pick a backend from them
-    /// (a Xen host's signature would otherwise send it down the Xen path);
-    /// it finds the hypervisor by the VMI ROM probe instead.
-    pub const CPUID_SHOWS_HOST: u64 = 1 << 3;
-    /// Set only by the trap-and-emulate personality ([`super::trap`]): the
-    /// kernel runs in ring 3 and believes it runs in ring 0; the hypervisor
-    /// traps and emulates its descriptor-table instructions. CS/SS cannot
-    /// be reloaded from its own GDT there (a far return or `mov ss` to an
-    /// RPL 0 selector faults and is not emulated), and `lar`/`lsl`/`verr`
-    /// would read the hypervisor's compressed copy without trapping, so
-    /// those checks are skipped with the reason.
-    pub const DEPRIVILEGED: u64 = 1 << 4;
-}
+/// in the start info's command line instead, `hvsim.flags=<hex>`); defined
+/// once for both sides in `hvsim-boot-protocol`.
+pub use hvsim_boot_protocol::boot_flags;
 
 /// Is /dev/kvm provided by PVM (`kvm_pvm`) rather than hardware
 /// virtualization?
@@ -293,7 +255,7 @@ impl BootReport {
 pub fn parse_checks(text: &str) -> Vec<GuestCheck> {
     text.lines()
         .filter_map(|l| {
-            let rest = l.strip_prefix("check ")?;
+            let rest = l.strip_prefix(hvsim_boot_protocol::CHECK_PREFIX)?;
             let (verdict, rest) = rest.split_once(' ')?;
             let (name, detail) = rest.split_once(": ").unwrap_or((rest, ""));
             Some(GuestCheck {

@@ -255,7 +255,13 @@ impl XenBootReport {
 pub fn exit_status(text: &str, shutdown_reason: u32) -> u32 {
     text.lines()
         .rev()
-        .find_map(|l| l.trim().strip_prefix("exit status ")?.trim().parse().ok())
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix(hvsim_boot_protocol::EXIT_STATUS_PREFIX)?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(if shutdown_reason == 0 {
             0
         } else {
@@ -442,9 +448,14 @@ impl XenGuest {
                 pt_base: l.pt_base,
                 nr_pt_frames: l.nr_pt_frames,
                 mfn_list: l.p2m,
-                cmd_line: format!("hvsim.flags={:#x} {}", cfg.boot_flags, cfg.guest_cmdline)
-                    .trim_end()
-                    .to_string(),
+                cmd_line: format!(
+                    "{}={:#x} {}",
+                    hvsim_boot_protocol::XEN_FLAGS_KEY,
+                    cfg.boot_flags,
+                    cfg.guest_cmdline
+                )
+                .trim_end()
+                .to_string(),
                 first_p2m_pfn: l.total >> 12,
             },
         )?;
