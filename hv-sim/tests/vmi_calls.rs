@@ -7,7 +7,25 @@ use hv_sim::vmi::machine::{EFFECTIVE_GDT_32, EFFECTIVE_IDT_32};
 use hv_sim::vmi::{GuestKind, RamMemory, VmiEvent, VmiHypervisor};
 use pvops::descriptor::SystemType;
 use pvops::{Descriptor, Gate32, Ring, Selector, presets};
-use pvops_vmi::{VmiPlatform, call};
+use pvops_vmi::VmiPlatform;
+
+/// VMI API 3.0 call numbers: literals from Linux `asm/vmi.h` (not either
+/// crate's constants, so a wrong number on either side fails here).
+mod call {
+    pub const SET_GDT: u32 = 3;
+    pub const SET_LDT: u32 = 4;
+    pub const SET_IDT: u32 = 5;
+    pub const SET_TR: u32 = 6;
+    pub const GET_GDT: u32 = 7;
+    pub const GET_LDT: u32 = 8;
+    pub const GET_IDT: u32 = 9;
+    pub const GET_TR: u32 = 10;
+    pub const WRITE_GDT_ENTRY: u32 = 11;
+    pub const WRITE_LDT_ENTRY: u32 = 12;
+    pub const WRITE_IDT_ENTRY: u32 = 13;
+    pub const UPDATE_KERNEL_STACK: u32 = 14;
+    pub const SET_LAZY_MODE: u32 = 73;
+}
 
 const RAM: u64 = 0xC100_0000;
 const GDT: u64 = RAM;
@@ -21,9 +39,11 @@ type Hv = VmiHypervisor<RamMemory>;
 
 fn machine() -> Hv {
     let hv = VmiHypervisor::new(GuestKind::Vmi32, RamMemory::new(RAM, 0x10000));
-    let rom = pvops_vmi::rom::probe(&hv).unwrap();
+    // The guest's probe finds hv-sim's ROM at 0xC8000; VMI_Init is its
+    // jump point at +0x80 (`struct vrom_header`).
+    assert_eq!(pvops_vmi::rom::probe(&hv).unwrap().base, 0xC8000);
     // SAFETY: hv-sim's ROM; calls only touch the simulated RAM.
-    assert_eq!(unsafe { hv.call(rom.init_entry(), [0; 4]) }, 0);
+    assert_eq!(unsafe { hv.call(0xC8080, [0; 4]) }, 0);
     hv
 }
 
@@ -33,7 +53,12 @@ fn c(hv: &Hv, nr: u32, args: [u64; 4]) -> i64 {
     unsafe {
         let (eip, typ) = hv.get_reloc(0xC8088, nr);
         assert_eq!(typ, 1, "call {nr} is CALL_REL");
-        hv.call(eip, args) as i64
+        assert_eq!(eip, 0xC8000 + 0x100 + 16 * nr as u64, "call {nr}'s stub");
+        let r = hv.call(eip, args) as i64;
+        if let Err(e) = hv.check_invariants() {
+            panic!("invariant broken after call {nr}: {e}\n{}", hv.trace());
+        }
+        r
     }
 }
 

@@ -5,11 +5,29 @@
 
 use hv_sim::softcpu::{CpuMode, HostMemory, SoftCpu};
 use hv_sim::vmi::machine::{EFFECTIVE_GDT_64, EFFECTIVE_IDT_64, HV_RESERVED_GDT};
-use hv_sim::vmi::{GuestKind, HostGuestMemory, VmiEvent, VmiHypervisor};
+use hv_sim::vmi::{GuestKind, HostGuestMemory, Reloc, VmiEvent, VmiHypervisor};
 use pvops::descriptor::SystemType;
 use pvops::*;
 use pvops_native::NativeOps;
-use pvops_vmi::{InitError, RelocType, VmiOps, VmiPlatform, call};
+use pvops_vmi::{InitError, RelocType, VmiOps, VmiPlatform};
+
+/// VMI API 3.0 call numbers as literals from Linux `asm/vmi.h`: neither the
+/// guest crate's nor hv-sim's constants, so a wrong number on either side
+/// makes the backend and the hypervisor disagree here.
+mod call {
+    pub const SET_GDT: u32 = 3;
+    pub const SET_LDT: u32 = 4;
+    pub const SET_IDT: u32 = 5;
+    pub const SET_TR: u32 = 6;
+    pub const GET_GDT: u32 = 7;
+    pub const GET_IDT: u32 = 9;
+    pub const GET_TR: u32 = 10;
+    pub const WRITE_GDT_ENTRY: u32 = 11;
+    pub const UPDATE_KERNEL_STACK: u32 = 14;
+    pub const SET_LAZY_MODE: u32 = 73;
+    /// The calls the backend queries at init, in order.
+    pub const USED: [u32; 13] = [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 73];
+}
 
 const LAYOUT: GdtLayout = GdtLayout::LINUX_X86_64;
 type Hv = VmiHypervisor<HostGuestMemory>;
@@ -107,6 +125,18 @@ impl Env {
     }
     fn calls(&self) -> Vec<u32> {
         self.hv.trace().call_numbers()
+    }
+}
+
+/// Every test's hypervisor ends in a state that satisfies the model's
+/// invariants (checked unless the test already failed).
+impl Drop for Env {
+    fn drop(&mut self) {
+        if !std::thread::panicking()
+            && let Err(e) = self.hv.check_invariants()
+        {
+            panic!("hv-sim invariant broken: {e}\n{}", self.hv.trace());
+        }
     }
 }
 
@@ -484,7 +514,7 @@ fn lazy_mode_batches_effective_updates_until_set_lazy_mode_0() {
 fn none_answers_fall_back_to_native() {
     let hv = hv();
     for nr in [call::SET_GDT, call::GET_GDT, call::SET_TR, call::GET_TR] {
-        hv.set_answer(nr, RelocType::None);
+        hv.set_answer(nr, Reloc::None);
     }
     let e = env_with(hv);
     assert_eq!(e.ops.relocation(call::SET_TR).unwrap().typ, RelocType::None);
@@ -502,7 +532,7 @@ fn none_answers_fall_back_to_native() {
 #[test]
 fn nop_answer_makes_the_op_a_no_op() {
     let hv = hv();
-    hv.set_answer(call::UPDATE_KERNEL_STACK, RelocType::Nop);
+    hv.set_answer(call::UPDATE_KERNEL_STACK, Reloc::Nop);
     let e = env_with(hv);
     // SAFETY: nothing is done.
     unsafe { e.ops.load_kernel_stack(0x1234).unwrap() };
@@ -512,7 +542,7 @@ fn nop_answer_makes_the_op_a_no_op() {
 #[test]
 fn jump_rel_answer_refused_at_init() {
     let hv = hv();
-    hv.set_answer(call::SET_GDT, RelocType::JumpRel);
+    hv.set_answer(call::SET_GDT, Reloc::JumpRel);
     let rom = pvops_vmi::rom::probe(hv).unwrap();
     // SAFETY: hv-sim's ROM.
     let err = unsafe { Ops::init(hv, rom, LAYOUT, native()) }

@@ -43,7 +43,7 @@ pub mod ports {
     pub use hvsim_boot_protocol::ports::*;
     /// VMI personality: a ROM stub's dword write (`out 0xE6, eax`, eax =
     /// the call number; [`pvops_vmi::platform::VMI_PORT`]).
-    pub const VMI: u16 = pvops_vmi::platform::VMI_PORT as u16;
+    pub const VMI: u16 = crate::vmi::abi::port::VMI_PORT as u16;
 }
 
 /// Why a boot failed (as opposed to a guest that ran and reported).

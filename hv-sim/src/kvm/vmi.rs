@@ -77,17 +77,17 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::xen::FinalSegments;
 use super::{BootReport, Config, KvmError, layout, parse_elf, ports};
+use crate::vmi::abi::call;
+use crate::vmi::abi::port::{PSEUDO_GET_RELOC, PSEUDO_INIT};
 use crate::vmi::{
     EffectiveState, GuestKind, GuestMemory, GuestView, RomBuilder, VmiEvent, VmiHypervisor,
-    VmiTrace,
+    VmiTrace, abi,
 };
-use pvops_vmi::call;
-use pvops_vmi::platform::{PSEUDO_GET_RELOC, PSEUDO_INIT};
 
 /// CPUID 0x4000_0000 signature (VMware's).
 pub const CPUID_SIGNATURE: [u8; 12] = *b"VMwareVMware";
 /// Where hv-sim places its VMI ROM: the first slot the probe scans.
-pub const ROM_BASE: u64 = 0xC0000;
+pub const ROM_BASE: u64 = abi::scan::START;
 /// First page-table page.
 pub const PT_BASE: u64 = layout::RING3_PT_BASE;
 /// Most page-table pages (each maps 2 MiB).
@@ -320,7 +320,7 @@ impl VmiGuest {
         layout::write_ring3_page_tables(mem, cfg.mem_size, |a| {
             if (0x7000..0x8000).contains(&a) {
                 a | PTE_P | PTE_RW | PTE_U
-            } else if a >= pvops_vmi::rom::SCAN_START {
+            } else if a >= abi::scan::START {
                 // The option-ROM window: read-only, as ROM is.
                 a | PTE_P | PTE_U
             } else if (REAL_GDT..TSS_COPY + 0x1000).contains(&a) {
@@ -441,6 +441,11 @@ impl VmiGuest {
         }
         vcpu.set_regs(&regs)
             .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+        // What the vCPU is about to run on must satisfy the personality's
+        // invariants (a violation is hv-sim's bug, reported as such).
+        self.hv
+            .check_invariants()
+            .map_err(|e| format!("hv-sim VMI invariant broken after call {data:#x}: {e}"))?;
         self.install(vcpu)
     }
 

@@ -3,17 +3,16 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use pvops::{DescriptorTablePointer, Selector};
-use pvops_vmi::RelocType;
-use pvops_vmi::call;
-
+use super::abi::{self, Reloc, call, lazy};
+use super::invariants;
 use super::policy::{self, GuestKind};
 use super::rom::{self, ROM_SIZE, RomBuilder};
 use super::trace::{VmiEvent, VmiTrace};
+use pvops::{DescriptorTablePointer, Selector};
 
 /// First guest-physical address of the modelled low memory (the option-ROM
 /// window starts here).
-pub const PHYS_START: u64 = 0xC0000;
+pub const PHYS_START: u64 = abi::scan::START;
 /// End of the modelled low memory (exclusive): 1 MiB.
 pub const PHYS_END: u64 = 0x10_0000;
 /// Where [`VmiHypervisor::new`] places the ROM.
@@ -256,6 +255,15 @@ enum Update {
 
 const BUSY: u64 = 2 << 40;
 
+/// Mark `d` busy if it is a present available TSS (S = 0, type 9); any
+/// other descriptor is left alone (bit 41 is a code segment's R or a data
+/// segment's W bit).
+fn mark_busy(d: &mut u64) {
+    if *d & (1 << 47) != 0 && (*d >> 40) & 0x1F == 0x9 {
+        *d |= BUSY;
+    }
+}
+
 impl Update {
     fn describe(&self) -> String {
         match self {
@@ -304,8 +312,9 @@ impl Update {
                 e.gdt = entries;
                 e.gdt.extend_from_slice(&HV_RESERVED_GDT);
                 let tr = e.tr.index() as usize;
-                if !e.tr.is_null() && tr < e.gdt.len() {
-                    e.gdt[tr] |= BUSY;
+                let guest_len = e.gdt.len() - HV_RESERVED_GDT.len();
+                if !e.tr.is_null() && tr < guest_len {
+                    mark_busy(&mut e.gdt[tr]);
                 }
             }
             Update::GdtSlot { index, value } => {
@@ -337,13 +346,64 @@ impl Update {
                 e.tr = sel;
                 e.tss_base = base;
                 e.tss_limit = limit;
-                if let Some(d) = e.gdt.get_mut(sel.index() as usize) {
-                    *d |= BUSY;
+                let guest_len = e.gdt.len().saturating_sub(HV_RESERVED_GDT.len());
+                if (sel.index() as usize) < guest_len {
+                    mark_busy(&mut e.gdt[sel.index() as usize]);
                 }
             }
             Update::KernelStack { sp0 } => e.sp0 = sp0,
         }
     }
+}
+
+/// The effective state once the pending lazy batch is applied.
+fn future_state(inner: &Inner) -> EffectiveState {
+    let mut e = inner.eff.clone();
+    for u in inner.pending.iter().cloned() {
+        u.apply(&mut e);
+    }
+    e
+}
+
+/// `f` of the effective state once the pending lazy batch is applied
+/// (without a copy when nothing is pending).
+fn with_future<R>(inner: &Inner, f: impl FnOnce(&EffectiveState) -> R) -> R {
+    if inner.pending.is_empty() {
+        f(&inner.eff)
+    } else {
+        f(&future_state(inner))
+    }
+}
+
+/// Is `low` a present interrupt/trap gate whose code selector names one of
+/// the reserved entries of a GDT with `guest_len` guest entries?
+/// (Delivery through it would enter the guest's handler in ring 0. Task
+/// gates name a TSS and are not checked.)
+fn gate_names_reserved(low: u64, guest_len: usize) -> bool {
+    let present = low & (1 << 47) != 0;
+    let task = (low >> 40) & 0x1F == 0x5;
+    present && !task && invariants::names_reserved((low >> 16) & 0xFFFF, guest_len)
+}
+
+/// Refuse effective gate `low` for IDT[`v`] if it would name a reserved
+/// entry of the GDT the guest has set (the one in effect once any pending
+/// batch is applied, since the gate is applied with it).
+fn reserved_gate(inner: &Inner, op: &str, v: u64, low: u64) -> Result<(), Fail> {
+    let Some(p) = inner.guest.gdtr else {
+        return Ok(());
+    };
+    let n = (p.limit as usize + 1) / 8;
+    if gate_names_reserved(low, n) {
+        return Err(fail(
+            EINVAL,
+            format!(
+                "{op}: IDT[{v}]: gate selector {:#x} names GDT[{}], one of the hypervisor's reserved ring-0 entries that follow the guest's {n}",
+                (low >> 16) & 0xFFFF,
+                (low >> 19) & 0x1FFF
+            ),
+        ));
+    }
+    Ok(())
 }
 
 struct Fail {
@@ -364,7 +424,7 @@ type Outcome = Result<(u64, Vec<Update>), Fail>;
 struct Inner {
     phys: Vec<u8>,
     rom_base: Option<u64>,
-    answers: [RelocType; rom::STUB_COUNT],
+    answers: [Reloc; rom::STUB_COUNT],
     initialized: bool,
     guest: GuestView,
     eff: EffectiveState,
@@ -386,12 +446,12 @@ pub struct VmiHypervisor<M = HostGuestMemory> {
 /// and SetLazyMode (73), which this personality implements; NOP for
 /// IODelay (65), a no-op in a VM; NONE (trap and emulate the native
 /// instruction) for everything else.
-pub fn default_answers() -> [RelocType; rom::STUB_COUNT] {
-    let mut a = [RelocType::None; rom::STUB_COUNT];
-    for nr in call::USED {
-        a[nr as usize] = RelocType::CallRel;
+pub fn default_answers() -> [Reloc; rom::STUB_COUNT] {
+    let mut a = [Reloc::None; rom::STUB_COUNT];
+    for nr in call::IMPLEMENTED {
+        a[nr as usize] = Reloc::CallRel;
     }
-    a[65] = RelocType::Nop;
+    a[call::IO_DELAY as usize] = Reloc::Nop;
     a
 }
 
@@ -429,7 +489,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
     /// boundary inside the scan window 0xC0000..0xE0000 (the image must fit
     /// before 0xE0000).
     pub fn with_rom(kind: GuestKind, mem: M, base: u64, rom: &RomBuilder) -> Result<Self, String> {
-        use pvops_vmi::rom::{SCAN_END, SCAN_START, SCAN_STEP};
+        use abi::scan::{END as SCAN_END, START as SCAN_START, STEP as SCAN_STEP};
         if !(SCAN_START..SCAN_END).contains(&base) || base + ROM_SIZE as u64 > SCAN_END {
             return Err(format!(
                 "ROM at {base:#x} ({ROM_SIZE:#x} bytes) is not inside the option-ROM window {SCAN_START:#x}..{SCAN_END:#x}"
@@ -496,7 +556,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
     }
 
     /// Change the relocation answer for call `nr` (< 128).
-    pub fn set_answer(&self, nr: u32, typ: RelocType) {
+    pub fn set_answer(&self, nr: u32, typ: Reloc) {
         if let Some(a) = self.lock().answers.get_mut(nr as usize) {
             *a = typ;
         }
@@ -515,6 +575,34 @@ impl<M: GuestMemory> VmiHypervisor<M> {
     /// Effective updates waiting for the end of lazy mode, described.
     pub fn pending(&self) -> Vec<String> {
         self.lock().pending.iter().map(Update::describe).collect()
+    }
+
+    /// Check the model's invariants ([`super::invariants`]): the applied
+    /// effective state, and the state the pending lazy batch will produce,
+    /// give the guest no privilege it must not have (no present code/data
+    /// segment below the guest kernel's ring, no gates in the GDT/LDT, no
+    /// IDT gate into the hypervisor's reserved ring-0 segment, 16-byte
+    /// system descriptors whole, reserved entries intact); outside a lazy
+    /// batch the effective state agrees with the guest's view; lazy mode 0
+    /// has nothing deferred. Err = the first violation, described.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let inner = self.lock();
+        let k = self.kind;
+        invariants::check_effective(k, &inner.eff).map_err(|e| format!("applied state: {e}"))?;
+        if inner.pending.is_empty() {
+            return invariants::check_view(k, &inner.guest, &inner.eff);
+        }
+        if inner.guest.lazy_mode == lazy::NONE {
+            return Err(format!(
+                "lazy mode 0 but {} update(s) still deferred",
+                inner.pending.len()
+            ));
+        }
+        let future = future_state(&inner);
+        invariants::check_effective(k, &future)
+            .map_err(|e| format!("after the pending lazy batch: {e}"))?;
+        invariants::check_view(k, &inner.guest, &future)
+            .map_err(|e| format!("after the pending lazy batch: {e}"))
     }
 
     /// The trace so far.
@@ -551,7 +639,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
         rom::decode_stub(img, off as usize).ok_or_else(|| {
             format!(
                 "{entry:#x} (ROM offset {off:#x}) is not the start of a call stub (mov eax, n; out {:#x}, eax; ret)",
-                pvops_vmi::platform::VMI_PORT
+                abi::port::VMI_PORT
             )
         })
     }
@@ -578,17 +666,17 @@ impl<M: GuestMemory> VmiHypervisor<M> {
             .answers
             .get(nr as usize)
             .copied()
-            .unwrap_or(RelocType::None);
+            .unwrap_or(Reloc::None);
         let eip = match (typ, inner.rom_base, rom::stub_offset(nr)) {
-            (RelocType::CallRel | RelocType::JumpRel, Some(base), Some(off)) => base + off as u64,
+            (Reloc::CallRel | Reloc::JumpRel, Some(base), Some(off)) => base + off as u64,
             _ => 0,
         };
         inner.trace.events.push(VmiEvent::Reloc {
             call: nr,
             eip,
-            typ: typ.as_u8(),
+            typ: typ.byte(),
         });
-        (eip, typ.as_u8())
+        (eip, typ.byte())
     }
 
     /// Execute VMI call `nr` with the 64-bit convention's four argument
@@ -606,7 +694,8 @@ impl<M: GuestMemory> VmiHypervisor<M> {
         let (result, reason, changes, deferred) = match out {
             Ok((rax, updates)) => {
                 let changes: Vec<String> = updates.iter().map(Update::describe).collect();
-                let deferred = lazy_before != 0 && nr != call::SET_LAZY_MODE && !updates.is_empty();
+                let deferred =
+                    lazy_before != lazy::NONE && nr != call::SET_LAZY_MODE && !updates.is_empty();
                 if deferred {
                     inner.pending.extend(updates);
                 } else {
@@ -736,6 +825,25 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                         i += 1;
                     }
                 }
+                // The gates in effect when this GDT takes effect (after the
+                // pending batch) must not reach its reserved entries, which
+                // follow the guest's n entries.
+                let bad = with_future(inner, |e| {
+                    e.idt
+                        .iter()
+                        .enumerate()
+                        .find(|&(_, &(lo, _))| gate_names_reserved(lo, n))
+                        .map(|(v, &(lo, _))| (v, (lo >> 16) & 0xFFFF))
+                });
+                if let Some((v, sel)) = bad {
+                    return Err(fail(
+                        EINVAL,
+                        format!(
+                            "SetGDT: IDT[{v}]'s gate selector {sel:#x} would name GDT[{}], one of the hypervisor's reserved ring-0 entries that follow the guest's {n}",
+                            sel >> 3
+                        ),
+                    ));
+                }
                 inner.guest.gdtr = Some(p);
                 let base = match (inner.eff_bases, k) {
                     (Some((gdt, _)), _) => gdt,
@@ -768,10 +876,10 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                     } else {
                         0
                     };
-                    gates.push(
-                        policy::check_gate(k, lo, hi)
-                            .map_err(|r| fail(EINVAL, format!("SetIDT: IDT[{v}]: {r}")))?,
-                    );
+                    let g = policy::check_gate(k, lo, hi)
+                        .map_err(|r| fail(EINVAL, format!("SetIDT: IDT[{v}]: {r}")))?;
+                    reserved_gate(inner, "SetIDT", v, g.0)?;
+                    gates.push(g);
                 }
                 inner.guest.idtr = Some(p);
                 let base = match (inner.eff_bases, k) {
@@ -927,6 +1035,25 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                         ));
                     }
                 }
+                // Slot index - 1 of the effective GDT (as it will be once a
+                // pending batch is applied) may be the lower half of a
+                // present 16-byte descriptor: then slot index is its upper
+                // half, and an 8-byte descriptor there would break it.
+                if loaded.is_some() && index > 0 {
+                    let prev = with_future(inner, |e| e.gdt.get(index as usize - 1).copied());
+                    if let Some(prev) = prev
+                        && prev & (1 << 47) != 0
+                        && policy::is_double(k, prev)
+                    {
+                        return Err(fail(
+                            EINVAL,
+                            format!(
+                                "WriteGDTEntry: GDT[{index}] is the upper half of the present 16-byte descriptor at GDT[{}]; write that descriptor whole (or clear it first)",
+                                index - 1
+                            ),
+                        ));
+                    }
+                }
                 let (elo, ehi) = policy::check_gdt_entry(k, low, double.then_some(high))
                     .map_err(|r| fail(EINVAL, format!("WriteGDTEntry: GDT[{index}]: {r}")))?;
                 if double {
@@ -1025,6 +1152,9 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 }
                 let g = policy::check_gate(k, lo, hi)
                     .map_err(|r| fail(EINVAL, format!("WriteIDTEntry: IDT[{vector}]: {r}")))?;
+                if loaded.is_some() {
+                    reserved_gate(inner, "WriteIDTEntry", vector, g.0)?;
+                }
                 if gs == 16 {
                     self.write(
                         base.wrapping_add(vector * gs + 8),
@@ -1079,13 +1209,18 @@ impl<M: GuestMemory> VmiHypervisor<M> {
             call::SET_LAZY_MODE => {
                 let mode = a[0];
                 let cur = inner.guest.lazy_mode;
-                if mode > 2 {
+                if ![lazy::NONE, lazy::MMU, lazy::CPU].contains(&mode) {
                     return Err(fail(
                         EINVAL,
-                        format!("SetLazyMode: mode {mode} is not 0 (none), 1 (MMU) or 2 (CPU)"),
+                        format!(
+                            "SetLazyMode: mode {mode} is not {} (none), {} (MMU) or {} (CPU)",
+                            lazy::NONE,
+                            lazy::MMU,
+                            lazy::CPU
+                        ),
                     ));
                 }
-                if mode != 0 && cur != 0 {
+                if mode != lazy::NONE && cur != lazy::NONE {
                     return Err(fail(
                         EINVAL,
                         format!(
@@ -1094,7 +1229,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                     ));
                 }
                 inner.guest.lazy_mode = mode;
-                if mode == 0 && cur != 0 {
+                if mode == lazy::NONE && cur != lazy::NONE {
                     let pending = std::mem::take(&mut inner.pending);
                     let applied: Vec<String> = pending.iter().map(Update::describe).collect();
                     for u in pending {

@@ -1,6 +1,11 @@
 //! The VMI personality: a simulated VMI-style hypervisor with a real option
 //! ROM image, the relocation query, and calls 3–14 and SetLazyMode (73).
 //!
+//! * [`abi`]: hv-sim's own transcription of the VMI ABI (call numbers,
+//!   relocation types, ROM header layout, probe window, lazy modes) from
+//!   Linux's `asm/vmi.h` and `vmi_32.c`. The personality uses only these,
+//!   never the guest crate's constants, so it stays an independent oracle
+//!   for `pvops-vmi`.
 //! * [`rom`]: the ROM image (API 3.0 header, PCI/PnP headers, `"GPL"`,
 //!   checksum, x86-64 call stubs) and [`RomBuilder`] to break it on purpose.
 //! * [`VmiHypervisor`]: the option-ROM window (guest-physical
@@ -16,6 +21,9 @@
 //!   checked and answered at once (errors are not deferred) and updates the
 //!   guest's view, but its effective-state changes are queued and applied
 //!   at SetLazyMode(0); the trace shows them `deferred:` and then `flush:`.
+//! * [`VmiHypervisor::check_invariants`]: what must hold after every call
+//!   (no effective descriptor gives the guest a privilege it must not have;
+//!   the effective state matches the guest's view outside lazy batches).
 //! * [`pvops_vmi::VmiPlatform`] is implemented for [`VmiHypervisor`]
 //!   ([`platform`]), so the VMI backend runs against it in-process.
 //!
@@ -32,18 +40,21 @@
 //! // SAFETY: calls into the simulated ROM only touch the simulated RAM.
 //! unsafe {
 //!     assert_eq!(hv.call(rom.init_entry(), [0; 4]), 0);
-//!     let (eip, typ) = hv.get_reloc(rom.reloc_entry(), pvops_vmi::call::GET_TR);
+//!     let (eip, typ) = hv.get_reloc(rom.reloc_entry(), hv_sim::vmi::abi::call::GET_TR);
 //!     assert_eq!((eip, typ), (0xC8000 + 0x100 + 16 * 10, 1)); // CALL_REL
 //!     assert_eq!(hv.call(eip, [0; 4]), 0); // GetTR: no TR yet
 //! }
 //! ```
 
+pub mod abi;
+pub mod invariants;
 pub mod machine;
 pub mod platform;
 pub mod policy;
 pub mod rom;
 pub mod trace;
 
+pub use abi::Reloc;
 pub use machine::{
     DEFAULT_ROM_BASE, EffectiveState, GuestMemory, GuestView, HostGuestMemory, RamMemory,
     VmiHypervisor, default_answers,

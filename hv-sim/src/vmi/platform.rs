@@ -1,5 +1,6 @@
 //! [`pvops_vmi::VmiPlatform`] for the simulated hypervisor: the in-process
-//! transport.
+//! transport. Only the guest crate's trait is used here; the pseudo-call
+//! values the ROM's jump points exit with are hv-sim's ([`super::abi::port`]).
 //!
 //! `call(entry, args)` does what the CPU would do with the ROM's stub at
 //! `entry`: it decodes the bytes there (`mov eax, n; out 0xE6, eax; ret`)
@@ -8,7 +9,8 @@
 //! and a `BadEntry` trace event (on hardware it would crash the guest).
 
 use pvops_vmi::VmiPlatform;
-use pvops_vmi::platform::{PSEUDO_GET_RELOC, PSEUDO_INIT};
+
+use super::abi::port::{PSEUDO_GET_RELOC, PSEUDO_INIT};
 
 use super::machine::{EFAULT, GuestMemory, VmiHypervisor};
 

@@ -211,6 +211,15 @@ pub fn check_gdt_entry(
     high: Option<u64>,
 ) -> Result<(u64, Option<u64>), Reject> {
     if low & P == 0 {
+        // A not-present 16-byte descriptor: the CPU never reads its upper
+        // half through it, but that slot can still be named by a selector
+        // of its own, so it must not be usable as a descriptor (type field
+        // zero: a reserved system type the CPU refuses).
+        if let Some(h) = high
+            && (h >> 40) & 0x1F != 0
+        {
+            return Err(Reject::UpperHalf { high: h });
+        }
         return Ok((low, high));
     }
     if low & S != 0 {

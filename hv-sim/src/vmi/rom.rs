@@ -15,13 +15,19 @@
 //! | 0x9FF | 1 | checksum byte: the 8-bit sum of the 0xA00 bytes is 0 |
 //!
 //! A stub is 8 bytes: `B8 n n n n` (mov eax, imm32), `E7 E6` (out 0xE6,
-//! eax), `C3` (ret). The VMM handles the port exit: see
-//! [`pvops_vmi::platform`] for the register convention.
+//! eax), `C3` (ret). The VMM handles the port exit (the port and the
+//! pseudo-call values are [`abi::port`]; the 64-bit register convention is
+//! the one `pvops-vmi`'s `platform` module documents: arguments in rdi, rsi,
+//! rdx, rcx, result in rax, and rdx = the type for GetRelocationInfo).
+//!
+//! Every VMI value in the image (signatures, versions, header offsets, call
+//! numbers) comes from hv-sim's own [`abi`], never from the guest crate.
 
-use pvops_vmi::platform::{PSEUDO_GET_RELOC, PSEUDO_INIT, VMI_PORT};
-use pvops_vmi::rom::{
-    API_MAJOR, API_MINOR, PCI_DEVICE_VMI, PCI_SIGNATURE, PCI_VENDOR_VMWARE, ROM_SIGNATURE,
-    VMI_SIGNATURE, offset,
+use super::abi::{
+    self, API_REV_MAJOR, API_REV_MINOR, PCI_DEVICE_ID_VMWARE_VMI, PCI_SIGNATURE,
+    PCI_VENDOR_ID_VMWARE, PNP_SIGNATURE, ROM_SIGNATURE, VMI_SIGNATURE, header, pci_header,
+    pnp_header,
+    port::{PSEUDO_GET_RELOC, PSEUDO_INIT, VMI_PORT},
 };
 
 /// Size of the image in 512-byte units.
@@ -108,15 +114,15 @@ impl Default for RomBuilder {
         RomBuilder {
             signature: ROM_SIGNATURE,
             vmi_signature: VMI_SIGNATURE,
-            api_major: API_MAJOR,
-            api_minor: API_MINOR,
+            api_major: API_REV_MAJOR,
+            api_minor: API_REV_MINOR,
             pci_header: true,
-            vendor: PCI_VENDOR_VMWARE,
-            device: PCI_DEVICE_VMI,
+            vendor: PCI_VENDOR_ID_VMWARE,
+            device: PCI_DEVICE_ID_VMWARE_VMI,
             license: Some(b"GPL".to_vec()),
             fix_checksum: true,
             stubs: (0..STUB_COUNT as u32)
-                .filter(|&n| pvops_vmi::call::name(n).is_some())
+                .filter(|&n| abi::call::name(n).is_some())
                 .collect(),
         }
     }
@@ -130,46 +136,61 @@ impl RomBuilder {
     /// Build the image ([`ROM_SIZE`] bytes).
     pub fn build(&self) -> Vec<u8> {
         let mut b = vec![0u8; ROM_SIZE];
-        put(&mut b, offset::ROM_SIGNATURE, &self.signature.to_le_bytes());
-        b[offset::ROM_LENGTH] = ROM_UNITS;
+        put(&mut b, header::ROM_SIGNATURE, &self.signature.to_le_bytes());
+        b[header::ROM_LENGTH] = ROM_UNITS;
         // 16-bit BIOS entry: `retf` (nothing to initialize in real mode).
-        put(&mut b, offset::ROM_ENTRY, &[0xCB, 0x90, 0x90, 0x90]);
+        put(&mut b, header::ROM_ENTRY, &[0xCB, 0x90, 0x90, 0x90]);
         put(
             &mut b,
-            offset::VROM_SIGNATURE,
+            header::VROM_SIGNATURE,
             &self.vmi_signature.to_le_bytes(),
         );
-        b[offset::API_MINOR] = self.api_minor;
-        b[offset::API_MAJOR] = self.api_major;
-        b[offset::JUMP_SLOTS] = STUB_COUNT as u8;
-        put(&mut b, offset::VIRTUAL_TOP, &VIRTUAL_TOP.to_le_bytes());
-        put(&mut b, offset::PNP_HEADER_OFFS, &PNP_OFFS.to_le_bytes());
-        put(&mut b, offset::VMI_INIT, &stub(PSEUDO_INIT));
-        put(&mut b, offset::GET_RELOC, &stub(PSEUDO_GET_RELOC));
+        b[header::API_VERSION_MIN] = self.api_minor;
+        b[header::API_VERSION_MAJ] = self.api_major;
+        b[header::JUMP_SLOTS] = STUB_COUNT as u8;
+        put(&mut b, header::VIRTUAL_TOP, &VIRTUAL_TOP.to_le_bytes());
+        put(&mut b, header::PNP_HEADER_OFFS, &PNP_OFFS.to_le_bytes());
+        put(&mut b, header::VMI_INIT, &stub(PSEUDO_INIT));
+        put(&mut b, header::GET_RELOC, &stub(PSEUDO_GET_RELOC));
         if self.pci_header {
-            put(&mut b, offset::PCI_HEADER_OFFS, &PCI_OFFS.to_le_bytes());
+            put(&mut b, header::PCI_HEADER_OFFS, &PCI_OFFS.to_le_bytes());
             let p = PCI_OFFS as usize;
-            put(&mut b, p, &PCI_SIGNATURE);
-            put(&mut b, p + 4, &self.vendor.to_le_bytes());
-            put(&mut b, p + 6, &self.device.to_le_bytes());
-            put(&mut b, p + 10, &24u16.to_le_bytes()); // structure length
-            b[p + 13] = 0x08; // class: system peripheral
-            b[p + 14] = 0x80; // subclass: other
-            put(&mut b, p + 16, &(ROM_UNITS as u16).to_le_bytes()); // image length
-            b[p + 19] = 1; // ROM version 1.0
-            b[p + 20] = 0; // code type: x86
-            b[p + 21] = 0x80; // last image
+            put(&mut b, p + pci_header::SIG, &PCI_SIGNATURE);
+            put(
+                &mut b,
+                p + pci_header::VENDOR_ID,
+                &self.vendor.to_le_bytes(),
+            );
+            put(
+                &mut b,
+                p + pci_header::DEVICE_ID,
+                &self.device.to_le_bytes(),
+            );
+            let len = pci_header::LEN as u16;
+            put(&mut b, p + pci_header::SIZE, &len.to_le_bytes());
+            b[p + pci_header::CLASS] = 0x08; // system peripheral
+            b[p + pci_header::SUBCLASS] = 0x80; // other
+            let units = u16::from(ROM_UNITS);
+            put(&mut b, p + pci_header::CHUNKS, &units.to_le_bytes()); // image length
+            b[p + pci_header::ROM_VERSION_MAJ] = 1; // ROM version 1.0
+            b[p + pci_header::CODETYPE] = 0; // x86
+            b[p + pci_header::LAST_ROM] = 0x80; // last image
         }
         let n = PNP_OFFS as usize;
-        put(&mut b, n, b"$PnP");
-        b[n + 4] = 1; // revision
-        b[n + 5] = 2; // length in 16-byte units
-        put(&mut b, n + 14, &MANUFACTURER_OFFS.to_le_bytes());
-        put(&mut b, n + 16, &PRODUCT_OFFS.to_le_bytes());
+        put(&mut b, n + pnp_header::SIG, &PNP_SIGNATURE);
+        b[n + pnp_header::REV] = 1;
+        b[n + pnp_header::SIZE] = 2; // in 16-byte units
+        let (m, pr) = (MANUFACTURER_OFFS, PRODUCT_OFFS);
+        put(
+            &mut b,
+            n + pnp_header::MANUFACTURER_OFFSET,
+            &m.to_le_bytes(),
+        );
+        put(&mut b, n + pnp_header::PRODUCT_OFFSET, &pr.to_le_bytes());
         put(&mut b, MANUFACTURER_OFFS as usize, b"hv-sim\0");
         put(&mut b, PRODUCT_OFFS as usize, b"VMI-style 64-bit ROM\0");
         if let Some(l) = &self.license {
-            put(&mut b, offset::LICENSE_OFFS, &LICENSE_OFFS.to_le_bytes());
+            put(&mut b, header::LICENSE_OFFS, &LICENSE_OFFS.to_le_bytes());
             let l = &l[..l.len().min(0x1F)];
             // A long license string runs over the strings after it; tests
             // only use short ones and unterminated ones end at 0x1F bytes.

@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use pvops_vmi::call;
+use super::abi::{Reloc, call};
 
 /// One event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,12 +78,9 @@ impl VmiTrace {
 }
 
 fn reloc_name(t: u8) -> &'static str {
-    match t {
-        0 => "NONE",
-        1 => "CALL_REL",
-        2 => "JUMP_REL",
-        3 => "NOP",
-        _ => "?",
+    match Reloc::from_byte(t) {
+        Some(r) => r.name(),
+        None => "?",
     }
 }
 
