@@ -15,7 +15,7 @@
 //! * validated table handles [`Gdt`], [`Ldt`], [`Idt`] and [`TableStorage`];
 //! * the ops trait [`DescriptorOps`], the function-pointer [`OpsTable`] and
 //!   the boot-time [`dispatch::install`];
-//! * hypervisor [`detect`]ion by CPUID.
+//! * hypervisor [`detect()`]ion by CPUID.
 //!
 //! ```
 //! use pvops::{presets, Descriptor, DescriptorStorage, Ring, Selector};

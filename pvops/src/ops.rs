@@ -18,7 +18,7 @@
 //!   pointers) from any backend and [`install`](crate::dispatch::install) it
 //!   once at boot; [`Installed`](crate::dispatch::Installed) then forwards
 //!   every op to it. This is how a kernel picks its backend at run time after
-//!   [`detect`](crate::detect).
+//!   [`detect`](crate::detect()).
 //!
 //! # Errors
 //! Every op returns [`Result`]. Table handles ([`Gdt`], [`Ldt`], [`Idt`]) are
