@@ -9,6 +9,12 @@ use super::mem::{FrameInfo, GuestRam, PAGE_SIZE, PageType};
 use super::trace::{Trace, TraceEvent, errno_name};
 use super::*;
 
+// Xen's page-table types, mmu_update and the page-table MMUEXT commands.
+#[path = "pagetables.rs"]
+mod pagetables;
+use pagetables::PgOwner;
+pub use pagetables::guest_pf_error_code;
+
 /// First machine frame number of the domain (mfn = pfn * 3 + MFN_OFFSET).
 pub const MFN_OFFSET: u64 = 0x1d0;
 /// Machine frames above the domain's last one that are valid but owned by
@@ -238,6 +244,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: Option<u32>,
     /// The hardware domain (dom0): `console_io` is allowed.
     pub(crate) privileged: bool,
+    /// Pins, linear counts, live L1s, user roots (`pagetables.rs`).
+    pt: pagetables::PtState,
 }
 
 /// A simulated Xen PV domain. All methods take `&self`; the state is behind
@@ -303,6 +311,7 @@ impl XenDomain {
                 console: Default::default(),
                 shutdown: None,
                 privileged: false,
+                pt: Default::default(),
             }),
         }
     }
@@ -381,6 +390,7 @@ impl XenDomain {
                 console: Default::default(),
                 shutdown: None,
                 privileged: false,
+                pt: Default::default(),
             }),
         }
     }
@@ -406,42 +416,20 @@ impl XenDomain {
     }
 
     /// What Xen's domain builder does to the bootstrap page tables it
-    /// wrote into the domain's pages `pfns` (the first is the L4): map
-    /// them read-only, give the L4 the page-table type and make it vCPU
-    /// 0's root (`guest_table`), with its reference. The other frames keep
-    /// no type here: hv-sim's domain models no L1–L3 page types yet.
+    /// wrote into the domain's pages `pfns` (the first is the L4;
+    /// `mark_pv_pt_pages_rdonly`): map them read-only, type each by its
+    /// level (found by walking from the L4), validated and with one
+    /// reference from its parent's entry; the L4 pinned and made vCPU 0's
+    /// root (`guest_table`). Their L1s become the live ones: an entry of
+    /// theirs is the direct-map entry of the address it maps.
     ///
     /// # Errors
-    /// A pfn outside the domain's own RAM, or a frame already in use (the
-    /// domain's invariants would break).
+    /// A pfn outside the domain's own RAM, a frame already in use (the
+    /// domain's invariants would break), a table entry naming a frame
+    /// outside `pfns`, or a frame the walk does not reach.
     pub fn install_bootstrap_tables(&self, pfns: std::ops::Range<u64>) -> Result<(), String> {
         let mut g = self.lock();
-        let root = pfns.start as usize;
-        for pfn in pfns.clone() {
-            let p = pfn as usize;
-            if p < g.reserved || p >= g.pages() {
-                return Err(format!(
-                    "bootstrap page table pfn {pfn:#x} is not the domain's"
-                ));
-            }
-            let f = &g.frames[p];
-            if f.typ != PageType::Writable || f.type_count != 1 || f.refs != 1 {
-                return Err(format!(
-                    "bootstrap page table pfn {pfn:#x} is already in use"
-                ));
-            }
-            g.ptes[p] &= !PTE_RW;
-            let f = &mut g.frames[p];
-            f.typ = PageType::None;
-            f.type_count = 0;
-        }
-        let mfn = g.mfn(root);
-        let f = &mut g.frames[root];
-        f.typ = PageType::PageTable;
-        f.type_count = 1;
-        f.validated = true;
-        f.refs += 1;
-        g.vcpus[0].cr3 = Some(mfn);
+        g.install_bootstrap(pfns)?;
         g.invariants()
     }
 
@@ -905,10 +893,21 @@ impl Inner {
             for (i, v) in sh.iter().enumerate() {
                 self.ram.write_u64(pfn, i * 8, *v);
             }
+            let (what, how) = if self.frames[pfn].typ.level().is_some() {
+                (
+                    "page-table",
+                    "Page tables may only change through mmu_update",
+                )
+            } else {
+                (
+                    "descriptor",
+                    "Descriptor pages may only change through update_descriptor",
+                )
+            };
             let m = format!(
-                "guest wrote descriptor frame mfn {mfn:#x} directly while it had no writable mapping \
+                "guest wrote {what} frame mfn {mfn:#x} directly while it had no writable mapping \
                  (slot {slot}: {was:#018x} -> {now:#018x}); on Xen that store faults, so hv-sim undid it. \
-                 Descriptor pages may only change through update_descriptor"
+                 {how}"
             );
             self.trace
                 .events
@@ -979,23 +978,24 @@ impl Inner {
             }
         }
         let mut seg = vec![0u32; self.pages()];
-        let mut pt = vec![0u32; self.pages()];
         for vc in &self.vcpus {
             for m in vc.gdt_frames.iter().chain(vc.ldt_mapped.iter().flatten()) {
                 if let Some(pfn) = self.m2p(*m) {
                     seg[pfn] += 1;
                 }
             }
-            if let Some(pfn) = vc.cr3.and_then(|m| self.m2p(m)) {
-                pt[pfn] += 1;
-            }
+        }
+        // Page-table entries, pins and roots (pagetables.rs).
+        let pt = self.pt_users()?;
+        for (pfn, r) in rw.iter_mut().enumerate() {
+            *r += pt.rw[pfn];
         }
         for (pfn, fi) in self.frames.iter().enumerate() {
             let mfn = self.mfn(pfn);
             let want = match fi.typ {
                 PageType::Writable => rw[pfn],
                 PageType::SegDesc => seg[pfn],
-                PageType::PageTable => pt[pfn],
+                PageType::L1 | PageType::L2 | PageType::L3 | PageType::L4 => pt.typed[pfn],
                 PageType::None => 0,
             };
             if fi.type_count != want {
@@ -1011,14 +1011,14 @@ impl Inner {
                     fi.typ.name()
                 ));
             }
-            if fi.refs != mapped[pfn] + seg[pfn] + pt[pfn] {
+            if fi.refs != mapped[pfn] + seg[pfn] + pt.refs[pfn] {
                 return Err(format!("mfn {mfn:#x}: refs {} wrong", fi.refs));
             }
             if fi.typ == PageType::SegDesc && !self.shadows.contains_key(&pfn) {
                 return Err(format!("mfn {mfn:#x}: seg_desc without shadow"));
             }
         }
-        Ok(())
+        self.pt_invariants()
     }
 
     // ----------------------------------------------------------------
@@ -1240,6 +1240,10 @@ impl Inner {
     fn decode_args(&self, nr: u64, a: &[u64; 6]) -> String {
         match (nr, self.abi) {
             (0, _) => format!("table={:#x}", a[0]),
+            (1, _) => format!(
+                "reqs={:#x}, count={:#x}, pdone={:#x}, foreigndom={:#x}",
+                a[0], a[1] as u32, a[2], a[3] as u32
+            ),
             (2, _) => format!("frame_list={:#x}, entries={}", a[0], a[1] as u32),
             (3, _) => format!("ss={:#x}, sp={:#x}", a[0], a[1]),
             (10, Abi::Pv64) => format!("maddr={:#x}, desc={:#018x}", a[0], a[1]),
@@ -1271,6 +1275,7 @@ impl Inner {
     fn run(&mut self, v: usize, nr: u64, a: [u64; 6], depth: u32) -> Hc {
         match nr {
             0 => self.set_trap_table(v, a[0]),
+            1 => self.mmu_update(a[0], a[1] as u32, a[2], a[3] as u32),
             2 => self.set_gdt(v, a[0], a[1] as u32),
             3 => self.stack_switch(v, a[0], a[1]),
             10 => match self.abi {
@@ -1513,6 +1518,7 @@ impl Inner {
             }
         }
         self.ptes[idx] = pte;
+        self.live_l1_written(idx);
         let page_va = self.va_base + (idx * PAGE_SIZE) as u64;
         self.note(format!("pte[va {page_va:#x}] {old:#x} -> {pte:#x}"));
         let kind = flags & 3;
@@ -1797,8 +1803,8 @@ impl Inner {
             return Err(fail(EFAULT, format!("ops {ops:#x} is not a guest address")));
         }
         let dom = foreigndom as u16;
-        let foreign = match dom {
-            DOMID_SELF => false,
+        let pg = match dom {
+            DOMID_SELF => PgOwner::Current,
             d if d == self.own_domid() => {
                 return Err(fail(
                     ESRCH,
@@ -1807,8 +1813,8 @@ impl Inner {
             }
             // dom_io / dom_xen exist and are PV, but the default XSM policy
             // (XSM_TARGET) lets only the domain itself or a control domain
-            // act on them; this domain is an unprivileged domU.
-            DOMID_IO | DOMID_XEN => {
+            // act on them: a domU is refused, the hardware domain not.
+            DOMID_IO | DOMID_XEN if !self.privileged => {
                 return Err(fail(
                     EPERM,
                     format!(
@@ -1816,6 +1822,8 @@ impl Inner {
                     ),
                 ));
             }
+            DOMID_IO => PgOwner::Io,
+            DOMID_XEN => PgOwner::Xen,
             d => return Err(fail(ESRCH, format!("no domain {d:#x}"))),
         };
         let mut i: u32 = 0;
@@ -1841,7 +1849,7 @@ impl Inner {
                     u64::from(u32::from_le_bytes([b[8], b[9], b[10], b[11]])),
                 ),
             };
-            if let Err(f) = self.mmuext_one(v, cmd, arg1, arg2, foreign) {
+            if let Err(f) = self.mmuext_one(v, cmd, arg1, arg2, pg) {
                 rc = Err(fail(f.errno, format!("op {i} (cmd {cmd}): {}", f.reason)));
                 break;
             }
@@ -1853,7 +1861,8 @@ impl Inner {
         rc
     }
 
-    fn mmuext_one(&mut self, v: usize, cmd: u32, arg1: u64, arg2: u64, foreign: bool) -> Hc {
+    fn mmuext_one(&mut self, v: usize, cmd: u32, arg1: u64, arg2: u64, pg: PgOwner) -> Hc {
+        let foreign = pg != PgOwner::Current;
         match cmd {
             MMUEXT_SET_LDT => {
                 if foreign {
@@ -1893,50 +1902,18 @@ impl Inner {
                 ));
                 Ok(0)
             }
-            MMUEXT_NEW_BASEPTR => {
-                if foreign {
-                    return Err(fail(EPERM, "NEW_BASEPTR with a foreign page owner"));
-                }
-                let cur = self.vcpus[v].cr3;
-                if self.abi == Abi::Pv64 && cur == Some(arg1) {
-                    return Ok(0);
-                }
-                if cur != Some(arg1) {
-                    let Some(pfn) = self.m2p(arg1) else {
-                        return Err(fail(EINVAL, self.frame_reason(arg1)));
-                    };
-                    let f = self.frames[pfn];
-                    if f.typ != PageType::PageTable {
-                        if f.type_count > 0 {
-                            return Err(fail(
-                                EINVAL,
-                                format!(
-                                    "frame {arg1:#x} is in use as a {} page; it cannot become a page-table root",
-                                    f.typ.name()
-                                ),
-                            ));
-                        }
-                        if f.typ == PageType::SegDesc {
-                            self.shadows.remove(&pfn);
-                        }
-                        self.frames[pfn].typ = PageType::PageTable;
-                        self.frames[pfn].validated = true;
-                    }
-                    self.frames[pfn].type_count += 1;
-                    self.frames[pfn].refs += 1;
-                    if let Some(old) = cur {
-                        self.put_type(old);
-                    }
-                    self.vcpus[v].cr3 = Some(arg1);
-                }
-                self.destroy_ldt(v);
-                self.note(format!("cr3 = mfn {arg1:#x}; mapped LDT pages dropped"));
-                Ok(0)
-            }
             MMUEXT_TLB_FLUSH_LOCAL
             | MMUEXT_TLB_FLUSH_ALL
             | MMUEXT_INVLPG_LOCAL
-            | MMUEXT_INVLPG_ALL => Ok(0),
+            | MMUEXT_INVLPG_ALL => {
+                if foreign {
+                    return Err(fail(
+                        EPERM,
+                        format!("TLB flush with a foreign page owner ({pg:?})"),
+                    ));
+                }
+                Ok(0)
+            }
             MMUEXT_NEW_USER_BASEPTR if self.abi == Abi::Pv32 => Err(fail(
                 EINVAL,
                 "NEW_USER_BASEPTR does not exist for 32-bit PV guests",
@@ -1944,10 +1921,7 @@ impl Inner {
             MMUEXT_MARK_SUPER | MMUEXT_UNMARK_SUPER => {
                 Err(fail(EOPNOTSUPP, "superpage marking is not supported"))
             }
-            0..=4 | 8 | 9 | 12 | 15..=18 => Err(fail(
-                ENOSYS,
-                format!("hv-sim does not model MMUEXT command {cmd}; Xen has it"),
-            )),
+            0..=5 | 8 | 9 | 12 | 15..=18 => self.mmuext_pt(v, cmd, arg1, arg2, pg),
             _ => Err(fail(ENOSYS, format!("unknown MMUEXT command {cmd}"))),
         }
     }

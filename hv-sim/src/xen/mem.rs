@@ -142,18 +142,55 @@ pub enum PageType {
     Writable,
     /// Segment-descriptor page (GDT/LDT frame).
     SegDesc,
-    /// A page table (here: only roots installed with NEW_BASEPTR).
-    PageTable,
+    /// `PGT_l1_page_table`: every entry maps a frame (`get_page_from_l1e`).
+    L1,
+    /// `PGT_l2_page_table`: every entry names an L1 (or, read-only, an L2:
+    /// a linear page table).
+    L2,
+    /// `PGT_l3_page_table` (also a 32-bit PV guest's root).
+    L3,
+    /// `PGT_l4_page_table`, `PGT_root_page_table` of a 64-bit PV guest.
+    L4,
 }
 
 impl PageType {
+    /// The root type of a 64-bit PV guest (`PGT_root_page_table`), the name
+    /// older hv-sim code used for it.
+    #[allow(non_upper_case_globals)]
+    pub const PageTable: PageType = PageType::L4;
+
     /// Xen's name for the type.
     pub const fn name(self) -> &'static str {
         match self {
             PageType::None => "none",
             PageType::Writable => "writable",
             PageType::SegDesc => "seg_desc",
-            PageType::PageTable => "page table",
+            PageType::L1 => "l1_page_table",
+            PageType::L2 => "l2_page_table",
+            PageType::L3 => "l3_page_table",
+            PageType::L4 => "l4_page_table",
+        }
+    }
+
+    /// The page-table level (1-4), or `None` for the other types.
+    pub const fn level(self) -> Option<u8> {
+        match self {
+            PageType::L1 => Some(1),
+            PageType::L2 => Some(2),
+            PageType::L3 => Some(3),
+            PageType::L4 => Some(4),
+            _ => None,
+        }
+    }
+
+    /// The page-table type of level `level` (1-4).
+    pub const fn table(level: u8) -> Option<PageType> {
+        match level {
+            1 => Some(PageType::L1),
+            2 => Some(PageType::L2),
+            3 => Some(PageType::L3),
+            4 => Some(PageType::L4),
+            _ => None,
         }
     }
 }
@@ -165,7 +202,8 @@ pub struct FrameInfo {
     pub typ: PageType,
     /// Type references.
     pub type_count: u32,
-    /// Whether the contents were validated for the current type.
+    /// Whether the contents were validated for the current type (page
+    /// tables lose it when their type count drops to zero).
     pub validated: bool,
     /// General references (mappings + type users).
     pub refs: u32,

@@ -49,6 +49,8 @@ pub use trace::{Trace, TraceEvent};
 pub mod nr {
     /// set_trap_table(table).
     pub const SET_TRAP_TABLE: u64 = 0;
+    /// mmu_update(reqs, count, pdone, foreigndom).
+    pub const MMU_UPDATE: u64 = 1;
     /// set_gdt(frame_list, entries).
     pub const SET_GDT: u64 = 2;
     /// stack_switch(ss, sp).
@@ -75,6 +77,8 @@ pub mod nr {
 pub const EPERM: i64 = 1;
 /// ESRCH.
 pub const ESRCH: i64 = 3;
+/// EACCES.
+pub const EACCES: i64 = 13;
 /// EFAULT.
 pub const EFAULT: i64 = 14;
 /// EBUSY.
@@ -85,6 +89,37 @@ pub const EINVAL: i64 = 22;
 pub const ENOSYS: i64 = 38;
 /// EOPNOTSUPP.
 pub const EOPNOTSUPP: i64 = 95;
+
+/// MMUEXT_PIN_L1_TABLE (PIN_L2/L3/L4 follow: 1, 2, 3).
+pub const MMUEXT_PIN_L1_TABLE: u32 = 0;
+/// MMUEXT_PIN_L2_TABLE.
+pub const MMUEXT_PIN_L2_TABLE: u32 = 1;
+/// MMUEXT_PIN_L3_TABLE.
+pub const MMUEXT_PIN_L3_TABLE: u32 = 2;
+/// MMUEXT_PIN_L4_TABLE.
+pub const MMUEXT_PIN_L4_TABLE: u32 = 3;
+/// MMUEXT_UNPIN_TABLE.
+pub const MMUEXT_UNPIN_TABLE: u32 = 4;
+/// MMUEXT_TLB_FLUSH_MULTI.
+pub const MMUEXT_TLB_FLUSH_MULTI: u32 = 8;
+/// MMUEXT_INVLPG_MULTI.
+pub const MMUEXT_INVLPG_MULTI: u32 = 9;
+/// MMUEXT_FLUSH_CACHE.
+pub const MMUEXT_FLUSH_CACHE: u32 = 12;
+/// MMUEXT_CLEAR_PAGE.
+pub const MMUEXT_CLEAR_PAGE: u32 = 16;
+/// MMUEXT_COPY_PAGE.
+pub const MMUEXT_COPY_PAGE: u32 = 17;
+/// MMUEXT_FLUSH_CACHE_GLOBAL.
+pub const MMUEXT_FLUSH_CACHE_GLOBAL: u32 = 18;
+/// MMU_NORMAL_PT_UPDATE (`mmu_update` command, low 3 bits of `ptr`).
+pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
+/// MMU_MACHPHYS_UPDATE.
+pub const MMU_MACHPHYS_UPDATE: u64 = 1;
+/// MMU_PT_UPDATE_PRESERVE_AD.
+pub const MMU_PT_UPDATE_PRESERVE_AD: u64 = 2;
+/// MMU_PT_UPDATE_NO_TRANSLATE.
+pub const MMU_PT_UPDATE_NO_TRANSLATE: u64 = 3;
 
 /// MMUEXT_TLB_FLUSH_LOCAL.
 pub const MMUEXT_TLB_FLUSH_LOCAL: u32 = 6;
@@ -111,6 +146,8 @@ pub const DOMID_SELF: u16 = 0x7FF0;
 pub const DOMID_IO: u16 = 0x7FF1;
 /// DOMID_XEN.
 pub const DOMID_XEN: u16 = 0x7FF2;
+/// DOMID_COW (no such domain without memory sharing).
+pub const DOMID_COW: u16 = 0x7FF3;
 
 /// Stored as ldt_base when SET_LDT installs 0 entries.
 pub const ZERO_BLOCK_PTR: u64 = 0xBAD0_BAD0_BAD0_BAD0;

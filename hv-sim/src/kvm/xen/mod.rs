@@ -43,8 +43,12 @@
 //! # Where this differs from Xen
 //! * hv-sim's real page tables map guest-physical frames; the bootstrap
 //!   tables at `pt_base` are Xen's image of the initial mapping (machine
-//!   frames), and later `update_va_mapping`s change the domain's model and
-//!   the real tables, not that image. Only the L4 has a page type.
+//!   frames), typed L4..L1 as Xen types them. Their L1 entries are the
+//!   domain's direct-map entries: `update_va_mapping`, `mmu_update` of
+//!   such an entry and a store into such an L1 (emulated as Xen's writable
+//!   page tables do, plain `mov` only) change the model, the image and the
+//!   real tables. Other guest-built page tables are typed and counted,
+//!   never walked.
 //! * Pages below 1 MiB are hv-sim's (their p2m entries are `!0`); there is
 //!   no shared-info page (`shared_info` is 0) and no event delivery.
 //! * The vCPU's real IOPL is 3 (the stubs use `out`); bounce frames show
@@ -617,6 +621,13 @@ impl XenGuest {
         } else {
             None
         };
+        // The kernel runs in ring 3, so the CPU sets a #PF's user bit; Xen
+        // hands a fault taken in guest kernel mode on with it clear.
+        let error_code = if v == 14 {
+            error_code.map(|c| crate::xen::domain::guest_pf_error_code(c, true))
+        } else {
+            error_code
+        };
         let at = Interrupted {
             rip: self.read(p)?,
             cs: self.read(p + 8)? as u16,
@@ -659,6 +670,27 @@ impl XenGuest {
                     regs.rsp = at.rsp;
                     regs.rflags = at.rflags;
                     self.lazy_ldt_maps += 1;
+                    vcpu.set_regs(&regs)
+                        .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+                    return self.sync(vm, vcpu);
+                }
+            }
+            // A write to a read-only mapping (present, write; no reserved
+            // bit or fetch): Xen emulates a store into an L1 page table in
+            // use as a validated entry update (`pv_ro_page_fault`) and
+            // resumes after the instruction.
+            if error_code.is_some_and(|c| c & 0x1b == 0x3) {
+                let mut insn = [0u8; 15];
+                let _ = self.mem.read_slice(&mut insn, GuestAddress(at.rip));
+                let gpr = [
+                    saved_rax, regs.rcx, regs.rdx, regs.rbx, at.rsp, regs.rbp, regs.rsi, regs.rdi,
+                    regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
+                ];
+                if let Some(next) = self.dom.ptwr_fault(cr2, &insn, at.rip, &gpr) {
+                    regs.rax = saved_rax;
+                    regs.rip = next;
+                    regs.rsp = at.rsp;
+                    regs.rflags = at.rflags;
                     vcpu.set_regs(&regs)
                         .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
                     return self.sync(vm, vcpu);
