@@ -42,7 +42,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 pub mod ports {
     pub use hvsim_boot_protocol::ports::*;
     /// VMI personality: a ROM stub's dword write (`out 0xE6, eax`, eax =
-    /// the call number; [`pvops_vmi::platform::VMI_PORT`]).
+    /// the call number; hv-sim's own stub protocol, [`crate::vmi::abi`]).
     pub const VMI: u16 = crate::vmi::abi::port::VMI_PORT as u16;
 }
 

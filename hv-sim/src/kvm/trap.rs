@@ -470,7 +470,7 @@ impl TrapGuest {
         layout::write_ring3_page_tables(mem, cfg.mem_size, |a| {
             if (0x7000..0x8000).contains(&a) {
                 a | PTE_P | PTE_RW | PTE_U
-            } else if a >= pvops_vmi::rom::SCAN_START || a == TRAP_TEXT {
+            } else if a >= crate::vmi::abi::scan::START || a == TRAP_TEXT {
                 // The (empty) option-ROM window, so the kernel's VMI probe
                 // reads zeros as on a plain machine; the stub page.
                 a | PTE_P | PTE_U

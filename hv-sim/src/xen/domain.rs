@@ -238,6 +238,9 @@ pub(crate) struct Inner {
     /// Modelled as a debug build of Xen (`debug=y`): bit 62 of an L1 entry
     /// is `_PAGE_GNTTAB` and refused. Debian's 4.17 is a release build.
     pub(crate) debug_build: bool,
+    /// Which Xen's behaviour where 4.17 and 4.23-unstable differ
+    /// (XEN-SEMANTICS §V.1).
+    pub(crate) version: XenVersion,
     /// `console_io` output, bounded (see [`super::misc`]).
     pub(crate) console: super::misc::Console,
     /// The reason given to `SCHEDOP_shutdown`, once the domain shut down.
@@ -246,6 +249,21 @@ pub(crate) struct Inner {
     pub(crate) privileged: bool,
     /// Pins, linear counts, live L1s, user roots (`pagetables.rs`).
     pt: pagetables::PtState,
+}
+
+/// Which Xen's behaviour the domain models where versions differ on its
+/// surface (XEN-SEMANTICS §V.1; each difference cites both sources).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XenVersion {
+    /// Xen 4.17.7 (`RELEASE-4.17.7`), what CI runs: `multicall`'s count is
+    /// 32 bits wide; an entry's result is one 8-byte store (all or
+    /// nothing); hypercall 31 (`xenoprof_op`) exists.
+    #[default]
+    V4_17,
+    /// 4.23-unstable (master `c447b73`): `multicall`'s count is 64 bits;
+    /// a misaligned result is copied byte by byte (the bytes before a
+    /// fault are written); no hypercall 31.
+    Unstable,
 }
 
 /// A simulated Xen PV domain. All methods take `&self`; the state is behind
@@ -308,6 +326,7 @@ impl XenDomain {
                 strict_failures: Vec::new(),
                 next_free: vcpus + 1,
                 debug_build: false,
+                version: XenVersion::default(),
                 console: Default::default(),
                 shutdown: None,
                 privileged: false,
@@ -387,6 +406,7 @@ impl XenDomain {
                 strict_failures: Vec::new(),
                 next_free: reserved + vcpus,
                 debug_build: false,
+                version: XenVersion::default(),
                 console: Default::default(),
                 shutdown: None,
                 privileged: false,
@@ -399,6 +419,17 @@ impl XenDomain {
     /// maps VA `va_base + i * 4096`).
     pub fn direct_map_ptes(&self) -> Vec<u64> {
         self.lock().ptes.clone()
+    }
+
+    /// Model Xen 4.17.7 (the default: what CI runs) or 4.23-unstable where
+    /// they differ on this surface (XEN-SEMANTICS §V.1).
+    pub fn set_version(&self, version: XenVersion) {
+        self.lock().version = version;
+    }
+
+    /// The Xen version modelled.
+    pub fn version(&self) -> XenVersion {
+        self.lock().version
     }
 
     /// Model a debug build of Xen (`debug=y`, bit 62 of an L1 entry refused)
@@ -1291,6 +1322,10 @@ impl Inner {
             26 => self.mmuext_op(v, a[0], a[1] as u32, a[2], a[3] as u32),
             18 => self.console_io(a[0] as u32, a[1] as u32, a[2]),
             29 => self.sched_op(a[0] as u32, a[1]),
+            31 if self.version == XenVersion::V4_17 => Err(fail(
+                ENOSYS,
+                "hv-sim does not model hypercall 31 (xenoprof_op); Xen 4.17 has a handler for it",
+            )),
             _ if hypercall_name(nr) != "?" => Err(fail(
                 ENOSYS,
                 format!(
@@ -1705,6 +1740,12 @@ impl Inner {
             Abi::Pv64 => 64,
             Abi::Pv32 => 32,
         };
+        // 4.17: `do_multicall(..., uint32_t nr_calls)`: the count is cut to
+        // 32 bits (master widened it to unsigned long, d2bbb0d455).
+        let nr = match self.version {
+            XenVersion::V4_17 => nr & 0xffff_ffff,
+            XenVersion::Unstable => nr,
+        };
         if !(nr < u64::MAX / esize && self.addr_ok(list)) {
             return Err(fail(
                 EFAULT,
@@ -1739,8 +1780,15 @@ impl Inner {
             // args[5] is ignored by Xen.
             let args = [w(2), w(3), w(4), w(5), w(6), 0];
             let result = self.dispatch(v, op, args, depth + 1);
+            // The result field: 4.17 writes it with one 8-byte store (a
+            // fault writes nothing); master does so only when it is 8-byte
+            // aligned and otherwise copies bytes up to the fault (67a8e5721e).
+            let whole = match self.version {
+                XenVersion::V4_17 => true,
+                XenVersion::Unstable => (va + 8).is_multiple_of(8),
+            };
             let ok = match self.abi {
-                Abi::Pv64 => self.store_bytes(va + 8, &result.to_le_bytes(), false),
+                Abi::Pv64 => self.store_bytes(va + 8, &result.to_le_bytes(), whole),
                 Abi::Pv32 => self.store_bytes(va + 4, &(result as i32).to_le_bytes(), false),
             };
             // XSA-213: an iret sub-call ends the multicall; its result
@@ -1811,10 +1859,11 @@ impl Inner {
                     format!("foreigndom {d} is the caller's own id; use DOMID_SELF"),
                 ));
             }
-            // dom_io / dom_xen exist and are PV, but the default XSM policy
+            // dom_io / dom_xen exist and are PV, and so does dom0 for a
+            // domU (`get_pg_owner` finds it), but the default XSM policy
             // (XSM_TARGET) lets only the domain itself or a control domain
-            // act on them: a domU is refused, the hardware domain not.
-            DOMID_IO | DOMID_XEN if !self.privileged => {
+            // act on another: a domU is refused, the hardware domain not.
+            DOMID_IO | DOMID_XEN | 0 if !self.privileged => {
                 return Err(fail(
                     EPERM,
                     format!(

@@ -40,7 +40,7 @@ pub mod trace;
 pub mod traps;
 
 pub use descriptor_policy::{Abi, Reject, check_descriptor};
-pub use domain::{GuestFault, TrapInfo, VcpuState, XenDomain};
+pub use domain::{GuestFault, TrapInfo, VcpuState, XenDomain, XenVersion};
 pub use mem::{FrameInfo, PageType};
 pub use platform::XenVcpu;
 pub use trace::{Trace, TraceEvent};

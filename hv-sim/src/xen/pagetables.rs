@@ -684,6 +684,18 @@ impl Inner {
                 )),
                 0,
             ),
+            // A domU naming dom0: `get_pg_owner` finds it; the default XSM
+            // policy (`xsm_mmu_update`, XSM_TARGET, checked per request)
+            // refuses the first request. (Modelled for the page-table and
+            // machphys commands; an empty batch does nothing.)
+            0 if count == 0 => (Ok(0), 0),
+            0 => (
+                Err(fail(
+                    EPERM,
+                    "foreigndom 0: the default XSM policy refuses a domU acting on dom0",
+                )),
+                0,
+            ),
             d => (Err(fail(ESRCH, format!("no domain {d:#x}"))), 0),
         };
         if pdone != 0 {
