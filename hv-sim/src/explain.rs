@@ -4,19 +4,41 @@ use std::fmt::Write;
 
 use pvops::{Descriptor, Gate32};
 
-/// Parse 1..=16 hex digits with an optional `0x`/`0X` prefix.
-pub fn parse_hex_u64(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits = t
+/// The forms of an 8-byte descriptor that `explain` and `check-descriptor`
+/// both accept, for their `--help` and their errors.
+pub const DESCRIPTOR_FORMS: &str = "exactly 16 hex digits (either case), optionally prefixed by 0x or 0X; no sign, no spaces, no underscores";
+
+/// How much of a malformed input an error message quotes.
+const QUOTED_PREFIX: usize = 24;
+
+/// Parse an 8-byte descriptor as given on the command line or on a stdin
+/// line: exactly 16 hex digits (either case), optionally prefixed by `0x` or
+/// `0X`. Nothing else is accepted: no sign (`+f`), no surrounding spaces, no
+/// short forms. `explain` and `check-descriptor` both parse with this, so
+/// they accept the same inputs. The error quotes at most a short prefix of
+/// the input, however long it is.
+pub fn parse_descriptor(s: &str) -> Result<u64, String> {
+    let digits = s
         .strip_prefix("0x")
-        .or_else(|| t.strip_prefix("0X"))
-        .unwrap_or(t);
-    if digits.is_empty() || digits.len() > 16 {
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    if digits.len() != 16 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!(
-            "`{s}`: expected up to 16 hex digits (an 8-byte descriptor), optionally prefixed by 0x"
+            "malformed descriptor {}: expected {DESCRIPTOR_FORMS}",
+            quote_prefix(s)
         ));
     }
-    u64::from_str_radix(digits, 16).map_err(|_| format!("`{s}`: not a hexadecimal number"))
+    u64::from_str_radix(digits, 16)
+        .map_err(|e| format!("malformed descriptor {}: {e}", quote_prefix(s)))
+}
+
+/// `s` quoted (escaped as by `{:?}`), cut to its first `QUOTED_PREFIX`
+/// characters with its length in bytes when it is longer.
+pub fn quote_prefix(s: &str) -> String {
+    match s.char_indices().nth(QUOTED_PREFIX) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &s[..cut], s.len()),
+    }
 }
 
 /// A multi-line explanation of an 8-byte descriptor: every field, then one
@@ -90,11 +112,50 @@ mod tests {
 
     #[test]
     fn parse() {
-        assert_eq!(parse_hex_u64("0x00af9b000000ffff"), Ok(0x00af9b000000ffff));
-        assert_eq!(parse_hex_u64("00CF93000000FFFF"), Ok(0x00cf93000000ffff));
-        assert!(parse_hex_u64("0x").is_err());
-        assert!(parse_hex_u64("00af9b000000ffff0").is_err());
-        assert!(parse_hex_u64("zz").is_err());
+        assert_eq!(
+            parse_descriptor("0x00af9b000000ffff"),
+            Ok(0x00af9b000000ffff)
+        );
+        assert_eq!(
+            parse_descriptor("0X00af9b000000ffff"),
+            Ok(0x00af9b000000ffff)
+        );
+        assert_eq!(parse_descriptor("00CF93000000FFFF"), Ok(0x00cf93000000ffff));
+        for bad in [
+            "",
+            "0x",
+            "f",
+            "+f",
+            "-1",
+            "+0af9b000000ffff",
+            "0x+0af9b000000ffff",
+            "00af9b000000ffff0",
+            " 00af9b000000ffff",
+            "00af9b000000ffff\n",
+            "00af_9b00_0000_ffff",
+            "zz",
+            "0x0x00af9b000000ff",
+            "00af9b000000fff\u{e9}",
+        ] {
+            let e = parse_descriptor(bad).unwrap_err();
+            assert!(e.starts_with("malformed descriptor "), "{bad:?}: {e}");
+            assert!(e.contains("16 hex digits"), "{bad:?}: {e}");
+        }
+    }
+
+    /// Issue 10 item 3: an error quotes a short prefix of bad input, never
+    /// all of it.
+    #[test]
+    fn errors_quote_a_short_prefix() {
+        let long = "q".repeat(1 << 20);
+        let e = parse_descriptor(&long).unwrap_err();
+        assert!(e.len() < 200, "{} bytes", e.len());
+        assert!(e.contains("qqqq\"... (1048576 bytes)"), "{e}");
+        // Multi-byte characters are cut on a character boundary.
+        let wide = "\u{e9}".repeat(100);
+        let e = parse_descriptor(&wide).unwrap_err();
+        assert!(e.contains("(200 bytes)"), "{e}");
+        assert_eq!(quote_prefix("ab"), "\"ab\"");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `hv-sim`: command-line front end.
 
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufRead, BufWriter, Read, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -20,20 +20,30 @@ struct Cli {
 enum Cmd {
     /// Run every descriptor op through a backend and check its effect.
     Demo,
-    /// Decode 8-byte descriptors (hex, optional 0x) into their fields.
+    /// Decode 8-byte descriptors into their fields.
+    ///
+    /// A descriptor is exactly 16 hex digits (either case), optionally
+    /// prefixed by 0x or 0X, e.g. 0x00af9b000000ffff; no sign, spaces or
+    /// short forms (the same forms check-descriptor takes).
     Explain {
-        /// Descriptors, 16 hex digits each.
+        /// Descriptors: exactly 16 hex digits each, optional 0x/0X prefix.
         #[arg(required = true)]
         hex: Vec<String>,
     },
     /// Run descriptors through Xen's check_descriptor: prints `HEX ok STORED`
     /// or `HEX rejected REASON` per input.
+    ///
+    /// A descriptor is exactly 16 hex digits (either case), optionally
+    /// prefixed by 0x or 0X, e.g. 0x00af9b000000ffff; no sign, spaces or
+    /// short forms (the same forms explain takes). With `-`, stdin holds one
+    /// per line; blank lines and spaces around a descriptor (CRLF endings
+    /// too) are ignored, and a line longer than 4096 bytes is refused.
     CheckDescriptor {
         /// Guest ABI.
         #[arg(long, value_enum)]
         abi: AbiArg,
-        /// Descriptors, 16 hex digits each (optional 0x); a single `-` reads
-        /// one per line from stdin.
+        /// Descriptors: exactly 16 hex digits each, optional 0x/0X prefix; a
+        /// single `-` reads one per line from stdin.
         #[arg(required = true)]
         hex: Vec<String>,
     },
@@ -49,19 +59,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Demo => demo(),
-        Cmd::Explain { hex } => {
-            let mut status = ExitCode::SUCCESS;
-            for h in hex {
-                match hv_sim::explain::parse_hex_u64(&h) {
-                    Ok(v) => print!("{}", hv_sim::explain::explain(v)),
-                    Err(e) => {
-                        eprintln!("hv-sim explain: {e}");
-                        status = ExitCode::from(2);
-                    }
-                }
-            }
-            status
-        }
+        Cmd::Explain { hex } => match explain(&hex) {
+            Ok(true) => ExitCode::SUCCESS,
+            // Each malformed descriptor was reported; the others explained.
+            Ok(false) => ExitCode::from(2),
+            Err(e) => fail("explain", &e),
+        },
         Cmd::CheckDescriptor { abi, hex } => {
             let abi = match abi {
                 AbiArg::Pv64 => hv_sim::xen::Abi::Pv64,
@@ -69,13 +72,41 @@ fn main() -> ExitCode {
             };
             match check_descriptors(abi, &hex) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("hv-sim check-descriptor: {e}");
-                    ExitCode::from(2)
-                }
+                Err(e) => fail("check-descriptor", &e),
             }
         }
     }
+}
+
+/// Report a subcommand's error on stderr and exit 2. Writing to stderr can
+/// fail too (a closed pipe): then the exit status alone tells.
+fn fail(cmd: &str, e: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "hv-sim {cmd}: {e}");
+    ExitCode::from(2)
+}
+
+/// `explain`: each descriptor in plain words. A malformed one is reported
+/// on stderr and the rest still explained (`Ok(false)`); a failed write to
+/// stdout (closed pipe, full disk) stops with `Err`.
+fn explain(hex: &[String]) -> Result<bool, String> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut all_ok = true;
+    for h in hex {
+        match hv_sim::explain::parse_descriptor(h) {
+            Ok(v) => out
+                .write_all(hv_sim::explain::explain(v).as_bytes())
+                .map_err(|e| format!("writing output: {e}"))?,
+            Err(e) => {
+                // Keep stdout and stderr in input order.
+                out.flush().map_err(|e| format!("writing output: {e}"))?;
+                let _ = writeln!(std::io::stderr(), "hv-sim explain: {e}");
+                all_ok = false;
+            }
+        }
+    }
+    out.flush().map_err(|e| format!("writing output: {e}"))?;
+    Ok(all_ok)
 }
 
 fn demo() -> ExitCode {
@@ -508,22 +539,12 @@ fn trap_section(ok: &mut bool, xen_calls: Option<(u64, usize)>) -> Vec<String> {
     lines
 }
 
-/// Parse exactly 16 hex digits, optional `0x`/`0X` prefix.
-fn parse_desc_hex(s: &str) -> Result<u64, String> {
-    let t = s
-        .strip_prefix("0x")
-        .or_else(|| s.strip_prefix("0X"))
-        .unwrap_or(s);
-    if t.len() != 16 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "malformed descriptor {s:?}: expected 16 hex digits (optional 0x)"
-        ));
-    }
-    u64::from_str_radix(t, 16).map_err(|e| format!("malformed descriptor {s:?}: {e}"))
-}
+/// The longest stdin line `check-descriptor -` reads, in bytes (not
+/// counting its `\n`): a descriptor line is at most a few dozen.
+const MAX_LINE: usize = 4096;
 
 fn check_one(abi: hv_sim::xen::Abi, h: &str, out: &mut impl Write) -> Result<(), String> {
-    let d = parse_desc_hex(h)?;
+    let d = hv_sim::explain::parse_descriptor(h)?;
     let r = match hv_sim::xen::check_descriptor(abi, d) {
         Ok(v) => writeln!(out, "{h} ok {v:016x}"),
         Err(r) => writeln!(out, "{h} rejected {r}"),
@@ -536,20 +557,30 @@ fn check_descriptors(abi: hv_sim::xen::Abi, hex: &[String]) -> Result<(), String
     let mut out = BufWriter::new(stdout.lock());
     if hex.len() == 1 && hex[0] == "-" {
         let stdin = std::io::stdin();
-        let mut line = String::new();
+        let mut line = Vec::with_capacity(MAX_LINE + 1);
         let mut input = stdin.lock();
         let mut n = 0u64;
         loop {
             line.clear();
-            let got = input
-                .read_line(&mut line)
-                .map_err(|e| format!("reading stdin: {e}"))?;
+            n += 1;
+            // At most MAX_LINE bytes and the newline: memory stays bounded
+            // however long the line is.
+            let got = (&mut input)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| format!("line {n}: reading stdin: {e}"))?;
             if got == 0 {
                 break;
             }
-            n += 1;
+            if line.len() > MAX_LINE && line.last() != Some(&b'\n') {
+                return Err(format!(
+                    "line {n}: longer than {MAX_LINE} bytes, the limit for a stdin line (a descriptor is 16 hex digits)"
+                ));
+            }
             // Blank lines (and CRLF endings, surrounding spaces) are allowed
-            // in vector files; anything else must be a descriptor.
+            // in vector files; anything else must be a descriptor. Bytes
+            // that are not UTF-8 make it malformed.
+            let line = String::from_utf8_lossy(&line);
             let h = line.trim();
             if h.is_empty() {
                 continue;

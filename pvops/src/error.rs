@@ -84,11 +84,16 @@ impl Errno {
     }
 }
 
+/// Shown as the hypercall would return it: `-EINVAL (-22)`, or `errno -99`
+/// for a value this crate does not name. Any `i32` prints, `i32::MIN` and
+/// negative (ill-formed) values included: the negation is done in `i64`,
+/// so it cannot overflow.
 impl fmt::Display for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ret = -i64::from(self.0);
         match self.name() {
-            Some(n) => write!(f, "-{n} ({})", -self.0),
-            None => write!(f, "errno {}", -self.0),
+            Some(n) => write!(f, "-{n} ({ret})"),
+            None => write!(f, "errno {ret}"),
         }
     }
 }
@@ -524,5 +529,24 @@ mod tests {
         assert_eq!(Errno::from_return(-14), Some(Errno::EFAULT));
         assert_eq!(Errno::from_return(0), None);
         assert_eq!(Errno(99).to_string(), "errno -99");
+    }
+
+    /// Issue 10 item 1: `-self.0` overflowed (a panic in debug builds) for
+    /// `i32::MIN`; every `i32` must print.
+    #[test]
+    fn errno_display_never_overflows() {
+        let cases: &[(i32, &str)] = &[
+            (i32::MIN, "errno 2147483648"),
+            (i32::MIN + 1, "errno 2147483647"),
+            (i32::MAX, "errno -2147483647"),
+            (-22, "errno 22"),
+            (-1, "errno 1"),
+            (0, "errno 0"),
+            (22, "-EINVAL (-22)"),
+            (4095, "errno -4095"),
+        ];
+        for &(v, want) in cases {
+            assert_eq!(Errno(v).to_string(), want, "Errno({v})");
+        }
     }
 }
