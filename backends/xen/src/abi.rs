@@ -351,6 +351,10 @@ pub const START_INFO_MAGIC_PREFIX: &[u8] = b"xen-3.0-x86_64";
 /// | 128 | `cmd_line[1024]` |
 /// | 1152 | `first_p2m_pfn` |
 /// | 1160 | `nr_p2m_frames` |
+///
+/// 64-bit only: the 32-bit PV ABI's `start_info` has 4-byte `unsigned
+/// long`s.
+#[cfg(target_arch = "x86_64")]
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct StartInfo {
@@ -388,16 +392,22 @@ pub struct StartInfo {
     pub nr_p2m_frames: u64,
 }
 
-static_assertions::const_assert_eq!(core::mem::size_of::<StartInfo>(), 1168);
-static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, nr_pages), 32);
-static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, flags), 48);
-static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, store_evtchn), 64);
-static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, console), 72);
-static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, pt_base), 88);
-static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, mfn_list), 104);
-static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, cmd_line), 128);
-static_assertions::const_assert_eq!(core::mem::offset_of!(StartInfo, first_p2m_pfn), 1152);
+#[cfg(target_arch = "x86_64")]
+mod start_info_layout {
+    use super::StartInfo;
+    use core::mem::{offset_of, size_of};
+    static_assertions::const_assert_eq!(size_of::<StartInfo>(), 1168);
+    static_assertions::const_assert_eq!(offset_of!(StartInfo, nr_pages), 32);
+    static_assertions::const_assert_eq!(offset_of!(StartInfo, flags), 48);
+    static_assertions::const_assert_eq!(offset_of!(StartInfo, store_evtchn), 64);
+    static_assertions::const_assert_eq!(offset_of!(StartInfo, console), 72);
+    static_assertions::const_assert_eq!(offset_of!(StartInfo, pt_base), 88);
+    static_assertions::const_assert_eq!(offset_of!(StartInfo, mfn_list), 104);
+    static_assertions::const_assert_eq!(offset_of!(StartInfo, cmd_line), 128);
+    static_assertions::const_assert_eq!(offset_of!(StartInfo, first_p2m_pfn), 1152);
+}
 
+#[cfg(target_arch = "x86_64")]
 impl StartInfo {
     /// Does `magic` name the 64-bit PV ABI (`"xen-3.0-x86_64"`)?
     pub fn magic_ok(&self) -> bool {
@@ -422,6 +432,7 @@ impl StartInfo {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 fn nul_terminated(b: &[u8]) -> &str {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     match core::str::from_utf8(&b[..end]) {
