@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let v = dom.vcpu(0);
     assert_eq!(v.gdt_ents, 16);
     assert_eq!(v.kernel_sp, stack);
-    assert_eq!(v.kernel_ss, 0xe02b); // FLAT_KERNEL_SS
+    assert_eq!(v.kernel_ss, 0x1b); // __KERNEL_DS (as Linux passes it), RPL raised to 3 by Xen
     let t = v.trap_table[14];
     assert_eq!((t.address, t.flags & 4), (pf, 4)); // interrupt gate: events masked
     // Xen rewrote the kernel code segment in place: DPL 0 raised to 3 (the
