@@ -145,10 +145,16 @@ fn tss_tr_and_kernel_stack() {
     assert_eq!(c(&hv, call::WRITE_GDT_ENTRY, [GDT, 16, lo, hi]), 0);
     assert_eq!(hv.memory().read_u64(GDT + 16 * 8), tss.0);
     assert_eq!(hv.effective().gdt[16], tss.0);
-    // UpdateKernelStack before SetTR is refused.
+    // UpdateKernelStack naming the TSS before SetTR is refused: it is not
+    // the loaded TR, and not a data segment either.
     assert_eq!(
         c(&hv, call::UPDATE_KERNEL_STACK, [0x80, RAM + 0x8000, 0, 0]),
         -22
+    );
+    assert!(
+        reason(&hv).contains("GDT[16] = ") && reason(&hv).contains("writable data segment"),
+        "{}",
+        reason(&hv)
     );
     assert_eq!(c(&hv, call::SET_TR, [0x80, 0, 0, 0]), 0, "{}", reason(&hv));
     assert_eq!(hv.guest().tr, Selector(0x80));
@@ -176,9 +182,101 @@ fn tss_tr_and_kernel_stack() {
     );
     assert_eq!(c(&hv, call::UPDATE_KERNEL_STACK, [0x88, RAM, 0, 0]), -22);
     assert!(reason(&hv).contains("is not the loaded TR"));
+    assert!(reason(&hv).contains("not a present writable data segment"));
     // SetTR on a data segment.
     assert_eq!(c(&hv, call::SET_TR, [13 << 3, 0, 0, 0]), -22);
     assert!(reason(&hv).contains("expected an available TSS"));
+}
+
+/// Linux i386's order and arguments: cpu_init calls load_sp0 before
+/// set_tss_desc/load_TR_desc, and vmi_load_sp0 passes `__KERNEL_DS`
+/// (GDT_ENTRY_KERNEL_DS 13 * 8 = 0x68), not the TSS, to UpdateKernelStack.
+#[test]
+fn update_kernel_stack_as_linux_calls_it() {
+    const KERNEL_DS: u64 = 13 << 3;
+    let hv = machine();
+    // Before SetGDT there is no stack segment to name.
+    assert_eq!(
+        c(
+            &hv,
+            call::UPDATE_KERNEL_STACK,
+            [KERNEL_DS, RAM + 0x8000, 0, 0]
+        ),
+        -22
+    );
+    assert!(reason(&hv).contains("SetGDT first"), "{}", reason(&hv));
+    boot_gdt(&hv);
+    // cpu_init: load_sp0, then the TSS descriptor, then SetTR.
+    assert_eq!(
+        c(
+            &hv,
+            call::UPDATE_KERNEL_STACK,
+            [KERNEL_DS, RAM + 0x8000, 0, 0]
+        ),
+        0,
+        "{}",
+        reason(&hv)
+    );
+    assert_eq!(
+        hv.guest().kernel_stack,
+        Some((Selector(KERNEL_DS as u16), RAM + 0x8000))
+    );
+    assert_eq!(hv.effective().sp0, RAM + 0x8000);
+    let tss = Descriptor::system32(SystemType::Tss, TSS as u32, 0x67, Ring::Ring0).unwrap();
+    let (lo, hi) = words(tss.0);
+    assert_eq!(c(&hv, call::WRITE_GDT_ENTRY, [GDT, 16, lo, hi]), 0);
+    assert_eq!(c(&hv, call::SET_TR, [0x80, 0, 0, 0]), 0, "{}", reason(&hv));
+    assert_eq!(hv.effective().sp0, RAM + 0x8000, "kept across SetTR");
+    // __switch_to: the next task's stack, in a lazy CPU batch.
+    assert_eq!(c(&hv, call::SET_LAZY_MODE, [2, 0, 0, 0]), 0);
+    assert_eq!(
+        c(
+            &hv,
+            call::UPDATE_KERNEL_STACK,
+            [KERNEL_DS, RAM + 0xA000, 0, 0]
+        ),
+        0
+    );
+    assert_eq!(hv.effective().sp0, RAM + 0x8000, "deferred");
+    assert_eq!(c(&hv, call::SET_LAZY_MODE, [0, 0, 0, 0]), 0);
+    assert_eq!(hv.effective().sp0, RAM + 0xA000);
+    // The RPL is not part of the rule (a stack segment's RPL is the ring's).
+    assert_eq!(
+        c(
+            &hv,
+            call::UPDATE_KERNEL_STACK,
+            [KERNEL_DS | 1, RAM + 0xB000, 0, 0]
+        ),
+        0
+    );
+    // Still refused: not a selector, sp0 past 4 GiB, and selectors that
+    // cannot be a stack segment: kernel code, null, TI=1, a not-present
+    // slot, and past the guest's 32 entries (the hypervisor's reserved
+    // entries 32 and 33 follow them).
+    let refused = [
+        (1 << 16, RAM, "is not a selector"),
+        (KERNEL_DS, 1 << 32, "not a valid vmi32 address"),
+        (12 << 3, RAM, "not a present writable data segment"),
+        (0, RAM, "not null, TI=0"),
+        (KERNEL_DS | 4, RAM, "not null, TI=0"),
+        (20 << 3, RAM, "not a present writable data segment"),
+        (32 << 3, RAM, "past the guest's 32 entries"),
+        (33 << 3, RAM, "past the guest's 32 entries"),
+    ];
+    for (sel, sp0, why) in refused {
+        assert_eq!(
+            c(&hv, call::UPDATE_KERNEL_STACK, [sel, sp0, 0, 0]),
+            -22,
+            "{sel:#x}, {sp0:#x}"
+        );
+        assert!(reason(&hv).contains(why), "{sel:#x}: {}", reason(&hv));
+    }
+    assert_eq!(
+        hv.guest().kernel_stack,
+        Some((Selector(KERNEL_DS as u16 | 1), RAM + 0xB000)),
+        "a refused call changes nothing"
+    );
+    assert_eq!(hv.effective().sp0, RAM + 0xB000);
 }
 
 #[test]

@@ -6,7 +6,9 @@
 use hv_sim::vmi::rom::RomBuilder;
 use hv_sim::vmi::{GuestKind, RamMemory, VmiHypervisor};
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
-use pvops_vmi::rom::{License, Refusal, check_rom, probe};
+use pvops_vmi::rom::{
+    License, ProbeRules, Refusal, check_rom, check_rom_with, probe, probe_strict,
+};
 
 fn hv_with(base: u64, b: &RomBuilder) -> VmiHypervisor<RamMemory> {
     let hv = VmiHypervisor::without_rom(GuestKind::Vmi64, RamMemory::new(0x10_0000, 0x1000));
@@ -31,6 +33,8 @@ fn refused(b: RomBuilder) -> Refusal {
 fn probe_accepts_hv_sims_rom() {
     let hv = VmiHypervisor::new(GuestKind::Vmi64, RamMemory::new(0x10_0000, 0x1000));
     let rom = probe(&hv).unwrap();
+    // hv-sim's ROM is well-formed: the strict rules find the same ROM.
+    assert_eq!(probe_strict(&hv), Ok(rom));
     assert_eq!(rom.base, 0xC8000);
     assert_eq!(rom.size, 5 * 512);
     assert_eq!((rom.api_major, rom.api_minor), (3, 0));
@@ -233,16 +237,105 @@ fn non_gpl_license_refused() {
     assert_eq!(probe(&hv).unwrap().license, License::GplV2);
 }
 
+/// Linux's check_vmi_rom never summed the ROM: the default probe finds a
+/// ROM with a bad checksum; the strict rules refuse it.
 #[test]
-fn bad_checksum_refused() {
-    let why = refused(RomBuilder {
+fn bad_checksum_found_by_default_refused_by_strict() {
+    let b = RomBuilder {
         fix_checksum: false,
         ..RomBuilder::default()
-    });
+    };
+    let hv = hv_with(0xC8000, &b);
+    assert_eq!(probe(&hv).unwrap().base, 0xC8000);
+    let nf = probe_strict(&hv).unwrap_err();
+    let (base, why) = nf.refused.expect("a refused VMI ROM is reported");
+    assert_eq!(base, 0xC8000);
     assert!(
         matches!(why, Refusal::Checksum { sum } if sum != 0),
         "{why}"
     );
+    assert!(nf.to_string().contains("checksum"), "{nf}");
+}
+
+/// Each well-formedness rule Linux did not have: a ROM breaking it is found
+/// by the default probe (Linux would have used it) and refused by the
+/// strict one with that rule.
+#[test]
+fn rules_linux_did_not_check_are_strict_only() {
+    const BASE: u64 = 0xC8000;
+    let pci = hv_sim::vmi::rom::PCI_OFFS as u64;
+    /// What is broken, the bytes placed over the good ROM, the strict rule.
+    type Case = (&'static str, Vec<(u64, Vec<u8>)>, fn(&Refusal) -> bool);
+    let cases: [Case; 4] = [
+        (
+            "no \"PCIR\" signature",
+            vec![(BASE + pci, b"XXXX".to_vec())],
+            |r| matches!(r, Refusal::PciSignature { found } if found == b"XXXX"),
+        ),
+        ("rom_length 0", vec![(BASE + 2, vec![0])], |r| {
+            *r == Refusal::EmptyRom
+        }),
+        (
+            "PCI header past the ROM's 0xA00 bytes",
+            vec![
+                (BASE + 0x18, 0xC00u16.to_le_bytes().to_vec()),
+                (BASE + 0xC00, b"PCIR\xad\x15\x01\x08".to_vec()),
+            ],
+            |r| *r == Refusal::PciHeaderOutside { offs: 0xC00 },
+        ),
+        (
+            "license past the ROM's 0xA00 bytes",
+            vec![
+                (BASE + 0x16, 0xB00u16.to_le_bytes().to_vec()),
+                (BASE + 0xB00, b"GPL v2\0".to_vec()),
+            ],
+            |r| *r == Refusal::LicenseUnterminated { offs: 0xB00 },
+        ),
+    ];
+    for (what, bytes, strict_rule) in cases {
+        let hv = hv_with(BASE, &RomBuilder::default());
+        for (at, b) in &bytes {
+            hv.place_bytes(*at, b).unwrap();
+        }
+        // Keep the checksum right, so the strict probe names this rule.
+        let mut img = vec![0u8; hv_sim::vmi::rom::ROM_SIZE];
+        assert!(hv.read_phys(BASE, &mut img));
+        let sum = img.iter().fold(0u8, |s, &b| s.wrapping_add(b));
+        let last = img[img.len() - 1].wrapping_sub(sum);
+        hv.place_bytes(BASE + img.len() as u64 - 1, &[last])
+            .unwrap();
+        let rom = probe(&hv).unwrap_or_else(|nf| panic!("{what}: {nf}"));
+        assert_eq!(rom.base, BASE, "{what}");
+        assert_eq!(check_rom_with(&hv, BASE, ProbeRules::Linux), Ok(rom));
+        let why = check_rom_with(&hv, BASE, ProbeRules::Strict).unwrap_err();
+        assert!(strict_rule(&why), "{what}: {why}");
+        let nf = probe_strict(&hv).unwrap_err();
+        assert_eq!(nf.refused, Some((BASE, why)), "{what}");
+    }
+}
+
+/// What Linux read where the header points: the PCI header's ids and the
+/// license, outside the declared length as much as inside.
+#[test]
+fn default_probe_reads_what_linux_read() {
+    let hv = hv_with(0xC8000, &RomBuilder::default());
+    hv.place_bytes(0xC8000 + 0x18, &0xC00u16.to_le_bytes())
+        .unwrap();
+    hv.place_bytes(0xC8000 + 0xC00, b"PCIR\x86\x80\x34\x12")
+        .unwrap();
+    hv.place_bytes(0xC8000 + 0x16, &0xB00u16.to_le_bytes())
+        .unwrap();
+    hv.place_bytes(0xC8000 + 0xB00, b"GPL v2\0").unwrap();
+    let rom = probe(&hv).unwrap();
+    assert_eq!((rom.vendor, rom.device), (0x8086, 0x1234));
+    assert!(rom.unknown_vendor());
+    assert_eq!(rom.license, License::GplV2);
+    // A license Linux's strcmp refused is still refused, wherever it is.
+    hv.place_bytes(0xC8000 + 0xB00, b"GPL v3\0").unwrap();
+    assert!(matches!(
+        probe(&hv).unwrap_err().refused,
+        Some((0xC8000, Refusal::NonGplLicense { .. }))
+    ));
 }
 
 #[test]
@@ -323,9 +416,11 @@ fn no_rom_at_all() {
 fn corrupting_a_byte_breaks_the_checksum() {
     let hv = VmiHypervisor::new(GuestKind::Vmi64, RamMemory::new(0x10_0000, 0x1000));
     hv.place_bytes(0xC8000 + 0x500, &[0x90]).unwrap();
-    let nf = probe(&hv).unwrap_err();
+    let nf = probe_strict(&hv).unwrap_err();
     assert!(matches!(
         nf.refused,
         Some((0xC8000, Refusal::Checksum { .. }))
     ));
+    // Linux's rules never look at the sum.
+    assert_eq!(probe(&hv).unwrap().base, 0xC8000);
 }

@@ -23,10 +23,24 @@ mod call {
     pub const GET_IDT: u32 = 9;
     pub const GET_TR: u32 = 10;
     pub const WRITE_GDT_ENTRY: u32 = 11;
+    pub const WRITE_LDT_ENTRY: u32 = 12;
+    pub const WRITE_IDT_ENTRY: u32 = 13;
     pub const UPDATE_KERNEL_STACK: u32 = 14;
     pub const SET_LAZY_MODE: u32 = 73;
     /// The calls the backend queries at init, in order.
     pub const USED: [u32; 13] = [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 73];
+    /// The calls Linux's activate_vmi installs with para_wrap (2.6.25 on):
+    /// SetLDT, SetTR, Write{GDT,LDT,IDT}Entry, UpdateKernelStack,
+    /// SetLazyMode. A NOP answer leaves the native op in place.
+    pub const WRAPPED: [u32; 7] = [
+        SET_LDT,
+        SET_TR,
+        WRITE_GDT_ENTRY,
+        WRITE_LDT_ENTRY,
+        WRITE_IDT_ENTRY,
+        UPDATE_KERNEL_STACK,
+        SET_LAZY_MODE,
+    ];
 }
 
 const LAYOUT: GdtLayout = GdtLayout::LINUX_X86_64;
@@ -38,7 +52,9 @@ struct Env {
     ops: Ops,
     gdt_store: &'static DescriptorStorage<16>,
     ldt_store: &'static DescriptorStorage<8>,
-    tss: &'static [u64; 13],
+    idt_store: &'static IdtStorage<256>,
+    /// The guest's TSS: 104 bytes (13 words), rsp0 at offset 4.
+    tss: &'static DescriptorStorage<13>,
     gdt: Gdt,
     idt: Idt,
     ldt: Ldt,
@@ -94,10 +110,11 @@ fn env_with(hv: &'static Hv) -> Env {
         ops,
         gdt: gdt_store.gdt().unwrap(),
         idt: idt_store.idt().unwrap(),
+        idt_store,
         ldt: ldt_store.ldt().unwrap(),
         gdt_store,
         ldt_store,
-        tss: Box::leak(Box::new([0u64; 13])),
+        tss: Box::leak(Box::new(DescriptorStorage::new([Descriptor::NULL; 13]))),
     }
 }
 
@@ -107,7 +124,7 @@ fn env() -> Env {
 
 impl Env {
     fn tss_desc(&self) -> SystemDescriptor {
-        SystemDescriptor::tss(self.tss.as_ptr() as u64, 103).unwrap()
+        SystemDescriptor::tss(self.tss.base(), 103).unwrap()
     }
     fn tr(&self) -> Selector {
         Selector::gdt(LAYOUT.tss, Ring::Ring0)
@@ -125,6 +142,11 @@ impl Env {
     }
     fn calls(&self) -> Vec<u32> {
         self.hv.trace().call_numbers()
+    }
+    /// TSS.rsp0 (bytes 4..12 of the guest's TSS).
+    fn rsp0(&self) -> u64 {
+        let w = |i| self.tss.read(i).unwrap().0;
+        (w(0) >> 32) | (w(1) << 32)
     }
 }
 
@@ -243,7 +265,7 @@ fn write_gdt_entry_16_byte_tss_then_load_tr() {
     assert_eq!(Descriptor(eff.gdt[8]).system_type(), SystemType::TssBusy);
     assert_eq!(eff.gdt[9], tss.high);
     assert_eq!(eff.tr, e.tr());
-    assert_eq!(eff.tss_base, e.tss.as_ptr() as u64);
+    assert_eq!(eff.tss_base, e.tss.base());
     assert_eq!(eff.tss_limit, 103);
     assert_eq!(e.hv.guest().tr, e.tr());
     assert_eq!(e.ops.store_tr().unwrap(), e.tr());
@@ -271,11 +293,27 @@ fn load_ldt_writes_descriptor_then_set_ldt() {
     assert_eq!(eff.ldt_base, e.ldt.base());
     assert_eq!(eff.ldt.len(), 8);
     assert_eq!(e.ops.store_ldt().unwrap(), Some(e.ldt));
-    // No LDT: SetLDT(0) only.
+    // No LDT: as Linux's vmi_set_ldt(NULL, 0), the descriptor
+    // pack_descriptor makes of base 0 and limit 0 * 8 - 1 (its low 20 bits:
+    // 0xfffff, byte granular), present LDT, DPL 0, then SetLDT(0).
     let before = e.calls().len();
     // SAFETY: disabling the LDT.
     unsafe { e.ops.load_ldt(None).unwrap() };
-    assert_eq!(e.calls()[before..], [call::SET_LDT]);
+    assert_eq!(e.calls()[before..], [call::WRITE_GDT_ENTRY, call::SET_LDT]);
+    let empty = 0x000f_8200_0000_ffffu64;
+    let d = Descriptor(empty);
+    assert_eq!(
+        (d.base(), d.raw_limit(), d.system_type(), d.present()),
+        (0, 0xf_ffff, SystemType::Ldt, true)
+    );
+    let args = e.hv.trace().events.iter().rev().find_map(|ev| match ev {
+        VmiEvent::Call { nr: 11, args, .. } => Some(*args),
+        _ => None,
+    });
+    assert_eq!(args, Some([e.gdt.base(), 10, empty, 0]));
+    assert_eq!(e.gdt_store.read(10), Some(d));
+    assert_eq!(e.gdt_store.read(11), Some(Descriptor::NULL));
+    assert_eq!(e.hv.effective().gdt[10], empty);
     assert_eq!(e.hv.guest().ldtr, Selector::NULL);
     assert!(e.hv.effective().ldt.is_empty());
     assert_eq!(e.ops.store_ldt().unwrap(), None);
@@ -529,14 +567,131 @@ fn none_answers_fall_back_to_native() {
     assert_eq!(e.hv.guest().gdtr, None);
 }
 
+/// Linux's para_wrap installs nothing for a NOP answer, so the native op
+/// stays; pvops-vmi runs it. The CPU model holds the GDT (SetGDT answered
+/// NONE: `lgdt` ran natively), as a kernel whose `ltr`/`lldt` the
+/// hypervisor traps would see it.
 #[test]
-fn nop_answer_makes_the_op_a_no_op() {
+fn nop_for_a_wrapped_call_runs_the_native_op() {
+    let hv = hv();
+    for nr in call::WRAPPED {
+        hv.set_answer(nr, Reloc::Nop);
+    }
+    hv.set_answer(call::SET_GDT, Reloc::None);
+    let e = env_with(hv);
+    assert_eq!(pvops_vmi::call::WRAPPED, call::WRAPPED);
+    for nr in call::WRAPPED {
+        assert_eq!(e.ops.relocation(nr).unwrap().typ, RelocType::Nop, "{nr}");
+    }
+    // load_gdt (lgdt), load_idt (SetIDT), write_gdt_entry (a store), load_tr
+    // (ltr): only SetIDT reaches the ROM.
+    e.boot();
+    assert_eq!(e.calls(), [call::SET_IDT]);
+    let regs = e.ops.native().cpu().registers();
+    assert_eq!(regs.tr, e.tr());
+    assert_eq!(regs.tr_base, e.tss.base());
+    let tss = e.tss_desc();
+    assert_eq!(
+        e.gdt_store.read(8),
+        Some(Descriptor(tss.low | (2 << 40))),
+        "stored natively, then marked busy by ltr"
+    );
+    assert_eq!(e.gdt_store.read(9), Some(Descriptor(tss.high)));
+    // SAFETY: leaked 'static tables; a stack address never used.
+    unsafe {
+        // native_load_sp0: a store into the TSS.
+        e.ops.load_kernel_stack(0xffff_c900_0000_8000).unwrap();
+        assert_eq!(e.rsp0(), 0xffff_c900_0000_8000);
+        // native_write_ldt_entry / native_write_idt_entry: stores.
+        e.ops
+            .write_ldt_entry(&e.ldt, 1, presets::USER_DATA)
+            .unwrap();
+        assert_eq!(e.ldt_store.read(1), Some(presets::USER_DATA));
+        let g = Gate64::trap(Selector(0x10), 0xffff_ffff_8123_4560, Ring::Ring3);
+        e.ops.write_idt_entry(&e.idt, 0x80, g).unwrap();
+        assert_eq!(e.idt_store.read(0x80), Some(g));
+        // native_set_ldt: the descriptor, then lldt; no LDT: lldt 0 alone.
+        e.ops.load_ldt(Some(&e.ldt)).unwrap();
+        let want = SystemDescriptor::ldt(e.ldt.base(), 8).unwrap();
+        assert_eq!(e.gdt_store.read(10), Some(Descriptor(want.low)));
+        let regs = e.ops.native().cpu().registers();
+        assert_eq!(
+            (regs.ldtr, regs.ldtr_base),
+            (Selector::gdt(10, Ring::Ring0), e.ldt.base())
+        );
+        e.ops.load_ldt(None).unwrap();
+        assert_eq!(e.ops.native().cpu().registers().ldtr, Selector::NULL);
+        assert_eq!(
+            e.gdt_store.read(10),
+            Some(Descriptor(want.low)),
+            "no empty descriptor without SetLDT"
+        );
+        // Lazy mode: the native op does nothing, the pairing still holds.
+        e.ops.enter_lazy_cpu().unwrap();
+        e.ops.load_tls(&[presets::USER_DATA; 3]).unwrap();
+        e.ops.leave_lazy_cpu().unwrap();
+        assert!(e.ops.leave_lazy_cpu().is_err());
+    }
+    assert_eq!(e.gdt_store.read(12), Some(presets::USER_DATA));
+    assert_eq!(e.calls(), [call::SET_IDT], "nothing else reached the ROM");
+    let insns: Vec<&str> = e
+        .ops
+        .native()
+        .cpu()
+        .log()
+        .iter()
+        .map(|r| r.insn)
+        .filter(|i| ["lgdt", "ltr", "lldt"].contains(i))
+        .collect();
+    assert_eq!(insns, ["lgdt", "ltr", "lldt", "lldt"]);
+    let g = e.hv.guest();
+    assert_eq!(
+        (g.gdtr, g.tr, g.ldtr, g.kernel_stack),
+        (None, Selector::NULL, Selector::NULL, None),
+        "the hypervisor saw none of the native ops"
+    );
+}
+
+/// NOP for UpdateKernelStack alone: TR went through SetTR, so the CPU's own
+/// TR is not the guest's; the native store finds the TSS through the
+/// guest's GDT, as Linux's native_load_sp0 uses its own TSS.
+#[test]
+fn nop_update_kernel_stack_stores_into_the_guests_tss() {
     let hv = hv();
     hv.set_answer(call::UPDATE_KERNEL_STACK, Reloc::Nop);
     let e = env_with(hv);
-    // SAFETY: nothing is done.
-    unsafe { e.ops.load_kernel_stack(0x1234).unwrap() };
+    // Before any TSS descriptor is in the GDT: refused, nothing stored.
+    // SAFETY: refused before anything is written.
+    let err = unsafe { e.ops.load_kernel_stack(0x1234) }.unwrap_err();
+    assert!(err.to_string().contains("load_kernel_stack"), "{err}");
+    e.boot();
+    assert!(e.ops.native().cpu().registers().tr.is_null());
+    // SAFETY: the guest's TSS; a stack address never used.
+    unsafe { e.ops.load_kernel_stack(0xffff_c900_0000_9000).unwrap() };
+    assert_eq!(e.rsp0(), 0xffff_c900_0000_9000);
+    assert!(!e.calls().contains(&call::UPDATE_KERNEL_STACK));
+    assert_eq!(e.hv.guest().kernel_stack, None);
+}
+
+/// Linux's para_fill installs vmi_nop for a NOP answer: SetGDT and SetIDT
+/// answered NOP do nothing at all, neither the call nor the instruction.
+#[test]
+fn nop_for_a_filled_call_does_nothing() {
+    let hv = hv();
+    hv.set_answer(call::SET_GDT, Reloc::Nop);
+    hv.set_answer(call::SET_IDT, Reloc::Nop);
+    let e = env_with(hv);
+    // SAFETY: leaked 'static tables (nothing is loaded).
+    unsafe {
+        e.ops.load_gdt(&e.gdt).unwrap();
+        e.ops.load_idt(&e.idt).unwrap();
+    }
     assert!(e.calls().is_empty());
+    let regs = e.ops.native().cpu().registers();
+    assert_eq!(regs.gdtr, DescriptorTablePointer::default());
+    assert_eq!(regs.idtr, DescriptorTablePointer::default());
+    assert!(e.ops.native().cpu().log().is_empty());
+    assert_eq!(e.hv.guest().gdtr, None);
 }
 
 #[test]

@@ -6,14 +6,36 @@
 //! into the ROM instead of executing `lgdt`, `ltr`, ... This crate is that
 //! guest side for pvops' descriptor ops:
 //!
-//! 1. [`rom::probe`] scans 0xC0000..0xE0000 in 2 KiB steps and applies every
-//!    check Linux applied (signatures, API 3.x, PCI header, GPL license) plus
-//!    the checksum; a refused ROM comes back with the rule it broke.
+//! 1. [`rom::probe`] scans 0xC0000..0xE0000 in 2 KiB steps and applies the
+//!    checks Linux's `check_vmi_rom` applied (signatures, API 3.x, a PCI
+//!    header offset, GPL license), and no others: a ROM Linux would use is
+//!    found even with a bad checksum or no `"PCIR"` signature.
+//!    [`rom::probe_strict`] ([`rom::ProbeRules::Strict`]) adds the length,
+//!    checksum, `"PCIR"` and bounds checks. A refused ROM comes back with the
+//!    rule it broke.
 //! 2. [`VmiOps::init`] calls VMI_Init and queries the relocation of calls
 //!    3–14 and 73 once; CALL_REL entries must point inside the ROM.
-//! 3. Each op goes where its answer says, as Linux's `activate_vmi` wired it:
-//!    CALL_REL: into the ROM; NOP: nothing; NONE: the native backend (the
-//!    hypervisor traps and emulates the instruction).
+//! 3. Each op goes where its answer says, as Linux's `activate_vmi` wired it
+//!    (`arch/x86/kernel/vmi_32.c` in its last form, through 2.6.36):
+//!    * CALL_REL: into the ROM.
+//!    * NONE: the native op (the hypervisor traps and emulates the
+//!      instruction).
+//!    * NOP: depends on how Linux installed the op. Calls Linux reached
+//!      through a wrapper (`para_wrap`: SetLDT, SetTR, WriteGDTEntry,
+//!      WriteLDTEntry, WriteIDTEntry, UpdateKernelStack, SetLazyMode;
+//!      [`call::WRAPPED`]) install nothing for NOP, so the native op stays:
+//!      this backend runs the native op too. Calls Linux pointed at the ROM
+//!      directly (`para_fill`: SetGDT, SetIDT) get `vmi_nop`: nothing is
+//!      done. A getter (GetGDT, GetIDT, GetLDT, GetTR) cannot do nothing and
+//!      still answer, so NOP means the native instruction there, as NONE.
+//!
+//! How each native op is carried out: `lgdt`/`lidt`/`ltr`/`lldt` and the
+//! getters through the native backend; Write*Entry as a store into the
+//! table; UpdateKernelStack as Linux's `native_load_sp0`, a store of sp0
+//! into the kernel's TSS, the one the kernel's GDT names at
+//! [`GdtLayout::tss`] (found through the guest's view of the GDT, not the
+//! CPU's TR, which under a VMI hypervisor is not the guest's); SetLazyMode's
+//! native op does nothing (the pairing of enter/leave is still checked).
 //!
 //! VMI was 32-bit only; the register convention of the 64-bit VMI-style ROM
 //! is defined and documented in [`platform`].
@@ -23,12 +45,12 @@
 //! | `load_gdt` / `store_gdt` | SetGDT (3) / GetGDT (7) | GetGDT returns the guest's view |
 //! | `load_idt` / `store_idt` | SetIDT (5) / GetIDT (9) | |
 //! | `load_tr` / `store_tr` | SetTR (6) / GetTR (10) | |
-//! | `load_ldt` | WriteGDTEntry (11) of the LDT descriptor, then SetLDT (4) | `None`: SetLDT(0) |
+//! | `load_ldt` | WriteGDTEntry (11) of the LDT descriptor, then SetLDT (4) | `None`: WriteGDTEntry of an empty LDT descriptor, then SetLDT(0), as Linux's `vmi_set_ldt`; with SetLDT answered NONE/NOP, `native_set_ldt`: `lldt 0` only |
 //! | `store_ldt` | GetLDT (8), then the descriptor it names | |
 //! | `write_gdt/ldt/idt_entry` | WriteGDTEntry / WriteLDTEntry / WriteIDTEntry (11–13) | |
 //! | `load_tls` | WriteGDTEntry for each slot that changed | compared with the GDT as the guest wrote it |
 //! | `alloc_ldt` / `free_ldt` | nothing | |
-//! | `load_kernel_stack` | UpdateKernelStack (14) | TSS selector, sp0 |
+//! | `load_kernel_stack` | UpdateKernelStack (14) | TSS selector, sp0 (Linux passed `__KERNEL_DS`, the kernel's stack segment; the layout has no such slot, so this backend names the TSS) |
 //! | `enter/leave_lazy_cpu`, `flush_lazy` | SetLazyMode(2) / SetLazyMode(0) / 0 then 2 | |
 
 #![no_std]
@@ -84,6 +106,37 @@ pub mod call {
 
     /// The calls this backend uses, in the order of [`crate::VmiOps::relocations`].
     pub const USED: [u32; 13] = [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 73];
+
+    /// The used calls Linux installed through a wrapper (`para_wrap` in
+    /// `activate_vmi`, in its last form, through 2.6.36), which does nothing
+    /// for a NOP answer (it is not clear that a NOP VMI call means a no-op
+    /// paravirt op), so the native op stays in place. The other used calls
+    /// were filled (`para_fill`): NOP made them no-ops. (History: 2.6.22's
+    /// `arch/i386/kernel/vmi.c` filled all three Write*Entry ops; once the
+    /// descriptor ops took a descriptor pointer, 2.6.25-era `vmi_32.c`
+    /// wrapped WriteGDTEntry and WriteIDTEntry, and later versions
+    /// WriteLDTEntry too.)
+    pub const WRAPPED: [u32; 7] = [
+        SET_LDT,
+        SET_TR,
+        WRITE_GDT_ENTRY,
+        WRITE_LDT_ENTRY,
+        WRITE_IDT_ENTRY,
+        UPDATE_KERNEL_STACK,
+        SET_LAZY_MODE,
+    ];
+
+    /// Is `nr` one of [`WRAPPED`]?
+    pub const fn is_wrapped(nr: u32) -> bool {
+        let mut i = 0;
+        while i < WRAPPED.len() {
+            if WRAPPED[i] == nr {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
 
     /// VMI's name of call `nr` (API 3.0), `None` for undefined numbers.
     pub const fn name(nr: u32) -> Option<&'static str> {
@@ -166,6 +219,17 @@ const fn slot(nr: u32) -> usize {
         call::SET_LAZY_MODE => 12,
         n => (n - 3) as usize,
     }
+}
+
+/// Where an op goes, from its call's relocation answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// CALL_REL: into the ROM.
+    Rom,
+    /// NONE, or NOP for a wrapped call: the native op.
+    Native,
+    /// NOP for a call Linux filled directly: nothing.
+    Nothing,
 }
 
 const fn call_name(nr: u32) -> &'static str {
@@ -278,6 +342,36 @@ fn desc_args(low: u64, high: u64) -> (u64, u64) {
     }
 }
 
+/// The GDT entry of an LDT descriptor: base, raw 20-bit limit (bytes - 1),
+/// present, DPL 0 (16 bytes in long mode).
+fn ldt_entry(base: u64, limit: u32) -> Result<GdtEntry> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Ok(GdtEntry::Double(pvops::SystemDescriptor::from_fields(
+            pvops::SystemDescriptorFields {
+                base,
+                limit,
+                typ: SystemType::Ldt as u8,
+                dpl: Ring::Ring0,
+                present: true,
+                avl: false,
+                granularity: false,
+                low_reserved: 0,
+                high_reserved: 0,
+            },
+        )?))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Ok(GdtEntry::Single(Descriptor::system32(
+            SystemType::Ldt,
+            base as u32,
+            limit,
+            Ring::Ring0,
+        )?))
+    }
+}
+
 impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
     /// Probe for the ROM, then [`VmiOps::init`].
     ///
@@ -380,6 +474,16 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
         self.relocs[slot(nr)]
     }
 
+    /// Where a `void` op for call `nr` goes (see the crate documentation).
+    fn route(&self, nr: u32) -> Route {
+        match self.reloc(nr).typ {
+            RelocType::CallRel => Route::Rom,
+            RelocType::Nop if !call::is_wrapped(nr) => Route::Nothing,
+            // NONE; NOP for a wrapped call; JUMP_REL never gets past init.
+            _ => Route::Native,
+        }
+    }
+
     /// Call `nr` at its CALL_REL entry and return rax.
     ///
     /// # Safety
@@ -451,15 +555,15 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
         Gdt::from_pointer(p)
     }
 
-    /// WriteGDTEntry, or the native store for NONE.
+    /// WriteGDTEntry, or the native store for NONE and NOP (a wrapped
+    /// call).
     ///
     /// # Safety
     /// `gdt` must be valid writable memory.
     unsafe fn gdt_write(&self, gdt: &Gdt, index: u32, entry: GdtEntry) -> Result<()> {
         gdt.entry_addr(index, &entry)?;
-        let r = self.reloc(call::WRITE_GDT_ENTRY);
-        match r.typ {
-            RelocType::CallRel => {
+        match self.route(call::WRITE_GDT_ENTRY) {
+            Route::Rom => {
                 let (lo, hi) = match entry {
                     GdtEntry::Single(d) => desc_args(d.0, 0),
                     GdtEntry::Double(s) => (s.low, s.high),
@@ -468,34 +572,78 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
                 // checked to fit.
                 unsafe { self.void_call(call::WRITE_GDT_ENTRY, [gdt.base(), index as u64, lo, hi]) }
             }
-            RelocType::Nop => Ok(()),
             // SAFETY: forwarded contract.
             _ => unsafe { self.native.write_gdt_entry(gdt, index, entry) },
         }
     }
 
-    /// SetLDT, or native `lldt` for NONE.
+    /// SetLDT, or native `lldt` for NONE and NOP (a wrapped call).
     ///
     /// # Safety
     /// `sel` must be null or name a valid LDT descriptor.
     unsafe fn set_ldt(&self, sel: Selector) -> Result<()> {
-        match self.reloc(call::SET_LDT).typ {
+        match self.route(call::SET_LDT) {
             // SAFETY: no pointer arguments.
-            RelocType::CallRel => unsafe {
-                self.void_call(call::SET_LDT, [sel.bits() as u64, 0, 0, 0])
-            },
-            RelocType::Nop => Ok(()),
+            Route::Rom => unsafe { self.void_call(call::SET_LDT, [sel.bits() as u64, 0, 0, 0]) },
             // SAFETY: forwarded contract.
             _ => unsafe { self.native.cpu().lldt(sel) },
         }
     }
 
+    /// SetLazyMode; its native op (NONE, or NOP: a wrapped call) does
+    /// nothing beyond the pairing the callers already checked.
     fn set_lazy(&self, mode: u64) -> Result<()> {
-        match self.reloc(call::SET_LAZY_MODE).typ {
+        match self.route(call::SET_LAZY_MODE) {
             // SAFETY: no pointer arguments.
-            RelocType::CallRel => unsafe { self.void_call(call::SET_LAZY_MODE, [mode, 0, 0, 0]) },
+            Route::Rom => unsafe { self.void_call(call::SET_LAZY_MODE, [mode, 0, 0, 0]) },
             _ => Ok(()),
         }
+    }
+
+    /// Linux's `native_load_sp0`: store sp0 into the kernel's TSS. The TSS
+    /// is the one whose descriptor sits in slot [`GdtLayout::tss`] of the
+    /// GDT the guest loaded (its own view: under a VMI hypervisor the CPU's
+    /// TR and GDTR are the hypervisor's), available or busy.
+    ///
+    /// # Safety
+    /// The TSS that descriptor names must be valid writable memory.
+    unsafe fn store_sp0(&self, sp0: u64) -> Result<()> {
+        const OP: &str = "load_kernel_stack";
+        let gdt = self.current_gdt(OP)?;
+        let index = self.layout.tss as u32;
+        let addr = gdt.slot_addr(index)?;
+        let two = cfg!(target_arch = "x86_64");
+        if two {
+            gdt.slot_addr(index + 1)?;
+        }
+        // SAFETY: the slot is inside the loaded GDT (load contract).
+        let low = Descriptor(unsafe { read_u64(addr) });
+        let tss = matches!(low.system_type(), SystemType::Tss | SystemType::TssBusy);
+        if low.is_code_or_data() || !low.present() || !tss {
+            return Err(PvError::WrongDescriptorType {
+                op: OP,
+                selector: Selector::gdt(self.layout.tss, Ring::Ring0),
+                found: low.s_type(),
+                expected: "a present TSS descriptor (S=0, type 9 or 0xB) in the layout's TSS slot",
+            });
+        }
+        let mut base = low.base() as u64;
+        if two {
+            // SAFETY: checked above that slot index+1 is inside the GDT.
+            base |= unsafe { read_u64(addr + 8) } << 32;
+        }
+        // 64-bit TSS: rsp0 at offset 4 (unaligned). 32-bit TSS: esp0 at 4.
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the TSS the kernel's descriptor names (caller's contract).
+        unsafe {
+            ((base + 4) as usize as *mut u64).write_unaligned(sp0)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        // SAFETY: the TSS the kernel's descriptor names (caller's contract).
+        unsafe {
+            ((base + 4) as usize as *mut u32).write_volatile(sp0 as u32)
+        };
+        Ok(())
     }
 }
 
@@ -526,8 +674,9 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
                 // caller promised is valid.
                 unsafe { self.void_call(call::SET_GDT, [p, 0, 0, 0]) }
             }
-            // The hypervisor ignores the load: which GDT is live stays its
-            // business, so nothing is cached.
+            // The hypervisor ignores the load (Linux filled load_gdt with
+            // vmi_nop): which GDT is live stays its business, so nothing is
+            // cached.
             RelocType::Nop => return Ok(()),
             // SAFETY: forwarded contract.
             _ => unsafe { self.native.load_gdt(gdt) },
@@ -548,15 +697,16 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
     }
 
     unsafe fn load_idt(&self, idt: &Idt) -> Result<()> {
-        match self.reloc(call::SET_IDT).typ {
-            RelocType::CallRel => {
+        match self.route(call::SET_IDT) {
+            Route::Rom => {
                 let dtr = dtr_from(idt.pointer());
                 let p = core::ptr::addr_of!(dtr) as usize as u64;
                 // SAFETY: SetIDT reads the DTR we own and the table the
                 // caller promised is valid.
                 unsafe { self.void_call(call::SET_IDT, [p, 0, 0, 0]) }
             }
-            RelocType::Nop => Ok(()),
+            // Filled with vmi_nop by Linux.
+            Route::Nothing => Ok(()),
             // SAFETY: forwarded contract.
             _ => unsafe { self.native.load_idt(idt) },
         }
@@ -570,8 +720,8 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
     }
 
     unsafe fn load_tr(&self, tss: Selector) -> Result<()> {
-        match self.reloc(call::SET_TR).typ {
-            RelocType::CallRel => {
+        match self.route(call::SET_TR) {
+            Route::Rom => {
                 if tss.is_null() || tss.ti() != TableIndicator::Gdt {
                     return Err(PvError::BadSelector {
                         op: "load_tr",
@@ -582,7 +732,6 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
                 // SAFETY: no pointer arguments; the caller vouches for the TSS.
                 unsafe { self.void_call(call::SET_TR, [tss.bits() as u64, 0, 0, 0]) }
             }
-            RelocType::Nop => Ok(()),
             // SAFETY: forwarded contract.
             _ => unsafe { self.native.load_tr(tss) },
         }
@@ -596,25 +745,31 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
     }
 
     unsafe fn load_ldt(&self, ldt: Option<&Ldt>) -> Result<()> {
-        let Some(ldt) = ldt else {
+        // Linux's `vmi_set_ldt` (SetLDT answered CALL_REL) always writes
+        // the LDT descriptor, an empty one for no LDT, then SetLDT with the
+        // selector or 0. Otherwise `native_set_ldt` stays: `lldt 0` alone
+        // for no LDT, else the descriptor (through write_gdt_entry, whose
+        // own answer decides how) and `lldt`.
+        if ldt.is_none() && self.route(call::SET_LDT) != Route::Rom {
             // SAFETY: the null selector disables the LDT.
             return unsafe { self.set_ldt(Selector::NULL) };
-        };
+        }
         let gdt = self.current_gdt("load_ldt")?;
-        #[cfg(target_arch = "x86_64")]
-        let entry = GdtEntry::Double(pvops::SystemDescriptor::ldt(ldt.base(), ldt.entries())?);
-        #[cfg(not(target_arch = "x86_64"))]
-        let entry = GdtEntry::Single(Descriptor::system32(
-            SystemType::Ldt,
-            ldt.base() as u32,
-            ldt.limit(),
-            Ring::Ring0,
-        )?);
+        let entry = match ldt {
+            Some(ldt) => ldt_entry(ldt.base(), ldt.limit())?,
+            // pack_descriptor(NULL, 0 * 8 - 1, LDT): base 0, the limit's
+            // low 20 bits all ones (byte granular), present, DPL 0.
+            None => ldt_entry(0, 0xf_ffff)?,
+        };
         // SAFETY: the loaded GDT is valid writable memory (load contract).
         unsafe { self.gdt_write(&gdt, self.layout.ldt as u32, entry)? };
-        // SAFETY: the descriptor just written describes memory the caller
-        // promised stays valid.
-        unsafe { self.set_ldt(Selector::gdt(self.layout.ldt, Ring::Ring0)) }
+        let sel = match ldt {
+            Some(_) => Selector::gdt(self.layout.ldt, Ring::Ring0),
+            None => Selector::NULL,
+        };
+        // SAFETY: the selector is null or names the descriptor just
+        // written, for memory the caller promised stays valid.
+        unsafe { self.set_ldt(sel) }
     }
 
     fn store_ldt(&self) -> Result<Option<Ldt>> {
@@ -666,13 +821,12 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
 
     unsafe fn write_ldt_entry(&self, ldt: &Ldt, index: u32, entry: Descriptor) -> Result<()> {
         ldt.slot_addr(index)?;
-        match self.reloc(call::WRITE_LDT_ENTRY).typ {
-            RelocType::CallRel => {
+        match self.route(call::WRITE_LDT_ENTRY) {
+            Route::Rom => {
                 let (lo, hi) = desc_args(entry.0, 0);
                 // SAFETY: the LDT is the caller's valid memory; index checked.
                 unsafe { self.void_call(call::WRITE_LDT_ENTRY, [ldt.base(), index as u64, lo, hi]) }
             }
-            RelocType::Nop => Ok(()),
             // SAFETY: forwarded contract.
             _ => unsafe { self.native.write_ldt_entry(ldt, index, entry) },
         }
@@ -680,8 +834,8 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
 
     unsafe fn write_idt_entry(&self, idt: &Idt, vector: u8, gate: IdtGate) -> Result<()> {
         idt.slot_addr(vector)?;
-        match self.reloc(call::WRITE_IDT_ENTRY).typ {
-            RelocType::CallRel => {
+        match self.route(call::WRITE_IDT_ENTRY) {
+            Route::Rom => {
                 #[cfg(target_arch = "x86_64")]
                 let (lo, hi) = (gate.low, gate.high);
                 #[cfg(not(target_arch = "x86_64"))]
@@ -691,7 +845,6 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
                     self.void_call(call::WRITE_IDT_ENTRY, [idt.base(), vector as u64, lo, hi])
                 }
             }
-            RelocType::Nop => Ok(()),
             // SAFETY: forwarded contract.
             _ => unsafe { self.native.write_idt_entry(idt, vector, gate) },
         }
@@ -725,16 +878,15 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
     }
 
     unsafe fn load_kernel_stack(&self, sp0: u64) -> Result<()> {
-        match self.reloc(call::UPDATE_KERNEL_STACK).typ {
-            RelocType::CallRel => {
+        match self.route(call::UPDATE_KERNEL_STACK) {
+            Route::Rom => {
                 let tss = Selector::gdt(self.layout.tss, Ring::Ring0);
                 // SAFETY: no pointer arguments the hypervisor dereferences
                 // in guest memory; the caller vouches for sp0.
                 unsafe { self.void_call(call::UPDATE_KERNEL_STACK, [tss.bits() as u64, sp0, 0, 0]) }
             }
-            RelocType::Nop => Ok(()),
-            // SAFETY: forwarded contract.
-            _ => unsafe { self.native.load_kernel_stack(sp0) },
+            // SAFETY: the kernel's TSS is valid memory (load_tr contract).
+            _ => unsafe { self.store_sp0(sp0) },
         }
     }
 

@@ -19,14 +19,34 @@
 //! | 0x80 | u8 vmi_init\[8\] | jump point: VMI_Init |
 //! | 0x88 | u8 get_reloc\[8\] | jump point: GetRelocationInfo |
 //!
-//! A ROM is accepted when, in this order: the option-ROM signature is
-//! 0xAA55; the VMI signature is `"cVmi"`; the API major version is 3 (any
-//! minor version is accepted: minor bumps are compatible extensions); the
-//! length is not zero; the 8-bit sum of all `rom_length * 512` bytes is zero
-//! (the spec's rule; Linux skipped it); a PCI header is present inside the
-//! ROM and starts with `"PCIR"`; the license string is `"GPL"` or
-//! `"GPL v2"`. A vendor/device other than VMware's 0x15AD/0x0801 is accepted
-//! with a warning, as Linux did ([`VmiRom::unknown_vendor`]).
+//! # Probe rules
+//! [`ProbeRules::Linux`], the default ([`check_rom`], [`probe`]), is what
+//! Linux's `check_vmi_rom` checked, in its order: the option-ROM signature
+//! is 0xAA55; the VMI signature is `"cVmi"`; the API major version is 3
+//! (any minor version is accepted: minor bumps are compatible extensions);
+//! `pci_header_offs` is not 0; the license string at `license_offs` is
+//! `"GPL"` or `"GPL v2"` (an unspecified license, offset 0, is refused). A
+//! vendor/device other than VMware's 0x15AD/0x0801 is accepted with a
+//! warning, as Linux did ([`VmiRom::unknown_vendor`]). Like Linux, the
+//! default rules do **not** check the ROM checksum, the `"PCIR"` signature
+//! of the PCI header, `rom_length`, or whether the PCI header and the
+//! license lie inside the `rom_length * 512` bytes: a ROM Linux would use is
+//! found. The license is read until its NUL, at most [`LICENSE_MAX`] bytes
+//! (a longer string cannot be `"GPL"` or `"GPL v2"`, so Linux's `strcmp`
+//! refused it too).
+//!
+//! [`ProbeRules::Strict`] ([`check_rom_with`], [`probe_strict`]) is an
+//! opt-in for a kernel that wants a well-formed ROM, not only one Linux
+//! would run: on top of Linux's rules, `rom_length` is not 0, the 8-bit sum
+//! of all `rom_length * 512` bytes is 0 (the option-ROM specification's
+//! rule), the PCI header lies inside the ROM and starts with `"PCIR"`, and
+//! the license string is NUL-terminated inside the ROM.
+//!
+//! Under both rules every address is `base + offset` computed with checked
+//! arithmetic: a ROM whose header, PCI header or license would run past the
+//! top of the address space ([`ADDR_MAX`]) is refused with
+//! [`Refusal::AddressOverflow`] instead of wrapping around (or panicking in
+//! a debug build).
 
 use core::fmt;
 
@@ -57,6 +77,27 @@ pub const PCI_SIGNATURE: [u8; 4] = *b"PCIR";
 pub const PCI_HEADER_LEN: usize = 24;
 /// Longest license string read (a longer one is refused as unterminated).
 pub const LICENSE_MAX: usize = 32;
+
+/// The highest address a [`VmiPlatform`] can be asked to read: `u64::MAX`
+/// on x86_64, `u32::MAX` on 32-bit x86, where a kernel's platform turns the
+/// address into a pointer. A ROM that would reach past it is refused
+/// ([`Refusal::AddressOverflow`]).
+pub const ADDR_MAX: u64 = usize::MAX as u64;
+
+/// Which checks [`check_rom_with`] applies (see the
+/// [module documentation](self#probe-rules)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ProbeRules {
+    /// Linux's `check_vmi_rom`: signatures, API 3.x, a PCI header offset,
+    /// a GPL license. No checksum, no `"PCIR"` signature, no length or
+    /// bounds checks. The default.
+    #[default]
+    Linux,
+    /// Linux's rules plus: `rom_length` not 0, checksum 0, the PCI header
+    /// inside the ROM and starting with `"PCIR"`, the license terminated
+    /// inside the ROM.
+    Strict,
+}
 
 /// Byte offsets in the ROM header.
 pub mod offset {
@@ -103,12 +144,13 @@ pub enum License {
     GplV2,
 }
 
-/// A ROM that passed every check.
+/// A ROM that passed the probe's checks ([`ProbeRules`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct VmiRom {
     /// Guest-physical address of byte 0.
     pub base: u64,
-    /// Size in bytes (`rom_length * 512`).
+    /// Size in bytes (`rom_length * 512`; under Linux's rules it may be 0
+    /// or not cover the PCI header and license, which Linux never checked).
     pub size: u32,
     /// API major version (3).
     pub api_major: u8,
@@ -156,6 +198,16 @@ pub enum Refusal {
     Unreadable {
         /// Address that could not be read.
         addr: u64,
+    },
+    /// `base + offset` (and the `len` bytes read there) would run past the
+    /// top of the address space ([`ADDR_MAX`]).
+    AddressOverflow {
+        /// The ROM's base.
+        base: u64,
+        /// Offset of the read in the ROM.
+        offset: u64,
+        /// Bytes to read there.
+        len: u64,
     },
     /// No option ROM here: the first u16 is not 0xAA55.
     NoOptionRom {
@@ -214,6 +266,10 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Refusal::Unreadable { addr } => write!(f, "ROM bytes at {addr:#x} cannot be read"),
+            Refusal::AddressOverflow { base, offset, len } => write!(
+                f,
+                "ROM at {base:#x}: {len} byte(s) at offset {offset:#x} would run past the top of the address space ({ADDR_MAX:#x})"
+            ),
             Refusal::NoOptionRom { found } => write!(
                 f,
                 "no option ROM: signature {found:#06x}, an option ROM starts with 0xaa55"
@@ -266,7 +322,34 @@ impl fmt::Display for Refusal {
 
 impl core::error::Error for Refusal {}
 
-fn read<P: VmiPlatform + ?Sized>(p: &P, addr: u64, buf: &mut [u8]) -> Result<(), Refusal> {
+/// The address of `len` bytes at `offset` in the ROM at `base`, if none of
+/// them lies past [`ADDR_MAX`].
+fn span(base: u64, offset: u64, len: usize) -> Result<u64, Refusal> {
+    let overflow = Refusal::AddressOverflow {
+        base,
+        offset,
+        len: len as u64,
+    };
+    let addr = base.checked_add(offset).ok_or(overflow)?;
+    let last = addr
+        .checked_add((len as u64).saturating_sub(1))
+        .ok_or(overflow)?;
+    // Always false on x86_64, where ADDR_MAX is u64::MAX.
+    #[allow(clippy::absurd_extreme_comparisons)]
+    if last > ADDR_MAX {
+        return Err(overflow);
+    }
+    Ok(addr)
+}
+
+/// Read `buf.len()` bytes at `offset` in the ROM at `base`.
+fn read<P: VmiPlatform + ?Sized>(
+    p: &P,
+    base: u64,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), Refusal> {
+    let addr = span(base, offset, buf.len())?;
     if p.read_phys(addr, buf) {
         Ok(())
     } else {
@@ -282,11 +365,22 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
-/// Check the ROM at guest-physical `base` against every rule (see the
-/// [module documentation](self)).
+/// Check the ROM at guest-physical `base` with Linux's rules
+/// ([`ProbeRules::Linux`], see the [module documentation](self#probe-rules)).
 pub fn check_rom<P: VmiPlatform + ?Sized>(p: &P, base: u64) -> Result<VmiRom, Refusal> {
+    check_rom_with(p, base, ProbeRules::Linux)
+}
+
+/// Check the ROM at guest-physical `base` with `rules`; the first rule
+/// broken is returned.
+pub fn check_rom_with<P: VmiPlatform + ?Sized>(
+    p: &P,
+    base: u64,
+    rules: ProbeRules,
+) -> Result<VmiRom, Refusal> {
+    let strict = rules == ProbeRules::Strict;
     let mut h = [0u8; offset::HEADER_SIZE];
-    read(p, base, &mut h)?;
+    read(p, base, 0, &mut h)?;
     let sig = u16_at(&h, offset::ROM_SIGNATURE);
     if sig != ROM_SIGNATURE {
         return Err(Refusal::NoOptionRom { found: sig });
@@ -303,46 +397,62 @@ pub fn check_rom<P: VmiPlatform + ?Sized>(p: &P, base: u64) -> Result<VmiRom, Re
         return Err(Refusal::ApiVersion { major, minor });
     }
     let size = h[offset::ROM_LENGTH] as u32 * 512;
-    if size == 0 {
-        return Err(Refusal::EmptyRom);
-    }
-    // Checksum over the whole image, read in chunks.
-    let mut sum = 0u8;
-    let mut chunk = [0u8; 256];
-    let mut off = 0u32;
-    while off < size {
-        let n = ((size - off) as usize).min(chunk.len());
-        read(p, base + off as u64, &mut chunk[..n])?;
-        sum = chunk[..n].iter().fold(sum, |s, &b| s.wrapping_add(b));
-        off += n as u32;
-    }
-    if sum != 0 {
-        return Err(Refusal::Checksum { sum });
+    if strict {
+        if size == 0 {
+            return Err(Refusal::EmptyRom);
+        }
+        // Checksum over the whole image, read in chunks.
+        let mut sum = 0u8;
+        let mut chunk = [0u8; 256];
+        let mut off = 0u32;
+        while off < size {
+            let n = ((size - off) as usize).min(chunk.len());
+            read(p, base, off as u64, &mut chunk[..n])?;
+            sum = chunk[..n].iter().fold(sum, |s, &b| s.wrapping_add(b));
+            off += n as u32;
+        }
+        if sum != 0 {
+            return Err(Refusal::Checksum { sum });
+        }
     }
     let pci_offs = u16_at(&h, offset::PCI_HEADER_OFFS);
     if pci_offs == 0 {
         return Err(Refusal::NoPciHeader);
     }
-    if pci_offs as u32 + PCI_HEADER_LEN as u32 > size {
+    if strict && pci_offs as u32 + PCI_HEADER_LEN as u32 > size {
         return Err(Refusal::PciHeaderOutside { offs: pci_offs });
     }
+    // Linux reads the header's fields wherever the offset points.
     let mut pci = [0u8; PCI_HEADER_LEN];
-    read(p, base + pci_offs as u64, &mut pci)?;
+    read(p, base, pci_offs as u64, &mut pci)?;
     let psig = [pci[0], pci[1], pci[2], pci[3]];
-    if psig != PCI_SIGNATURE {
+    if strict && psig != PCI_SIGNATURE {
         return Err(Refusal::PciSignature { found: psig });
     }
     let lic_offs = u16_at(&h, offset::LICENSE_OFFS);
     if lic_offs == 0 {
         return Err(Refusal::NoLicense);
     }
-    if lic_offs as u32 >= size {
-        return Err(Refusal::LicenseUnterminated { offs: lic_offs });
-    }
+    let avail = if strict {
+        if lic_offs as u32 >= size {
+            return Err(Refusal::LicenseUnterminated { offs: lic_offs });
+        }
+        ((size - lic_offs as u32) as usize).min(LICENSE_MAX)
+    } else {
+        LICENSE_MAX
+    };
+    // Byte by byte up to the NUL, as `strcmp` reads it: nothing past the
+    // terminator is touched.
     let mut text = [0u8; LICENSE_MAX];
-    let avail = ((size - lic_offs as u32) as usize).min(LICENSE_MAX);
-    read(p, base + lic_offs as u64, &mut text[..avail])?;
-    let Some(len) = text[..avail].iter().position(|&b| b == 0) else {
+    let mut len = None;
+    for i in 0..avail {
+        read(p, base, lic_offs as u64 + i as u64, &mut text[i..i + 1])?;
+        if text[i] == 0 {
+            len = Some(i);
+            break;
+        }
+    }
+    let Some(len) = len else {
         return Err(Refusal::LicenseUnterminated { offs: lic_offs });
     };
     let license = match &text[..len] {
@@ -393,20 +503,34 @@ impl fmt::Display for NotFound {
 
 impl core::error::Error for NotFound {}
 
-/// Scan the option-ROM window for a VMI ROM, as Linux's `probe_vmi_rom`:
-/// every 2 KiB from [`SCAN_START`] up to [`SCAN_END`], the first ROM that
-/// passes [`check_rom`] wins. A refused VMI ROM does not stop the scan; the
-/// first refusal is reported if nothing is found.
+/// Scan the option-ROM window for a VMI ROM with Linux's rules, as Linux's
+/// `probe_vmi_rom`: every 2 KiB from [`SCAN_START`] up to [`SCAN_END`], the
+/// first ROM that passes [`check_rom`] wins. A refused VMI ROM does not stop
+/// the scan; the first refusal is reported if nothing is found.
 pub fn probe<P: VmiPlatform + ?Sized>(p: &P) -> Result<VmiRom, NotFound> {
+    probe_with(p, ProbeRules::Linux)
+}
+
+/// [`probe`] with [`ProbeRules::Strict`]: only a well-formed ROM (length,
+/// checksum, `"PCIR"`, everything inside the image) is used.
+pub fn probe_strict<P: VmiPlatform + ?Sized>(p: &P) -> Result<VmiRom, NotFound> {
+    probe_with(p, ProbeRules::Strict)
+}
+
+/// [`probe`] with the given rules.
+pub fn probe_with<P: VmiPlatform + ?Sized>(p: &P, rules: ProbeRules) -> Result<VmiRom, NotFound> {
     let mut nf = NotFound {
         other_roms: 0,
         refused: None,
     };
     let mut base = SCAN_START;
     while base < SCAN_END {
-        match check_rom(p, base) {
+        match check_rom_with(p, base, rules) {
             Ok(rom) => return Ok(rom),
-            Err(Refusal::NoOptionRom { .. }) | Err(Refusal::Unreadable { .. }) => {}
+            // Nothing readable here: no ROM. (An unreadable PCI header or
+            // license of a VMI ROM is reported below.)
+            Err(Refusal::NoOptionRom { .. }) => {}
+            Err(Refusal::Unreadable { addr }) if addr == base => {}
             Err(Refusal::NotVmi { .. }) => nf.other_roms += 1,
             Err(why) => {
                 if nf.refused.is_none() {
@@ -417,4 +541,189 @@ pub fn probe<P: VmiPlatform + ?Sized>(p: &P) -> Result<VmiRom, NotFound> {
         base += SCAN_STEP;
     }
     Err(nf)
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use std::string::ToString;
+    use std::vec::Vec;
+
+    /// A platform with one ROM image at `base` (any address, up to the top
+    /// of the address space); every other byte is unreadable. Its own
+    /// arithmetic is checked, so only the probe's can overflow.
+    struct At {
+        base: u64,
+        img: Vec<u8>,
+    }
+
+    impl VmiPlatform for At {
+        fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool {
+            let Some(off) = addr.checked_sub(self.base) else {
+                return false;
+            };
+            let Ok(off) = usize::try_from(off) else {
+                return false;
+            };
+            match off.checked_add(buf.len()) {
+                Some(end) if end <= self.img.len() => {
+                    buf.copy_from_slice(&self.img[off..end]);
+                    true
+                }
+                _ => false,
+            }
+        }
+        unsafe fn get_reloc(&self, _: u64, _: u32) -> (u64, u8) {
+            (0, 0)
+        }
+        unsafe fn call(&self, _: u64, _: [u64; 4]) -> u64 {
+            0
+        }
+    }
+
+    /// `len` bytes of a VMI ROM header declaring 5 × 512 bytes, with a PCI
+    /// header at 0x90 and `"GPL"` at `license`.
+    fn image(len: usize, license: u16) -> Vec<u8> {
+        let mut b = std::vec![0u8; len.max(0x200)];
+        b[0..2].copy_from_slice(&ROM_SIGNATURE.to_le_bytes());
+        b[offset::ROM_LENGTH] = 5;
+        b[8..12].copy_from_slice(&VMI_SIGNATURE.to_le_bytes());
+        b[offset::API_MAJOR] = API_MAJOR;
+        b[offset::LICENSE_OFFS..][..2].copy_from_slice(&license.to_le_bytes());
+        b[offset::PCI_HEADER_OFFS..][..2].copy_from_slice(&0x90u16.to_le_bytes());
+        b[0x90..0x94].copy_from_slice(&PCI_SIGNATURE);
+        b[0x94..0x96].copy_from_slice(&PCI_VENDOR_VMWARE.to_le_bytes());
+        b[0x96..0x98].copy_from_slice(&PCI_DEVICE_VMI.to_le_bytes());
+        let l = license as usize;
+        b[l..l + 3].copy_from_slice(b"GPL");
+        b.truncate(len);
+        b
+    }
+
+    /// A ROM in the last 256 bytes of the address space (u64::MAX on
+    /// x86_64, u32::MAX on 32-bit x86). The old strict-only `check_rom`
+    /// computed `base + off` for the checksum's second chunk and panicked in
+    /// a debug build ("attempt to add with overflow"); now each rule refuses
+    /// with the offset that does not fit.
+    #[test]
+    fn rom_at_the_top_of_the_address_space_is_refused_not_an_overflow() {
+        let base = ADDR_MAX - 0xFF;
+        // "GPL\0" in the last four bytes: everything Linux reads fits, so
+        // Linux's rules accept it; the checksum needs 5 × 512 bytes.
+        let p = At {
+            base,
+            img: image(0x100, 0xFC),
+        };
+        let rom = check_rom(&p, base).unwrap();
+        assert_eq!((rom.base, rom.license), (base, License::Gpl));
+        assert_eq!(rom.reloc_entry(), base + 0x88);
+        let err = check_rom_with(&p, base, ProbeRules::Strict).unwrap_err();
+        assert_eq!(
+            err,
+            Refusal::AddressOverflow {
+                base,
+                offset: 0x100,
+                len: 256
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("past the top of the address space"),
+            "{err}"
+        );
+        // The license string crosses the top: its third byte has no address.
+        let p = At {
+            base,
+            img: image(0x100, 0xFE),
+        };
+        assert_eq!(
+            check_rom(&p, base),
+            Err(Refusal::AddressOverflow {
+                base,
+                offset: 0x100,
+                len: 1
+            })
+        );
+        // The header itself does not fit.
+        let base = ADDR_MAX - 0x7F;
+        let p = At {
+            base,
+            img: image(0x80, 0xC0),
+        };
+        for rules in [ProbeRules::Linux, ProbeRules::Strict] {
+            assert_eq!(
+                check_rom_with(&p, base, rules),
+                Err(Refusal::AddressOverflow {
+                    base,
+                    offset: 0,
+                    len: offset::HEADER_SIZE as u64
+                })
+            );
+        }
+        assert_eq!(
+            check_rom(&p, u64::MAX),
+            Err(Refusal::AddressOverflow {
+                base: u64::MAX,
+                offset: 0,
+                len: offset::HEADER_SIZE as u64
+            })
+        );
+    }
+
+    /// A ROM straddling 4 GiB: an ordinary address on x86_64, past the top
+    /// of a 32-bit kernel's address space.
+    #[test]
+    fn rom_straddling_4_gib() {
+        let base = u32::MAX as u64 - 0xFF;
+        let p = At {
+            base,
+            img: image(0x200, 0x1C0),
+        };
+        let r = check_rom(&p, base);
+        #[cfg(target_pointer_width = "64")]
+        assert_eq!(r.map(|rom| rom.base), Ok(base));
+        #[cfg(target_pointer_width = "32")]
+        assert_eq!(
+            r,
+            Err(Refusal::AddressOverflow {
+                base,
+                offset: 0x1C0,
+                len: 1
+            })
+        );
+    }
+
+    #[test]
+    fn strict_rules_are_linux_rules_plus_the_well_formedness_checks() {
+        // No checksum fix, no "PCIR": Linux's rules accept, strict refuses.
+        let base = 0xC8000;
+        let mut img = image(5 * 512, 0xC0);
+        let p = At {
+            base,
+            img: img.clone(),
+        };
+        assert!(check_rom(&p, base).is_ok());
+        assert!(matches!(
+            check_rom_with(&p, base, ProbeRules::Strict),
+            Err(Refusal::Checksum { .. })
+        ));
+        let sum = img.iter().fold(0u8, |s, &b| s.wrapping_add(b));
+        img[0x1FF] = 0u8.wrapping_sub(sum);
+        let p = At {
+            base,
+            img: img.clone(),
+        };
+        assert!(check_rom_with(&p, base, ProbeRules::Strict).is_ok());
+        // "PCIR" broken (and the sum kept 0).
+        img[0x90] = b'X';
+        img[0x1FF] = img[0x1FF].wrapping_add(b'P').wrapping_sub(b'X');
+        let p = At { base, img };
+        assert!(check_rom(&p, base).is_ok());
+        assert_eq!(
+            check_rom_with(&p, base, ProbeRules::Strict),
+            Err(Refusal::PciSignature { found: *b"XCIR" })
+        );
+    }
 }

@@ -162,7 +162,9 @@ pub struct GuestView {
     pub ldt: Option<(u64, u32)>,
     /// The selector given to SetTR.
     pub tr: Selector,
-    /// UpdateKernelStack's (TSS selector, sp0).
+    /// UpdateKernelStack's (selector, sp0): the selector as passed, the
+    /// kernel's stack segment (Linux: `__KERNEL_DS`) or the TSS selector
+    /// (pvops-vmi's 64-bit convention).
     pub kernel_stack: Option<(Selector, u64)>,
     /// Current lazy mode (0 none, 1 MMU, 2 CPU).
     pub lazy_mode: u64,
@@ -1174,25 +1176,25 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 Ok((0, ups))
             }
             call::UPDATE_KERNEL_STACK => {
-                let sel = Selector(a[0] as u16);
+                // The first argument: Linux's vmi_load_sp0 (vmi_load_esp0
+                // before 2.6.25) passes __KERNEL_DS, the kernel's stack
+                // segment, the value of the TSS's ss0; the 64-bit
+                // convention of pvops-vmi passes the TSS selector. Either is
+                // accepted; the value is recorded, the hypervisor's own
+                // stack segment is what the CPU uses.
                 let sp0 = a[1];
-                if inner.guest.tr.is_null() {
+                if a[0] > 0xFFFF {
                     return Err(fail(
                         EINVAL,
-                        "UpdateKernelStack: no TSS loaded (SetTR first)",
+                        format!("UpdateKernelStack: {:#x} is not a selector", a[0]),
                     ));
                 }
-                if a[0] > 0xFFFF
-                    || sel.with_rpl(pvops::Ring::Ring0)
-                        != inner.guest.tr.with_rpl(pvops::Ring::Ring0)
-                {
-                    return Err(fail(
-                        EINVAL,
-                        format!(
-                            "UpdateKernelStack: TSS selector {:#x} is not the loaded TR {}",
-                            a[0], inner.guest.tr
-                        ),
-                    ));
+                let sel = Selector(a[0] as u16);
+                let tr = inner.guest.tr;
+                let is_tr = !tr.is_null()
+                    && sel.with_rpl(pvops::Ring::Ring0) == tr.with_rpl(pvops::Ring::Ring0);
+                if !is_tr {
+                    self.stack_segment(inner, sel)?;
                 }
                 if !self.addr_ok(sp0) {
                     return Err(fail(
@@ -1247,6 +1249,56 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 ),
             )),
         }
+    }
+
+    /// UpdateKernelStack's first argument when it is not the loaded TR: a
+    /// stack segment, which must name a present writable data segment among
+    /// the guest's entries of the GDT it set (Linux's `__KERNEL_DS` always
+    /// does: cpu_init loads the GDT before its first load_sp0).
+    ///
+    /// Deliberately stricter than Linux's client needs (it never sends
+    /// anything else): a selector that is not a writable data segment could
+    /// not serve as the kernel's stack segment on the next entry into the
+    /// guest kernel (#TS during delivery, inside the hypervisor's world
+    /// switch), and the hypervisor's reserved entries, which follow the
+    /// guest's, are not the guest's to name. Refusing here names the rule.
+    fn stack_segment(&self, inner: &Inner, sel: Selector) -> Result<(), Fail> {
+        let what = format!(
+            "UpdateKernelStack: selector {sel} is not the loaded TR {}, so it must be the kernel's stack segment (Linux passes __KERNEL_DS)",
+            inner.guest.tr
+        );
+        if sel.is_null() || sel.ti() != pvops::TableIndicator::Gdt {
+            return Err(fail(
+                EINVAL,
+                format!("{what}: a GDT selector (not null, TI=0)"),
+            ));
+        }
+        let Some(p) = inner.guest.gdtr else {
+            return Err(fail(
+                EINVAL,
+                format!("{what}, but no GDT is loaded (SetGDT first)"),
+            ));
+        };
+        let n = (p.limit as u64 + 1) / 8;
+        let index = sel.index() as u64;
+        if index >= n {
+            return Err(fail(
+                EINVAL,
+                format!(
+                    "{what}: GDT[{index}] is past the guest's {n} entries (the hypervisor's reserved entries follow them)"
+                ),
+            ));
+        }
+        let d = self.read_u64(p.base.wrapping_add(index * 8), "the GDT")?;
+        // Present (47), S (44), data (type bit 3 clear), writable (bit 1).
+        let data_rw = d & (1 << 47) != 0 && d & (1 << 44) != 0 && (d >> 40) & 0xA == 0x2;
+        if !data_rw {
+            return Err(fail(
+                EINVAL,
+                format!("{what}: GDT[{index}] = {d:#018x} is not a present writable data segment"),
+            ));
+        }
+        Ok(())
     }
 
     /// Read the system descriptor `sel` names in the guest's GDT (both

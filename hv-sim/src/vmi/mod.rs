@@ -21,6 +21,16 @@
 //!   checked and answered at once (errors are not deferred) and updates the
 //!   guest's view, but its effective-state changes are queued and applied
 //!   at SetLazyMode(0); the trace shows them `deferred:` and then `flush:`.
+//! * UpdateKernelStack(selector, sp0) accepts what Linux's client sends:
+//!   `vmi_load_sp0` passes `__KERNEL_DS` (the kernel's stack segment, the
+//!   TSS's ss0), and i386 `cpu_init` calls it *before* SetTR. The first
+//!   argument is therefore either the loaded TR (pvops-vmi's 64-bit
+//!   convention) or a selector of a present writable data segment among the
+//!   guest's GDT entries; sp0 must be a valid guest address (canonical, or
+//!   below 4 GiB for a 32-bit guest). The data-segment rule is a deliberate
+//!   addition (Linux never sends anything else; any other selector could
+//!   not be a kernel stack segment, and the hypervisor's reserved GDT
+//!   entries are not the guest's to name), documented on the handler.
 //! * [`VmiHypervisor::check_invariants`]: what must hold after every call
 //!   (no effective descriptor gives the guest a privilege it must not have;
 //!   the effective state matches the guest's view outside lazy batches).
