@@ -2,9 +2,11 @@
 //! probe, and the `VmiOps` backend built on it.
 //!
 //! * [`probe`] scans the option-ROM window (guest-physical 0xC0000..0xE0000
-//!   in 2 KiB steps) through the kernel's identity map with every check of
-//!   `pvops_vmi::rom::check_rom` (signatures, API 3.x, checksum, PCI header,
-//!   GPL license). Nothing there (bare KVM, QEMU's VGA BIOS) means no VMI.
+//!   in 2 KiB steps) through the kernel's identity map with the checks of
+//!   `pvops_vmi::rom::check_rom` under Linux's rules (signatures, API 3.x,
+//!   a PCI header offset, GPL license; no checksum or PCIR check, as Linux's
+//!   `check_vmi_rom`). Nothing there (bare KVM, QEMU's VGA BIOS) means no
+//!   VMI.
 //! * [`init`] calls VMI_Init and queries each call's relocation through the
 //!   ROM's own code (`KernelPlatform`: an indirect `call` with the SysV
 //!   registers), then keeps the backend in a `spin::Once` so it can be
