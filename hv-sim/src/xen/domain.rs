@@ -643,12 +643,13 @@ impl XenDomain {
 
     /// Forget the trace.
     pub fn clear_trace(&self) {
-        self.lock().trace.events.clear();
+        self.lock().trace.clear();
     }
 
     /// The violations recorded so far.
     pub fn violations(&self) -> Vec<String> {
-        self.lock()
+        let g = self.lock();
+        let mut v: Vec<String> = g
             .trace
             .events
             .iter()
@@ -656,7 +657,17 @@ impl XenDomain {
                 TraceEvent::Violation { message } => Some(message.clone()),
                 _ => None,
             })
-            .collect()
+            .collect();
+        if g.trace.dropped_violations > 0 {
+            v.insert(
+                0,
+                format!(
+                    "{} earlier violations dropped from the bounded trace",
+                    g.trace.dropped_violations
+                ),
+            );
+        }
+        v
     }
 
     /// Issue hypercall `nr` on vCPU `vcpu`. pv64: 64-bit number and
@@ -699,7 +710,7 @@ impl XenDomain {
         g.changes.clear();
         let r = g.map_ldt(v, index, user_mode);
         let changes = std::mem::take(&mut g.changes);
-        g.trace.events.push(TraceEvent::LdtFault {
+        g.trace.push(TraceEvent::LdtFault {
             vcpu: v,
             index,
             fault: r.as_ref().err().map(|f| f.to_string()),
@@ -941,7 +952,6 @@ impl Inner {
                  {how}"
             );
             self.trace
-                .events
                 .push(TraceEvent::Violation { message: m.clone() });
             self.strict_failures.push(m);
         }
@@ -1225,12 +1235,11 @@ impl Inner {
     // Dispatch
 
     pub(crate) fn dispatch(&mut self, v: usize, nr: u64, a: [u64; 6], depth: u32) -> i64 {
-        let slot = self.trace.events.len();
         let seq = self.seq;
         self.seq += 1;
         let name = hypercall_name(nr);
         let args = self.decode_args(nr, &a);
-        self.trace.events.push(TraceEvent::Call {
+        let slot = self.trace.push(TraceEvent::Call {
             seq,
             vcpu: v,
             depth,
@@ -1254,17 +1263,20 @@ impl Inner {
                 errno_name(result)
             ));
         }
-        self.trace.events[slot] = TraceEvent::Call {
-            seq,
-            vcpu: v,
-            depth,
-            nr,
-            name,
-            args,
-            result,
-            reason,
-            changes,
-        };
+        self.trace.replace(
+            slot,
+            TraceEvent::Call {
+                seq,
+                vcpu: v,
+                depth,
+                nr,
+                name,
+                args,
+                result,
+                reason,
+                changes,
+            },
+        );
         result
     }
 

@@ -1,6 +1,14 @@
 //! The record of everything a domain's guest asked of the simulated Xen.
+//!
+//! Bounded: it keeps the last [`TRACE_CAP`] events and counts the ones it
+//! dropped, so a domain's memory does not grow with its history (a
+//! differential run issues tens of thousands of hypercalls).
 
 use core::fmt;
+use std::collections::VecDeque;
+
+/// Events a trace keeps; older ones are dropped (and counted).
+pub const TRACE_CAP: usize = 1 << 16;
 
 /// One event in the trace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,11 +56,43 @@ pub enum TraceEvent {
 /// The trace of a domain; `Display` prints it one event per line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Trace {
-    /// Events in order.
-    pub events: Vec<TraceEvent>,
+    /// The last [`TRACE_CAP`] events, in order.
+    pub events: VecDeque<TraceEvent>,
+    /// Events dropped from the front to keep the bound.
+    pub dropped: u64,
+    /// Of those, violations.
+    pub dropped_violations: u64,
 }
 
 impl Trace {
+    /// Append `e`, dropping the oldest event at the bound; returns the
+    /// event's id for [`Trace::replace`].
+    pub(crate) fn push(&mut self, e: TraceEvent) -> u64 {
+        if self.events.len() >= TRACE_CAP {
+            if matches!(self.events.pop_front(), Some(TraceEvent::Violation { .. })) {
+                self.dropped_violations += 1;
+            }
+            self.dropped += 1;
+        }
+        self.events.push_back(e);
+        self.dropped + self.events.len() as u64 - 1
+    }
+
+    /// Replace the event `id` (from [`Trace::push`]) if it is still kept.
+    pub(crate) fn replace(&mut self, id: u64, e: TraceEvent) {
+        if let Some(slot) = id
+            .checked_sub(self.dropped)
+            .and_then(|i| self.events.get_mut(usize::try_from(i).ok()?))
+        {
+            *slot = e;
+        }
+    }
+
+    /// Forget everything.
+    pub(crate) fn clear(&mut self) {
+        *self = Trace::default();
+    }
+
     /// The hypercall events only.
     pub fn calls(&self) -> impl Iterator<Item = &TraceEvent> {
         self.events
@@ -142,6 +182,13 @@ impl fmt::Display for TraceEvent {
 impl fmt::Display for Trace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "hv-sim Xen trace ({} events):", self.events.len())?;
+        if self.dropped > 0 {
+            writeln!(
+                f,
+                "  ({} earlier events dropped, {} of them violations; the trace keeps {TRACE_CAP})",
+                self.dropped, self.dropped_violations
+            )?;
+        }
         for e in &self.events {
             writeln!(f, "{e}")?;
         }
