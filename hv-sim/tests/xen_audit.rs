@@ -2,62 +2,13 @@
 //! personality against the Xen source (xen-project/xen c447b7308b13). Each
 //! test names the Xen function whose behaviour it pins down.
 
+#[path = "common/xen.rs"]
+mod xen_helpers;
+
 use hv_sim::xen::*;
+use xen_helpers::{hc, mc_entry, mfn, ops, uvm};
 
 const MMU_UPDATE_PREEMPTED: u64 = 0x8000_0000;
-
-fn hc(d: &XenDomain, nr: u64, a: &[u64]) -> i64 {
-    let mut args = [0u64; 6];
-    args[..a.len()].copy_from_slice(a);
-    d.hypercall(0, nr, args)
-}
-
-fn mfn(d: &XenDomain, va: u64) -> u64 {
-    d.virt_to_mfn(va).unwrap()
-}
-
-/// pv64 PTE update of `va` to `pte` (pv32 splits the PTE in two).
-fn uvm(d: &XenDomain, va: u64, pte: u64, flags: u64) -> i64 {
-    match d.abi() {
-        Abi::Pv64 => hc(d, nr::UPDATE_VA_MAPPING, &[va, pte, flags]),
-        Abi::Pv32 => hc(
-            d,
-            nr::UPDATE_VA_MAPPING,
-            &[va, pte & 0xFFFF_FFFF, pte >> 32, flags],
-        ),
-    }
-}
-
-/// Write the ops (cmd, arg1, arg2) in the ABI's layout; returns their VA.
-fn ops(d: &XenDomain, list: &[(u32, u64, u64)]) -> u64 {
-    let va = d.alloc_pages(1);
-    for (i, (c, a1, a2)) in list.iter().enumerate() {
-        match d.abi() {
-            Abi::Pv64 => {
-                let o = va + 24 * i as u64;
-                d.host_write_u64(o, u64::from(*c));
-                d.host_write_u64(o + 8, *a1);
-                d.host_write_u64(o + 16, *a2);
-            }
-            Abi::Pv32 => {
-                // 12-byte ops: write them through a byte image.
-                let mut img = vec![0u8; 12 * list.len() + 8];
-                for (j, (c, a1, a2)) in list.iter().enumerate() {
-                    img[12 * j..12 * j + 4].copy_from_slice(&c.to_le_bytes());
-                    img[12 * j + 4..12 * j + 8].copy_from_slice(&(*a1 as u32).to_le_bytes());
-                    img[12 * j + 8..12 * j + 12].copy_from_slice(&(*a2 as u32).to_le_bytes());
-                }
-                for (k, w) in img.chunks(8).enumerate() {
-                    let mut b = [0u8; 8];
-                    b[..w.len()].copy_from_slice(w);
-                    d.host_write_u64(va + 8 * k as u64, u64::from_le_bytes(b));
-                }
-                return va;
-            }
-        }
-    }
-    va
-}
 
 // ---------------------------------------------------------------------
 // mm.c do_mmuext_op / x86_64/compat/mm.c compat_mmuext_op
@@ -157,14 +108,6 @@ fn mmuext_pv32_zero_count_looks_at_nothing() {
 
 // ---------------------------------------------------------------------
 // common/multicall.c do_multicall + pv/hypercall.c pv_do_multicall_call
-
-fn mc_entry(d: &XenDomain, va: u64, op: u64, args: &[u64]) {
-    d.host_write_u64(va, op);
-    d.host_write_u64(va + 8, 0x5555);
-    for (i, a) in args.iter().enumerate() {
-        d.host_write_u64(va + 16 + 8 * i as u64, *a);
-    }
-}
 
 #[test]
 fn multicall_stops_after_iret() {

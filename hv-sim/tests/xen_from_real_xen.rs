@@ -9,22 +9,17 @@
 //! and cache attributes accepted from the hardware domain
 //! (`xen_audit.rs`, `update_va_mapping_l1_flag_rules`).
 
+#[path = "common/xen.rs"]
+mod xen_helpers;
+
 use hv_sim::xen::traps::{Interrupted, bounce_frame};
 use hv_sim::xen::*;
-
-fn hc(d: &XenDomain, nr: u64, a: &[u64]) -> i64 {
-    let mut args = [0u64; 6];
-    args[..a.len()].copy_from_slice(a);
-    d.hypercall(0, nr, args)
-}
+use xen_helpers::{hc, ops};
 
 /// `mmuext_op(SET_LDT)` with `foreigndom` `dom`.
 fn set_ldt(d: &XenDomain, linear: u64, ents: u64, dom: u64) -> i64 {
-    let ops = d.alloc_pages(1);
-    d.host_write_u64(ops, u64::from(MMUEXT_SET_LDT));
-    d.host_write_u64(ops + 8, linear);
-    d.host_write_u64(ops + 16, ents);
-    hc(d, nr::MMUEXT_OP, &[ops, 1, 0, dom])
+    let va = ops(d, &[(MMUEXT_SET_LDT, linear, ents)]);
+    hc(d, nr::MMUEXT_OP, &[va, 1, 0, dom])
 }
 
 /// Battery line `set_ldt(P6 0 dom=0x0) = -3`: dom0 naming itself by its

@@ -6,8 +6,12 @@
 //! battery (`tests/xen_differential.rs`) found real Xen doing that hv-sim
 //! did not.
 
+#[path = "common/xen.rs"]
+mod xen_helpers;
+
 use hv_sim::xen::domain::guest_pf_error_code;
 use hv_sim::xen::*;
+use xen_helpers::{hc, map, mfn};
 
 /// `_PAGE_USER`, `_PAGE_GUEST_KERNEL`, `_PAGE_GLOBAL`, `_PAGE_ACCESSED`,
 /// `_PAGE_DIRTY`, `_PAGE_PCD`, `_PAGE_PSE`.
@@ -36,15 +40,13 @@ impl T {
     }
 
     fn hc(&self, nr: u64, a: &[u64]) -> i64 {
-        let mut args = [0u64; 6];
-        args[..a.len()].copy_from_slice(a);
-        self.d.hypercall(0, nr, args)
+        hc(&self.d, nr, a)
     }
 
     /// A fresh page: (va, mfn), mapped writable.
     fn page(&self) -> (u64, u64) {
         let va = self.d.alloc_pages(1);
-        (va, self.d.virt_to_mfn(va).unwrap())
+        (va, mfn(&self.d, va))
     }
 
     fn put(&self, va: u64, slot: u64, v: u64) {
@@ -57,11 +59,7 @@ impl T {
 
     /// update_va_mapping of `va` to its own frame.
     fn map(&self, va: u64, rw: bool) -> i64 {
-        let m = self.d.virt_to_mfn(va).unwrap();
-        self.hc(
-            nr::UPDATE_VA_MAPPING,
-            &[va, m << 12 | 1 | if rw { 2 } else { 0 }, 0],
-        )
+        map(&self.d, va, rw)
     }
 
     fn done_va(&self) -> u64 {

@@ -1,48 +1,14 @@
 //! Xen PV personality, 32-bit compat ABI: layouts, split arguments, krpl 1.
 
+#[path = "common/xen.rs"]
+mod xen_helpers;
+
 use hv_sim::xen::*;
+use xen_helpers::{hc, map, mfn, set_gdt, table};
 
 const CODE32: u64 = 0x00cf_9b00_0000_ffff; // DPL 0 flat code, G=1
 const DATA32_DPL2: u64 = 0x00cf_d300_0000_ffff;
 const CODE64: u64 = 0x00af_9b00_0000_ffff;
-
-fn hc(d: &XenDomain, nr: u64, a: &[u64]) -> i64 {
-    let mut args = [0u64; 6];
-    args[..a.len()].copy_from_slice(a);
-    d.hypercall(0, nr, args)
-}
-
-fn mfn(d: &XenDomain, va: u64) -> u64 {
-    d.virt_to_mfn(va).unwrap()
-}
-
-fn map(d: &XenDomain, va: u64, writable: bool) -> i64 {
-    let pte = mfn(d, va) << 12 | 1 | if writable { 2 } else { 0 };
-    hc(
-        d,
-        nr::UPDATE_VA_MAPPING,
-        &[va, pte & 0xFFFF_FFFF, pte >> 32, 0],
-    )
-}
-
-fn table(d: &XenDomain, descs: &[u64]) -> (u64, u64) {
-    let va = d.alloc_pages(1);
-    for (i, x) in descs.iter().enumerate() {
-        assert!(d.host_write_u64(va + 8 * i as u64, *x));
-    }
-    assert_eq!(map(d, va, false), 0);
-    (va, mfn(d, va))
-}
-
-fn set_gdt(d: &XenDomain, mfns: &[u64], entries: u64) -> i64 {
-    let list = d.alloc_pages(1);
-    // uint32 frame list: pack two per 8-byte write.
-    for (i, pair) in mfns.chunks(2).enumerate() {
-        let v = pair[0] | pair.get(1).copied().unwrap_or(0) << 32;
-        d.host_write_u64(list + 8 * i as u64, v);
-    }
-    hc(d, nr::SET_GDT, &[list, entries])
-}
 
 #[test]
 fn guest_addresses_are_32_bit() {

@@ -1,48 +1,15 @@
 //! Xen PV personality, 64-bit ABI: every hypercall's success and errno paths.
 
+#[path = "common/xen.rs"]
+mod xen_helpers;
+
 use hv_sim::xen::*;
 use pvops_xen::XenPlatform;
+use xen_helpers::{hc, map, mc_entry, mfn, ops, set_gdt, table};
 
 const KCODE64: u64 = 0x00af_9b00_0000_ffff; // DPL 0 long-mode code
 const KDATA: u64 = 0x00cf_9300_0000_ffff; // DPL 0 flat data
 const TSS: u64 = 0x0000_8900_0000_0067; // present 64-bit TSS (low half)
-
-fn hc(d: &XenDomain, nr: u64, a: &[u64]) -> i64 {
-    let mut args = [0u64; 6];
-    args[..a.len()].copy_from_slice(a);
-    d.hypercall(0, nr, args)
-}
-
-fn mfn(d: &XenDomain, va: u64) -> u64 {
-    d.virt_to_mfn(va).unwrap()
-}
-
-fn map(d: &XenDomain, va: u64, writable: bool) -> i64 {
-    let m = mfn(d, va);
-    hc(
-        d,
-        nr::UPDATE_VA_MAPPING,
-        &[va, m << 12 | 1 | if writable { 2 } else { 0 }, 0],
-    )
-}
-
-/// A page with `descs` at slots 0.., mapped read-only; returns (va, mfn).
-fn table(d: &XenDomain, descs: &[u64]) -> (u64, u64) {
-    let va = d.alloc_pages(1);
-    for (i, x) in descs.iter().enumerate() {
-        assert!(d.host_write_u64(va + 8 * i as u64, *x));
-    }
-    assert_eq!(map(d, va, false), 0);
-    (va, mfn(d, va))
-}
-
-fn set_gdt(d: &XenDomain, mfns: &[u64], entries: u64) -> i64 {
-    let list = d.alloc_pages(1);
-    for (i, m) in mfns.iter().enumerate() {
-        d.host_write_u64(list + 8 * i as u64, *m);
-    }
-    hc(d, nr::SET_GDT, &[list, entries])
-}
 
 fn reason(d: &XenDomain) -> String {
     d.trace().last_call().unwrap().1.unwrap_or("").to_string()
@@ -404,14 +371,6 @@ fn set_segment_base_paths() {
     assert_eq!(d.vcpu(0).gs_base_user, 0x1234_5678);
 }
 
-fn mc_entry(d: &XenDomain, va: u64, op: u64, args: &[u64]) {
-    d.host_write_u64(va, op);
-    d.host_write_u64(va + 8, 0x5555);
-    for (i, a) in args.iter().enumerate() {
-        d.host_write_u64(va + 16 + 8 * i as u64, *a);
-    }
-}
-
 #[test]
 fn multicall_paths() {
     let d = XenDomain::pv64(64, 1);
@@ -441,18 +400,12 @@ fn multicall_paths() {
     assert!(s.contains("multicall inside a multicall"), "{s}");
 }
 
-fn mmuext(d: &XenDomain, ops: &[(u32, u64, u64)], dom: u16, pdone: u64) -> i64 {
-    let va = d.alloc_pages(1);
-    for (i, (c, a1, a2)) in ops.iter().enumerate() {
-        let o = va + 24 * i as u64;
-        d.host_write_u64(o, u64::from(*c));
-        d.host_write_u64(o + 8, *a1);
-        d.host_write_u64(o + 16, *a2);
-    }
+fn mmuext(d: &XenDomain, list: &[(u32, u64, u64)], dom: u16, pdone: u64) -> i64 {
+    let va = ops(d, list);
     hc(
         d,
         nr::MMUEXT_OP,
-        &[va, ops.len() as u64, pdone, u64::from(dom)],
+        &[va, list.len() as u64, pdone, u64::from(dom)],
     )
 }
 

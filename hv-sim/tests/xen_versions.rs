@@ -2,13 +2,11 @@
 //! differ on hv-sim's surface (XEN-SEMANTICS §V.1), each behaviour behind
 //! `XenDomain::set_version`.
 
-use hv_sim::xen::*;
+#[path = "common/xen.rs"]
+mod xen_helpers;
 
-fn hc(d: &XenDomain, nr: u64, a: &[u64]) -> i64 {
-    let mut args = [0u64; 6];
-    args[..a.len()].copy_from_slice(a);
-    d.hypercall(0, nr, args)
-}
+use hv_sim::xen::*;
+use xen_helpers::hc;
 
 #[test]
 fn the_default_is_4_17() {

@@ -1,20 +1,15 @@
 //! Regression tests named after the Xen security advisories that apply to
 //! the descriptor-table hypercalls.
 
-use hv_sim::xen::*;
+#[path = "common/xen.rs"]
+mod xen_helpers;
 
-fn hc(d: &XenDomain, nr: u64, a: &[u64]) -> i64 {
-    let mut args = [0u64; 6];
-    args[..a.len()].copy_from_slice(a);
-    d.hypercall(0, nr, args)
-}
+use hv_sim::xen::*;
+use xen_helpers::{hc, ops};
 
 fn mmuext1(d: &XenDomain, cmd: u32, a1: u64, a2: u64) -> i64 {
-    let ops = d.alloc_pages(1);
-    d.host_write_u64(ops, u64::from(cmd));
-    d.host_write_u64(ops + 8, a1);
-    d.host_write_u64(ops + 16, a2);
-    hc(d, nr::MMUEXT_OP, &[ops, 1, 0, u64::from(DOMID_SELF)])
+    let va = ops(d, &[(cmd, a1, a2)]);
+    hc(d, nr::MMUEXT_OP, &[va, 1, 0, u64::from(DOMID_SELF)])
 }
 
 #[test]
