@@ -141,6 +141,19 @@ pub fn compare(
     }
 }
 
+/// The seed to run: `HV_SIM_DIFF_SEED` if set (an error if it is not a
+/// u64), else a fresh one from the clock.
+pub fn seed_from_env() -> Result<u64, String> {
+    match std::env::var("HV_SIM_DIFF_SEED") {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| format!("HV_SIM_DIFF_SEED={v:?} is not a u64")),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)),
+    }
+}
+
 /// The battery's command line.
 pub fn cmdline(seed: u64, count: usize) -> String {
     let dump = if std::env::var_os("HV_SIM_DIFF_DUMP").is_some() {

@@ -423,14 +423,14 @@ fn real_xen_section(ok: &mut bool) -> Vec<String> {
         println!("  SKIPPED: hv-sim's side needs KVM ({why})");
         return lines;
     }
-    let seed = std::env::var("HV_SIM_DIFF_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007)
-        });
+    let seed = match hv_sim::differential::seed_from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            println!("  {e}");
+            *ok = false;
+            return lines;
+        }
+    };
     let count = 10_000;
     let t = std::time::Instant::now();
     match hv_sim::differential::run(&xen, &elf, seed, count, std::time::Duration::from_secs(300)) {

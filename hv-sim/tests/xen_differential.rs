@@ -19,15 +19,8 @@ use hv_sim::testing::{kvm_or_skip, xen_or_skip};
 const FIXED_SEEDS: [u64; 2] = [1, 0x005e_ed0f_da7a];
 
 fn seeds() -> Vec<u64> {
-    let random = match std::env::var("HV_SIM_DIFF_SEED") {
-        Ok(v) => v.parse().expect("HV_SIM_DIFF_SEED is a u64"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(7),
-    };
     let mut v = FIXED_SEEDS.to_vec();
-    v.push(random);
+    v.push(differential::seed_from_env().unwrap_or_else(|e| panic!("{e}")));
     v
 }
 

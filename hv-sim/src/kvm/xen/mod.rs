@@ -845,10 +845,7 @@ impl XenGuest {
             let page = REAL_LDT + j as u64 * 4096;
             let at = layout::RING3_PT_BASE + (page >> 12) * 8;
             let want = if *p { page | PTE_P | PTE_RW } else { 0 };
-            if self.read(at)? & !PTE_AD != want {
-                self.write(at, want)?;
-                ldt_ptes_changed = true;
-            }
+            ldt_ptes_changed |= self.set_real_pte(at, want)?;
         }
 
         // set_segment_base.
@@ -868,36 +865,38 @@ impl XenGuest {
         // The domain's L1 entries, mirrored into the real page tables (only
         // when some changed since the last look).
         let ptes = self.dom.direct_map_ptes();
-        let mut changed = false;
-        if ptes == self.last_ptes {
-            if ldt_ptes_changed {
-                self.flush_shadow_mmu(vm)?;
+        let mut changed = ldt_ptes_changed;
+        if ptes != self.last_ptes {
+            debug_assert_eq!(ptes.len(), self.pages);
+            for (pfn, pte) in ptes.iter().enumerate().skip(RESERVED_PAGES) {
+                let want = if pte & PTE_P != 0 {
+                    let mfn = (pte & PTE_MFN_MASK) >> 12;
+                    match self.dom.mfn_to_pfn(mfn) {
+                        Some(target) => (target << 12) | PTE_P | PTE_U | (pte & PTE_RW),
+                        None => 0,
+                    }
+                } else {
+                    0
+                };
+                changed |= self.set_real_pte(layout::RING3_PT_BASE + pfn as u64 * 8, want)?;
             }
-            return Ok(());
+            self.last_ptes = ptes;
         }
-        for (pfn, pte) in ptes.iter().enumerate().skip(RESERVED_PAGES) {
-            let want = if pte & PTE_P != 0 {
-                let mfn = (pte & PTE_MFN_MASK) >> 12;
-                match self.dom.mfn_to_pfn(mfn) {
-                    Some(target) => (target << 12) | PTE_P | PTE_U | (pte & PTE_RW),
-                    None => 0,
-                }
-            } else {
-                0
-            };
-            let at = layout::RING3_PT_BASE + pfn as u64 * 8;
-            // The CPU sets accessed/dirty in the real entries: not a change.
-            if self.read(at)? & !PTE_AD != want {
-                self.write(at, want)?;
-                changed = true;
-            }
-        }
-        debug_assert_eq!(ptes.len(), self.pages);
-        self.last_ptes = ptes;
-        if changed || ldt_ptes_changed {
+        if changed {
             self.flush_shadow_mmu(vm)?;
         }
         Ok(())
+    }
+
+    /// Write the real page-table entry at `at` if it differs from `want`;
+    /// the accessed/dirty bits the CPU sets are not a difference. Returns
+    /// whether it wrote.
+    fn set_real_pte(&self, at: u64, want: u64) -> Result<bool, String> {
+        if self.read(at)? & !PTE_AD == want {
+            return Ok(false);
+        }
+        self.write(at, want)?;
+        Ok(true)
     }
 
     /// hv-sim wrote page-table entries behind KVM's back: KVM's shadow
