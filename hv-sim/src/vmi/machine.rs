@@ -41,6 +41,9 @@ pub const EINVAL: i64 = 22;
 pub const ENOSYS: i64 = 38;
 
 /// Guest linear memory as the hypervisor reads and writes it.
+///
+/// A safe trait: callers get bytes and a bool back, nothing they
+/// dereference (an implementation must be sound for every address itself).
 pub trait GuestMemory {
     /// Read `buf.len()` bytes at `addr`; false if any is not accessible.
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool;
@@ -59,7 +62,9 @@ pub struct HostGuestMemory {
 impl HostGuestMemory {
     /// # Safety
     /// Every pointer the guest passes in a call (tables, DTR operands) must
-    /// be valid host memory for what the call reads or writes.
+    /// be valid host memory for what the call reads or writes, and a table
+    /// it loads (SetGDT, SetIDT, an LDT) stays valid while loaded: the
+    /// in-process backend reads the table GetGDT reports.
     pub unsafe fn new() -> HostGuestMemory {
         HostGuestMemory { _private: () }
     }
