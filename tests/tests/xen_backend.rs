@@ -54,7 +54,7 @@ fn args_of(dom: &XenDomain, which: &str) -> Vec<String> {
     dom.trace()
         .calls()
         .filter_map(|e| match e {
-            TraceEvent::Call { name, args, .. } if *name == which => Some(args.clone()),
+            TraceEvent::Call { name, .. } if *name == which => e.args_text(),
             _ => None,
         })
         .collect()

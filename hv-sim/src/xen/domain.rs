@@ -1,19 +1,22 @@
 //! The simulated PV domain: memory, frames, mappings, vCPUs, and the
 //! hypercall handlers.
 
-use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::descriptor_policy::{Abi, check_descriptor};
 use super::mem::{FrameInfo, GuestRam, PAGE_SIZE, PageType};
-use super::trace::{Trace, TraceEvent, errno_name};
+use super::trace::{Change, ChangeIds, Trace, TraceEvent, decode_args, errno_name};
 use super::*;
 
 // Xen's page-table types, mmu_update and the page-table MMUEXT commands.
 #[path = "pagetables.rs"]
 mod pagetables;
 use pagetables::PgOwner;
+// Xen's copy of validated frames, and the audit for direct stores.
+#[path = "shadow.rs"]
+mod shadow;
 pub use pagetables::guest_pf_error_code;
+use shadow::Shadows;
 
 /// First machine frame number of the domain (mfn = pfn * 3 + MFN_OFFSET).
 pub const MFN_OFFSET: u64 = 0x1d0;
@@ -227,11 +230,13 @@ pub(crate) struct Inner {
     /// Guest L1 entries, one per VA page of the direct map.
     ptes: Vec<u64>,
     vcpus: Vec<VcpuState>,
-    /// Contents of every seg_desc-typed frame as Xen validated/wrote them.
-    shadows: BTreeMap<usize, Box<[u64; 512]>>,
+    /// Contents of every typed frame as Xen validated/wrote them.
+    shadows: Shadows,
     pub(crate) trace: Trace,
     seq: u64,
-    changes: Vec<String>,
+    /// The trace event whose changes [`Inner::note`] logs now (`None`:
+    /// changes made outside any event are not kept).
+    owner: Option<u64>,
     strict: bool,
     strict_failures: Vec<String>,
     next_free: usize,
@@ -318,10 +323,10 @@ impl XenDomain {
                 frames,
                 ptes,
                 vcpus: vc,
-                shadows: BTreeMap::new(),
+                shadows: Shadows::new(pages),
                 trace: Trace::default(),
                 seq: 0,
-                changes: Vec::new(),
+                owner: None,
                 strict: false,
                 strict_failures: Vec::new(),
                 next_free: vcpus + 1,
@@ -398,10 +403,10 @@ impl XenDomain {
                 frames,
                 ptes,
                 vcpus: vc,
-                shadows: BTreeMap::new(),
+                shadows: Shadows::new(pages),
                 trace: Trace::default(),
                 seq: 0,
-                changes: Vec::new(),
+                owner: None,
                 strict: false,
                 strict_failures: Vec::new(),
                 next_free: reserved + vcpus,
@@ -578,14 +583,19 @@ impl XenDomain {
     /// The descriptor the hardware would see at GDT index `idx` of vCPU `v`
     /// (0 for slots not backed by a guest frame, including Xen's entries).
     pub fn gdt_entry(&self, v: usize, idx: u32) -> u64 {
-        self.lock().gdt_entry(v, idx)
+        let mut g = self.lock();
+        let d = g.gdt_entry(v, idx);
+        g.audit_if_suspect();
+        d
     }
 
     /// The descriptor at LDT index `idx` of vCPU `v` if its page is mapped
     /// (see [`XenDomain::touch_ldt`]).
     pub fn ldt_entry(&self, v: usize, idx: u32) -> Option<u64> {
-        let g = self.lock();
-        g.ldt_entry_mapped(v, idx)
+        let mut g = self.lock();
+        let d = g.ldt_entry_mapped(v, idx);
+        g.audit_if_suspect();
+        d
     }
 
     /// A guest store of 8 bytes at `va` through its page tables: needs a
@@ -638,7 +648,20 @@ impl XenDomain {
 
     /// A copy of the trace.
     pub fn trace(&self) -> Trace {
-        self.lock().trace.clone()
+        let mut g = self.lock();
+        g.audit();
+        g.trace.clone()
+    }
+
+    /// Keep the whole trace (`true`), or only the last
+    /// [`trace::TRACE_CAP`](super::trace::TRACE_CAP) events and changes
+    /// (`false`, the default). Either way the trace starts afresh.
+    pub fn set_full_trace(&self, full: bool) {
+        self.lock().trace = if full {
+            Trace::unbounded()
+        } else {
+            Trace::default()
+        };
     }
 
     /// Forget the trace.
@@ -648,7 +671,8 @@ impl XenDomain {
 
     /// The violations recorded so far.
     pub fn violations(&self) -> Vec<String> {
-        let g = self.lock();
+        let mut g = self.lock();
+        g.audit();
         let mut v: Vec<String> = g
             .trace
             .events
@@ -681,12 +705,13 @@ impl XenDomain {
         let mut g = self.lock();
         assert!(vcpu < g.vcpus.len(), "hv-sim: no vCPU {vcpu}");
         g.strict_failures.clear();
-        g.check_shadows();
+        g.enter();
         let (nr, args) = match g.abi {
             Abi::Pv64 => (nr, args),
             Abi::Pv32 => (nr & 0xFFFF_FFFF, args.map(|a| a & 0xFFFF_FFFF)),
         };
         let r = g.dispatch(vcpu, nr, args, 0);
+        g.audit_if_suspect();
         g.finish_strict().map_or(r, |msg| {
             drop(g);
             panic!("{msg}")
@@ -706,16 +731,31 @@ impl XenDomain {
         let mut g = self.lock();
         assert!(v < g.vcpus.len(), "hv-sim: no vCPU {v}");
         g.strict_failures.clear();
-        g.check_shadows();
-        g.changes.clear();
-        let r = g.map_ldt(v, index, user_mode);
-        let changes = std::mem::take(&mut g.changes);
-        g.trace.push(TraceEvent::LdtFault {
+        g.enter();
+        let from = g.trace.next_change();
+        let id = g.trace.push(TraceEvent::LdtFault {
             vcpu: v,
             index,
-            fault: r.as_ref().err().map(|f| f.to_string()),
-            changes,
+            fault: None,
+            changes: ChangeIds::default(),
         });
+        g.owner = Some(id);
+        let r = g.map_ldt(v, index, user_mode);
+        g.owner = None;
+        let to = g.trace.next_change();
+        g.trace.replace(
+            id,
+            TraceEvent::LdtFault {
+                vcpu: v,
+                index,
+                fault: r.as_ref().err().map(|f| f.to_string()),
+                changes: ChangeIds {
+                    owner: id,
+                    ids: from..to,
+                },
+            },
+        );
+        g.audit_if_suspect();
         if let Err(f) = &r {
             let m = format!("LDT entry {index} on vcpu{v}: Xen would inject {f}");
             g.strict_failures.push(m);
@@ -736,7 +776,7 @@ impl XenDomain {
     /// descriptor frames (recording and undoing them as violations).
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut g = self.lock();
-        g.check_shadows();
+        g.audit();
         g.invariants()
     }
 }
@@ -807,13 +847,51 @@ impl Inner {
         Some((pfn, (va as usize) & (PAGE_SIZE - 1)))
     }
 
-    pub(crate) fn load_bytes(&self, va: u64, buf: &mut [u8]) -> Result<(), ()> {
-        for (i, b) in buf.iter_mut().enumerate() {
-            let a = va.checked_add(i as u64).ok_or(())?;
-            let (pfn, off) = self.translate(a, false).ok_or(())?;
-            *b = self.ram.read_u8(pfn, off);
+    /// The guest-virtual range `va..va + len` as (pfn, offset, length)
+    /// pieces, one per page, through the guest mappings; `Err(done)` with
+    /// the bytes before the first unmapped (or, `write`, read-only) one.
+    fn pieces(
+        &self,
+        va: u64,
+        len: usize,
+        write: bool,
+        mut each: impl FnMut(usize, usize, usize, usize),
+    ) -> Result<(), usize> {
+        let mut done = 0;
+        while done < len {
+            let t = va
+                .checked_add(done as u64)
+                .and_then(|a| self.translate(a, write));
+            let Some((pfn, off)) = t else {
+                return Err(done);
+            };
+            let n = (PAGE_SIZE - off).min(len - done);
+            each(done, pfn, off, n);
+            done += n;
         }
         Ok(())
+    }
+
+    /// Bytes `off..off + out.len()` of frame `pfn` as Xen's memory holds
+    /// them (a typed frame's shadow).
+    fn read_frame(&self, pfn: usize, off: usize, out: &mut [u8]) {
+        self.ram.read_bytes(pfn, off, out);
+        if self.shadows.contains_key(pfn) {
+            for (i, b) in out.iter_mut().enumerate() {
+                let a = off + i;
+                let w = self.slot(pfn, a / 8).to_le_bytes();
+                *b = w[a % 8];
+            }
+        }
+    }
+
+    /// Xen's `copy_from_guest`: all of `buf`, a page at a time, or `Err`.
+    pub(crate) fn load_bytes(&self, va: u64, buf: &mut [u8]) -> Result<(), ()> {
+        let len = buf.len();
+        self.pieces(va, len, false, |at, pfn, off, n| {
+            self.read_frame(pfn, off, &mut buf[at..at + n]);
+        })
+        .map_err(|_| ())
     }
 
     /// Store through the guest mappings.
@@ -823,46 +901,29 @@ impl Inner {
     /// `copy_to_guest` (`rep movsb` with an exception fix-up,
     /// `lib/copy-guest.c`): bytes before the first faulting one are written.
     fn store_bytes(&self, va: u64, data: &[u8], guest: bool) -> Result<(), ()> {
-        let mut dst = Vec::with_capacity(data.len());
-        let mut faulted = false;
-        for i in 0..data.len() {
-            match va
-                .checked_add(i as u64)
-                .and_then(|a| self.translate(a, true))
-            {
-                Some(t) => dst.push(t),
-                None => {
-                    faulted = true;
-                    break;
-                }
-            }
-        }
-        if faulted && guest {
+        if guest && self.pieces(va, data.len(), true, |_, _, _, _| {}).is_err() {
             return Err(());
         }
-        for ((pfn, off), b) in dst.into_iter().zip(data) {
-            self.ram.write_u8(pfn, off, *b);
-        }
-        if faulted { Err(()) } else { Ok(()) }
+        self.pieces(va, data.len(), true, |at, pfn, off, n| {
+            self.ram.write_bytes(pfn, off, &data[at..at + n]);
+        })
+        .map_err(|_| ())
     }
 
     /// Xen's `copy_from_guest` into `buf`: on a fault the bytes read so far
     /// are kept and the rest is zero-filled (`copy_from_guest_pv`).
     fn load_bytes_padded(&self, va: u64, buf: &mut [u8]) -> Result<(), ()> {
-        let mut r = Ok(());
-        for (i, b) in buf.iter_mut().enumerate() {
-            match va
-                .checked_add(i as u64)
-                .and_then(|a| self.translate(a, false))
-            {
-                Some((pfn, off)) if r.is_ok() => *b = self.ram.read_u8(pfn, off),
-                _ => {
-                    r = Err(());
-                    *b = 0;
-                }
+        let len = buf.len();
+        let r = self.pieces(va, len, false, |at, pfn, off, n| {
+            self.read_frame(pfn, off, &mut buf[at..at + n]);
+        });
+        match r {
+            Ok(()) => Ok(()),
+            Err(done) => {
+                buf[done..].fill(0);
+                Err(())
             }
         }
-        r
     }
 
     fn load_u64(&self, va: u64) -> Result<u64, ()> {
@@ -892,8 +953,11 @@ impl Inner {
         }
     }
 
-    pub(crate) fn note(&mut self, s: String) {
-        self.changes.push(s);
+    /// Record change `c` for the event running now.
+    pub(crate) fn note(&mut self, c: Change) {
+        if let Some(owner) = self.owner {
+            self.trace.log(owner, c);
+        }
     }
 
     // ----------------------------------------------------------------
@@ -921,47 +985,11 @@ impl Inner {
             .collect()
     }
 
-    fn check_shadows(&mut self) {
-        let mut bad = Vec::new();
-        for (pfn, sh) in &self.shadows {
-            let cur = self.ram.page_slots(*pfn);
-            if let Some(slot) = (0..512).find(|&i| cur[i] != sh[i]) {
-                bad.push((*pfn, slot, cur[slot], sh[slot]));
-            }
-        }
-        for (pfn, slot, now, was) in bad {
-            let mfn = self.mfn(pfn);
-            let sh = self.shadows[&pfn].clone();
-            for (i, v) in sh.iter().enumerate() {
-                self.ram.write_u64(pfn, i * 8, *v);
-            }
-            let (what, how) = if self.frames[pfn].typ.level().is_some() {
-                (
-                    "page-table",
-                    "Page tables may only change through mmu_update",
-                )
-            } else {
-                (
-                    "descriptor",
-                    "Descriptor pages may only change through update_descriptor",
-                )
-            };
-            let m = format!(
-                "guest wrote {what} frame mfn {mfn:#x} directly while it had no writable mapping \
-                 (slot {slot}: {was:#018x} -> {now:#018x}); on Xen that store faults, so hv-sim undid it. \
-                 {how}"
-            );
-            self.trace
-                .push(TraceEvent::Violation { message: m.clone() });
-            self.strict_failures.push(m);
-        }
-    }
-
     fn gdt_entry(&self, v: usize, idx: u32) -> u64 {
         let vc = &self.vcpus[v];
         match vc.gdt_frames.get((idx / 512) as usize) {
             Some(&mfn) if idx < 7168 => match self.m2p(mfn) {
-                Some(pfn) => self.ram.read_u64(pfn, (idx as usize % 512) * 8),
+                Some(pfn) => self.slot(pfn, idx as usize % 512),
                 None => 0,
             },
             _ => 0,
@@ -973,7 +1001,7 @@ impl Inner {
         let off = idx as usize * 8;
         let mfn = (*vc.ldt_mapped.get(off / PAGE_SIZE)?)?;
         let pfn = self.m2p(mfn)?;
-        Some(self.ram.read_u64(pfn, off % PAGE_SIZE))
+        Some(self.slot(pfn, (off % PAGE_SIZE) / 8))
     }
 
     fn invariants(&self) -> Result<(), String> {
@@ -1055,7 +1083,7 @@ impl Inner {
             if fi.refs != mapped[pfn] + seg[pfn] + pt.refs[pfn] {
                 return Err(format!("mfn {mfn:#x}: refs {} wrong", fi.refs));
             }
-            if fi.typ == PageType::SegDesc && !self.shadows.contains_key(&pfn) {
+            if fi.typ == PageType::SegDesc && !self.shadows.contains_key(pfn) {
                 return Err(format!("mfn {mfn:#x}: seg_desc without shadow"));
             }
         }
@@ -1119,7 +1147,7 @@ impl Inner {
                     let f = &mut self.frames[pfn];
                     f.typ = PageType::None;
                     f.validated = false;
-                    self.shadows.remove(&pfn);
+                    self.shadows.remove(pfn);
                     return Err(format!(
                         "validating frame {mfn:#x}: slot {i} = {d:#018x} rejected: {r} (slots 0..{i} were already rewritten in place)"
                     ));
@@ -1132,7 +1160,10 @@ impl Inner {
         f.type_count = 1;
         f.refs += 1;
         self.shadows.insert(pfn, self.ram.page_slots(pfn));
-        self.note(format!("mfn {mfn:#x} validated and typed seg_desc"));
+        self.note(Change::Typed {
+            mfn,
+            typ: PageType::SegDesc,
+        });
         Ok(())
     }
 
@@ -1159,8 +1190,8 @@ impl Inner {
                 });
             }
             if f.typ == PageType::SegDesc {
-                self.shadows.remove(&pfn);
-                self.note(format!("mfn {mfn:#x} loses its seg_desc type"));
+                self.shadows.remove(pfn);
+                self.note(Change::SegDescLost { mfn });
             }
             let fm = &mut self.frames[pfn];
             fm.typ = PageType::Writable;
@@ -1175,7 +1206,7 @@ impl Inner {
         for (i, s) in slots.iter().enumerate() {
             if let Some(mfn) = s {
                 self.put_type(*mfn);
-                self.note(format!("LDT slot {i} (mfn {mfn:#x}) unmapped"));
+                self.note(Change::LdtUnmapped { slot: i, mfn: *mfn });
             }
         }
         self.vcpus[v].ldt_mapped = [None; 16];
@@ -1227,7 +1258,7 @@ impl Inner {
         }
         let slot = (off as usize) / PAGE_SIZE;
         self.vcpus[v].ldt_mapped[slot] = Some(mfn);
-        self.note(format!("LDT slot {slot} maps mfn {mfn:#x}"));
+        self.note(Change::LdtMapped { slot, mfn });
         Ok(self.ldt_entry_mapped(v, index).unwrap_or(0))
     }
 
@@ -1238,81 +1269,43 @@ impl Inner {
         let seq = self.seq;
         self.seq += 1;
         let name = hypercall_name(nr);
-        let args = self.decode_args(nr, &a);
-        let slot = self.trace.push(TraceEvent::Call {
+        let abi = self.abi;
+        let call = |result, reason, changes| TraceEvent::Call {
             seq,
             vcpu: v,
             depth,
             nr,
             name,
-            args: args.clone(),
-            result: 0,
-            reason: None,
-            changes: Vec::new(),
-        });
-        let saved = std::mem::take(&mut self.changes);
+            abi,
+            args: a,
+            result,
+            reason,
+            changes,
+        };
+        // The event goes in first (a multicall's sub-calls follow it); its
+        // result and changes are filled in when it returns.
+        let from = self.trace.next_change();
+        let id = self.trace.push(call(0, None, ChangeIds::default()));
+        let outer = self.owner.replace(id);
         let r = self.run(v, nr, a, depth);
-        let changes = std::mem::replace(&mut self.changes, saved);
+        self.owner = outer;
+        let changes = ChangeIds {
+            owner: id,
+            ids: from..self.trace.next_change(),
+        };
         let (result, reason) = match r {
             Ok(x) => (x, None),
             Err(f) => (-f.errno, Some(f.reason)),
         };
         if let Some(r) = &reason {
             self.strict_failures.push(format!(
-                "{name}({args}) = -{} ({result}): {r}",
+                "{name}({}) = -{} ({result}): {r}",
+                decode_args(nr, abi, &a),
                 errno_name(result)
             ));
         }
-        self.trace.replace(
-            slot,
-            TraceEvent::Call {
-                seq,
-                vcpu: v,
-                depth,
-                nr,
-                name,
-                args,
-                result,
-                reason,
-                changes,
-            },
-        );
+        self.trace.replace(id, call(result, reason, changes));
         result
-    }
-
-    fn decode_args(&self, nr: u64, a: &[u64; 6]) -> String {
-        match (nr, self.abi) {
-            (0, _) => format!("table={:#x}", a[0]),
-            (1, _) => format!(
-                "reqs={:#x}, count={:#x}, pdone={:#x}, foreigndom={:#x}",
-                a[0], a[1] as u32, a[2], a[3] as u32
-            ),
-            (2, _) => format!("frame_list={:#x}, entries={}", a[0], a[1] as u32),
-            (3, _) => format!("ss={:#x}, sp={:#x}", a[0], a[1]),
-            (10, Abi::Pv64) => format!("maddr={:#x}, desc={:#018x}", a[0], a[1]),
-            (10, Abi::Pv32) => format!(
-                "maddr={:#x}, desc={:#018x}",
-                a[0] | a[1] << 32,
-                a[2] | a[3] << 32
-            ),
-            (13, _) => format!("list={:#x}, nr={}", a[0], a[1]),
-            (14, Abi::Pv64) => format!("va={:#x}, pte={:#x}, flags={:#x}", a[0], a[1], a[2]),
-            (14, Abi::Pv32) => format!(
-                "va={:#x}, pte={:#x}, flags={:#x}",
-                a[0],
-                a[1] | a[2] << 32,
-                a[3]
-            ),
-            (25, _) => format!("which={}, base={:#x}", a[0] as u32, a[1]),
-            (26, _) => format!(
-                "ops={:#x}, count={:#x}, pdone={:#x}, foreigndom={:#x}",
-                a[0], a[1] as u32, a[2], a[3] as u32
-            ),
-            _ => format!(
-                "{:#x}, {:#x}, {:#x}, {:#x}, {:#x}",
-                a[0], a[1], a[2], a[3], a[4]
-            ),
-        }
     }
 
     fn run(&mut self, v: usize, nr: u64, a: [u64; 6], depth: u32) -> Hc {
@@ -1355,7 +1348,7 @@ impl Inner {
     fn set_trap_table(&mut self, v: usize, table: u64) -> Hc {
         if table == 0 {
             self.vcpus[v].trap_table = vec![TrapInfo::default(); 256];
-            self.note("virtual IDT cleared (NULL table)".into());
+            self.note(Change::TrapTableCleared);
             return Ok(0);
         }
         let size = match self.abi {
@@ -1403,9 +1396,12 @@ impl Inner {
                 address,
             };
             self.vcpus[v].trap_table[vector as usize] = t;
-            self.note(format!(
-                "trap[{vector}] = cs {cs:#x} address {address:#x} flags {flags:#x}"
-            ));
+            self.note(Change::Trap {
+                vector,
+                cs,
+                address,
+                flags,
+            });
             i += 1;
         }
     }
@@ -1452,15 +1448,10 @@ impl Inner {
         for m in old {
             self.put_type(m);
         }
-        self.note(format!(
-            "GDT = {} entries in frames [{}]",
+        self.note(Change::Gdt {
             entries,
-            frames
-                .iter()
-                .map(|m| format!("{m:#x}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+            frames: frames.as_slice().into(),
+        });
         let vc = &mut self.vcpus[v];
         vc.gdt_frames = frames;
         vc.gdt_ents = entries;
@@ -1473,7 +1464,7 @@ impl Inner {
         let vc = &mut self.vcpus[v];
         vc.kernel_ss = ss;
         vc.kernel_sp = sp;
-        self.note(format!("kernel_ss = {ss:#x}, kernel_sp = {sp:#x}"));
+        self.note(Change::KernelStack { ss, sp });
         Ok(0)
     }
 
@@ -1492,16 +1483,16 @@ impl Inner {
         };
         let off = (maddr & 0xFFF) as usize;
         if self.frames[pfn].typ == PageType::SegDesc {
-            self.ram.write_u64(pfn, off, stored);
-            if let Some(sh) = self.shadows.get_mut(&pfn) {
-                sh[off / 8] = stored;
-            }
+            self.set_slot(pfn, off / 8, stored);
         } else {
             self.get_writable_type(pfn).map_err(|r| fail(EINVAL, r))?;
             self.ram.write_u64(pfn, off, stored);
             self.frames[pfn].type_count -= 1;
         }
-        self.note(format!("[{maddr:#x}] = {stored:#018x}"));
+        self.note(Change::Descriptor {
+            maddr,
+            value: stored,
+        });
         Ok(0)
     }
 
@@ -1567,7 +1558,11 @@ impl Inner {
         self.ptes[idx] = pte;
         self.live_l1_written(idx);
         let page_va = self.va_base + (idx * PAGE_SIZE) as u64;
-        self.note(format!("pte[va {page_va:#x}] {old:#x} -> {pte:#x}"));
+        self.note(Change::Pte {
+            va: page_va,
+            old,
+            new: pte,
+        });
         let kind = flags & 3;
         let target = flags & !3;
         if (kind == 1 || kind == 2) && target != 0 && target != 4 {
@@ -1634,7 +1629,7 @@ impl Inner {
                         "gs_base_kernel"
                     }
                 };
-                self.note(format!("{what} = {base:#x}"));
+                self.note(Change::SegmentBase { which: what, base });
                 Ok(0)
             }
             3 => {
@@ -1651,15 +1646,13 @@ impl Inner {
                         let vc = &mut self.vcpus[v];
                         vc.gs_user_sel = sel;
                         vc.gs_base_user = b;
-                        self.note(format!("user %gs = {sel:#x} (base {b:#x})"));
+                        self.note(Change::UserGs { sel, base: b });
                     }
                     Err(r) => {
                         let vc = &mut self.vcpus[v];
                         vc.gs_user_sel = 0;
                         vc.gs_base_user = 0;
-                        self.note(format!(
-                            "loading user %gs = {sel:#x} faulted ({r}); %gs left null, result 0 as on Xen"
-                        ));
+                        self.note(Change::UserGsFaulted { sel, why: r });
                     }
                 }
                 Ok(0)
@@ -1733,13 +1726,8 @@ impl Inner {
             && let Some((pfn, off)) = loc
         {
             let nd = d | (1 << 40);
-            self.ram.write_u64(pfn, off, nd);
-            if let Some(sh) = self.shadows.get_mut(&pfn) {
-                sh[off / 8] = nd;
-            }
-            self.note(format!(
-                "CPU set the accessed bit of selector {sel:#x}'s descriptor: {nd:#018x}"
-            ));
+            self.set_slot(pfn, off / 8, nd);
+            self.note(Change::AccessedBit { sel, desc: nd });
         }
         Ok(((d >> 16) & 0xFF_FFFF) | (((d >> 56) & 0xFF) << 24))
     }
@@ -1810,9 +1798,7 @@ impl Inner {
                     Abi::Pv64 => result,
                     Abi::Pv32 => i64::from(result as i32),
                 };
-                self.note(format!(
-                    "entry {i} was iret: the multicall stops and returns its result ({rc})"
-                ));
+                self.note(Change::MulticallIret { entry: i, rc });
                 return Ok(rc);
             }
             if ok.is_err() {
@@ -1834,9 +1820,7 @@ impl Inner {
         // (`do_mmuext_op`; `compat_mmuext_op` forwards it unchanged).
         if count == 0x8000_0000 && ops == 0 {
             let rc = i64::from(foreigndom as i32);
-            self.note(format!(
-                "count = MMU_UPDATE_PREEMPTED with NULL ops: returns foreigndom ({rc})"
-            ));
+            self.note(Change::PreemptedStatus { what: "ops", rc });
             return Ok(rc);
         }
         let preempted = count & 0x8000_0000 != 0;
@@ -1958,9 +1942,10 @@ impl Inner {
                 let vc = &mut self.vcpus[v];
                 vc.ldt_base = base;
                 vc.ldt_ents = ents;
-                self.note(format!(
-                    "LDT = base {base:#x}, {ents} entries (pages mapped on first use)"
-                ));
+                self.note(Change::Ldt {
+                    base,
+                    entries: u64::from(ents),
+                });
                 Ok(0)
             }
             MMUEXT_TLB_FLUSH_LOCAL

@@ -82,20 +82,6 @@ impl GuestRam {
         unsafe { self.ptr.as_ptr().add(pfn * PAGE_SIZE + off) }
     }
 
-    /// Read one byte.
-    pub(crate) fn read_u8(&self, pfn: usize, off: usize) -> u8 {
-        let p = self.byte_ptr(pfn, off);
-        // SAFETY: `p` is inside the live allocation (checked by byte_ptr).
-        unsafe { p.read_volatile() }
-    }
-
-    /// Write one byte.
-    pub(crate) fn write_u8(&self, pfn: usize, off: usize, v: u8) {
-        let p = self.byte_ptr(pfn, off);
-        // SAFETY: `p` is inside the live allocation (checked by byte_ptr).
-        unsafe { p.write_volatile(v) }
-    }
-
     /// Read an aligned 8-byte slot (`off` must be a multiple of 8).
     pub(crate) fn read_u64(&self, pfn: usize, off: usize) -> u64 {
         assert!(off.is_multiple_of(8));
@@ -111,6 +97,33 @@ impl GuestRam {
         let p = self.byte_ptr(pfn, off) as *mut u64;
         // SAFETY: as for read_u64.
         unsafe { p.write_volatile(v) }
+    }
+
+    /// Read `out.len()` bytes from `off` in page `pfn` (within the page).
+    pub(crate) fn read_bytes(&self, pfn: usize, off: usize, out: &mut [u8]) {
+        assert!(off + out.len() <= PAGE_SIZE, "read crosses a page");
+        if out.is_empty() {
+            return;
+        }
+        let p = self.byte_ptr(pfn, off);
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: `off + i < PAGE_SIZE`, so `p + i` stays inside page
+            // `pfn` of the live allocation (byte_ptr checked `pfn`).
+            *b = unsafe { p.add(i).read_volatile() };
+        }
+    }
+
+    /// Write `data` at `off` in page `pfn` (within the page).
+    pub(crate) fn write_bytes(&self, pfn: usize, off: usize, data: &[u8]) {
+        assert!(off + data.len() <= PAGE_SIZE, "write crosses a page");
+        if data.is_empty() {
+            return;
+        }
+        let p = self.byte_ptr(pfn, off);
+        for (i, b) in data.iter().enumerate() {
+            // SAFETY: as for read_bytes.
+            unsafe { p.add(i).write_volatile(*b) };
+        }
     }
 
     /// Copy of one page as 512 slots.

@@ -4,6 +4,7 @@
 //! (`do_sched_op`, `SCHEDOP_shutdown`).
 
 use super::domain::{Hc, Inner, fail};
+use super::trace::Change;
 use super::{EFAULT, ENOSYS, EPERM};
 
 /// `CONSOLEIO_write`.
@@ -122,10 +123,10 @@ impl Inner {
                 // domain_shutdown takes the reason as a u8.
                 let reason = u32::from(b[0]);
                 self.shutdown = Some(reason);
-                self.note(format!(
-                    "domain shut down: reason {reason} ({})",
-                    shutdown::name(reason)
-                ));
+                self.note(Change::Shutdown {
+                    reason,
+                    name: shutdown::name(reason),
+                });
                 Ok(0)
             }
             _ => Err(fail(

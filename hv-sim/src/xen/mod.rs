@@ -43,7 +43,7 @@ pub use descriptor_policy::{Abi, Reject, check_descriptor};
 pub use domain::{GuestFault, TrapInfo, VcpuState, XenDomain, XenVersion};
 pub use mem::{FrameInfo, PageType};
 pub use platform::XenVcpu;
-pub use trace::{Trace, TraceEvent};
+pub use trace::{Change, ChangeIds, EventDisplay, Trace, TraceEvent};
 
 /// Hypercall numbers (`public/xen.h`).
 pub mod nr {

@@ -184,7 +184,7 @@ impl Inner {
     fn read_entry(&self, pfn: usize, slot: usize) -> u64 {
         match self.live_index(pfn, slot) {
             Some(i) => self.ptes[i],
-            None => self.ram.read_u64(pfn, slot * 8),
+            None => self.slot(pfn, slot),
         }
     }
 
@@ -194,10 +194,7 @@ impl Inner {
         if let Some(i) = self.live_index(pfn, slot) {
             self.ptes[i] = v;
         }
-        self.ram.write_u64(pfn, slot * 8, v);
-        if let Some(sh) = self.shadows.get_mut(&pfn) {
-            sh[slot] = v;
-        }
+        self.set_slot(pfn, slot, v);
     }
 
     /// `update_va_mapping` wrote direct-map entry `idx`: a bootstrap L1
@@ -213,10 +210,7 @@ impl Inner {
             .map(|(p, base)| (*p, ((va - base) / PAGE_SIZE as u64) as usize));
         if let Some((pfn, slot)) = hit {
             let v = self.ptes[idx];
-            self.ram.write_u64(pfn, slot * 8, v);
-            if let Some(sh) = self.shadows.get_mut(&pfn) {
-                sh[slot] = v;
-            }
+            self.set_slot(pfn, slot, v);
         }
     }
 
@@ -280,7 +274,7 @@ impl Inner {
             return Ok(());
         }
         if f.typ == PageType::SegDesc {
-            self.shadows.remove(&pfn);
+            self.shadows.remove(pfn);
         }
         let fm = &mut self.frames[pfn];
         fm.typ = ty;
@@ -291,7 +285,7 @@ impl Inner {
             Ok(()) => {
                 self.frames[pfn].validated = true;
                 self.shadows.insert(pfn, self.ram.page_slots(pfn));
-                self.note(format!("mfn {mfn:#x} validated as {}", ty.name()));
+                self.note(Change::Typed { mfn, typ: ty });
                 Ok(())
             }
             Err((f, slot)) => {
@@ -329,10 +323,10 @@ impl Inner {
         f.type_count = f.type_count.saturating_sub(1);
         if f.type_count == 0 && ty.level().is_some() && f.validated && self.abi == Abi::Pv64 {
             f.validated = false;
-            self.shadows.remove(&pfn);
+            self.shadows.remove(pfn);
             self.devalidate(pfn, ty);
             let mfn = self.mfn(pfn);
-            self.note(format!("mfn {mfn:#x} devalidated ({})", ty.name()));
+            self.note(Change::Devalidated { mfn, typ: ty });
         }
     }
 
@@ -561,7 +555,11 @@ impl Inner {
         self.pt.linear.retain(|_, c| *c != 0);
         self.frames[pg].type_count += 1;
         let (a, b) = (self.mfn(tbl), self.mfn(pg));
-        self.note(format!("mfn {a:#x} maps L{level} mfn {b:#x} linearly"));
+        self.note(Change::Linear {
+            from: a,
+            level,
+            to: b,
+        });
         true
     }
 
@@ -623,11 +621,24 @@ impl Inner {
         Ok(0)
     }
 
-    fn note_entry(&mut self, tbl: usize, level: u8, slot: usize, old: u64, new: u64, how: &str) {
+    fn note_entry(
+        &mut self,
+        tbl: usize,
+        level: u8,
+        slot: usize,
+        old: u64,
+        new: u64,
+        how: &'static str,
+    ) {
         let mfn = self.mfn(tbl);
-        self.note(format!(
-            "L{level} mfn {mfn:#x}[{slot}] {old:#x} -> {new:#x}{how}"
-        ));
+        self.note(Change::Entry {
+            level,
+            mfn,
+            slot,
+            old,
+            new,
+            how,
+        });
     }
 
     /// `do_mmu_update(ureqs, count, pdone, foreigndom)` for a 64-bit guest.
@@ -640,9 +651,10 @@ impl Inner {
         }
         if count == 0x8000_0000 && ureqs == 0 {
             let rc = i64::from(foreigndom as i32);
-            self.note(format!(
-                "count = MMU_UPDATE_PREEMPTED with NULL requests: returns foreigndom ({rc})"
-            ));
+            self.note(Change::PreemptedStatus {
+                what: "requests",
+                rc,
+            });
             return Ok(rc);
         }
         let mut done: u32 = 0;
@@ -780,9 +792,12 @@ impl Inner {
                 )),
                 None if f.typ == PageType::Writable => {
                     self.ram.write_u64(pfn, slot * 8, val);
-                    self.note(format!(
-                        "[mfn {mfn:#x} slot {slot}] = {val:#x} (writable page)"
-                    ));
+                    self.note(Change::Slot {
+                        mfn,
+                        slot,
+                        value: val,
+                        fresh: false,
+                    });
                     Ok(0)
                 }
                 None => Err(fail(
@@ -797,9 +812,12 @@ impl Inner {
         self.get_writable_type(pfn).map_err(|r| fail(EINVAL, r))?;
         self.ram.write_u64(pfn, slot * 8, val);
         self.frames[pfn].type_count -= 1;
-        self.note(format!(
-            "[mfn {mfn:#x} slot {slot}] = {val:#x} (no type in use: now writable)"
-        ));
+        self.note(Change::Slot {
+            mfn,
+            slot,
+            value: val,
+            fresh: true,
+        });
         Ok(0)
     }
 
@@ -811,7 +829,7 @@ impl Inner {
         let pfn = self.get_page_of(pg, mfn)?;
         self.put_page(pfn);
         self.pt.m2p.insert(pfn, gpfn);
-        self.note(format!("m2p[{mfn:#x}] = {gpfn:#x}"));
+        self.note(Change::M2p { mfn, gpfn });
         Ok(0)
     }
 
@@ -870,7 +888,7 @@ impl Inner {
                 }
                 self.frames[pfn].type_count -= 1;
                 self.put_page(pfn);
-                self.note(format!("mfn {arg1:#x} cleared"));
+                self.note(Change::Cleared { mfn: arg1 });
                 Ok(0)
             }
             MMUEXT_COPY_PAGE => {
@@ -882,14 +900,17 @@ impl Inner {
                         return Err(f);
                     }
                 };
-                let data = self.ram.page_slots(src);
-                for (i, w) in data.iter().enumerate() {
-                    self.ram.write_u64(dst, i * 8, *w);
+                for i in 0..512 {
+                    let w = self.slot(src, i);
+                    self.ram.write_u64(dst, i * 8, w);
                 }
                 self.frames[dst].type_count -= 1;
                 self.put_page(dst);
                 self.put_page(src);
-                self.note(format!("mfn {arg2:#x} copied to mfn {arg1:#x}"));
+                self.note(Change::Copied {
+                    src: arg2,
+                    dst: arg1,
+                });
                 Ok(0)
             }
             _ => Err(fail(ENOSYS, format!("unknown MMUEXT command {cmd}"))),
@@ -926,7 +947,7 @@ impl Inner {
             self.put_page_and_type(pfn);
             return Err(fail(EINVAL, format!("mfn {mfn:#x} is already pinned")));
         }
-        self.note(format!("mfn {mfn:#x} pinned as {}", ty.name()));
+        self.note(Change::Pinned { mfn, typ: ty });
         Ok(0)
     }
 
@@ -945,7 +966,7 @@ impl Inner {
         }
         self.put_page_and_type(pfn);
         self.put_page(pfn);
-        self.note(format!("mfn {mfn:#x} unpinned"));
+        self.note(Change::Unpinned { mfn });
         Ok(0)
     }
 
@@ -965,7 +986,7 @@ impl Inner {
         self.destroy_ldt(v);
         // fill_ro_mpt: the read-only M2P slot, unless the guest cleared it
         // with VMASST_TYPE_m2p_strict (not modelled: never set).
-        if self.ram.read_u64(pfn, RO_MPT_SLOT * 8) == 0 {
+        if self.slot(pfn, RO_MPT_SLOT) == 0 {
             let e = self.xen_frame(RO_MPT_SLOT) << 12 | PAGE_HYPERVISOR_RW;
             self.write_entry(pfn, RO_MPT_SLOT, e);
         }
@@ -973,7 +994,7 @@ impl Inner {
         if let Some(op) = old.and_then(|o| self.m2p(o)) {
             self.put_page_and_type(op);
         }
-        self.note(format!("cr3 = mfn {mfn:#x}; mapped LDT pages dropped"));
+        self.note(Change::Cr3 { mfn });
         Ok(0)
     }
 
@@ -997,7 +1018,7 @@ impl Inner {
                     ));
                 }
                 if f.typ == PageType::SegDesc {
-                    self.shadows.remove(&pfn);
+                    self.shadows.remove(pfn);
                 }
                 self.frames[pfn].typ = PageType::L3;
                 self.frames[pfn].validated = true;
@@ -1010,7 +1031,7 @@ impl Inner {
             self.vcpus[v].cr3 = Some(mfn);
         }
         self.destroy_ldt(v);
-        self.note(format!("cr3 = mfn {mfn:#x}; mapped LDT pages dropped"));
+        self.note(Change::Cr3 { mfn });
         Ok(0)
     }
 
@@ -1030,7 +1051,7 @@ impl Inner {
         if let Some(op) = self.m2p(old).filter(|_| old != 0) {
             self.put_page_and_type(op);
         }
-        self.note(format!("user root = mfn {mfn:#x}"));
+        self.note(Change::UserRoot { mfn });
         Ok(0)
     }
 
@@ -1222,7 +1243,7 @@ impl Inner {
         for (pfn, f) in self.frames.iter().enumerate() {
             let mfn = self.mfn(pfn);
             let Some(level) = f.typ.level() else {
-                if self.shadows.contains_key(&pfn) && f.typ != PageType::SegDesc {
+                if self.shadows.contains_key(pfn) && f.typ != PageType::SegDesc {
                     return Err(format!("mfn {mfn:#x} ({}) has a shadow", f.typ.name()));
                 }
                 continue;
@@ -1235,7 +1256,7 @@ impl Inner {
                     f.type_count
                 ));
             }
-            if self.shadows.contains_key(&pfn) != (f.type_count > 0) {
+            if self.shadows.contains_key(pfn) != (f.type_count > 0) {
                 return Err(format!("{} mfn {mfn:#x}: shadow out of step", f.typ.name()));
             }
             if f.type_count == 0 || level == 1 {
@@ -1379,10 +1400,11 @@ impl Inner {
     /// [`Inner::ptwr_update`] outside any hypercall: the notes it makes are
     /// not kept (no hypercall's trace entry to hold them).
     fn ptwr(&mut self, cr2: u64, addr: u64, width: u32, value: u64) -> bool {
-        self.check_shadows();
-        let saved = std::mem::take(&mut self.changes);
+        self.enter();
+        let saved = self.owner.take();
         let done = self.ptwr_update(cr2, addr, width, value);
-        self.changes = saved;
+        self.owner = saved;
+        self.audit_if_suspect();
         done
     }
 
