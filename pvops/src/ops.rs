@@ -31,8 +31,23 @@
 //! The load and write ops are `unsafe`: the caller promises the table memory
 //! a handle names is valid, writable where written, and stays valid while the
 //! CPU (or hypervisor) uses it, and that the new contents keep the kernel
-//! running (a wrong code segment or IDT faults the CPU). The store ops are
-//! safe.
+//! running (a wrong code segment or IDT faults the CPU). "While loaded"
+//! lasts until the next load of that table through the same backend: a
+//! backend may read a table it loaded from a later op, including a safe one
+//! (`store_ldt` reads the LDT descriptor in the loaded GDT).
+//!
+//! The store ops, the lazy-mode ops and [`DescriptorOps::name`] are safe:
+//! whatever their arguments and whatever was loaded before, they cause no
+//! undefined behaviour. What makes that hold in each backend is an
+//! `unsafe trait` its environment implements (`pvops_native::Cpu`,
+//! `pvops_xen::XenPlatform`, `pvops_vmi::VmiPlatform`), whose contract
+//! covers every value a backend dereferences, or an `unsafe` constructor.
+//!
+//! Backends access table slots as whole 8-byte atomic words
+//! ([`table::load_u64`](crate::table::load_u64) /
+//! [`store_u64`](crate::table::store_u64)), so the safe
+//! [`TableStorage::read`](crate::TableStorage::read) may run concurrently
+//! with an op on another CPU.
 
 use crate::descriptor::{Descriptor, GdtEntry};
 use crate::error::Result;
@@ -221,7 +236,9 @@ pub trait DescriptorOps {
     /// `stack_switch(kernel ss, sp)` · VMI `UpdateKernelStack` (14).
     ///
     /// # Safety
-    /// `sp0` must be the top of a valid kernel stack.
+    /// `sp0` must be the top of a valid kernel stack. The TSS in TR (native)
+    /// is this CPU's: nothing else reads or writes it meanwhile (its `sp0`
+    /// is written with one unaligned store).
     unsafe fn load_kernel_stack(&self, sp0: u64) -> Result<()>;
 
     /// Start batching CPU-state ops (a context switch).

@@ -15,6 +15,9 @@
 //! it. [`TableStorage`] gives a kernel a `static` that is safe to hand out.
 
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use static_assertions::const_assert_eq;
 
 use crate::descriptor::{Descriptor, GdtEntry};
 use crate::error::{PvError, Result, TableKind};
@@ -270,12 +273,126 @@ impl Idt {
     }
 }
 
+/// Read the aligned 8-byte word at linear address `addr` with one relaxed
+/// atomic load (a plain `mov` on x86).
+///
+/// This is how every pvops backend reads a descriptor-table slot, and how
+/// [`TableStorage::read`] reads one: because all of them access slots only
+/// as whole atomic words, a safe `read` racing an op's write on another
+/// CPU sees the old or the new word, never undefined behaviour.
+///
+/// # Safety
+/// `addr` must be 8-byte aligned and valid for an 8-byte read for the
+/// duration of the call. Other accesses to the word that may run at the same
+/// time (other threads, other CPUs) must be 8-byte atomic accesses too (this
+/// function, [`store_u64`], or the CPU's and hypervisor's own descriptor
+/// accesses).
+pub unsafe fn load_u64(addr: u64) -> u64 {
+    // SAFETY: the caller guarantees an aligned, valid word whose concurrent
+    // accesses are all atomic; `from_ptr` needs exactly that.
+    unsafe { AtomicU64::from_ptr(addr as usize as *mut u64) }.load(Ordering::Relaxed)
+}
+
+/// Write the aligned 8-byte word at linear address `addr` with one relaxed
+/// atomic store (a plain `mov` on x86: the CPU never sees half a
+/// descriptor). The counterpart of [`load_u64`].
+///
+/// # Safety
+/// `addr` must be 8-byte aligned and valid for an 8-byte write for the
+/// duration of the call; concurrent accesses to the word must be atomic, as
+/// for [`load_u64`].
+pub unsafe fn store_u64(addr: u64, value: u64) {
+    // SAFETY: as for `load_u64`.
+    unsafe { AtomicU64::from_ptr(addr as usize as *mut u64) }.store(value, Ordering::Relaxed)
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A type [`TableStorage`] can hold: one or two 8-byte words, any bit
+/// pattern valid ([`Descriptor`], [`Gate32`](crate::Gate32),
+/// [`Gate64`](crate::Gate64), `u64`). Sealed: the storage reads entries as
+/// atomic words, which is only right for these layouts.
+pub trait TableEntry: Copy + sealed::Sealed {
+    /// Number of 8-byte words (1 or 2).
+    #[doc(hidden)]
+    const WORDS: usize;
+    /// Rebuild an entry from its words (the second is ignored when
+    /// `WORDS == 1`).
+    #[doc(hidden)]
+    fn from_words(words: [u64; 2]) -> Self;
+}
+
+impl sealed::Sealed for u64 {}
+impl TableEntry for u64 {
+    const WORDS: usize = 1;
+    fn from_words(w: [u64; 2]) -> Self {
+        w[0]
+    }
+}
+
+impl sealed::Sealed for Descriptor {}
+impl TableEntry for Descriptor {
+    const WORDS: usize = 1;
+    fn from_words(w: [u64; 2]) -> Self {
+        Descriptor(w[0])
+    }
+}
+
+impl sealed::Sealed for crate::gate::Gate32 {}
+impl TableEntry for crate::gate::Gate32 {
+    const WORDS: usize = 1;
+    fn from_words(w: [u64; 2]) -> Self {
+        crate::gate::Gate32(w[0])
+    }
+}
+
+impl sealed::Sealed for crate::gate::Gate64 {}
+impl TableEntry for crate::gate::Gate64 {
+    const WORDS: usize = 2;
+    fn from_words(w: [u64; 2]) -> Self {
+        crate::gate::Gate64 {
+            low: w[0],
+            high: w[1],
+        }
+    }
+}
+
+// Every entry is whole 8-byte words, so `TableStorage`'s words are aligned
+// (the storage is page aligned) and `read` covers the entry exactly.
+const_assert_eq!(core::mem::size_of::<Descriptor>(), 8);
+const_assert_eq!(core::mem::size_of::<crate::gate::Gate32>(), 8);
+const_assert_eq!(core::mem::size_of::<crate::gate::Gate64>(), 16);
+
 /// Page-aligned static storage for a descriptor table of `N` entries.
 ///
 /// The contents sit in an `UnsafeCell`, so the CPU, a hypervisor and the
 /// ops may all write them while the kernel holds `&'static TableStorage`.
 /// Page alignment lets a paravirtual backend hand whole frames to the
 /// hypervisor (Xen requires GDT frames to be pages of their own).
+///
+/// # Concurrency
+/// The slots are atomic words: [`read`](TableStorage::read) loads each
+/// 8-byte word with a relaxed atomic load, and every pvops backend writes
+/// slots with relaxed atomic stores ([`store_u64`]; on x86 both are the same
+/// `mov`s a volatile access compiles to). So a safe `read` on one CPU while
+/// an op writes the table on another is not a data race: it returns the old
+/// or the new value of each word (a 16-byte gate being rewritten may be seen
+/// half old, half new). Code that writes through
+/// [`as_mut_ptr`](TableStorage::as_mut_ptr) itself must do the same, or
+/// make sure nothing reads the storage meanwhile.
+///
+/// ```
+/// use pvops::{Descriptor, DescriptorStorage, presets};
+///
+/// static GDT: DescriptorStorage<4> = DescriptorStorage::new([Descriptor::NULL; 4]);
+/// let t = std::thread::spawn(|| GDT.read(1)); // races the write below: fine
+/// // SAFETY: slot 1 of the static storage, written as one atomic word.
+/// unsafe { pvops::table::store_u64(GDT.base() + 8, presets::KERNEL_DATA.0) };
+/// let seen = t.join().unwrap();
+/// assert!(seen == Some(Descriptor::NULL) || seen == Some(presets::KERNEL_DATA));
+/// ```
 #[repr(C, align(4096))]
 pub struct TableStorage<T, const N: usize> {
     slots: UnsafeCell<[T; N]>,
@@ -283,15 +400,18 @@ pub struct TableStorage<T, const N: usize> {
 
 // SAFETY: the storage is only accessed through raw pointers by the ops, the
 // CPU and the hypervisor, which is the contract of a descriptor table; no
-// Rust reference to the contents is handed out (reads are volatile copies).
-unsafe impl<T: Send, const N: usize> Sync for TableStorage<T, N> {}
+// Rust reference to the contents is handed out. Shared accesses from safe
+// code (`read`) are atomic word loads, and the backends write with atomic
+// word stores, so sharing across threads introduces no data race. `T:
+// TableEntry` is plain words, so it is `Send`.
+unsafe impl<T: TableEntry, const N: usize> Sync for TableStorage<T, N> {}
 
 /// Storage for a GDT or LDT.
 pub type DescriptorStorage<const N: usize> = TableStorage<Descriptor, N>;
 /// Storage for an IDT of native gates.
 pub type IdtStorage<const N: usize> = TableStorage<IdtGate, N>;
 
-impl<T: Copy, const N: usize> TableStorage<T, N> {
+impl<T: TableEntry, const N: usize> TableStorage<T, N> {
     /// Storage with initial contents.
     pub const fn new(init: [T; N]) -> Self {
         TableStorage {
@@ -309,16 +429,24 @@ impl<T: Copy, const N: usize> TableStorage<T, N> {
         self.as_mut_ptr() as usize as u64
     }
 
-    /// A copy of entry `index`, read volatile (the CPU or hypervisor may
-    /// have changed it), or `None` past the end.
+    /// A copy of entry `index`, or `None` past the end. Each 8-byte word is
+    /// one relaxed atomic load (see [Concurrency](TableStorage#concurrency)):
+    /// the CPU, the hypervisor or an op on another CPU may be writing it.
     pub fn read(&self, index: usize) -> Option<T> {
         if index >= N {
             return None;
         }
-        // SAFETY: index < N, so the pointer is inside the array; the storage
-        // lives as long as `self`; a volatile read tolerates concurrent
-        // writers of whole entries by the CPU/hypervisor.
-        Some(unsafe { self.as_mut_ptr().add(index).read_volatile() })
+        // SAFETY: index < N, so the entry is inside the array.
+        let entry = unsafe { self.as_mut_ptr().add(index) } as usize as u64;
+        let mut words = [0u64; 2];
+        for (i, w) in words.iter_mut().enumerate().take(T::WORDS) {
+            // SAFETY: word i of the entry is inside the array (T is WORDS
+            // words), 8-byte aligned (page-aligned storage, entries of whole
+            // words), lives as long as `self`, and every concurrent access
+            // pvops makes to it is atomic (the type's concurrency contract).
+            *w = unsafe { load_u64(entry + 8 * i as u64) };
+        }
+        Some(T::from_words(words))
     }
 }
 
@@ -461,5 +589,40 @@ mod tests {
         assert_eq!(g.entries(), 4);
         assert_eq!(STORE.read(3), Some(Descriptor::NULL));
         assert_eq!(STORE.read(4), None);
+    }
+
+    static RACED: DescriptorStorage<4> = DescriptorStorage::new([Descriptor::NULL; 4]);
+    static RACED_IDT: IdtStorage<4> = IdtStorage::new([IdtGate::MISSING; 4]);
+
+    /// Issue 9: a safe `read` while an op writes the slot on another thread
+    /// (the ops write with `store_u64`). Miri reported a data race when
+    /// `read` was a volatile read and the ops' writes volatile stores; run
+    /// `cargo +nightly miri test -p pvops` to check it stays race-free.
+    #[test]
+    fn concurrent_read_and_op_write_do_not_race() {
+        extern crate std;
+        let d = crate::presets::KERNEL_CODE64;
+        let writer = std::thread::spawn(move || {
+            for i in 0..4u64 {
+                // SAFETY: slot i of the static storage, aligned; the other
+                // thread only reads it atomically.
+                unsafe { store_u64(RACED.base() + 8 * i, d.0) };
+                // SAFETY: as above, both words of IDT gate i.
+                unsafe {
+                    store_u64(RACED_IDT.base() + (IDT_ENTRY_SIZE as u64) * i, 0x8e00);
+                }
+            }
+        });
+        for _ in 0..8 {
+            for i in 0..4 {
+                let seen = RACED.read(i);
+                assert!(seen == Some(Descriptor::NULL) || seen == Some(d));
+                assert!(RACED_IDT.read(i).is_some());
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(RACED.read(3), Some(d));
+        // SAFETY: the writer has finished.
+        assert_eq!(unsafe { load_u64(RACED.base() + 8) }, d.0);
     }
 }
