@@ -17,6 +17,14 @@ use pvops::descriptor::SystemType;
 use pvops::{Descriptor, DescriptorTablePointer, PvError, Result, Selector, TableIndicator};
 
 /// Linear-address memory the CPU model reads descriptors from.
+///
+/// A safe trait: the model only copies the values it reads into its
+/// registers and never dereferences them, so a wrong answer is a wrong
+/// fault, not undefined behaviour. (What `SoftCpu` hands the native backend
+/// is covered by `pvops_native::Cpu`'s contract, which it keeps whatever the
+/// memory.) An implementation that dereferences addresses must itself be
+/// sound for every address, as [`HostMemory`] is through its `unsafe`
+/// constructor.
 pub trait LinearMemory {
     /// Read 8 bytes at `addr`, or `None` if unmapped.
     fn read_u64(&self, addr: u64) -> Option<u64>;
@@ -37,7 +45,9 @@ impl HostMemory {
     /// # Safety
     /// Every address the CPU model is asked to touch (table bases from
     /// `lgdt`/`lidt` and the descriptors in them) must be valid, 8-byte
-    /// aligned host memory for as long as the model is used.
+    /// aligned host memory for as long as the model is used, and other
+    /// threads access those words only atomically (pvops' backends and
+    /// `TableStorage::read` do).
     pub unsafe fn new() -> HostMemory {
         HostMemory { _private: () }
     }
@@ -49,8 +59,9 @@ impl LinearMemory for HostMemory {
             return None;
         }
         // SAFETY: `HostMemory::new`'s contract: addresses given to the CPU
-        // model are valid aligned host memory.
-        Some(unsafe { (addr as usize as *const u64).read_volatile() })
+        // model are valid aligned host memory, accessed atomically by other
+        // threads; one relaxed atomic load, as the CPU's own descriptor read.
+        Some(unsafe { pvops::table::load_u64(addr) })
     }
 
     fn write_u64(&self, addr: u64, value: u64) -> bool {
@@ -58,7 +69,7 @@ impl LinearMemory for HostMemory {
             return false;
         }
         // SAFETY: as for `read_u64`.
-        unsafe { (addr as usize as *mut u64).write_volatile(value) };
+        unsafe { pvops::table::store_u64(addr, value) };
         true
     }
 }
@@ -281,7 +292,14 @@ impl<M: LinearMemory> SoftCpu<M> {
     }
 }
 
-impl<M: LinearMemory> pvops_native::Cpu for SoftCpu<M> {
+// SAFETY: the getters return exactly what the setters stored (zero at
+// reset): `sgdt`/`sidt` the pointer given to the unsafe `lgdt`/`lidt`,
+// `str`/`sldt` the selector the unsafe `ltr`/`lldt` loaded, or null. No
+// other code can change the registers. So every table the native backend
+// reads through them was loaded by a caller that promised it stays valid
+// while loaded. The model touches memory only through `M`, which is sound
+// on its own (`LinearMemory` is a safe trait).
+unsafe impl<M: LinearMemory> pvops_native::Cpu for SoftCpu<M> {
     unsafe fn lgdt(&self, p: &DescriptorTablePointer) -> Result<()> {
         let r = self.check_dt_base("lgdt", p).map(|()| {
             self.regs.lock().unwrap_or_else(|e| e.into_inner()).gdtr = *p;

@@ -13,7 +13,9 @@ struct Env {
     gdt_store: &'static DescriptorStorage<16>,
     idt_store: &'static IdtStorage<256>,
     ldt_store: &'static DescriptorStorage<8>,
-    tss: &'static mut [u64; 13],
+    /// The TSS: 104 bytes (13 words), written by the backend (rsp0) and the
+    /// CPU model through its address, so never behind a Rust reference.
+    tss: &'static TableStorage<u64, 13>,
     gdt: Gdt,
     idt: Idt,
     ldt: Ldt,
@@ -49,13 +51,13 @@ fn env() -> Env {
         gdt_store,
         idt_store,
         ldt_store,
-        tss: Box::leak(Box::new([0u64; 13])),
+        tss: Box::leak(Box::new(TableStorage::new([0u64; 13]))),
     }
 }
 
 impl Env {
     fn tss_desc(&self) -> SystemDescriptor {
-        SystemDescriptor::tss(self.tss.as_ptr() as u64, 103).unwrap()
+        SystemDescriptor::tss(self.tss.base(), 103).unwrap()
     }
     fn tr(&self) -> Selector {
         Selector::gdt(LAYOUT.tss, Ring::Ring0)
@@ -171,11 +173,13 @@ fn load_tr_marks_busy_and_load_kernel_stack_writes_rsp0() {
         "LTR sets the busy bit in the GDT"
     );
     let regs = e.ops.cpu().registers();
-    assert_eq!(regs.tr_base, e.tss.as_ptr() as u64);
+    assert_eq!(regs.tr_base, e.tss.base());
     assert_eq!(regs.tr_limit, 103);
     // SAFETY: TSS is leaked 'static memory.
     unsafe { e.ops.load_kernel_stack(0xffff_c900_dead_b000).unwrap() };
-    let bytes: Vec<u8> = e.tss.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let bytes: Vec<u8> = (0..13)
+        .flat_map(|i| e.tss.read(i).unwrap().to_le_bytes())
+        .collect();
     assert_eq!(&bytes[4..12], &0xffff_c900_dead_b000u64.to_le_bytes());
 }
 

@@ -21,7 +21,8 @@
 //! use pvops::{DescriptorOps, GdtLayout};
 //! use pvops_native::NativeOps;
 //!
-//! static NATIVE: NativeOps = NativeOps::new(GdtLayout::LINUX);
+//! // SAFETY: a ring-0 kernel whose loaded tables stay valid while loaded.
+//! static NATIVE: NativeOps = unsafe { NativeOps::new(GdtLayout::LINUX) };
 //! // In a ring-0 kernel:
 //! // unsafe { NATIVE.load_gdt(&GDT.gdt()?)? };
 //! // pvops::install(pvops::OpsTable::new(&NATIVE))?;
@@ -61,8 +62,14 @@ pub struct NativeOps<C = HardwareCpu> {
 
 impl NativeOps<HardwareCpu> {
     /// The native backend on the executing CPU.
-    pub const fn new(layout: GdtLayout) -> Self {
-        NativeOps::with_cpu(HardwareCpu, layout)
+    ///
+    /// # Safety
+    /// As [`HardwareCpu::new`]: ring 0, and every table loaded into the
+    /// CPU's registers stays valid while loaded (the safe `store_ldt`
+    /// reads the GDT the GDTR names).
+    pub const unsafe fn new(layout: GdtLayout) -> Self {
+        // SAFETY: forwarded contract.
+        NativeOps::with_cpu(unsafe { HardwareCpu::new() }, layout)
     }
 }
 
@@ -126,8 +133,9 @@ impl<C: Cpu> NativeOps<C> {
                 entries: gdt.entries(),
             });
         }
-        // SAFETY: `addr` is inside the loaded GDT (checked above), which the
-        // caller of the load op promised is valid memory.
+        // SAFETY: `addr` is inside the GDT `Cpu::sgdt` names (checked
+        // above), which the `Cpu` contract makes a GDT whose loader promised
+        // it is valid memory while loaded; slots are 8-byte aligned.
         let low = Descriptor(unsafe { read_u64(addr) });
         Ok((addr, low))
     }
@@ -164,24 +172,27 @@ impl<C: Cpu> NativeOps<C> {
     }
 }
 
-/// Read an aligned u64 at linear address `addr`.
+/// Read an aligned table slot at linear address `addr` (one relaxed atomic
+/// load: the CPU, a hypervisor or another CPU's op may write it, and
+/// [`pvops::TableStorage::read`] may read it concurrently).
 ///
 /// # Safety
-/// `addr` must be valid for an 8-byte read.
+/// `addr` must be 8-byte aligned and valid for an 8-byte read (table bases
+/// are 8-byte aligned, so every slot is).
 unsafe fn read_u64(addr: u64) -> u64 {
-    // SAFETY: the caller guarantees validity; volatile because the CPU or a
-    // hypervisor may write descriptor tables behind the compiler's back.
-    unsafe { (addr as usize as *const u64).read_volatile() }
+    // SAFETY: forwarded contract; concurrent accesses to table slots are
+    // atomic (TableStorage's concurrency contract).
+    unsafe { pvops::table::load_u64(addr) }
 }
 
-/// Write an aligned u64 at linear address `addr` (one store: atomic on x86
-/// when aligned, so the CPU never sees half a descriptor).
+/// Write an aligned table slot at linear address `addr` (one relaxed atomic
+/// store, a single `mov`: the CPU never sees half a descriptor).
 ///
 /// # Safety
-/// `addr` must be valid for an 8-byte write.
+/// `addr` must be 8-byte aligned and valid for an 8-byte write.
 unsafe fn write_u64(addr: u64, v: u64) {
-    // SAFETY: the caller guarantees validity.
-    unsafe { (addr as usize as *mut u64).write_volatile(v) }
+    // SAFETY: as for `read_u64`.
+    unsafe { pvops::table::store_u64(addr, v) }
 }
 
 impl<C: Cpu> DescriptorOps for NativeOps<C> {
@@ -260,9 +271,10 @@ impl<C: Cpu> DescriptorOps for NativeOps<C> {
         unsafe { self.cpu.lldt(sel) }
     }
 
-    /// Reads the LDT descriptor from the loaded GDT: sound because the GDT
-    /// was loaded through the unsafe `load_gdt` / `Cpu::lgdt`, whose contract
-    /// keeps it valid while loaded.
+    /// Reads the LDT descriptor from the GDT that `Cpu::sgdt` names: sound
+    /// because [`Cpu`] is an `unsafe trait` whose contract makes that the
+    /// GDT last loaded by code (`load_gdt` / `Cpu::lgdt`) that promised it
+    /// stays valid while loaded.
     fn store_ldt(&self) -> Result<Option<Ldt>> {
         let sel = self.cpu.sldt();
         if sel.is_null() {

@@ -59,7 +59,10 @@ static IDT: IdtStorage<256> = IdtStorage::new([IdtGate::MISSING; 256]);
 static LDT: DescriptorStorage<4> = DescriptorStorage::new([Descriptor::NULL; 4]);
 static TSS: TableStorage<u64, 13> = TableStorage::new([0; 13]);
 
-static NATIVE: NativeOps = NativeOps::new(LAYOUT);
+// SAFETY: the kernel runs in ring 0 (or deprivileged under hv-sim's
+// trap-and-emulate, which emulates the instructions against its tables),
+// and every table it loads is a static that stays valid.
+static NATIVE: NativeOps = unsafe { NativeOps::new(LAYOUT) };
 
 static BP_COUNT: AtomicU32 = AtomicU32::new(0);
 static UD_COUNT: AtomicU32 = AtomicU32::new(0);
@@ -340,6 +343,9 @@ fn read_fs0(sel: u16) -> u64 {
 extern "C" fn kmain(flags: u64, start_info: u64) -> ! {
     if flags & boot_flags::XEN_PV_ENTRY != 0 {
         xen_pv_main(start_info);
+    }
+    if flags & boot_flags::REPORT_BUFFER != 0 {
+        report::use_buffer_port();
     }
     say!("pvops example kernel: hello\n");
     let hv = pvops::detect();

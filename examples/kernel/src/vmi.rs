@@ -36,7 +36,8 @@ pub fn probe() -> Result<VmiRom, NotFound> {
 pub fn init(rom: VmiRom, layout: GdtLayout) -> Result<&'static VmiOps<KernelPlatform>, InitError> {
     // SAFETY: `rom` passed the probe on this platform and is the
     // hypervisor's ROM; its entry points follow the 64-bit convention of
-    // `pvops_vmi::platform`.
+    // `pvops_vmi::platform`. The native fallback runs in ring 0 with static
+    // tables (`NativeOps::new`'s contract).
     let ops = unsafe { VmiOps::init(platform(), rom, layout, NativeOps::new(layout))? };
     Ok(VMI.call_once(|| ops))
 }
