@@ -85,11 +85,15 @@ fn kernel_platform_translates_through_the_p2m() {
     let page = Page::new();
     page.put(2, &WEIGHTED_SUM);
     static P2M: [u64; 4] = [0x1d0, 0x1d3, 0x1d6, 0x1d9];
-    let k = KernelPlatform::new(page.0 as u64, &P2M, 0xffff_8880_0000_0000, (0x1000, 4096));
+    let scratch = Box::leak(Box::new([0u64; 512])).as_mut_ptr() as u64;
+    // SAFETY: `page` holds the test stubs a hypercall slot calls; the
+    // scratch buffer is a leaked 4096-byte buffer of this process.
+    let k =
+        unsafe { KernelPlatform::new(page.0 as u64, &P2M, 0xffff_8880_0000_0000, (scratch, 4096)) };
     assert_eq!(k.virt_to_mfn(0xffff_8880_0000_2123), Some(0x1d6));
     assert_eq!(k.virt_to_mfn(0xffff_8880_0000_4000), None, "past the p2m");
     assert_eq!(k.virt_to_mfn(0x1000), None, "below the direct map");
-    assert_eq!(k.scratch(), (0x1000, 4096));
+    assert_eq!(k.scratch(), (scratch, 4096));
     // SAFETY: slot 2 holds the test stub.
     assert_eq!(unsafe { k.hypercall(2, [1, 1, 1, 1, 1]) }, 31);
 }

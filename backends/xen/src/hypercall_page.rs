@@ -64,7 +64,25 @@ impl KernelPlatform {
     ///   kernel's linear map; 0 for an identity-mapped kernel);
     /// * `scratch`: one page (address, length >= 4096) for hypercall
     ///   arguments, used by this vCPU only.
-    pub const fn new(
+    ///
+    /// # Safety
+    /// * `page` is the hypercall page the hypervisor filled (mapped,
+    ///   executable), so [`XenPlatform::hypercall`] calls real stubs;
+    /// * `scratch.0` is 8-byte aligned and valid for reads and writes of
+    ///   `scratch.1` bytes for as long as this value lives, is the guest
+    ///   virtual address the hypervisor sees for it, and nothing else uses
+    ///   it while a backend op runs (one page per vCPU);
+    /// * the kernel runs as a PV guest of that hypervisor, whose hypercalls
+    ///   touch only the memory their arguments name.
+    ///
+    /// Calling it outside `unsafe` does not compile:
+    ///
+    /// ```compile_fail
+    /// static P2M: [u64; 1] = [0];
+    /// // Issue 9: safe code handed raw addresses to the backend.
+    /// let k = pvops_xen::KernelPlatform::new(0x1000, &P2M, 0, (0x2000, 4096));
+    /// ```
+    pub const unsafe fn new(
         page: u64,
         p2m: &'static [u64],
         direct_map: u64,
@@ -79,7 +97,10 @@ impl KernelPlatform {
     }
 }
 
-impl XenPlatform for KernelPlatform {
+// SAFETY: `new`'s contract: a real hypercall page, a scratch page of this
+// address space that the hypervisor sees at the same address, and a
+// hypervisor that only touches what the arguments name.
+unsafe impl XenPlatform for KernelPlatform {
     #[cfg(target_arch = "x86_64")]
     unsafe fn hypercall(&self, nr: u32, args: [u64; 5]) -> i64 {
         // SAFETY: the caller upholds the hypercall's argument contract; the

@@ -106,7 +106,9 @@
 //! #[repr(align(4096))]
 //! struct Page([u8; 4096]);
 //! struct Counting(Cell<u32>, Box<Page>);
-//! impl XenPlatform for Counting {
+//! // SAFETY: the scratch page is a live, aligned page of this process that
+//! // only this backend uses; the stand-in "hypercall" touches no memory.
+//! unsafe impl XenPlatform for Counting {
 //!     unsafe fn hypercall(&self, _nr: u32, _args: [u64; 5]) -> i64 {
 //!         self.0.set(self.0.get() + 1);
 //!         0

@@ -93,23 +93,25 @@ fn check(call: &'static str, ret: i64) -> Result<i64> {
     }
 }
 
-/// Read an aligned u64 at linear address `addr`.
+/// Read an aligned u64 at linear address `addr` (one relaxed atomic load:
+/// the hypervisor or another CPU's op may write a table slot, and
+/// [`pvops::TableStorage::read`] may read it, concurrently).
 ///
 /// # Safety
 /// `addr` must be valid for an aligned 8-byte read.
 unsafe fn read_u64(addr: u64) -> u64 {
-    // SAFETY: the caller guarantees validity; volatile because the CPU or
-    // the hypervisor may write the memory behind the compiler's back.
-    unsafe { (addr as usize as *const u64).read_volatile() }
+    // SAFETY: forwarded contract; concurrent accesses to table slots and
+    // the scratch page are atomic words.
+    unsafe { pvops::table::load_u64(addr) }
 }
 
-/// Write an aligned u64 at linear address `addr` (one store).
+/// Write an aligned u64 at linear address `addr` (one relaxed atomic store).
 ///
 /// # Safety
 /// `addr` must be valid for an aligned 8-byte write.
 unsafe fn write_u64(addr: u64, v: u64) {
-    // SAFETY: the caller guarantees validity.
-    unsafe { (addr as usize as *mut u64).write_volatile(v) }
+    // SAFETY: as for `read_u64`.
+    unsafe { pvops::table::store_u64(addr, v) }
 }
 
 /// Write consecutive words starting at `addr`.
@@ -246,8 +248,10 @@ impl<P: XenPlatform> XenOps<P> {
         let arena = base + ARENA_OFFSET as u64;
         for (k, op) in st.batch.arena().iter().enumerate() {
             // SAFETY: the arena area of the scratch buffer (checked to hold
-            // SCRATCH_NEEDED bytes); only this vCPU uses it during the op,
-            // and the state lock we hold serializes this instance's ops.
+            // SCRATCH_NEEDED bytes), which the `XenPlatform` contract makes
+            // valid aligned memory of this address space that only this
+            // vCPU uses during the op; the state lock we hold serializes
+            // this instance's ops.
             unsafe { write_words(arena + (k * MMUEXT_OP_SIZE) as u64, &op.to_words()) };
         }
         let resolve = |q: &Queued| {

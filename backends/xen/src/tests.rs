@@ -141,7 +141,10 @@ impl Mock {
     }
 }
 
-impl XenPlatform for Mock {
+// SAFETY: the scratch buffer is page 0 of the mock's own memory, used only
+// by the backend under test; the mock hypervisor touches nothing outside
+// that memory (its accessors assert it).
+unsafe impl XenPlatform for Mock {
     unsafe fn hypercall(&self, nr: u32, args: [u64; 5]) -> i64 {
         self.run(nr, args, None)
     }
@@ -703,7 +706,8 @@ fn multicall_refused_as_a_whole() {
 #[test]
 fn a_scratch_buffer_below_the_contract_is_an_error() {
     struct Tiny(Mock);
-    impl XenPlatform for Tiny {
+    // SAFETY: as for `Mock` (a smaller view of the same page).
+    unsafe impl XenPlatform for Tiny {
         unsafe fn hypercall(&self, nr: u32, args: [u64; 5]) -> i64 {
             // SAFETY: forwarded.
             unsafe { self.0.hypercall(nr, args) }

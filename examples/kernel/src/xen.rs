@@ -207,7 +207,12 @@ static XEN: spin::Once<XenOps<KernelPlatform>> = spin::Once::new();
 /// mapping has va = pseudo-physical address).
 pub fn init(boot: &Boot, layout: GdtLayout) -> &'static XenOps<KernelPlatform> {
     let scratch = (core::ptr::addr_of!(SCRATCH) as u64, 4096);
-    XEN.call_once(|| XenOps::new(KernelPlatform::new(page(), boot.p2m, 0, scratch), layout))
+    // SAFETY: `page()` is the hypercall page Xen filled (our ELF note names
+    // it); SCRATCH is a page-aligned static page that only this backend
+    // uses, at the same VA for Xen (we run on Xen's initial mapping); Xen
+    // touches only what hypercall arguments name.
+    let platform = unsafe { KernelPlatform::new(page(), boot.p2m, 0, scratch) };
+    XEN.call_once(|| XenOps::new(platform, layout))
 }
 
 /// The `iret` hypercall stub: jumped to with `[flags, rip, cs, rflags,
