@@ -7,7 +7,6 @@ use hv_sim::vmi::machine::{EFFECTIVE_GDT_32, EFFECTIVE_IDT_32};
 use hv_sim::vmi::{GuestKind, RamMemory, VmiEvent, VmiHypervisor};
 use pvops::descriptor::SystemType;
 use pvops::{Descriptor, Gate32, Ring, Selector, presets};
-use pvops_vmi::VmiPlatform;
 
 /// VMI API 3.0 call numbers: literals from Linux `asm/vmi.h` (not either
 /// crate's constants, so a wrong number on either side fails here).
@@ -41,25 +40,22 @@ fn machine() -> Hv {
     let hv = VmiHypervisor::new(GuestKind::Vmi32, RamMemory::new(RAM, 0x10000));
     // hv-sim's ROM is at 0xC8000; VMI_Init is its jump point at +0x80
     // (`struct vrom_header`). (The guest's probe is tested in vmi_rom.rs;
-    // nothing here runs guest-crate code but the `VmiPlatform` trait.)
-    // SAFETY: hv-sim's ROM; calls only touch the simulated RAM.
-    assert_eq!(unsafe { hv.call(0xC8080, [0; 4]) }, 0);
+    // nothing here runs guest-crate code; `call_entry` and `reloc_query`
+    // are the `VmiPlatform` transport.)
+    assert_eq!(hv.call_entry(0xC8080, [0; 4]), 0);
     hv
 }
 
 /// Call `nr` through the entry its relocation answer names.
 fn c(hv: &Hv, nr: u32, args: [u64; 4]) -> i64 {
-    // SAFETY: as in `machine`.
-    unsafe {
-        let (eip, typ) = hv.get_reloc(0xC8088, nr);
-        assert_eq!(typ, 1, "call {nr} is CALL_REL");
-        assert_eq!(eip, 0xC8000 + 0x100 + 16 * nr as u64, "call {nr}'s stub");
-        let r = hv.call(eip, args) as i64;
-        if let Err(e) = hv.check_invariants() {
-            panic!("invariant broken after call {nr}: {e}\n{}", hv.trace());
-        }
-        r
+    let (eip, typ) = hv.reloc_query(0xC8088, nr);
+    assert_eq!(typ, 1, "call {nr} is CALL_REL");
+    assert_eq!(eip, 0xC8000 + 0x100 + 16 * nr as u64, "call {nr}'s stub");
+    let r = hv.call_entry(eip, args) as i64;
+    if let Err(e) = hv.check_invariants() {
+        panic!("invariant broken after call {nr}: {e}\n{}", hv.trace());
     }
+    r
 }
 
 fn words(d: u64) -> (u64, u64) {
@@ -387,16 +383,12 @@ fn unimplemented_and_undefined_calls() {
     let hv = machine();
     // SetCR0 (15) has a stub in the ROM but the answer is NONE: trap the
     // native instruction. Called anyway, it is refused.
-    // SAFETY: hv-sim's ROM.
-    unsafe {
-        assert_eq!(hv.get_reloc(0xC8088, 15), (0, 0));
-        assert_eq!(hv.get_reloc(0xC8088, 65), (0, 3));
-    }
+    assert_eq!(hv.reloc_query(0xC8088, 15), (0, 0));
+    assert_eq!(hv.reloc_query(0xC8088, 65), (0, 3));
     assert_eq!(hv.vmi_call(15, [0; 4]) as i64, -38);
     assert!(reason(&hv).contains("SetCR0"), "{}", reason(&hv));
     // An undefined call's slot holds int3 only: not a stub.
-    // SAFETY: hv-sim's ROM.
-    let r = unsafe { hv.call(0xC8000 + 0x100 + 16 * 50, [0; 4]) };
+    let r = hv.call_entry(0xC8000 + 0x100 + 16 * 50, [0; 4]);
     assert_eq!(r as i64, -14);
     assert!(matches!(
         hv.trace().events.last(),

@@ -19,7 +19,6 @@ mod seeds;
 
 use hv_sim::vmi::{GuestKind, RamMemory, VmiHypervisor};
 use proptest::prelude::*;
-use pvops_vmi::VmiPlatform;
 
 const RAM: u64 = 0xC100_0000;
 /// VMI_Init and GetRelocationInfo jump points of hv-sim's default ROM.
@@ -61,19 +60,15 @@ type Hv = VmiHypervisor<RamMemory>;
 
 fn machine(kind: GuestKind) -> Hv {
     let hv = VmiHypervisor::new(kind, RamMemory::new(RAM, 0x10000));
-    // SAFETY: hv-sim's ROM; calls only touch the simulated RAM.
-    assert_eq!(unsafe { hv.call(INIT, [0; 4]) }, 0);
+    assert_eq!(hv.call_entry(INIT, [0; 4]), 0);
     hv
 }
 
 /// Call `nr` through the entry its relocation answer names, then check the
 /// invariants; Err = the violation, with the trace.
 fn call_and_check(hv: &Hv, nr: u32, args: [u64; 4]) -> Result<(), TestCaseError> {
-    // SAFETY: hv-sim's ROM over simulated RAM: any argument is data.
-    unsafe {
-        let (eip, _) = hv.get_reloc(GET_RELOC, nr);
-        let _ = hv.call(eip, args);
-    }
+    let (eip, _) = hv.reloc_query(GET_RELOC, nr);
+    let _ = hv.call_entry(eip, args);
     if let Err(e) = hv.check_invariants() {
         return Err(TestCaseError::fail(format!(
             "invariant broken after call {nr}{args:x?}: {e}\n{}",
@@ -348,11 +343,8 @@ fn set_gdt_at_the_top_of_the_address_space_is_refused_not_a_panic() {
         .write_u64(RAM, 0xffff | (0xffff_ffff_ffff_f000u64 << 16));
     hv.memory()
         .write_u64(RAM + 8, 0xffff_ffff_ffff_f000u64 >> 48);
-    // SAFETY: as above.
-    let r = unsafe {
-        let (eip, _) = hv.get_reloc(GET_RELOC, SET_GDT);
-        hv.call(eip, [RAM, 0, 0, 0]) as i64
-    };
+    let (eip, _) = hv.reloc_query(GET_RELOC, SET_GDT);
+    let r = hv.call_entry(eip, [RAM, 0, 0, 0]) as i64;
     assert!(r < 0, "refused with an errno, got {r}");
     hv.check_invariants().unwrap();
 }

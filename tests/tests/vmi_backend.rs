@@ -9,7 +9,7 @@ use hv_sim::vmi::{GuestKind, HostGuestMemory, Reloc, VmiEvent, VmiHypervisor};
 use pvops::descriptor::SystemType;
 use pvops::*;
 use pvops_native::NativeOps;
-use pvops_vmi::{InitError, RelocType, VmiOps, VmiPlatform};
+use pvops_vmi::{InitError, ReadPhys, RelocType, VmiOps, VmiPlatform};
 
 /// VMI API 3.0 call numbers as literals from Linux `asm/vmi.h`: neither the
 /// guest crate's nor hv-sim's constants, so a wrong number on either side
@@ -717,10 +717,15 @@ fn jump_rel_answer_refused_at_init() {
 /// A platform that calls one byte past every entry: a backend bug.
 struct Skewed(&'static Hv, u64);
 
-impl VmiPlatform for Skewed {
+impl ReadPhys for Skewed {
     fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool {
         self.0.read_phys(addr, buf)
     }
+}
+
+// SAFETY: forwards to hv-sim's platform; a skewed entry is refused there
+// (-EFAULT), so every call still touches only what its arguments name.
+unsafe impl VmiPlatform for Skewed {
     unsafe fn get_reloc(&self, jump_point: u64, nr: u32) -> (u64, u8) {
         // SAFETY: forwarded.
         unsafe { self.0.get_reloc(jump_point, nr) }

@@ -2,8 +2,8 @@
 //! code in an executable page: the SysV argument registers of a ROM call,
 //! GetRelocationInfo's rax/rdx pair, and physical reads for the probe.
 
-use pvops_vmi::VmiPlatform;
 use pvops_vmi::kernel::KernelPlatform;
+use pvops_vmi::{ReadPhys, VmiPlatform};
 
 /// rax = rdi + 2*rsi + 4*rdx + 8*rcx; ret
 const WEIGHTED_SUM: [u8; 13] = [
@@ -70,4 +70,32 @@ fn physical_reads_go_through_the_offset() {
     let mut buf = [0u8; 4];
     assert!(k.read_phys(0xC0010, &mut buf));
     assert_eq!(buf, [16, 17, 18, 19]);
+}
+
+/// Issue 9: `read_phys` is safe, but `new`'s contract maps only the
+/// option-ROM window, so a read outside it (or running past its end) must
+/// be refused without touching memory. It used to dereference any address:
+/// `read_phys(0x10, ..)` segfaulted here.
+#[test]
+fn physical_reads_outside_the_rom_window_are_refused() {
+    let mem: Vec<u8> = vec![0xAB; 0x20000];
+    // SAFETY: the window 0xC0000..0xE0000 is the vector's 128 KiB.
+    let k = unsafe { KernelPlatform::new((mem.as_ptr() as u64).wrapping_sub(0xC0000)) };
+    let mut buf = [0u8; 4];
+    for addr in [
+        0,
+        0x10,
+        0xBFFFF,
+        0xDFFFD,
+        0xE0000,
+        0xFFFF_FFFF,
+        u64::MAX - 1,
+    ] {
+        assert!(!k.read_phys(addr, &mut buf), "{addr:#x}");
+    }
+    assert!(k.read_phys(0xC0000, &mut buf));
+    assert!(k.read_phys(0xDFFFC, &mut buf));
+    assert_eq!(buf, [0xAB; 4]);
+    // The probe over it finds nothing (no ROM signature), and says so.
+    assert!(pvops_vmi::rom::probe(&k).is_err());
 }

@@ -10,7 +10,8 @@
 //! 64-bit only: a 32-bit kernel would call with regparm(3) (eax, edx, ecx),
 //! which is not wired here.
 
-use crate::platform::VmiPlatform;
+use crate::platform::{ReadPhys, VmiPlatform};
+use crate::rom::{SCAN_END, SCAN_START};
 
 /// A kernel's VMI environment: where guest-physical memory is mapped.
 pub struct KernelPlatform {
@@ -22,26 +23,58 @@ impl KernelPlatform {
     /// guest-physical address 0 (0 for an identity-mapped kernel).
     ///
     /// # Safety
-    /// Guest-physical 0xC0000..0xE0000 must be mapped readable at
-    /// `phys_offset + addr`, and the ROM there executable.
+    /// Guest-physical [`SCAN_START`]..[`SCAN_END`] (0xC0000..0xE0000) must
+    /// be mapped readable at `phys_offset + addr` for as long as this value
+    /// lives, and a VMI ROM there must be the hypervisor's, executable, and
+    /// keep the [`VmiPlatform`] contract (its calls touch only what their
+    /// arguments name; GetGDT reports the table the kernel loaded).
+    ///
+    /// Calling it outside `unsafe` does not compile:
+    ///
+    /// ```compile_fail
+    /// let k = pvops_vmi::kernel::KernelPlatform::new(0);
+    /// ```
     pub const unsafe fn new(phys_offset: u64) -> Self {
         KernelPlatform { phys_offset }
     }
 }
 
-impl VmiPlatform for KernelPlatform {
+/// Reads only inside the option-ROM window `new`'s contract maps: any byte
+/// outside [`SCAN_START`]..[`SCAN_END`] makes it return false without
+/// touching memory (issue 9: it used to read any address).
+///
+/// ```
+/// use pvops_vmi::ReadPhys;
+/// // SAFETY: nothing is read: every address below is outside the window.
+/// let k = unsafe { pvops_vmi::kernel::KernelPlatform::new(0) };
+/// let mut b = [0u8; 8];
+/// assert!(!k.read_phys(0x10, &mut b));
+/// assert!(!k.read_phys(0xDFFFC, &mut b)); // runs past 0xE0000
+/// assert!(!k.read_phys(u64::MAX - 2, &mut b));
+/// ```
+impl ReadPhys for KernelPlatform {
     fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let Some(end) = addr.checked_add(buf.len() as u64) else {
+            return false;
+        };
+        if addr < SCAN_START || end > SCAN_END {
+            return false;
+        }
         let Some(va) = self.phys_offset.checked_add(addr) else {
             return false;
         };
         for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: `new`'s contract maps the physical range the probe
-            // reads (the option ROM window) at `phys_offset`.
+            // SAFETY: addr..end lies inside the option-ROM window (checked
+            // above), which `new`'s contract maps readable at `phys_offset`.
             *b = unsafe { ((va as usize + i) as *const u8).read_volatile() };
         }
         true
     }
+}
 
+// SAFETY: `new`'s contract: the ROM is the hypervisor's and keeps the
+// trait's contract; the calls below are the ROM's own code.
+unsafe impl VmiPlatform for KernelPlatform {
     unsafe fn get_reloc(&self, jump_point: u64, call: u32) -> (u64, u8) {
         let (eip, typ): (u64, u64);
         // SAFETY: the caller guarantees `jump_point` is the ROM's

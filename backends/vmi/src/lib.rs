@@ -72,7 +72,7 @@ use pvops::{
 };
 use pvops_native::{Cpu, HardwareCpu, NativeOps};
 
-pub use platform::{RelocType, Relocation, VmiPlatform};
+pub use platform::{ReadPhys, RelocType, Relocation, VmiPlatform};
 pub use rom::{NotFound, Refusal, VmiRom};
 
 /// VMI API 3.0 call numbers for descriptor tables (Linux `asm/vmi.h`).
@@ -650,11 +650,12 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
 /// Read an aligned u64 of guest memory.
 ///
 /// # Safety
-/// `addr` must be valid for an 8-byte read.
+/// `addr` must be 8-byte aligned and valid for an 8-byte read.
 unsafe fn read_u64(addr: u64) -> u64 {
-    // SAFETY: caller's guarantee; volatile because the hypervisor writes
-    // descriptor tables behind the compiler's back.
-    unsafe { (addr as usize as *const u64).read_volatile() }
+    // SAFETY: caller's guarantee; one relaxed atomic load because the
+    // hypervisor or another CPU's op may write the slot, and
+    // `TableStorage::read` may read it, concurrently.
+    unsafe { pvops::table::load_u64(addr) }
 }
 
 impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
@@ -794,8 +795,9 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
         if two {
             gdt.slot_addr(index + 1)?;
         }
-        // SAFETY: both slots are inside the loaded GDT, valid per the load
-        // contract.
+        // SAFETY: both slots are inside the loaded GDT: one loaded through
+        // this backend (valid per the load contract) or the one GetGDT
+        // reports, valid per the `VmiPlatform` contract; slots are aligned.
         let low = Descriptor(unsafe { read_u64(addr) });
         if low.is_code_or_data() || low.system_type() != SystemType::Ldt {
             return Err(PvError::WrongDescriptorType {

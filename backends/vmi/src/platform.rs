@@ -3,7 +3,7 @@
 //!
 //! # Transport
 //! [`VmiPlatform`] has three entry points:
-//! * [`read_phys`](VmiPlatform::read_phys) reads guest-physical memory for
+//! * [`read_phys`](ReadPhys::read_phys) (its supertrait [`ReadPhys`]) reads guest-physical memory for
 //!   the probe (the option-ROM window 0xC0000..0xE0000). A kernel reads its
 //!   identity or direct map; hv-sim serves its simulated ROM window.
 //! * [`get_reloc`](VmiPlatform::get_reloc) calls the ROM's
@@ -135,13 +135,60 @@ impl Relocation {
     };
 }
 
-/// The VMI-style backend's environment (one per vCPU).
-pub trait VmiPlatform {
+/// Reading guest-physical memory for the ROM probe ([`rom::probe`] and
+/// friends need only this).
+///
+/// A safe trait: the probe copies bytes into its own buffer and never
+/// dereferences anything a reader returns, so a wrong answer is a refused
+/// or misread ROM, not undefined behaviour. An implementation must itself
+/// be sound for every `addr` (refuse what it cannot read).
+///
+/// [`rom::probe`]: crate::rom::probe
+pub trait ReadPhys {
     /// Read `buf.len()` bytes of guest-physical memory at `addr`. Returns
     /// false if any byte is not readable (the probe then treats the slot as
     /// empty).
     fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool;
+}
 
+/// The VMI-style backend's environment (one per vCPU).
+///
+/// # Safety
+/// [`VmiOps`](crate::VmiOps) dereferences what the hypervisor reports, also
+/// in its safe ops (`store_ldt` reads the LDT descriptor in the GDT that
+/// GetGDT names when no GDT was loaded through the backend). So an
+/// implementation must guarantee, for a ROM that passed the probe on it:
+///
+/// * [`call`](VmiPlatform::call), given arguments that keep its contract,
+///   reads and writes no memory but what its pointer arguments name (the
+///   DTR operand of SetGDT/GetGDT, the tables it is told to write);
+/// * GetGDT and GetIDT report base 0 and limit 0, or the table last loaded
+///   with SetGDT/SetIDT (whose caller promised it stays valid memory of this
+///   address space while loaded), or a table of this address space that
+///   the hypervisor itself keeps valid while loaded; GetLDT and GetTR report
+///   null or a selector loaded with SetLDT/SetTR;
+/// * [`get_reloc`](VmiPlatform::get_reloc) answers CALL_REL only with entry
+///   points that [`call`](VmiPlatform::call) accepts.
+///
+/// [`read_phys`](ReadPhys::read_phys) and
+/// [`get_reloc`](VmiPlatform::get_reloc)'s answers are checked by the
+/// backend before use.
+///
+/// Implementing it without `unsafe impl` does not compile:
+///
+/// ```compile_fail
+/// use pvops_vmi::{ReadPhys, VmiPlatform};
+/// struct Liar;
+/// impl ReadPhys for Liar {
+///     fn read_phys(&self, _: u64, _: &mut [u8]) -> bool { false }
+/// }
+/// impl VmiPlatform for Liar {
+///     unsafe fn get_reloc(&self, _: u64, _: u32) -> (u64, u8) { (0, 0) }
+///     // A GetGDT that reports a table nobody loaded.
+///     unsafe fn call(&self, _: u64, _: [u64; 4]) -> u64 { 0 }
+/// }
+/// ```
+pub unsafe trait VmiPlatform: ReadPhys {
     /// Call the GetRelocationInfo jump point `jump_point` (ROM + 0x88) for
     /// call number `call`; returns `(eip, type byte)` (rax, rdx).
     ///
@@ -159,10 +206,14 @@ pub trait VmiPlatform {
     unsafe fn call(&self, entry: u64, args: [u64; 4]) -> u64;
 }
 
-impl<T: VmiPlatform + ?Sized> VmiPlatform for &T {
+impl<T: ReadPhys + ?Sized> ReadPhys for &T {
     fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool {
         (**self).read_phys(addr, buf)
     }
+}
+
+// SAFETY: forwards to `T`, which keeps the contract.
+unsafe impl<T: VmiPlatform + ?Sized> VmiPlatform for &T {
     unsafe fn get_reloc(&self, jump_point: u64, call: u32) -> (u64, u8) {
         // SAFETY: forwarded contract.
         unsafe { (**self).get_reloc(jump_point, call) }

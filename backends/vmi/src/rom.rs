@@ -50,7 +50,7 @@
 
 use core::fmt;
 
-use crate::platform::VmiPlatform;
+use crate::platform::ReadPhys;
 
 /// First address scanned (inclusive).
 pub const SCAN_START: u64 = 0xC0000;
@@ -78,7 +78,7 @@ pub const PCI_HEADER_LEN: usize = 24;
 /// Longest license string read (a longer one is refused as unterminated).
 pub const LICENSE_MAX: usize = 32;
 
-/// The highest address a [`VmiPlatform`] can be asked to read: `u64::MAX`
+/// The highest address a [`ReadPhys`] can be asked to read: `u64::MAX`
 /// on x86_64, `u32::MAX` on 32-bit x86, where a kernel's platform turns the
 /// address into a pointer. A ROM that would reach past it is refused
 /// ([`Refusal::AddressOverflow`]).
@@ -343,7 +343,7 @@ fn span(base: u64, offset: u64, len: usize) -> Result<u64, Refusal> {
 }
 
 /// Read `buf.len()` bytes at `offset` in the ROM at `base`.
-fn read<P: VmiPlatform + ?Sized>(
+fn read<P: ReadPhys + ?Sized>(
     p: &P,
     base: u64,
     offset: u64,
@@ -367,13 +367,13 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
 
 /// Check the ROM at guest-physical `base` with Linux's rules
 /// ([`ProbeRules::Linux`], see the [module documentation](self#probe-rules)).
-pub fn check_rom<P: VmiPlatform + ?Sized>(p: &P, base: u64) -> Result<VmiRom, Refusal> {
+pub fn check_rom<P: ReadPhys + ?Sized>(p: &P, base: u64) -> Result<VmiRom, Refusal> {
     check_rom_with(p, base, ProbeRules::Linux)
 }
 
 /// Check the ROM at guest-physical `base` with `rules`; the first rule
 /// broken is returned.
-pub fn check_rom_with<P: VmiPlatform + ?Sized>(
+pub fn check_rom_with<P: ReadPhys + ?Sized>(
     p: &P,
     base: u64,
     rules: ProbeRules,
@@ -507,18 +507,18 @@ impl core::error::Error for NotFound {}
 /// `probe_vmi_rom`: every 2 KiB from [`SCAN_START`] up to [`SCAN_END`], the
 /// first ROM that passes [`check_rom`] wins. A refused VMI ROM does not stop
 /// the scan; the first refusal is reported if nothing is found.
-pub fn probe<P: VmiPlatform + ?Sized>(p: &P) -> Result<VmiRom, NotFound> {
+pub fn probe<P: ReadPhys + ?Sized>(p: &P) -> Result<VmiRom, NotFound> {
     probe_with(p, ProbeRules::Linux)
 }
 
 /// [`probe`] with [`ProbeRules::Strict`]: only a well-formed ROM (length,
 /// checksum, `"PCIR"`, everything inside the image) is used.
-pub fn probe_strict<P: VmiPlatform + ?Sized>(p: &P) -> Result<VmiRom, NotFound> {
+pub fn probe_strict<P: ReadPhys + ?Sized>(p: &P) -> Result<VmiRom, NotFound> {
     probe_with(p, ProbeRules::Strict)
 }
 
 /// [`probe`] with the given rules.
-pub fn probe_with<P: VmiPlatform + ?Sized>(p: &P, rules: ProbeRules) -> Result<VmiRom, NotFound> {
+pub fn probe_with<P: ReadPhys + ?Sized>(p: &P, rules: ProbeRules) -> Result<VmiRom, NotFound> {
     let mut nf = NotFound {
         other_roms: 0,
         refused: None,
@@ -559,7 +559,7 @@ mod tests {
         img: Vec<u8>,
     }
 
-    impl VmiPlatform for At {
+    impl ReadPhys for At {
         fn read_phys(&self, addr: u64, buf: &mut [u8]) -> bool {
             let Some(off) = addr.checked_sub(self.base) else {
                 return false;
@@ -574,12 +574,6 @@ mod tests {
                 }
                 _ => false,
             }
-        }
-        unsafe fn get_reloc(&self, _: u64, _: u32) -> (u64, u8) {
-            (0, 0)
-        }
-        unsafe fn call(&self, _: u64, _: [u64; 4]) -> u64 {
-            0
         }
     }
 
