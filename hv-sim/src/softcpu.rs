@@ -9,8 +9,13 @@
 //! simulated guest address space.
 //!
 //! It implements [`pvops_native::Cpu`], so the native backend's logic runs
-//! against it on the host, with every instruction recorded in a log.
+//! against it on the host, with every instruction recorded in a log. The
+//! log is bounded: by default it keeps the last [`DEFAULT_LOG_CAPACITY`]
+//! records and counts the ones it dropped ([`SoftCpu::log_dropped`]);
+//! [`SoftCpu::with_full_log`] keeps everything, for a test that wants the
+//! whole history of a short run.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use pvops::descriptor::SystemType;
@@ -115,12 +120,41 @@ pub struct DtRegisters {
     pub ldtr_limit: u32,
 }
 
+/// Records the instruction log keeps by default (the most recent ones).
+pub const DEFAULT_LOG_CAPACITY: usize = 4096;
+
+/// The instruction log: the most recent records, and how many were dropped.
+struct InsnLog {
+    records: VecDeque<InsnRecord>,
+    /// Most records kept; `None` = keep everything.
+    capacity: Option<usize>,
+    dropped: u64,
+}
+
+impl InsnLog {
+    fn push(&mut self, r: InsnRecord) {
+        match self.capacity {
+            Some(0) => {
+                self.dropped += 1;
+                return;
+            }
+            Some(cap) => {
+                while self.records.len() >= cap && self.records.pop_front().is_some() {
+                    self.dropped += 1;
+                }
+            }
+            None => {}
+        }
+        self.records.push_back(r);
+    }
+}
+
 /// The CPU model.
 pub struct SoftCpu<M = HostMemory> {
     mem: M,
     mode: CpuMode,
     regs: Mutex<DtRegisters>,
-    log: Mutex<Vec<InsnRecord>>,
+    log: Mutex<InsnLog>,
 }
 
 const GP: u8 = 13;
@@ -139,7 +173,36 @@ impl<M: LinearMemory> SoftCpu<M> {
             mem,
             mode,
             regs: Mutex::new(DtRegisters::default()),
-            log: Mutex::new(Vec::new()),
+            log: Mutex::new(InsnLog {
+                records: VecDeque::new(),
+                capacity: Some(DEFAULT_LOG_CAPACITY),
+                dropped: 0,
+            }),
+        }
+    }
+
+    /// Keep only the last `n` records in the log (0 keeps none; the
+    /// default is [`DEFAULT_LOG_CAPACITY`]). Older ones are dropped and
+    /// counted.
+    pub fn with_log_capacity(self, n: usize) -> Self {
+        self.set_log_capacity(Some(n));
+        self
+    }
+
+    /// Keep every record: the log grows with the run (opt-in, for tests
+    /// that check a short run's whole history).
+    pub fn with_full_log(self) -> Self {
+        self.set_log_capacity(None);
+        self
+    }
+
+    fn set_log_capacity(&self, capacity: Option<usize>) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.capacity = capacity;
+        if let Some(cap) = capacity {
+            let excess = log.records.len().saturating_sub(cap);
+            log.records.drain(..excess);
+            log.dropped += excess as u64;
         }
     }
 
@@ -148,9 +211,17 @@ impl<M: LinearMemory> SoftCpu<M> {
         *self.regs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Instructions executed so far.
+    /// The instructions executed so far, oldest first: all of them with
+    /// [`with_full_log`](SoftCpu::with_full_log), else the most recent ones
+    /// (see [`log_dropped`](SoftCpu::log_dropped)).
     pub fn log(&self) -> Vec<InsnRecord> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.records.iter().copied().collect()
+    }
+
+    /// How many records the bounded log dropped (0 with a full log).
+    pub fn log_dropped(&self) -> u64 {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).dropped
     }
 
     /// The memory it reads tables from.
@@ -346,5 +417,55 @@ unsafe impl<M: LinearMemory> pvops_native::Cpu for SoftCpu<M> {
     fn sldt(&self) -> Selector {
         self.record("sldt", 0, &Ok(()));
         self.registers().ldtr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pvops_native::Cpu;
+
+    /// Memory that maps nothing: the model never dereferences anything.
+    struct NoMemory;
+
+    impl LinearMemory for NoMemory {
+        fn read_u64(&self, _: u64) -> Option<u64> {
+            None
+        }
+        fn write_u64(&self, _: u64, _: u64) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn the_log_keeps_the_last_records_and_counts_the_rest() {
+        let cpu = SoftCpu::new(NoMemory, CpuMode::Long).with_log_capacity(3);
+        for _ in 0..5 {
+            cpu.sgdt();
+        }
+        cpu.str();
+        let log = cpu.log();
+        assert_eq!(log.len(), 3);
+        assert_eq!(log.last().map(|r| r.insn), Some("str"));
+        assert_eq!(cpu.log_dropped(), 3);
+
+        let cpu = SoftCpu::new(NoMemory, CpuMode::Long);
+        for _ in 0..DEFAULT_LOG_CAPACITY + 10 {
+            cpu.sldt();
+        }
+        assert_eq!(cpu.log().len(), DEFAULT_LOG_CAPACITY);
+        assert_eq!(cpu.log_dropped(), 10);
+
+        let cpu = SoftCpu::new(NoMemory, CpuMode::Long).with_full_log();
+        for _ in 0..DEFAULT_LOG_CAPACITY + 10 {
+            cpu.sidt();
+        }
+        assert_eq!(cpu.log().len(), DEFAULT_LOG_CAPACITY + 10);
+        assert_eq!(cpu.log_dropped(), 0);
+
+        let cpu = SoftCpu::new(NoMemory, CpuMode::Long).with_log_capacity(0);
+        cpu.sgdt();
+        assert!(cpu.log().is_empty());
+        assert_eq!(cpu.log_dropped(), 1);
     }
 }
