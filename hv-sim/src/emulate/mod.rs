@@ -76,6 +76,10 @@ pub enum Segment {
 }
 
 /// The vCPU state the emulator reads and changes.
+///
+/// A safe trait: the emulator treats every value it reads (registers, the
+/// virtual descriptor-table registers) as guest data and reaches guest
+/// memory only through [`GuestMemory`], never by dereferencing them.
 pub trait CpuState {
     /// General-purpose register `n` in x86 numbering (0 = rax, 1 = rcx, 2 =
     /// rdx, 3 = rbx, 4 = rsp, 5 = rbp, 6 = rsi, 7 = rdi, 8–15 = r8–r15).
@@ -129,6 +133,10 @@ pub struct PageFault {
 }
 
 /// The guest's memory, addressed linearly (through the guest's paging).
+///
+/// A safe trait: it returns bytes and faults, nothing the emulator
+/// dereferences, so a wrong answer is a wrong emulation, not undefined
+/// behaviour. An implementation must be sound for every address itself.
 pub trait GuestMemory {
     /// Read `buf.len()` bytes at `addr`.
     fn read(&self, addr: u64, buf: &mut [u8], access: Access) -> Result<(), PageFault>;
