@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::descriptor_policy::{Abi, check_descriptor};
 use super::mem::{FrameInfo, GuestRam, PAGE_SIZE, PageType};
-use super::trace::{Change, ChangeIds, Trace, TraceEvent, decode_args, errno_name};
+use super::trace::{Change, ChangeIds, EntryVia, Trace, TraceEvent, decode_args, errno_name};
 use super::*;
 
 // Xen's page-table types, mmu_update and the page-table MMUEXT commands.
@@ -653,15 +653,12 @@ impl XenDomain {
         g.trace.clone()
     }
 
-    /// Keep the whole trace (`true`), or only the last
-    /// [`trace::TRACE_CAP`](super::trace::TRACE_CAP) events and changes
-    /// (`false`, the default). Either way the trace starts afresh.
-    pub fn set_full_trace(&self, full: bool) {
-        self.lock().trace = if full {
-            Trace::unbounded()
-        } else {
-            Trace::default()
-        };
+    /// Keep the last `limit` events and the last `limit` changes of the
+    /// trace (the default is [`TRACE_CAP`](super::trace::TRACE_CAP)), or
+    /// everything (`None`: memory then grows with the domain's history).
+    /// The trace starts afresh.
+    pub fn set_trace_limit(&self, limit: Option<usize>) {
+        self.lock().trace = Trace::with_limit(limit);
     }
 
     /// Forget the trace.
@@ -743,18 +740,13 @@ impl XenDomain {
         let r = g.map_ldt(v, index, user_mode);
         g.owner = None;
         let to = g.trace.next_change();
-        g.trace.replace(
-            id,
-            TraceEvent::LdtFault {
-                vcpu: v,
-                index,
-                fault: r.as_ref().err().map(|f| f.to_string()),
-                changes: ChangeIds {
-                    owner: id,
-                    ids: from..to,
-                },
-            },
-        );
+        if let Some(TraceEvent::LdtFault { fault, changes, .. }) = g.trace.get_mut(id) {
+            *fault = r.as_ref().err().map(|f| f.to_string());
+            *changes = ChangeIds {
+                owner: id,
+                ids: from..to,
+            };
+        }
         g.audit_if_suspect();
         if let Err(f) = &r {
             let m = format!("LDT entry {index} on vcpu{v}: Xen would inject {f}");
@@ -954,6 +946,7 @@ impl Inner {
     }
 
     /// Record change `c` for the event running now.
+    #[inline]
     pub(crate) fn note(&mut self, c: Change) {
         if let Some(owner) = self.owner {
             self.trace.log(owner, c);
@@ -1268,44 +1261,56 @@ impl Inner {
     pub(crate) fn dispatch(&mut self, v: usize, nr: u64, a: [u64; 6], depth: u32) -> i64 {
         let seq = self.seq;
         self.seq += 1;
-        let name = hypercall_name(nr);
-        let abi = self.abi;
-        let call = |result, reason, changes| TraceEvent::Call {
+        // The event goes in first (a multicall's sub-calls follow it); its
+        // result and changes are filled in when it returns.
+        let from = self.trace.next_change();
+        let id = self.trace.push(TraceEvent::Call {
             seq,
             vcpu: v,
             depth,
             nr,
-            name,
-            abi,
+            name: hypercall_name(nr),
+            abi: self.abi,
             args: a,
-            result,
-            reason,
-            changes,
-        };
-        // The event goes in first (a multicall's sub-calls follow it); its
-        // result and changes are filled in when it returns.
-        let from = self.trace.next_change();
-        let id = self.trace.push(call(0, None, ChangeIds::default()));
+            result: 0,
+            reason: None,
+            changes: ChangeIds::default(),
+        });
         let outer = self.owner.replace(id);
         let r = self.run(v, nr, a, depth);
         self.owner = outer;
-        let changes = ChangeIds {
-            owner: id,
-            ids: from..self.trace.next_change(),
-        };
-        let (result, reason) = match r {
+        let to = self.trace.next_change();
+        let (res, why) = match r {
             Ok(x) => (x, None),
-            Err(f) => (-f.errno, Some(f.reason)),
+            Err(f) => {
+                let res = -f.errno;
+                if self.strict {
+                    self.strict_failures.push(format!(
+                        "{}({}) = -{} ({res}): {}",
+                        hypercall_name(nr),
+                        decode_args(nr, self.abi, &a),
+                        errno_name(res),
+                        f.reason
+                    ));
+                }
+                (res, Some(f.reason))
+            }
         };
-        if let Some(r) = &reason {
-            self.strict_failures.push(format!(
-                "{name}({}) = -{} ({result}): {r}",
-                decode_args(nr, abi, &a),
-                errno_name(result)
-            ));
+        if let Some(TraceEvent::Call {
+            result,
+            reason,
+            changes,
+            ..
+        }) = self.trace.get_mut(id)
+        {
+            *result = res;
+            *reason = why;
+            *changes = ChangeIds {
+                owner: id,
+                ids: from..to,
+            };
         }
-        self.trace.replace(id, call(result, reason, changes));
-        result
+        res
     }
 
     fn run(&mut self, v: usize, nr: u64, a: [u64; 6], depth: u32) -> Hc {

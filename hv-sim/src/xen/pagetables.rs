@@ -603,7 +603,7 @@ impl Inner {
                     new |= old & (PTE_A | PTE_D);
                 }
                 self.write_entry(tbl, slot, new);
-                self.note_entry(tbl, level, slot, old, new, " (fast path)");
+                self.note_entry(tbl, level, slot, old, new, EntryVia::FastPath);
                 return Ok(0);
             }
             if level == 1 {
@@ -617,7 +617,7 @@ impl Inner {
         }
         self.write_entry(tbl, slot, new);
         self.put_entry(level, old, tbl);
-        self.note_entry(tbl, level, slot, old, new, "");
+        self.note_entry(tbl, level, slot, old, new, EntryVia::Validated);
         Ok(0)
     }
 
@@ -628,7 +628,7 @@ impl Inner {
         slot: usize,
         old: u64,
         new: u64,
-        how: &'static str,
+        via: EntryVia,
     ) {
         let mfn = self.mfn(tbl);
         self.note(Change::Entry {
@@ -637,7 +637,7 @@ impl Inner {
             slot,
             old,
             new,
-            how,
+            via,
         });
     }
 
@@ -1458,7 +1458,7 @@ impl Inner {
         let new = adjust(1, new);
         self.write_entry(tbl, slot, new);
         self.put_entry(1, old, tbl);
-        self.note_entry(tbl, 1, slot, old, new, " (writable page-table emulation)");
+        self.note_entry(tbl, 1, slot, old, new, EntryVia::Ptwr);
         true
     }
 }

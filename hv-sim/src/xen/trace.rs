@@ -8,8 +8,8 @@
 //! Bounded by default: it keeps the last [`TRACE_CAP`] events and the last
 //! [`TRACE_CAP`] changes and counts what it dropped, so a domain's memory
 //! does not grow with its history (a differential run issues tens of
-//! thousands of hypercalls). [`Trace::unbounded`] (via
-//! `XenDomain::set_full_trace`) keeps everything instead.
+//! thousands of hypercalls). `XenDomain::set_trace_limit` sets another
+//! bound, or none.
 
 use core::fmt;
 use core::ops::Range;
@@ -20,7 +20,18 @@ use super::mem::PageType;
 
 /// Events (and changes) a bounded trace keeps; older ones are dropped and
 /// counted.
-pub const TRACE_CAP: usize = 1 << 16;
+pub const TRACE_CAP: usize = 1 << 12;
+
+/// How a page-table entry was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryVia {
+    /// `mmu_update` with the new entry validated.
+    Validated,
+    /// Xen's fast path: only A/D or software bits changed.
+    FastPath,
+    /// The writable page-table emulation (`ptwr_emulated_update`).
+    Ptwr,
+}
 
 /// A state change a call made, kept raw.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,9 +182,8 @@ pub enum Change {
         old: u64,
         /// New entry.
         new: u64,
-        /// How, when not the usual validation: `" (fast path)"` (only
-        /// A/D or software bits changed), `""` otherwise.
-        how: &'static str,
+        /// Which path wrote it.
+        via: EntryVia,
     },
     /// `mmu_update` wrote a slot of a page with no page-table type.
     Slot {
@@ -308,8 +318,15 @@ impl fmt::Display for Change {
                 slot,
                 old,
                 new,
-                how,
-            } => write!(f, "L{level} mfn {mfn:#x}[{slot}] {old:#x} -> {new:#x}{how}"),
+                via,
+            } => {
+                let how = match via {
+                    EntryVia::Validated => "",
+                    EntryVia::FastPath => " (fast path)",
+                    EntryVia::Ptwr => " (writable page-table emulation)",
+                };
+                write!(f, "L{level} mfn {mfn:#x}[{slot}] {old:#x} -> {new:#x}{how}")
+            }
             Change::Slot {
                 mfn,
                 slot,
@@ -474,11 +491,12 @@ impl Default for Trace {
 }
 
 impl Trace {
-    /// A trace that keeps every event and change (memory grows with the
-    /// domain's history).
-    pub fn unbounded() -> Trace {
+    /// A trace that keeps the last `limit` events and changes, or (`None`)
+    /// all of them (memory then grows with the domain's history). A limit
+    /// of 0 keeps one.
+    pub fn with_limit(limit: Option<usize>) -> Trace {
         Trace {
-            cap: None,
+            cap: limit.map(|l| l.max(1)),
             ..Trace::default()
         }
     }
@@ -490,6 +508,7 @@ impl Trace {
 
     /// Append `e`, dropping the oldest event at the bound; returns the
     /// event's id for [`Trace::replace`] and [`Trace::log`].
+    #[inline]
     pub(crate) fn push(&mut self, e: TraceEvent) -> u64 {
         if self.cap.is_some_and(|cap| self.events.len() >= cap) {
             if matches!(self.events.pop_front(), Some(TraceEvent::Violation { .. })) {
@@ -501,23 +520,22 @@ impl Trace {
         self.dropped + self.events.len() as u64 - 1
     }
 
-    /// Replace the event `id` (from [`Trace::push`]) if it is still kept.
-    pub(crate) fn replace(&mut self, id: u64, e: TraceEvent) {
-        if let Some(slot) = id
-            .checked_sub(self.dropped)
-            .and_then(|i| self.events.get_mut(usize::try_from(i).ok()?))
-        {
-            *slot = e;
-        }
+    /// The event `id` (from [`Trace::push`]) if it is still kept.
+    #[inline]
+    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut TraceEvent> {
+        let i = usize::try_from(id.checked_sub(self.dropped)?).ok()?;
+        self.events.get_mut(i)
     }
 
     /// The id the next logged change will get.
+    #[inline]
     pub(crate) fn next_change(&self) -> u64 {
         self.changes_dropped + self.changes.len() as u64
     }
 
     /// Log change `c` made by event `owner`, dropping the oldest change at
     /// the bound.
+    #[inline]
     pub(crate) fn log(&mut self, owner: u64, c: Change) {
         if self.cap.is_some_and(|cap| self.changes.len() >= cap) {
             self.changes.pop_front();
@@ -670,8 +688,10 @@ impl fmt::Display for Trace {
         if self.dropped > 0 {
             writeln!(
                 f,
-                "  ({} earlier events dropped, {} of them violations; the trace keeps {TRACE_CAP})",
-                self.dropped, self.dropped_violations
+                "  ({} earlier events dropped, {} of them violations; the trace keeps {})",
+                self.dropped,
+                self.dropped_violations,
+                self.cap.unwrap_or(usize::MAX)
             )?;
         }
         for e in &self.events {
