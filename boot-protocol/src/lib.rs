@@ -4,10 +4,13 @@
 //! cannot drift apart. It is not a hypervisor ABI: the Xen and VMI ABIs
 //! each side owns separately, so that a wrong constant cannot pass on both.
 //!
-//! * Report: text lines on port [`ports::TEXT`] (QEMU's `isa-debugcon`) and
-//!   an exit status on [`ports::EXIT`] (`isa-debug-exit`); a Xen PV guest
-//!   prints the same lines with `console_io` and ends with
-//!   [`EXIT_STATUS_PREFIX`] and `SCHEDOP_shutdown`.
+//! * Report: text lines on port [`ports::TEXT`] (QEMU's `isa-debugcon`, one
+//!   byte per `out`) or, where the runner says it serves it
+//!   ([`boot_flags::REPORT_BUFFER`]), a line per `out` on
+//!   [`ports::TEXT_BUFFER`] ([`text_buffer`]); an exit status on
+//!   [`ports::EXIT`] (`isa-debug-exit`). A Xen PV guest prints the same
+//!   lines with `console_io` and ends with [`EXIT_STATUS_PREFIX`] and
+//!   `SCHEDOP_shutdown`.
 //! * Lines: `check <pass|fail|skip> <name>: <detail>` ([`CHECK_PREFIX`]),
 //!   and the differential battery's `b <i> ...` ([`BATTERY_PREFIX`]).
 //! * Boot flags: what the host cannot run ([`boot_flags`]), in rdi at the
@@ -21,6 +24,11 @@
 pub mod ports {
     /// Text output (byte writes): QEMU's debug console port.
     pub const TEXT: u16 = 0xe9;
+    /// Text output a buffer at a time (dword writes, [`super::text_buffer`]):
+    /// served by hv-sim's KVM runners only, which say so with
+    /// [`super::boot_flags::REPORT_BUFFER`]. No device of QEMU's pc/q35
+    /// machines decodes 0xE0–0xE3.
+    pub const TEXT_BUFFER: u16 = 0xe0;
     /// Exit with a dword status: QEMU's isa-debug-exit default port.
     pub const EXIT: u16 = 0xf4;
     /// Xen personality: a hypercall or exception stub's dword write (the
@@ -54,6 +62,37 @@ pub mod boot_flags {
     /// started by a Xen domain builder (real Xen or hv-sim's Xen
     /// personality) with its start info in rsi.
     pub const XEN_PV_ENTRY: u64 = 1 << 5;
+    /// The runner serves [`super::ports::TEXT_BUFFER`]: the kernel may
+    /// report a line per exit there instead of a byte per exit on
+    /// [`super::ports::TEXT`]. Set by hv-sim's KVM runners (native, VMI-style,
+    /// trap-and-emulate); never under QEMU, whose debug console sees only
+    /// the byte port.
+    pub const REPORT_BUFFER: u64 = 1 << 6;
+}
+
+/// The text-buffer protocol ([`ports::TEXT_BUFFER`]): one `out dx, eax`
+/// per line (or per full buffer) with `eax = gpa | len`, where `gpa` is the
+/// guest-physical address of the bytes, 4 KiB aligned and below 4 GiB, and
+/// `len` < 4096 their count. The runner copies the bytes out of guest
+/// memory; the kernel must map the buffer at the same address it passes
+/// (hv-sim's personalities identity-map guest RAM).
+pub mod text_buffer {
+    /// Most bytes in one write.
+    pub const MAX_LEN: usize = 4095;
+
+    /// The port word for `len` bytes at `gpa`, or `None` if `gpa` is not 4
+    /// KiB aligned below 4 GiB or `len` is over [`MAX_LEN`].
+    pub fn word(gpa: u64, len: usize) -> Option<u32> {
+        if gpa & 0xfff != 0 || gpa > u64::from(u32::MAX) || len > MAX_LEN {
+            return None;
+        }
+        Some(gpa as u32 | len as u32)
+    }
+
+    /// The buffer a port word names: (guest-physical address, length).
+    pub fn split(word: u32) -> (u64, usize) {
+        (u64::from(word & !0xfff), (word & 0xfff) as usize)
+    }
 }
 
 /// A Xen guest's command-line key for the boot flags: `hvsim.flags=<hex>`.
@@ -103,5 +142,15 @@ mod tests {
         assert!(!cmdline_has(c, "batter"));
         assert_eq!(cmdline_flags(""), 0);
         assert_eq!(cmdline_flags("hvsim.flags=zz"), 0);
+    }
+
+    #[test]
+    fn text_buffer_words() {
+        assert_eq!(text_buffer::word(0x20_3000, 17), Some(0x20_3011));
+        assert_eq!(text_buffer::split(0x20_3011), (0x20_3000, 17));
+        assert_eq!(text_buffer::word(0x20_3000, 4095), Some(0x20_3fff));
+        assert_eq!(text_buffer::word(0x20_3000, 4096), None);
+        assert_eq!(text_buffer::word(0x20_3008, 1), None);
+        assert_eq!(text_buffer::word(1 << 32, 1), None);
     }
 }

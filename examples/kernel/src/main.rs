@@ -344,6 +344,9 @@ extern "C" fn kmain(flags: u64, start_info: u64) -> ! {
     if flags & boot_flags::XEN_PV_ENTRY != 0 {
         xen_pv_main(start_info);
     }
+    if flags & boot_flags::REPORT_BUFFER != 0 {
+        report::use_buffer_port();
+    }
     say!("pvops example kernel: hello\n");
     let hv = pvops::detect();
     say!("detected hypervisor: {:?}\n", hv);

@@ -11,6 +11,10 @@
 //! same kernel reports under QEMU too):
 //! * [`ports::TEXT`] (0xE9), byte writes: text lines; `check <pass|fail|skip>
 //!   <name>: <detail>` lines are collected as checks;
+//! * [`ports::TEXT_BUFFER`] (0xE0), dword writes: the same text a line per
+//!   exit, read from guest memory (`hvsim_boot_protocol::text_buffer`); the
+//!   runner offers it with [`boot_flags::REPORT_BUFFER`] in rdi, so the
+//!   report costs an exit per line, not per byte (QEMU sees only 0xE9);
 //! * [`ports::EXIT`] (0xF4), dword write: exit status; the VM stops.
 //!
 //! [`xen::boot_xen`] boots the same kernel with the Xen-style personality
@@ -21,21 +25,34 @@
 //! [`trap::boot_trap`] boots the native-backend kernel deprivileged, with
 //! its descriptor-table instructions trapped (#GP to hv-sim's stub, port
 //! [`ports::TRAP`]) and emulated by [`crate::emulate`].
+//!
+//! # Exit cost
+//! Each exit costs one `KVM_RUN`: the registers come and go through
+//! [`regs`] (KVM's sync regs in `kvm_run`), not through register ioctls,
+//! and [`BootReport::ioctls`] counts what a boot issued.
 
 pub mod layout;
+pub mod paging;
+pub mod regs;
 pub mod trap;
 pub mod vmi;
 pub mod xen;
 
+#[cfg(test)]
+mod exit_cost_tests;
+
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use goblin::elf::{Elf, program_header::PT_LOAD};
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+pub use regs::VcpuIoctls;
+use regs::{RegCache, Vcpu};
 
 /// The I/O ports of hv-sim's guest protocol (shared with the example
 /// kernel through `hvsim-boot-protocol`), and the VMI ROM stubs' port.
@@ -203,6 +220,13 @@ pub struct BootReport {
     pub exits: ExitCounts,
     /// Writes to ports outside the protocol, (port, first byte).
     pub stray_io: Vec<(u16, u8)>,
+    /// The vCPU ioctls the boot issued (all zero where no vCPU ran).
+    pub ioctls: VcpuIoctls,
+    /// Time spent in `KVM_RUN` (the guest running, the exits themselves).
+    pub run_time: Duration,
+    /// Time spent between runs: hv-sim handling the exits, register
+    /// ioctls included.
+    pub handle_time: Duration,
 }
 
 impl BootReport {
@@ -456,6 +480,7 @@ fn run_vm(
     };
 
     let mut vcpu = vm.create_vcpu(0).map_err(io("KVM_CREATE_VCPU"))?;
+    let mut cache = RegCache::new(&mut vcpu, regs::sync_regs_available(&kvm));
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(io("KVM_GET_SUPPORTED_CPUID"))?;
@@ -482,33 +507,48 @@ fn run_vm(
     if let Some(Guest::Xen(g)) = guest.as_mut() {
         g.set_cpuid(cpuid.as_slice());
     }
-    let mut sregs = vcpu.get_sregs().map_err(io("KVM_GET_SREGS"))?;
+    let setup_err = |what: &'static str| move |e: String| KvmError::Ioctl(what, e);
+    let mut sregs = cache.sregs(&vcpu).map_err(setup_err("entry state"))?;
     layout::long_mode_sregs(&mut sregs);
-    let mut regs = vcpu.get_regs().map_err(io("KVM_GET_REGS"))?;
+    let mut regs = cache.regs(&vcpu).map_err(setup_err("entry state"))?;
     regs.rip = entry;
     regs.rflags = 2;
     regs.rsp = layout::BOOT_STACK_TOP;
-    regs.rdi = cfg.boot_flags;
+    // The runner serves the text-buffer port: the kernel may report a line
+    // per exit (a Xen guest reports through console_io instead).
+    regs.rdi = cfg.boot_flags | boot_flags::REPORT_BUFFER;
     match guest.as_mut() {
         Some(Guest::Xen(g)) => g.entry_state(&mut regs, &mut sregs),
         Some(Guest::Vmi(g)) => g.entry_state(&mut regs, &mut sregs),
         Some(Guest::Trap(g)) => g.entry_state(&mut regs, &mut sregs),
         None => {}
     }
-    vcpu.set_sregs(&sregs).map_err(io("KVM_SET_SREGS"))?;
-    vcpu.set_regs(&regs).map_err(io("KVM_SET_REGS"))?;
-    if let Some(Guest::Xen(g)) = guest.as_mut() {
-        g.initial_tables(&vm, &vcpu)
-            .map_err(|e| KvmError::Ioctl("xen personality setup", e))?;
-    }
-    if let Some(Guest::Trap(g)) = guest.as_mut() {
-        g.initial_tables(&vcpu)
-            .map_err(|e| KvmError::Ioctl("trap personality setup", e))?;
+    cache.set_sregs(&sregs);
+    cache.set_regs(&regs);
+    // With ioctls, so that what the personalities read next is what KVM
+    // accepted (the trap personality checks CR4.UMIP).
+    cache
+        .write_back_now(&vcpu)
+        .map_err(setup_err("entry state"))?;
+    match guest.as_mut() {
+        Some(Guest::Xen(g)) => g
+            .initial_tables(&vm, &mut Vcpu::new(&vcpu, &mut cache))
+            .map_err(setup_err("xen personality setup"))?,
+        Some(Guest::Trap(g)) => g
+            .initial_tables(&mut Vcpu::new(&vcpu, &mut cache))
+            .map_err(setup_err("trap personality setup"))?,
+        Some(Guest::Vmi(_)) | None => {}
     }
 
     let mut text = Vec::new();
     let mut exits = ExitCounts::default();
     let mut stray_io = Vec::new();
+    let mut run_time = Duration::ZERO;
+    let mut handle_time = Duration::ZERO;
+    let crashed = |what: String, text: &[u8]| KvmError::GuestCrashed {
+        what,
+        text: String::from_utf8_lossy(text).into_owned(),
+    };
     let exit_status = loop {
         if timed_out.load(Ordering::SeqCst) {
             return Err(KvmError::Timeout {
@@ -516,6 +556,10 @@ fn run_vm(
                 text: String::from_utf8_lossy(&text).into_owned(),
             });
         }
+        cache
+            .before_run(&mut vcpu)
+            .map_err(|e| crashed(format!("writing the registers: {e}"), &text))?;
+        let t_run = Instant::now();
         let exit = match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
                 let mut b = [0u8; 4];
@@ -538,16 +582,22 @@ fn run_vm(
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
             Err(e) => return Err(KvmError::Ioctl("KVM_RUN", e.to_string())),
         };
+        let t_handle = Instant::now();
+        run_time += t_handle - t_run;
+        cache.after_run(&vcpu);
+        let mut cpu = Vcpu::new(&vcpu, &mut cache);
         match exit {
             Exit::Out(port, b, len) => {
                 exits.io += 1;
                 match port {
                     ports::TEXT => text.extend_from_slice(&b[..len.min(4)]),
+                    ports::TEXT_BUFFER => read_text_buffer(&mem, b, len, &mut text)
+                        .map_err(|what| crashed(what, &text))?,
                     ports::EXIT => {
                         match guest.as_mut() {
-                            Some(Guest::Xen(g)) => g.at_exit(&vcpu),
-                            Some(Guest::Vmi(g)) => g.at_exit(&vcpu),
-                            Some(Guest::Trap(g)) => g.at_exit(&vcpu),
+                            Some(Guest::Xen(g)) => g.at_exit(&mut cpu),
+                            Some(Guest::Vmi(g)) => g.at_exit(&mut cpu),
+                            Some(Guest::Trap(g)) => g.at_exit(&mut cpu),
                             None => {}
                         }
                         break Some(u32::from_le_bytes(b));
@@ -556,9 +606,9 @@ fn run_vm(
                         let data = u32::from_le_bytes(b);
                         let handled = match guest.as_mut() {
                             Some(Guest::Xen(g)) if p == ports::HYPERCALL => {
-                                match g.port(&vm, &vcpu, data, len, &mut text) {
+                                match g.port(&vm, &mut cpu, data, len, &mut text) {
                                     Ok(Some(reason)) => {
-                                        g.at_exit(&vcpu);
+                                        g.at_exit(&mut cpu);
                                         let t = String::from_utf8_lossy(&text);
                                         break Some(xen::exit_status(&t, reason));
                                     }
@@ -567,18 +617,15 @@ fn run_vm(
                                 }
                             }
                             Some(Guest::Vmi(g)) if p == ports::VMI => {
-                                Some(g.rom_call(&vcpu, data, len))
+                                Some(g.rom_call(&mut cpu, data, len))
                             }
                             Some(Guest::Trap(g)) if p == ports::TRAP => {
-                                Some(g.trap(&vcpu, data, len))
+                                Some(g.trap(&mut cpu, data, len))
                             }
                             _ => None,
                         };
                         match handled {
-                            Some(r) => r.map_err(|what| KvmError::GuestCrashed {
-                                what,
-                                text: String::from_utf8_lossy(&text).into_owned(),
-                            })?,
+                            Some(r) => r.map_err(|what| crashed(what, &text))?,
                             None => stray_io.push((p, b[0])),
                         }
                     }
@@ -591,23 +638,24 @@ fn run_vm(
                 break None;
             }
             Exit::Shutdown => {
-                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
-                return Err(KvmError::GuestCrashed {
-                    what: format!("shutdown (triple fault) near rip {rip:#x}"),
-                    text: String::from_utf8_lossy(&text).into_owned(),
-                });
+                let rip = cpu.regs().map(|r| r.rip).unwrap_or(0);
+                return Err(crashed(
+                    format!("shutdown (triple fault) near rip {rip:#x}"),
+                    &text,
+                ));
             }
             Exit::Other(what) => {
-                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                let rip = cpu.regs().map(|r| r.rip).unwrap_or(0);
                 let mut bytes = [0u8; 16];
                 let _ = mem.read_slice(&mut bytes, GuestAddress(rip));
-                return Err(KvmError::GuestCrashed {
-                    what: format!("{what} at rip {rip:#x} (bytes {bytes:02x?})"),
-                    text: String::from_utf8_lossy(&text).into_owned(),
-                });
+                return Err(crashed(
+                    format!("{what} at rip {rip:#x} (bytes {bytes:02x?})"),
+                    &text,
+                ));
             }
             Exit::Interrupted => exits.other += 1,
         }
+        handle_time += t_handle.elapsed();
     };
     let text = String::from_utf8_lossy(&text).into_owned();
     let outcome = guest.map(|g| match g {
@@ -622,7 +670,38 @@ fn run_vm(
             text,
             exits,
             stray_io,
+            ioctls: cache.counts(),
+            run_time,
+            handle_time,
         },
         outcome,
     ))
+}
+
+/// A dword write to [`ports::TEXT_BUFFER`]: append the line it names
+/// (`hvsim_boot_protocol::text_buffer`) to `text`.
+fn read_text_buffer(
+    mem: &GuestMemoryMmap,
+    b: [u8; 4],
+    len: usize,
+    text: &mut Vec<u8>,
+) -> Result<(), String> {
+    let word = u32::from_le_bytes(b);
+    if len != 4 {
+        return Err(format!(
+            "text-buffer port {:#x} written with {len} bytes: the protocol is one dword, the buffer's address | its length",
+            ports::TEXT_BUFFER
+        ));
+    }
+    let (gpa, n) = hvsim_boot_protocol::text_buffer::split(word);
+    let at = text.len();
+    text.resize(at + n, 0);
+    mem.read_slice(&mut text[at..], GuestAddress(gpa))
+        .map_err(|e| {
+            format!(
+                "text-buffer port {:#x} written with {word:#x}: {n} bytes at {gpa:#x} are not guest RAM ({e})",
+                ports::TEXT_BUFFER
+            )
+        })
+        .inspect_err(|_| text.truncate(at))
 }

@@ -16,7 +16,7 @@
 //!   from the guest's tables, compressed to ring 3: present code/data
 //!   descriptors get DPL 3, gates get DPL 3, code selector RPL 3 and no
 //!   IST, the guest's TR and LDTR selectors name hv-sim's TSS and LDT copy
-//!   (installed with `KVM_SET_SREGS`);
+//!   (installed through the vCPU's system registers, [`super::regs`]);
 //! * routes #GP (vector 13 of the real IDT) to its stub page [`TRAP_TEXT`]
 //!   (`push rax; mov eax, 13; out 0xE5, eax`): on that port exit it reads
 //!   the exception frame, fetches the instruction at the faulting RIP
@@ -64,14 +64,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
-use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::regs::Vcpu;
 use super::xen::FinalSegments;
 use super::{BootReport, Config, KvmError, layout, parse_elf, ports};
 use crate::emulate::{
     self, Access, CpuState, DtRegisters, Exception, GuestMemory, Insn, NotEmulated, Outcome,
-    PageFault, Segment,
+    Segment,
 };
 use pvops::{DescriptorTablePointer, Selector};
 
@@ -111,114 +111,13 @@ pub const RESERVED_PAGES: u64 = 0x100;
 /// CR4.UMIP.
 pub const CR4_UMIP: u64 = 1 << 11;
 
+pub use super::paging::PagingMemory;
 use layout::{PTE_P, PTE_RW, PTE_U};
-const PTE_PS: u64 = 1 << 7;
-const PTE_ADDR: u64 = 0x000F_FFFF_FFFF_F000;
 const BUSY: u64 = 2 << 40;
 const RFLAGS_TF: u64 = 1 << 8;
 const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_NT: u64 = 1 << 14;
 const RFLAGS_RF: u64 = 1 << 16;
-
-/// The guest's linear memory through the page tables the vCPU runs on
-/// (CR3), as the emulator reads and writes it. Every access the guest can
-/// make is a user access in reality (it runs in ring 3), so a page is
-/// reachable only with U set at every level — hv-sim's own pages (the real
-/// tables, the page tables) are not, whatever address the guest names.
-/// Writes need RW at every level (CR0.WP). A failure is a #PF with P, W and
-/// I/D set as the CPU would for a supervisor access (the guest believes it
-/// runs in ring 0).
-pub struct PagingMemory<'a> {
-    mem: &'a GuestMemoryMmap,
-    cr3: u64,
-}
-
-impl<'a> PagingMemory<'a> {
-    /// Guest memory through the paging rooted at `cr3`.
-    pub fn new(mem: &'a GuestMemoryMmap, cr3: u64) -> Self {
-        PagingMemory { mem, cr3 }
-    }
-
-    /// Translate `va` for `access`: the guest-physical address.
-    pub fn translate(&self, va: u64, access: Access) -> Result<u64, PageFault> {
-        let write = access.is_write();
-        let fault = |present: bool| PageFault {
-            addr: va,
-            error_code: u32::from(present)
-                | u32::from(write) << 1
-                | u32::from(access == Access::Fetch) << 4,
-        };
-        let top = va >> 47;
-        if top != 0 && top != 0x1_ffff {
-            return Err(fault(false));
-        }
-        let mut table = self.cr3 & PTE_ADDR;
-        for level in (0..4u32).rev() {
-            let idx = (va >> (12 + 9 * level)) & 511;
-            let e: u64 = self
-                .mem
-                .read_obj(GuestAddress(table + idx * 8))
-                .map_err(|_| fault(false))?;
-            if e & PTE_P == 0 {
-                return Err(fault(false));
-            }
-            if e & PTE_U == 0 || (write && e & PTE_RW == 0) {
-                return Err(fault(true));
-            }
-            if level == 0 || (level <= 2 && e & PTE_PS != 0) {
-                let size_bits = 12 + 9 * level;
-                let mask = (1u64 << size_bits) - 1;
-                return Ok((e & PTE_ADDR & !mask) | (va & mask));
-            }
-            table = e & PTE_ADDR;
-        }
-        Err(fault(false))
-    }
-
-    fn chunks(
-        &self,
-        addr: u64,
-        len: usize,
-        access: Access,
-        mut f: impl FnMut(u64, usize, usize) -> bool,
-    ) -> Result<(), PageFault> {
-        let mut done = 0usize;
-        while done < len {
-            let va = addr.wrapping_add(done as u64);
-            let n = ((4096 - (va & 0xfff)) as usize).min(len - done);
-            let pa = self.translate(va, access)?;
-            if !f(pa, done, n) {
-                return Err(PageFault {
-                    addr: va,
-                    error_code: u32::from(access.is_write()) << 1,
-                });
-            }
-            done += n;
-        }
-        Ok(())
-    }
-}
-
-impl GuestMemory for PagingMemory<'_> {
-    fn read(&self, addr: u64, buf: &mut [u8], access: Access) -> Result<(), PageFault> {
-        let len = buf.len();
-        self.chunks(addr, len, access, |pa, off, n| {
-            self.mem
-                .read_slice(&mut buf[off..off + n], GuestAddress(pa))
-                .is_ok()
-        })
-    }
-
-    fn write(&self, addr: u64, data: &[u8], access: Access) -> Result<(), PageFault> {
-        // Translate every page first: nothing is written if any page faults.
-        self.chunks(addr, data.len(), access, |_, _, _| true)?;
-        self.chunks(addr, data.len(), access, |pa, off, n| {
-            self.mem
-                .write_slice(&data[off..off + n], GuestAddress(pa))
-                .is_ok()
-        })
-    }
-}
 
 /// The vCPU as the emulator sees it: the registers at the fault, the FS/GS
 /// bases, and the guest's virtual descriptor-table registers (virtual CPL
@@ -331,7 +230,7 @@ pub struct TrapBootReport {
     pub injected: Vec<(&'static str, String)>,
     /// #GPs delivered to the guest's handler as they were.
     pub bounced: Vec<Bounced>,
-    /// Times the real tables' registers changed (`KVM_SET_SREGS`).
+    /// Times the real tables' registers changed (TR/LDTR or CR2 written).
     pub installs: u64,
     /// Did the vCPU accept CR4.UMIP (so `sgdt`…`sldt` trap)?
     pub umip: bool,
@@ -545,10 +444,8 @@ impl TrapGuest {
     }
 
     /// Before the guest runs: the #GP gate, and whether UMIP stuck.
-    pub(crate) fn initial_tables(&mut self, vcpu: &VcpuFd) -> Result<(), String> {
-        let sregs = vcpu
-            .get_sregs()
-            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+    pub(crate) fn initial_tables(&mut self, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+        let sregs = vcpu.sregs()?;
         self.umip = sregs.cr4 & CR4_UMIP != 0;
         self.sync(vcpu, sregs, true)
     }
@@ -580,7 +477,12 @@ impl TrapGuest {
 
     /// Build the real GDT, LDT and IDT from the guest's (through its
     /// virtual registers) and install changed registers.
-    fn sync(&mut self, vcpu: &VcpuFd, mut sregs: kvm_sregs, install: bool) -> Result<(), String> {
+    fn sync(
+        &mut self,
+        vcpu: &mut Vcpu<'_>,
+        mut sregs: kvm_sregs,
+        install: bool,
+    ) -> Result<(), String> {
         let mem = PagingMemory::new(&self.mem, sregs.cr3);
         let dt = self.dt;
         let w = |addr: u64, v: u64| {
@@ -697,8 +599,7 @@ impl TrapGuest {
                     ..Default::default()
                 }
             };
-            vcpu.set_sregs(&sregs)
-                .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+            vcpu.set_sregs(&sregs);
             self.installs += 1;
             self.last_tr = tr;
             self.last_ldtr = ldtr;
@@ -708,9 +609,14 @@ impl TrapGuest {
 
     /// hv-sim's #GP entry wrote the trap port: emulate the instruction, or
     /// deliver an exception to the guest's own handler.
-    pub(crate) fn trap(&mut self, vcpu: &VcpuFd, data: u32, len: usize) -> Result<(), String> {
+    pub(crate) fn trap(
+        &mut self,
+        vcpu: &mut Vcpu<'_>,
+        data: u32,
+        len: usize,
+    ) -> Result<(), String> {
         let t0 = Instant::now();
-        let regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        let regs = vcpu.regs()?;
         if len != 4 || data != 13 || regs.rax != 13 || regs.rip != TRAP_STUB_EXIT_RIP {
             return Err(format!(
                 "trap port {:#x} written with {len} bytes {data:#x} at rip {:#x}; only hv-sim's #GP entry may use it",
@@ -719,9 +625,7 @@ impl TrapGuest {
             ));
         }
         self.traps += 1;
-        let mut sregs = vcpu
-            .get_sregs()
-            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        let mut sregs = vcpu.sregs()?;
         let mem = PagingMemory::new(&self.mem, sregs.cr3);
         // The stub's saved rax, then the CPU's frame: error code, rip, cs,
         // rflags, rsp, ss.
@@ -758,9 +662,8 @@ impl TrapGuest {
                 *self.emulated.entry(insn).or_default() += 1;
                 self.dt = cpu.dt;
                 cpu.regs.rip = rip.wrapping_add(len as u64);
-                vcpu.set_regs(&cpu.regs)
-                    .map_err(|e| format!("KVM_SET_REGS: {e}"))
-                    .map(|()| false)
+                vcpu.set_regs(&cpu.regs);
+                Ok(false)
             }
             Outcome::Inject { insn, exception } => {
                 self.injected.push((insn.name(), exception.to_string()));
@@ -798,7 +701,7 @@ impl TrapGuest {
     /// whether `sregs` changed.
     fn deliver(
         &self,
-        vcpu: &VcpuFd,
+        vcpu: &mut Vcpu<'_>,
         mem: &PagingMemory<'_>,
         mut regs: kvm_regs,
         sregs: &mut kvm_sregs,
@@ -849,14 +752,13 @@ impl TrapGuest {
         if typ == 0xe {
             regs.rflags &= !RFLAGS_IF;
         }
-        vcpu.set_regs(&regs)
-            .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+        vcpu.set_regs(&regs);
         Ok(changed)
     }
 
     /// The guest wrote its exit status: record the vCPU's segments.
-    pub(crate) fn at_exit(&mut self, vcpu: &VcpuFd) {
-        if let Ok(s) = vcpu.get_sregs() {
+    pub(crate) fn at_exit(&mut self, vcpu: &mut Vcpu<'_>) {
+        if let Ok(s) = vcpu.sregs() {
             self.final_segments = Some(FinalSegments {
                 cs: s.cs.selector,
                 cpl: s.cs.dpl,

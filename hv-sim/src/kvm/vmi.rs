@@ -21,8 +21,8 @@
 //!   builds the real GDT (the guest's entries after the policy's fix-ups,
 //!   the personality's two reserved ring-0 entries after them, and hv-sim's
 //!   own entries at the top), IDT (the fixed-up gates) and LDT (the fixed-up
-//!   entries) in its own pages and installs them with `KVM_SET_SREGS`. TR
-//!   and LDTR hold the guest's selectors, but the descriptors they name in
+//!   entries) in its own pages and installs them through the vCPU's system
+//!   registers ([`super::regs`]), only when they changed. TR and LDTR hold the guest's selectors, but the descriptors they name in
 //!   the real GDT point at hv-sim's copies (its TSS copy, whose rsp0 is the
 //!   UpdateKernelStack value, and its LDT copy), as shadow descriptor tables
 //!   do. Between SetLazyMode(2) and SetLazyMode(0) the effective changes are
@@ -72,9 +72,9 @@
 use std::collections::BTreeMap;
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
-use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::regs::Vcpu;
 use super::xen::FinalSegments;
 use super::{BootReport, Config, KvmError, layout, parse_elf, ports};
 use crate::vmi::abi::call;
@@ -384,8 +384,13 @@ impl VmiGuest {
 
     /// A ROM stub's port write: run the call, write the result, make its
     /// effects real. `Err` = the guest broke the ROM protocol.
-    pub(crate) fn rom_call(&mut self, vcpu: &VcpuFd, data: u32, len: usize) -> Result<(), String> {
-        let mut regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+    pub(crate) fn rom_call(
+        &mut self,
+        vcpu: &mut Vcpu<'_>,
+        data: u32,
+        len: usize,
+    ) -> Result<(), String> {
+        let mut regs = vcpu.regs()?;
         // The stub starts with the 5-byte `mov eax, imm32`, then the 2-byte
         // `out`. rip is at the `out` where KVM completes it on the next
         // KVM_RUN (hardware virtualization), or already past it (PVM, which
@@ -439,8 +444,7 @@ impl VmiGuest {
                 regs.rdx = CLOBBER;
             }
         }
-        vcpu.set_regs(&regs)
-            .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+        vcpu.set_regs(&regs);
         // What the vCPU is about to run on must satisfy the personality's
         // invariants (a violation is hv-sim's bug, reported as such).
         self.hv
@@ -463,14 +467,12 @@ impl VmiGuest {
 
     /// Make the effective state real on the vCPU (nothing to do while it is
     /// unchanged, e.g. during a lazy batch).
-    fn install(&mut self, vcpu: &VcpuFd) -> Result<(), String> {
+    fn install(&mut self, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
         let eff = self.hv.effective();
         if eff == self.last {
             return Ok(());
         }
-        let mut sregs = vcpu
-            .get_sregs()
-            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        let mut sregs = vcpu.sregs()?;
 
         // GDT: the effective entries (the guest's fixed up, then the
         // personality's reserved), with TR's and LDTR's descriptors pointing
@@ -555,8 +557,7 @@ impl VmiGuest {
         };
         sregs.tr = tr;
         sregs.ldt = ldt;
-        vcpu.set_sregs(&sregs)
-            .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+        vcpu.set_sregs(&sregs);
         self.installs += 1;
         self.last = eff;
         Ok(())
@@ -564,8 +565,8 @@ impl VmiGuest {
 
     /// The guest wrote its exit status: record the vCPU's segments and the
     /// real tables.
-    pub(crate) fn at_exit(&mut self, vcpu: &VcpuFd) {
-        let Ok(s) = vcpu.get_sregs() else {
+    pub(crate) fn at_exit(&mut self, vcpu: &mut Vcpu<'_>) {
+        let Ok(s) = vcpu.sregs() else {
             return;
         };
         self.final_segments = Some(FinalSegments {

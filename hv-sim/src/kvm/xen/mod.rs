@@ -32,13 +32,18 @@
 //!   exception with no handler crashes the domain, as on Xen.
 //! * **Effects**: after each hypercall hv-sim builds the real GDT (the
 //!   guest frames' validated entries, then Xen's reserved entries from 7168
-//!   on) and LDT, installs them with `KVM_SET_SREGS`. LDT pages are mapped
-//!   lazily, as on Xen: a real LDT page stays not present until the CPU
-//!   touches it; the #PF comes to hv-sim, which maps (validates) the
-//!   guest's page through the domain and retries, or delivers the #PF to
-//!   the guest when the page cannot be a descriptor page. hv-sim applies `set_segment_base`, and
-//!   mirrors the domain's L1 entries into the real 4 KiB page tables (so a
-//!   direct store into a live descriptor page faults, as on Xen).
+//!   on) and LDT, installs them through the vCPU's system registers
+//!   ([`super::regs`]: no ioctl, and no write when nothing changed). LDT
+//!   pages are mapped lazily, as on Xen: a real LDT page stays not present
+//!   until the CPU touches it; the #PF comes to hv-sim, which maps
+//!   (validates) the guest's page through the domain and retries, or
+//!   delivers the #PF to the guest when the page cannot be a descriptor
+//!   page. hv-sim applies `set_segment_base`, and mirrors the domain's L1
+//!   entries into the real 4 KiB page tables (so a direct store into a live
+//!   descriptor page faults, as on Xen). A mirror that changed any entry
+//!   drops KVM's shadow page tables by re-registering the memory slot: the
+//!   costliest step of a Xen boot here (5–11 ms each on PVM, an SRCU grace
+//!   period), taken only when entries changed.
 //!
 //! # Where this differs from Xen
 //! * hv-sim's real page tables map guest-physical frames; the bootstrap
@@ -77,9 +82,10 @@ use std::collections::BTreeMap;
 use std::ptr::NonNull;
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
-use kvm_ioctls::{VcpuFd, VmFd};
+use kvm_ioctls::VmFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use super::regs::Vcpu;
 use super::{BootReport, Config, KvmError, layout, parse_elf};
 use crate::xen::traps::{self, Interrupted};
 use crate::xen::{Trace, TraceEvent, VcpuState, XenDomain, ZERO_BLOCK_PTR};
@@ -496,8 +502,8 @@ impl XenGuest {
     }
 
     /// The guest shut down: record the vCPU's segments.
-    pub(crate) fn at_exit(&mut self, vcpu: &VcpuFd) {
-        if let Ok(s) = vcpu.get_sregs() {
+    pub(crate) fn at_exit(&mut self, vcpu: &mut Vcpu<'_>) {
+        if let Ok(s) = vcpu.sregs() {
             self.final_segments = Some(FinalSegments {
                 cs: s.cs.selector,
                 cpl: s.cs.dpl,
@@ -566,12 +572,12 @@ impl XenGuest {
     pub(crate) fn port(
         &mut self,
         vm: &VmFd,
-        vcpu: &VcpuFd,
+        vcpu: &mut Vcpu<'_>,
         data: u32,
         len: usize,
         text: &mut Vec<u8>,
     ) -> Result<Option<u32>, String> {
-        let mut regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        let mut regs = vcpu.regs()?;
         if len != 4 || regs.rax != u64::from(data) {
             return Err(format!(
                 "hypercall port {:#x} written with {len} bytes {data:#x} while rax = {:#x} (rip {:#x}); only hv-sim's stubs may use it",
@@ -593,8 +599,7 @@ impl XenGuest {
         // Syscall-style clobbers of a real PV hypercall.
         regs.rcx = 0;
         regs.r11 = 0;
-        vcpu.set_regs(&regs)
-            .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+        vcpu.set_regs(&regs);
         text.extend_from_slice(&self.dom.take_console().text);
         if let Some(reason) = self.dom.shutdown_reason() {
             self.shutdown = Some(reason);
@@ -608,7 +613,7 @@ impl XenGuest {
     fn exception(
         &mut self,
         vm: &VmFd,
-        vcpu: &VcpuFd,
+        vcpu: &mut Vcpu<'_>,
         mut regs: kvm_regs,
         v: u8,
     ) -> Result<(), String> {
@@ -649,15 +654,11 @@ impl XenGuest {
             regs.rsp = at.rsp;
             regs.rflags = at.rflags;
             self.emulated_cpuids += 1;
-            return vcpu
-                .set_regs(&regs)
-                .map_err(|e| format!("KVM_SET_REGS: {e}"));
+            vcpu.set_regs(&regs);
+            return Ok(());
         }
         if v == 14 {
-            let cr2 = vcpu
-                .get_sregs()
-                .map_err(|e| format!("KVM_GET_SREGS: {e}"))?
-                .cr2;
+            let cr2 = vcpu.sregs()?.cr2;
             if (REAL_LDT..REAL_LDT + 16 * 4096).contains(&cr2) {
                 // The CPU touched a page of the LDT not mapped yet: map it
                 // now as Xen does on this fault (`handle_ldt_mapping_fault`)
@@ -670,8 +671,7 @@ impl XenGuest {
                     regs.rsp = at.rsp;
                     regs.rflags = at.rflags;
                     self.lazy_ldt_maps += 1;
-                    vcpu.set_regs(&regs)
-                        .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+                    vcpu.set_regs(&regs);
                     return self.sync(vm, vcpu);
                 }
             }
@@ -691,8 +691,7 @@ impl XenGuest {
                     regs.rip = next;
                     regs.rsp = at.rsp;
                     regs.rflags = at.rflags;
-                    vcpu.set_regs(&regs)
-                        .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+                    vcpu.set_regs(&regs);
                     return self.sync(vm, vcpu);
                 }
             }
@@ -718,12 +717,12 @@ impl XenGuest {
         regs.rip = t.address;
         regs.rflags = bf.rflags;
         *self.bounced.entry(v).or_default() += 1;
-        vcpu.set_regs(&regs)
-            .map_err(|e| format!("KVM_SET_REGS: {e}"))
+        vcpu.set_regs(&regs);
+        Ok(())
     }
 
     /// The `iret` stub's port write: the `iret_context` is at rsp.
-    fn iret(&mut self, vcpu: &VcpuFd, mut regs: kvm_regs) -> Result<(), String> {
+    fn iret(&mut self, vcpu: &mut Vcpu<'_>, mut regs: kvm_regs) -> Result<(), String> {
         let mut ctx = [0u64; 9];
         for (i, w) in ctx.iter_mut().enumerate() {
             let a = regs.rsp.wrapping_add(i as u64 * 8);
@@ -750,12 +749,12 @@ impl XenGuest {
         }
         self.upcall_mask = r.upcall_mask;
         self.irets += 1;
-        vcpu.set_regs(&regs)
-            .map_err(|e| format!("KVM_SET_REGS: {e}"))
+        vcpu.set_regs(&regs);
+        Ok(())
     }
 
     /// Install the initial real tables before the guest runs.
-    pub(crate) fn initial_tables(&mut self, vm: &VmFd, vcpu: &VcpuFd) -> Result<(), String> {
+    pub(crate) fn initial_tables(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
         self.sync(vm, vcpu)?;
         // Nothing ran yet: KVM had no shadow copies to drop.
         self.pte_flushes = 0;
@@ -775,11 +774,9 @@ impl XenGuest {
     }
 
     /// Make the domain's state real on the vCPU.
-    fn sync(&mut self, vm: &VmFd, vcpu: &VcpuFd) -> Result<(), String> {
+    fn sync(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
         let vc = self.dom.vcpu(0);
-        let mut sregs = vcpu
-            .get_sregs()
-            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        let mut sregs = vcpu.sregs()?;
 
         // GDT: every slot of the guest's frames, as Xen validated them.
         let n = (vc.gdt_frames.len() as u32 * 512).min(FIRST_RESERVED_GDT_ENTRY);
@@ -859,8 +856,7 @@ impl XenGuest {
         }
         sregs.gdt.base = REAL_GDT;
         sregs.gdt.limit = (REAL_GDT_ENTRIES * 8 - 1) as u16;
-        vcpu.set_sregs(&sregs)
-            .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+        vcpu.set_sregs(&sregs);
 
         // The domain's L1 entries, mirrored into the real page tables (only
         // when some changed since the last look).
