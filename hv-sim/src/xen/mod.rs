@@ -11,6 +11,33 @@
 //! * [`descriptor_policy::check_descriptor`]: the pure descriptor rule.
 //! * [`XenVcpu`]: a per-vCPU handle implementing [`pvops_xen::XenPlatform`].
 //!
+//! # Layout: one file per Xen source file
+//!
+//! The domain's handlers are `impl Inner` blocks in files named after the
+//! Xen file that holds the function they model (Xen 4.17), so a reader
+//! goes from a Xen function to its model in one hop:
+//!
+//! | Xen | hv-sim (`src/xen/`) |
+//! |---|---|
+//! | `arch/x86/pv/hypercall.c` (dispatch) | `hypercall.rs` |
+//! | `arch/x86/pv/descriptor-tables.c` (`do_set_gdt`, `do_update_descriptor`, `pv_destroy_ldt`) | `descriptor_tables.rs`; the rule itself (`check_descriptor`) in `descriptor_policy.rs` |
+//! | `arch/x86/pv/callback.c` (`do_set_trap_table`) | `callback.rs` |
+//! | `arch/x86/pv/misc-hypercalls.c` (`do_stack_switch`, `do_set_segment_base`) | `misc_hypercalls.rs` |
+//! | `common/multicall.c` (`do_multicall`) | `multicall.rs` |
+//! | `arch/x86/mm.c`: seg_desc / writable types, `do_update_va_mapping`, `do_mmuext_op` | `mm.rs` |
+//! | `arch/x86/mm.c`: page-table types, `get_page_from_l*e`, validation | `pagetables.rs` |
+//! | `arch/x86/mm.c`: `do_mmu_update`, `mod_l*_entry` | `mmu_update.rs` |
+//! | `arch/x86/mm.c`: MMUEXT pins, base pointers, page commands | `mmuext_pt.rs` |
+//! | `arch/x86/pv/mm.c` (`pv_map_ldt_shadow_page`) | `pv_mm.rs` |
+//! | `arch/x86/pv/ro-page-fault.c` (writable page tables) | `ro_page_fault.rs` |
+//! | `arch/x86/pv/dom0_build.c` (`mark_pv_pt_pages_rdonly`) | `dom0_build.rs` |
+//! | `arch/x86/pv/traps.c`, `x86_64/entry.S` (bounce frames, `do_iret`) | `traps.rs` |
+//! | `drivers/char/console.c`, `common/sched/core.c` | `misc.rs` |
+//! | `arch/x86/usercopy.c` (`copy_from_guest`, `copy_to_guest`) | `guest_access.rs` |
+//! | (hv-sim's own) typed-frame shadows and the direct-store audit | `shadow.rs` |
+//! | (hv-sim's own) invariants after every call | `invariants.rs`, `pt_invariants.rs` |
+//! | (hv-sim's own) the bounded raw trace | `trace.rs` |
+//!
 //! Guest virtual addresses: for pv64 the direct map's VA of pfn `i` is the
 //! host address of page `i` of the allocation, so in-process kernel code can
 //! use its tables as ordinary memory. For pv32 guest VAs are 32-bit and

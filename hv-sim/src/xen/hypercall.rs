@@ -1,0 +1,142 @@
+//! `arch/x86/pv/hypercall.c`: the hypercall dispatcher, with the trace
+//! event each call leaves.
+
+use super::*;
+
+/// Name of hypercall `nr` (`"?"` when Xen has none).
+pub fn hypercall_name(nr: u64) -> &'static str {
+    match nr {
+        0 => "set_trap_table",
+        1 => "mmu_update",
+        2 => "set_gdt",
+        3 => "stack_switch",
+        4 => "set_callbacks",
+        5 => "fpu_taskswitch",
+        6 => "sched_op_compat",
+        7 => "platform_op",
+        8 => "set_debugreg",
+        9 => "get_debugreg",
+        10 => "update_descriptor",
+        12 => "memory_op",
+        13 => "multicall",
+        14 => "update_va_mapping",
+        15 => "set_timer_op",
+        16 => "event_channel_op_compat",
+        17 => "xen_version",
+        18 => "console_io",
+        19 => "physdev_op_compat",
+        20 => "grant_table_op",
+        21 => "vm_assist",
+        22 => "update_va_mapping_otherdomain",
+        23 => "iret",
+        24 => "vcpu_op",
+        25 => "set_segment_base",
+        26 => "mmuext_op",
+        27 => "xsm_op",
+        28 => "nmi_op",
+        29 => "sched_op",
+        30 => "callback_op",
+        32 => "event_channel_op",
+        33 => "physdev_op",
+        34 => "hvm_op",
+        35 => "sysctl",
+        36 => "domctl",
+        37 => "kexec_op",
+        39 => "argo_op",
+        40 => "xenpmu_op",
+        41 => "dm_op",
+        42 => "hypfs_op",
+        _ => "?",
+    }
+}
+
+impl Inner {
+    pub(crate) fn dispatch(&mut self, v: usize, nr: u64, a: [u64; 6], depth: u32) -> i64 {
+        let seq = self.seq;
+        self.seq += 1;
+        // The event goes in first (a multicall's sub-calls follow it); its
+        // result and changes are filled in when it returns.
+        let from = self.trace.next_change();
+        let id = self.trace.push(TraceEvent::Call {
+            seq,
+            vcpu: v,
+            depth,
+            nr,
+            name: hypercall_name(nr),
+            abi: self.abi,
+            args: a,
+            result: 0,
+            reason: None,
+            changes: ChangeIds::default(),
+        });
+        let outer = self.owner.replace(id);
+        let r = self.run(v, nr, a, depth);
+        self.owner = outer;
+        let to = self.trace.next_change();
+        let (res, why) = match r {
+            Ok(x) => (x, None),
+            Err(f) => {
+                let res = -f.errno;
+                if self.strict {
+                    self.strict_failures.push(format!(
+                        "{}({}) = -{} ({res}): {}",
+                        hypercall_name(nr),
+                        decode_args(nr, self.abi, &a),
+                        errno_name(res),
+                        f.reason
+                    ));
+                }
+                (res, Some(f.reason))
+            }
+        };
+        if let Some(TraceEvent::Call {
+            result,
+            reason,
+            changes,
+            ..
+        }) = self.trace.get_mut(id)
+        {
+            *result = res;
+            *reason = why;
+            *changes = ChangeIds {
+                owner: id,
+                ids: from..to,
+            };
+        }
+        res
+    }
+
+    pub(super) fn run(&mut self, v: usize, nr: u64, a: [u64; 6], depth: u32) -> Hc {
+        match nr {
+            0 => self.set_trap_table(v, a[0]),
+            1 => self.mmu_update(a[0], a[1] as u32, a[2], a[3] as u32),
+            2 => self.set_gdt(v, a[0], a[1] as u32),
+            3 => self.stack_switch(v, a[0], a[1]),
+            10 => match self.abi {
+                Abi::Pv64 => self.update_descriptor(a[0], a[1]),
+                Abi::Pv32 => self.update_descriptor(a[0] | a[1] << 32, a[2] | a[3] << 32),
+            },
+            13 => self.multicall(v, a[0], a[1], depth),
+            14 => match self.abi {
+                Abi::Pv64 => self.update_va_mapping(a[0], a[1], a[2]),
+                Abi::Pv32 => self.update_va_mapping(a[0], a[1] | a[2] << 32, a[3]),
+            },
+            25 => self.set_segment_base(v, a[0] as u32, a[1]),
+            26 => self.mmuext_op(v, a[0], a[1] as u32, a[2], a[3] as u32),
+            18 => self.console_io(a[0] as u32, a[1] as u32, a[2]),
+            29 => self.sched_op(a[0] as u32, a[1]),
+            31 if self.version == XenVersion::V4_17 => Err(fail(
+                ENOSYS,
+                "hv-sim does not model hypercall 31 (xenoprof_op); Xen 4.17 has a handler for it",
+            )),
+            _ if hypercall_name(nr) != "?" => Err(fail(
+                ENOSYS,
+                format!(
+                    "hv-sim does not model hypercall {nr} ({}); Xen has a handler for it",
+                    hypercall_name(nr)
+                ),
+            )),
+            _ => Err(fail(ENOSYS, format!("Xen has no hypercall number {nr:#x}"))),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The model's invariants (hv-sim's, not Xen's): what must hold after
+//! every call, checked by `XenDomain::check_invariants` and the property
+//! and differential tests.
+
+use super::*;
+
+impl Inner {
+    pub(super) fn invariants(&self) -> Result<(), String> {
+        let krpl = u64::from(self.abi.krpl());
+        let check = |what: String, d: u64| -> Result<(), String> {
+            let present = d & (1 << 47) != 0;
+            let s = d & (1 << 44) != 0;
+            if present && s && (d >> 45) & 3 < krpl {
+                return Err(format!(
+                    "{what} = {d:#018x} has DPL {} < krpl {krpl}",
+                    (d >> 45) & 3
+                ));
+            }
+            Ok(())
+        };
+        for (v, vc) in self.vcpus.iter().enumerate() {
+            for idx in 0..(vc.gdt_frames.len() as u32 * 512) {
+                check(format!("vcpu{v} GDT[{idx}]"), self.gdt_entry(v, idx))?;
+            }
+            for (slot, m) in vc.ldt_mapped.iter().enumerate() {
+                if let Some(mfn) = m {
+                    let pfn = self.m2p(*mfn).ok_or("LDT slot maps a foreign frame")?;
+                    for i in 0..512 {
+                        check(
+                            format!("vcpu{v} LDT[{}]", slot * 512 + i),
+                            self.ram.read_u64(pfn, i * 8),
+                        )?;
+                    }
+                }
+            }
+        }
+        // Type counts against mappings and users.
+        let mut rw = vec![0u32; self.pages()];
+        let mut mapped = vec![0u32; self.pages()];
+        for p in &self.ptes {
+            if p & PTE_P != 0
+                && let Some(pfn) = self.m2p((p & PTE_MFN_MASK) >> 12)
+            {
+                mapped[pfn] += 1;
+                if p & PTE_RW != 0 {
+                    rw[pfn] += 1;
+                }
+            }
+        }
+        let mut seg = vec![0u32; self.pages()];
+        for vc in &self.vcpus {
+            for m in vc.gdt_frames.iter().chain(vc.ldt_mapped.iter().flatten()) {
+                if let Some(pfn) = self.m2p(*m) {
+                    seg[pfn] += 1;
+                }
+            }
+        }
+        // Page-table entries, pins and roots (pagetables.rs).
+        let pt = self.pt_users()?;
+        for (pfn, r) in rw.iter_mut().enumerate() {
+            *r += pt.rw[pfn];
+        }
+        for (pfn, fi) in self.frames.iter().enumerate() {
+            let mfn = self.mfn(pfn);
+            let want = match fi.typ {
+                PageType::Writable => rw[pfn],
+                PageType::SegDesc => seg[pfn],
+                PageType::L1 | PageType::L2 | PageType::L3 | PageType::L4 => pt.typed[pfn],
+                PageType::None => 0,
+            };
+            if fi.type_count != want {
+                return Err(format!(
+                    "mfn {mfn:#x}: type {} count {} but {want} users",
+                    fi.typ.name(),
+                    fi.type_count
+                ));
+            }
+            if fi.typ != PageType::Writable && rw[pfn] > 0 {
+                return Err(format!(
+                    "mfn {mfn:#x} has type {} but is mapped writable",
+                    fi.typ.name()
+                ));
+            }
+            if fi.refs != mapped[pfn] + seg[pfn] + pt.refs[pfn] {
+                return Err(format!("mfn {mfn:#x}: refs {} wrong", fi.refs));
+            }
+            if fi.typ == PageType::SegDesc && !self.shadows.contains_key(pfn) {
+                return Err(format!("mfn {mfn:#x}: seg_desc without shadow"));
+            }
+        }
+        self.pt_invariants()
+    }
+}

@@ -1,0 +1,153 @@
+//! The page-table half of the model's invariants (hv-sim's, not Xen's):
+//! references, types, pins, shadows and linear counts agree with the
+//! tables' entries.
+
+use super::*;
+
+impl Inner {
+    /// The references page tables, pins and roots hold.
+    pub(crate) fn pt_users(&self) -> Result<PtUsers, String> {
+        let n = self.pages();
+        let mut u = PtUsers {
+            typed: vec![0; n],
+            refs: vec![0; n],
+            rw: vec![0; n],
+        };
+        let roots = self
+            .vcpus
+            .iter()
+            .filter_map(|vc| vc.cr3)
+            .chain(self.pt.user_root.values().copied());
+        for m in roots {
+            let p = self
+                .m2p(m)
+                .ok_or(format!("root mfn {m:#x} is not the domain's"))?;
+            u.typed[p] += 1;
+            u.refs[p] += 1;
+        }
+        for &p in &self.pt.pinned {
+            u.typed[p] += 1;
+            u.refs[p] += 1;
+        }
+        if self.abi == Abi::Pv32 {
+            return Ok(u);
+        }
+        for (pfn, f) in self.frames.iter().enumerate() {
+            let Some(level) = f.typ.level() else {
+                continue;
+            };
+            if f.type_count == 0 || self.pt.live_l1.contains_key(&pfn) {
+                continue;
+            }
+            let mfn = self.mfn(pfn);
+            for slot in guest_slots(level) {
+                let e = self.ram.read_u64(pfn, slot * 8);
+                if e & PTE_P == 0 {
+                    continue;
+                }
+                let t = self.m2p(mfn_of(e));
+                if level == 1 {
+                    match t {
+                        Some(t) => {
+                            u.refs[t] += 1;
+                            if e & PTE_RW != 0 {
+                                u.rw[t] += 1;
+                            }
+                        }
+                        None => {
+                            return Err(format!(
+                                "L1 mfn {mfn:#x}[{slot}] = {e:#x} maps a frame that is not the domain's"
+                            ));
+                        }
+                    }
+                    continue;
+                }
+                if mfn_of(e) == mfn {
+                    continue;
+                }
+                let t = t.ok_or(format!(
+                    "L{level} mfn {mfn:#x}[{slot}] = {e:#x} names a frame that is not the domain's"
+                ))?;
+                let tt = self.frames[t].typ;
+                if tt != f.typ && Some(tt) != PageType::table(level - 1) {
+                    return Err(format!(
+                        "L{level} mfn {mfn:#x}[{slot}] = {e:#x} names a {} page",
+                        tt.name()
+                    ));
+                }
+                u.typed[t] += 1;
+                u.refs[t] += 1;
+            }
+        }
+        Ok(u)
+    }
+
+    /// Pins, validation, shadows and linear counts of page tables.
+    pub(crate) fn pt_invariants(&self) -> Result<(), String> {
+        for &p in &self.pt.pinned {
+            let f = self.frames[p];
+            if f.typ.level().is_none() || f.type_count == 0 {
+                return Err(format!(
+                    "pinned mfn {:#x} has type {} count {}",
+                    self.mfn(p),
+                    f.typ.name(),
+                    f.type_count
+                ));
+            }
+        }
+        if self.abi == Abi::Pv32 {
+            return Ok(());
+        }
+        let mut lin = vec![(0i32, 0i32); self.pages()];
+        for (pfn, f) in self.frames.iter().enumerate() {
+            let mfn = self.mfn(pfn);
+            let Some(level) = f.typ.level() else {
+                if self.shadows.contains_key(pfn) && f.typ != PageType::SegDesc {
+                    return Err(format!("mfn {mfn:#x} ({}) has a shadow", f.typ.name()));
+                }
+                continue;
+            };
+            if f.validated != (f.type_count > 0) {
+                return Err(format!(
+                    "{} mfn {mfn:#x}: validated {} with {} references",
+                    f.typ.name(),
+                    f.validated,
+                    f.type_count
+                ));
+            }
+            if self.shadows.contains_key(pfn) != (f.type_count > 0) {
+                return Err(format!("{} mfn {mfn:#x}: shadow out of step", f.typ.name()));
+            }
+            if f.type_count == 0 || level == 1 {
+                continue;
+            }
+            for slot in guest_slots(level) {
+                let e = self.ram.read_u64(pfn, slot * 8);
+                if e & PTE_P == 0 || mfn_of(e) == mfn {
+                    continue;
+                }
+                if let Some(t) = self.m2p(mfn_of(e))
+                    && self.frames[t].typ == f.typ
+                {
+                    lin[pfn].0 += 1;
+                    lin[t].1 += 1;
+                }
+            }
+        }
+        for (pfn, (entries, uses)) in lin.iter().enumerate() {
+            let have = self.pt.linear.get(&pfn).copied().unwrap_or(0);
+            if (*entries > 0 && *uses > 0) || have != entries - uses {
+                return Err(format!(
+                    "mfn {:#x}: linear_pt_count {have}, but {entries} linear entries and {uses} uses",
+                    self.mfn(pfn)
+                ));
+            }
+        }
+        for (&v, &m) in &self.pt.user_root {
+            if self.m2p(m).map(|p| self.frames[p].typ) != Some(PageType::L4) {
+                return Err(format!("vcpu{v} user root mfn {m:#x} is not an L4"));
+            }
+        }
+        Ok(())
+    }
+}
