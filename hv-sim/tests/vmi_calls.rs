@@ -391,7 +391,7 @@ fn unimplemented_and_undefined_calls() {
     let r = hv.call_entry(0xC8000 + 0x100 + 16 * 50, [0; 4]);
     assert_eq!(r as i64, -14);
     assert!(matches!(
-        hv.trace().events.last(),
+        hv.trace().events.back(),
         Some(VmiEvent::BadEntry { .. })
     ));
 }

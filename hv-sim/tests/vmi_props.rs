@@ -2,7 +2,9 @@
 //! every call of a sequence the model's invariants hold
 //! (`VmiHypervisor::check_invariants`: no effective descriptor gives the
 //! guest a privilege it must not have, the effective state agrees with the
-//! guest's view outside lazy batches), and no call panics the simulator.
+//! guest's view outside lazy batches), a refused call changes nothing (guest
+//! memory, the guest's view, the effective state, the pending batch), and
+//! no call panics the simulator.
 //!
 //! Two generators: hostile arguments (extreme table bases, limits, indices,
 //! selectors), and descriptor-shaped ones (small tables at fixed addresses,
@@ -17,7 +19,7 @@
 #[path = "common/seeds.rs"]
 mod seeds;
 
-use hv_sim::vmi::{GuestKind, RamMemory, VmiHypervisor};
+use hv_sim::vmi::{EffectiveState, GuestKind, GuestMemory, GuestView, RamMemory, VmiHypervisor};
 use proptest::prelude::*;
 
 const RAM: u64 = 0xC100_0000;
@@ -58,20 +60,50 @@ const CALLS: [u32; 13] = [
 
 type Hv = VmiHypervisor<RamMemory>;
 
+const RAM_SIZE: usize = 0x10000;
+
 fn machine(kind: GuestKind) -> Hv {
-    let hv = VmiHypervisor::new(kind, RamMemory::new(RAM, 0x10000));
+    let hv = VmiHypervisor::new(kind, RamMemory::new(RAM, RAM_SIZE));
     assert_eq!(hv.call_entry(INIT, [0; 4]), 0);
     hv
 }
 
+/// Everything a call may change: guest RAM, the guest's view, the
+/// effective state and the pending lazy batch.
+fn snapshot(hv: &Hv) -> (Vec<u8>, GuestView, EffectiveState, Vec<String>) {
+    let mut ram = vec![0; RAM_SIZE];
+    assert!(hv.memory().read(RAM, &mut ram));
+    (ram, hv.guest(), hv.effective(), hv.pending())
+}
+
 /// Call `nr` through the entry its relocation answer names, then check the
-/// invariants; Err = the violation, with the trace.
+/// invariants, and that a refused call changed nothing (no half-applied
+/// failure); Err = the violation, with the trace.
 fn call_and_check(hv: &Hv, nr: u32, args: [u64; 4]) -> Result<(), TestCaseError> {
+    let before = snapshot(hv);
     let (eip, _) = hv.reloc_query(GET_RELOC, nr);
-    let _ = hv.call_entry(eip, args);
+    let r = hv.call_entry(eip, args) as i64;
     if let Err(e) = hv.check_invariants() {
         return Err(TestCaseError::fail(format!(
             "invariant broken after call {nr}{args:x?}: {e}\n{}",
+            hv.trace()
+        )));
+    }
+    if (-4095..0).contains(&r) {
+        let after = snapshot(hv);
+        let what = if before.0 != after.0 {
+            "guest memory"
+        } else if before.1 != after.1 {
+            "the guest's view"
+        } else if before.2 != after.2 {
+            "the effective state"
+        } else if before.3 != after.3 {
+            "the pending lazy batch"
+        } else {
+            return Ok(());
+        };
+        return Err(TestCaseError::fail(format!(
+            "call {nr}{args:x?} refused with {r} but changed {what}\n{}",
             hv.trace()
         )));
     }
@@ -88,6 +120,10 @@ fn interesting_u64() -> impl Strategy<Value = u64> {
         Just(0xffff_ffff),
         Just(0xffff_f000),
         Just(RAM),
+        // Tables straddling the start or end of guest memory: the first
+        // or last 8 bytes of a 16-byte entry outside it.
+        Just(RAM - 8),
+        Just(RAM - 16),
         Just(RAM + 0xfff8),
         (0u64..0x10000).prop_map(|o| RAM + o),
         any::<u64>(),

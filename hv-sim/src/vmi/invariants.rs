@@ -5,31 +5,41 @@
 //!
 //! # Safety of the effective state ([`check_effective`])
 //! Checked on the applied state and on the state a pending lazy batch will
-//! produce when it is flushed:
+//! produce when it is flushed. In short: no live descriptor lets the guest
+//! run above its ring, every effective gate's target is one the guest may
+//! use or one the CPU refuses, and no 16-byte entry is half validated.
 //!
-//! * **GDT**, walked as the CPU resolves selectors (a present 16-byte
-//!   system descriptor covers two slots; every other slot, including the
-//!   "upper half" of a not-present 16-byte descriptor, can be named by a
-//!   selector on its own):
+//! * **GDT**, every slot on its own (any selector can name any slot, the
+//!   upper half of a 16-byte descriptor included), then every present
+//!   16-byte descriptor with its upper half:
 //!   * a present code/data segment has DPL >= the guest kernel's ring, has
 //!     its accessed bit set (the CPU never writes the table), and, for a
 //!     32-bit guest, no L bit;
 //!   * a present system descriptor is an LDT or a TSS (no call, task,
 //!     interrupt or trap gates), or of type 0 (reserved: unusable, the CPU
-//!     refuses it; what the upper half of a 16-byte descriptor looks like
-//!     when its lower half was replaced);
-//!   * for a 64-bit guest that descriptor's second slot lies in the guest's
-//!     part of the table, has a zero type field (bits 40–44), and the base
-//!     is canonical;
-//!   * the hypervisor's reserved entries follow the guest's, unchanged.
-//! * **LDT**: present entries are code/data only, with the same rules.
-//! * **IDT**: present entries are interrupt or trap gates (and task gates
-//!   for a 32-bit guest); a 64-bit gate's upper half has no reserved bits
-//!   and its offset is canonical; the code selector is not null, carries
-//!   the guest kernel's RPL (task gates keep theirs), and does **not** name
-//!   one of the hypervisor's reserved GDT entries: delivering an interrupt
-//!   through such a gate would run the guest's handler in ring 0.
-//! * **TR**: a loaded TSS has a limit of at least 0x67.
+//!     refuses it; what an upper half looks like on its own);
+//!   * for a 64-bit guest, a present LDT/TSS descriptor's second slot lies
+//!     in the guest's part of the table and has a zero type field (bits
+//!     40–44), and the base is canonical;
+//!   * at most 8192 guest entries, and the hypervisor's reserved entries
+//!     follow them, unchanged.
+//! * **LDT**: at most 8192 entries, present ones code/data only with the
+//!   same rules; a valid guest base; the LDTR names a guest GDT slot.
+//! * **IDT**: at most 256 gates; present entries are interrupt or trap
+//!   gates (and task gates for a 32-bit guest); a 64-bit gate's upper half
+//!   has no reserved bits and its offset is canonical; the code selector is
+//!   not null and carries the guest kernel's RPL (task gates keep theirs).
+//!   Resolved in the effective GDT/LDT, the selector does **not** name one
+//!   of the hypervisor's reserved GDT entries, nor a present code segment
+//!   of DPL below the guest's ring: delivering an interrupt through such a
+//!   gate would run the guest's handler above its ring. (Any other target,
+//!   not present or not a code segment, makes delivery fault, as on bare
+//!   metal.)
+//! * **TR**: a loaded TR names a guest GDT slot (both slots of a 64-bit
+//!   TSS descriptor), with a TSS limit of at least 0x67 and a valid guest
+//!   base.
+//! * **sp0**: a valid guest address (canonical, or below 4 GiB for a
+//!   32-bit guest).
 //!
 //! # Agreement with the guest's view ([`check_view`])
 //! Outside a lazy batch (nothing deferred) the personality promises that
@@ -46,6 +56,7 @@ use super::policy::{GuestKind, is_double};
 const P: u64 = 1 << 47;
 const S: u64 = 1 << 44;
 const L: u64 = 1 << 53;
+const CODE: u64 = 1 << 43;
 const ACCESSED: u64 = 1 << 40;
 
 fn dpl(d: u64) -> u64 {
@@ -61,6 +72,14 @@ fn canonical(a: u64) -> bool {
     top == 0 || top == -1
 }
 
+/// A valid guest linear address for `kind`.
+fn guest_addr(kind: GuestKind, a: u64) -> bool {
+    match kind {
+        GuestKind::Vmi64 => canonical(a),
+        GuestKind::Vmi32 => a <= u32::MAX as u64,
+    }
+}
+
 /// Number of guest entries in the effective GDT (the reserved ones
 /// excluded).
 pub fn guest_gdt_len(e: &EffectiveState) -> usize {
@@ -74,7 +93,8 @@ pub fn names_reserved(sel: u64, guest_len: usize) -> bool {
     sel & 4 == 0 && (guest_len..guest_len + HV_RESERVED_GDT.len()).contains(&index)
 }
 
-fn segment(kind: GuestKind, what: &str, d: u64) -> Result<(), String> {
+fn segment(kind: GuestKind, table: &str, i: usize, d: u64) -> Result<(), String> {
+    let what = format_args!("effective {table}[{i}]");
     let krpl = kind.krpl();
     if dpl(d) < krpl {
         return Err(format!(
@@ -113,76 +133,103 @@ fn gdt(kind: GuestKind, e: &EffectiveState) -> Result<(), String> {
             &e.gdt[n..]
         ));
     }
-    let mut i = 0;
-    while i < n {
-        let d = e.gdt[i];
-        let what = format!("effective GDT[{i}]");
+    if n > 8192 {
+        return Err(format!(
+            "effective GDT has {n} guest entries, more than 8192"
+        ));
+    }
+    // Every slot on its own.
+    for (i, &d) in e.gdt[..n].iter().enumerate() {
         if d & P == 0 {
-            i += 1;
             continue;
         }
         if d & S != 0 {
-            segment(kind, &what, d)?;
-            i += 1;
-            continue;
-        }
-        if !matches!(typ(d), 0x0 | 0x2 | 0x9 | 0xB) {
+            segment(kind, "GDT", i, d)?;
+        } else if !matches!(typ(d), 0x0 | 0x2 | 0x9 | 0xB) {
             return Err(format!(
-                "{what} = {d:#018x}: present system descriptor of type {:#x}; only LDT and TSS descriptors may be installed",
+                "effective GDT[{i}] = {d:#018x}: present system descriptor of type {:#x}; only LDT and TSS descriptors may be installed",
                 typ(d)
             ));
         }
-        if !is_double(kind, d) {
-            i += 1;
+    }
+    // Every present 16-byte descriptor with its upper half.
+    for (i, &d) in e.gdt[..n].iter().enumerate() {
+        if d & P == 0 || !is_double(kind, d) {
             continue;
         }
-        if i + 1 >= n {
+        let Some(&h) = e.gdt[..n].get(i + 1) else {
             return Err(format!(
-                "{what} = {d:#018x}: 16-byte descriptor whose upper half would be GDT[{}], not a guest entry",
+                "effective GDT[{i}] = {d:#018x}: 16-byte descriptor whose upper half would be GDT[{}], not a guest entry",
                 i + 1
             ));
-        }
-        let h = e.gdt[i + 1];
+        };
         if (h >> 40) & 0x1F != 0 {
             return Err(format!(
-                "{what} = {d:#018x}: its upper half GDT[{}] = {h:#018x} has a non-zero type field",
+                "effective GDT[{i}] = {d:#018x}: its upper half GDT[{}] = {h:#018x} has a non-zero type field",
                 i + 1
             ));
         }
         let base = ((d >> 16) & 0xFF_FFFF) | ((d >> 32) & 0xFF00_0000) | (h << 32);
         if !canonical(base) {
             return Err(format!(
-                "{what}: 16-byte descriptor with non-canonical base {base:#x}"
+                "effective GDT[{i}]: 16-byte descriptor with non-canonical base {base:#x}"
             ));
         }
-        i += 2;
     }
     Ok(())
 }
 
 fn ldt(kind: GuestKind, e: &EffectiveState) -> Result<(), String> {
+    if e.ldt.len() > 8192 {
+        return Err(format!(
+            "effective LDT has {} entries, more than 8192",
+            e.ldt.len()
+        ));
+    }
+    if !e.ldt.is_empty() && !guest_addr(kind, e.ldt_base) {
+        return Err(format!(
+            "effective LDT base {:#x} is not a valid {} address",
+            e.ldt_base,
+            kind.name()
+        ));
+    }
+    if !e.ldtr.is_null()
+        && (e.ldtr.ti() != pvops::TableIndicator::Gdt
+            || e.ldtr.index() as usize >= guest_gdt_len(e))
+    {
+        return Err(format!(
+            "effective LDTR {} does not name one of the guest's {} GDT entries",
+            e.ldtr,
+            guest_gdt_len(e)
+        ));
+    }
     for (i, &d) in e.ldt.iter().enumerate() {
         if d & P == 0 {
             continue;
         }
-        let what = format!("effective LDT[{i}]");
         if d & S == 0 {
             return Err(format!(
-                "{what} = {d:#018x}: present system descriptor in an LDT"
+                "effective LDT[{i}] = {d:#018x}: present system descriptor in an LDT"
             ));
         }
-        segment(kind, &what, d)?;
+        segment(kind, "LDT", i, d)?;
     }
     Ok(())
 }
 
 fn idt(kind: GuestKind, e: &EffectiveState) -> Result<(), String> {
     let n = guest_gdt_len(e);
+    if e.idt.len() > 256 {
+        return Err(format!(
+            "effective IDT has {} gates, more than 256",
+            e.idt.len()
+        ));
+    }
     for (v, &(lo, hi)) in e.idt.iter().enumerate() {
         if lo & P == 0 {
             continue;
         }
-        let what = format!("effective IDT[{v}] = {hi:#018x}:{lo:#018x}");
+        let what = format_args!("effective IDT[{v}] = {hi:#018x}:{lo:#018x}");
         let st = (lo >> 40) & 0x1F;
         let ok = match kind {
             GuestKind::Vmi64 => matches!(st, 0xE | 0xF),
@@ -206,20 +253,36 @@ fn idt(kind: GuestKind, e: &EffectiveState) -> Result<(), String> {
                 return Err(format!("{what}: non-canonical offset {off:#x}"));
             }
         }
-        if st == 0x5 {
-            continue;
-        }
-        if sel & 3 != kind.krpl() {
-            return Err(format!(
-                "{what}: selector {sel:#x} does not carry the guest kernel's RPL {}",
-                kind.krpl()
-            ));
-        }
         if !e.gdt.is_empty() && names_reserved(sel, n) {
             return Err(format!(
                 "{what}: selector {sel:#x} names GDT[{}], the hypervisor's reserved ring-0 entry {}: an interrupt through this gate would run the guest in ring 0",
                 sel >> 3,
                 (sel >> 3) as usize - n
+            ));
+        }
+        if st == 0x5 {
+            continue;
+        }
+        let index = (sel >> 3) as usize;
+        let target = if sel & 4 != 0 {
+            e.ldt.get(index)
+        } else {
+            e.gdt[..n].get(index)
+        };
+        if let Some(&t) = target
+            && t & (P | S | CODE) == P | S | CODE
+            && dpl(t) < kind.krpl()
+        {
+            return Err(format!(
+                "{what}: selector {sel:#x} names a code segment {t:#018x} of DPL {}: an interrupt through this gate would run the guest above its ring {}",
+                dpl(t),
+                kind.krpl()
+            ));
+        }
+        if sel & 3 != kind.krpl() {
+            return Err(format!(
+                "{what}: selector {sel:#x} does not carry the guest kernel's RPL {}",
+                kind.krpl()
             ));
         }
     }
@@ -232,10 +295,37 @@ pub fn check_effective(kind: GuestKind, e: &EffectiveState) -> Result<(), String
     gdt(kind, e)?;
     ldt(kind, e)?;
     idt(kind, e)?;
-    if !e.tr.is_null() && e.tss_limit < 0x67 {
+    if !e.tr.is_null() {
+        if e.tss_limit < 0x67 {
+            return Err(format!(
+                "effective TR {} with TSS limit {:#x} < 0x67",
+                e.tr, e.tss_limit
+            ));
+        }
+        if !guest_addr(kind, e.tss_base) {
+            return Err(format!(
+                "effective TR {}: TSS base {:#x} is not a valid {} address",
+                e.tr,
+                e.tss_base,
+                kind.name()
+            ));
+        }
+        let slots = if kind == GuestKind::Vmi64 { 2 } else { 1 };
+        if e.tr.ti() != pvops::TableIndicator::Gdt
+            || e.tr.index() as usize + slots > guest_gdt_len(e)
+        {
+            return Err(format!(
+                "effective TR {} does not name one of the guest's {} GDT entries",
+                e.tr,
+                guest_gdt_len(e)
+            ));
+        }
+    }
+    if !guest_addr(kind, e.sp0) {
         return Err(format!(
-            "effective TR {} with TSS limit {:#x} < 0x67",
-            e.tr, e.tss_limit
+            "effective sp0 {:#x} is not a valid {} address",
+            e.sp0,
+            kind.name()
         ));
     }
     Ok(())

@@ -17,6 +17,23 @@
 //!   with its reserved GDT entries appended and the TSS marked busy), so
 //!   GetGDT/GetIDT return what the guest expects while the CPU would use
 //!   something else.
+//! * Every call checks everything first and then writes guest memory in
+//!   one all-or-nothing write ([`GuestMemory::write`]'s contract), so a
+//!   refused call changes nothing: not guest memory, the guest's view, the
+//!   effective state or the pending batch. Each 8-byte slot that reaches an
+//!   effective table is checked as the CPU can read it, whichever half of
+//!   a 16-byte descriptor it came from; IDT gates are re-checked against
+//!   the GDT and LDT whenever any of the three changes, and a gate whose
+//!   target would run the guest above its ring (the hypervisor's reserved
+//!   entries, or any code segment of lower DPL) is refused. The rules, and
+//!   where they are stricter than Linux's client needs, are in
+//!   `hv-sim/VMI-SEMANTICS.md`.
+//! * Module layout: [`machine`] (the ROM window, dispatch, lazy batching),
+//!   [`state`] (guest view, effective state), [`memory`] (guest memory),
+//!   [`policy`] (descriptor rules), [`invariants`], [`trace`] (bounded,
+//!   raw records formatted on display); the calls are one method each in
+//!   private modules by concern (`tables.rs`, `entries.rs`, `kstack.rs`,
+//!   `gates.rs`).
 //! * Lazy mode: between SetLazyMode(2) and SetLazyMode(0) each call is
 //!   checked and answered at once (errors are not deferred) and updates the
 //!   guest's view, but its effective-state changes are queued and applied
@@ -32,8 +49,11 @@
 //!   not be a kernel stack segment, and the hypervisor's reserved GDT
 //!   entries are not the guest's to name), documented on the handler.
 //! * [`VmiHypervisor::check_invariants`]: what must hold after every call
-//!   (no effective descriptor gives the guest a privilege it must not have;
-//!   the effective state matches the guest's view outside lazy batches).
+//!   (no live descriptor lets the guest run above its ring, no effective
+//!   gate targets a code segment above it or the hypervisor's entries, no
+//!   half-validated 16-byte entry; the effective state matches the guest's
+//!   view outside lazy batches). The KVM runner checks it after every call
+//!   too, before it installs the tables on the vCPU.
 //! * [`pvops_vmi::VmiPlatform`] is implemented for [`VmiHypervisor`]
 //!   ([`platform`]), so the VMI backend runs against it in-process.
 //!
@@ -57,11 +77,17 @@
 //! ```
 
 pub mod abi;
+mod entries;
+mod gates;
 pub mod invariants;
+mod kstack;
 pub mod machine;
+pub mod memory;
 pub mod platform;
 pub mod policy;
 pub mod rom;
+pub mod state;
+mod tables;
 pub mod trace;
 
 pub use abi::Reloc;
@@ -71,4 +97,4 @@ pub use machine::{
 };
 pub use policy::{GuestKind, Reject};
 pub use rom::RomBuilder;
-pub use trace::{VmiEvent, VmiTrace};
+pub use trace::{Change, VmiEvent, VmiTrace};
