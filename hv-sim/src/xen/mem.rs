@@ -3,6 +3,7 @@
 
 use std::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Size of a guest page.
 pub const PAGE_SIZE: usize = 4096;
@@ -16,12 +17,12 @@ pub(crate) struct GuestRam {
     layout: Option<Layout>,
 }
 
-// SAFETY: GuestRam owns its allocation; all accesses go through raw-pointer
-// volatile reads/writes of plain bytes, which have no thread affinity. The
-// domain serialises its own accesses behind a Mutex.
+// SAFETY: GuestRam owns its allocation (or borrows it for its lifetime, see
+// `external`); all accesses are relaxed atomic 8-byte words, which have no
+// thread affinity. The domain serialises its own accesses behind a Mutex.
 unsafe impl Send for GuestRam {}
-// SAFETY: as above; shared references only permit the same volatile
-// accesses, never references into the allocation.
+// SAFETY: as above; shared references only permit the same atomic
+// accesses, never plain references into the allocation.
 unsafe impl Sync for GuestRam {}
 
 impl GuestRam {
@@ -72,57 +73,76 @@ impl GuestRam {
         self.ptr.as_ptr() as usize + pfn * PAGE_SIZE
     }
 
-    fn byte_ptr(&self, pfn: usize, off: usize) -> *mut u8 {
+    /// The aligned 8-byte word at `off & !7` of page `pfn`, as an atomic.
+    ///
+    /// Every access to guest RAM goes through such words (relaxed loads
+    /// and stores compile to plain moves), so hv-sim's reads never race in
+    /// the language's sense with a guest backend or vCPU thread that
+    /// writes the same RAM with 8-byte atomics (`pvops::table::store_u64`)
+    /// or the hardware.
+    fn word(&self, pfn: usize, off: usize) -> &AtomicU64 {
         assert!(
             pfn < self.pages && off < PAGE_SIZE,
             "GuestRam index out of range"
         );
-        // SAFETY: pfn < pages and off < PAGE_SIZE, so the offset stays inside
-        // the allocation.
-        unsafe { self.ptr.as_ptr().add(pfn * PAGE_SIZE + off) }
+        let p = self.ptr.as_ptr().wrapping_add(pfn * PAGE_SIZE + (off & !7));
+        // SAFETY: pfn < pages and off < PAGE_SIZE, so the word lies inside
+        // the allocation, which lives as long as `self`; the base is page
+        // aligned, so the word is 8-byte aligned. All accesses to guest RAM
+        // are atomic words of this size (see above), so no non-atomic
+        // access overlaps it.
+        unsafe { AtomicU64::from_ptr(p.cast::<u64>()) }
     }
 
     /// Read an aligned 8-byte slot (`off` must be a multiple of 8).
     pub(crate) fn read_u64(&self, pfn: usize, off: usize) -> u64 {
         assert!(off.is_multiple_of(8));
-        let p = self.byte_ptr(pfn, off) as *const u64;
-        // SAFETY: inside the allocation and 8-byte aligned (page-aligned base,
-        // off a multiple of 8, and off + 8 <= PAGE_SIZE).
-        unsafe { p.read_volatile() }
+        self.word(pfn, off).load(Ordering::Relaxed)
     }
 
     /// Write an aligned 8-byte slot with one store.
     pub(crate) fn write_u64(&self, pfn: usize, off: usize, v: u64) {
         assert!(off.is_multiple_of(8));
-        let p = self.byte_ptr(pfn, off) as *mut u64;
-        // SAFETY: as for read_u64.
-        unsafe { p.write_volatile(v) }
+        self.word(pfn, off).store(v, Ordering::Relaxed)
     }
 
-    /// Read `out.len()` bytes from `off` in page `pfn` (within the page).
+    /// Read `out.len()` bytes from `off` in page `pfn` (within the page),
+    /// a word at a time.
     pub(crate) fn read_bytes(&self, pfn: usize, off: usize, out: &mut [u8]) {
         assert!(off + out.len() <= PAGE_SIZE, "read crosses a page");
-        if out.is_empty() {
-            return;
-        }
-        let p = self.byte_ptr(pfn, off);
-        for (i, b) in out.iter_mut().enumerate() {
-            // SAFETY: `off + i < PAGE_SIZE`, so `p + i` stays inside page
-            // `pfn` of the live allocation (byte_ptr checked `pfn`).
-            *b = unsafe { p.add(i).read_volatile() };
+        let mut i = 0;
+        while i < out.len() {
+            let a = off + i;
+            let w = self.word(pfn, a).load(Ordering::Relaxed).to_le_bytes();
+            let n = (8 - a % 8).min(out.len() - i);
+            out[i..i + n].copy_from_slice(&w[a % 8..a % 8 + n]);
+            i += n;
         }
     }
 
-    /// Write `data` at `off` in page `pfn` (within the page).
+    /// Write `data` at `off` in page `pfn` (within the page), a word at a
+    /// time: whole words with one store, partial words by merging into the
+    /// word atomically (the other bytes are kept even if a vCPU writes them
+    /// meanwhile).
     pub(crate) fn write_bytes(&self, pfn: usize, off: usize, data: &[u8]) {
         assert!(off + data.len() <= PAGE_SIZE, "write crosses a page");
-        if data.is_empty() {
-            return;
-        }
-        let p = self.byte_ptr(pfn, off);
-        for (i, b) in data.iter().enumerate() {
-            // SAFETY: as for read_bytes.
-            unsafe { p.add(i).write_volatile(*b) };
+        let mut i = 0;
+        while i < data.len() {
+            let a = off + i;
+            let n = (8 - a % 8).min(data.len() - i);
+            let word = self.word(pfn, a);
+            if n == 8 {
+                let v = u64::from_le_bytes(data[i..i + 8].try_into().unwrap_or([0; 8]));
+                word.store(v, Ordering::Relaxed);
+            } else {
+                let merge = |old: u64| {
+                    let mut b = old.to_le_bytes();
+                    b[a % 8..a % 8 + n].copy_from_slice(&data[i..i + n]);
+                    Some(u64::from_le_bytes(b))
+                };
+                let _ = word.fetch_update(Ordering::Relaxed, Ordering::Relaxed, merge);
+            }
+            i += n;
         }
     }
 
