@@ -65,6 +65,32 @@ impl<'a> PagingMemory<'a> {
         Err(fault(false))
     }
 
+    /// `n` u64s at `base` as an implicit (descriptor-table) read: one
+    /// translation and one copy per page; a page that cannot be read reads
+    /// as zeros (not present).
+    pub fn read_u64s_or_zero(&self, base: u64, n: u64) -> Vec<u64> {
+        let len = (n * 8) as usize;
+        let mut bytes = vec![0u8; len];
+        let mut done = 0usize;
+        while done < len {
+            let va = base.wrapping_add(done as u64);
+            let k = ((4096 - (va & 0xfff)) as usize).min(len - done);
+            if let Ok(pa) = self.translate(va, Access::ImplicitRead)
+                && self
+                    .mem
+                    .read_slice(&mut bytes[done..done + k], GuestAddress(pa))
+                    .is_err()
+            {
+                bytes[done..done + k].fill(0);
+            }
+            done += k;
+        }
+        bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect()
+    }
+
     fn chunks(
         &self,
         addr: u64,

@@ -317,6 +317,16 @@ fn gate(offset: u64, selector: u16, type_attr: u64) -> (u64, u64) {
     (low, offset >> 32)
 }
 
+/// The guest's tables as a build of the real ones read them.
+#[derive(PartialEq, Eq)]
+struct GuestTables {
+    dt: DtRegisters,
+    cr3: u64,
+    gdt: Vec<u64>,
+    ldt: Vec<u64>,
+    idt: Vec<u64>,
+}
+
 /// What the personality did, handed back with the boot report.
 pub(crate) struct TrapOutcome {
     traps: u64,
@@ -351,6 +361,8 @@ pub(crate) struct TrapGuest {
     last_gdt: Vec<u64>,
     last_ldt: Vec<u64>,
     last_idt: Vec<(u64, u64)>,
+    /// What the last build read.
+    last_raw: Option<GuestTables>,
     /// The real TR and LDTR last installed: (selector, base, limit).
     last_tr: (u16, u64, u32),
     last_ldtr: (u16, u64, u32),
@@ -415,6 +427,7 @@ impl TrapGuest {
             last_gdt: Vec::new(),
             last_ldt: Vec::new(),
             last_idt: vec![(0, 0); 256],
+            last_raw: None,
             last_tr: (HV_TSS_SELECTOR, HV_TSS, 0x67),
             last_ldtr: (0, 0, 0),
             final_segments: None,
@@ -450,33 +463,11 @@ impl TrapGuest {
         self.sync(vcpu, sregs, true)
     }
 
-    fn read_u64s(&self, mem: &PagingMemory<'_>, base: u64, n: u64) -> Vec<u64> {
-        // One translation and one copy per page; a page that cannot be
-        // read reads as zeros (not present).
-        let len = (n * 8) as usize;
-        let mut bytes = vec![0u8; len];
-        let mut done = 0usize;
-        while done < len {
-            let va = base.wrapping_add(done as u64);
-            let k = ((4096 - (va & 0xfff)) as usize).min(len - done);
-            if let Ok(pa) = mem.translate(va, Access::ImplicitRead)
-                && self
-                    .mem
-                    .read_slice(&mut bytes[done..done + k], GuestAddress(pa))
-                    .is_err()
-            {
-                bytes[done..done + k].fill(0);
-            }
-            done += k;
-        }
-        bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
-            .collect()
-    }
-
     /// Build the real GDT, LDT and IDT from the guest's (through its
-    /// virtual registers) and install changed registers.
+    /// virtual registers) and install changed registers. The guest's tables
+    /// are read at every trap (it may have stored into them since); nothing
+    /// is rebuilt while they, the virtual registers and CR3 are as at the
+    /// last build.
     fn sync(
         &mut self,
         vcpu: &mut Vcpu<'_>,
@@ -491,13 +482,26 @@ impl TrapGuest {
                 .map_err(|e| format!("writing hv-sim page {addr:#x}: {e}"))
         };
 
-        // GDT: the guest's entries, compressed, below hv-sim's.
         let n = ((u64::from(dt.gdtr.limit) + 1) / 8).min(u64::from(FIRST_HV_GDT_ENTRY));
-        let mut gdt: Vec<u64> = self
-            .read_u64s(&mem, dt.gdtr.base, n)
-            .into_iter()
-            .map(compress)
-            .collect();
+        let ldt_entries = ((u64::from(dt.ldtr_limit) + 1) / 8).min(REAL_LDT_ENTRIES);
+        let gates = ((u64::from(dt.idtr.limit) + 1) / 16).min(256);
+        let raw = GuestTables {
+            dt,
+            cr3: sregs.cr3,
+            gdt: mem.read_u64s_or_zero(dt.gdtr.base, n),
+            ldt: if dt.ldtr.is_null() {
+                Vec::new()
+            } else {
+                mem.read_u64s_or_zero(dt.ldtr_base, ldt_entries)
+            },
+            idt: mem.read_u64s_or_zero(dt.idtr.base, gates * 2),
+        };
+        if !install && self.last_raw.as_ref() == Some(&raw) {
+            return Ok(());
+        }
+
+        // GDT: the guest's entries, compressed, below hv-sim's.
+        let mut gdt: Vec<u64> = raw.gdt.iter().copied().map(compress).collect();
         let mut slot = |sel: Selector, pair: (u64, u64)| {
             let i = usize::from(sel.index());
             if i + 1 < gdt.len() {
@@ -515,7 +519,6 @@ impl TrapGuest {
         } else {
             (HV_TSS_SELECTOR, HV_TSS, 0x67)
         };
-        let ldt_entries = ((u64::from(dt.ldtr_limit) + 1) / 8).min(REAL_LDT_ENTRIES);
         let mut ldtr = (0, 0, 0);
         if !dt.ldtr.is_null() {
             let sd = pvops::SystemDescriptor::ldt(REAL_LDT, ldt_entries as u32)
@@ -536,10 +539,7 @@ impl TrapGuest {
         let ldt: Vec<u64> = if ldtr.0 == 0 {
             Vec::new()
         } else {
-            self.read_u64s(&mem, dt.ldtr_base, ldt_entries)
-                .into_iter()
-                .map(compress)
-                .collect()
+            raw.ldt.iter().copied().map(compress).collect()
         };
         for (i, d) in ldt.iter().enumerate() {
             if self.last_ldt.get(i) != Some(d) {
@@ -550,13 +550,11 @@ impl TrapGuest {
 
         // IDT: the guest's gates, DPL 3, code selector RPL 3, no IST;
         // vector 13 always hv-sim's stub.
-        let gates = ((u64::from(dt.idtr.limit) + 1) / 16).min(256);
-        let raw = self.read_u64s(&mem, dt.idtr.base, gates * 2);
         for v in 0..256usize {
             let g = if v == 13 {
                 gate(TRAP_TEXT, TRAP_KERNEL_CS, 0x8e)
             } else if (v as u64) < gates {
-                let (low, high) = (raw[v * 2], raw[v * 2 + 1]);
+                let (low, high) = (raw.idt[v * 2], raw.idt[v * 2 + 1]);
                 let typ = (low >> 40) & 0xf;
                 if low & (1 << 47) != 0 && (typ == 0xe || typ == 0xf) {
                     let offset = (low & 0xffff) | ((low >> 48) << 16) | (high << 32);
