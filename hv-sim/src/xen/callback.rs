@@ -61,6 +61,10 @@ impl Inner {
                 flags,
             });
             i += 1;
+            if self.preempt_check() {
+                let next = table.wrapping_add(i * size);
+                return Ok(self.continuation(nr::SET_TRAP_TABLE, [next, 0, 0, 0, 0, 0]));
+            }
         }
     }
 }

@@ -31,7 +31,7 @@ mod mm;
 mod multicall;
 #[path = "pv_mm.rs"]
 mod pv_mm;
-pub use hypercall::hypercall_name;
+pub use hypercall::{PREEMPT_BUDGET, hypercall_name};
 // Xen's copy of validated frames, and the audit for direct stores.
 #[path = "shadow.rs"]
 mod shadow;
@@ -210,6 +210,12 @@ pub(crate) struct Inner {
     /// The trace event whose changes [`Inner::note`] logs now (`None`:
     /// changes made outside any event are not kept).
     owner: Option<u64>,
+    /// The running call was preempted (`hypercall_create_continuation`):
+    /// the hypercall and arguments the guest re-executes.
+    pub(crate) preempted: Option<(u64, [u64; 6])>,
+    /// Units of work (trap-table entries, multicall entries) done since
+    /// the guest last entered: Xen's `hypercall_preempt_check`.
+    pub(crate) work: u64,
     strict: bool,
     strict_failures: Vec<String>,
     next_free: usize,
@@ -300,6 +306,8 @@ impl XenDomain {
                 trace: Trace::default(),
                 seq: 0,
                 owner: None,
+                preempted: None,
+                work: 0,
                 strict: false,
                 strict_failures: Vec::new(),
                 next_free: vcpus + 1,
@@ -380,6 +388,8 @@ impl XenDomain {
                 trace: Trace::default(),
                 seq: 0,
                 owner: None,
+                preempted: None,
+                work: 0,
                 strict: false,
                 strict_failures: Vec::new(),
                 next_free: reserved + vcpus,
@@ -680,7 +690,21 @@ impl XenDomain {
             Abi::Pv64 => (nr, args),
             Abi::Pv32 => (nr & 0xFFFF_FFFF, args.map(|a| a & 0xFFFF_FFFF)),
         };
-        let r = g.dispatch(vcpu, nr, args, 0);
+        g.work = 0;
+        let mut r = g.dispatch(vcpu, nr, args, 0);
+        // A preempted call returns to the guest, which re-executes the
+        // continuation Xen wrote into its registers: other vCPUs may run in
+        // between, and each invocation does a bounded amount of work.
+        while let Some((op, a)) = g.preempted.take() {
+            drop(g);
+            g = self.lock();
+            g.work = 0;
+            let a = match g.abi {
+                Abi::Pv64 => a,
+                Abi::Pv32 => a.map(|x| x & 0xFFFF_FFFF),
+            };
+            r = g.dispatch(vcpu, op, a, 0);
+        }
         g.audit_if_suspect();
         g.finish_strict().map_or(r, |msg| {
             drop(g);

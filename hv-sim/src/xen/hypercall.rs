@@ -50,7 +50,32 @@ pub fn hypercall_name(nr: u64) -> &'static str {
     }
 }
 
+/// Units of work (trap-table entries, multicall entries) one invocation
+/// of a hypercall does before it is preempted with a continuation: more
+/// than any bounded call needs (a 256-entry trap table, a 1,024-entry
+/// multicall), so only calls whose length the guest's memory decides are
+/// cut.
+pub const PREEMPT_BUDGET: u64 = 2048;
+
 impl Inner {
+    /// `hypercall_preempt_check` after one unit of work: true once this
+    /// invocation has done [`PREEMPT_BUDGET`] units. Xen preempts on a
+    /// pending softirq (time); hv-sim on a fixed budget, so a long call is
+    /// cut into bounded invocations at deterministic points.
+    pub(super) fn preempt_check(&mut self) -> bool {
+        self.work += 1;
+        self.work >= PREEMPT_BUDGET
+    }
+
+    /// `hypercall_create_continuation(op, args)`: the guest will re-execute
+    /// hypercall `op` with `args` (in a multicall: the entry's arguments
+    /// are rewritten instead). Returns `op`, the call's return value.
+    pub(super) fn continuation(&mut self, op: u64, args: [u64; 6]) -> i64 {
+        self.preempted = Some((op, args));
+        self.note(Change::Preempted { op, args });
+        op as i64
+    }
+
     pub(crate) fn dispatch(&mut self, v: usize, nr: u64, a: [u64; 6], depth: u32) -> i64 {
         let seq = self.seq;
         self.seq += 1;

@@ -40,6 +40,12 @@ impl Inner {
     ) -> Hc {
         for i in 0..nr {
             let va = list.wrapping_add(i * esize);
+            // `if ( i && hypercall_preempt_check() )`: the multicall goes
+            // on from entry i when the guest re-executes it.
+            if i > 0 && self.work >= PREEMPT_BUDGET {
+                return Ok(self.continuation(nr::MULTICALL, [va, nr - i, 0, 0, 0, 0]));
+            }
+            self.work += 1;
             let mut b = [0u8; 64];
             if self.load_bytes(va, &mut b[..esize as usize]).is_err() {
                 return Err(fail(
@@ -81,6 +87,7 @@ impl Inner {
                 return Ok(rc);
             }
             if ok.is_err() {
+                self.preempted = None;
                 return Err(fail(
                     EFAULT,
                     format!(
@@ -88,6 +95,31 @@ impl Inner {
                         va + esize / 8
                     ),
                 ));
+            }
+            // A preempted sub-call: its continuation's arguments are copied
+            // into the entry (the whole entry, in the guest's layout), and
+            // the multicall continues from this entry.
+            if let Some((_, cont)) = self.preempted.take() {
+                let mut e = b;
+                for (k, a) in cont.iter().enumerate() {
+                    match esize {
+                        64 => e[16 + k * 8..24 + k * 8].copy_from_slice(&a.to_le_bytes()),
+                        _ => e[8 + k * 4..12 + k * 4].copy_from_slice(&(*a as u32).to_le_bytes()),
+                    }
+                }
+                match esize {
+                    64 => e[8..16].copy_from_slice(&result.to_le_bytes()),
+                    _ => e[4..8].copy_from_slice(&(result as u32).to_le_bytes()),
+                }
+                if self.store_bytes(va, &e[..esize as usize], false).is_err() {
+                    return Err(fail(
+                        EFAULT,
+                        format!(
+                            "multicall entry {i} at {va:#x}: its continuation cannot be written back (the call is cancelled)"
+                        ),
+                    ));
+                }
+                return Ok(self.continuation(nr::MULTICALL, [va, nr - i, 0, 0, 0, 0]));
             }
         }
         Ok(0)

@@ -237,6 +237,14 @@ pub enum Change {
         /// The root's mfn.
         mfn: u64,
     },
+    /// The call was preempted: the guest re-executes hypercall `op` with
+    /// `args` (`hypercall_create_continuation`).
+    Preempted {
+        /// Hypercall of the continuation.
+        op: u64,
+        /// Its arguments.
+        args: [u64; 6],
+    },
     /// `SCHEDOP_shutdown`.
     Shutdown {
         /// Reason code.
@@ -348,6 +356,13 @@ impl fmt::Display for Change {
             Change::Unpinned { mfn } => write!(f, "mfn {mfn:#x} unpinned"),
             Change::Cr3 { mfn } => write!(f, "cr3 = mfn {mfn:#x}; mapped LDT pages dropped"),
             Change::UserRoot { mfn } => write!(f, "user root = mfn {mfn:#x}"),
+            Change::Preempted { op, args } => write!(
+                f,
+                "preempted: continues as {}({:#x}, {:#x})",
+                super::domain::hypercall_name(*op),
+                args[0],
+                args[1]
+            ),
             Change::Shutdown { reason, name } => {
                 write!(f, "domain shut down: reason {reason} ({name})")
             }
