@@ -34,6 +34,51 @@ pub const RING3_PT_BASE: u64 = 0x1_0000;
 /// Pages below this one (1 MiB) are hv-sim's in the ring-3 personalities;
 /// the guest kernel's own RAM starts here.
 pub const RING3_RESERVED_PAGES: u64 = 0x100;
+/// The one memory map of the ring-3 personalities (Xen-style, VMI-style,
+/// trap-and-emulate): hv-sim's pages in the guest's first MiB, the real
+/// descriptor tables the vCPU runs on, and the top GDT entries the VMI and
+/// trap personalities reserve. Each personality re-exports what it uses.
+///
+/// | GPA | contents |
+/// |---|---|
+/// | 0x10000.. | page tables ([`ring3::MAX_PTS`] × 4 KiB, 2 MiB each) |
+/// | 0x50000 | the real GDT |
+/// | 0x60000 | the real IDT |
+/// | 0x61000.. | the real LDT |
+/// | 0x71000 | hv-sim's TSS |
+/// | 0x72000 | the personality's own page (Xen and trap: exception stubs; VMI: the copy of the guest's TSS) |
+/// | 0x100000.. | the guest's RAM |
+pub mod ring3 {
+    /// First page-table page.
+    pub const PT_BASE: u64 = super::RING3_PT_BASE;
+    /// Most page-table pages (each maps 2 MiB).
+    pub const MAX_PTS: u64 = 64;
+    /// The real GDT.
+    pub const REAL_GDT: u64 = 0x5_0000;
+    /// The real IDT.
+    pub const REAL_IDT: u64 = 0x6_0000;
+    /// The real LDT.
+    pub const REAL_LDT: u64 = 0x6_1000;
+    /// hv-sim's TSS (the TR the guest starts with).
+    pub const HV_TSS: u64 = 0x7_1000;
+    /// The personality's own page.
+    pub const OWN_PAGE: u64 = 0x7_2000;
+    /// Pages reserved for the hypervisor (the first MiB).
+    pub const RESERVED_PAGES: u64 = super::RING3_RESERVED_PAGES;
+    /// Entries of the real GDT in the VMI and trap personalities (the
+    /// architectural maximum).
+    pub const REAL_GDT_ENTRIES: u32 = 8192;
+    /// hv-sim's first reserved entry at the top of the real GDT (VMI,
+    /// trap).
+    pub const FIRST_HV_GDT_ENTRY: u32 = 8184;
+    /// hv-sim's ring-3 64-bit code segment: the guest kernel's CS.
+    pub const KERNEL_CS: u16 = (FIRST_HV_GDT_ENTRY as u16) << 3 | 3;
+    /// hv-sim's ring-3 flat data segment: the guest kernel's SS.
+    pub const KERNEL_SS: u16 = (FIRST_HV_GDT_ENTRY as u16 + 1) << 3 | 3;
+    /// hv-sim's TSS descriptor (16 bytes): TR at entry.
+    pub const HV_TSS_SELECTOR: u16 = (FIRST_HV_GDT_ENTRY as u16 + 2) << 3;
+}
+
 /// Page-table entry bits.
 pub const PTE_P: u64 = 1;
 /// Writable.

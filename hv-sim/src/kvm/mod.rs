@@ -33,6 +33,7 @@
 
 pub mod layout;
 pub mod paging;
+mod personality;
 pub mod regs;
 pub mod trap;
 pub mod vmi;
@@ -48,9 +49,10 @@ use std::time::{Duration, Instant};
 
 use goblin::elf::{Elf, program_header::PT_LOAD};
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
-use kvm_ioctls::{Kvm, VcpuExit};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use personality::{Personality, PortAction};
 pub use regs::VcpuIoctls;
 use regs::{RegCache, Vcpu};
 
@@ -378,13 +380,6 @@ pub(crate) enum Setup {
     Trap,
 }
 
-/// A personality's state during a boot.
-enum Guest {
-    Xen(Box<xen::XenGuest>),
-    Vmi(Box<vmi::VmiGuest>),
-    Trap(Box<trap::TrapGuest>),
-}
-
 /// What a personality did.
 pub(crate) enum Outcome {
     Xen(Box<xen::XenOutcome>),
@@ -438,15 +433,17 @@ enum Exit {
     Other(String),
 }
 
-fn run_vm(
-    entry: u64,
-    segs: &[(u64, Vec<u8>)],
-    cfg: &Config,
-    timed_out: &AtomicBool,
-    setup: Setup,
-) -> Result<(BootReport, Option<Outcome>), KvmError> {
+/// A VM with its guest memory. Fields drop in order: the VM before the
+/// memory KVM maps.
+struct Machine {
+    vm: VmFd,
+    kvm: Kvm,
+    mem: GuestMemoryMmap,
+}
+
+/// Create the VM and its RAM, and load `segs`.
+fn create_vm(cfg: &Config, segs: &[(u64, Vec<u8>)]) -> Result<Machine, KvmError> {
     let io = |what: &'static str| move |e: kvm_ioctls::Error| KvmError::Ioctl(what, e.to_string());
-    // Declared before the VM so it is dropped after it.
     let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), cfg.mem_size)])
         .map_err(|e| KvmError::Ioctl("guest memory mmap", e.to_string()))?;
     let kvm = Kvm::new().map_err(io("open /dev/kvm"))?;
@@ -462,51 +459,41 @@ fn run_vm(
         flags: 0,
     };
     // SAFETY: `host` is the start of the `mem_size`-byte anonymous mapping
-    // owned by `mem`, which is declared before `vm` and so outlives it.
+    // owned by `mem`, which the returned Machine drops after `vm`.
     unsafe { vm.set_user_memory_region(region) }.map_err(io("KVM_SET_USER_MEMORY_REGION"))?;
-
     for (paddr, bytes) in segs {
         mem.write_slice(bytes, GuestAddress(*paddr))
             .map_err(|e| KvmError::BadImage(format!("loading {paddr:#x}: {e}")))?;
     }
-    let mut guest = match &setup {
-        Setup::Native => {
-            layout::write_boot_tables(&mem).map_err(KvmError::BadImage)?;
-            None
-        }
-        Setup::Xen(setup) => Some(Guest::Xen(Box::new(xen::XenGuest::new(&mem, cfg, setup)?))),
-        Setup::Vmi(rom) => Some(Guest::Vmi(Box::new(vmi::VmiGuest::new(&mem, cfg, rom)?))),
-        Setup::Trap => Some(Guest::Trap(Box::new(trap::TrapGuest::new(&mem, cfg)?))),
-    };
+    Ok(Machine { vm, kvm, mem })
+}
 
-    let mut vcpu = vm.create_vcpu(0).map_err(io("KVM_CREATE_VCPU"))?;
-    let mut cache = RegCache::new(&mut vcpu, regs::sync_regs_available(&kvm));
-    let mut cpuid = kvm
+/// Create vCPU 0 with the personality's CPUID and entry state, and let it
+/// install its initial tables.
+fn setup_vcpu(
+    m: &Machine,
+    guest: &mut dyn Personality,
+    entry: u64,
+    cfg: &Config,
+) -> Result<(VcpuFd, RegCache), KvmError> {
+    let io = |what: &'static str| move |e: kvm_ioctls::Error| KvmError::Ioctl(what, e.to_string());
+    let mut vcpu = m.vm.create_vcpu(0).map_err(io("KVM_CREATE_VCPU"))?;
+    let mut cache = RegCache::new(&mut vcpu, regs::sync_regs_available(&m.kvm));
+    let mut cpuid = m
+        .kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(io("KVM_GET_SUPPORTED_CPUID"))?;
-    let signature = match &guest {
-        Some(Guest::Xen(_)) => Some(xen::CPUID_SIGNATURE),
-        Some(Guest::Vmi(_)) => Some(vmi::CPUID_SIGNATURE),
-        Some(Guest::Trap(_)) | None => cfg.cpuid_signature,
-    };
-    if let Some(sig) = signature {
+    if let Some(sig) = guest.cpuid_signature(cfg) {
         for e in cpuid.as_mut_slice() {
             if e.function == 0x4000_0000 {
                 e.ebx = u32::from_le_bytes([sig[0], sig[1], sig[2], sig[3]]);
                 e.ecx = u32::from_le_bytes([sig[4], sig[5], sig[6], sig[7]]);
                 e.edx = u32::from_le_bytes([sig[8], sig[9], sig[10], sig[11]]);
-                if let Some(Guest::Xen(_)) = guest {
-                    // Max leaf: Xen answers at least base + 2 (detect()
-                    // and Linux require it).
-                    e.eax = e.eax.max(0x4000_0002);
-                }
             }
         }
     }
+    guest.adjust_cpuid(cpuid.as_mut_slice());
     vcpu.set_cpuid2(&cpuid).map_err(io("KVM_SET_CPUID2"))?;
-    if let Some(Guest::Xen(g)) = guest.as_mut() {
-        g.set_cpuid(cpuid.as_slice());
-    }
     let setup_err = |what: &'static str| move |e: String| KvmError::Ioctl(what, e);
     let mut sregs = cache.sregs(&vcpu).map_err(setup_err("entry state"))?;
     layout::long_mode_sregs(&mut sregs);
@@ -517,12 +504,7 @@ fn run_vm(
     // The runner serves the text-buffer port: the kernel may report a line
     // per exit (a Xen guest reports through console_io instead).
     regs.rdi = cfg.boot_flags | boot_flags::REPORT_BUFFER;
-    match guest.as_mut() {
-        Some(Guest::Xen(g)) => g.entry_state(&mut regs, &mut sregs),
-        Some(Guest::Vmi(g)) => g.entry_state(&mut regs, &mut sregs),
-        Some(Guest::Trap(g)) => g.entry_state(&mut regs, &mut sregs),
-        None => {}
-    }
+    guest.entry_state(&mut regs, &mut sregs);
     cache.set_sregs(&sregs);
     cache.set_regs(&regs);
     // With ioctls, so that what the personalities read next is what KVM
@@ -530,152 +512,163 @@ fn run_vm(
     cache
         .write_back_now(&vcpu)
         .map_err(setup_err("entry state"))?;
-    match guest.as_mut() {
-        Some(Guest::Xen(g)) => g
-            .initial_tables(&vm, &mut Vcpu::new(&vcpu, &mut cache))
-            .map_err(setup_err("xen personality setup"))?,
-        Some(Guest::Trap(g)) => g
-            .initial_tables(&mut Vcpu::new(&vcpu, &mut cache))
-            .map_err(setup_err("trap personality setup"))?,
-        Some(Guest::Vmi(_)) | None => {}
-    }
+    guest
+        .initial_tables(&m.vm, &mut Vcpu::new(&vcpu, &mut cache))
+        .map_err(setup_err("personality setup"))?;
+    Ok((vcpu, cache))
+}
 
-    let mut text = Vec::new();
-    let mut exits = ExitCounts::default();
-    let mut stray_io = Vec::new();
-    let mut run_time = Duration::ZERO;
-    let mut handle_time = Duration::ZERO;
-    let crashed = |what: String, text: &[u8]| KvmError::GuestCrashed {
-        what,
-        text: String::from_utf8_lossy(text).into_owned(),
-    };
-    let exit_status = loop {
-        if timed_out.load(Ordering::SeqCst) {
-            return Err(KvmError::Timeout {
-                limit: cfg.timeout,
-                text: String::from_utf8_lossy(&text).into_owned(),
-            });
-        }
-        cache
-            .before_run(&mut vcpu)
-            .map_err(|e| crashed(format!("writing the registers: {e}"), &text))?;
-        let t_run = Instant::now();
-        let exit = match vcpu.run() {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                let mut b = [0u8; 4];
-                let n = data.len().min(4);
-                b[..n].copy_from_slice(&data[..n]);
-                Exit::Out(port, b, data.len())
-            }
-            Ok(VcpuExit::IoIn(_, data)) => {
-                data.fill(0xff);
-                Exit::In
-            }
-            Ok(VcpuExit::MmioRead(_, data)) => {
-                data.fill(0xff);
-                Exit::Mmio
-            }
-            Ok(VcpuExit::MmioWrite(..)) => Exit::Mmio,
-            Ok(VcpuExit::Hlt) => Exit::Hlt,
-            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
-            Ok(other) => Exit::Other(format!("unexpected VM exit {other:?}")),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
-            Err(e) => return Err(KvmError::Ioctl("KVM_RUN", e.to_string())),
-        };
-        let t_handle = Instant::now();
-        run_time += t_handle - t_run;
-        cache.after_run(&vcpu);
-        let mut cpu = Vcpu::new(&vcpu, &mut cache);
-        match exit {
-            Exit::Out(port, b, len) => {
-                exits.io += 1;
-                match port {
-                    ports::TEXT => text.extend_from_slice(&b[..len.min(4)]),
-                    ports::TEXT_BUFFER => read_text_buffer(&mem, b, len, &mut text)
-                        .map_err(|what| crashed(what, &text))?,
-                    ports::EXIT => {
-                        match guest.as_mut() {
-                            Some(Guest::Xen(g)) => g.at_exit(&mut cpu),
-                            Some(Guest::Vmi(g)) => g.at_exit(&mut cpu),
-                            Some(Guest::Trap(g)) => g.at_exit(&mut cpu),
-                            None => {}
-                        }
-                        break Some(u32::from_le_bytes(b));
-                    }
-                    p => {
-                        let data = u32::from_le_bytes(b);
-                        let handled = match guest.as_mut() {
-                            Some(Guest::Xen(g)) if p == ports::HYPERCALL => {
-                                match g.port(&vm, &mut cpu, data, len, &mut text) {
-                                    Ok(Some(reason)) => {
-                                        g.at_exit(&mut cpu);
-                                        let t = String::from_utf8_lossy(&text);
-                                        break Some(xen::exit_status(&t, reason));
-                                    }
-                                    Ok(None) => Some(Ok(())),
-                                    Err(e) => Some(Err(e)),
-                                }
-                            }
-                            Some(Guest::Vmi(g)) if p == ports::VMI => {
-                                Some(g.rom_call(&mut cpu, data, len))
-                            }
-                            Some(Guest::Trap(g)) if p == ports::TRAP => {
-                                Some(g.trap(&mut cpu, data, len))
-                            }
-                            _ => None,
-                        };
-                        match handled {
-                            Some(r) => r.map_err(|what| crashed(what, &text))?,
-                            None => stray_io.push((p, b[0])),
-                        }
-                    }
-                }
-            }
-            Exit::In => exits.io += 1,
-            Exit::Mmio => exits.mmio += 1,
-            Exit::Hlt => {
-                exits.hlt += 1;
-                break None;
-            }
-            Exit::Shutdown => {
-                let rip = cpu.regs().map(|r| r.rip).unwrap_or(0);
-                return Err(crashed(
-                    format!("shutdown (triple fault) near rip {rip:#x}"),
-                    &text,
-                ));
-            }
-            Exit::Other(what) => {
-                let rip = cpu.regs().map(|r| r.rip).unwrap_or(0);
-                let mut bytes = [0u8; 16];
-                let _ = mem.read_slice(&mut bytes, GuestAddress(rip));
-                return Err(crashed(
-                    format!("{what} at rip {rip:#x} (bytes {bytes:02x?})"),
-                    &text,
-                ));
-            }
-            Exit::Interrupted => exits.other += 1,
-        }
-        handle_time += t_handle.elapsed();
-    };
-    let text = String::from_utf8_lossy(&text).into_owned();
-    let outcome = guest.map(|g| match g {
-        Guest::Xen(g) => Outcome::Xen(Box::new(g.finish())),
-        Guest::Vmi(g) => Outcome::Vmi(Box::new(g.finish())),
-        Guest::Trap(g) => Outcome::Trap(Box::new(g.finish())),
-    });
+fn run_vm(
+    entry: u64,
+    segs: &[(u64, Vec<u8>)],
+    cfg: &Config,
+    timed_out: &AtomicBool,
+    setup: Setup,
+) -> Result<(BootReport, Option<Outcome>), KvmError> {
+    let m = create_vm(cfg, segs)?;
+    let mut guest = personality::create(&setup, &m.mem, cfg)?;
+    let (mut vcpu, mut cache) = setup_vcpu(&m, guest.as_mut(), entry, cfg)?;
+    let mut run = Run::default();
+    let exit_status = exit_loop(
+        &m,
+        guest.as_mut(),
+        &mut vcpu,
+        &mut cache,
+        cfg,
+        timed_out,
+        &mut run,
+    )?;
+    let text = String::from_utf8_lossy(&run.text).into_owned();
     Ok((
         BootReport {
             exit_status,
             checks: parse_checks(&text),
             text,
-            exits,
-            stray_io,
+            exits: run.exits,
+            stray_io: run.stray_io,
             ioctls: cache.counts(),
-            run_time,
-            handle_time,
+            run_time: run.run_time,
+            handle_time: run.handle_time,
         },
-        outcome,
+        guest.finish(),
     ))
+}
+
+/// What the exit loop gathers.
+#[derive(Default)]
+struct Run {
+    text: Vec<u8>,
+    exits: ExitCounts,
+    stray_io: Vec<(u16, u8)>,
+    run_time: Duration,
+    handle_time: Duration,
+}
+
+/// Run the vCPU to the guest's exit: `Some(status)` when it reported one,
+/// `None` when it halted.
+fn exit_loop(
+    m: &Machine,
+    guest: &mut dyn Personality,
+    vcpu: &mut VcpuFd,
+    cache: &mut RegCache,
+    cfg: &Config,
+    timed_out: &AtomicBool,
+    run: &mut Run,
+) -> Result<Option<u32>, KvmError> {
+    let crashed = |what: String, text: &[u8]| KvmError::GuestCrashed {
+        what,
+        text: String::from_utf8_lossy(text).into_owned(),
+    };
+    loop {
+        if timed_out.load(Ordering::SeqCst) {
+            return Err(KvmError::Timeout {
+                limit: cfg.timeout,
+                text: String::from_utf8_lossy(&run.text).into_owned(),
+            });
+        }
+        cache
+            .before_run(vcpu)
+            .map_err(|e| crashed(format!("writing the registers: {e}"), &run.text))?;
+        let t_run = Instant::now();
+        let exit = next_exit(vcpu)?;
+        let t_handle = Instant::now();
+        run.run_time += t_handle - t_run;
+        cache.after_run(vcpu);
+        let mut cpu = Vcpu::new(vcpu, cache);
+        match exit {
+            Exit::Out(port, b, len) => {
+                run.exits.io += 1;
+                match port {
+                    ports::TEXT => run.text.extend_from_slice(&b[..len.min(4)]),
+                    ports::TEXT_BUFFER => read_text_buffer(&m.mem, b, len, &mut run.text)
+                        .map_err(|what| crashed(what, &run.text))?,
+                    ports::EXIT => {
+                        guest.at_exit(&mut cpu);
+                        return Ok(Some(u32::from_le_bytes(b)));
+                    }
+                    p => {
+                        let data = u32::from_le_bytes(b);
+                        match guest.port(&m.vm, &mut cpu, p, data, len, &mut run.text) {
+                            Some(Ok(PortAction::Handled)) => {}
+                            Some(Ok(PortAction::Exit(status))) => return Ok(Some(status)),
+                            Some(Err(what)) => return Err(crashed(what, &run.text)),
+                            None => run.stray_io.push((p, b[0])),
+                        }
+                    }
+                }
+            }
+            Exit::In => run.exits.io += 1,
+            Exit::Mmio => run.exits.mmio += 1,
+            Exit::Hlt => {
+                run.exits.hlt += 1;
+                return Ok(None);
+            }
+            Exit::Shutdown => {
+                let rip = cpu.regs().map(|r| r.rip).unwrap_or(0);
+                return Err(crashed(
+                    format!("shutdown (triple fault) near rip {rip:#x}"),
+                    &run.text,
+                ));
+            }
+            Exit::Other(what) => {
+                let rip = cpu.regs().map(|r| r.rip).unwrap_or(0);
+                let mut bytes = [0u8; 16];
+                let _ = m.mem.read_slice(&mut bytes, GuestAddress(rip));
+                return Err(crashed(
+                    format!("{what} at rip {rip:#x} (bytes {bytes:02x?})"),
+                    &run.text,
+                ));
+            }
+            Exit::Interrupted => run.exits.other += 1,
+        }
+        run.handle_time += t_handle.elapsed();
+    }
+}
+
+/// One `KVM_RUN`, its exit copied out of the run structure.
+fn next_exit(vcpu: &mut VcpuFd) -> Result<Exit, KvmError> {
+    Ok(match vcpu.run() {
+        Ok(VcpuExit::IoOut(port, data)) => {
+            let mut b = [0u8; 4];
+            let n = data.len().min(4);
+            b[..n].copy_from_slice(&data[..n]);
+            Exit::Out(port, b, data.len())
+        }
+        Ok(VcpuExit::IoIn(_, data)) => {
+            data.fill(0xff);
+            Exit::In
+        }
+        Ok(VcpuExit::MmioRead(_, data)) => {
+            data.fill(0xff);
+            Exit::Mmio
+        }
+        Ok(VcpuExit::MmioWrite(..)) => Exit::Mmio,
+        Ok(VcpuExit::Hlt) => Exit::Hlt,
+        Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+        Ok(other) => Exit::Other(format!("unexpected VM exit {other:?}")),
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+        Err(e) => return Err(KvmError::Ioctl("KVM_RUN", e.to_string())),
+    })
 }
 
 /// A dword write to [`ports::TEXT_BUFFER`]: append the line it names

@@ -75,39 +75,23 @@ use crate::emulate::{
 };
 use pvops::{DescriptorTablePointer, Selector};
 
-/// First page-table page.
-pub const PT_BASE: u64 = layout::RING3_PT_BASE;
-/// Most page-table pages (each maps 2 MiB).
-pub const MAX_PTS: u64 = 64;
-/// The real GDT.
-pub const REAL_GDT: u64 = 0x5_0000;
-/// Entries of the real GDT.
-pub const REAL_GDT_ENTRIES: u32 = 8192;
-/// The real IDT.
-pub const REAL_IDT: u64 = 0x6_0000;
-/// The real LDT.
-pub const REAL_LDT: u64 = 0x6_1000;
+pub use super::layout::ring3::{
+    FIRST_HV_GDT_ENTRY, HV_TSS, HV_TSS_SELECTOR, MAX_PTS, PT_BASE, REAL_GDT, REAL_GDT_ENTRIES,
+    REAL_IDT, REAL_LDT, RESERVED_PAGES,
+};
 /// Most entries of the real LDT.
 pub const REAL_LDT_ENTRIES: u64 = 8192;
-/// hv-sim's TSS.
-pub const HV_TSS: u64 = 0x7_1000;
 /// hv-sim's #GP entry page.
-pub const TRAP_TEXT: u64 = 0x7_2000;
+pub const TRAP_TEXT: u64 = layout::ring3::OWN_PAGE;
 /// The stub: `push rax; mov eax, 13; out 0xE5, eax; ud2` (hv-sim resumes
 /// the guest elsewhere; the `ud2` is never reached).
 pub const TRAP_STUB: [u8; 10] = [0x50, 0xb8, 13, 0, 0, 0, 0xe7, ports::TRAP as u8, 0x0f, 0x0b];
 /// RIP after the stub's `out`.
 pub const TRAP_STUB_EXIT_RIP: u64 = TRAP_TEXT + 8;
-/// hv-sim's first reserved entry at the top of the real GDT.
-pub const FIRST_HV_GDT_ENTRY: u32 = 8184;
 /// hv-sim's ring-3 64-bit code segment: the kernel's CS.
-pub const TRAP_KERNEL_CS: u16 = (FIRST_HV_GDT_ENTRY as u16) << 3 | 3;
+pub const TRAP_KERNEL_CS: u16 = layout::ring3::KERNEL_CS;
 /// hv-sim's ring-3 flat data segment: the kernel's SS.
-pub const TRAP_KERNEL_SS: u16 = (FIRST_HV_GDT_ENTRY as u16 + 1) << 3 | 3;
-/// hv-sim's TSS descriptor: TR until the guest's first `ltr`.
-pub const HV_TSS_SELECTOR: u16 = (FIRST_HV_GDT_ENTRY as u16 + 2) << 3;
-/// Pages reserved for the hypervisor (the first MiB).
-pub const RESERVED_PAGES: u64 = 0x100;
+pub const TRAP_KERNEL_SS: u16 = layout::ring3::KERNEL_SS;
 /// CR4.UMIP.
 pub const CR4_UMIP: u64 = 1 << 11;
 
@@ -790,5 +774,38 @@ impl TrapGuest {
             final_segments: self.final_segments,
             real_tr_ldtr: self.real_tr_ldtr,
         }
+    }
+}
+
+impl super::personality::Personality for TrapGuest {
+    fn entry_state(&mut self, regs: &mut kvm_regs, sregs: &mut kvm_sregs) {
+        TrapGuest::entry_state(self, regs, sregs)
+    }
+
+    fn initial_tables(&mut self, _: &kvm_ioctls::VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+        TrapGuest::initial_tables(self, vcpu).map_err(|e| format!("trap personality setup: {e}"))
+    }
+
+    fn port(
+        &mut self,
+        _: &kvm_ioctls::VmFd,
+        vcpu: &mut Vcpu<'_>,
+        port: u16,
+        data: u32,
+        len: usize,
+        _: &mut Vec<u8>,
+    ) -> Option<Result<super::personality::PortAction, String>> {
+        (port == ports::TRAP).then(|| {
+            self.trap(vcpu, data, len)
+                .map(|()| super::personality::PortAction::Handled)
+        })
+    }
+
+    fn at_exit(&mut self, vcpu: &mut Vcpu<'_>) {
+        TrapGuest::at_exit(self, vcpu)
+    }
+
+    fn finish(self: Box<Self>) -> Option<super::Outcome> {
+        Some(super::Outcome::Trap(Box::new(TrapGuest::finish(*self))))
     }
 }

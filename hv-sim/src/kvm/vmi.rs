@@ -88,32 +88,16 @@ use crate::vmi::{
 pub const CPUID_SIGNATURE: [u8; 12] = *b"VMwareVMware";
 /// Where hv-sim places its VMI ROM: the first slot the probe scans.
 pub const ROM_BASE: u64 = abi::scan::START;
-/// First page-table page.
-pub const PT_BASE: u64 = layout::RING3_PT_BASE;
-/// Most page-table pages (each maps 2 MiB).
-pub const MAX_PTS: u64 = 64;
-/// The real GDT.
-pub const REAL_GDT: u64 = 0x5_0000;
-/// Entries of the real GDT (the architectural maximum).
-pub const REAL_GDT_ENTRIES: u32 = 8192;
-/// The real IDT.
-pub const REAL_IDT: u64 = 0x6_0000;
-/// The real LDT.
-pub const REAL_LDT: u64 = 0x6_1000;
-/// hv-sim's TSS (the TR the guest starts with).
-pub const HV_TSS: u64 = 0x7_1000;
+pub use super::layout::ring3::{
+    FIRST_HV_GDT_ENTRY, HV_TSS, HV_TSS_SELECTOR, MAX_PTS, PT_BASE, REAL_GDT, REAL_GDT_ENTRIES,
+    REAL_IDT, REAL_LDT, RESERVED_PAGES,
+};
 /// hv-sim's copy of the guest's TSS (what TR points at after SetTR).
-pub const TSS_COPY: u64 = 0x7_2000;
-/// hv-sim's first reserved entry at the top of the real GDT.
-pub const FIRST_HV_GDT_ENTRY: u32 = 8184;
+pub const TSS_COPY: u64 = layout::ring3::OWN_PAGE;
 /// hv-sim's ring-3 64-bit code segment: the guest kernel's CS.
-pub const VMI_KERNEL_CS: u16 = (FIRST_HV_GDT_ENTRY as u16) << 3 | 3;
+pub const VMI_KERNEL_CS: u16 = layout::ring3::KERNEL_CS;
 /// hv-sim's ring-3 flat data segment: the guest kernel's SS.
-pub const VMI_KERNEL_SS: u16 = (FIRST_HV_GDT_ENTRY as u16 + 1) << 3 | 3;
-/// hv-sim's TSS descriptor (16 bytes): the TR at entry.
-pub const HV_TSS_SELECTOR: u16 = (FIRST_HV_GDT_ENTRY as u16 + 2) << 3;
-/// Pages reserved for the hypervisor (the first MiB).
-pub const RESERVED_PAGES: u64 = 0x100;
+pub const VMI_KERNEL_SS: u16 = layout::ring3::KERNEL_SS;
 /// Value left in rcx, rsi, rdi and r8–r11 after a ROM call (SysV lets the
 /// callee clobber them; a kernel that relied on them would see this).
 pub const CLOBBER: u64 = 0xdead_0000_c0de_0000;
@@ -620,5 +604,38 @@ impl VmiGuest {
             final_segments: self.final_segments,
             real: self.real,
         }
+    }
+}
+
+impl super::personality::Personality for VmiGuest {
+    fn cpuid_signature(&self, _: &Config) -> Option<[u8; 12]> {
+        Some(CPUID_SIGNATURE)
+    }
+
+    fn entry_state(&mut self, regs: &mut kvm_regs, sregs: &mut kvm_sregs) {
+        VmiGuest::entry_state(self, regs, sregs)
+    }
+
+    fn port(
+        &mut self,
+        _: &kvm_ioctls::VmFd,
+        vcpu: &mut Vcpu<'_>,
+        port: u16,
+        data: u32,
+        len: usize,
+        _: &mut Vec<u8>,
+    ) -> Option<Result<super::personality::PortAction, String>> {
+        (port == ports::VMI).then(|| {
+            self.rom_call(vcpu, data, len)
+                .map(|()| super::personality::PortAction::Handled)
+        })
+    }
+
+    fn at_exit(&mut self, vcpu: &mut Vcpu<'_>) {
+        VmiGuest::at_exit(self, vcpu)
+    }
+
+    fn finish(self: Box<Self>) -> Option<super::Outcome> {
+        Some(super::Outcome::Vmi(Box::new(VmiGuest::finish(*self))))
     }
 }

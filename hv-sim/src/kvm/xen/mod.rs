@@ -96,22 +96,15 @@ pub use builder::{
 
 /// CPUID 0x4000_0000 signature.
 pub const CPUID_SIGNATURE: [u8; 12] = *b"XenVMMXenVMM";
-/// Most page-table pages (each maps 2 MiB).
-pub const MAX_PTS: u64 = 64;
-/// The real GDT.
-pub const REAL_GDT: u64 = 0x5_0000;
-/// The real IDT.
-pub const REAL_IDT: u64 = 0x6_0000;
-/// The real LDT.
-pub const REAL_LDT: u64 = 0x6_1000;
+pub use super::layout::ring3::{MAX_PTS, REAL_GDT, REAL_IDT, REAL_LDT};
 /// Xen's TSS.
-pub const REAL_TSS: u64 = 0x7_1000;
+pub const REAL_TSS: u64 = layout::ring3::HV_TSS;
 /// hv-sim's exception stubs (16 bytes per vector).
-pub const TRAP_TEXT: u64 = 0x7_2000;
+pub const TRAP_TEXT: u64 = layout::ring3::OWN_PAGE;
 /// Xen version reported by CPUID 0x4000_0001: 4.17, the version CI runs.
 pub const XEN_VERSION: u32 = (4 << 16) | 17;
 /// Pages reserved for the hypervisor (the first MiB).
-pub const RESERVED_PAGES: usize = 0x100;
+pub const RESERVED_PAGES: usize = layout::ring3::RESERVED_PAGES as usize;
 
 /// Xen's first reserved GDT entry.
 pub const FIRST_RESERVED_GDT_ENTRY: u32 = 7168;
@@ -930,5 +923,62 @@ impl XenGuest {
             shutdown: self.shutdown,
             final_segments: self.final_segments,
         }
+    }
+}
+
+impl super::personality::Personality for XenGuest {
+    fn cpuid_signature(&self, _: &Config) -> Option<[u8; 12]> {
+        Some(CPUID_SIGNATURE)
+    }
+
+    fn adjust_cpuid(&mut self, entries: &mut [kvm_bindings::kvm_cpuid_entry2]) {
+        for e in entries.iter_mut().filter(|e| e.function == 0x4000_0000) {
+            // Max leaf: Xen answers at least base + 2 (detect() and Linux
+            // require it).
+            e.eax = e.eax.max(0x4000_0002);
+        }
+        self.set_cpuid(entries);
+    }
+
+    fn entry_state(&mut self, regs: &mut kvm_regs, sregs: &mut kvm_sregs) {
+        XenGuest::entry_state(self, regs, sregs)
+    }
+
+    fn initial_tables(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+        XenGuest::initial_tables(self, vm, vcpu).map_err(|e| format!("xen personality setup: {e}"))
+    }
+
+    fn port(
+        &mut self,
+        vm: &VmFd,
+        vcpu: &mut Vcpu<'_>,
+        port: u16,
+        data: u32,
+        len: usize,
+        text: &mut Vec<u8>,
+    ) -> Option<Result<super::personality::PortAction, String>> {
+        use super::personality::PortAction;
+        if port != super::ports::HYPERCALL {
+            return None;
+        }
+        Some(match XenGuest::port(self, vm, vcpu, data, len, text) {
+            Ok(Some(reason)) => {
+                XenGuest::at_exit(self, vcpu);
+                Ok(PortAction::Exit(exit_status(
+                    &String::from_utf8_lossy(text),
+                    reason,
+                )))
+            }
+            Ok(None) => Ok(PortAction::Handled),
+            Err(e) => Err(e),
+        })
+    }
+
+    fn at_exit(&mut self, vcpu: &mut Vcpu<'_>) {
+        XenGuest::at_exit(self, vcpu)
+    }
+
+    fn finish(self: Box<Self>) -> Option<super::Outcome> {
+        Some(super::Outcome::Xen(Box::new(XenGuest::finish(*self))))
     }
 }

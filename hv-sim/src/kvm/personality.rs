@@ -1,0 +1,108 @@
+//! What a boot's personality is to the exit loop: one trait for the
+//! native, Xen-style, VMI-style and trap-and-emulate runs, so that
+//! [`super::run_vm`] is create VM → set up the vCPU → exit loop, with no
+//! `match` over personalities.
+//!
+//! The loop calls, in order: [`Personality::cpuid_signature`] and
+//! [`Personality::adjust_cpuid`] while it sets the vCPU's CPUID,
+//! [`Personality::entry_state`] for the first registers,
+//! [`Personality::initial_tables`] once KVM holds them, then
+//! [`Personality::port`] for every port write that is not the report
+//! protocol's, [`Personality::at_exit`] when the guest ends, and
+//! [`Personality::finish`] for what the personality observed.
+
+use kvm_bindings::{kvm_cpuid_entry2, kvm_regs, kvm_sregs};
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+
+use super::regs::Vcpu;
+use super::{Config, KvmError, Outcome, Setup, layout, trap, vmi, xen};
+
+/// What a port write did.
+pub(crate) enum PortAction {
+    /// Handled; the guest runs on.
+    Handled,
+    /// The guest ended with this exit status.
+    Exit(u32),
+}
+
+/// A personality during one boot.
+pub(crate) trait Personality {
+    /// The CPUID 0x4000_0000 signature it answers with (`None`: the
+    /// config's).
+    fn cpuid_signature(&self, cfg: &Config) -> Option<[u8; 12]> {
+        cfg.cpuid_signature
+    }
+
+    /// Adjust the CPUID entries the vCPU gets (the signature is already
+    /// set), and learn what it needs of them.
+    fn adjust_cpuid(&mut self, _entries: &mut [kvm_cpuid_entry2]) {}
+
+    /// The first registers: the loop has set long mode, the entry point,
+    /// the boot stack and the boot flags in `rdi`.
+    fn entry_state(&mut self, _regs: &mut kvm_regs, _sregs: &mut kvm_sregs) {}
+
+    /// Install what must be in place before the first instruction, once
+    /// KVM holds the entry state.
+    fn initial_tables(&mut self, _vm: &VmFd, _vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A write of `len` bytes `data` to `port` (not a report port).
+    /// `None`: not this personality's port (a stray write). `Err`: the
+    /// guest broke the personality's protocol or did what its hypervisor
+    /// refuses to survive.
+    fn port(
+        &mut self,
+        vm: &VmFd,
+        vcpu: &mut Vcpu<'_>,
+        port: u16,
+        data: u32,
+        len: usize,
+        text: &mut Vec<u8>,
+    ) -> Option<Result<PortAction, String>>;
+
+    /// The guest reported its exit: record the final state.
+    fn at_exit(&mut self, _vcpu: &mut Vcpu<'_>) {}
+
+    /// What the personality observed (`None` for native).
+    fn finish(self: Box<Self>) -> Option<Outcome>;
+}
+
+/// Native: the boot tables of [`layout`], ring 0, no hypervisor.
+struct Native;
+
+impl Personality for Native {
+    fn port(
+        &mut self,
+        _: &VmFd,
+        _: &mut Vcpu<'_>,
+        _: u16,
+        _: u32,
+        _: usize,
+        _: &mut Vec<u8>,
+    ) -> Option<Result<PortAction, String>> {
+        None
+    }
+
+    fn finish(self: Box<Self>) -> Option<Outcome> {
+        None
+    }
+}
+
+/// The personality `setup` names, over the loaded guest memory.
+pub(crate) fn create(
+    setup: &Setup,
+    mem: &GuestMemoryMmap,
+    cfg: &Config,
+) -> Result<Box<dyn Personality>, KvmError> {
+    Ok(match setup {
+        Setup::Native => {
+            layout::write_boot_tables(mem).map_err(KvmError::BadImage)?;
+            Box::new(Native)
+        }
+        Setup::Xen(s) => Box::new(xen::XenGuest::new(mem, cfg, s)?),
+        Setup::Vmi(rom) => Box::new(vmi::VmiGuest::new(mem, cfg, rom)?),
+        Setup::Trap => Box::new(trap::TrapGuest::new(mem, cfg)?),
+    })
+}
