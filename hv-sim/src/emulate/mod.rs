@@ -46,6 +46,7 @@
 //! panic.
 
 pub mod mock;
+pub mod walk;
 
 use std::fmt;
 
