@@ -46,6 +46,7 @@
 //! panic.
 
 pub mod mock;
+pub mod segment;
 pub mod walk;
 
 use std::fmt;
