@@ -17,11 +17,13 @@
 //!   instructions (LGDT … SLDT with their #GP/#NP checks and LTR's busy
 //!   bit), which the native backend runs against in-process;
 //! * [`explain`]: descriptors decoded into plain words;
-//! * [`demo`]: what `hv-sim demo` runs.
+//! * [`demo`]: what `hv-sim demo` runs;
+//! * [`mod@bench`]: what `hv-sim bench` runs (one table of the cost figures).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod demo;
 pub mod differential;
 pub mod emulate;

@@ -20,6 +20,10 @@ struct Cli {
 enum Cmd {
     /// Run every descriptor op through a backend and check its effect.
     Demo,
+    /// Measure and print one table of the cost figures (dispatch,
+    /// in-process hypercalls, the emulator, exits per kernel operation, µs
+    /// per exit), each with its ratio against a floor from the same run.
+    Bench,
     /// Decode 8-byte descriptors into their fields.
     ///
     /// A descriptor is exactly 16 hex digits (either case), optionally
@@ -59,6 +63,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Demo => demo(),
+        Cmd::Bench => {
+            let table = hv_sim::bench::run(&mut |s| eprintln!("bench: {s}"));
+            println!("{table}");
+            ExitCode::SUCCESS
+        }
         Cmd::Explain { hex } => match explain(&hex) {
             Ok(true) => ExitCode::SUCCESS,
             // Each malformed descriptor was reported; the others explained.
