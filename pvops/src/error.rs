@@ -7,6 +7,7 @@
 use core::fmt;
 
 use crate::selector::Selector;
+use crate::validate::{Rule, Slot};
 
 /// Which descriptor table an error is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -240,6 +241,20 @@ pub enum PvError {
         call: &'static str,
         /// The errno it returned.
         errno: Errno,
+        /// The table slot, vector or selector the call was about
+        /// ([`Slot::None`] when it was about no single one).
+        at: Slot,
+    },
+    /// An argument broke a rule of the validation layer
+    /// ([`crate::validate`]); checked before any instruction or hypercall,
+    /// the same way on every backend.
+    Invalid {
+        /// Operation.
+        op: &'static str,
+        /// The table and slot or vector.
+        at: Slot,
+        /// The rule, with the values that broke it.
+        rule: Rule,
     },
     /// Address translation the backend needs (virtual to machine) failed.
     NoTranslation {
@@ -343,7 +358,15 @@ impl fmt::Display for PvError {
                 "{insn} raised exception {vector} ({}) with error code {error_code:#x}",
                 vector_name(vector)
             ),
-            Hypervisor { call, errno } => write!(f, "hypervisor rejected {call}: {errno}"),
+            Hypervisor {
+                call,
+                errno,
+                at: Slot::None,
+            } => write!(f, "hypervisor rejected {call}: {errno}"),
+            Hypervisor { call, errno, at } => {
+                write!(f, "hypervisor rejected {call} for {at}: {errno}")
+            }
+            Invalid { op, at, rule } => write!(f, "{op}: {at}: {rule}"),
             NoTranslation { op, addr } => write!(
                 f,
                 "{op}: virtual address {addr:#x} has no machine translation"
@@ -511,8 +534,25 @@ mod tests {
                 PvError::Hypervisor {
                     call: "set_gdt",
                     errno: Errno::EINVAL,
+                    at: Slot::None,
                 },
                 "-EINVAL (-22)",
+            ),
+            (
+                PvError::Hypervisor {
+                    call: "update_descriptor",
+                    errno: Errno::EINVAL,
+                    at: Slot::Entry(TableKind::Gdt, 12),
+                },
+                "hypervisor rejected update_descriptor for GDT[12]: -EINVAL (-22)",
+            ),
+            (
+                PvError::Invalid {
+                    op: "write_idt_entry",
+                    at: Slot::Vector(14),
+                    rule: Rule::OffsetNotCanonical { offset: 1 << 47 },
+                },
+                "write_idt_entry: IDT vector 14 (#PF): handler offset 0x800000000000 is not canonical",
             ),
             (
                 PvError::NoTranslation {

@@ -51,6 +51,7 @@ pub mod pointer;
 pub mod presets;
 pub mod selector;
 pub mod table;
+pub mod validate;
 
 pub use descriptor::{
     Descriptor, DescriptorFields, GdtEntry, SegmentType, SystemDescriptor, SystemDescriptorFields,
@@ -63,4 +64,5 @@ pub use gate::{Gate32, Gate32Fields, Gate64, Gate64Fields, GateKind, IdtGate};
 pub use ops::{DescriptorOps, GdtLayout, TLS_ENTRIES};
 pub use pointer::{DescriptorTablePointer, DtPtr32, DtPtr64, NativeDtPtr};
 pub use selector::{Ring, Selector, TableIndicator};
-pub use table::{DescriptorStorage, Gdt, Idt, IdtStorage, Ldt, TableStorage};
+pub use table::{DescriptorStorage, Gdt, Idt, IdtStorage, Ldt, TableRecord, TableStorage};
+pub use validate::{IstSupport, Rule, Slot, TableView, VectorSet};

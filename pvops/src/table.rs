@@ -306,6 +306,50 @@ pub unsafe fn store_u64(addr: u64, value: u64) {
     unsafe { AtomicU64::from_ptr(addr as usize as *mut u64) }.store(value, Ordering::Relaxed)
 }
 
+/// A table's (base, entries) kept in one atomic word, so a backend can
+/// record the table it loaded and read the pair back untorn from a later op
+/// (its [`validate::TableView`](crate::validate::TableView)).
+///
+/// The base is a valid linear address (canonical: bits 48..64 repeat bit
+/// 47) and 8-byte aligned; the entry count (at most 8192, 0 for none) is
+/// stored in bits 48..62 and the base's upper bits are rebuilt from bit 47.
+#[derive(Debug, Default)]
+pub struct TableRecord(AtomicU64);
+
+impl TableRecord {
+    /// No table recorded.
+    pub const fn new() -> TableRecord {
+        TableRecord(AtomicU64::new(0))
+    }
+
+    /// Record a table (`entries` 1..=8192), or none.
+    pub fn set(&self, table: Option<(u64, u32)>) {
+        let v = match table {
+            Some((base, entries)) if entries > 0 && entries <= MAX_DESCRIPTORS => {
+                (base & 0x0000_ffff_ffff_ffff) | ((entries as u64) << 48)
+            }
+            _ => 0,
+        };
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// The table recorded: (base, entries).
+    pub fn get(&self) -> Option<(u64, u32)> {
+        let v = self.0.load(Ordering::Relaxed);
+        let entries = (v >> 48) as u32;
+        if entries == 0 {
+            return None;
+        }
+        let low = v & 0x0000_ffff_ffff_ffff;
+        let base = if low & (1 << 47) != 0 {
+            low | 0xffff_0000_0000_0000
+        } else {
+            low
+        };
+        Some((base, entries))
+    }
+}
+
 mod sealed {
     pub trait Sealed {}
 }
@@ -528,6 +572,18 @@ mod tests {
             }),
             Err(PvError::LimitNotWhole { .. })
         ));
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let r = TableRecord::new();
+        assert_eq!(r.get(), None);
+        for (base, n) in [(0x1000u64, 1u32), (0xffff_8000_0000_1000, 8192), (0x7fff_ffff_f000, 16)] {
+            r.set(Some((base, n)));
+            assert_eq!(r.get(), Some((base, n)));
+        }
+        r.set(None);
+        assert_eq!(r.get(), None);
     }
 
     #[test]

@@ -31,6 +31,7 @@ fn errors_propagate_unchanged() {
     let r = Recorder::failing(PvError::Hypervisor {
         call: "set_gdt",
         errno: pvops::Errno::EINVAL,
+        at: pvops::Slot::None,
     });
     let table = OpsTable::new(Box::leak(Box::new(r)));
     for (op, res) in drive_all(&table) {

@@ -335,15 +335,37 @@ fn write_ldt_entry_fixed_in_effective_ldt_only() {
         eff.segment_type()
             .contains(descriptor::SegmentType::ACCESSED)
     );
-    // A TSS descriptor in an LDT is refused, with the rule in the trace.
+    // A TSS descriptor in an LDT is refused by the validation layer, as on
+    // every backend, before the ROM is called.
     let tss = Descriptor(e.tss_desc().low);
+    let events = e.hv.trace().events.len();
     // SAFETY: leaked tables.
     let err = unsafe { e.ops.write_ldt_entry(&e.ldt, 2, tss) }.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PvError::Invalid {
+                op: "write_ldt_entry",
+                at: Slot::Entry(TableKind::Ldt, 2),
+                rule: Rule::NotAllowedHere { .. }
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(e.hv.trace().events.len(), events);
+    // A call gate is architecturally fine in an LDT, but this
+    // personality's policy refuses it (only the hypervisor can judge):
+    // WriteLDTEntry -EINVAL, with the rule in the trace and the slot in
+    // the error.
+    let gate = Gate64::call(Selector(0x10), 0xffff_ffff_8100_0000, Ring::Ring0);
+    // SAFETY: leaked tables.
+    let err = unsafe { e.ops.write_ldt_entry(&e.ldt, 2, Descriptor(gate.low)) }.unwrap_err();
     assert_eq!(
         err,
         PvError::Hypervisor {
             call: "WriteLDTEntry",
-            errno: Errno::EINVAL
+            errno: Errno::EINVAL,
+            at: Slot::Entry(TableKind::Ldt, 2),
         }
     );
     let (ret, reason) =
@@ -379,11 +401,17 @@ fn write_idt_entry_updates_loaded_idt() {
     assert_eq!(eg.offset(), g.offset());
     assert_eq!(eg.selector(), Selector(0x13));
     assert_eq!(eg.dpl(), Ring::Ring3);
-    // A call gate is not an IDT gate.
+    // A call gate is not an IDT gate: refused before the ROM is called.
     let bad = Gate64::call(Selector(0x10), 0x1000, Ring::Ring0);
+    let events = e.hv.trace().events.len();
     // SAFETY: leaked tables.
     let err = unsafe { e.ops.write_idt_entry(&e.idt, 0x81, bad) }.unwrap_err();
-    assert!(err.to_string().contains("WriteIDTEntry: -EINVAL"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("write_idt_entry: IDT vector 129: a present IDT entry must be an interrupt or trap gate"),
+        "{err}"
+    );
+    assert_eq!(e.hv.trace().events.len(), events);
     // Index rule checked before the call.
     let small = Idt::new(e.idt.base(), 16).unwrap();
     // SAFETY: leaked tables.
@@ -409,7 +437,8 @@ fn set_gdt_refuses_a_call_gate() {
         err,
         PvError::Hypervisor {
             call: "SetGDT",
-            errno: Errno::EINVAL
+            errno: Errno::EINVAL,
+            at: Slot::Table(TableKind::Gdt),
         }
     );
     let t = e.hv.trace();
@@ -469,9 +498,9 @@ fn load_kernel_stack_needs_tr() {
     unsafe { e.ops.load_gdt(&e.gdt).unwrap() };
     // SAFETY: a stack address (never used).
     let err = unsafe { e.ops.load_kernel_stack(0xffff_c900_0000_8000) }.unwrap_err();
-    assert!(
-        err.to_string().contains("UpdateKernelStack: -EINVAL"),
-        "{err}"
+    assert_eq!(
+        err.to_string(),
+        "hypervisor rejected UpdateKernelStack for the kernel stack (TSS.sp0): -EINVAL (-22)"
     );
     e.boot();
     // SAFETY: as above.
@@ -750,7 +779,8 @@ fn calling_a_wrong_address_is_an_error_not_the_right_function() {
         err,
         PvError::Hypervisor {
             call: "SetIDT",
-            errno: Errno::EFAULT
+            errno: Errno::EFAULT,
+            at: Slot::Table(TableKind::Idt),
         }
     );
     assert_eq!(hv.guest().idtr, None);

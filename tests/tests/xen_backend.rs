@@ -15,7 +15,7 @@ mod seeds;
 use hv_sim::xen::{Abi, PageType, TraceEvent, XenDomain, check_descriptor};
 use pvops::{
     Descriptor, DescriptorOps, Errno, Gate64, Gdt, GdtEntry, GdtLayout, Idt, Ldt, OpsTable,
-    PvError, Ring, Selector, SystemDescriptor, SystemType, TLS_ENTRIES, TableKind, presets,
+    PvError, Ring, Selector, Slot, SystemDescriptor, SystemType, TLS_ENTRIES, TableKind, presets,
 };
 use pvops_xen::XenOps;
 use pvops_xen::XenPlatform as _;
@@ -60,8 +60,8 @@ fn args_of(dom: &XenDomain, which: &str) -> Vec<String> {
         .collect()
 }
 
-fn hv(call: &'static str, errno: Errno) -> PvError {
-    PvError::Hypervisor { call, errno }
+fn hv(call: &'static str, errno: Errno, at: Slot) -> PvError {
+    PvError::Hypervisor { call, errno, at }
 }
 
 /// Xen's rewrite of a descriptor on pv64.
@@ -202,7 +202,7 @@ fn load_gdt_rules() {
     let big = Gdt::new(base, 7169).unwrap();
     // SAFETY: 15 pages of simulated guest RAM.
     let e = unsafe { o.load_gdt(&big) }.unwrap_err();
-    assert_eq!(e, hv("set_gdt", Errno::EINVAL));
+    assert_eq!(e, hv("set_gdt", Errno::EINVAL, Slot::Table(TableKind::Gdt)));
     assert_eq!(dom.vcpu(0).gdt_ents, 0);
     assert_eq!(o.store_gdt().unwrap(), Default::default());
     // A GDT holding a descriptor Xen refuses (a present interrupt gate).
@@ -211,7 +211,7 @@ fn load_gdt_rules() {
     assert!(dom.host_write_u64(bad + 8, gate.low));
     let g = Gdt::new(bad, 4).unwrap();
     // SAFETY: simulated guest RAM.
-    assert_eq!(unsafe { o.load_gdt(&g) }, Err(hv("set_gdt", Errno::EINVAL)));
+    assert_eq!(unsafe { o.load_gdt(&g) }, Err(hv("set_gdt", Errno::EINVAL, Slot::Table(TableKind::Gdt))));
     // Outside guest RAM: no translation.
     let far = Gdt::new(0x1000, 4).unwrap();
     // SAFETY: never touched: translation fails first.
@@ -294,7 +294,15 @@ fn forbidden_descriptors_come_back_with_xens_errno() {
     for (i, d) in [int_gate, reserved8].into_iter().enumerate() {
         // SAFETY: the loaded GDT.
         let e = unsafe { o.write_gdt_entry(&gdt, 9 + i as u32, d.into()) }.unwrap_err();
-        assert_eq!(e, hv("update_descriptor", Errno::EINVAL), "{d:?}");
+        assert_eq!(
+            e,
+            hv(
+                "update_descriptor",
+                Errno::EINVAL,
+                Slot::Entry(TableKind::Gdt, 9 + i as u32)
+            ),
+            "{d:?}"
+        );
         assert_eq!(dom.gdt_entry(0, 9 + i as u32), 0);
     }
     // Not present: anything goes, stored unchanged.
@@ -339,7 +347,12 @@ fn call_gates_follow_xens_rules() {
     };
     // SAFETY: the loaded GDT.
     let e = unsafe { o.write_gdt_entry(&gdt, 11, Descriptor(xen_ds.low).into()) }.unwrap_err();
-    assert_eq!(e, hv("update_descriptor", Errno::EINVAL));
+    // Xen's own selectors are Xen's to judge: the validation layer lets
+    // them through and the refusal names the slot.
+    assert_eq!(
+        e,
+        hv("update_descriptor", Errno::EINVAL, Slot::Entry(TableKind::Gdt, 11))
+    );
     // The same gate as one 16-byte entry: both halves sent, upper first.
     dom.clear_trace();
     let whole = SystemDescriptor {
@@ -370,7 +383,10 @@ fn call_gates_follow_xens_rules() {
     let with_params = Descriptor(flat.low | 2 << 32);
     // SAFETY: the loaded GDT.
     let e = unsafe { o.write_gdt_entry(&gdt, 11, with_params.into()) }.unwrap_err();
-    assert_eq!(e, hv("update_descriptor", Errno::EINVAL));
+    assert_eq!(
+        e,
+        hv("update_descriptor", Errno::EINVAL, Slot::Entry(TableKind::Gdt, 11))
+    );
     no_violations(&dom);
 }
 
@@ -401,9 +417,9 @@ fn load_idt_installs_the_trap_table() {
             .with_ist(1)
             .unwrap(),
     );
-    // Skipped: an IST gate Linux would not forward, a call gate. A
-    // not-present trap gate is registered, as Linux's cvt_gate_to_trap does
-    // (it looks at the gate type only).
+    // Refused before any hypercall: an IST gate the kernel did not opt
+    // into losing, a call gate. A not-present trap gate is registered, as
+    // Linux's cvt_gate_to_trap does (it looks at the gate type only).
     write_gate(
         &dom,
         &idt,
@@ -423,6 +439,22 @@ fn load_idt_installs_the_trap_table() {
         },
     );
     write_gate(&dom, &idt, 7, Gate64::call(KCS, h + 7, Ring::Ring3));
+    let refused = |o: &Ops<'_>| {
+        // SAFETY: simulated guest RAM.
+        match unsafe { o.load_idt(&idt) } {
+            Err(PvError::Invalid { at, rule, .. }) => Some((at, rule.name())),
+            _ => None,
+        }
+    };
+    // Without the opt-in, IST on NMI is refused first.
+    assert_eq!(refused(&o), Some((Slot::Vector(2), "ist-not-honoured")));
+    // The kernel opts into Linux's set (#DB, NMI, #DF, #MC).
+    let o = ops(&dom, 0).with_ist_dropped_on(pvops::VectorSet::LINUX_IST_OKAY);
+    assert_eq!(refused(&o), Some((Slot::Vector(7), "not-a-gate")));
+    write_gate(&dom, &idt, 7, Gate64::MISSING);
+    assert_eq!(refused(&o), Some((Slot::Vector(14), "ist-not-honoured")));
+    write_gate(&dom, &idt, 14, Gate64::MISSING);
+    assert!(calls(&dom).is_empty());
     // SAFETY: simulated guest RAM.
     unsafe { o.load_idt(&idt).unwrap() };
     assert_eq!(calls(&dom), [(0, "set_trap_table", 0)]);
@@ -465,7 +497,7 @@ fn a_full_idt_fits_in_two_calls() {
 }
 
 #[test]
-fn a_non_canonical_handler_is_refused_by_xen() {
+fn a_non_canonical_handler_is_refused_before_xen() {
     let dom = domain();
     let o = ops(&dom, 0);
     let idt = Idt::new(dom.alloc_pages(1), 16).unwrap();
@@ -478,9 +510,19 @@ fn a_non_canonical_handler_is_refused_by_xen() {
     );
     // SAFETY: simulated guest RAM.
     let e = unsafe { o.load_idt(&idt) }.unwrap_err();
-    assert_eq!(e, hv("set_trap_table", Errno::EINVAL));
-    // Entries before the bad one stay applied (Xen); the guest view is unchanged.
-    assert_eq!(dom.vcpu(0).trap_table[1].address, 0x1000);
+    assert_eq!(
+        e,
+        PvError::Invalid {
+            op: "load_idt",
+            at: Slot::Vector(3),
+            rule: pvops::Rule::OffsetNotCanonical {
+                offset: 0x0000_8000_0000_0000
+            }
+        }
+    );
+    // Refused by the validation layer: Xen was not called, nothing applied.
+    assert!(calls(&dom).is_empty());
+    assert_eq!(dom.vcpu(0).trap_table[1].address, 0);
     assert_eq!(o.store_idt().unwrap(), Default::default());
 }
 
@@ -555,7 +597,7 @@ fn ldt_lifecycle() {
     // Making it writable while Xen maps it as an LDT page: -EBUSY.
     // SAFETY: simulated guest RAM.
     let e = unsafe { o.free_ldt(&ldt) }.unwrap_err();
-    assert_eq!(e, hv("update_va_mapping", Errno::EBUSY));
+    assert_eq!(e, hv("update_va_mapping", Errno::EBUSY, Slot::Table(TableKind::Ldt)));
     // Unload, then free: writable again.
     // SAFETY: no LDT.
     unsafe { o.load_ldt(None).unwrap() };
@@ -619,8 +661,18 @@ fn load_tr_is_a_shadow_and_the_kernel_stack_a_stack_switch() {
     let dom = domain();
     let o = ops(&dom, 0);
     assert_eq!(o.store_tr().unwrap(), Selector::NULL);
+    // Validated as on every backend: no GDT loaded yet, then the TSS
+    // descriptor the backend kept from Xen (the guest's view of slot 8).
     // SAFETY: no hypercall.
-    unsafe { o.load_tr(Selector(0x40)).unwrap() };
+    let e = unsafe { o.load_tr(Selector(0x40)) }.unwrap_err();
+    assert!(matches!(e, PvError::NoTableLoaded { .. }), "{e:?}");
+    let gdt = loaded_gdt(&dom, &o);
+    let tss = SystemDescriptor::tss(dom.alloc_pages(1), 0x67).unwrap();
+    // SAFETY: not sent to Xen; no hypercall.
+    unsafe {
+        o.write_gdt_entry(&gdt, 8, tss.into()).unwrap();
+        o.load_tr(Selector(0x40)).unwrap();
+    }
     // Linux's xen_store_tr answers 0 whatever was loaded.
     assert_eq!(o.store_tr().unwrap(), Selector::NULL);
     assert!(calls(&dom).is_empty());
@@ -866,40 +918,49 @@ fn a_full_queue_is_sent_as_32_calls() {
 fn a_failing_entry_is_reported_after_all_entries_ran() {
     let dom = domain();
     let o = ops(&dom, 0);
-    let _gdt = loaded_gdt(&dom, &o);
-    // A present TSS-type descriptor in a TLS slot: Xen refuses it.
-    let bad = Descriptor::system32(SystemType::Tss, 0x5000, 0x67, Ring::Ring3).unwrap();
-    let good = Descriptor::data(Ring::Ring3);
+    let gdt = loaded_gdt(&dom, &o);
+    let a = Descriptor::data(Ring::Ring3);
+    let b = Descriptor::data_segment(0x5000, 0xfff, Ring::Ring3).unwrap();
+    // Only Xen can judge this one: making the live GDT's page writable
+    // (an `Ldt` handle over the GDT page, so free_ldt remaps it).
+    let over_gdt = Ldt::new(gdt.base(), 16).unwrap();
     o.enter_lazy_cpu().unwrap();
-    // SAFETY: the loaded GDT.
+    // SAFETY: the loaded GDT; the remap is refused by Xen.
     unsafe {
-        o.load_tls(&[good, bad, good]).unwrap();
+        o.load_tls(&[a, b, a]).unwrap();
+        o.free_ldt(&over_gdt).unwrap();
         o.load_kernel_stack(0x4000).unwrap();
     }
-    assert_eq!(
-        o.leave_lazy_cpu(),
-        Err(hv("update_descriptor", Errno::EINVAL))
+    let e = o.leave_lazy_cpu().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PvError::Hypervisor {
+                call: "update_va_mapping",
+                at: Slot::Table(TableKind::Ldt),
+                ..
+            }
+        ),
+        "{e:?}"
     );
+    let got = calls(&dom);
+    assert_eq!(got.len(), 6, "{got:?}");
+    assert_eq!(got[0], (0, "multicall", 0));
     assert_eq!(
-        calls(&dom),
+        got[1..4],
         [
-            (0, "multicall", 0),
             (1, "update_descriptor", 0),
-            (1, "update_descriptor", -22),
             (1, "update_descriptor", 0),
-            (1, "stack_switch", 0)
+            (1, "update_descriptor", 0)
         ]
     );
-    // The entries after the failure ran.
-    assert_eq!(dom.gdt_entry(0, 14), good.0);
+    assert_eq!((got[4].0, got[4].1), (1, "update_va_mapping"));
+    assert!(got[4].2 < 0);
+    // The entry after the failure ran.
+    assert_eq!(got[5], (1, "stack_switch", 0));
+    assert_eq!(dom.gdt_entry(0, 13), xen(b));
     assert_eq!(dom.vcpu(0).kernel_sp, 0x4000);
     assert!(!o.is_lazy());
-    dom.clear_trace();
-    // The refused slot is sent again next time; the others are not.
-    // SAFETY: the loaded GDT.
-    let e = unsafe { o.load_tls(&[good, bad, good]) }.unwrap_err();
-    assert_eq!(e, hv("update_descriptor", Errno::EINVAL));
-    assert_eq!(calls(&dom), [(0, "update_descriptor", -22)]);
 }
 
 // ---- per vCPU, dynamic dispatch ---------------------------------------------
@@ -952,6 +1013,26 @@ mod props {
     use super::*;
     use proptest::prelude::*;
 
+    /// The guest's GDT as XenOps sees it, read through the simulator.
+    struct GuestGdt<'a>(&'a XenDomain, Gdt);
+    impl pvops::TableView for GuestGdt<'_> {
+        fn gdt_entries(&self) -> Option<u32> {
+            Some(self.1.entries())
+        }
+        fn gdt_word(&self, index: u32) -> u64 {
+            self.0.host_read_u64(self.1.base() + 8 * index as u64).unwrap_or(0)
+        }
+        fn ldt_entries(&self) -> Option<u32> {
+            None
+        }
+        fn ldt_word(&self, _: u32) -> u64 {
+            0
+        }
+        fn hypervisor_selector(&self, sel: Selector) -> bool {
+            sel.index() >= pvops_xen::FIRST_RESERVED_GDT_ENTRY
+        }
+    }
+
     fn gate_strategy() -> impl Strategy<Value = Gate64> {
         prop_oneof![
             // Anything at all.
@@ -989,7 +1070,15 @@ mod props {
             let before = dom.gdt_entry(0, 9);
             // SAFETY: the loaded GDT.
             let r = unsafe { o.write_gdt_entry(&gdt, 9, Descriptor(d).into()) };
-            if pvops_xen::is_tss_or_ldt(Descriptor(d)) {
+            // The validation layer's verdict, with the guest's GDT as the
+            // backend sees it (Xen's own selectors left to Xen).
+            let view = GuestGdt(&dom, gdt);
+            let rules = pvops::validate::gdt_entry("write_gdt_entry", 9, Descriptor(d).into(), &view);
+            if let Err(e) = rules {
+                prop_assert_eq!(r, Err(e));
+                prop_assert!(calls(&dom).is_empty());
+                prop_assert_eq!(dom.gdt_entry(0, 9), before);
+            } else if pvops_xen::is_tss_or_ldt(Descriptor(d)) {
                 prop_assert_eq!(r, Ok(()));
                 prop_assert!(calls(&dom).is_empty());
                 prop_assert_eq!(dom.gdt_entry(0, 9), before);
@@ -1000,7 +1089,10 @@ mod props {
                         prop_assert_eq!(dom.gdt_entry(0, 9), x);
                     }
                     Err(_) => {
-                        prop_assert_eq!(r, Err(hv("update_descriptor", Errno::EINVAL)));
+                        prop_assert_eq!(
+                            r,
+                            Err(hv("update_descriptor", Errno::EINVAL, Slot::Entry(TableKind::Gdt, 9)))
+                        );
                         prop_assert_eq!(dom.gdt_entry(0, 9), before);
                     }
                 }
@@ -1029,7 +1121,20 @@ mod props {
                 .map(|(v, g)| linux_trap_info(v as u8, g.low, g.high))
                 .collect();
             let canonical = |a: u64| (a >> 47) == 0 || (a >> 47) == 0x1_ffff;
-            if want.iter().flatten().all(|t| canonical(t.3)) {
+            // The validation layer's rules (no GDT loaded: only the
+            // table-free ones) come first; nothing reaches Xen then.
+            let rules = pvops::validate::idt(
+                "load_idt",
+                gates.len() as u32,
+                |v| gates[v as usize],
+                o.ist_support(),
+                "xen",
+                &pvops::validate::NoTables,
+            );
+            if let Err(e) = rules {
+                prop_assert_eq!(r, Err(e));
+                prop_assert!(calls(&dom).is_empty());
+            } else if want.iter().flatten().all(|t| canonical(t.3)) {
                 prop_assert_eq!(r, Ok(()));
                 let tt = dom.vcpu(0).trap_table;
                 for (v, w) in want.iter().enumerate() {
@@ -1043,7 +1148,12 @@ mod props {
                     }
                 }
             } else {
-                prop_assert_eq!(r, Err(hv("set_trap_table", Errno::EINVAL)));
+                // A not-present gate is not checked, but Xen is told of it
+                // (as Linux does) and refuses a non-canonical handler.
+                prop_assert_eq!(
+                    r,
+                    Err(hv("set_trap_table", Errno::EINVAL, Slot::Table(TableKind::Idt)))
+                );
             }
         }
     }

@@ -12,10 +12,14 @@
 //! setting `TSS.sp0`) is tested on the host without ring 0. The KVM tests
 //! run the same code on a real vCPU with [`HardwareCpu`].
 //!
-//! Before each `ltr`/`lldt` the backend checks the descriptor the selector
-//! names and returns an error (instead of letting the CPU raise #GP/#NP):
-//! null or LDT selector, index past the GDT, wrong type, busy TSS, not
-//! present.
+//! Before any instruction or store, every op runs the rules of
+//! [`pvops::validate`] with this backend's view of the tables: the GDT and
+//! LDT it loaded (its own record; `load_tr` falls back to `sgdt` when no
+//! GDT was loaded through it). So a gate whose selector names a data
+//! segment, a non-canonical handler, a TSS limit below 0x67 or an LDT
+//! selector for `ltr` come back as errors naming the op, the slot and the
+//! rule, instead of a #GP/#NP (or a triple fault) later. IST is honoured
+//! by the CPU ([`IstSupport::Honoured`]).
 //!
 //! ```no_run
 //! use pvops::{DescriptorOps, GdtLayout};
@@ -37,7 +41,10 @@ pub mod cpu;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+#[cfg(not(target_arch = "x86_64"))]
 use pvops::descriptor::SystemType;
+use pvops::table::TableRecord;
+use pvops::validate::{self, IstSupport, MemoryView};
 use pvops::{
     Descriptor, DescriptorOps, DescriptorTablePointer, Gdt, GdtEntry, GdtLayout, Idt, IdtGate, Ldt,
     PvError, Result, Ring, Selector, TLS_ENTRIES, TableIndicator,
@@ -58,6 +65,11 @@ pub struct NativeOps<C = HardwareCpu> {
     /// but it enforces the same pairing rule as the paravirt backends so a
     /// kernel tested on bare metal does not break under a hypervisor.
     lazy: AtomicBool,
+    /// The GDT last loaded through this backend (its view for the
+    /// validation layer: no `sgdt` needed).
+    gdt: TableRecord,
+    /// The LDT last loaded through this backend.
+    ldt: TableRecord,
 }
 
 impl NativeOps<HardwareCpu> {
@@ -81,7 +93,18 @@ impl<C: Cpu> NativeOps<C> {
             layout,
             tss_base: AtomicU64::new(0),
             lazy: AtomicBool::new(false),
+            gdt: TableRecord::new(),
+            ldt: TableRecord::new(),
         }
+    }
+
+    /// The tables loaded through this backend, as the validation layer
+    /// sees them.
+    fn view(&self) -> MemoryView {
+        // SAFETY: both records hold tables loaded through this backend's
+        // unsafe load ops, valid until the next load through it (the ops'
+        // contract); a new load replaces the record.
+        unsafe { MemoryView::new(self.gdt.get(), self.ldt.get()) }
     }
 
     /// The CPU this backend drives.
@@ -95,6 +118,9 @@ impl<C: Cpu> NativeOps<C> {
     }
 
     fn current_gdt(&self, op: &'static str) -> Result<Gdt> {
+        if let Some((base, entries)) = self.gdt.get() {
+            return Gdt::new(base, entries);
+        }
         let p = self.cpu.sgdt();
         if p.base == 0 && p.limit == 0 {
             return Err(PvError::NoTableLoaded {
@@ -185,6 +211,26 @@ unsafe fn read_u64(addr: u64) -> u64 {
     unsafe { pvops::table::load_u64(addr) }
 }
 
+/// Read the IDT gate at `addr` (its words one atomic load each).
+///
+/// # Safety
+/// As [`read_u64`], for the gate's 8 or 16 bytes.
+unsafe fn read_gate(addr: u64) -> IdtGate {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded contract: both words of the gate.
+    unsafe {
+        IdtGate {
+            low: read_u64(addr),
+            high: read_u64(addr + 8),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: forwarded contract.
+    unsafe {
+        IdtGate(read_u64(addr))
+    }
+}
+
 /// Write an aligned table slot at linear address `addr` (one relaxed atomic
 /// store, a single `mov`: the CPU never sees half a descriptor).
 ///
@@ -202,7 +248,9 @@ impl<C: Cpu> DescriptorOps for NativeOps<C> {
 
     unsafe fn load_gdt(&self, gdt: &Gdt) -> Result<()> {
         // SAFETY: forwarded contract: the table is valid while loaded.
-        unsafe { self.cpu.lgdt(&gdt.pointer()) }
+        unsafe { self.cpu.lgdt(&gdt.pointer())? };
+        self.gdt.set(Some((gdt.base(), gdt.entries())));
+        Ok(())
     }
 
     fn store_gdt(&self) -> Result<DescriptorTablePointer> {
@@ -210,6 +258,16 @@ impl<C: Cpu> DescriptorOps for NativeOps<C> {
     }
 
     unsafe fn load_idt(&self, idt: &Idt) -> Result<()> {
+        validate::idt(
+            "load_idt",
+            idt.entries(),
+            // SAFETY: v < entries: gate v is inside the IDT, valid memory
+            // by the op contract.
+            |v| unsafe { read_gate(idt.base() + v as u64 * pvops::gate::IDT_ENTRY_SIZE as u64) },
+            IstSupport::Honoured,
+            "native",
+            &self.view(),
+        )?;
         // SAFETY: forwarded contract: the table is valid while loaded.
         unsafe { self.cpu.lidt(&idt.pointer()) }
     }
@@ -219,27 +277,21 @@ impl<C: Cpu> DescriptorOps for NativeOps<C> {
     }
 
     unsafe fn load_tr(&self, tss: Selector) -> Result<()> {
-        let (addr, low) = self.system_descriptor("load_tr", tss)?;
-        if low.is_code_or_data() || low.system_type() != SystemType::Tss || !low.present() {
-            let expected = if low.system_type() == SystemType::TssBusy {
-                "an available TSS (type 9); this one is busy (0xB): rewrite the descriptor before reloading TR"
-            } else if !low.present() && low.system_type() == SystemType::Tss {
-                "a present TSS descriptor (P is clear)"
-            } else {
-                "an available TSS descriptor (S=0, type 9)"
-            };
-            return Err(PvError::WrongDescriptorType {
-                op: "load_tr",
-                selector: tss,
-                found: low.s_type(),
-                expected,
-            });
-        }
+        // The GDT loaded through this backend, else the one `sgdt` names
+        // (a GDT loaded by boot code).
+        let gdt = if tss.is_null() || tss.ti() != TableIndicator::Gdt {
+            None
+        } else {
+            Some(self.current_gdt("load_tr")?)
+        };
+        // SAFETY: `current_gdt` is the recorded GDT or the one `Cpu::sgdt`
+        // names, which the `Cpu` contract makes a table valid while loaded.
+        let view = unsafe { MemoryView::new(gdt.map(|g| (g.base(), g.entries())), None) };
+        let base = validate::tss_selector("load_tr", tss, &view)?;
         // SAFETY: the descriptor was checked to be a present available TSS
         // in the loaded GDT; the caller promised the TSS memory is valid.
         unsafe { self.cpu.ltr(tss)? };
-        self.tss_base
-            .store(Self::system_base(addr, low), Ordering::Relaxed);
+        self.tss_base.store(base, Ordering::Relaxed);
         Ok(())
     }
 
@@ -250,7 +302,9 @@ impl<C: Cpu> DescriptorOps for NativeOps<C> {
     unsafe fn load_ldt(&self, ldt: Option<&Ldt>) -> Result<()> {
         let Some(ldt) = ldt else {
             // SAFETY: loading the null selector disables the LDT.
-            return unsafe { self.cpu.lldt(Selector::NULL) };
+            unsafe { self.cpu.lldt(Selector::NULL)? };
+            self.ldt.set(None);
+            return Ok(());
         };
         let gdt = self.current_gdt("load_ldt")?;
         let index = self.layout.ldt as u32;
@@ -268,7 +322,9 @@ impl<C: Cpu> DescriptorOps for NativeOps<C> {
         let sel = Selector::gdt(self.layout.ldt, Ring::Ring0);
         // SAFETY: the descriptor just written is a present LDT descriptor
         // for memory the caller promised stays valid.
-        unsafe { self.cpu.lldt(sel) }
+        unsafe { self.cpu.lldt(sel)? };
+        self.ldt.set(Some((ldt.base(), ldt.entries())));
+        Ok(())
     }
 
     /// Reads the LDT descriptor from the GDT that `Cpu::sgdt` names: sound
@@ -290,12 +346,18 @@ impl<C: Cpu> DescriptorOps for NativeOps<C> {
     }
 
     unsafe fn write_gdt_entry(&self, gdt: &Gdt, index: u32, entry: GdtEntry) -> Result<()> {
+        gdt.entry_addr(index, &entry)?;
+        validate::gdt_entry("write_gdt_entry", index, entry, &self.view())?;
         // SAFETY: forwarded contract.
         unsafe { Self::store_gdt_entry(gdt, index, entry) }
     }
 
     unsafe fn write_ldt_entry(&self, ldt: &Ldt, index: u32, entry: Descriptor) -> Result<()> {
         let addr = ldt.slot_addr(index)?;
+        // TI=1 targets resolve in the LDT being written.
+        // SAFETY: `ldt` is valid memory (op contract) for this call.
+        let view = unsafe { self.view().with_ldt(Some((ldt.base(), ldt.entries()))) };
+        validate::ldt_entry("write_ldt_entry", index, entry, &view)?;
         // SAFETY: `slot_addr` checked the slot is inside `ldt`, valid per contract.
         unsafe { write_u64(addr, entry.0) };
         Ok(())
@@ -303,6 +365,14 @@ impl<C: Cpu> DescriptorOps for NativeOps<C> {
 
     unsafe fn write_idt_entry(&self, idt: &Idt, vector: u8, gate: IdtGate) -> Result<()> {
         let addr = idt.slot_addr(vector)?;
+        validate::idt_gate(
+            "write_idt_entry",
+            vector,
+            gate,
+            IstSupport::Honoured,
+            "native",
+            &self.view(),
+        )?;
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `slot_addr` checked the 16-byte slot is inside `idt`. High
         // half first: P lives in the low half.
@@ -319,6 +389,7 @@ impl<C: Cpu> DescriptorOps for NativeOps<C> {
     }
 
     unsafe fn load_tls(&self, tls: &[Descriptor; TLS_ENTRIES]) -> Result<()> {
+        validate::tls("load_tls", self.layout.tls_first as u32, tls)?;
         let gdt = self.current_gdt("load_tls")?;
         // Check all three slots before writing any: all or nothing.
         gdt.slot_addr(self.layout.tls_first as u32 + TLS_ENTRIES as u32 - 1)?;
@@ -344,6 +415,7 @@ impl<C: Cpu> DescriptorOps for NativeOps<C> {
     }
 
     unsafe fn load_kernel_stack(&self, sp0: u64) -> Result<()> {
+        validate::kernel_stack("load_kernel_stack", sp0)?;
         let mut tss = self.tss_base.load(Ordering::Relaxed);
         if tss == 0 {
             let tr = self.cpu.str();

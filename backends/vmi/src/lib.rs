@@ -63,12 +63,14 @@ pub mod platform;
 pub mod rom;
 
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use pvops::descriptor::SystemType;
+use pvops::table::TableRecord;
+use pvops::validate::{self, IstSupport, MemoryView};
 use pvops::{
     Descriptor, DescriptorOps, DescriptorTablePointer, Errno, Gdt, GdtEntry, GdtLayout, Idt,
-    IdtGate, Ldt, PvError, Result, Ring, Selector, TLS_ENTRIES, TableIndicator,
+    IdtGate, Ldt, PvError, Result, Ring, Selector, Slot, TLS_ENTRIES, TableIndicator, TableKind,
 };
 use pvops_native::{Cpu, HardwareCpu, NativeOps};
 
@@ -300,9 +302,11 @@ pub struct VmiOps<P, C = HardwareCpu> {
     /// The GDT last loaded through this backend (entries 0 = unknown), so
     /// `load_tls`/`load_ldt` find it without a GetGDT call (a VM exit each
     /// under a real hypervisor). Linux's VMI guest likewise used its own
-    /// per-CPU GDT pointer. One backend per vCPU, so the pair is not torn.
-    gdt_base: AtomicU64,
-    gdt_entries: AtomicU32,
+    /// per-CPU GDT pointer. Also the validation layer's view of the GDT.
+    gdt: TableRecord,
+    /// The LDT last loaded through this backend (the validation layer's
+    /// view of the LDT; no GetLDT call).
+    ldt: TableRecord,
 }
 
 /// The table-pointer operand passed to SetGDT/GetGDT/SetIDT/GetIDT.
@@ -436,8 +440,8 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
             native,
             layout,
             lazy: AtomicBool::new(false),
-            gdt_base: AtomicU64::new(0),
-            gdt_entries: AtomicU32::new(0),
+            gdt: TableRecord::new(),
+            ldt: TableRecord::new(),
         })
     }
 
@@ -495,11 +499,12 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
         unsafe { self.platform.call(self.reloc(nr).eip, args) }
     }
 
-    /// Call a `void` VMI call: 0 is success, `-errno` a refusal.
+    /// Call a `void` VMI call about `at`: 0 is success, `-errno` a
+    /// refusal.
     ///
     /// # Safety
     /// As [`Self::raw`].
-    unsafe fn void_call(&self, nr: u32, args: [u64; 4]) -> Result<()> {
+    unsafe fn void_call(&self, nr: u32, at: Slot, args: [u64; 4]) -> Result<()> {
         // SAFETY: forwarded.
         let ret = unsafe { self.raw(nr, args) };
         if ret == 0 {
@@ -508,7 +513,17 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
         Err(PvError::Hypervisor {
             call: call_name(nr),
             errno: Errno::from_return(ret as i64).unwrap_or(Errno::EINVAL),
+            at,
         })
+    }
+
+    /// The tables loaded through this backend, as the validation layer
+    /// sees them (no VMI call).
+    fn view(&self) -> MemoryView {
+        // SAFETY: both records hold tables loaded through this backend's
+        // unsafe load ops, valid until the next load through it (the ops'
+        // contract); a new load replaces the record.
+        unsafe { MemoryView::new(self.gdt.get(), self.ldt.get()) }
     }
 
     /// GetLDT / GetTR: a selector or `-errno`.
@@ -519,6 +534,7 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
             return Err(PvError::Hypervisor {
                 call: call_name(nr),
                 errno,
+                at: Slot::None,
             });
         }
         match u16::try_from(ret) {
@@ -526,6 +542,7 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
             Err(_) => Err(PvError::Hypervisor {
                 call: call_name(nr),
                 errno: Errno::EINVAL,
+                at: Slot::None,
             }),
         }
     }
@@ -535,15 +552,14 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
         let mut out = VmiDtr::default();
         let p = core::ptr::addr_of_mut!(out) as usize as u64;
         // SAFETY: the call writes the DTR operand at `p`, which we own.
-        unsafe { self.void_call(nr, [p, 0, 0, 0])? };
+        unsafe { self.void_call(nr, Slot::None, [p, 0, 0, 0])? };
         Ok(dtr_to(out))
     }
 
     /// The GDT the guest loaded (its own view).
     fn current_gdt(&self, op: &'static str) -> Result<Gdt> {
-        let entries = self.gdt_entries.load(Ordering::Relaxed);
-        if entries != 0 {
-            return Gdt::new(self.gdt_base.load(Ordering::Relaxed), entries);
+        if let Some((base, entries)) = self.gdt.get() {
+            return Gdt::new(base, entries);
         }
         let p = self.store_gdt()?;
         if p.base == 0 && p.limit == 0 {
@@ -570,7 +586,13 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
                 };
                 // SAFETY: the table is the caller's valid GDT; the entry was
                 // checked to fit.
-                unsafe { self.void_call(call::WRITE_GDT_ENTRY, [gdt.base(), index as u64, lo, hi]) }
+                unsafe {
+                    self.void_call(
+                        call::WRITE_GDT_ENTRY,
+                        Slot::Entry(TableKind::Gdt, index),
+                        [gdt.base(), index as u64, lo, hi],
+                    )
+                }
             }
             // SAFETY: forwarded contract.
             _ => unsafe { self.native.write_gdt_entry(gdt, index, entry) },
@@ -584,7 +606,9 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
     unsafe fn set_ldt(&self, sel: Selector) -> Result<()> {
         match self.route(call::SET_LDT) {
             // SAFETY: no pointer arguments.
-            Route::Rom => unsafe { self.void_call(call::SET_LDT, [sel.bits() as u64, 0, 0, 0]) },
+            Route::Rom => unsafe {
+                self.void_call(call::SET_LDT, Slot::Selector(sel), [sel.bits() as u64, 0, 0, 0])
+            },
             // SAFETY: forwarded contract.
             _ => unsafe { self.native.cpu().lldt(sel) },
         }
@@ -595,7 +619,7 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
     fn set_lazy(&self, mode: u64) -> Result<()> {
         match self.route(call::SET_LAZY_MODE) {
             // SAFETY: no pointer arguments.
-            Route::Rom => unsafe { self.void_call(call::SET_LAZY_MODE, [mode, 0, 0, 0]) },
+            Route::Rom => unsafe { self.void_call(call::SET_LAZY_MODE, Slot::None, [mode, 0, 0, 0]) },
             _ => Ok(()),
         }
     }
@@ -658,6 +682,26 @@ unsafe fn read_u64(addr: u64) -> u64 {
     unsafe { pvops::table::load_u64(addr) }
 }
 
+/// Read the IDT gate at `addr` (each word one atomic load).
+///
+/// # Safety
+/// As [`read_u64`], for the gate's 8 or 16 bytes.
+unsafe fn read_gate(addr: u64) -> IdtGate {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded contract: both words of the gate.
+    unsafe {
+        IdtGate {
+            low: read_u64(addr),
+            high: read_u64(addr + 8),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: forwarded contract.
+    unsafe {
+        IdtGate(read_u64(addr))
+    }
+}
+
 impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
     fn name(&self) -> &'static str {
         "vmi"
@@ -666,14 +710,14 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
     unsafe fn load_gdt(&self, gdt: &Gdt) -> Result<()> {
         // Forget the cached GDT first: if the load fails, the next op asks
         // the hypervisor (GetGDT) which table is live.
-        self.gdt_entries.store(0, Ordering::Relaxed);
+        self.gdt.set(None);
         let r = match self.reloc(call::SET_GDT).typ {
             RelocType::CallRel => {
                 let dtr = dtr_from(gdt.pointer());
                 let p = core::ptr::addr_of!(dtr) as usize as u64;
                 // SAFETY: SetGDT reads the DTR we own and the table the
                 // caller promised is valid.
-                unsafe { self.void_call(call::SET_GDT, [p, 0, 0, 0]) }
+                unsafe { self.void_call(call::SET_GDT, Slot::Table(TableKind::Gdt), [p, 0, 0, 0]) }
             }
             // The hypervisor ignores the load (Linux filled load_gdt with
             // vmi_nop): which GDT is live stays its business, so nothing is
@@ -683,8 +727,7 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
             _ => unsafe { self.native.load_gdt(gdt) },
         };
         if r.is_ok() {
-            self.gdt_base.store(gdt.base(), Ordering::Relaxed);
-            self.gdt_entries.store(gdt.entries(), Ordering::Relaxed);
+            self.gdt.set(Some((gdt.base(), gdt.entries())));
         }
         r
     }
@@ -698,13 +741,23 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
     }
 
     unsafe fn load_idt(&self, idt: &Idt) -> Result<()> {
+        validate::idt(
+            "load_idt",
+            idt.entries(),
+            // SAFETY: v < entries: gate v is inside the IDT, valid memory
+            // by the op contract.
+            |v| unsafe { read_gate(idt.base() + v as u64 * pvops::gate::IDT_ENTRY_SIZE as u64) },
+            IstSupport::Honoured,
+            "vmi",
+            &self.view(),
+        )?;
         match self.route(call::SET_IDT) {
             Route::Rom => {
                 let dtr = dtr_from(idt.pointer());
                 let p = core::ptr::addr_of!(dtr) as usize as u64;
                 // SAFETY: SetIDT reads the DTR we own and the table the
                 // caller promised is valid.
-                unsafe { self.void_call(call::SET_IDT, [p, 0, 0, 0]) }
+                unsafe { self.void_call(call::SET_IDT, Slot::Table(TableKind::Idt), [p, 0, 0, 0]) }
             }
             // Filled with vmi_nop by Linux.
             Route::Nothing => Ok(()),
@@ -721,17 +774,24 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
     }
 
     unsafe fn load_tr(&self, tss: Selector) -> Result<()> {
+        // The guest's GDT as this backend loaded it (GetGDT only when no
+        // GDT was loaded through it).
+        let gdt = if tss.is_null() || tss.ti() != TableIndicator::Gdt {
+            None
+        } else {
+            Some(self.current_gdt("load_tr")?)
+        };
+        // SAFETY: the GDT loaded through this backend (valid until the next
+        // load through it) or the one GetGDT reports (valid per the
+        // `VmiPlatform` contract).
+        let view = unsafe { MemoryView::new(gdt.map(|g| (g.base(), g.entries())), None) };
+        validate::tss_selector("load_tr", tss, &view)?;
         match self.route(call::SET_TR) {
             Route::Rom => {
-                if tss.is_null() || tss.ti() != TableIndicator::Gdt {
-                    return Err(PvError::BadSelector {
-                        op: "load_tr",
-                        selector: tss,
-                        rule: "must name a TSS descriptor in the GDT (not null, TI=0)",
-                    });
-                }
                 // SAFETY: no pointer arguments; the caller vouches for the TSS.
-                unsafe { self.void_call(call::SET_TR, [tss.bits() as u64, 0, 0, 0]) }
+                unsafe {
+                    self.void_call(call::SET_TR, Slot::Selector(tss), [tss.bits() as u64, 0, 0, 0])
+                }
             }
             // SAFETY: forwarded contract.
             _ => unsafe { self.native.load_tr(tss) },
@@ -753,7 +813,9 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
         // own answer decides how) and `lldt`.
         if ldt.is_none() && self.route(call::SET_LDT) != Route::Rom {
             // SAFETY: the null selector disables the LDT.
-            return unsafe { self.set_ldt(Selector::NULL) };
+            unsafe { self.set_ldt(Selector::NULL)? };
+            self.ldt.set(None);
+            return Ok(());
         }
         let gdt = self.current_gdt("load_ldt")?;
         let entry = match ldt {
@@ -770,7 +832,9 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
         };
         // SAFETY: the selector is null or names the descriptor just
         // written, for memory the caller promised stays valid.
-        unsafe { self.set_ldt(sel) }
+        unsafe { self.set_ldt(sel)? };
+        self.ldt.set(ldt.map(|l| (l.base(), l.entries())));
+        Ok(())
     }
 
     fn store_ldt(&self) -> Result<Option<Ldt>> {
@@ -817,17 +881,29 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
     }
 
     unsafe fn write_gdt_entry(&self, gdt: &Gdt, index: u32, entry: GdtEntry) -> Result<()> {
+        gdt.entry_addr(index, &entry)?;
+        validate::gdt_entry("write_gdt_entry", index, entry, &self.view())?;
         // SAFETY: forwarded contract.
         unsafe { self.gdt_write(gdt, index, entry) }
     }
 
     unsafe fn write_ldt_entry(&self, ldt: &Ldt, index: u32, entry: Descriptor) -> Result<()> {
         ldt.slot_addr(index)?;
+        // TI=1 targets resolve in the LDT being written.
+        // SAFETY: `ldt` is valid memory by the op contract.
+        let view = unsafe { self.view().with_ldt(Some((ldt.base(), ldt.entries()))) };
+        validate::ldt_entry("write_ldt_entry", index, entry, &view)?;
         match self.route(call::WRITE_LDT_ENTRY) {
             Route::Rom => {
                 let (lo, hi) = desc_args(entry.0, 0);
                 // SAFETY: the LDT is the caller's valid memory; index checked.
-                unsafe { self.void_call(call::WRITE_LDT_ENTRY, [ldt.base(), index as u64, lo, hi]) }
+                unsafe {
+                    self.void_call(
+                        call::WRITE_LDT_ENTRY,
+                        Slot::Entry(TableKind::Ldt, index),
+                        [ldt.base(), index as u64, lo, hi],
+                    )
+                }
             }
             // SAFETY: forwarded contract.
             _ => unsafe { self.native.write_ldt_entry(ldt, index, entry) },
@@ -836,6 +912,14 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
 
     unsafe fn write_idt_entry(&self, idt: &Idt, vector: u8, gate: IdtGate) -> Result<()> {
         idt.slot_addr(vector)?;
+        validate::idt_gate(
+            "write_idt_entry",
+            vector,
+            gate,
+            IstSupport::Honoured,
+            "vmi",
+            &self.view(),
+        )?;
         match self.route(call::WRITE_IDT_ENTRY) {
             Route::Rom => {
                 #[cfg(target_arch = "x86_64")]
@@ -844,7 +928,11 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
                 let (lo, hi) = desc_args(gate.0, 0);
                 // SAFETY: the IDT is the caller's valid memory; vector checked.
                 unsafe {
-                    self.void_call(call::WRITE_IDT_ENTRY, [idt.base(), vector as u64, lo, hi])
+                    self.void_call(
+                        call::WRITE_IDT_ENTRY,
+                        Slot::Vector(vector),
+                        [idt.base(), vector as u64, lo, hi],
+                    )
                 }
             }
             // SAFETY: forwarded contract.
@@ -853,6 +941,7 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
     }
 
     unsafe fn load_tls(&self, tls: &[Descriptor; TLS_ENTRIES]) -> Result<()> {
+        validate::tls("load_tls", self.layout.tls_first as u32, tls)?;
         let gdt = self.current_gdt("load_tls")?;
         let first = self.layout.tls_first as u32;
         // All three slots must exist before anything is written.
@@ -880,12 +969,19 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
     }
 
     unsafe fn load_kernel_stack(&self, sp0: u64) -> Result<()> {
+        validate::kernel_stack("load_kernel_stack", sp0)?;
         match self.route(call::UPDATE_KERNEL_STACK) {
             Route::Rom => {
                 let tss = Selector::gdt(self.layout.tss, Ring::Ring0);
                 // SAFETY: no pointer arguments the hypervisor dereferences
                 // in guest memory; the caller vouches for sp0.
-                unsafe { self.void_call(call::UPDATE_KERNEL_STACK, [tss.bits() as u64, sp0, 0, 0]) }
+                unsafe {
+                    self.void_call(
+                        call::UPDATE_KERNEL_STACK,
+                        Slot::KernelStack,
+                        [tss.bits() as u64, sp0, 0, 0],
+                    )
+                }
             }
             // SAFETY: the kernel's TSS is valid memory (load_tr contract).
             _ => unsafe { self.store_sp0(sp0) },

@@ -14,6 +14,7 @@
 //! holds a full batch.
 
 pub(crate) use crate::abi::MC_BATCH;
+use pvops::Slot;
 use crate::abi::{MMUEXT_OP_SIZE, MULTICALL_ENTRY_SIZE, MmuextOp};
 
 /// Scratch offset of the entry array.
@@ -50,6 +51,8 @@ pub(crate) struct Queued {
     pub arena: Option<usize>,
     /// Bookkeeping to undo on failure.
     pub tag: Tag,
+    /// The slot or vector the call is about (for errors).
+    pub at: Slot,
 }
 
 impl Queued {
@@ -59,6 +62,7 @@ impl Queued {
         args: [0; 6],
         arena: None,
         tag: Tag::None,
+        at: Slot::None,
     };
 
     /// A call with scalar arguments only.
@@ -69,7 +73,13 @@ impl Queued {
             args,
             arena: None,
             tag,
+            at: Slot::None,
         }
+    }
+
+    /// The same call, about `at`.
+    pub const fn about(self, at: Slot) -> Queued {
+        Queued { at, ..self }
     }
 }
 

@@ -158,7 +158,7 @@ pub use abi::MC_BATCH;
 pub use abi::TrapInfo;
 pub use hypercall_page::KernelPlatform;
 #[cfg(target_arch = "x86_64")]
-pub use ops::{XenOps, is_tss_or_ldt};
+pub use ops::{FIRST_RESERVED_GDT_ENTRY, XenOps, is_tss_or_ldt};
 pub use platform::XenPlatform;
 
 /// Xen hypercall numbers used by the descriptor ops (`xen/include/public/xen.h`).

@@ -5,9 +5,10 @@
 use spin::Mutex;
 
 use pvops::descriptor::SystemType;
+use pvops::validate::{self, IstSupport, TableView, VectorSet};
 use pvops::{
     Descriptor, DescriptorOps, DescriptorTablePointer, Errno, Gate64, Gdt, GdtEntry, GdtLayout,
-    Idt, IdtGate, Ldt, PvError, Result, Selector, TLS_ENTRIES, TableKind,
+    Idt, IdtGate, Ldt, PvError, Result, Selector, Slot, TLS_ENTRIES, TableKind,
 };
 
 use pvops::gate::IDT_ENTRY_SIZE;
@@ -34,8 +35,20 @@ const MIN_SCRATCH: usize = 4096;
 pub struct XenOps<P: XenPlatform> {
     platform: P,
     layout: GdtLayout,
+    /// Vectors whose IST the kernel accepted to lose.
+    ist_dropped: VectorSet,
     state: Mutex<State>,
 }
+
+/// First GDT entry Xen reserves for itself (`FIRST_RESERVED_GDT_ENTRY`:
+/// 14 pages of 512 entries); selectors from `0xe000` up are Xen's.
+pub const FIRST_RESERVED_GDT_ENTRY: u16 = 14 * 512;
+
+/// How a kernel opts into Xen's IST dropping (for error messages).
+const IST_OPT_IN: &str = "Xen's trap_info has no IST field; to take this vector on the kernel stack, opt in with XenOps::with_ist_dropped_on (e.g. VectorSet::LINUX_IST_OKAY)";
+
+/// Slots of the shadow of TSS/LDT descriptors the backend dropped.
+const SYS_SHADOW: usize = 4;
 
 /// Per-vCPU bookkeeping.
 struct State {
@@ -54,6 +67,10 @@ struct State {
     lazy: bool,
     /// Deferred calls.
     batch: Batch,
+    /// TSS and LDT descriptors `write_gdt_entry` was given and (as Linux)
+    /// did not send, as (GDT index, low, high): the guest's view of those
+    /// slots, which `load_tr` is validated against.
+    sys: [Option<(u32, u64, u64)>; SYS_SHADOW],
 }
 
 impl State {
@@ -65,6 +82,47 @@ impl State {
             tls: [None; TLS_ENTRIES],
             lazy: false,
             batch: Batch::new(),
+            sys: [None; SYS_SHADOW],
+        }
+    }
+
+    /// Remember a dropped TSS/LDT descriptor (replacing the one at
+    /// `index`, else the oldest).
+    fn shadow_sys(&mut self, index: u32, low: u64, high: u64) {
+        let pos = self
+            .sys
+            .iter()
+            .position(|s| matches!(s, Some((i, ..)) if *i == index))
+            .or_else(|| self.sys.iter().position(Option::is_none));
+        match pos.and_then(|p| self.sys.get_mut(p)) {
+            Some(slot) => *slot = Some((index, low, high)),
+            None => {
+                self.sys.rotate_left(1);
+                if let Some(last) = self.sys.last_mut() {
+                    *last = Some((index, low, high));
+                }
+            }
+        }
+    }
+
+    /// Forget shadowed descriptors overwritten by a sent entry at
+    /// `index` (`slots` wide).
+    fn unshadow_sys(&mut self, index: u32, slots: u32) {
+        for s in self.sys.iter_mut() {
+            if let Some((i, ..)) = *s
+                && (index..index + slots).contains(&i)
+            {
+                *s = None;
+            }
+        }
+    }
+
+    /// This vCPU's view of its tables for the validation layer.
+    fn view(&self) -> View {
+        View {
+            gdt: self.gdt,
+            ldt: self.ldt,
+            sys: self.sys,
         }
     }
 
@@ -81,12 +139,60 @@ impl State {
     }
 }
 
+/// The guest's view of the tables this vCPU loaded, for
+/// [`pvops::validate`]: the GDT and LDT shadows read from guest memory
+/// (the GDT frames are read-only, not unreadable), overlaid with the
+/// TSS/LDT descriptors Xen was never sent. Xen's own selectors are Xen's
+/// to judge.
+struct View {
+    gdt: Option<Gdt>,
+    ldt: Option<Ldt>,
+    sys: [Option<(u32, u64, u64)>; SYS_SHADOW],
+}
+
+impl TableView for View {
+    fn gdt_entries(&self) -> Option<u32> {
+        self.gdt.map(|g| g.entries())
+    }
+    fn gdt_word(&self, index: u32) -> u64 {
+        for (i, low, high) in self.sys.iter().flatten() {
+            if *i == index {
+                return *low;
+            }
+            if i + 1 == index {
+                return *high;
+            }
+        }
+        match self.gdt.map(|g| g.slot_addr(index)) {
+            // SAFETY: a slot of the GDT loaded through this backend, valid
+            // until the next load through it (the load ops' contract).
+            Some(Ok(addr)) => unsafe { read_u64(addr) },
+            _ => 0,
+        }
+    }
+    fn ldt_entries(&self) -> Option<u32> {
+        self.ldt.map(|l| l.entries())
+    }
+    fn ldt_word(&self, index: u32) -> u64 {
+        match self.ldt.map(|l| l.slot_addr(index)) {
+            // SAFETY: a slot of the LDT loaded through this backend (or the
+            // one being written), valid by the op contract.
+            Some(Ok(addr)) => unsafe { read_u64(addr) },
+            _ => 0,
+        }
+    }
+    fn hypervisor_selector(&self, sel: Selector) -> bool {
+        sel.index() >= FIRST_RESERVED_GDT_ENTRY
+    }
+}
+
 /// Turn a hypercall return value into a result.
-fn check(call: &'static str, ret: i64) -> Result<i64> {
+fn check(call: &'static str, at: Slot, ret: i64) -> Result<i64> {
     if ret < 0 {
         Err(PvError::Hypervisor {
             call,
             errno: Errno::from_return(ret).unwrap_or(Errno(i32::MAX)),
+            at,
         })
     } else {
         Ok(ret)
@@ -112,6 +218,28 @@ unsafe fn read_u64(addr: u64) -> u64 {
 unsafe fn write_u64(addr: u64, v: u64) {
     // SAFETY: as for `read_u64`.
     unsafe { pvops::table::store_u64(addr, v) }
+}
+
+/// Read the 16-byte IDT gate at `addr`.
+///
+/// # Safety
+/// As [`read_u64`], for both words.
+unsafe fn read_gate(addr: u64) -> Gate64 {
+    // SAFETY: forwarded contract.
+    unsafe {
+        Gate64 {
+            low: read_u64(addr),
+            high: read_u64(addr + 8),
+        }
+    }
+}
+
+/// `gate` with its IST index cleared (what Xen can register).
+const fn without_ist(gate: Gate64) -> Gate64 {
+    Gate64 {
+        low: gate.low & !(7 << 32),
+        high: gate.high,
+    }
 }
 
 /// Write consecutive words starting at `addr`.
@@ -157,7 +285,44 @@ impl<P: XenPlatform> XenOps<P> {
         XenOps {
             platform,
             layout,
+            ist_dropped: VectorSet::EMPTY,
             state: Mutex::new(State::new()),
+        }
+    }
+
+    /// Accept gates with an IST index on `vectors`, registered with Xen
+    /// without it (the handler then runs on the kernel stack).
+    ///
+    /// Xen's `set_trap_table` has no IST field, so by default a present
+    /// gate with an IST index is refused
+    /// ([`Rule::IstNotHonoured`](pvops::Rule::IstNotHonoured)) rather than
+    /// silently changed or dropped. A kernel whose handlers for those
+    /// vectors work on the kernel stack opts in here; Linux's Xen PV guest
+    /// does so for [`VectorSet::LINUX_IST_OKAY`] (#DB, NMI, #DF, #MC,
+    /// through Xen-specific entry points).
+    pub const fn with_ist_dropped_on(mut self, vectors: VectorSet) -> Self {
+        self.ist_dropped = vectors;
+        self
+    }
+
+    /// The `trap_info` for gate `vector`, `None` if Xen is not told
+    /// ([`TrapInfo::from_gate`]). The validation layer refused every
+    /// present IST gate the kernel did not opt into losing; on the vectors
+    /// it opted into, the gate goes to Xen without its IST.
+    fn trap_info(&self, vector: u8, gate: Gate64) -> Option<TrapInfo> {
+        let gate = if gate.ist() != 0 && self.ist_dropped.contains(vector) {
+            without_ist(gate)
+        } else {
+            gate
+        };
+        TrapInfo::from_gate(vector, gate)
+    }
+
+    /// What this backend does with IST indexes.
+    pub const fn ist_support(&self) -> IstSupport {
+        IstSupport::DroppedOn {
+            vectors: self.ist_dropped,
+            opt_in: IST_OPT_IN,
         }
     }
 
@@ -214,9 +379,9 @@ impl<P: XenPlatform> XenOps<P> {
     /// # Safety
     /// Pointer arguments must point at argument structures laid out as the
     /// hypercall expects (in the scratch buffer).
-    unsafe fn call(&self, name: &'static str, nr: u32, args: [u64; 5]) -> Result<i64> {
+    unsafe fn call(&self, name: &'static str, at: Slot, nr: u32, args: [u64; 5]) -> Result<i64> {
         // SAFETY: forwarded contract.
-        check(name, unsafe { self.platform.hypercall(nr, args) })
+        check(name, at, unsafe { self.platform.hypercall(nr, args) })
     }
 
     /// Send every queued call: one hypercall if there is one (Linux's
@@ -268,7 +433,7 @@ impl<P: XenPlatform> XenOps<P> {
             let a = resolve(&q);
             // SAFETY: arguments as queued; a pointer argument was resolved
             // to its arena slot, written above.
-            let r = unsafe { self.call(q.name, q.nr, [a[0], a[1], a[2], a[3], a[4]]) };
+            let r = unsafe { self.call(q.name, q.at, q.nr, [a[0], a[1], a[2], a[3], a[4]]) };
             if r.is_err() {
                 st.undo(q.tag);
             }
@@ -289,7 +454,14 @@ impl<P: XenPlatform> XenOps<P> {
             unsafe { write_words(entries + (i * MULTICALL_ENTRY_SIZE) as u64, &e.to_words()) };
         }
         // SAFETY: `entries` holds n multicall entries written above.
-        let r = unsafe { self.call("multicall", nr::MULTICALL, [entries, n as u64, 0, 0, 0]) };
+        let r = unsafe {
+            self.call(
+                "multicall",
+                Slot::None,
+                nr::MULTICALL,
+                [entries, n as u64, 0, 0, 0],
+            )
+        };
         if let Err(e) = r {
             for i in 0..n {
                 if let Some(q) = st.batch.calls().get(i).copied() {
@@ -307,7 +479,7 @@ impl<P: XenPlatform> XenOps<P> {
             // SAFETY: inside entry i, written above; the hypervisor wrote
             // the result field.
             let ret = unsafe { read_u64(at) } as i64;
-            if let Err(e) = check(q.name, ret) {
+            if let Err(e) = check(q.name, q.at, ret) {
                 st.undo(q.tag);
                 if first.is_ok() {
                     first = Err(e);
@@ -375,7 +547,8 @@ impl<P: XenPlatform> XenOps<P> {
                     nr::UPDATE_VA_MAPPING,
                     [va, (mfn << 12) | prot, UVMF_NONE, 0, 0, 0],
                     Tag::None,
-                ),
+                )
+                .about(Slot::Table(TableKind::Ldt)),
             )?;
         }
         self.issue(&mut st)
@@ -384,12 +557,19 @@ impl<P: XenPlatform> XenOps<P> {
     /// `update_descriptor(maddr, desc)` now, after sending anything queued
     /// (Linux's `xen_write_gdt_entry` / `xen_write_ldt_entry` flush first
     /// and call directly).
-    fn update_descriptor_now(&self, st: &mut State, maddr: u64, d: Descriptor) -> Result<()> {
+    fn update_descriptor_now(
+        &self,
+        st: &mut State,
+        at: Slot,
+        maddr: u64,
+        d: Descriptor,
+    ) -> Result<()> {
         self.flush(st)?;
         // SAFETY: scalar arguments only.
         unsafe {
             self.call(
                 "update_descriptor",
+                at,
                 nr::UPDATE_DESCRIPTOR,
                 [maddr, d.0, 0, 0, 0],
             )
@@ -448,7 +628,8 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
                     nr::UPDATE_VA_MAPPING,
                     [va, (mfn << 12) | PTE_PRESENT, UVMF_NONE, 0, 0, 0],
                     Tag::None,
-                ),
+                )
+                .about(Slot::Table(TableKind::Gdt)),
             )?;
         }
         // ...and sent before set_gdt, which is never deferred.
@@ -463,6 +644,7 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
         unsafe {
             self.call(
                 "set_gdt",
+                Slot::Table(TableKind::Gdt),
                 nr::SET_GDT,
                 [scratch, gdt.entries() as u64, 0, 0, 0],
             )?
@@ -483,6 +665,16 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
 
     unsafe fn load_idt(&self, idt: &Idt) -> Result<()> {
         let mut st = self.state.lock();
+        validate::idt(
+            "load_idt",
+            idt.entries(),
+            // SAFETY: v < entries: gate v is inside the IDT, valid memory
+            // by the op contract.
+            |v| unsafe { read_gate(idt.base() + v as u64 * IDT_ENTRY_SIZE as u64) },
+            self.ist_support(),
+            "xen",
+            &st.view(),
+        )?;
         self.flush(&mut st)?;
         let (scratch, len) = self.scratch(MIN_SCRATCH)?;
         // Entries per call, leaving room for the terminator: 255 in a 4 KiB
@@ -495,19 +687,21 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
             // SAFETY: n <= cap, so the terminator slot is inside the buffer.
             unsafe { write_words(end, &TrapInfo::TERMINATOR.to_words()) };
             // SAFETY: arg 0 points at n trap_info entries and a terminator.
-            unsafe { self.call("set_trap_table", nr::SET_TRAP_TABLE, [scratch, 0, 0, 0, 0]) }
-                .map(|_| ())
+            unsafe {
+                self.call(
+                    "set_trap_table",
+                    Slot::Table(TableKind::Idt),
+                    nr::SET_TRAP_TABLE,
+                    [scratch, 0, 0, 0, 0],
+                )
+            }
+            .map(|_| ())
         };
         for v in 0..idt.entries() {
             let addr = idt.base() + v as u64 * IDT_ENTRY_SIZE as u64;
             // SAFETY: gate v is inside the IDT, valid by the op contract.
-            let gate = unsafe {
-                Gate64 {
-                    low: read_u64(addr),
-                    high: read_u64(addr + 8),
-                }
-            };
-            let Some(t) = TrapInfo::from_gate(v as u8, gate) else {
+            let gate = unsafe { read_gate(addr) };
+            let Some(t) = self.trap_info(v as u8, gate) else {
                 continue;
             };
             // SAFETY: n < cap, inside the buffer.
@@ -535,9 +729,12 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
             .unwrap_or_default())
     }
 
-    unsafe fn load_tr(&self, _tss: Selector) -> Result<()> {
-        // Xen owns the TSS: nothing to do (Linux's `load_tr_desc` is a
-        // no-op under Xen PV).
+    /// Validated as on every backend (against the GDT shadow and the TSS
+    /// descriptors `write_gdt_entry` kept from Xen), then nothing: Xen
+    /// owns the TSS (Linux's `load_tr_desc` is a no-op under Xen PV).
+    unsafe fn load_tr(&self, tss: Selector) -> Result<()> {
+        let st = self.state.lock();
+        validate::tss_selector("load_tr", tss, &st.view())?;
         Ok(())
     }
 
@@ -570,7 +767,8 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
             // ops (resolved to the arena at flush), count, done, foreigndom.
             [0, 1, 0, DOMID_SELF, 0, 0],
             Tag::None,
-        );
+        )
+        .about(Slot::Table(TableKind::Ldt));
         if !st.batch.push_with_op(q, MmuextOp::set_ldt(addr, ents)) {
             return Err(PvError::Unsupported {
                 backend: "xen",
@@ -592,14 +790,22 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
 
     unsafe fn write_gdt_entry(&self, gdt: &Gdt, index: u32, entry: GdtEntry) -> Result<()> {
         let addr = gdt.entry_addr(index, &entry)?;
+        validate::gdt_entry("write_gdt_entry", index, entry, &self.state.lock().view())?;
         // (slot address, value) pairs, upper half of a 16-byte entry first
         // so the descriptor only becomes present (P is in the low half)
         // once complete.
         let (slots, n) = match entry {
-            GdtEntry::Single(d) if is_tss_or_ldt(d) => return Ok(()),
+            // A TSS or LDT descriptor: not sent, as Linux does (Xen refuses
+            // them); kept as the guest's view of the slot for `load_tr`.
+            GdtEntry::Single(d) if is_tss_or_ldt(d) => {
+                self.state.lock().shadow_sys(index, d.0, 0);
+                return Ok(());
+            }
             GdtEntry::Single(d) => ([(addr, d), (0, Descriptor::NULL)], 1),
-            // A long-mode TSS or LDT descriptor: ignored, as Linux does.
-            GdtEntry::Double(sd) if is_tss_or_ldt(Descriptor(sd.low)) => return Ok(()),
+            GdtEntry::Double(sd) if is_tss_or_ldt(Descriptor(sd.low)) => {
+                self.state.lock().shadow_sys(index, sd.low, sd.high);
+                return Ok(());
+            }
             // Anything else 16 bytes wide (a 64-bit call gate): both halves,
             // each checked by Xen (the upper half is a type-0 slot).
             GdtEntry::Double(sd) => (
@@ -612,8 +818,10 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
             *m = self.maddr("write_gdt_entry", *a)?;
         }
         let mut st = self.state.lock();
+        st.unshadow_sys(index, entry.slots());
         for ((a, d), m) in slots.iter().zip(maddrs).take(n) {
-            self.update_descriptor_now(&mut st, m, *d)?;
+            let at = Slot::Entry(TableKind::Gdt, ((*a - gdt.base()) / 8) as u32);
+            self.update_descriptor_now(&mut st, at, m, *d)?;
             if let Some(i) = self.tls_index(&st, *a)
                 && let Some(s) = st.tls.get_mut(i)
             {
@@ -625,14 +833,31 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
 
     unsafe fn write_ldt_entry(&self, ldt: &Ldt, index: u32, entry: Descriptor) -> Result<()> {
         let addr = ldt.slot_addr(index)?;
+        {
+            let st = self.state.lock();
+            // TI=1 targets resolve in the LDT being written.
+            let view = View {
+                ldt: Some(*ldt),
+                ..st.view()
+            };
+            validate::ldt_entry("write_ldt_entry", index, entry, &view)?;
+        }
         let maddr = self.maddr("write_ldt_entry", addr)?;
         let mut st = self.state.lock();
-        self.update_descriptor_now(&mut st, maddr, entry)
+        self.update_descriptor_now(&mut st, Slot::Entry(TableKind::Ldt, index), maddr, entry)
     }
 
     unsafe fn write_idt_entry(&self, idt: &Idt, vector: u8, gate: IdtGate) -> Result<()> {
         let addr = idt.slot_addr(vector)?;
         let mut st = self.state.lock();
+        validate::idt_gate(
+            "write_idt_entry",
+            vector,
+            gate,
+            self.ist_support(),
+            "xen",
+            &st.view(),
+        )?;
         self.flush(&mut st)?;
         // SAFETY: `slot_addr` checked the 16-byte slot is inside `idt`,
         // writable by the op contract. High half first: P is in the low half.
@@ -652,7 +877,7 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
         if addr < loaded.base() || off >= size || !off.is_multiple_of(gate_size) {
             return Ok(());
         }
-        let Some(t) = TrapInfo::from_gate((off / gate_size) as u8, gate) else {
+        let Some(t) = self.trap_info((off / gate_size) as u8, gate) else {
             // Not forwardable: Xen keeps its previous entry for the vector
             // (it has no per-vector clear), as in Linux.
             return Ok(());
@@ -665,11 +890,19 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
             write_words(scratch + 16, &TrapInfo::TERMINATOR.to_words());
         }
         // SAFETY: arg 0 points at one trap_info and a terminator.
-        unsafe { self.call("set_trap_table", nr::SET_TRAP_TABLE, [scratch, 0, 0, 0, 0]) }
-            .map(|_| ())
+        unsafe {
+            self.call(
+                "set_trap_table",
+                Slot::Vector(vector),
+                nr::SET_TRAP_TABLE,
+                [scratch, 0, 0, 0, 0],
+            )
+        }
+        .map(|_| ())
     }
 
     unsafe fn load_tls(&self, tls: &[Descriptor; TLS_ENTRIES]) -> Result<()> {
+        validate::tls("load_tls", self.layout.tls_first as u32, tls)?;
         let mut st = self.state.lock();
         let gdt = st.gdt.ok_or(PvError::NoTableLoaded {
             op: "load_tls",
@@ -699,7 +932,8 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
                     nr::UPDATE_DESCRIPTOR,
                     [maddr, d.0, 0, 0, 0, 0],
                     Tag::Tls(i),
-                ),
+                )
+                .about(Slot::Entry(TableKind::Gdt, first + i as u32)),
             )?;
             if let Some(s) = st.tls.get_mut(i) {
                 *s = Some(*d);
@@ -717,6 +951,7 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
     }
 
     unsafe fn load_kernel_stack(&self, sp0: u64) -> Result<()> {
+        validate::kernel_stack("load_kernel_stack", sp0)?;
         let mut st = self.state.lock();
         self.reserve(&mut st, 1)?;
         Self::push(
@@ -726,7 +961,8 @@ impl<P: XenPlatform> DescriptorOps for XenOps<P> {
                 nr::STACK_SWITCH,
                 [KERNEL_DS, sp0, 0, 0, 0, 0],
                 Tag::None,
-            ),
+            )
+            .about(Slot::KernelStack),
         )?;
         self.issue(&mut st)
     }

@@ -8,9 +8,11 @@ extern crate std;
 use core::cell::RefCell;
 use std::boxed::Box;
 use std::vec;
+use std::string::ToString;
 use std::vec::Vec;
 
 use pvops::{
+    Slot,
     Descriptor, DescriptorOps, Errno, Gate64, Gdt, GdtEntry, GdtLayout, Idt, Ldt, PvError, Ring,
     Selector, SystemDescriptor, TableKind,
 };
@@ -161,8 +163,8 @@ fn ops() -> XenOps<Mock> {
     XenOps::new(Mock::new(), GdtLayout::LINUX_X86_64)
 }
 
-fn hv(call: &'static str, errno: Errno) -> PvError {
-    PvError::Hypervisor { call, errno }
+fn hv(call: &'static str, errno: Errno, at: pvops::Slot) -> PvError {
+    PvError::Hypervisor { call, errno, at }
 }
 
 /// A 16-entry GDT on page 1, loaded; the log cleared.
@@ -235,7 +237,7 @@ fn load_gdt_rules_and_errors() {
     let gdt = Gdt::new(m.page(1), 16).unwrap();
     // SAFETY: page 1.
     let e = unsafe { o.load_gdt(&gdt) }.unwrap_err();
-    assert_eq!(e, hv("set_gdt", Errno::EINVAL));
+    assert_eq!(e, hv("set_gdt", Errno::EINVAL, Slot::Table(TableKind::Gdt)));
     assert_eq!(o.store_gdt().unwrap(), Default::default());
 }
 
@@ -264,7 +266,7 @@ fn write_gdt_entry_updates_the_machine_address_and_ignores_tss_ldt() {
     }
     assert!(m.log().is_empty());
     // Another 16-byte entry (a 64-bit call gate): both halves, upper first.
-    let g = Gate64::call(Selector(0x10), 0xffff_8000_0000_1000, Ring::Ring3);
+    let g = Gate64::call(Selector(0xe033), 0xffff_8000_0000_1000, Ring::Ring3);
     let whole = SystemDescriptor {
         low: g.low,
         high: g.high,
@@ -286,7 +288,7 @@ fn write_gdt_entry_updates_the_machine_address_and_ignores_tss_ldt() {
     m.fail_with(nr::UPDATE_DESCRIPTOR, -22);
     // SAFETY: the loaded GDT.
     let e = unsafe { o.write_gdt_entry(&gdt, 6, code.into()) }.unwrap_err();
-    assert_eq!(e, hv("update_descriptor", Errno::EINVAL));
+    assert_eq!(e, hv("update_descriptor", Errno::EINVAL, Slot::Entry(TableKind::Gdt, 6)));
 }
 
 #[test]
@@ -332,15 +334,43 @@ fn load_idt_converts_gates_and_terminates() {
             .unwrap(),
     );
     write_gate(m, &idt, 3, Gate64::trap(cs, h + 3, Ring::Ring3));
-    write_gate(m, &idt, 4, Gate64::call(cs, h + 4, Ring::Ring3)); // skipped
+    // IST refused by default (Xen cannot honour it), before any call.
+    // SAFETY: page 5.
+    let e = unsafe { o.load_idt(&idt) }.unwrap_err();
+    assert!(
+        matches!(e, PvError::Invalid { op: "load_idt", at: Slot::Vector(2), rule: pvops::Rule::IstNotHonoured { ist: 2, .. } }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("with_ist_dropped_on"), "{e}");
+    assert!(m.log().is_empty());
+    // A kernel that opts into Linux's set gets the gate without its IST.
+    let o = XenOps::new(Mock::new(), GdtLayout::LINUX_X86_64)
+        .with_ist_dropped_on(pvops::VectorSet::LINUX_IST_OKAY);
+    let m = o.platform();
+    let idt = Idt::new(m.page(5), 32).unwrap();
+    write_gate(m, &idt, 0, Gate64::interrupt(cs, h, Ring::Ring0));
+    write_gate(
+        m,
+        &idt,
+        2,
+        Gate64::interrupt(cs, h + 2, Ring::Ring0)
+            .with_ist(2)
+            .unwrap(),
+    );
+    write_gate(m, &idt, 3, Gate64::trap(cs, h + 3, Ring::Ring3));
+    // A not-present IST gate on #PF: not checked, and (as Linux) not sent.
+    let np = Gate64::interrupt(cs, h + 14, Ring::Ring0)
+        .with_ist(1)
+        .unwrap();
     write_gate(
         m,
         &idt,
         14,
-        Gate64::interrupt(cs, h + 14, Ring::Ring0)
-            .with_ist(1)
-            .unwrap(),
-    ); // skipped
+        Gate64 {
+            low: np.low & !(1 << 47),
+            high: np.high,
+        },
+    );
     // SAFETY: page 5.
     unsafe { o.load_idt(&idt).unwrap() };
     let log = m.log();
@@ -471,7 +501,7 @@ fn load_ldt_sends_mmuext_set_ldt() {
     m.fail_with(nr::MMUEXT_OP, -22);
     // SAFETY: page 9.
     let e = unsafe { o.load_ldt(Some(&ldt)) }.unwrap_err();
-    assert_eq!(e, hv("mmuext_op", Errno::EINVAL));
+    assert_eq!(e, hv("mmuext_op", Errno::EINVAL, Slot::Table(TableKind::Ldt)));
     assert_eq!(o.store_ldt().unwrap(), None);
 }
 
@@ -502,10 +532,21 @@ fn alloc_and_free_ldt_remap_every_page() {
 #[test]
 fn load_tr_store_tr_and_kernel_stack() {
     let o = ops();
-    let m = o.platform();
     assert_eq!(o.store_tr().unwrap(), Selector::NULL);
+    // Validated as on every backend: no GDT loaded yet.
     // SAFETY: nothing is touched.
-    unsafe { o.load_tr(Selector(0x40)).unwrap() };
+    let e = unsafe { o.load_tr(Selector(0x40)) }.unwrap_err();
+    assert!(matches!(e, PvError::NoTableLoaded { op: "load_tr", .. }), "{e:?}");
+    let gdt = loaded(&o);
+    let m = o.platform();
+    // The TSS descriptor is not sent to Xen, but it is the guest's view
+    // of slot 8 that load_tr is checked against.
+    let tss = SystemDescriptor::tss(0xffff_8000_0000_5000, 0x67).unwrap();
+    // SAFETY: nothing is sent.
+    unsafe {
+        o.write_gdt_entry(&gdt, 8, tss.into()).unwrap();
+        o.load_tr(Selector(0x40)).unwrap();
+    }
     // Linux's xen_store_tr answers 0 whatever was loaded.
     assert_eq!(o.store_tr().unwrap(), Selector::NULL);
     assert!(m.log().is_empty());
@@ -671,7 +712,7 @@ fn a_failing_entry_is_reported_and_its_tls_slot_forgotten() {
     m.fail_with(nr::UPDATE_DESCRIPTOR, -22);
     m.fail_with(nr::STACK_SWITCH, -1);
     // First failing entry (stack_switch at 0) wins; all three still ran.
-    assert_eq!(o.leave_lazy_cpu(), Err(hv("stack_switch", Errno::EPERM)));
+    assert_eq!(o.leave_lazy_cpu(), Err(hv("stack_switch", Errno::EPERM, Slot::KernelStack)));
     assert_eq!(m.log().len(), 4);
     assert_eq!(o.queued(), 0);
     m.fail.borrow_mut().clear();
@@ -694,7 +735,7 @@ fn multicall_refused_as_a_whole() {
     m.fail_with(nr::MULTICALL, -14);
     // SAFETY: the loaded GDT.
     let e = unsafe { o.load_tls(&[a, a, a]) }.unwrap_err();
-    assert_eq!(e, hv("multicall", Errno::EFAULT));
+    assert_eq!(e, hv("multicall", Errno::EFAULT, Slot::None));
     m.fail.borrow_mut().clear();
     m.clear();
     // Every slot of the refused batch is sent again.
