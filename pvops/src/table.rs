@@ -578,7 +578,11 @@ mod tests {
     fn record_round_trips() {
         let r = TableRecord::new();
         assert_eq!(r.get(), None);
-        for (base, n) in [(0x1000u64, 1u32), (0xffff_8000_0000_1000, 8192), (0x7fff_ffff_f000, 16)] {
+        for (base, n) in [
+            (0x1000u64, 1u32),
+            (0xffff_8000_0000_1000, 8192),
+            (0x7fff_ffff_f000, 16),
+        ] {
             r.set(Some((base, n)));
             assert_eq!(r.get(), Some((base, n)));
         }

@@ -227,7 +227,10 @@ impl fmt::Display for Rule {
                 "selector {selector} names a descriptor of type {found:#x} (S<<4|type), not a code segment"
             ),
             Rule::SegmentNotPresent { selector } => {
-                write!(f, "selector {selector} names a code segment that is not present")
+                write!(
+                    f,
+                    "selector {selector} names a code segment that is not present"
+                )
             }
             Rule::WrongCodeWidth { selector, need } => write!(
                 f,
@@ -568,11 +571,7 @@ fn call_gate<V: TableView + ?Sized>(
     {
         return Err(Rule::OffsetNotCanonical { offset });
     }
-    code_target(
-        crate::gate::Gate32(low.0).selector(),
-        ldt_allowed,
-        view,
-    )
+    code_target(crate::gate::Gate32(low.0).selector(), ldt_allowed, view)
 }
 
 /// The rules for an 8-byte descriptor written to a GDT or LDT slot.
@@ -595,7 +594,12 @@ fn descriptor<V: TableView + ?Sized>(
             // The low half of a 64-bit call gate: the target selector.
             call_gate(d, None, true, view)
         }
-        SystemType::CallGate => call_gate(d, Some(crate::gate::Gate32(d.0).offset() as u64), true, view),
+        SystemType::CallGate => call_gate(
+            d,
+            Some(crate::gate::Gate32(d.0).offset() as u64),
+            true,
+            view,
+        ),
         _ if table == TableKind::Ldt => match d.system_type() {
             SystemType::TaskGate | SystemType::CallGate16 => Ok(()),
             _ => Err(Rule::NotAllowedHere {
@@ -630,9 +634,18 @@ pub fn gdt_entry<V: TableView + ?Sized>(
                 match low.system_type() {
                     SystemType::Tss | SystemType::TssBusy => tss(low, sd.base()),
                     SystemType::Ldt => canonical_base(sd.base()),
-                    SystemType::CallGate => {
-                        call_gate(low, Some(crate::gate::Gate64 { low: sd.low, high: sd.high }.offset()), true, view)
-                    }
+                    SystemType::CallGate => call_gate(
+                        low,
+                        Some(
+                            crate::gate::Gate64 {
+                                low: sd.low,
+                                high: sd.high,
+                            }
+                            .offset(),
+                        ),
+                        true,
+                        view,
+                    ),
                     _ => Ok(()),
                 }
             }
@@ -696,7 +709,11 @@ pub fn kernel_stack(op: &'static str, sp0: u64) -> Result<()> {
     if is_valid_linear(sp0) {
         Ok(())
     } else {
-        Err(invalid(op, Slot::KernelStack, Rule::StackNotCanonical { sp0 }))
+        Err(invalid(
+            op,
+            Slot::KernelStack,
+            Rule::StackNotCanonical { sp0 },
+        ))
     }
 }
 
@@ -748,8 +765,7 @@ pub fn tss_selector<V: TableView + ?Sized>(
     if low.is_code_or_data() || low.system_type() != SystemType::Tss || !low.present() {
         let expected = if !low.is_code_or_data() && low.system_type() == SystemType::TssBusy {
             "an available TSS (type 9); this one is busy (0xB): rewrite the descriptor before reloading TR"
-        } else if !low.is_code_or_data() && !low.present() && low.system_type() == SystemType::Tss
-        {
+        } else if !low.is_code_or_data() && !low.present() && low.system_type() == SystemType::Tss {
             "a present TSS descriptor (P is clear)"
         } else {
             "an available TSS descriptor (S=0, type 9)"
@@ -839,27 +855,56 @@ mod tests {
             check(Gate64::interrupt(Selector(0x10), 1 << 47, Ring::Ring0)),
             "offset-not-canonical"
         );
-        assert_eq!(check(Gate64::call(Selector(0x10), H, Ring::Ring0)), "not-a-gate");
+        assert_eq!(
+            check(Gate64::call(Selector(0x10), H, Ring::Ring0)),
+            "not-a-gate"
+        );
         assert_eq!(check(Gate64::MISSING), "ok");
         let ist = g(0x10).with_ist(1).unwrap();
         let xen = IstSupport::DroppedOn {
             vectors: VectorSet::LINUX_IST_OKAY,
             opt_in: "opt in",
         };
-        assert_eq!(rule(idt_gate("t", 14, ist, xen, "xen", &v)), "ist-not-honoured");
+        assert_eq!(
+            rule(idt_gate("t", 14, ist, xen, "xen", &v)),
+            "ist-not-honoured"
+        );
         assert_eq!(rule(idt_gate("t", 8, ist, xen, "xen", &v)), "ok");
         // No table known: the table rules are skipped.
-        assert_eq!(rule(idt_gate("t", 3, g(0x18), IstSupport::Honoured, "t", &NoTables)), "ok");
-        let e = idt_gate("write_idt_entry", 14, g(0x18), IstSupport::Honoured, "t", &v)
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("write_idt_entry: IDT vector 14 (#PF): selector 0x0018"), "{e}");
+        assert_eq!(
+            rule(idt_gate(
+                "t",
+                3,
+                g(0x18),
+                IstSupport::Honoured,
+                "t",
+                &NoTables
+            )),
+            "ok"
+        );
+        let e = idt_gate(
+            "write_idt_entry",
+            14,
+            g(0x18),
+            IstSupport::Honoured,
+            "t",
+            &v,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("write_idt_entry: IDT vector 14 (#PF): selector 0x0018"),
+            "{e}"
+        );
     }
 
     #[test]
     fn tss_rules() {
         let v = view();
-        assert_eq!(tss_selector("load_tr", Selector(0x20), &v), Ok(0xffff_8000_0000_1000));
+        assert_eq!(
+            tss_selector("load_tr", Selector(0x20), &v),
+            Ok(0xffff_8000_0000_1000)
+        );
         assert!(matches!(
             tss_selector("load_tr", Selector(0x30), &v),
             Err(PvError::Invalid {
@@ -876,9 +921,15 @@ mod tests {
             Err(PvError::WrongDescriptorType { .. })
         ));
         let bad = SystemDescriptor::tss(0x0000_8000_0000_0000, 0x67).unwrap();
-        assert_eq!(rule(gdt_entry("w", 8, bad.into(), &v)), "base-not-canonical");
+        assert_eq!(
+            rule(gdt_entry("w", 8, bad.into(), &v)),
+            "base-not-canonical"
+        );
         let small = SystemDescriptor::tss(0x1000, 0x10).unwrap();
-        assert_eq!(rule(gdt_entry("w", 8, small.into(), &v)), "tss-limit-too-small");
+        assert_eq!(
+            rule(gdt_entry("w", 8, small.into(), &v)),
+            "tss-limit-too-small"
+        );
         assert_eq!(rule(kernel_stack("k", 1 << 63)), "stack-not-canonical");
         assert_eq!(rule(kernel_stack("k", H)), "ok");
     }

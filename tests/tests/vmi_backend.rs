@@ -407,8 +407,9 @@ fn write_idt_entry_updates_loaded_idt() {
     // SAFETY: leaked tables.
     let err = unsafe { e.ops.write_idt_entry(&e.idt, 0x81, bad) }.unwrap_err();
     assert!(
-        err.to_string()
-            .starts_with("write_idt_entry: IDT vector 129: a present IDT entry must be an interrupt or trap gate"),
+        err.to_string().starts_with(
+            "write_idt_entry: IDT vector 129: a present IDT entry must be an interrupt or trap gate"
+        ),
         "{err}"
     );
     assert_eq!(e.hv.trace().events.len(), events);

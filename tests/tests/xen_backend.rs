@@ -211,7 +211,10 @@ fn load_gdt_rules() {
     assert!(dom.host_write_u64(bad + 8, gate.low));
     let g = Gdt::new(bad, 4).unwrap();
     // SAFETY: simulated guest RAM.
-    assert_eq!(unsafe { o.load_gdt(&g) }, Err(hv("set_gdt", Errno::EINVAL, Slot::Table(TableKind::Gdt))));
+    assert_eq!(
+        unsafe { o.load_gdt(&g) },
+        Err(hv("set_gdt", Errno::EINVAL, Slot::Table(TableKind::Gdt)))
+    );
     // Outside guest RAM: no translation.
     let far = Gdt::new(0x1000, 4).unwrap();
     // SAFETY: never touched: translation fails first.
@@ -351,7 +354,11 @@ fn call_gates_follow_xens_rules() {
     // them through and the refusal names the slot.
     assert_eq!(
         e,
-        hv("update_descriptor", Errno::EINVAL, Slot::Entry(TableKind::Gdt, 11))
+        hv(
+            "update_descriptor",
+            Errno::EINVAL,
+            Slot::Entry(TableKind::Gdt, 11)
+        )
     );
     // The same gate as one 16-byte entry: both halves sent, upper first.
     dom.clear_trace();
@@ -385,7 +392,11 @@ fn call_gates_follow_xens_rules() {
     let e = unsafe { o.write_gdt_entry(&gdt, 11, with_params.into()) }.unwrap_err();
     assert_eq!(
         e,
-        hv("update_descriptor", Errno::EINVAL, Slot::Entry(TableKind::Gdt, 11))
+        hv(
+            "update_descriptor",
+            Errno::EINVAL,
+            Slot::Entry(TableKind::Gdt, 11)
+        )
     );
     no_violations(&dom);
 }
@@ -597,7 +608,14 @@ fn ldt_lifecycle() {
     // Making it writable while Xen maps it as an LDT page: -EBUSY.
     // SAFETY: simulated guest RAM.
     let e = unsafe { o.free_ldt(&ldt) }.unwrap_err();
-    assert_eq!(e, hv("update_va_mapping", Errno::EBUSY, Slot::Table(TableKind::Ldt)));
+    assert_eq!(
+        e,
+        hv(
+            "update_va_mapping",
+            Errno::EBUSY,
+            Slot::Table(TableKind::Ldt)
+        )
+    );
     // Unload, then free: writable again.
     // SAFETY: no LDT.
     unsafe { o.load_ldt(None).unwrap() };
@@ -1020,7 +1038,9 @@ mod props {
             Some(self.1.entries())
         }
         fn gdt_word(&self, index: u32) -> u64 {
-            self.0.host_read_u64(self.1.base() + 8 * index as u64).unwrap_or(0)
+            self.0
+                .host_read_u64(self.1.base() + 8 * index as u64)
+                .unwrap_or(0)
         }
         fn ldt_entries(&self) -> Option<u32> {
             None

@@ -607,7 +607,11 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
         match self.route(call::SET_LDT) {
             // SAFETY: no pointer arguments.
             Route::Rom => unsafe {
-                self.void_call(call::SET_LDT, Slot::Selector(sel), [sel.bits() as u64, 0, 0, 0])
+                self.void_call(
+                    call::SET_LDT,
+                    Slot::Selector(sel),
+                    [sel.bits() as u64, 0, 0, 0],
+                )
             },
             // SAFETY: forwarded contract.
             _ => unsafe { self.native.cpu().lldt(sel) },
@@ -619,7 +623,9 @@ impl<P: VmiPlatform, C: Cpu> VmiOps<P, C> {
     fn set_lazy(&self, mode: u64) -> Result<()> {
         match self.route(call::SET_LAZY_MODE) {
             // SAFETY: no pointer arguments.
-            Route::Rom => unsafe { self.void_call(call::SET_LAZY_MODE, Slot::None, [mode, 0, 0, 0]) },
+            Route::Rom => unsafe {
+                self.void_call(call::SET_LAZY_MODE, Slot::None, [mode, 0, 0, 0])
+            },
             _ => Ok(()),
         }
     }
@@ -790,7 +796,11 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
             Route::Rom => {
                 // SAFETY: no pointer arguments; the caller vouches for the TSS.
                 unsafe {
-                    self.void_call(call::SET_TR, Slot::Selector(tss), [tss.bits() as u64, 0, 0, 0])
+                    self.void_call(
+                        call::SET_TR,
+                        Slot::Selector(tss),
+                        [tss.bits() as u64, 0, 0, 0],
+                    )
                 }
             }
             // SAFETY: forwarded contract.

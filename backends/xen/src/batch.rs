@@ -14,8 +14,8 @@
 //! holds a full batch.
 
 pub(crate) use crate::abi::MC_BATCH;
-use pvops::Slot;
 use crate::abi::{MMUEXT_OP_SIZE, MULTICALL_ENTRY_SIZE, MmuextOp};
+use pvops::Slot;
 
 /// Scratch offset of the entry array.
 pub(crate) const ENTRIES_OFFSET: usize = 0;

@@ -7,14 +7,13 @@ extern crate std;
 
 use core::cell::RefCell;
 use std::boxed::Box;
-use std::vec;
 use std::string::ToString;
+use std::vec;
 use std::vec::Vec;
 
 use pvops::{
-    Slot,
     Descriptor, DescriptorOps, Errno, Gate64, Gdt, GdtEntry, GdtLayout, Idt, Ldt, PvError, Ring,
-    Selector, SystemDescriptor, TableKind,
+    Selector, Slot, SystemDescriptor, TableKind,
 };
 
 use crate::abi::{DOMID_SELF, KERNEL_DS, MmuextOp, PTE_PRESENT, PTE_RW, TrapInfo};
@@ -288,7 +287,14 @@ fn write_gdt_entry_updates_the_machine_address_and_ignores_tss_ldt() {
     m.fail_with(nr::UPDATE_DESCRIPTOR, -22);
     // SAFETY: the loaded GDT.
     let e = unsafe { o.write_gdt_entry(&gdt, 6, code.into()) }.unwrap_err();
-    assert_eq!(e, hv("update_descriptor", Errno::EINVAL, Slot::Entry(TableKind::Gdt, 6)));
+    assert_eq!(
+        e,
+        hv(
+            "update_descriptor",
+            Errno::EINVAL,
+            Slot::Entry(TableKind::Gdt, 6)
+        )
+    );
 }
 
 #[test]
@@ -338,7 +344,14 @@ fn load_idt_converts_gates_and_terminates() {
     // SAFETY: page 5.
     let e = unsafe { o.load_idt(&idt) }.unwrap_err();
     assert!(
-        matches!(e, PvError::Invalid { op: "load_idt", at: Slot::Vector(2), rule: pvops::Rule::IstNotHonoured { ist: 2, .. } }),
+        matches!(
+            e,
+            PvError::Invalid {
+                op: "load_idt",
+                at: Slot::Vector(2),
+                rule: pvops::Rule::IstNotHonoured { ist: 2, .. }
+            }
+        ),
         "{e:?}"
     );
     assert!(e.to_string().contains("with_ist_dropped_on"), "{e}");
@@ -501,7 +514,10 @@ fn load_ldt_sends_mmuext_set_ldt() {
     m.fail_with(nr::MMUEXT_OP, -22);
     // SAFETY: page 9.
     let e = unsafe { o.load_ldt(Some(&ldt)) }.unwrap_err();
-    assert_eq!(e, hv("mmuext_op", Errno::EINVAL, Slot::Table(TableKind::Ldt)));
+    assert_eq!(
+        e,
+        hv("mmuext_op", Errno::EINVAL, Slot::Table(TableKind::Ldt))
+    );
     assert_eq!(o.store_ldt().unwrap(), None);
 }
 
@@ -536,7 +552,10 @@ fn load_tr_store_tr_and_kernel_stack() {
     // Validated as on every backend: no GDT loaded yet.
     // SAFETY: nothing is touched.
     let e = unsafe { o.load_tr(Selector(0x40)) }.unwrap_err();
-    assert!(matches!(e, PvError::NoTableLoaded { op: "load_tr", .. }), "{e:?}");
+    assert!(
+        matches!(e, PvError::NoTableLoaded { op: "load_tr", .. }),
+        "{e:?}"
+    );
     let gdt = loaded(&o);
     let m = o.platform();
     // The TSS descriptor is not sent to Xen, but it is the guest's view
@@ -712,7 +731,10 @@ fn a_failing_entry_is_reported_and_its_tls_slot_forgotten() {
     m.fail_with(nr::UPDATE_DESCRIPTOR, -22);
     m.fail_with(nr::STACK_SWITCH, -1);
     // First failing entry (stack_switch at 0) wins; all three still ran.
-    assert_eq!(o.leave_lazy_cpu(), Err(hv("stack_switch", Errno::EPERM, Slot::KernelStack)));
+    assert_eq!(
+        o.leave_lazy_cpu(),
+        Err(hv("stack_switch", Errno::EPERM, Slot::KernelStack))
+    );
     assert_eq!(m.log().len(), 4);
     assert_eq!(o.queued(), 0);
     m.fail.borrow_mut().clear();
