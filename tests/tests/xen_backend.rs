@@ -211,8 +211,9 @@ fn load_gdt_rules() {
     assert!(dom.host_write_u64(bad + 8, gate.low));
     let g = Gdt::new(bad, 4).unwrap();
     // SAFETY: simulated guest RAM.
+    let r = unsafe { o.load_gdt(&g) };
     assert_eq!(
-        unsafe { o.load_gdt(&g) },
+        r,
         Err(hv("set_gdt", Errno::EINVAL, Slot::Table(TableKind::Gdt)))
     );
     // Outside guest RAM: no translation.

@@ -227,7 +227,7 @@ unsafe fn read_gate(addr: u64) -> IdtGate {
     #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: forwarded contract.
     unsafe {
-        IdtGate(read_u64(addr))
+        pvops::Gate32(read_u64(addr))
     }
 }
 
@@ -327,10 +327,12 @@ impl<C: Cpu> DescriptorOps for NativeOps<C> {
         Ok(())
     }
 
-    /// Reads the LDT descriptor from the GDT that `Cpu::sgdt` names: sound
-    /// because [`Cpu`] is an `unsafe trait` whose contract makes that the
-    /// GDT last loaded by code (`load_gdt` / `Cpu::lgdt`) that promised it
-    /// stays valid while loaded.
+    /// Reads the LDT descriptor from the GDT last loaded through this
+    /// backend (valid until the next load through it, the load ops'
+    /// contract), else from the one `Cpu::sgdt` names: sound because
+    /// [`Cpu`] is an `unsafe trait` whose contract makes that the GDT last
+    /// loaded by code (`load_gdt` / `Cpu::lgdt`) that promised it stays
+    /// valid while loaded.
     fn store_ldt(&self) -> Result<Option<Ldt>> {
         let sel = self.cpu.sldt();
         if sel.is_null() {

@@ -704,7 +704,7 @@ unsafe fn read_gate(addr: u64) -> IdtGate {
     #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: forwarded contract.
     unsafe {
-        IdtGate(read_u64(addr))
+        pvops::Gate32(read_u64(addr))
     }
 }
 

@@ -20,26 +20,36 @@
 //! | `write_idt_entry` | native store into the IDT; if the slot is in the loaded IDT, `set_trap_table` with that vector | no |
 //! | `load_ldt` | `mmuext_op(MMUEXT_SET_LDT(base, entries), 1, NULL, DOMID_SELF)`; `None` sends (0, 0) | yes |
 //! | `alloc_ldt` / `free_ldt` | `update_va_mapping` per LDT page: read-only / writable again | yes |
-//! | `load_tr` | none (Xen owns the TSS) | — |
+//! | `load_tr` | none (Xen owns the TSS); validated against the kept TSS descriptor | — |
 //! | `load_kernel_stack` | `stack_switch(__KERNEL_DS = 0x18, sp0)` (as Linux) | yes |
 //! | `load_tls` | `update_descriptor` for each TLS slot whose shadow differs | yes |
 //! | `enter_lazy_cpu` / `leave_lazy_cpu` / `flush_lazy` | start queuing / send the queue | — |
 //!
-//! Which gates `load_idt` forwards is [`TrapInfo::from_gate`]: present
-//! interrupt and trap gates with a non-zero offset, `flags` = DPL (+4 for
-//! an interrupt gate, events masked on entry); an IST index only on #DB,
-//! NMI, #DF and #MC (Linux's `ist_okay` handlers), other IST gates skipped.
+//! Which gates `load_idt` forwards is [`TrapInfo::from_gate`]: interrupt
+//! and trap gates with a non-zero offset, `flags` = DPL (+4 for an
+//! interrupt gate, events masked on entry). Xen's `trap_info` has no IST
+//! field: a present gate with an IST index is refused
+//! ([`Rule::IstNotHonoured`](pvops::Rule::IstNotHonoured)) unless the
+//! kernel opted into losing it on that vector with
+//! [`XenOps::with_ist_dropped_on`] (Linux's choice:
+//! [`VectorSet::LINUX_IST_OKAY`](pvops::VectorSet::LINUX_IST_OKAY), #DB,
+//! NMI, #DF, #MC); those gates go to Xen without their IST.
 //! Xen has no per-vector clear, so a vector whose new gate is not
 //! forwardable keeps its previous registration (as in Linux).
 //!
-//! Alignment rules checked here, before any hypercall: the GDT and (for
-//! `load_ldt`) the LDT must start on a page boundary
+//! Before any hypercall, every op runs the validation layer
+//! ([`pvops::validate`]) as the other backends do, with this vCPU's view
+//! of its tables: the GDT and LDT shadows read from guest memory, the TSS
+//! and LDT descriptors kept from Xen (so `load_tr` is checked, and an LDT
+//! selector refused, as on native), and Xen's reserved selectors
+//! (`0xe000` up, [`FIRST_RESERVED_GDT_ENTRY`]) left to Xen. Also checked
+//! here: the GDT and (for `load_ldt`) the LDT must start on a page boundary
 //! ([`PvError::MisalignedTable`](pvops::PvError::MisalignedTable) with
-//! `align: 4096`) because Xen takes them as whole frames. Every other rule
-//! is Xen's: a refusal comes back as
+//! `align: 4096`) because Xen takes them as whole frames. What only Xen can
+//! judge (frame ownership, its own selectors) comes back as
 //! [`PvError::Hypervisor`](pvops::PvError::Hypervisor) naming the hypercall
-//! (`"set_gdt"`, `"update_descriptor"`, ...) with Xen's errno; a page the
-//! p2m cannot translate is
+//! (`"set_gdt"`, `"update_descriptor"`, ...), Xen's errno and the slot or
+//! vector; a page the p2m cannot translate is
 //! [`PvError::NoTranslation`](pvops::PvError::NoTranslation).
 //!
 //! ## Lazy mode and the multicall queue

@@ -933,11 +933,16 @@ fn run_xen_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm:
     // SAFETY: static GDT; slots 8-9 are unused under Xen (the TSS write
     // above was dropped).
     let r = unsafe { ops.write_gdt_entry(&gdt, 8, GdtEntry::Double(call_gate)) };
-    let refused = r
-        == Err(pvops::PvError::Hypervisor {
+    // Xen's own selectors are Xen's to judge (the validation layer lets
+    // them through); the refusal names the slot.
+    let refused = matches!(
+        r,
+        Err(pvops::PvError::Hypervisor {
             call: "update_descriptor",
             errno: pvops::Errno::EINVAL,
-        });
+            at: pvops::Slot::Entry(pvops::TableKind::Gdt, 8 | 9),
+        })
+    );
     // SAFETY: static GDT; slot 15 is free.
     let r2 = unsafe { ops.write_gdt_entry(&gdt, 15, GdtEntry::Single(presets::USER_DATA)) };
     t.check(
@@ -1120,11 +1125,11 @@ fn run_vmi_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm:
     // before anything changes.
     let bad = unsafe { ops.load_tr(Selector(KERNEL_DS)) };
     t.check(
-        "SetTR on a data segment -> -EINVAL; TR unchanged, the kernel carries on",
-        bad == Err(pvops::PvError::Hypervisor {
-            call: "SetTR",
-            errno: pvops::Errno::EINVAL,
-        }) && raw_str() == TSS_SEL.bits()
+        "load_tr of a data segment refused before SetTR (validation layer); TR unchanged, the kernel carries on",
+        matches!(
+            bad,
+            Err(pvops::PvError::WrongDescriptorType { op: "load_tr", .. })
+        ) && raw_str() == TSS_SEL.bits()
             && ops.store_tr() == Ok(TSS_SEL),
         format_args!("{bad:?}; str={:#x}", raw_str()),
     );
@@ -1227,10 +1232,13 @@ fn run_vmi_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm:
     };
     // SAFETY: static GDT; slots 14-15 are free (TLS slot 2 is null).
     let r = unsafe { ops.write_gdt_entry(&gdt, 14, GdtEntry::Double(call_gate)) };
+    // Architecturally valid, refused by the personality's policy: only
+    // the hypervisor judges it, and the refusal names the slot.
     let refused = r
         == Err(pvops::PvError::Hypervisor {
             call: "WriteGDTEntry",
             errno: pvops::Errno::EINVAL,
+            at: pvops::Slot::Entry(pvops::TableKind::Gdt, 14),
         });
     // SAFETY: static GDT; slot 15 is free.
     let r2 = unsafe { ops.write_gdt_entry(&gdt, 15, GdtEntry::Single(presets::USER_DATA)) };
