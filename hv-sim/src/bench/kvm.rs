@@ -7,8 +7,8 @@
 //!   each `KVM_RUN` round trip timed on its own, registers through sync
 //!   regs as hv-sim's runner reads them. These are the floors: the exit,
 //!   and the exit plus the exception delivery a trap needs.
-//! * **trap loop** ([`trap_loop`]): a tiny kernel executing `sgdt` 2,000
-//!   times under the trap-and-emulate personality (each a #GP to hv-sim's
+//! * **trap loop** ([`trap_loop`]): a tiny kernel executing `sgdt` (after
+//!   loading a 16-entry GDT) 2,000 times under the trap-and-emulate personality (each a #GP to hv-sim's
 //!   stub, an exit, an emulation), against one that executes none: the end
 //!   to end cost of one trap, split into `KVM_RUN` and hv-sim's time.
 //! * **boots**: the example kernel under each personality, with the
@@ -156,12 +156,18 @@ pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, String> {
     Ok(median(&mut samples))
 }
 
-/// An ELF kernel that executes `sgdt [rax]` `n` times (rax in the boot
-/// stack page), then writes exit status 0.
+/// An ELF kernel that loads a 16-entry GDT once (`lgdt`; operand and
+/// table in the boot stack page), then executes `sgdt [rax]` `n` times and
+/// writes exit status 0.
 pub fn sgdt_loop_elf(n: u32) -> Vec<u8> {
     let mut code = vec![0xb9]; // mov ecx, n
     code.extend_from_slice(&n.to_le_bytes());
     code.extend_from_slice(&[0xb8, 0x00, 0x7f, 0x00, 0x00]); // mov eax, 0x7f00
+    // The operand: limit 0x7f, base 0x7800.
+    code.extend_from_slice(&[0x66, 0xc7, 0x00, 0x7f, 0x00]); // mov word [rax], 0x7f
+    code.extend_from_slice(&[0xc7, 0x40, 0x02, 0x00, 0x78, 0x00, 0x00]); // mov dword [rax+2], 0x7800
+    code.extend_from_slice(&[0xc7, 0x40, 0x06, 0x00, 0x00, 0x00, 0x00]); // mov dword [rax+6], 0
+    code.extend_from_slice(&[0x0f, 0x01, 0x10]); // lgdt [rax]
     code.extend_from_slice(&[0x85, 0xc9, 0x74, 0x07]); // test ecx, ecx; jz done
     // loop: sgdt [rax]; dec ecx; jnz loop
     code.extend_from_slice(&[0x0f, 0x01, 0x00, 0xff, 0xc9, 0x75, 0xf9]);
@@ -208,7 +214,7 @@ pub fn trap_loop(reps: usize) -> Result<[f64; 5], String> {
     for _ in 0..reps.max(1) {
         let a = kvm::trap::boot_trap(&empty, &cfg).map_err(|e| e.to_string())?;
         let b = kvm::trap::boot_trap(&full, &cfg).map_err(|e| e.to_string())?;
-        if b.traps != u64::from(N) || b.boot.exit_status != Some(0) {
+        if b.traps != u64::from(N) + 1 || b.boot.exit_status != Some(0) {
             return Err(format!(
                 "the sgdt loop took {} traps and exited with {:?}",
                 b.traps, b.boot.exit_status
