@@ -63,17 +63,15 @@
 //!
 //! ```
 //! use hv_sim::vmi::{GuestKind, RamMemory, VmiHypervisor};
-//! use pvops_vmi::VmiPlatform;
 //! let hv = VmiHypervisor::new(GuestKind::Vmi64, RamMemory::new(0x10_0000, 0x1000));
 //! let rom = pvops_vmi::rom::probe(&hv).unwrap();
 //! assert_eq!(rom.base, 0xC8000);
-//! // SAFETY: calls into the simulated ROM only touch the simulated RAM.
-//! unsafe {
-//!     assert_eq!(hv.call(rom.init_entry(), [0; 4]), 0);
-//!     let (eip, typ) = hv.get_reloc(rom.reloc_entry(), hv_sim::vmi::abi::call::GET_TR);
-//!     assert_eq!((eip, typ), (0xC8000 + 0x100 + 16 * 10, 1)); // CALL_REL
-//!     assert_eq!(hv.call(eip, [0; 4]), 0); // GetTR: no TR yet
-//! }
+//! // Over simulated RAM the ROM's transport is safe: `call_entry` and
+//! // `reloc_query` run the call the entry point names.
+//! assert_eq!(hv.call_entry(rom.init_entry(), [0; 4]), 0);
+//! let (eip, typ) = hv.reloc_query(rom.reloc_entry(), hv_sim::vmi::abi::call::GET_TR);
+//! assert_eq!((eip, typ), (0xC8000 + 0x100 + 16 * 10, 1)); // CALL_REL
+//! assert_eq!(hv.call_entry(eip, [0; 4]), 0); // GetTR: no TR yet
 //! ```
 
 pub mod abi;
