@@ -619,7 +619,7 @@ impl Trace {
 
 /// Symbolic errno name for a negative hypercall result.
 pub fn errno_name(ret: i64) -> &'static str {
-    match -ret {
+    match ret.checked_neg().unwrap_or(0) {
         1 => "EPERM",
         2 => "ENOENT",
         3 => "ESRCH",
