@@ -1,6 +1,9 @@
-//! Descriptors in plain words (`hv-sim explain HEX`).
+//! Descriptors in plain words (`hv-sim explain HEX`), and the input rules
+//! `explain` and `check-descriptor` share ([`parse_descriptor`],
+//! [`for_each_descriptor`]).
 
 use std::fmt::Write;
+use std::io::{self, BufRead, Read};
 
 use pvops::{Descriptor, Gate32};
 
@@ -30,6 +33,80 @@ pub fn parse_descriptor(s: &str) -> Result<u64, String> {
     }
     u64::from_str_radix(digits, 16)
         .map_err(|e| format!("malformed descriptor {}: {e}", quote_prefix(s)))
+}
+
+/// The longest stdin line `explain -` and `check-descriptor -` read, in
+/// bytes (not counting its `\n`): a descriptor line is at most a few dozen.
+pub const MAX_LINE: usize = 4096;
+
+/// Why [`for_each_descriptor`] stopped.
+#[derive(Debug)]
+pub enum InputError {
+    /// A malformed input (or an unreadable or over-long stdin line): the
+    /// message names it (`line N: ` for stdin) and quotes a short prefix.
+    Input(String),
+    /// Writing the output failed (a closed pipe, a full disk).
+    Output(io::Error),
+}
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputError::Input(m) => f.write_str(m),
+            InputError::Output(e) => write!(f, "writing output: {e}"),
+        }
+    }
+}
+
+/// The descriptors of a subcommand's arguments, in order, each handed to
+/// `each` with its text: the arguments themselves, or with a single `-`
+/// one per line of `stdin` (blank lines and spaces around a descriptor,
+/// CRLF endings too, are ignored; a line longer than [`MAX_LINE`] bytes is
+/// refused after reading at most `MAX_LINE + 1` bytes of it, so memory
+/// stays bounded however long it is). Every subcommand that takes
+/// descriptors reads them through this one function, so all accept the
+/// same inputs and stop the same way: at the first malformed one
+/// ([`InputError::Input`]), after the output of the ones before it, or at
+/// the first failed write ([`InputError::Output`]).
+pub fn for_each_descriptor<R: BufRead>(
+    args: &[String],
+    stdin: R,
+    mut each: impl FnMut(&str, u64) -> io::Result<()>,
+) -> Result<(), InputError> {
+    if !(args.len() == 1 && args[0] == "-") {
+        for h in args {
+            let v = parse_descriptor(h).map_err(InputError::Input)?;
+            each(h, v).map_err(InputError::Output)?;
+        }
+        return Ok(());
+    }
+    let mut input = stdin;
+    let mut line = Vec::with_capacity(MAX_LINE + 1);
+    let mut n = 0u64;
+    loop {
+        line.clear();
+        n += 1;
+        let got = (&mut input)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| InputError::Input(format!("line {n}: reading stdin: {e}")))?;
+        if got == 0 {
+            return Ok(());
+        }
+        if line.len() > MAX_LINE && line.last() != Some(&b'\n') {
+            return Err(InputError::Input(format!(
+                "line {n}: longer than {MAX_LINE} bytes, the limit for a stdin line (a descriptor is 16 hex digits)"
+            )));
+        }
+        // Bytes that are not UTF-8 make the line malformed.
+        let text = String::from_utf8_lossy(&line);
+        let h = text.trim();
+        if h.is_empty() {
+            continue;
+        }
+        let v = parse_descriptor(h).map_err(|e| InputError::Input(format!("line {n}: {e}")))?;
+        each(h, v).map_err(InputError::Output)?;
+    }
 }
 
 /// `s` quoted (escaped as by `{:?}`), cut to its first `QUOTED_PREFIX`

@@ -28,6 +28,7 @@ pub mod demo;
 pub mod differential;
 pub mod emulate;
 pub mod explain;
+pub mod fuzz;
 pub mod kernel_build;
 pub mod kvm;
 pub mod qemu;

@@ -1,9 +1,24 @@
 //! `hv-sim`: command-line front end.
+//!
+//! Every subcommand writes its output through [`out!`]/[`write_out`]: a
+//! closed stdout (`hv-sim explain ... | head -0`) ends the process quietly
+//! with status 141 (128 + SIGPIPE, what a shell shows for a tool killed by
+//! the signal), any other write error is reported on stderr with status 2;
+//! nothing panics. Descriptors are read by one function
+//! ([`hv_sim::explain::for_each_descriptor`]) in every subcommand.
 
-use std::io::{BufRead, BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// Print a line on stdout, ending the process as [`output_failed`] says
+/// when stdout cannot be written.
+macro_rules! out {
+    ($($t:tt)*) => {
+        write_out(format_args!($($t)*))
+    };
+}
 
 #[derive(Parser)]
 #[command(
@@ -28,9 +43,12 @@ enum Cmd {
     ///
     /// A descriptor is exactly 16 hex digits (either case), optionally
     /// prefixed by 0x or 0X, e.g. 0x00af9b000000ffff; no sign, spaces or
-    /// short forms (the same forms check-descriptor takes).
+    /// short forms (the same forms check-descriptor takes). With `-`, stdin
+    /// holds one per line, as for check-descriptor. The first malformed
+    /// descriptor stops with exit status 2.
     Explain {
-        /// Descriptors: exactly 16 hex digits each, optional 0x/0X prefix.
+        /// Descriptors: exactly 16 hex digits each, optional 0x/0X prefix; a
+        /// single `-` reads one per line from stdin.
         #[arg(required = true)]
         hex: Vec<String>,
     },
@@ -41,7 +59,8 @@ enum Cmd {
     /// prefixed by 0x or 0X, e.g. 0x00af9b000000ffff; no sign, spaces or
     /// short forms (the same forms explain takes). With `-`, stdin holds one
     /// per line; blank lines and spaces around a descriptor (CRLF endings
-    /// too) are ignored, and a line longer than 4096 bytes is refused.
+    /// too) are ignored, and a line longer than 4096 bytes is refused. The
+    /// first malformed descriptor stops with exit status 2.
     CheckDescriptor {
         /// Guest ABI.
         #[arg(long, value_enum)]
@@ -50,6 +69,33 @@ enum Cmd {
         /// single `-` reads one per line from stdin.
         #[arg(required = true)]
         hex: Vec<String>,
+    },
+    /// Fuzz hv-sim and the guest crates in-process: structured and mutated
+    /// inputs, invariants checked after every call (see the README's
+    /// "Fuzzing" section).
+    Fuzz {
+        /// A target (xen-pv64, xen-pv32, vmi64, vmi32, rom, emulate, core,
+        /// xen-backend) or `all`.
+        #[arg(long, default_value = "all")]
+        target: String,
+        /// Calls in all (split among the targets of `all` by weight).
+        #[arg(long, default_value_t = 1_000_000)]
+        calls: u64,
+        /// Seed (decimal or 0x hex); `random` draws one and prints it.
+        #[arg(long, default_value = "random")]
+        seed: String,
+        /// Corpus directory (`<dir>/<target>/*.words`).
+        #[arg(long)]
+        corpus: Option<std::path::PathBuf>,
+        /// Save cases that found new outcomes under this directory.
+        #[arg(long)]
+        save_corpus: Option<std::path::PathBuf>,
+        /// Replay one case (a words file, as a failure prints) and exit.
+        #[arg(long)]
+        replay: Option<std::path::PathBuf>,
+        /// Threads to run targets on.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
     },
 }
 
@@ -68,23 +114,63 @@ fn main() -> ExitCode {
             println!("{table}");
             ExitCode::SUCCESS
         }
-        Cmd::Explain { hex } => match explain(&hex) {
-            Ok(true) => ExitCode::SUCCESS,
-            // Each malformed descriptor was reported; the others explained.
-            Ok(false) => ExitCode::from(2),
-            Err(e) => fail("explain", &e),
-        },
+        Cmd::Explain { hex } => descriptors("explain", &hex, |out, _, v| {
+            out.write_all(hv_sim::explain::explain(v).as_bytes())
+        }),
         Cmd::CheckDescriptor { abi, hex } => {
             let abi = match abi {
                 AbiArg::Pv64 => hv_sim::xen::Abi::Pv64,
                 AbiArg::Pv32 => hv_sim::xen::Abi::Pv32,
             };
-            match check_descriptors(abi, &hex) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail("check-descriptor", &e),
-            }
+            descriptors(
+                "check-descriptor",
+                &hex,
+                |out, h, d| match hv_sim::xen::check_descriptor(abi, d) {
+                    Ok(v) => writeln!(out, "{h} ok {v:016x}"),
+                    Err(r) => writeln!(out, "{h} rejected {r}"),
+                },
+            )
+        }
+        Cmd::Fuzz {
+            target,
+            calls,
+            seed,
+            corpus,
+            save_corpus,
+            replay,
+            jobs,
+        } => {
+            let args = hv_sim::fuzz::CliArgs {
+                target,
+                calls,
+                seed,
+                corpus,
+                save_corpus,
+                replay,
+                jobs,
+            };
+            ExitCode::from(hv_sim::fuzz::cli(&args, &mut |line| out!("{line}")))
         }
     }
+}
+
+/// Write formatted output and a newline to stdout (see [`output_failed`]).
+fn write_out(args: std::fmt::Arguments<'_>) {
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_fmt(args).and_then(|()| o.write_all(b"\n")) {
+        output_failed(&e)
+    }
+}
+
+/// Writing stdout failed: a closed pipe ends the process quietly with
+/// status 141 (128 + SIGPIPE), as a tool killed by SIGPIPE; anything else
+/// is reported on stderr with status 2.
+fn output_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    let _ = writeln!(std::io::stderr(), "hv-sim: writing output: {e}");
+    std::process::exit(2)
 }
 
 /// Report a subcommand's error on stderr and exit 2. Writing to stderr can
@@ -94,47 +180,48 @@ fn fail(cmd: &str, e: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// `explain`: each descriptor in plain words. A malformed one is reported
-/// on stderr and the rest still explained (`Ok(false)`); a failed write to
-/// stdout (closed pipe, full disk) stops with `Err`.
-fn explain(hex: &[String]) -> Result<bool, String> {
+/// `explain` and `check-descriptor`: each descriptor through `each`, read
+/// by [`hv_sim::explain::for_each_descriptor`] (the same inputs, the same
+/// errors, for both).
+fn descriptors(
+    cmd: &str,
+    hex: &[String],
+    mut each: impl FnMut(&mut dyn Write, &str, u64) -> std::io::Result<()>,
+) -> ExitCode {
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut all_ok = true;
-    for h in hex {
-        match hv_sim::explain::parse_descriptor(h) {
-            Ok(v) => out
-                .write_all(hv_sim::explain::explain(v).as_bytes())
-                .map_err(|e| format!("writing output: {e}"))?,
-            Err(e) => {
-                // Keep stdout and stderr in input order.
-                out.flush().map_err(|e| format!("writing output: {e}"))?;
-                let _ = writeln!(std::io::stderr(), "hv-sim explain: {e}");
-                all_ok = false;
-            }
-        }
+    let mut out = BufWriter::new(stdout.lock());
+    let r = hv_sim::explain::for_each_descriptor(hex, std::io::stdin().lock(), |h, v| {
+        each(&mut out, h, v)
+    });
+    // What was explained before a malformed input is printed before its
+    // error.
+    if let Err(e) = out.flush() {
+        output_failed(&e);
     }
-    out.flush().map_err(|e| format!("writing output: {e}"))?;
-    Ok(all_ok)
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(hv_sim::explain::InputError::Output(e)) => output_failed(&e),
+        Err(e) => fail(cmd, &e.to_string()),
+    }
 }
 
 fn demo() -> ExitCode {
     let mut ok = true;
-    println!("== in-process: native backend against the SoftCpu instruction model");
+    out!("== in-process: native backend against the SoftCpu instruction model");
     let report = hv_sim::demo::run_native_in_process();
     for c in &report.checks {
-        println!(
+        out!(
             "  [{}] {} — {}",
             if c.passed { "pass" } else { "FAIL" },
             c.name,
             c.detail
         );
     }
-    println!(
+    out!(
         "  instructions executed by the CPU model: {}",
         report.instructions.join("; ")
     );
-    println!(
+    out!(
         "  in-process native: checks={}/{}",
         report.passed(),
         report.checks.len()
@@ -142,16 +229,16 @@ fn demo() -> ExitCode {
     ok &= report.passed() == report.checks.len();
 
     let mut in_process = |title: &str, report: hv_sim::demo::DemoReport| {
-        println!("== in-process: {title}");
+        out!("== in-process: {title}");
         for c in &report.checks {
-            println!(
+            out!(
                 "  [{}] {} — {}",
                 if c.passed { "pass" } else { "FAIL" },
                 c.name,
                 c.detail
             );
         }
-        println!(
+        out!(
             "  in-process {}: checks={}/{} hypercalls={}",
             report.backend,
             report.passed(),
@@ -170,29 +257,33 @@ fn demo() -> ExitCode {
         hv_sim::demo::run_vmi_in_process(),
     );
 
-    println!("== KVM: the example kernel (examples/kernel) booted in a real VM, native backend");
+    out!("== KVM: the example kernel (examples/kernel) booted in a real VM, native backend");
     let summary = match kvm_boot(&mut ok, hv_sim::kvm::boot) {
         Boot::Skipped(_) => {
-            println!("  (the in-process run above is what can run here)");
+            out!("  (the in-process run above is what can run here)");
             None
         }
         Boot::Failed => None,
         Boot::Ran(r) => {
             if hv_sim::kvm::host_is_pvm() {
-                println!(
+                out!(
                     "  host: /dev/kvm is PVM (kvm_pvm): lar/lsl/verr and int n cannot run in a guest here; those checks are skipped and the same effects are checked through segment loads and faults"
                 );
             }
             print_checks(&r.checks);
-            println!(
+            out!(
                 "  exit status {:?}; VM exits: {} port I/O, {} MMIO, {} HLT, {} other; rejected calls: 0",
-                r.exit_status, r.exits.io, r.exits.mmio, r.exits.hlt, r.exits.other
+                r.exit_status,
+                r.exits.io,
+                r.exits.mmio,
+                r.exits.hlt,
+                r.exits.other
             );
             ok &= r.failed().is_empty() && r.exit_status == Some(0);
             Some(r.summary_line("native", 0))
         }
     };
-    println!(
+    out!(
         "== KVM: the same kernel booted with hv-sim's Xen-style personality (hypercall page, ring 3), xen backend"
     );
     let mut xen_calls: Option<(u64, usize)> = None;
@@ -205,14 +296,14 @@ fn demo() -> ExitCode {
                 .iter()
                 .map(|(n, (d, m))| format!("{n} {d}+{m}"))
                 .collect();
-            println!(
+            out!(
                 "  hypercalls by kind (direct+in multicalls): {}",
                 kinds.join(", ")
             );
             for (name, errno, reason) in r.rejected() {
-                println!("  refused as on Xen: {name} = {errno}: {reason}");
+                out!("  refused as on Xen: {name} = {errno}: {reason}");
             }
-            println!(
+            out!(
                 "  exit status {:?} (shutdown reason {:?}); {} cpuid(s) emulated via the Xen prefix; exceptions bounced by vector {:?}, {} iret(s); {} page-table mirror flushes",
                 r.boot.exit_status,
                 r.shutdown,
@@ -237,7 +328,7 @@ fn demo() -> ExitCode {
             Some(r.summary())
         }
     };
-    println!(
+    out!(
         "== KVM: the same kernel booted with hv-sim's VMI-style personality (option ROM at 0xC0000, ring 3), vmi backend"
     );
     let vmi_summary = match kvm_boot(&mut ok, hv_sim::kvm::vmi::boot_vmi) {
@@ -249,12 +340,12 @@ fn demo() -> ExitCode {
                 .iter()
                 .map(|(n, c)| format!("{n} {c}"))
                 .collect();
-            println!("  ROM calls by kind: {}", kinds.join(", "));
+            out!("  ROM calls by kind: {}", kinds.join(", "));
             for (name, errno, reason) in r.rejected() {
-                println!("  refused by the VMI personality: {name} = {errno}: {reason}");
+                out!("  refused by the VMI personality: {name} = {errno}: {reason}");
             }
             let (deferred, flushes) = r.lazy_batches();
-            println!(
+            out!(
                 "  exit status {:?}; VM exits: {} port I/O ({} ROM calls), {} MMIO, {} HLT, {} other; {} calls deferred in lazy mode, applied by {} flushes; real tables installed {} times",
                 r.boot.exit_status,
                 r.boot.exits.io,
@@ -271,20 +362,20 @@ fn demo() -> ExitCode {
         }
     };
     let trap_summary = trap_section(&mut ok, xen_calls);
-    println!("== QEMU (TCG): the same kernel image through its PVH entry, native backend");
+    out!("== QEMU (TCG): the same kernel image through its PVH entry, native backend");
     match hv_sim::qemu::available() {
-        Err(why) => println!("  SKIPPED: {why}"),
+        Err(why) => out!("  SKIPPED: {why}"),
         Ok(()) => match hv_sim::kernel_build::build_example_kernel()
             .map_err(|e| e.to_string())
             .and_then(|elf| hv_sim::qemu::boot(&elf, std::time::Duration::from_secs(120)))
         {
             Err(e) => {
-                println!("  boot failed: {e}");
+                out!("  boot failed: {e}");
                 ok = false;
             }
             Ok(r) => {
                 print_checks(&r.checks);
-                println!(
+                out!(
                     "  qemu native: checks={}/{} exit status {:?}",
                     r.passed(),
                     r.ran(),
@@ -295,37 +386,37 @@ fn demo() -> ExitCode {
         },
     }
     let real_xen_summary = real_xen_section(&mut ok);
-    println!("== summary");
+    out!("== summary");
     match summary {
-        Some(line) => println!("{line}"),
-        None => println!(
+        Some(line) => out!("{line}"),
+        None => out!(
             "backend=native checks={}/{} hypercalls=0 exits=0 (in-process; no KVM boot)",
             report.passed(),
             report.checks.len()
         ),
     }
     match xen_summary {
-        Some(line) => println!("{line}"),
-        None => println!(
+        Some(line) => out!("{line}"),
+        None => out!(
             "{} (in-process against hv-sim's Xen domain; no KVM boot)",
             xen_local.summary()
         ),
     }
     match vmi_summary {
-        Some(line) => println!("{line}"),
-        None => println!(
+        Some(line) => out!("{line}"),
+        None => out!(
             "{} (in-process against hv-sim's VMI personality; no KVM boot)",
             vmi_local.summary()
         ),
     }
     for line in trap_summary {
-        println!("{line}");
+        out!("{line}");
     }
     for line in real_xen_summary {
-        println!("{line}");
+        out!("{line}");
     }
     if hv_sim::kvm::available().is_ok() && hv_sim::kvm::host_is_pvm() {
-        println!(
+        out!(
             "(skipped = checks this host cannot run in a KVM guest: /dev/kvm is PVM, which cannot emulate lar/lsl/verr or int n; the QEMU boot runs them)"
         );
     }
@@ -346,7 +437,7 @@ fn print_checks(checks: &[hv_sim::kvm::GuestCheck]) {
         } else {
             "FAIL"
         };
-        println!("  [{v}] {} — {}", c.name, c.detail);
+        out!("  [{v}] {} — {}", c.name, c.detail);
     }
 }
 
@@ -368,7 +459,7 @@ fn kvm_boot<T>(
     boot: impl FnOnce(&[u8], &hv_sim::kvm::Config) -> Result<T, hv_sim::kvm::KvmError>,
 ) -> Boot<T> {
     if let Err(why) = hv_sim::kvm::available() {
-        println!("  SKIPPED: KVM is not available ({why})");
+        out!("  SKIPPED: KVM is not available ({why})");
         return Boot::Skipped(why);
     }
     match kernel_image()
@@ -376,7 +467,7 @@ fn kvm_boot<T>(
     {
         Ok(r) => Boot::Ran(r),
         Err(e) => {
-            println!("  boot failed: {e}");
+            out!("  boot failed: {e}");
             *ok = false;
             Boot::Failed
         }
@@ -388,20 +479,20 @@ fn kvm_boot<T>(
 /// line (a fresh seed each run, or `HV_SIM_DIFF_SEED`). Returns the
 /// summary lines.
 fn real_xen_section(ok: &mut bool) -> Vec<String> {
-    println!(
+    out!(
         "== real Xen: the same image as a 64-bit PV dom0 of Debian's Xen 4.17 under QEMU TCG, xen backend"
     );
     let xen = match hv_sim::realxen::available() {
         Ok(x) => x,
         Err(why) => {
-            println!("  SKIPPED: {why}");
+            out!("  SKIPPED: {why}");
             return Vec::new();
         }
     };
     let elf = match hv_sim::kernel_build::build_example_kernel() {
         Ok(e) => e,
         Err(e) => {
-            println!("  building the kernel failed: {e}");
+            out!("  building the kernel failed: {e}");
             *ok = false;
             return Vec::new();
         }
@@ -409,12 +500,12 @@ fn real_xen_section(ok: &mut bool) -> Vec<String> {
     let mut lines = Vec::new();
     match xen.boot(&elf, "", std::time::Duration::from_secs(180)) {
         Err(e) => {
-            println!("  boot failed: {e}");
+            out!("  boot failed: {e}");
             *ok = false;
         }
         Ok(r) => {
             print_checks(&r.checks);
-            println!(
+            out!(
                 "  {}; exit status {:?}, Xen: {:?}, {:.2} s from QEMU's start",
                 r.xen_banner.as_deref().unwrap_or("Xen"),
                 r.exit_status,
@@ -425,17 +516,17 @@ fn real_xen_section(ok: &mut bool) -> Vec<String> {
             lines.push(r.summary_line("xen"));
         }
     }
-    println!(
+    out!(
         "== differential: the kernel's battery of raw hypercalls on real Xen and on hv-sim (KVM), line by line"
     );
     if let Err(why) = hv_sim::kvm::available() {
-        println!("  SKIPPED: hv-sim's side needs KVM ({why})");
+        out!("  SKIPPED: hv-sim's side needs KVM ({why})");
         return lines;
     }
     let seed = match hv_sim::differential::seed_from_env() {
         Ok(s) => s,
         Err(e) => {
-            println!("  {e}");
+            out!("  {e}");
             *ok = false;
             return lines;
         }
@@ -444,17 +535,19 @@ fn real_xen_section(ok: &mut bool) -> Vec<String> {
     let t = std::time::Instant::now();
     match hv_sim::differential::run(&xen, &elf, seed, count, std::time::Duration::from_secs(300)) {
         Err(e) => {
-            println!("  failed: {e}");
+            out!("  failed: {e}");
             *ok = false;
         }
         Ok(d) => {
             for x in &d.disagreements {
-                println!(
+                out!(
                     "  call {}:\n    xen:    {}\n    hv-sim: {}",
-                    x.index, x.xen, x.hv_sim
+                    x.index,
+                    x.xen,
+                    x.hv_sim
                 );
             }
-            println!(
+            out!(
                 "  {count} calls from seed {seed} (reproduce: HV_SIM_DIFF_SEED={seed}); {:.1} s for both runs{}",
                 t.elapsed().as_secs_f64(),
                 if hv_sim::kvm::host_is_pvm() {
@@ -480,7 +573,7 @@ fn kernel_image() -> Result<Vec<u8>, String> {
 /// lines for the summary (its own, then the comparison with the Xen-style
 /// boot's hypercalls).
 fn trap_section(ok: &mut bool, xen_calls: Option<(u64, usize)>) -> Vec<String> {
-    println!(
+    out!(
         "== KVM: the same kernel, native backend, deprivileged (ring 3): hv-sim traps and emulates lgdt/lidt/ltr/lldt and, under UMIP, sgdt/sidt/str/sldt"
     );
     let r = match kvm_boot(ok, hv_sim::kvm::trap::boot_trap) {
@@ -494,21 +587,23 @@ fn trap_section(ok: &mut bool, xen_calls: Option<(u64, usize)>) -> Vec<String> {
     };
     print_checks(&r.boot.checks);
     let kinds: Vec<String> = r.emulated.iter().map(|(n, c)| format!("{n} {c}")).collect();
-    println!("  emulated by kind: {}", kinds.join(", "));
+    out!("  emulated by kind: {}", kinds.join(", "));
     for (insn, exc) in &r.injected {
-        println!("  injected instead of emulating: {insn} -> {exc}");
+        out!("  injected instead of emulating: {insn} -> {exc}");
     }
     for b in &r.bounced {
-        println!(
+        out!(
             "  delivered to the guest's own #GP handler: rip {:#x}, error code {:#x} ({})",
-            b.rip, b.error_code, b.reason
+            b.rip,
+            b.error_code,
+            b.reason
         );
     }
     let per_trap = r
         .handler_time
         .checked_div(r.traps.max(1) as u32)
         .unwrap_or_default();
-    println!(
+    out!(
         "  exit status {:?}; VM exits: {} port I/O ({} #GP traps), {} MMIO, {} HLT, {} other; UMIP {}; real TR/LDTR installed {} times; hv-sim's handling {:.1} µs per trap (emulator {:.1} µs, rebuilding the real tables {:.1} µs, the rest KVM register ioctls)",
         r.boot.exit_status,
         r.boot.exits.io,
@@ -546,60 +641,4 @@ fn trap_section(ok: &mut bool, xen_calls: Option<(u64, usize)>) -> Vec<String> {
         None => format!("compare: {trap_part}; xen: no KVM boot to compare with"),
     });
     lines
-}
-
-/// The longest stdin line `check-descriptor -` reads, in bytes (not
-/// counting its `\n`): a descriptor line is at most a few dozen.
-const MAX_LINE: usize = 4096;
-
-fn check_one(abi: hv_sim::xen::Abi, h: &str, out: &mut impl Write) -> Result<(), String> {
-    let d = hv_sim::explain::parse_descriptor(h)?;
-    let r = match hv_sim::xen::check_descriptor(abi, d) {
-        Ok(v) => writeln!(out, "{h} ok {v:016x}"),
-        Err(r) => writeln!(out, "{h} rejected {r}"),
-    };
-    r.map_err(|e| format!("writing output: {e}"))
-}
-
-fn check_descriptors(abi: hv_sim::xen::Abi, hex: &[String]) -> Result<(), String> {
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
-    if hex.len() == 1 && hex[0] == "-" {
-        let stdin = std::io::stdin();
-        let mut line = Vec::with_capacity(MAX_LINE + 1);
-        let mut input = stdin.lock();
-        let mut n = 0u64;
-        loop {
-            line.clear();
-            n += 1;
-            // At most MAX_LINE bytes and the newline: memory stays bounded
-            // however long the line is.
-            let got = (&mut input)
-                .take(MAX_LINE as u64 + 1)
-                .read_until(b'\n', &mut line)
-                .map_err(|e| format!("line {n}: reading stdin: {e}"))?;
-            if got == 0 {
-                break;
-            }
-            if line.len() > MAX_LINE && line.last() != Some(&b'\n') {
-                return Err(format!(
-                    "line {n}: longer than {MAX_LINE} bytes, the limit for a stdin line (a descriptor is 16 hex digits)"
-                ));
-            }
-            // Blank lines (and CRLF endings, surrounding spaces) are allowed
-            // in vector files; anything else must be a descriptor. Bytes
-            // that are not UTF-8 make it malformed.
-            let line = String::from_utf8_lossy(&line);
-            let h = line.trim();
-            if h.is_empty() {
-                continue;
-            }
-            check_one(abi, h, &mut out).map_err(|e| format!("line {n}: {e}"))?;
-        }
-    } else {
-        for h in hex {
-            check_one(abi, h, &mut out)?;
-        }
-    }
-    out.flush().map_err(|e| format!("writing output: {e}"))
 }
