@@ -404,8 +404,9 @@ pub fn per_exit(progress: &mut dyn FnMut(&str)) -> (Vec<Section>, Vec<Goal>) {
                             format!("{hv:.1}"),
                             rep.ioctls.register_ioctls().to_string(),
                         ]);
+                        let sep = if note.is_empty() { "" } else { ", " };
                         b.note(format!(
-                            "{name}: checks {}/{}, {note}",
+                            "{name}: checks {}/{}{sep}{note}",
                             rep.passed(),
                             rep.ran()
                         ));
