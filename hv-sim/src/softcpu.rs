@@ -160,10 +160,7 @@ pub struct SoftCpu<M = HostMemory> {
 const GP: u8 = 13;
 const NP: u8 = 11;
 
-fn canonical(addr: u64) -> bool {
-    let top = addr >> 47;
-    top == 0 || top == 0x1_ffff
-}
+use pvops::table::is_canonical as canonical;
 
 impl<M: LinearMemory> SoftCpu<M> {
     /// A CPU in `mode` with all registers zero (as after reset, GDTR/IDTR

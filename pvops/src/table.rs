@@ -31,12 +31,19 @@ pub const MAX_GATES: u32 = 256;
 /// Required alignment of a table base, in bytes.
 pub const TABLE_ALIGN: u64 = 8;
 
+/// Is `addr` canonical with 48 implemented linear-address bits (bits 63:47
+/// all equal)? The one definition the workspace uses (hv-sim's models
+/// included), whatever the target.
+pub const fn is_canonical(addr: u64) -> bool {
+    let top = addr >> 47;
+    top == 0 || top == 0x1_ffff
+}
+
 /// Is `addr` a valid linear address for the CPU mode pvops is compiled for?
 /// 64-bit: canonical with 48 implemented bits. 32-bit: below 4 GiB.
 pub const fn is_valid_linear(addr: u64) -> bool {
     if cfg!(target_arch = "x86_64") {
-        let top = addr >> 47;
-        top == 0 || top == 0x1_ffff
+        is_canonical(addr)
     } else {
         addr <= u32::MAX as u64
     }

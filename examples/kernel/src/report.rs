@@ -28,16 +28,17 @@ static XEN_CONSOLE: AtomicBool = AtomicBool::new(false);
 /// port 0xE9.
 static BUFFER_PORT: AtomicBool = AtomicBool::new(false);
 
-/// One line of text waiting for its newline (Xen console and buffer port).
+/// One line of text waiting for its newline (Xen console and buffer port);
+/// a longer line goes out in 2 KiB pieces, an exit each.
 /// Page aligned: the buffer port names it by its address's upper bits.
 #[repr(C, align(4096))]
 struct LineBuf {
-    buf: [u8; 256],
+    buf: [u8; 2048],
     len: usize,
 }
 
 static LINE: spin::Mutex<LineBuf> = spin::Mutex::new(LineBuf {
-    buf: [0; 256],
+    buf: [0; 2048],
     len: 0,
 });
 

@@ -316,10 +316,7 @@ pub enum Outcome {
     NotEmulated(NotEmulated),
 }
 
-fn canonical(addr: u64) -> bool {
-    let top = addr >> 47;
-    top == 0 || top == 0x1_ffff
-}
+use pvops::table::is_canonical as canonical;
 
 /// Fetch the instruction at the guest's RIP (up to 15 bytes, fewer where
 /// the next page is not mapped) and emulate it.

@@ -331,8 +331,7 @@ impl Walker {
     ) -> Result<(u64, u64, bool, bool, bool), WalkFault> {
         let (mut table, top_level) = match self.mode {
             PagingMode::Level4 => {
-                let top = la >> 47;
-                if top != 0 && top != 0x1_FFFF {
+                if !pvops::table::is_canonical(la) {
                     // Non-canonical: #GP (or #SS), not a page fault; the
                     // caller checks canonicality first. Report a not-present
                     // fault rather than walk with a wrapped index.

@@ -38,8 +38,7 @@ impl<'a> PagingMemory<'a> {
                 | u32::from(write) << 1
                 | u32::from(access == Access::Fetch) << 4,
         };
-        let top = va >> 47;
-        if top != 0 && top != 0x1_ffff {
+        if !pvops::table::is_canonical(va) {
             return Err(fault(false));
         }
         let mut table = self.cr3 & PTE_ADDR;

@@ -67,10 +67,7 @@ fn typ(d: u64) -> u64 {
     (d >> 40) & 0xF
 }
 
-fn canonical(a: u64) -> bool {
-    let top = (a as i64) >> 47;
-    top == 0 || top == -1
-}
+use pvops::table::is_canonical as canonical;
 
 /// A valid guest linear address for `kind`.
 fn guest_addr(kind: GuestKind, a: u64) -> bool {

@@ -441,10 +441,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
 
     pub(super) fn addr_ok(&self, a: u64) -> bool {
         match self.kind {
-            GuestKind::Vmi64 => {
-                let top = (a as i64) >> 47;
-                top == 0 || top == -1
-            }
+            GuestKind::Vmi64 => pvops::table::is_canonical(a),
             GuestKind::Vmi32 => a <= u32::MAX as u64,
         }
     }

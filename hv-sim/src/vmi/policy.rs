@@ -175,10 +175,7 @@ fn typ(d: u64) -> u8 {
     ((d >> 40) & 0xF) as u8
 }
 
-fn canonical(a: u64) -> bool {
-    let top = (a as i64) >> 47;
-    top == 0 || top == -1
-}
+use pvops::table::is_canonical as canonical;
 
 /// Is `low` the first half of a 16-byte descriptor for `kind`? (64-bit:
 /// S = 0 and type LDT, TSS or call gate, as the CPU decides in long mode.)

@@ -185,11 +185,8 @@ pub fn addr_ok64(a: u64) -> bool {
     !((1 << 47)..0xFFFF_8800_0000_0000).contains(&a)
 }
 
-/// Canonical 48-bit address (bits 63..47 equal).
-pub fn is_canonical(a: u64) -> bool {
-    let top = (a as i64) >> 47;
-    top == 0 || top == -1
-}
+/// Canonical 48-bit address (bits 63..47 equal): pvops' definition.
+pub use pvops::table::is_canonical;
 
 pub(crate) struct Inner {
     pub(crate) abi: Abi,
