@@ -604,7 +604,7 @@ fn trap_section(ok: &mut bool, xen_calls: Option<(u64, usize)>) -> Vec<String> {
         .checked_div(r.traps.max(1) as u32)
         .unwrap_or_default();
     out!(
-        "  exit status {:?}; VM exits: {} port I/O ({} #GP traps), {} MMIO, {} HLT, {} other; UMIP {}; real TR/LDTR installed {} times; hv-sim's handling {:.1} µs per trap (emulator {:.1} µs, rebuilding the real tables {:.1} µs, the rest KVM register ioctls)",
+        "  exit status {:?}; VM exits: {} port I/O ({} #GP traps), {} MMIO, {} HLT, {} other; UMIP {}; real TR/LDTR installed {} times; hv-sim's handling {:.1} µs per trap (emulator {:.1} µs, rebuilding the real tables {:.1} µs, the rest reading the guest's tables and the exit bookkeeping; registers travel in sync regs)",
         r.boot.exit_status,
         r.boot.exits.io,
         r.traps,
