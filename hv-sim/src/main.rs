@@ -111,7 +111,7 @@ fn main() -> ExitCode {
         Cmd::Demo => demo(),
         Cmd::Bench => {
             let table = hv_sim::bench::run(&mut |s| eprintln!("bench: {s}"));
-            println!("{table}");
+            out!("{table}");
             ExitCode::SUCCESS
         }
         Cmd::Explain { hex } => descriptors("explain", &hex, |out, _, v| {
