@@ -7,12 +7,14 @@ use super::*;
 impl Inner {
     pub(super) fn invariants(&self) -> Result<(), String> {
         let krpl = u64::from(self.abi.krpl());
-        let check = |what: String, d: u64| -> Result<(), String> {
+        // The entry's name is formatted only for the error (this runs after
+        // every call in the fuzzer and the property tests).
+        let check = |table: &str, v: usize, idx: usize, d: u64| -> Result<(), String> {
             let present = d & (1 << 47) != 0;
             let s = d & (1 << 44) != 0;
             if present && s && (d >> 45) & 3 < krpl {
                 return Err(format!(
-                    "{what} = {d:#018x} has DPL {} < krpl {krpl}",
+                    "vcpu{v} {table}[{idx}] = {d:#018x} has DPL {} < krpl {krpl}",
                     (d >> 45) & 3
                 ));
             }
@@ -20,16 +22,13 @@ impl Inner {
         };
         for (v, vc) in self.vcpus.iter().enumerate() {
             for idx in 0..(vc.gdt_frames.len() as u32 * 512) {
-                check(format!("vcpu{v} GDT[{idx}]"), self.gdt_entry(v, idx))?;
+                check("GDT", v, idx as usize, self.gdt_entry(v, idx))?;
             }
             for (slot, m) in vc.ldt_mapped.iter().enumerate() {
                 if let Some(mfn) = m {
                     let pfn = self.m2p(*mfn).ok_or("LDT slot maps a foreign frame")?;
                     for i in 0..512 {
-                        check(
-                            format!("vcpu{v} LDT[{}]", slot * 512 + i),
-                            self.ram.read_u64(pfn, i * 8),
-                        )?;
+                        check("LDT", v, slot * 512 + i, self.ram.read_u64(pfn, i * 8))?;
                     }
                 }
             }
