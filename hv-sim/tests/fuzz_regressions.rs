@@ -83,7 +83,6 @@ const SET_TR: u32 = 6;
 /// effective TR naming an entry past the guest's GDT, which the model's own
 /// invariant refuses. Found by `hv-sim fuzz --target vmi32 --seed 2`.
 #[test]
-#[ignore = "VMI personality: SetGDT shrinking the GDT below the loaded TR (reported)"]
 fn vmi_set_gdt_shorter_than_the_loaded_tr() {
     for kind in [GuestKind::Vmi32, GuestKind::Vmi64] {
         let hv = VmiHypervisor::new(kind, RamMemory::new(RAM, 0x8000));

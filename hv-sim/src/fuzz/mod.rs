@@ -387,9 +387,7 @@ pub struct CaseStats {
 /// counted, not failed, so the CI stage keeps fuzzing everything else.
 /// Each has an `#[ignore]`d regression test in `tests/fuzz_regressions.rs`;
 /// remove the entry when its test passes.
-pub const KNOWN_ISSUES: &[&str] = &[
-    "vmi: SetGDT shorter than the loaded TR/LDTR leaves the effective TR/LDTR past the guest's GDT (tests/fuzz_regressions.rs: vmi_set_gdt_shorter_than_the_loaded_tr)",
-];
+pub const KNOWN_ISSUES: &[&str] = &[];
 
 impl CaseStats {
     /// Record the outcome of call `what` with result `r`: errnos and small

@@ -294,10 +294,6 @@ pub fn case(kind: GuestKind, s: &mut Source, st: &mut CaseStats) -> Result<(), S
         st.checks += 1;
         let what = format!("step {step}: call {nr} {args:x?} = {r}");
         if let Err(e) = hv.check_invariants() {
-            if known_issue(nr, &e) {
-                st.known = Some(super::KNOWN_ISSUES[0]);
-                return Ok(());
-            }
             return Err(format!("{what}: invariant broken: {e}"));
         }
         if (-4095..0).contains(&r) {
@@ -323,20 +319,6 @@ pub fn case(kind: GuestKind, s: &mut Source, st: &mut CaseStats) -> Result<(), S
     st.calls += 1;
     st.checks += 1;
     hv.vmi_call(call::SET_LAZY_MODE, [0; 4]);
-    match hv.check_invariants() {
-        Err(e) if known_issue(call::SET_LAZY_MODE, &e) => {
-            st.known = Some(super::KNOWN_ISSUES[0]);
-            Ok(())
-        }
-        r => r.map_err(|e| format!("after the final SetLazyMode(0): invariant broken: {e}")),
-    }
-}
-
-/// The reported SetGDT defect ([`super::KNOWN_ISSUES`]): after SetGDT (or
-/// the lazy flush that applies one), the effective TR or LDTR names an
-/// entry past the guest's shorter GDT.
-fn known_issue(nr: u32, e: &str) -> bool {
-    matches!(nr, call::SET_GDT | call::SET_LAZY_MODE)
-        && (e.contains("effective TR ") || e.contains("effective LDTR "))
-        && e.contains("does not name one of the guest's")
+    hv.check_invariants()
+        .map_err(|e| format!("after the final SetLazyMode(0): invariant broken: {e}"))
 }

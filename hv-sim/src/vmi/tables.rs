@@ -99,6 +99,30 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 format!("SetGDT: with this GDT of {n} entries, IDT[{v}]'s {e}"),
             )
         })?;
+        // The loaded TR and LDTR must still name entries of the new GDT: the
+        // effective tables are rebuilt from the guest's, so a selector past
+        // its end would name nothing (or hv-sim's reserved entries). A CPU
+        // keeps its cached TR; this is a deliberate addition
+        // (VMI-SEMANTICS.md), found by the fuzzer.
+        let tr_slots = if k == GuestKind::Vmi64 { 2 } else { 1 };
+        if !future.tr.is_null() && future.tr.index() as usize + tr_slots > n {
+            return Err(fail(
+                EINVAL,
+                format!(
+                    "SetGDT: the loaded TR {} would fall outside a GDT of {n} entries; load another TR first",
+                    future.tr
+                ),
+            ));
+        }
+        if !future.ldtr.is_null() && future.ldtr.index() as usize >= n {
+            return Err(fail(
+                EINVAL,
+                format!(
+                    "SetGDT: the loaded LDTR {} would fall outside a GDT of {n} entries; load another LDT first",
+                    future.ldtr
+                ),
+            ));
+        }
         inner.guest.gdtr = Some(p);
         let base = match (inner.eff_bases, k) {
             (Some((gdt, _)), _) => gdt,
