@@ -19,23 +19,54 @@
 //! * [`explain`]: descriptors decoded into plain words;
 //! * [`demo`]: what `hv-sim demo` runs;
 //! * [`mod@bench`]: what `hv-sim bench` runs (one table of the cost figures).
+//!
+//! ## Features
+//!
+//! * `kvm` (default): the machine runners, [`kvm`], [`qemu`], [`realxen`],
+//!   `differential`, `kernel_build` and `testing`, and [`mod@bench`], with
+//!   the crates they need (kvm-ioctls, kvm-bindings, vm-memory,
+//!   vmm-sys-util, libc, goblin, flate2, hvsim-boot-protocol).
+//! * `cli` (default): the `hv-sim` binary (clap).
+//!
+//! A kernel's unit tests need only the in-process models, without either:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! hv-sim = { version = "0.1", default-features = false }
+//! ```
+//!
+//! That is [`xen`], [`vmi`], [`softcpu`], [`emulate`], [`explain`],
+//! [`fuzz`] and [`demo`]'s in-process runs, on pvops, its backends,
+//! iced-x86 and thiserror.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+// Without `kvm`, the docs still name the runners (`kvm`, `qemu`, ...).
+#![cfg_attr(not(feature = "kvm"), allow(rustdoc::broken_intra_doc_links))]
 
-pub mod bench;
+// The in-process models: always built.
 pub mod demo;
-pub mod differential;
 pub mod emulate;
 pub mod explain;
 pub mod fuzz;
-pub mod kernel_build;
-pub mod kvm;
-pub mod qemu;
-pub mod realxen;
 pub mod softcpu;
-pub mod testing;
 pub mod vmi;
 pub mod xen;
+
+// The machine runners (feature `kvm`).
+#[cfg(feature = "kvm")]
+pub mod bench;
+#[cfg(feature = "kvm")]
+pub mod differential;
+#[cfg(feature = "kvm")]
+pub mod kernel_build;
+#[cfg(feature = "kvm")]
+pub mod kvm;
+#[cfg(feature = "kvm")]
+pub mod qemu;
+#[cfg(feature = "kvm")]
+pub mod realxen;
+#[cfg(feature = "kvm")]
+pub mod testing;
 
 pub use softcpu::{CpuMode, HostMemory, LinearMemory, SoftCpu};
