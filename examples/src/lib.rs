@@ -62,3 +62,14 @@ pub unsafe fn cpu_init<O: DescriptorOps>(
         ops.load_kernel_stack(kernel_stack)
     }
 }
+
+/// The README's Rust snippets, compiled (and, where they can run on the
+/// host, run) as this crate's doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
+/// The "boot your own kernel" guide's Rust snippets, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/BOOT-YOUR-OWN-KERNEL.md")]
+pub struct BootYourOwnKernelDoctests;
