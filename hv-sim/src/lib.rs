@@ -36,8 +36,8 @@
 //! ```
 //!
 //! That is [`xen`], [`vmi`], [`softcpu`], [`emulate`], [`explain`],
-//! [`fuzz`] and [`demo`]'s in-process runs, on pvops, its backends,
-//! iced-x86 and thiserror.
+//! [`fuzz`] and [`demo`]'s in-process runs, on pvops, its backends and
+//! iced-x86.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -133,15 +133,32 @@ pub struct IretReturn {
 }
 
 /// Why an `iret` crashes the domain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IretError {
     /// The context could not be read from the guest stack.
-    #[error("iret: fault while reading the iret context from the guest stack at {0:#x}")]
     Unreadable(u64),
     /// `cs` has RPL 3: a return to user mode without user page tables.
-    #[error("iret: guest switching to user mode (cs {0:#x}) with no user page tables")]
     NoUserPageTables(u16),
 }
+
+// Written out rather than derived with thiserror, so that the in-process
+// models (hv-sim without default features) do not need it.
+impl core::fmt::Display for IretError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            IretError::Unreadable(at) => write!(
+                f,
+                "iret: fault while reading the iret context from the guest stack at {at:#x}"
+            ),
+            IretError::NoUserPageTables(cs) => write!(
+                f,
+                "iret: guest switching to user mode (cs {cs:#x}) with no user page tables"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for IretError {}
 
 /// Evaluate an `iret` from the 9-word `iret_context` at the guest's rsp.
 pub fn iret(ctx: [u64; 9]) -> Result<IretReturn, IretError> {
