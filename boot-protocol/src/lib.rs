@@ -1,7 +1,7 @@
-//! The private protocol between hv-sim's runners (the KVM personalities,
-//! the QEMU and real-Xen runners) and the example kernel
-//! (`examples/kernel`). One definition, used by both sides, so the two
-//! cannot drift apart. It is not a hypervisor ABI: the Xen and VMI ABIs
+//! The protocol between hv-sim's runners (the KVM personalities, the QEMU
+//! and real-Xen runners) and a guest kernel they boot: the example kernel
+//! (`examples/kernel`), or yours (`docs/BOOT-YOUR-OWN-KERNEL.md`). One
+//! definition, used by both sides, so the two cannot drift apart. It is not a hypervisor ABI: the Xen and VMI ABIs
 //! each side owns separately, so that a wrong constant cannot pass on both.
 //!
 //! * Report: text lines on port [`ports::TEXT`] (QEMU's `isa-debugcon`, one
