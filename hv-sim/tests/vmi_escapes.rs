@@ -15,46 +15,23 @@
 //! Call numbers are VMI API 3.0's literals (Linux `asm/vmi.h`); descriptors
 //! are raw values.
 
-use hv_sim::vmi::{GuestKind, RamMemory, VmiHypervisor};
+#[path = "common/vmi.rs"]
+mod vmi_helpers;
 
-const RAM: u64 = 0xC100_0000;
-const GDT: u64 = RAM + 0x1000;
-const IDT: u64 = RAM + 0x2000;
-const DTR: u64 = RAM + 0x4000;
-const TSS: u64 = RAM + 0x5000;
-const RAM_SIZE: usize = 0x10000;
-
-const SET_GDT: u32 = 3;
-const SET_IDT: u32 = 5;
-const SET_TR: u32 = 6;
-const WRITE_GDT_ENTRY: u32 = 11;
-const WRITE_IDT_ENTRY: u32 = 13;
-const SET_LAZY_MODE: u32 = 73;
+use hv_sim::vmi::GuestKind;
+use vmi_helpers::*;
 
 const EFAULT: i64 = -14;
 const EINVAL: i64 = -22;
 
-/// 64-bit ring-0 code segment (L, DPL 0, present, accessed): what the
-/// attack plants.
-const KERNEL_CODE64: u64 = 0x00af_9b00_0000_ffff;
-/// The same at DPL 3 (what a 64-bit guest kernel's code looks like once
+/// [`KERNEL_CODE64`] (what the attack plants) at DPL 3 (what a 64-bit guest kernel's code looks like once
 /// compressed).
 const CODE64_DPL3: u64 = 0x00af_fb00_0000_ffff;
 /// 32-bit flat ring-0 code segment.
 const KERNEL_CODE32: u64 = 0x00cf_9b00_0000_ffff;
-/// Flat data segment, DPL 0.
-const KERNEL_DATA: u64 = 0x00cf_9300_0000_ffff;
 /// The lower half the issue used: S = 0, type 2 (LDT), P clear. On a
 /// 64-bit guest it counts as the first half of a 16-byte entry.
 const NOT_PRESENT_LDT_LOW: u64 = 0x0000_0200_0000_0000;
-
-type Hv = VmiHypervisor<RamMemory>;
-
-fn machine(kind: GuestKind) -> Hv {
-    let hv = VmiHypervisor::new(kind, RamMemory::new(RAM, RAM_SIZE));
-    assert_eq!(hv.init(), 0);
-    hv
-}
 
 /// Make a call, then check the model's invariants and the independent
 /// walker.
@@ -70,17 +47,9 @@ fn call(hv: &Hv, nr: u32, args: [u64; 4]) -> i64 {
     r
 }
 
-fn reason(hv: &Hv) -> String {
-    hv.trace()
-        .last_call()
-        .and_then(|(_, r)| r.map(String::from))
-        .unwrap_or_default()
-}
-
-/// SetGDT/SetIDT through a DTR operand (10 bytes for 64-bit, 6 for 32-bit).
+/// SetGDT/SetIDT through a DTR operand.
 fn load(hv: &Hv, nr: u32, base: u64, limit: u64) -> i64 {
-    hv.memory().write_u64(DTR, limit | (base << 16));
-    hv.memory().write_u64(DTR + 8, base >> 48);
+    write_dtr(hv, base, limit);
     call(hv, nr, [DTR, 0, 0, 0])
 }
 
@@ -95,12 +64,6 @@ fn set_idt(hv: &Hv, n: u64) -> i64 {
     load(hv, SET_IDT, IDT, n * gs - 1)
 }
 
-/// A 64-bit interrupt gate (DPL 0) to `offset` through `sel`.
-fn gate64(sel: u64, offset: u64) -> (u64, u64) {
-    let low = (offset & 0xFFFF) | (sel << 16) | (0x8E << 40) | ((offset & 0xFFFF_0000) << 32);
-    (low, offset >> 32)
-}
-
 /// A 32-bit interrupt gate (DPL 0).
 fn gate32(sel: u64, offset: u64) -> u64 {
     (offset & 0xFFFF) | (sel << 16) | (0x8E << 40) | ((offset & 0xFFFF_0000) << 32)
@@ -109,12 +72,6 @@ fn gate32(sel: u64, offset: u64) -> u64 {
 /// A 64-bit call gate's lower half, DPL 3, to `sel`.
 fn call_gate_dpl3(sel: u64) -> u64 {
     0x1000 | (sel << 16) | (0xEC << 40)
-}
-
-/// A 64-bit available TSS descriptor at `base` with limit 0x67.
-fn tss64(base: u64) -> (u64, u64) {
-    let low = 0x67 | ((base & 0xFF_FFFF) << 16) | (0x89 << 40) | ((base & 0xFF00_0000) << 32);
-    (low, base >> 32)
 }
 
 /// The independent check: walk the effective GDT slot by slot (any
@@ -248,7 +205,7 @@ fn set_gdt_with_the_same_pair_compresses_the_planted_segment() {
 fn write_gdt_entry_not_present_pair_with_a_clean_upper_half_is_accepted() {
     let hv = machine(GuestKind::Vmi64);
     assert_eq!(set_gdt(&hv, 4), 0);
-    let (lo, hi) = tss64(TSS);
+    let (lo, hi) = tss64(TSS, true);
     let lo = lo & !(1 << 47);
     assert_eq!(
         call(&hv, WRITE_GDT_ENTRY, [GDT, 1, lo, hi]),
@@ -351,7 +308,7 @@ fn vmi32_gate_into_the_reserved_segment_is_refused() {
 #[test]
 fn write_gdt_entry_efault_writes_nothing() {
     let hv = machine(GuestKind::Vmi64);
-    let (lo, hi) = tss64(TSS);
+    let (lo, hi) = tss64(TSS, true);
     hv.memory().write_u64(RAM, 0x1111);
     // Lower half at RAM - 8 (not guest memory), upper half at RAM.
     let r = call(&hv, WRITE_GDT_ENTRY, [RAM - 16, 1, lo, hi]);
@@ -378,7 +335,7 @@ fn write_gdt_entry_past_the_end_writes_nothing() {
     let hv = machine(GuestKind::Vmi64);
     let end = RAM + RAM_SIZE as u64;
     hv.memory().write_u64(end - 8, 0x3333);
-    let (lo, hi) = tss64(TSS);
+    let (lo, hi) = tss64(TSS, true);
     let r = call(&hv, WRITE_GDT_ENTRY, [end - 8, 0, lo, hi]);
     assert_eq!(r, EFAULT);
     assert_eq!(
@@ -394,7 +351,7 @@ fn write_gdt_entry_past_the_end_writes_nothing() {
 fn an_eight_byte_write_cannot_change_a_live_tss_upper_half() {
     let hv = machine(GuestKind::Vmi64);
     assert_eq!(set_gdt(&hv, 16), 0);
-    let (lo, hi) = tss64(TSS);
+    let (lo, hi) = tss64(TSS, true);
     assert_eq!(
         call(&hv, WRITE_GDT_ENTRY, [GDT, 8, lo, hi]),
         0,

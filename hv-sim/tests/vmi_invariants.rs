@@ -5,34 +5,12 @@
 //! Call numbers are VMI API 3.0's literals (Linux `asm/vmi.h`); descriptors
 //! are written out as raw values.
 
+#[path = "common/vmi.rs"]
+mod vmi_helpers;
+
+use hv_sim::vmi::GuestKind;
 use hv_sim::vmi::machine::HV_RESERVED_GDT;
-use hv_sim::vmi::{GuestKind, RamMemory, VmiHypervisor};
-
-const RAM: u64 = 0xC100_0000;
-const GDT: u64 = RAM + 0x1000;
-const IDT: u64 = RAM + 0x2000;
-const DTR: u64 = RAM + 0x4000;
-const TSS: u64 = RAM + 0x5000;
-
-const SET_GDT: u32 = 3;
-const SET_IDT: u32 = 5;
-const SET_TR: u32 = 6;
-const WRITE_GDT_ENTRY: u32 = 11;
-const WRITE_IDT_ENTRY: u32 = 13;
-const SET_LAZY_MODE: u32 = 73;
-
-/// 64-bit ring-0 code segment (L, DPL 0, present, accessed).
-const KERNEL_CODE64: u64 = 0x00af_9b00_0000_ffff;
-/// 64-bit flat data segment, DPL 0.
-const KERNEL_DATA: u64 = 0x00cf_9300_0000_ffff;
-
-type Hv = VmiHypervisor<RamMemory>;
-
-fn machine(kind: GuestKind) -> Hv {
-    let hv = VmiHypervisor::new(kind, RamMemory::new(RAM, 0x10000));
-    assert_eq!(hv.init(), 0);
-    hv
-}
+use vmi_helpers::*;
 
 /// Make a call; the invariants must hold after it, whatever it returned.
 fn call(hv: &Hv, nr: u32, args: [u64; 4]) -> i64 {
@@ -46,35 +24,10 @@ fn call(hv: &Hv, nr: u32, args: [u64; 4]) -> i64 {
     r
 }
 
-fn reason(hv: &Hv) -> String {
-    hv.trace()
-        .last_call()
-        .and_then(|(_, r)| r.map(String::from))
-        .unwrap_or_default()
-}
-
-/// SetGDT/SetIDT through a DTR operand (10 bytes for 64-bit, 6 for 32-bit).
+/// SetGDT/SetIDT through a DTR operand.
 fn load(hv: &Hv, nr: u32, base: u64, limit: u64) -> i64 {
-    hv.memory().write_u64(DTR, limit | (base << 16));
-    hv.memory().write_u64(DTR + 8, base >> 48);
+    write_dtr(hv, base, limit);
     call(hv, nr, [DTR, 0, 0, 0])
-}
-
-/// A 64-bit interrupt gate (DPL 0) to `offset` through `sel`.
-fn gate64(sel: u64, offset: u64) -> (u64, u64) {
-    let low = (offset & 0xFFFF) | (sel << 16) | (0x8E << 40) | ((offset & 0xFFFF_0000) << 32);
-    (low, offset >> 32)
-}
-
-/// A 64-bit available TSS descriptor at `base` with limit 0x67, present or
-/// not.
-fn tss64(base: u64, present: bool) -> (u64, u64) {
-    let low = 0x67
-        | ((base & 0xFF_FFFF) << 16)
-        | (0x9 << 40)
-        | (u64::from(present) << 47)
-        | ((base & 0xFF00_0000) << 32);
-    (low, base >> 32)
 }
 
 #[test]
