@@ -15,7 +15,9 @@
 //! * validated table handles [`Gdt`], [`Ldt`], [`Idt`] and [`TableStorage`];
 //! * the ops trait [`DescriptorOps`], the function-pointer [`OpsTable`] and
 //!   the boot-time [`dispatch::install`];
-//! * hypervisor [`detect()`]ion by CPUID.
+//! * hypervisor [`detect()`]ion by CPUID;
+//! * with the `x86_64` feature, conversions to and from rust-osdev's
+//!   `x86_64` crate and the way from its tables to pvops' (`x86_64_interop`).
 //!
 //! ```
 //! use pvops::{presets, Descriptor, DescriptorStorage, Ring, Selector};
@@ -52,6 +54,8 @@ pub mod presets;
 pub mod selector;
 pub mod table;
 pub mod validate;
+#[cfg(feature = "x86_64")]
+pub mod x86_64_interop;
 
 pub use descriptor::{
     Descriptor, DescriptorFields, GdtEntry, SegmentType, SystemDescriptor, SystemDescriptorFields,
