@@ -11,6 +11,19 @@
 //!   [`PvError::AlreadyInstalled`]; the first table stays.
 //! * Before [`install`], every op through [`Installed`] returns
 //!   [`PvError::NotInstalled`] (nothing is executed).
+//! * An SMP kernel installs a [`PerCpu`](crate::percpu::PerCpu) backend:
+//!   one instance per CPU, picked by the kernel's CPU-index hook on every
+//!   op.
+//!
+//! # Tests
+//! The global table is one per process, and a test binary runs its tests
+//! on several threads: a second test's [`install`] is refused, and a test
+//! that ignored that would drive the first test's backend. Tests use
+//! `with_installed` instead (feature `std`): the table is installed for
+//! the calling thread, for the duration of a closure, and [`Installed`] on
+//! that thread uses it ahead of any global table. Each test builds its own
+//! backend and its own tables (a table shared by parallel tests sees the
+//! other test's loads: the TSS busy bit, for one).
 
 use crate::descriptor::{Descriptor, GdtEntry};
 use crate::error::{PvError, Result};
@@ -225,87 +238,145 @@ pub fn install(table: OpsTable) -> Result<()> {
     }
 }
 
-/// The installed table, if any.
+/// The installed (global) table, if any.
 pub fn installed() -> Option<&'static OpsTable> {
     INSTALLED.get()
 }
 
+#[cfg(any(test, feature = "std"))]
+mod scoped {
+    extern crate std;
+    use super::OpsTable;
+    use core::cell::Cell;
+
+    std::thread_local! {
+        /// The table [`with_installed`] set on this thread (null: none).
+        static SCOPED: Cell<*const OpsTable> = const { Cell::new(core::ptr::null()) };
+    }
+
+    /// Run `f` with `table` installed for the calling thread only:
+    /// [`Installed`](super::Installed) on this thread forwards to `table`
+    /// (ahead of the global table) until `f` returns or unwinds; other
+    /// threads do not see it. Calls nest: the inner table is used inside,
+    /// the outer one again after. Feature `std` (for host tests).
+    ///
+    /// tests/tests/dispatch.rs shows two threads, each with its own table.
+    pub fn with_installed<R>(table: &OpsTable, f: impl FnOnce() -> R) -> R {
+        /// Puts the previous table back, also when `f` unwinds.
+        struct Restore(*const OpsTable);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                SCOPED.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(SCOPED.with(|c| c.replace(table)));
+        f()
+    }
+
+    /// The table [`with_installed`] set on this thread, if any.
+    pub(super) fn get<R>(f: impl FnOnce(Option<&OpsTable>) -> R) -> R {
+        let p = SCOPED.with(Cell::get);
+        // SAFETY: a non-null pointer was set by `with_installed` on this
+        // thread from a `&OpsTable` borrowed for the whole of its closure,
+        // and is reset (by `Restore`, on return or unwind) before that
+        // borrow ends; `f` runs inside the closure, and the pointer never
+        // leaves this thread.
+        f(unsafe { p.as_ref() })
+    }
+}
+
+#[cfg(any(test, feature = "std"))]
+pub use scoped::with_installed;
+
+/// Run `f` on the table in force on this thread: the one
+/// `with_installed` set (feature `std`), else the global one.
+fn with_table<R>(f: impl FnOnce(&OpsTable) -> Result<R>) -> Result<R> {
+    #[cfg(any(test, feature = "std"))]
+    {
+        scoped::get(|t| match t.or_else(|| INSTALLED.get()) {
+            Some(t) => f(t),
+            None => Err(PvError::NotInstalled),
+        })
+    }
+    #[cfg(not(any(test, feature = "std")))]
+    {
+        f(INSTALLED.get().ok_or(PvError::NotInstalled)?)
+    }
+}
+
 /// The installed table as a backend: every op forwards to it, or returns
-/// [`PvError::NotInstalled`] before [`install`].
+/// [`PvError::NotInstalled`] before [`install`]. On a thread inside
+/// `with_installed` (feature `std`), it forwards to that table instead.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Installed;
 
-fn table() -> Result<&'static OpsTable> {
-    INSTALLED.get().ok_or(PvError::NotInstalled)
-}
-
 impl DescriptorOps for Installed {
     fn name(&self) -> &'static str {
-        INSTALLED.get().map_or("(none installed)", |t| t.name())
+        with_table(|t| Ok(t.name())).unwrap_or("(none installed)")
     }
     unsafe fn load_gdt(&self, gdt: &Gdt) -> Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { table()?.load_gdt(gdt) }
+        with_table(|t| unsafe { t.load_gdt(gdt) })
     }
     fn store_gdt(&self) -> Result<DescriptorTablePointer> {
-        table()?.store_gdt()
+        with_table(|t| t.store_gdt())
     }
     unsafe fn load_idt(&self, idt: &Idt) -> Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { table()?.load_idt(idt) }
+        with_table(|t| unsafe { t.load_idt(idt) })
     }
     fn store_idt(&self) -> Result<DescriptorTablePointer> {
-        table()?.store_idt()
+        with_table(|t| t.store_idt())
     }
     unsafe fn load_tr(&self, tss: Selector) -> Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { table()?.load_tr(tss) }
+        with_table(|t| unsafe { t.load_tr(tss) })
     }
     fn store_tr(&self) -> Result<Selector> {
-        table()?.store_tr()
+        with_table(|t| t.store_tr())
     }
     unsafe fn load_ldt(&self, ldt: Option<&Ldt>) -> Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { table()?.load_ldt(ldt) }
+        with_table(|t| unsafe { t.load_ldt(ldt) })
     }
     fn store_ldt(&self) -> Result<Option<Ldt>> {
-        table()?.store_ldt()
+        with_table(|t| t.store_ldt())
     }
     unsafe fn write_gdt_entry(&self, gdt: &Gdt, index: u32, entry: GdtEntry) -> Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { table()?.write_gdt_entry(gdt, index, entry) }
+        with_table(|t| unsafe { t.write_gdt_entry(gdt, index, entry) })
     }
     unsafe fn write_ldt_entry(&self, ldt: &Ldt, index: u32, entry: Descriptor) -> Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { table()?.write_ldt_entry(ldt, index, entry) }
+        with_table(|t| unsafe { t.write_ldt_entry(ldt, index, entry) })
     }
     unsafe fn write_idt_entry(&self, idt: &Idt, vector: u8, gate: IdtGate) -> Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { table()?.write_idt_entry(idt, vector, gate) }
+        with_table(|t| unsafe { t.write_idt_entry(idt, vector, gate) })
     }
     unsafe fn load_tls(&self, tls: &[Descriptor; TLS_ENTRIES]) -> Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { table()?.load_tls(tls) }
+        with_table(|t| unsafe { t.load_tls(tls) })
     }
     unsafe fn alloc_ldt(&self, ldt: &Ldt) -> Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { table()?.alloc_ldt(ldt) }
+        with_table(|t| unsafe { t.alloc_ldt(ldt) })
     }
     unsafe fn free_ldt(&self, ldt: &Ldt) -> Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { table()?.free_ldt(ldt) }
+        with_table(|t| unsafe { t.free_ldt(ldt) })
     }
     unsafe fn load_kernel_stack(&self, sp0: u64) -> Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { table()?.load_kernel_stack(sp0) }
+        with_table(|t| unsafe { t.load_kernel_stack(sp0) })
     }
     fn enter_lazy_cpu(&self) -> Result<()> {
-        table()?.enter_lazy_cpu()
+        with_table(|t| t.enter_lazy_cpu())
     }
     fn leave_lazy_cpu(&self) -> Result<()> {
-        table()?.leave_lazy_cpu()
+        with_table(|t| t.leave_lazy_cpu())
     }
     fn flush_lazy(&self) -> Result<()> {
-        table()?.flush_lazy()
+        with_table(|t| t.flush_lazy())
     }
 }

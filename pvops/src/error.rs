@@ -219,6 +219,19 @@ pub enum PvError {
         /// Name of the backend already installed.
         installed: &'static str,
     },
+    /// A per-CPU backend ([`crate::percpu::PerCpu`]) has no backend for
+    /// the CPU index its hook gave (out of range, not registered yet, or
+    /// registered twice).
+    PerCpu {
+        /// Operation (`register` for [`crate::percpu::PerCpu::register`]).
+        op: &'static str,
+        /// The CPU index.
+        cpu: usize,
+        /// How many per-CPU slots there are.
+        slots: usize,
+        /// What is wrong.
+        rule: &'static str,
+    },
     /// The backend does not implement this operation in this environment.
     Unsupported {
         /// Backend name.
@@ -348,6 +361,12 @@ impl fmt::Display for PvError {
                 f,
                 "pvops: an ops table ({installed}) is already installed; the table is installed once at boot"
             ),
+            PerCpu {
+                op,
+                cpu,
+                slots,
+                rule,
+            } => write!(f, "{op}: CPU index {cpu} (of {slots} per-CPU slots) {rule}"),
             Unsupported { backend, op } => write!(f, "{backend}: {op} is not supported"),
             CpuFault {
                 insn,
@@ -514,6 +533,15 @@ mod tests {
             (
                 PvError::AlreadyInstalled { installed: "xen" },
                 "(xen) is already installed",
+            ),
+            (
+                PvError::PerCpu {
+                    op: "load_tr",
+                    cpu: 3,
+                    slots: 2,
+                    rule: "is out of range",
+                },
+                "load_tr: CPU index 3 (of 2 per-CPU slots) is out of range",
             ),
             (
                 PvError::Unsupported {

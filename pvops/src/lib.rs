@@ -14,7 +14,9 @@
 //!   exact 6/10-byte operands [`DtPtr32`]/[`DtPtr64`], const [`presets`];
 //! * validated table handles [`Gdt`], [`Ldt`], [`Idt`] and [`TableStorage`];
 //! * the ops trait [`DescriptorOps`], the function-pointer [`OpsTable`] and
-//!   the boot-time [`dispatch::install`];
+//!   the boot-time [`dispatch::install`] (and, for host tests,
+//!   `dispatch::with_installed`, feature `std`); [`percpu::PerCpu`], one
+//!   backend per CPU for SMP kernels;
 //! * hypervisor [`detect()`]ion by CPUID;
 //! * with the `x86_64` feature, conversions to and from rust-osdev's
 //!   `x86_64` crate and the way from its tables to pvops' (`x86_64_interop`).
@@ -49,6 +51,7 @@ pub mod dispatch;
 pub mod error;
 pub mod gate;
 pub mod ops;
+pub mod percpu;
 pub mod pointer;
 pub mod presets;
 pub mod selector;

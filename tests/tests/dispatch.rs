@@ -100,3 +100,43 @@ fn dynamic_install_sequence() {
     assert!(second.calls().is_empty());
     assert!(pvops::dispatch::installed().is_some());
 }
+
+/// Issue 12: tests install per thread with `with_installed`, so two tests
+/// running at once each drive their own backend (the global table, which
+/// `dynamic_install_sequence` sets meanwhile, is never used inside).
+#[test]
+fn scoped_installs_are_per_thread_and_nest() {
+    let a: &'static Recorder = Box::leak(Box::new(Recorder::new()));
+    let b: &'static Recorder = Box::leak(Box::new(Recorder::new()));
+    let (ta, tb) = (OpsTable::new(a), OpsTable::new(b));
+    std::thread::scope(|s| {
+        for (table, n) in [(&ta, 1), (&tb, 2)] {
+            s.spawn(move || {
+                pvops::dispatch::with_installed(table, || {
+                    for _ in 0..n {
+                        Installed.store_tr().unwrap();
+                    }
+                })
+            });
+        }
+    });
+    assert_eq!(a.ops(), ["store_tr"]);
+    assert_eq!(b.ops(), ["store_tr", "store_tr"]);
+
+    // Nesting: the inner table inside, the outer one again after, also
+    // when the inner closure panics.
+    let inner: &'static Recorder = Box::leak(Box::new(Recorder::new()));
+    let ti = OpsTable::new(inner);
+    pvops::dispatch::with_installed(&ta, || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pvops::dispatch::with_installed(&ti, || {
+                Installed.flush_lazy().unwrap();
+                panic!("test panics inside the inner install");
+            })
+        }));
+        assert!(r.is_err());
+        Installed.enter_lazy_cpu().unwrap();
+    });
+    assert_eq!(inner.ops(), ["flush_lazy"]);
+    assert_eq!(a.ops(), ["store_tr", "enter_lazy_cpu"]);
+}

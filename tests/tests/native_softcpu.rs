@@ -386,3 +386,161 @@ fn soft_cpu_faults_like_hardware() {
     let faults = cpu.log().iter().filter(|r| r.fault.is_some()).count();
     assert_eq!(faults, 5);
 }
+
+/// Issue 9: `load_gdt` re-checks the loaded IDT's gates against the new
+/// GDT. A GDT whose slot 2 (the gates' `__KERNEL_CS`) is a data segment is
+/// refused, naming the gate, and the GDTR keeps the old table.
+#[test]
+fn load_gdt_rechecks_the_loaded_idts_gates() {
+    let e = env();
+    e.boot();
+    let g = Gate64::interrupt(Selector(0x10), 0xffff_ffff_8123_4567, Ring::Ring0);
+    // SAFETY: leaked 'static tables.
+    unsafe {
+        e.ops.write_idt_entry(&e.idt, 14, g).unwrap();
+        e.ops.load_idt(&e.idt).unwrap();
+    }
+    let mut bad = [Descriptor::NULL; 16];
+    bad[2] = presets::KERNEL_DATA;
+    let bad_store: &'static DescriptorStorage<16> =
+        Box::leak(Box::new(DescriptorStorage::new(bad)));
+    // SAFETY: leaked 'static table.
+    let err = unsafe { e.ops.load_gdt(&bad_store.gdt().unwrap()) }.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("load_gdt: IDT vector 14 (#PF): selector 0x0010"),
+        "{msg}"
+    );
+    assert_eq!(
+        e.ops.cpu().registers().gdtr,
+        e.gdt.pointer(),
+        "GDTR unchanged"
+    );
+    // A GDT with the same code segment loads.
+    let mut good = [Descriptor::NULL; 16];
+    good[2] = presets::KERNEL_CODE64;
+    let good_store: &'static DescriptorStorage<16> =
+        Box::leak(Box::new(DescriptorStorage::new(good)));
+    // SAFETY: leaked 'static table.
+    unsafe { e.ops.load_gdt(&good_store.gdt().unwrap()).unwrap() };
+}
+
+mod per_cpu {
+    //! Issue 9: one native backend per CPU behind `PerCpu`, each "CPU" a
+    //! thread with its own SoftCpu, GDT and TSS, chosen by a CPU-index hook.
+    use super::*;
+    use pvops::percpu::{CpuIndex, PerCpu};
+    use std::cell::Cell;
+
+    std::thread_local! {
+        static CPU: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    struct ThreadIsCpu;
+    // SAFETY: each test thread sets its own index before any op and never
+    // shares it; an op runs on the thread that called it.
+    unsafe impl CpuIndex for ThreadIsCpu {
+        fn current() -> usize {
+            CPU.with(Cell::get)
+        }
+    }
+
+    type Ops = PerCpu<&'static NativeOps<SoftCpu>, ThreadIsCpu, 2>;
+
+    /// What one CPU read back after bringing itself up.
+    #[derive(Debug, PartialEq)]
+    struct ReadBack {
+        tr: Selector,
+        tr_base: u64,
+        rsp0: u64,
+        gdtr: DescriptorTablePointer,
+    }
+
+    fn bring_up(ops: &'static Ops, cpu: usize, rsp0: u64) -> (ReadBack, Env) {
+        CPU.with(|c| c.set(cpu));
+        // This CPU's own tables and CPU model; `env` builds a fresh set.
+        let e = env();
+        let mine = *ops.register_current(e.ops).unwrap();
+        // SAFETY: leaked 'static tables, this thread's own.
+        unsafe {
+            ops.load_gdt(&e.gdt).unwrap();
+            ops.write_gdt_entry(&e.gdt, LAYOUT.tss as u32, e.tss_desc().into())
+                .unwrap();
+            ops.load_tr(e.tr()).unwrap();
+            ops.load_kernel_stack(rsp0).unwrap();
+        }
+        let regs = mine.cpu().registers();
+        let rsp0_bytes: Vec<u8> = (0..2)
+            .flat_map(|i| e.tss.read(i).unwrap().to_le_bytes())
+            .collect();
+        let back = ReadBack {
+            tr: ops.store_tr().unwrap(),
+            tr_base: regs.tr_base,
+            rsp0: u64::from_le_bytes(rsp0_bytes[4..12].try_into().unwrap()),
+            gdtr: ops.store_gdt().unwrap(),
+        };
+        (back, e)
+    }
+
+    #[test]
+    fn each_cpu_loads_its_own_gdt_tss_and_kernel_stack() {
+        let ops: &'static Ops = Box::leak(Box::new(Ops::new()));
+        let table: &'static OpsTable = Box::leak(Box::new(OpsTable::new(ops)));
+        let stacks = [0xffff_c900_0000_a000u64, 0xffff_c900_0000_b000];
+        let results: Vec<(ReadBack, Env)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2)
+                .map(|cpu| {
+                    s.spawn(move || {
+                        // Through the dynamic table, as a kernel would.
+                        let (back, e) = bring_up(ops, cpu, stacks[cpu]);
+                        assert_eq!(table.store_gdt().unwrap(), back.gdtr);
+                        (back, e)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (cpu, (back, e)) in results.iter().enumerate() {
+            assert_eq!(back.tr, e.tr(), "CPU {cpu} TR");
+            assert_eq!(
+                back.tr_base,
+                e.tss.base(),
+                "CPU {cpu}: TR names its own TSS"
+            );
+            assert_eq!(back.rsp0, stacks[cpu], "CPU {cpu}: its own TSS.rsp0");
+            assert_eq!(back.gdtr, e.gdt.pointer(), "CPU {cpu}: its own GDT");
+        }
+        assert_ne!(results[0].1.tss.base(), results[1].1.tss.base());
+        // Each backend's lazy state is its own: CPU 0 in lazy mode does not
+        // put CPU 1 there.
+        CPU.with(|c| c.set(0));
+        ops.enter_lazy_cpu().unwrap();
+        CPU.with(|c| c.set(1));
+        ops.enter_lazy_cpu().unwrap();
+        ops.leave_lazy_cpu().unwrap();
+        CPU.with(|c| c.set(0));
+        ops.leave_lazy_cpu().unwrap();
+    }
+
+    #[test]
+    fn a_cpu_without_a_backend_is_refused_not_given_another() {
+        let ops: &'static Ops = Box::leak(Box::new(Ops::new()));
+        let e = env();
+        ops.register(0, e.ops).unwrap();
+        CPU.with(|c| c.set(1));
+        let err = ops.store_tr().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "store_tr: CPU index 1 (of 2 per-CPU slots) has no backend registered"
+        );
+        CPU.with(|c| c.set(7));
+        // SAFETY: refused before anything runs.
+        let err = unsafe { ops.load_gdt(&e.gdt) }.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "load_gdt: CPU index 7 (of 2 per-CPU slots) is out of range"
+        );
+        let again = ops.register(0, env().ops);
+        assert!(matches!(again, Err(PvError::PerCpu { cpu: 0, .. })));
+        assert!(e.ops.cpu().log().is_empty());
+    }
+}

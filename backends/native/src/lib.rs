@@ -70,6 +70,9 @@ pub struct NativeOps<C = HardwareCpu> {
     gdt: TableRecord,
     /// The LDT last loaded through this backend.
     ldt: TableRecord,
+    /// The IDT last loaded through this backend (`load_gdt` re-checks its
+    /// gates against the new GDT).
+    idt: TableRecord,
 }
 
 impl NativeOps<HardwareCpu> {
@@ -95,6 +98,7 @@ impl<C: Cpu> NativeOps<C> {
             lazy: AtomicBool::new(false),
             gdt: TableRecord::new(),
             ldt: TableRecord::new(),
+            idt: TableRecord::new(),
         }
     }
 
@@ -247,6 +251,26 @@ impl<C: Cpu> DescriptorOps for NativeOps<C> {
     }
 
     unsafe fn load_gdt(&self, gdt: &Gdt) -> Result<()> {
+        // The loaded IDT's gates were checked against the old GDT: check
+        // them against the new one, so a GDT that leaves a gate's selector
+        // without its code segment is refused here, not by a #GP at the
+        // next interrupt.
+        if let Some((base, entries)) = self.idt.get() {
+            // SAFETY: `gdt` is valid (op contract); the LDT record is the
+            // LDT loaded through this backend, valid while loaded.
+            let view =
+                unsafe { MemoryView::new(Some((gdt.base(), gdt.entries())), self.ldt.get()) };
+            validate::idt(
+                "load_gdt",
+                entries,
+                // SAFETY: v < entries: gate v is inside the IDT loaded
+                // through this backend, valid while loaded (op contract).
+                |v| unsafe { read_gate(base + v as u64 * pvops::gate::IDT_ENTRY_SIZE as u64) },
+                IstSupport::Honoured,
+                "native",
+                &view,
+            )?;
+        }
         // SAFETY: forwarded contract: the table is valid while loaded.
         unsafe { self.cpu.lgdt(&gdt.pointer())? };
         self.gdt.set(Some((gdt.base(), gdt.entries())));
@@ -269,7 +293,9 @@ impl<C: Cpu> DescriptorOps for NativeOps<C> {
             &self.view(),
         )?;
         // SAFETY: forwarded contract: the table is valid while loaded.
-        unsafe { self.cpu.lidt(&idt.pointer()) }
+        unsafe { self.cpu.lidt(&idt.pointer())? };
+        self.idt.set(Some((idt.base(), idt.entries())));
+        Ok(())
     }
 
     fn store_idt(&self) -> Result<DescriptorTablePointer> {
