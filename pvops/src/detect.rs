@@ -98,8 +98,15 @@ pub fn detect_with(src: &impl CpuidSource) -> Hypervisor {
 }
 
 /// Detect the hypervisor on the executing CPU.
-pub fn detect() -> Hypervisor {
+pub fn detect_hypervisor() -> Hypervisor {
     detect_with(&NativeCpuid)
+}
+
+/// The former name of [`detect_hypervisor`], kept so existing callers build
+/// (`pvops::detect` was both this function and this module).
+#[doc(hidden)]
+pub fn detect() -> Hypervisor {
+    detect_hypervisor()
 }
 
 #[cfg(test)]

@@ -269,6 +269,14 @@ pub enum PvError {
         /// The rule, with the values that broke it.
         rule: Rule,
     },
+    /// An `x86-interrupt` handler's error-code parameter does not match
+    /// what the CPU pushes for the vector.
+    HandlerMismatch {
+        /// The exception vector.
+        vector: u8,
+        /// Whether the CPU pushes an error code for it.
+        pushes_error_code: bool,
+    },
     /// Address translation the backend needs (virtual to machine) failed.
     NoTranslation {
         /// Operation.
@@ -368,6 +376,21 @@ impl fmt::Display for PvError {
                 rule,
             } => write!(f, "{op}: CPU index {cpu} (of {slots} per-CPU slots) {rule}"),
             Unsupported { backend, op } => write!(f, "{backend}: {op} is not supported"),
+            HandlerMismatch {
+                vector,
+                pushes_error_code,
+            } => write!(
+                f,
+                "IDT vector {vector} ({}): the CPU {} an error code, the handler {}",
+                vector_name(vector),
+                if pushes_error_code { "pushes" } else { "pushes no" },
+                if pushes_error_code {
+                    "takes none"
+                } else {
+                    "takes one"
+                }
+            ),
+
             CpuFault {
                 insn,
                 vector,

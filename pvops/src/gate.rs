@@ -164,6 +164,33 @@ impl Gate32 {
         ))
     }
 
+    /// A 32-bit interrupt gate whose offset is `handler`'s address (see
+    /// [`Gate64::interrupt_handler`]); errors if the address does not fit
+    /// 32 bits (a 64-bit host).
+    pub fn interrupt_handler(
+        selector: Selector,
+        handler: unsafe extern "C" fn(),
+        dpl: Ring,
+    ) -> Result<Gate32> {
+        match handler_addr32(handler) {
+            Ok(a) => Ok(Gate32::interrupt(selector, a, dpl)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A 32-bit trap gate whose offset is `handler`'s address; errors if the
+    /// address does not fit 32 bits.
+    pub fn trap_handler(
+        selector: Selector,
+        handler: unsafe extern "C" fn(),
+        dpl: Ring,
+    ) -> Result<Gate32> {
+        match handler_addr32(handler) {
+            Ok(a) => Ok(Gate32::trap(selector, a, dpl)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Entry offset.
     pub const fn offset(self) -> u32 {
         ((self.0 & 0xffff) | ((self.0 >> 32) & 0xffff_0000)) as u32
@@ -314,6 +341,77 @@ impl Gate64 {
         }
     }
 
+    /// A 64-bit interrupt gate (IST 0) whose offset is `handler`'s address:
+    /// an entry stub in assembly or a naked function (see
+    /// [`exception`](crate::exception) for why a plain Rust function is
+    /// not one). Safe `extern "C" fn()` items coerce to the parameter.
+    ///
+    /// ```
+    /// use pvops::{Gate64, GateKind, Ring, presets};
+    ///
+    /// // An entry stub in assembly (a real one saves registers, calls Rust
+    /// // and pops the error code before `iretq`).
+    /// core::arch::global_asm!(".globl doc_isr14", "doc_isr14:", "iretq");
+    /// unsafe extern "C" {
+    ///     fn doc_isr14();
+    /// }
+    ///
+    /// # fn main() {
+    /// let g = Gate64::interrupt_handler(presets::KERNEL_CS, doc_isr14, Ring::Ring0);
+    /// assert_eq!(g.kind(), Some(GateKind::Interrupt));
+    /// assert_eq!(g.offset(), doc_isr14 as *const () as usize as u64);
+    /// # }
+    /// ```
+    pub fn interrupt_handler(
+        selector: Selector,
+        handler: unsafe extern "C" fn(),
+        dpl: Ring,
+    ) -> Gate64 {
+        Gate64::interrupt(selector, crate::exception::handler_addr(handler), dpl)
+    }
+
+    /// A 64-bit trap gate (IST 0) whose offset is `handler`'s address (see
+    /// [`interrupt_handler`](Gate64::interrupt_handler)).
+    pub fn trap_handler(selector: Selector, handler: unsafe extern "C" fn(), dpl: Ring) -> Gate64 {
+        Gate64::trap(selector, crate::exception::handler_addr(handler), dpl)
+    }
+
+    /// A 64-bit interrupt gate (IST 0) for an `extern "x86-interrupt"`
+    /// handler. Needs the `x86-interrupt` feature (nightly only).
+    ///
+    /// The function type is a [`X86InterruptHandler`](crate::exception::X86InterruptHandler)
+    /// (a fn item must be cast to it: `handler as HandlerFunc`). Use
+    /// [`x86_exception`](Gate64::x86_exception) to check that the handler
+    /// takes an error code exactly when the vector pushes one.
+    #[cfg(feature = "x86-interrupt")]
+    pub fn x86_interrupt<H: crate::exception::X86InterruptHandler>(
+        selector: Selector,
+        handler: H,
+        dpl: Ring,
+    ) -> Gate64 {
+        Gate64::interrupt(selector, handler.addr(), dpl)
+    }
+
+    /// [`x86_interrupt`](Gate64::x86_interrupt) for exception `e`, refusing
+    /// a handler whose error-code parameter does not match what the CPU
+    /// pushes for `e` ([`PvError::HandlerMismatch`]): a mismatch would make
+    /// the handler's `iretq` pop the wrong frame.
+    #[cfg(feature = "x86-interrupt")]
+    pub fn x86_exception<H: crate::exception::X86InterruptHandler>(
+        e: crate::exception::Exception,
+        selector: Selector,
+        handler: H,
+        dpl: Ring,
+    ) -> Result<Gate64> {
+        if H::TAKES_ERROR_CODE != e.has_error_code() {
+            return Err(PvError::HandlerMismatch {
+                vector: e.vector(),
+                pushes_error_code: e.has_error_code(),
+            });
+        }
+        Ok(Gate64::x86_interrupt(selector, handler, dpl))
+    }
+
     /// Same gate switching to interrupt stack `ist` (1..=7; 0 = no switch).
     /// Errors on a call gate or an index above 7.
     pub const fn with_ist(self, ist: u8) -> Result<Gate64> {
@@ -390,6 +488,43 @@ impl fmt::Display for Gate64 {
             self.offset(),
             self.ist()
         )
+    }
+}
+
+fn handler_addr32(handler: unsafe extern "C" fn()) -> Result<u32> {
+    let addr = crate::exception::handler_addr(handler);
+    if addr > u32::MAX as u64 {
+        return Err(PvError::FieldOutOfRange {
+            field: "32-bit gate offset (handler address)",
+            value: addr,
+            max: u32::MAX as u64,
+        });
+    }
+    Ok(addr as u32)
+}
+
+/// A call gate in a GDT (or LDT) is a system descriptor: in long mode its 16
+/// bytes take two slots, like a TSS descriptor.
+impl From<Gate64> for crate::descriptor::GdtEntry {
+    fn from(g: Gate64) -> Self {
+        crate::descriptor::GdtEntry::Double(crate::descriptor::SystemDescriptor {
+            low: g.low,
+            high: g.high,
+        })
+    }
+}
+
+/// A 32-bit call or task gate in a GDT: one slot.
+impl From<Gate32> for crate::descriptor::GdtEntry {
+    fn from(g: Gate32) -> Self {
+        crate::descriptor::GdtEntry::Single(crate::descriptor::Descriptor(g.0))
+    }
+}
+
+/// A 32-bit gate as the 8-byte descriptor an LDT holds.
+impl From<Gate32> for crate::descriptor::Descriptor {
+    fn from(g: Gate32) -> Self {
+        crate::descriptor::Descriptor(g.0)
     }
 }
 

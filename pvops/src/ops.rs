@@ -18,7 +18,7 @@
 //!   pointers) from any backend and [`install`](crate::dispatch::install) it
 //!   once at boot; [`Installed`](crate::dispatch::Installed) then forwards
 //!   every op to it. This is how a kernel picks its backend at run time after
-//!   [`detect`](crate::detect()).
+//!   [`detect_hypervisor`](crate::detect_hypervisor).
 //!
 //! # Errors
 //! Every op returns [`Result`]. Table handles ([`Gdt`], [`Ldt`], [`Idt`]) are
@@ -127,7 +127,10 @@ pub trait DescriptorOps {
     ///
     /// # Safety
     /// `idt` must stay valid while loaded and its gates must point at
-    /// handlers.
+    /// handlers, through selectors that name the handlers' code segments in
+    /// every GDT loaded while this IDT is (a later GDT load, including the
+    /// safe [`DescriptorStorage::load_gdt`](crate::TableStorage::load_gdt),
+    /// must keep them).
     unsafe fn load_idt(&self, idt: &Idt) -> Result<()>;
 
     /// Read the IDT register, as the guest set it.
@@ -201,6 +204,34 @@ pub trait DescriptorOps {
     /// `idt` must be valid writable memory; the gate must point at a handler.
     unsafe fn write_idt_entry(&self, idt: &Idt, vector: u8, gate: IdtGate) -> Result<()>;
 
+    /// Write an interrupt gate (DPL 0, IST 0) for `handler` at `vector`: a
+    /// [`write_idt_entry`](DescriptorOps::write_idt_entry) of
+    /// [`Gate64::interrupt_handler`](crate::Gate64::interrupt_handler) (or
+    /// the [`Gate32`](crate::Gate32) form), so no function-to-integer cast
+    /// is needed. `vector` may be an [`Exception`](crate::Exception).
+    ///
+    /// # Safety
+    /// As [`write_idt_entry`](DescriptorOps::write_idt_entry): `handler`
+    /// must be an interrupt entry point (an assembly stub or a naked
+    /// function that ends in `iret`), `cs` its code segment.
+    unsafe fn set_handler(
+        &self,
+        idt: &Idt,
+        vector: impl Into<u8>,
+        cs: Selector,
+        handler: unsafe extern "C" fn(),
+    ) -> Result<()>
+    where
+        Self: Sized,
+    {
+        #[cfg(target_arch = "x86_64")]
+        let gate = crate::gate::Gate64::interrupt_handler(cs, handler, crate::Ring::Ring0);
+        #[cfg(not(target_arch = "x86_64"))]
+        let gate = crate::gate::Gate32::interrupt_handler(cs, handler, crate::Ring::Ring0)?;
+        // SAFETY: the caller's contract is write_idt_entry's.
+        unsafe { self.write_idt_entry(idt, vector.into(), gate) }
+    }
+
     /// Install a thread's three TLS descriptors in the loaded GDT, at
     /// [`GdtLayout::tls_first`].
     ///
@@ -217,18 +248,30 @@ pub trait DescriptorOps {
     /// Linux `alloc_ldt` · native: nothing · Xen: make the LDT pages
     /// read-only (`update_va_mapping`) · VMI: nothing.
     ///
+    /// The default does nothing and returns `Ok(())`, which is right for a
+    /// backend that does not protect LDT pages (native, VMI).
+    ///
     /// # Safety
     /// `ldt` must be valid memory owned by the caller.
-    unsafe fn alloc_ldt(&self, ldt: &Ldt) -> Result<()>;
+    unsafe fn alloc_ldt(&self, ldt: &Ldt) -> Result<()> {
+        let _ = ldt;
+        Ok(())
+    }
 
     /// An LDT is about to be freed: give its pages back.
     ///
     /// Linux `free_ldt` · native: nothing · Xen: make the pages writable
     /// again · VMI: nothing.
     ///
+    /// The default does nothing and returns `Ok(())`, like
+    /// [`alloc_ldt`](DescriptorOps::alloc_ldt)'s.
+    ///
     /// # Safety
     /// `ldt` must not be loaded.
-    unsafe fn free_ldt(&self, ldt: &Ldt) -> Result<()>;
+    unsafe fn free_ldt(&self, ldt: &Ldt) -> Result<()> {
+        let _ = ldt;
+        Ok(())
+    }
 
     /// Set the stack the CPU switches to on entry to ring 0 (TSS `sp0`).
     ///

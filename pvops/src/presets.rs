@@ -6,9 +6,24 @@
 //! the i386 values are Linux's 32-bit `gdt_page` (`GDT_ENTRY_INIT(0xc09a, 0,
 //! 0xfffff)` and friends: accessed bit clear). The tests below compare each
 //! preset, built from fields, with the literal 64-bit value.
+//!
+//! [`LINUX_X86_64_GDT`] is the whole initial GDT of x86_64 Linux, and
+//! [`KERNEL_CS`] & co. its selectors (`asm/segment.h`), so a kernel that
+//! follows Linux's layout (which [`GdtLayout::LINUX_X86_64`] describes for
+//! the backends) does not build it by hand:
+//!
+//! ```
+//! use pvops::{DescriptorStorage, presets};
+//!
+//! static GDT: DescriptorStorage<16> = DescriptorStorage::new(presets::LINUX_X86_64_GDT);
+//! assert_eq!(GDT.read(presets::KERNEL_CS.index() as usize), Some(presets::KERNEL_CODE64));
+//! assert_eq!(presets::USER_CS.bits(), 0x33);
+//! ```
 
+use crate::builder::GdtBuilder;
 use crate::descriptor::Descriptor;
-use crate::selector::Ring;
+use crate::ops::GdtLayout;
+use crate::selector::{Ring, Selector};
 
 /// 64-bit kernel code (`__KERNEL_CS` on x86_64): `0x00af9b000000ffff`.
 pub const KERNEL_CODE64: Descriptor = Descriptor::code(Ring::Ring0, true).with_accessed();
@@ -32,9 +47,117 @@ pub const I386_USER_CODE: Descriptor = Descriptor::code(Ring::Ring3, false);
 /// i386 user data: `0x00cff2000000ffff`.
 pub const I386_USER_DATA: Descriptor = Descriptor::data(Ring::Ring3);
 
+/// `__KERNEL32_CS` (`GDT_ENTRY_KERNEL32_CS` = 1): 0x08.
+pub const KERNEL32_CS: Selector = Selector::gdt(1, Ring::Ring0);
+/// `__KERNEL_CS` (`GDT_ENTRY_KERNEL_CS` = 2): 0x10.
+pub const KERNEL_CS: Selector = Selector::gdt(2, Ring::Ring0);
+/// `__KERNEL_DS` (`GDT_ENTRY_KERNEL_DS` = 3): 0x18.
+pub const KERNEL_DS: Selector = Selector::gdt(3, Ring::Ring0);
+/// `__USER32_CS` (`GDT_ENTRY_DEFAULT_USER32_CS` = 4, RPL 3): 0x23.
+pub const USER32_CS: Selector = Selector::gdt(4, Ring::Ring3);
+/// `__USER_DS` (`GDT_ENTRY_DEFAULT_USER_DS` = 5, RPL 3): 0x2b. (Linux's
+/// `__USER32_DS` is the same selector.)
+pub const USER_DS: Selector = Selector::gdt(5, Ring::Ring3);
+/// `__USER_CS` (`GDT_ENTRY_DEFAULT_USER_CS` = 6, RPL 3): 0x33.
+pub const USER_CS: Selector = Selector::gdt(6, Ring::Ring3);
+/// The TSS selector of Linux's layout (`GDT_ENTRY_TSS` = 8, two slots):
+/// 0x40, [`GdtLayout::LINUX_X86_64`]`.tss`.
+pub const TSS_SELECTOR: Selector = Selector::gdt(GdtLayout::LINUX_X86_64.tss, Ring::Ring0);
+/// The LDT selector of Linux's layout (`GDT_ENTRY_LDT` = 10, two slots):
+/// 0x50, [`GdtLayout::LINUX_X86_64`]`.ldt`.
+pub const LDT_SELECTOR: Selector = Selector::gdt(GdtLayout::LINUX_X86_64.ldt, Ring::Ring0);
+
+/// x86_64 Linux's initial GDT (`gdt_page` in `arch/x86/kernel/cpu/common.c`,
+/// `GDT_ENTRIES` = 16 slots): null, [`KERNEL_CODE32`], [`KERNEL_CODE64`],
+/// [`KERNEL_DATA`], [`USER_CODE32`], [`USER_DATA`], [`USER_CODE64`], then
+/// null slots for the TSS (8-9), the LDT (10-11), TLS (12-14) and the
+/// per-CPU segment (15), which the kernel fills at run time (the TSS
+/// descriptor needs the TSS's address; `load_ldt` and `load_tls` write the
+/// others where [`GdtLayout::LINUX_X86_64`] says).
+pub const LINUX_X86_64_GDT: [Descriptor; 16] = {
+    let mut b = GdtBuilder::<16>::new();
+    let layout = [
+        (KERNEL32_CS, KERNEL_CODE32),
+        (KERNEL_CS, KERNEL_CODE64),
+        (KERNEL_DS, KERNEL_DATA),
+        (USER32_CS, USER_CODE32),
+        (USER_DS, USER_DATA),
+        (USER_CS, USER_CODE64),
+    ];
+    let mut i = 0;
+    while i < layout.len() {
+        // Each push lands where Linux's selector says, or the build fails.
+        match b.push(layout[i].1) {
+            Ok(s) if s.bits() == layout[i].0.bits() => {}
+            _ => panic!("Linux GDT layout"),
+        }
+        i += 1;
+    }
+    b.build()
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linux_x86_64_selectors() {
+        // Literals from arch/x86/include/asm/segment.h (64-bit branch):
+        // GDT_ENTRY_KERNEL32_CS 1, GDT_ENTRY_KERNEL_CS 2, GDT_ENTRY_KERNEL_DS 3,
+        // GDT_ENTRY_DEFAULT_USER32_CS 4, GDT_ENTRY_DEFAULT_USER_DS 5,
+        // GDT_ENTRY_DEFAULT_USER_CS 6, GDT_ENTRY_TSS 8, GDT_ENTRY_LDT 10,
+        // GDT_ENTRY_TLS_MIN 12, GDT_ENTRIES 16; user selectors are `*8 + 3`.
+        assert_eq!(KERNEL32_CS.bits(), 0x08);
+        assert_eq!(KERNEL_CS.bits(), 0x10);
+        assert_eq!(KERNEL_DS.bits(), 0x18);
+        assert_eq!(USER32_CS.bits(), 0x23);
+        assert_eq!(USER_DS.bits(), 0x2b);
+        assert_eq!(USER_CS.bits(), 0x33);
+        assert_eq!(TSS_SELECTOR.bits(), 0x40);
+        assert_eq!(LDT_SELECTOR.bits(), 0x50);
+        assert_eq!(GdtLayout::LINUX_X86_64.tls_first, 12);
+        assert_eq!(LINUX_X86_64_GDT.len(), 16);
+        // The SYSRET rule the layout exists for: USER_DS = USER32_CS + 8,
+        // USER_CS = USER32_CS + 16.
+        assert_eq!(USER_DS.bits(), USER32_CS.bits() + 8);
+        assert_eq!(USER_CS.bits(), USER32_CS.bits() + 16);
+    }
+
+    #[test]
+    fn linux_x86_64_gdt_contents() {
+        let literal: [u64; 16] = [
+            0,
+            0x00cf_9b00_0000_ffff,
+            0x00af_9b00_0000_ffff,
+            0x00cf_9300_0000_ffff,
+            0x00cf_fb00_0000_ffff,
+            0x00cf_f300_0000_ffff,
+            0x00af_fb00_0000_ffff,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        for (i, (d, l)) in LINUX_X86_64_GDT.iter().zip(literal).enumerate() {
+            assert_eq!(d.0, l, "slot {i}");
+        }
+        // Each selector's RPL is its segment's DPL.
+        for s in [
+            KERNEL32_CS,
+            KERNEL_CS,
+            KERNEL_DS,
+            USER32_CS,
+            USER_DS,
+            USER_CS,
+        ] {
+            assert_eq!(LINUX_X86_64_GDT[s.index() as usize].dpl(), s.rpl(), "{s}");
+        }
+    }
 
     #[test]
     fn x86_64_presets_match_linux() {

@@ -22,6 +22,7 @@ use static_assertions::const_assert_eq;
 use crate::descriptor::{Descriptor, GdtEntry};
 use crate::error::{PvError, Result, TableKind};
 use crate::gate::{IDT_ENTRY_SIZE, IdtGate};
+use crate::ops::DescriptorOps;
 use crate::pointer::DescriptorTablePointer;
 
 /// Most descriptors a GDT or LDT can hold (64 KiB / 8).
@@ -511,10 +512,100 @@ impl<const N: usize> TableStorage<Descriptor, N> {
     pub fn ldt(&'static self) -> Result<Ldt> {
         Ldt::new(self.base(), N as u32)
     }
+
+    /// Load this storage as the GDT through `ops`, safely: the
+    /// counterpart of the `x86_64` crate's `GlobalDescriptorTable::load`.
+    /// Returns the handle the write ops take.
+    ///
+    /// Like `lgdt`, this changes no segment register: reload CS, SS and the
+    /// data segments yourself if the new table moves them. For storage that
+    /// is not `'static` (a table in memory you manage), use the `unsafe`
+    /// [`DescriptorOps::load_gdt`] with [`Gdt::new`].
+    ///
+    /// # Why this is safe
+    /// `load_gdt`'s contract has two halves. The memory half (the table
+    /// stays valid while loaded) holds because the storage is `'static`
+    /// and never freed, and because its slots sit in an `UnsafeCell` that
+    /// the CPU (accessed and busy bits), the hypervisor and the ops may
+    /// write while Rust code holds `&'static` to it. The descriptor half
+    /// (the segments in use stay described) is not at stake when the
+    /// register is loaded: `lgdt` reloads no segment register, so the code
+    /// running keeps its cached segments. Descriptors are read again only
+    /// when a selector is loaded, which pvops does only in `unsafe` ops
+    /// (`load_tr`, `load_idt`'s gates, the segment loads a kernel writes
+    /// itself), whose contracts cover the GDT loaded at that time; this is
+    /// the `x86_64` crate's argument for its safe `load`.
+    ///
+    /// ```
+    /// use pvops::{DescriptorOps, DescriptorStorage, presets};
+    /// # use pvops::{DescriptorTablePointer, Gdt, Idt, Ldt, Selector, Result, Descriptor, GdtEntry, IdtGate};
+    /// # struct Recorder(std::cell::Cell<u64>);
+    /// # impl DescriptorOps for Recorder {
+    /// #     fn name(&self) -> &'static str { "recorder" }
+    /// #     unsafe fn load_gdt(&self, g: &Gdt) -> Result<()> { self.0.set(g.base()); Ok(()) }
+    /// #     fn store_gdt(&self) -> Result<DescriptorTablePointer> { unimplemented!() }
+    /// #     unsafe fn load_idt(&self, _: &Idt) -> Result<()> { Ok(()) }
+    /// #     fn store_idt(&self) -> Result<DescriptorTablePointer> { unimplemented!() }
+    /// #     unsafe fn load_tr(&self, _: Selector) -> Result<()> { Ok(()) }
+    /// #     fn store_tr(&self) -> Result<Selector> { unimplemented!() }
+    /// #     unsafe fn load_ldt(&self, l: Option<&Ldt>) -> Result<()> { self.0.set(l.map_or(0, |l| l.base())); Ok(()) }
+    /// #     fn store_ldt(&self) -> Result<Option<Ldt>> { Ok(None) }
+    /// #     unsafe fn write_gdt_entry(&self, _: &Gdt, _: u32, _: GdtEntry) -> Result<()> { Ok(()) }
+    /// #     unsafe fn write_ldt_entry(&self, _: &Ldt, _: u32, _: Descriptor) -> Result<()> { Ok(()) }
+    /// #     unsafe fn write_idt_entry(&self, _: &Idt, _: u8, _: IdtGate) -> Result<()> { Ok(()) }
+    /// #     unsafe fn load_tls(&self, _: &[Descriptor; 3]) -> Result<()> { Ok(()) }
+    /// #     unsafe fn load_kernel_stack(&self, _: u64) -> Result<()> { Ok(()) }
+    /// #     fn enter_lazy_cpu(&self) -> Result<()> { Ok(()) }
+    /// #     fn leave_lazy_cpu(&self) -> Result<()> { Ok(()) }
+    /// #     fn flush_lazy(&self) -> Result<()> { Ok(()) }
+    /// # }
+    /// # let ops = Recorder(std::cell::Cell::new(0));
+    /// static GDT: DescriptorStorage<16> = DescriptorStorage::new(presets::LINUX_X86_64_GDT);
+    /// static LDT: DescriptorStorage<8> = DescriptorStorage::new([pvops::Descriptor::NULL; 8]);
+    ///
+    /// let gdt = GDT.load_gdt(&ops).unwrap(); // no `unsafe`: the storage is 'static
+    /// assert_eq!(gdt.base(), GDT.base());
+    /// # assert_eq!(ops.0.get(), GDT.base());
+    /// let ldt = LDT.load_ldt(&ops).unwrap();
+    /// assert_eq!(ldt.entries(), 8);
+    /// # assert_eq!(ops.0.get(), LDT.base());
+    /// ```
+    pub fn load_gdt<O: DescriptorOps + ?Sized>(&'static self, ops: &O) -> Result<Gdt> {
+        let gdt = self.gdt()?;
+        // SAFETY: the handle covers exactly this storage, which is 'static
+        // (valid for as long as it can be loaded) and interior-mutable (the
+        // CPU, the hypervisor and the ops may write it behind `&'static`).
+        // Loading GDTR changes no segment register; every later use of the
+        // descriptors is an `unsafe` op whose contract covers the GDT then
+        // loaded (see "Why this is safe" above).
+        unsafe { ops.load_gdt(&gdt)? };
+        Ok(gdt)
+    }
+
+    /// Load this storage as the LDT through `ops`, safely (see
+    /// [`load_gdt`](TableStorage::load_gdt); the `unsafe` form is
+    /// [`DescriptorOps::load_ldt`] with [`Ldt::new`]). The backend writes
+    /// the LDT descriptor into the loaded GDT and loads LDTR; no segment
+    /// register changes, and LDT descriptors are used only when an LDT
+    /// selector is loaded, which safe code cannot do.
+    pub fn load_ldt<O: DescriptorOps + ?Sized>(&'static self, ops: &O) -> Result<Ldt> {
+        let ldt = self.ldt()?;
+        // SAFETY: as in `load_gdt`: 'static, interior-mutable storage, and
+        // loading LDTR reloads no segment register.
+        unsafe { ops.load_ldt(Some(&ldt))? };
+        Ok(ldt)
+    }
 }
 
 impl<const N: usize> TableStorage<IdtGate, N> {
     /// An IDT handle for the whole storage.
+    ///
+    /// Loading it stays `unsafe` ([`DescriptorOps::load_idt`]), unlike
+    /// [`load_gdt`](TableStorage::load_gdt): loading the IDT turns its gates'
+    /// offsets into control flow at the next interrupt, and any gate, with
+    /// any offset, can be built in safe code and put in the storage by
+    /// [`TableStorage::new`]. (The `x86_64` crate's IDT can be loaded safely
+    /// because its entries take typed handler functions only.)
     pub fn idt(&'static self) -> Result<Idt> {
         Idt::new(self.base(), N as u32)
     }
