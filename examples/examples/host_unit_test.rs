@@ -3,13 +3,18 @@
 //! the CPU state it leaves. `cargo run -p pvops-examples --example host_unit_test`
 
 use hv_sim::softcpu::{CpuMode, HostMemory, SoftCpu};
-use pvops::{DescriptorStorage, IdtGate, IdtStorage};
+use pvops::{DescriptorStorage, Exception, IdtGate, IdtStorage, Tss64, TssStorage};
 use pvops_examples::{INITIAL_GDT, LAYOUT, TSS_SELECTOR, cpu_init};
 use pvops_native::NativeOps;
 
 static GDT: DescriptorStorage<16> = DescriptorStorage::new(INITIAL_GDT);
 static IDT: IdtStorage<256> = IdtStorage::new([IdtGate::MISSING; 256]);
-static TSS: DescriptorStorage<13> = DescriptorStorage::new([pvops::Descriptor::NULL; 13]);
+static TSS: TssStorage<Tss64> = TssStorage::new(Tss64::new());
+
+// Stand-ins for the kernel's assembly entry stubs: the CPU model records
+// the gates but never takes an interrupt.
+extern "C" fn isr_breakpoint() {}
+extern "C" fn isr_page_fault() {}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: the CPU model is only handed the statics above.
@@ -23,7 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &GDT.gdt()?,
             &idt,
             TSS.base(),
-            &[(3, 0xffff_ffff_8100_0000), (14, 0xffff_ffff_8100_0100)],
+            &[
+                (Exception::Breakpoint.vector(), isr_breakpoint),
+                (Exception::PageFault.vector(), isr_page_fault),
+            ],
             0xffff_c900_0000_8000,
         )?;
     }
@@ -31,7 +39,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(regs.tr, TSS_SELECTOR);
     assert_eq!(regs.idtr, idt.pointer());
     println!("TR = {}, TSS base {:#x}", regs.tr, regs.tr_base);
-    println!("IDT[14] = {}", IDT.read(14).expect("gate"));
+    let pf = IDT.read(14).expect("gate");
+    assert_eq!(pf.offset(), isr_page_fault as *const () as usize as u64);
+    println!("IDT[14] = {pf}");
     for r in ops.cpu().log() {
         println!(
             "  {} {:#x}{}",

@@ -8,6 +8,10 @@ use pvops::{DescriptorOps, Gdt, GdtLayout, Idt};
 use pvops_examples::{INITIAL_GDT, cpu_init};
 use pvops_xen::XenOps;
 
+// Stands in for the kernel's #PF entry stub: the domain records the gate
+// in its trap table and never delivers a fault.
+extern "C" fn isr_page_fault() {}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A 64-page PV domain with one vCPU; tables live in its RAM.
     let dom = XenDomain::pv64(64, 1);
@@ -20,9 +24,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let idt = Idt::new(dom.alloc_pages(1), 256)?;
     let ops = XenOps::new(dom.vcpu_handle(0), GdtLayout::LINUX_X86_64);
 
-    let (pf, stack) = (0xffff_ffff_8100_0100, 0xffff_c900_0000_8000);
+    let stack = 0xffff_c900_0000_8000;
     // SAFETY: the tables are in the domain's RAM, which outlives `ops`.
-    unsafe { cpu_init(&ops, &gdt, &idt, 0, &[(14, pf)], stack)? };
+    unsafe { cpu_init(&ops, &gdt, &idt, 0, &[(14, isr_page_fault)], stack)? };
+    let pf = isr_page_fault as *const () as usize as u64;
 
     let v = dom.vcpu(0);
     assert_eq!(v.gdt_ents, 16);

@@ -6,57 +6,44 @@
 //! CPU model (see `examples/host_unit_test.rs`), or through the installed
 //! dynamic table.
 
-use pvops::{
-    Descriptor, DescriptorOps, Gdt, GdtEntry, GdtLayout, Idt, IdtGate, Ring, Selector,
-    SystemDescriptor, presets,
-};
+use pvops::{DescriptorOps, Gdt, GdtLayout, Idt, Selector, SystemDescriptor, Tss64, presets};
 
 /// The GDT layout this example kernel uses (Linux's).
 pub const LAYOUT: GdtLayout = GdtLayout::LINUX_X86_64;
-/// Kernel code selector.
-pub const KERNEL_CS: Selector = Selector::gdt(2, Ring::Ring0);
+/// Kernel code selector (`__KERNEL_CS`).
+pub const KERNEL_CS: Selector = presets::KERNEL_CS;
 /// TSS selector.
-pub const TSS_SELECTOR: Selector = Selector::gdt(LAYOUT.tss, Ring::Ring0);
+pub const TSS_SELECTOR: Selector = presets::TSS_SELECTOR;
 
 /// The initial GDT: Linux's x86_64 layout.
-pub const INITIAL_GDT: [Descriptor; 16] = {
-    let mut g = [Descriptor::NULL; 16];
-    g[1] = presets::KERNEL_CODE32;
-    g[2] = presets::KERNEL_CODE64;
-    g[3] = presets::KERNEL_DATA;
-    g[4] = presets::USER_CODE32;
-    g[5] = presets::USER_DATA;
-    g[6] = presets::USER_CODE64;
-    g
-};
+pub const INITIAL_GDT: [pvops::Descriptor; 16] = presets::LINUX_X86_64_GDT;
+
+/// An interrupt entry point: an assembly stub or a naked function.
+pub type Handler = unsafe extern "C" fn();
 
 /// Load the GDT, install the TSS and load TR, load the IDT with one gate per
 /// handler, and set the kernel stack.
 ///
 /// # Safety
-/// `gdt` (holding [`INITIAL_GDT`]), `idt` and the TSS at `tss_base` (104
-/// bytes) must stay valid while loaded; the handlers must be real entry
-/// points.
+/// `gdt` (holding [`INITIAL_GDT`]), `idt` and the TSS at `tss_base`
+/// ([`Tss64::SIZE`] bytes) must stay valid while loaded; the handlers must
+/// be real entry points.
 pub unsafe fn cpu_init<O: DescriptorOps>(
     ops: &O,
     gdt: &Gdt,
     idt: &Idt,
     tss_base: u64,
-    handlers: &[(u8, u64)],
+    handlers: &[(u8, Handler)],
     kernel_stack: u64,
 ) -> pvops::Result<()> {
     // SAFETY: forwarded contract.
     unsafe {
         ops.load_gdt(gdt)?;
-        ops.write_gdt_entry(
-            gdt,
-            LAYOUT.tss as u32,
-            GdtEntry::Double(SystemDescriptor::tss(tss_base, 103)?),
-        )?;
+        let tss = SystemDescriptor::tss(tss_base, Tss64::LIMIT)?;
+        ops.write_gdt_entry(gdt, LAYOUT.tss as u32, tss.into())?;
         ops.load_tr(TSS_SELECTOR)?;
         for &(vector, handler) in handlers {
-            let gate: IdtGate = pvops::Gate64::interrupt(KERNEL_CS, handler, Ring::Ring0);
-            ops.write_idt_entry(idt, vector, gate)?;
+            ops.set_handler(idt, vector, KERNEL_CS, handler)?;
         }
         ops.load_idt(idt)?;
         ops.load_kernel_stack(kernel_stack)

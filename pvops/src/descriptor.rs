@@ -624,7 +624,9 @@ impl SystemDescriptor {
     }
 
     /// A present 64-bit TSS descriptor (available). `limit` is the last
-    /// valid byte offset (at least 0x67 for a usable TSS).
+    /// valid byte offset: [`Tss64::LIMIT`](crate::Tss64::LIMIT) (0x67, the
+    /// least a usable TSS has) without an I/O bitmap. For a
+    /// [`TssStorage`](crate::TssStorage), its `descriptor()` does this.
     pub const fn tss(base: u64, limit: u32) -> Result<SystemDescriptor> {
         SystemDescriptor::system(SystemType::Tss, base, limit)
     }

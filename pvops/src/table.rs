@@ -653,7 +653,7 @@ mod tests {
                 ..
             })
         ));
-        let tss = GdtEntry::Double(SystemDescriptor::tss(0x5000, 0x67).unwrap());
+        let tss = GdtEntry::Double(SystemDescriptor::tss(0x5000, crate::Tss64::LIMIT).unwrap());
         assert_eq!(g.entry_addr(14, &tss), Ok(0x2000 + 112));
         assert_eq!(
             g.entry_addr(15, &tss),

@@ -47,7 +47,10 @@ use crate::selector::{Selector, TableIndicator};
 use crate::table::is_valid_linear;
 
 /// The smallest TSS limit the CPU accepts for a 32- or 64-bit TSS (104
-/// bytes, SDM 7.2.2/7.7).
+/// bytes, SDM 7.2.2/7.7): [`Tss64::LIMIT`](crate::Tss64::LIMIT) and
+/// [`Tss32::LIMIT`](crate::Tss32::LIMIT) (checked at compile time). Kept as
+/// the SDM's literal so the layouts are checked against it, not the other
+/// way round.
 pub const MIN_TSS_LIMIT: u32 = 0x67;
 
 /// Where an error is: the table and the slot or vector.
@@ -813,7 +816,7 @@ mod tests {
     }
 
     fn view() -> View {
-        let tss = SystemDescriptor::tss(0xffff_8000_0000_1000, 0x67).unwrap();
+        let tss = SystemDescriptor::tss(0xffff_8000_0000_1000, crate::Tss64::LIMIT).unwrap();
         let small = SystemDescriptor::tss(0x1000, 0x20).unwrap();
         View(
             std::vec![
@@ -920,7 +923,7 @@ mod tests {
             tss_selector("load_tr", Selector(0x18), &v),
             Err(PvError::WrongDescriptorType { .. })
         ));
-        let bad = SystemDescriptor::tss(0x0000_8000_0000_0000, 0x67).unwrap();
+        let bad = SystemDescriptor::tss(0x0000_8000_0000_0000, crate::Tss64::LIMIT).unwrap();
         assert_eq!(
             rule(gdt_entry("w", 8, bad.into(), &v)),
             "base-not-canonical"

@@ -97,7 +97,7 @@ seeds::seeded_proptest! {
 
     #[test]
     fn tss_and_ldt_constructors(base in any::<u64>(), entries in 1u32..=8192) {
-        let t = SystemDescriptor::tss(base, 0x67).unwrap();
+        let t = SystemDescriptor::tss(base, pvops::Tss64::LIMIT).unwrap();
         prop_assert_eq!(t.base(), base);
         prop_assert_eq!(t.system_type(), SystemType::Tss);
         prop_assert_eq!(t.effective_limit(), 0x67);

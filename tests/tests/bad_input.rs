@@ -69,23 +69,19 @@ fn boot(
     let idt = Idt::new(alloc(), 32).unwrap();
     let ldt = Ldt::new(alloc(), 8).unwrap();
     let tss = alloc();
-    let init = [
-        Descriptor::NULL,
-        presets::KERNEL_CODE32,
-        presets::KERNEL_CODE64,
-        presets::KERNEL_DATA,
-        presets::USER_CODE32,
-        presets::USER_DATA,
-        presets::USER_CODE64,
-    ];
+    let init = presets::LINUX_X86_64_GDT;
     for (i, d) in init.iter().enumerate() {
         poke(gdt.base() + 8 * i as u64, d.0);
     }
     // SAFETY: tables in memory leaked for the test's life.
     unsafe {
         ops.load_gdt(&gdt).unwrap();
-        ops.write_gdt_entry(&gdt, 8, SystemDescriptor::tss(tss, 0x67).unwrap().into())
-            .unwrap();
+        ops.write_gdt_entry(
+            &gdt,
+            8,
+            SystemDescriptor::tss(tss, Tss64::LIMIT).unwrap().into(),
+        )
+        .unwrap();
     }
     Env {
         name,
@@ -341,7 +337,7 @@ const CASES: &[Case] = &[
     ),
     (
         "TSS base not canonical",
-        |e| e.gdt_entry(10, tss_at(NON_CANONICAL, 0x67).into()),
+        |e| e.gdt_entry(10, tss_at(NON_CANONICAL, Tss64::LIMIT).into()),
         "base-not-canonical",
     ),
     (
@@ -381,13 +377,13 @@ const CASES: &[Case] = &[
     ),
     (
         "16-byte descriptor in the last slot",
-        |e| e.gdt_entry(15, tss_at(0x5000, 0x67).into()),
+        |e| e.gdt_entry(15, tss_at(0x5000, Tss64::LIMIT).into()),
         "double-slot-past-end",
     ),
     // ---- LDT entries ----
     (
         "a TSS descriptor in the LDT",
-        |e| e.ldt_entry(2, Descriptor(tss_at(0x5000, 0x67).low)),
+        |e| e.ldt_entry(2, Descriptor(tss_at(0x5000, Tss64::LIMIT).low)),
         "not-allowed-here",
     ),
     (
@@ -444,7 +440,7 @@ const CASES: &[Case] = &[
     (
         "load_tr of a TSS whose base is not canonical",
         |e| {
-            let d = tss_at(NON_CANONICAL, 0x67);
+            let d = tss_at(NON_CANONICAL, Tss64::LIMIT);
             e.poke_gdt(10, d.low);
             e.poke_gdt(11, d.high);
             e.load_tr(10 << 3)
@@ -457,7 +453,7 @@ const CASES: &[Case] = &[
         |e| {
             e.load_tls([
                 presets::USER_DATA,
-                Descriptor(tss_at(0x5000, 0x67).low),
+                Descriptor(tss_at(0x5000, Tss64::LIMIT).low),
                 Descriptor::NULL,
             ])
         },

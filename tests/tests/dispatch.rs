@@ -43,7 +43,7 @@ fn errors_propagate_unchanged() {
 #[test]
 fn validation_errors_reach_the_caller_through_both_modes() {
     let gdt = pvops::Gdt::new(0x1000, 4).unwrap();
-    let tss = pvops::SystemDescriptor::tss(0x5000, 0x67).unwrap();
+    let tss = pvops::SystemDescriptor::tss(0x5000, pvops::Tss64::LIMIT).unwrap();
     let r: &'static Recorder = Box::leak(Box::new(Recorder::new()));
     let table = OpsTable::new(r);
     // SAFETY: the recorder touches no memory.

@@ -15,7 +15,7 @@ struct Env {
     ldt_store: &'static DescriptorStorage<8>,
     /// The TSS: 104 bytes (13 words), written by the backend (rsp0) and the
     /// CPU model through its address, so never behind a Rust reference.
-    tss: &'static TableStorage<u64, 13>,
+    tss: &'static TssStorage<Tss64>,
     gdt: Gdt,
     idt: Idt,
     ldt: Ldt,
@@ -24,14 +24,8 @@ struct Env {
 const LAYOUT: GdtLayout = GdtLayout::LINUX_X86_64;
 
 fn env() -> Env {
-    let mut init = [Descriptor::NULL; 16];
-    init[1] = presets::KERNEL_CODE32;
-    init[2] = presets::KERNEL_CODE64;
-    init[3] = presets::KERNEL_DATA;
-    init[5] = presets::USER_DATA;
-    init[6] = presets::USER_CODE64;
     let gdt_store: &'static DescriptorStorage<16> =
-        Box::leak(Box::new(DescriptorStorage::new(init)));
+        Box::leak(Box::new(DescriptorStorage::new(presets::LINUX_X86_64_GDT)));
     let idt_store: &'static IdtStorage<256> =
         Box::leak(Box::new(IdtStorage::new([IdtGate::MISSING; 256])));
     let ldt_store: &'static DescriptorStorage<8> =
@@ -51,13 +45,13 @@ fn env() -> Env {
         gdt_store,
         idt_store,
         ldt_store,
-        tss: Box::leak(Box::new(TableStorage::new([0u64; 13]))),
+        tss: Box::leak(Box::new(TssStorage::new(Tss64::new()))),
     }
 }
 
 impl Env {
     fn tss_desc(&self) -> SystemDescriptor {
-        SystemDescriptor::tss(self.tss.base(), 103).unwrap()
+        self.tss.descriptor().unwrap()
     }
     fn tr(&self) -> Selector {
         Selector::gdt(LAYOUT.tss, Ring::Ring0)
@@ -174,13 +168,15 @@ fn load_tr_marks_busy_and_load_kernel_stack_writes_rsp0() {
     );
     let regs = e.ops.cpu().registers();
     assert_eq!(regs.tr_base, e.tss.base());
-    assert_eq!(regs.tr_limit, 103);
+    assert_eq!(regs.tr_limit, 0x67, "a 104-byte TSS (SDM 8.7)");
     // SAFETY: TSS is leaked 'static memory.
     unsafe { e.ops.load_kernel_stack(0xffff_c900_dead_b000).unwrap() };
-    let bytes: Vec<u8> = (0..13)
-        .flat_map(|i| e.tss.read(i).unwrap().to_le_bytes())
-        .collect();
+    // SAFETY: nothing else writes this test's TSS.
+    let tss = unsafe { e.tss.read() };
+    // SAFETY: a Tss64 is 104 bytes of integers without padding.
+    let bytes: [u8; 104] = unsafe { std::mem::transmute(tss) };
     assert_eq!(&bytes[4..12], &0xffff_c900_dead_b000u64.to_le_bytes());
+    assert_eq!({ tss.rsp }[0], 0xffff_c900_dead_b000);
 }
 
 #[test]
@@ -469,13 +465,12 @@ mod per_cpu {
             ops.load_kernel_stack(rsp0).unwrap();
         }
         let regs = mine.cpu().registers();
-        let rsp0_bytes: Vec<u8> = (0..2)
-            .flat_map(|i| e.tss.read(i).unwrap().to_le_bytes())
-            .collect();
+        // SAFETY: this thread's own TSS; its ops have returned.
+        let rsp = unsafe { e.tss.read() }.rsp;
         let back = ReadBack {
             tr: ops.store_tr().unwrap(),
             tr_base: regs.tr_base,
-            rsp0: u64::from_le_bytes(rsp0_bytes[4..12].try_into().unwrap()),
+            rsp0: rsp[0],
             gdtr: ops.store_gdt().unwrap(),
         };
         (back, e)
@@ -542,5 +537,49 @@ mod per_cpu {
         let again = ops.register(0, env().ops);
         assert!(matches!(again, Err(PvError::PerCpu { cpu: 0, .. })));
         assert!(e.ops.cpu().log().is_empty());
+    }
+}
+
+/// The typed conveniences on a real backend: a safe GDT load of `'static`
+/// storage, `set_handler` with a function, the TSS storage's descriptor,
+/// and the default `alloc_ldt`/`free_ldt` of the trait.
+#[test]
+fn typed_conveniences_through_the_native_backend() {
+    static GDT: DescriptorStorage<16> = DescriptorStorage::new(presets::LINUX_X86_64_GDT);
+    static TSS: TssStorage<Tss64> = TssStorage::new(Tss64::new());
+    extern "C" fn isr_page_fault() {} // stands in for an entry stub
+    let e = env();
+    let gdt = GDT.load_gdt(e.ops).unwrap();
+    let regs = e.ops.cpu().registers();
+    assert_eq!(regs.gdtr, gdt.pointer());
+    assert_eq!(regs.gdtr.base, GDT.base());
+    // SAFETY: static TSS and this test's leaked IDT.
+    unsafe {
+        e.ops
+            .write_gdt_entry(&gdt, LAYOUT.tss.into(), TSS.descriptor().unwrap().into())
+            .unwrap();
+        e.ops.load_tr(presets::TSS_SELECTOR).unwrap();
+        e.ops
+            .set_handler(
+                &e.idt,
+                Exception::PageFault,
+                presets::KERNEL_CS,
+                isr_page_fault,
+            )
+            .unwrap();
+        e.ops.load_idt(&e.idt).unwrap();
+    }
+    let regs = e.ops.cpu().registers();
+    assert_eq!((regs.tr, regs.tr_base), (presets::TSS_SELECTOR, TSS.base()));
+    let gate = e.idt_store.read(14).unwrap();
+    assert_eq!(gate.offset(), isr_page_fault as *const () as usize as u64);
+    assert_eq!(gate.selector(), Selector(0x10));
+    assert_eq!(gate.kind(), Some(GateKind::Interrupt));
+    // The native backend's own alloc_ldt/free_ldt and a backend using the
+    // trait's defaults (VMI, in vmi_backend.rs) both accept any LDT.
+    // SAFETY: this test's leaked LDT, not loaded.
+    unsafe {
+        e.ops.alloc_ldt(&e.ldt).unwrap();
+        e.ops.free_ldt(&e.ldt).unwrap();
     }
 }

@@ -54,7 +54,7 @@ struct Env {
     ldt_store: &'static DescriptorStorage<8>,
     idt_store: &'static IdtStorage<256>,
     /// The guest's TSS: 104 bytes (13 words), rsp0 at offset 4.
-    tss: &'static DescriptorStorage<13>,
+    tss: &'static TssStorage<Tss64>,
     gdt: Gdt,
     idt: Idt,
     ldt: Ldt,
@@ -79,12 +79,7 @@ fn tables() -> (
     &'static IdtStorage<256>,
     &'static DescriptorStorage<8>,
 ) {
-    let mut init = [Descriptor::NULL; 16];
-    init[1] = presets::KERNEL_CODE32;
-    init[2] = presets::KERNEL_CODE64;
-    init[3] = presets::KERNEL_DATA;
-    init[5] = presets::USER_DATA;
-    init[6] = presets::USER_CODE64;
+    let init = presets::LINUX_X86_64_GDT;
     let mut gates = [IdtGate::MISSING; 256];
     for (v, g) in gates.iter_mut().enumerate().take(32) {
         *g = Gate64::interrupt(
@@ -114,7 +109,7 @@ fn env_with(hv: &'static Hv) -> Env {
         ldt: ldt_store.ldt().unwrap(),
         gdt_store,
         ldt_store,
-        tss: Box::leak(Box::new(DescriptorStorage::new([Descriptor::NULL; 13]))),
+        tss: Box::leak(Box::new(TssStorage::new(Tss64::new()))),
     }
 }
 
@@ -124,7 +119,7 @@ fn env() -> Env {
 
 impl Env {
     fn tss_desc(&self) -> SystemDescriptor {
-        SystemDescriptor::tss(self.tss.base(), 103).unwrap()
+        self.tss.descriptor().unwrap()
     }
     fn tr(&self) -> Selector {
         Selector::gdt(LAYOUT.tss, Ring::Ring0)
@@ -145,8 +140,11 @@ impl Env {
     }
     /// TSS.rsp0 (bytes 4..12 of the guest's TSS).
     fn rsp0(&self) -> u64 {
-        let w = |i| self.tss.read(i).unwrap().0;
-        (w(0) >> 32) | (w(1) << 32)
+        // SAFETY: the test's ops run on this thread: nothing writes the
+        // TSS during the read.
+        let tss = unsafe { self.tss.read() };
+        let rsp = tss.rsp; // copied out of the packed struct
+        rsp[0]
     }
 }
 
@@ -266,7 +264,7 @@ fn write_gdt_entry_16_byte_tss_then_load_tr() {
     assert_eq!(eff.gdt[9], tss.high);
     assert_eq!(eff.tr, e.tr());
     assert_eq!(eff.tss_base, e.tss.base());
-    assert_eq!(eff.tss_limit, 103);
+    assert_eq!(eff.tss_limit, 0x67, "a 104-byte TSS (SDM 8.7)");
     assert_eq!(e.hv.guest().tr, e.tr());
     assert_eq!(e.ops.store_tr().unwrap(), e.tr());
     // The guest's descriptor is still available, so reloading TR works.
@@ -825,4 +823,19 @@ fn a_failed_load_gdt_forgets_the_cached_table() {
     let _ = unsafe { e.ops.load_ldt(Some(&e.ldt)) };
     assert!(r.is_err(), "hv-sim must refuse a GDT outside guest memory");
     assert_eq!(e.calls()[before], call::GET_GDT);
+}
+
+/// VMI uses the trait's default `alloc_ldt`/`free_ldt`: success, and no
+/// call reaches the ROM (VMI does not protect LDT pages).
+#[test]
+fn alloc_and_free_ldt_are_the_trait_defaults() {
+    let e = env();
+    e.boot();
+    let before = e.calls().len();
+    // SAFETY: the test's leaked LDT, not loaded.
+    unsafe {
+        e.ops.alloc_ldt(&e.ldt).unwrap();
+        e.ops.free_ldt(&e.ldt).unwrap();
+    }
+    assert_eq!(e.calls().len(), before);
 }

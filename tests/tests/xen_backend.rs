@@ -15,7 +15,8 @@ mod seeds;
 use hv_sim::xen::{Abi, PageType, TraceEvent, XenDomain, check_descriptor};
 use pvops::{
     Descriptor, DescriptorOps, Errno, Gate64, Gdt, GdtEntry, GdtLayout, Idt, Ldt, OpsTable,
-    PvError, Ring, Selector, Slot, SystemDescriptor, SystemType, TLS_ENTRIES, TableKind, presets,
+    PvError, Ring, Selector, Slot, SystemDescriptor, SystemType, TLS_ENTRIES, TableKind, Tss32,
+    Tss64, presets,
 };
 use pvops_xen::XenOps;
 use pvops_xen::XenPlatform as _;
@@ -72,15 +73,7 @@ fn xen(d: Descriptor) -> u64 {
 /// A 16-entry Linux-like GDT in a fresh page, loaded; trace cleared.
 fn loaded_gdt<'a>(dom: &'a XenDomain, o: &Ops<'a>) -> Gdt {
     let base = dom.alloc_pages(1);
-    let init = [
-        Descriptor::NULL,
-        presets::KERNEL_CODE32,
-        presets::KERNEL_CODE64,
-        presets::KERNEL_DATA,
-        presets::USER_CODE32,
-        presets::USER_DATA,
-        presets::USER_CODE64,
-    ];
+    let init = presets::LINUX_X86_64_GDT;
     for (i, d) in init.iter().enumerate() {
         assert!(dom.host_write_u64(base + i as u64 * 8, d.0));
     }
@@ -266,10 +259,11 @@ fn tss_and_ldt_descriptor_writes_are_ignored() {
     let o = ops(&dom, 0);
     let gdt = loaded_gdt(&dom, &o);
     let before: Vec<u64> = (0..16).map(|i| dom.gdt_entry(0, i)).collect();
-    let tss = SystemDescriptor::tss(0x5000, 0x67).unwrap();
+    let tss = SystemDescriptor::tss(0x5000, Tss64::LIMIT).unwrap();
     let ldt = SystemDescriptor::ldt(0x6000, 4).unwrap();
-    let tss32 = Descriptor::system32(SystemType::Tss, 0x5000, 0x67, Ring::Ring0).unwrap();
-    let busy32 = Descriptor::system32(SystemType::TssBusy, 0x5000, 0x67, Ring::Ring0).unwrap();
+    let tss32 = Descriptor::system32(SystemType::Tss, 0x5000, Tss32::LIMIT, Ring::Ring0).unwrap();
+    let busy32 =
+        Descriptor::system32(SystemType::TssBusy, 0x5000, Tss32::LIMIT, Ring::Ring0).unwrap();
     let ldt32 = Descriptor::system32(SystemType::Ldt, 0x6000, 31, Ring::Ring0).unwrap();
     // SAFETY: the loaded GDT.
     unsafe {
@@ -686,7 +680,7 @@ fn load_tr_is_a_shadow_and_the_kernel_stack_a_stack_switch() {
     let e = unsafe { o.load_tr(Selector(0x40)) }.unwrap_err();
     assert!(matches!(e, PvError::NoTableLoaded { .. }), "{e:?}");
     let gdt = loaded_gdt(&dom, &o);
-    let tss = SystemDescriptor::tss(dom.alloc_pages(1), 0x67).unwrap();
+    let tss = SystemDescriptor::tss(dom.alloc_pages(1), Tss64::LIMIT).unwrap();
     // SAFETY: not sent to Xen; no hypercall.
     unsafe {
         o.write_gdt_entry(&gdt, 8, tss.into()).unwrap();

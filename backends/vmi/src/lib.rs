@@ -970,13 +970,8 @@ impl<P: VmiPlatform, C: Cpu> DescriptorOps for VmiOps<P, C> {
         Ok(())
     }
 
-    unsafe fn alloc_ldt(&self, _ldt: &Ldt) -> Result<()> {
-        Ok(())
-    }
-
-    unsafe fn free_ldt(&self, _ldt: &Ldt) -> Result<()> {
-        Ok(())
-    }
+    // alloc_ldt / free_ldt: the trait's defaults (nothing to do: VMI does
+    // not protect LDT pages).
 
     unsafe fn load_kernel_stack(&self, sp0: u64) -> Result<()> {
         validate::kernel_stack("load_kernel_stack", sp0)?;

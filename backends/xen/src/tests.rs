@@ -254,8 +254,14 @@ fn write_gdt_entry_updates_the_machine_address_and_ignores_tss_ldt() {
     assert_eq!(log[0].args[..2], [((MFN0 + 1) << 12) | 40, code.0]);
     assert_eq!(m.read(m.page(1) + 40), code.0);
     m.clear();
-    let tss = SystemDescriptor::tss(0x5000, 0x67).unwrap();
-    let tss32 = Descriptor::system32(pvops::SystemType::Tss, 0x5000, 0x67, Ring::Ring0).unwrap();
+    let tss = SystemDescriptor::tss(0x5000, pvops::Tss64::LIMIT).unwrap();
+    let tss32 = Descriptor::system32(
+        pvops::SystemType::Tss,
+        0x5000,
+        pvops::Tss32::LIMIT,
+        Ring::Ring0,
+    )
+    .unwrap();
     let ldt32 = Descriptor::system32(pvops::SystemType::Ldt, 0x5000, 0x67, Ring::Ring0).unwrap();
     // SAFETY: as above.
     unsafe {
@@ -560,7 +566,7 @@ fn load_tr_store_tr_and_kernel_stack() {
     let m = o.platform();
     // The TSS descriptor is not sent to Xen, but it is the guest's view
     // of slot 8 that load_tr is checked against.
-    let tss = SystemDescriptor::tss(0xffff_8000_0000_5000, 0x67).unwrap();
+    let tss = SystemDescriptor::tss(0xffff_8000_0000_5000, pvops::Tss64::LIMIT).unwrap();
     // SAFETY: nothing is sent.
     unsafe {
         o.write_gdt_entry(&gdt, 8, tss.into()).unwrap();
