@@ -177,6 +177,16 @@ const_assert_eq!(offset_of!(Tss32, gs), 0x5c);
 const_assert_eq!(offset_of!(Tss32, ldt), 0x60);
 const_assert_eq!(offset_of!(Tss32, trap), 0x64);
 const_assert_eq!(offset_of!(Tss32, iomap_base), 0x66);
+// The `x86_64` crate's TSS has the same layout (an independent encoding).
+#[cfg(feature = "x86_64")]
+mod x86_64_layout {
+    use ::x86_64::structures::tss::TaskStateSegment as X;
+    use core::mem::{offset_of, size_of};
+    static_assertions::const_assert_eq!(size_of::<X>(), size_of::<super::Tss64>());
+    static_assertions::const_assert_eq!(offset_of!(X, privilege_stack_table), 0x04);
+    static_assertions::const_assert_eq!(offset_of!(X, interrupt_stack_table), 0x24);
+    static_assertions::const_assert_eq!(offset_of!(X, iomap_base), 0x66);
+}
 // Both TSS forms: the one limit the validation layer requires.
 const_assert_eq!(Tss64::LIMIT, crate::validate::MIN_TSS_LIMIT);
 const_assert_eq!(Tss32::LIMIT, crate::validate::MIN_TSS_LIMIT);
