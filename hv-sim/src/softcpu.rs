@@ -3,7 +3,8 @@
 //! [`SoftCpu`] executes `lgdt`, `sgdt`, `lidt`, `sidt`, `ltr`, `str`,
 //! `lldt` and `sldt` the way the SDM (vol. 2, and vol. 3 §7.2.4 for LTR)
 //! and AMD's APM specify, including the checks that raise #GP/#NP and
-//! LTR's write of the busy bit into the GDT. It reads and writes the
+//! LTR's write of the busy bit into the GDT. The LTR/LLDT checks are the
+//! emulator's ([`crate::emulate::system`]), one copy for both models. It reads and writes the
 //! descriptor tables through a [`LinearMemory`], so the same model serves
 //! in-process tests (tables in this process's memory: [`HostMemory`]) and a
 //! simulated guest address space.
@@ -18,8 +19,10 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use pvops::descriptor::SystemType;
-use pvops::{Descriptor, DescriptorTablePointer, PvError, Result, Selector, TableIndicator};
+use pvops::{DescriptorTablePointer, PvError, Result, Selector};
+
+use crate::emulate::Exception;
+use crate::emulate::system::{self, SystemLoad};
 
 /// Linear-address memory the CPU model reads descriptors from.
 ///
@@ -158,7 +161,6 @@ pub struct SoftCpu<M = HostMemory> {
 }
 
 const GP: u8 = 13;
-const NP: u8 = 11;
 
 use pvops::table::is_canonical as canonical;
 
@@ -251,99 +253,46 @@ impl<M: LinearMemory> SoftCpu<M> {
         }
     }
 
-    /// Fetch the system descriptor `sel` names for LTR/LLDT: checks TI,
-    /// the GDT limit (16 bytes in long mode) and, in long mode, the upper
-    /// half's type field. Returns (address, low half, high half).
-    fn fetch_system(&self, insn: &'static str, sel: Selector) -> Result<(u64, Descriptor, u64)> {
+    /// LTR/LLDT through the checks shared with the emulator
+    /// ([`crate::emulate::system`]): locate, read the 8- or 16-byte
+    /// descriptor through `M`, check, and (LTR) set the busy bit. A
+    /// descriptor `M` cannot read or write is #PF(0)/#PF(2).
+    fn load_system(&self, insn: &'static str, kind: SystemLoad, sel: Selector) -> Result<()> {
+        let to_fault = |e: Exception| Self::fault(insn, e.vector(), e.error_code().unwrap_or(0));
+        let ia32e = self.mode == CpuMode::Long;
         let regs = self.registers();
-        let ec = (sel.bits() & 0xfffc) as u32;
-        if sel.ti() == TableIndicator::Ldt {
-            return Err(Self::fault(insn, GP, ec));
-        }
-        let size = if self.mode == CpuMode::Long { 16 } else { 8 };
-        let off = sel.index() as u64 * 8;
-        if off + size - 1 > regs.gdtr.limit as u64 {
-            return Err(Self::fault(insn, GP, ec));
-        }
-        let addr = regs.gdtr.base.wrapping_add(off);
-        let low = self.mem.read_u64(addr).ok_or(Self::fault(insn, 14, 0))?;
-        let high = if self.mode == CpuMode::Long {
-            self.mem
-                .read_u64(addr + 8)
-                .ok_or(Self::fault(insn, 14, 0))?
-        } else {
-            0
-        };
-        Ok((addr, Descriptor(low), high))
-    }
-
-    fn do_ltr(&self, sel: Selector) -> Result<()> {
-        let ec = (sel.bits() & 0xfffc) as u32;
-        if sel.is_null() {
-            return Err(Self::fault("ltr", GP, 0));
-        }
-        let (addr, low, high) = self.fetch_system("ltr", sel)?;
-        let ok_type = match self.mode {
-            CpuMode::Long => low.system_type() == SystemType::Tss,
-            CpuMode::Protected => matches!(low.system_type(), SystemType::Tss | SystemType::Tss16),
-        };
-        if low.is_code_or_data() || !ok_type {
-            return Err(Self::fault("ltr", GP, ec));
-        }
-        if !low.present() {
-            return Err(Self::fault("ltr", NP, ec));
-        }
-        let mut base = low.base() as u64;
-        if self.mode == CpuMode::Long {
-            if (high >> 40) & 0x1f != 0 {
-                return Err(Self::fault("ltr", GP, ec));
-            }
-            base |= high << 32;
-            if !canonical(base) {
-                return Err(Self::fault("ltr", GP, ec));
-            }
-        }
-        // Mark busy (type bit 1), a locked read-modify-write on hardware.
-        if !self.mem.write_u64(addr, low.0 | (2 << 40)) {
-            return Err(Self::fault("ltr", 14, 2));
-        }
-        let mut r = self.regs.lock().unwrap_or_else(|e| e.into_inner());
-        r.tr = sel;
-        r.tr_base = base;
-        r.tr_limit = low.effective_limit();
-        Ok(())
-    }
-
-    fn do_lldt(&self, sel: Selector) -> Result<()> {
-        let ec = (sel.bits() & 0xfffc) as u32;
-        if sel.is_null() {
+        let Some(at) = system::locate(kind, sel.bits(), regs.gdtr, ia32e).map_err(to_fault)? else {
             let mut r = self.regs.lock().unwrap_or_else(|e| e.into_inner());
             r.ldtr = sel;
             r.ldtr_base = 0;
             r.ldtr_limit = 0;
             return Ok(());
-        }
-        let (_, low, high) = self.fetch_system("lldt", sel)?;
-        if low.is_code_or_data() || low.system_type() != SystemType::Ldt {
-            return Err(Self::fault("lldt", GP, ec));
-        }
-        if !low.present() {
-            return Err(Self::fault("lldt", NP, ec));
-        }
-        let mut base = low.base() as u64;
-        if self.mode == CpuMode::Long {
-            if (high >> 40) & 0x1f != 0 {
-                return Err(Self::fault("lldt", GP, ec));
-            }
-            base |= high << 32;
-            if !canonical(base) {
-                return Err(Self::fault("lldt", GP, ec));
-            }
-        }
+        };
+        let low = self.mem.read_u64(at.addr).ok_or(Self::fault(insn, 14, 0))?;
+        let high = if at.size == 16 {
+            self.mem
+                .read_u64(at.addr.wrapping_add(8))
+                .ok_or(Self::fault(insn, 14, 0))?
+        } else {
+            0
+        };
+        let c = system::check(kind, sel.bits(), low, high, ia32e).map_err(to_fault)?;
         let mut r = self.regs.lock().unwrap_or_else(|e| e.into_inner());
-        r.ldtr = sel;
-        r.ldtr_base = base;
-        r.ldtr_limit = low.effective_limit();
+        if let Some(busy) = c.busy_byte {
+            // The busy bit: byte 5 of the descriptor (a locked
+            // read-modify-write on hardware; `M` writes whole words).
+            let new = (low & !(0xff << 40)) | u64::from(busy) << 40;
+            if !self.mem.write_u64(at.addr, new) {
+                return Err(Self::fault(insn, 14, 2));
+            }
+            r.tr = sel;
+            r.tr_base = c.base;
+            r.tr_limit = c.limit;
+        } else {
+            r.ldtr = sel;
+            r.ldtr_base = c.base;
+            r.ldtr_limit = c.limit;
+        }
         Ok(())
     }
 
@@ -395,7 +344,7 @@ unsafe impl<M: LinearMemory> pvops_native::Cpu for SoftCpu<M> {
     }
 
     unsafe fn ltr(&self, sel: Selector) -> Result<()> {
-        let r = self.do_ltr(sel);
+        let r = self.load_system("ltr", SystemLoad::Ltr, sel);
         self.record("ltr", sel.bits() as u64, &r);
         r
     }
@@ -406,7 +355,7 @@ unsafe impl<M: LinearMemory> pvops_native::Cpu for SoftCpu<M> {
     }
 
     unsafe fn lldt(&self, sel: Selector) -> Result<()> {
-        let r = self.do_lldt(sel);
+        let r = self.load_system("lldt", SystemLoad::Lldt, sel);
         self.record("lldt", sel.bits() as u64, &r);
         r
     }

@@ -17,50 +17,58 @@
 //! against a real vCPU ([`crate::kvm::trap`]) and against mocks
 //! ([`mock`]) in unit tests and benchmarks.
 //!
-//! # Semantics (64-bit mode; SDM vol. 2 LGDT/LIDT, LTR, LLDT, SGDT/SIDT, STR, SLDT)
+//! # Semantics (SDM vol. 2 LGDT/LIDT, LTR, LLDT, SGDT/SIDT, STR, SLDT)
+//! In every protected mode: legacy 32-bit protected mode with 16- or 32-bit
+//! code ([`segment`]: CS.D), compatibility mode and 64-bit mode (EFER.LMA,
+//! CS.L); real and virtual-8086 mode are not modelled. [`fetch`] fetches
+//! through CS and the guest's paging (across pages), decodes at the mode's
+//! bitness; `exec` checks and stages every operand form; [`system`] holds
+//! the LTR/LLDT checks shared with [`crate::softcpu`]. In order:
 //! * A LOCK prefix: #UD.
 //! * LGDT/LIDT/LTR/LLDT at virtual CPL > 0: #GP(0); SGDT/SIDT/STR/SLDT at
 //!   CPL > 0 with virtual CR4.UMIP: #GP(0).
-//! * Memory operands: any ModRM form (RIP-relative, base + index × scale +
-//!   displacement, 32-bit address size, FS/GS overrides); an effective
-//!   address whose first or last byte is non-canonical: #GP(0), or #SS(0)
-//!   when the segment is SS (RSP/RBP based); a failed access: #PF with the
-//!   memory's address and error code. Nothing is committed before every
-//!   access and check has passed.
-//! * LGDT/LIDT read the 10-byte m16&64 operand; a non-canonical base:
-//!   #GP(0) (as [`crate::softcpu`]).
-//! * LTR/LLDT, with the same checks and order as [`crate::softcpu`]: a null
-//!   selector is #GP(0) for LTR and empties LDTR for LLDT; TI = 1 or a
-//!   16-byte descriptor past the GDT limit: #GP(selector); a code/data
-//!   descriptor or the wrong type (LTR: available 64-bit TSS, type 9 — a
-//!   busy one is refused; LLDT: LDT, type 2): #GP(selector); not present:
-//!   #NP(selector); a non-zero type in the upper half or a non-canonical
-//!   base: #GP(selector). LTR then sets the busy bit in the GDT (the type
+//! * Memory operands: any ModRM form at the instruction's address size
+//!   (16-bit `[bx+si]`, 32-bit SIB, RIP-relative), through the segment
+//!   ([`segment::linear`]: type, limit, expand-down, unusable: #GP(0) or
+//!   #SS(0)) outside 64-bit mode, canonical first and last byte in 64-bit
+//!   mode (#GP(0), #SS(0) through SS); a failed access: #PF with CR2 and
+//!   the error code. Nothing is committed before every access and check has
+//!   passed (the one memory write, SGDT/SIDT/STR/SLDT's store or LTR's
+//!   busy bit, is made first at commit).
+//! * LGDT/LIDT: 10 bytes in 64-bit mode (non-canonical base: #GP(0)), else
+//!   6 bytes, the base truncated to 24 bits with a 16-bit operand size.
+//!   SGDT/SIDT: 10 bytes in 64-bit mode, else 6 with the 32-bit base.
+//! * LTR/LLDT: [`system`]'s checks (8-byte descriptors in legacy mode,
+//!   16-byte in IA-32e mode); LTR sets the busy bit in the GDT (the type
 //!   byte, written alone as the CPU's locked update does).
-//! * STR/SLDT to a register: a 16-bit destination keeps bits 63:16, a 32-
-//!   or 64-bit one is zero-extended; to memory: 2 bytes whatever the
-//!   operand size. SGDT/SIDT store 10 bytes.
+//! * STR/SLDT to a register: a 16-bit destination keeps the rest, a 32- or
+//!   64-bit one is zero-extended; to memory: 2 bytes whatever the operand
+//!   size.
 //!
 //! Guest values are never trusted: every address computation wraps or is
 //! checked, and a malformed instruction is [`Outcome::NotEmulated`], never a
 //! panic.
 
+mod exec;
+pub mod fetch;
 pub mod mock;
+pub mod paged;
 pub mod segment;
+pub mod system;
 pub mod walk;
 
 use std::fmt;
 
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
-use pvops::descriptor::SystemType;
-use pvops::{Descriptor, DescriptorTablePointer, Selector, TableIndicator};
+use iced_x86::Mnemonic;
 
 pub use crate::softcpu::DtRegisters;
+pub use fetch::Mode;
+pub use segment::SegmentCache;
 
 /// The longest x86 instruction.
 pub const MAX_INSN_LEN: usize = 15;
 
-/// A segment register, for memory-operand segment bases.
+/// A segment register (x86 numbering order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Segment {
     /// ES (base 0 in 64-bit mode).
@@ -90,8 +98,12 @@ pub trait CpuState {
     fn set_gpr(&mut self, n: u8, value: u64);
     /// The address of the faulting instruction.
     fn rip(&self) -> u64;
-    /// A segment's base (only FS and GS have one in 64-bit mode).
-    fn segment_base(&self, seg: Segment) -> u64;
+    /// A segment register's hidden part (base, limit, attributes). In
+    /// 64-bit mode only CS.L/CS.D and the FS/GS bases are used.
+    fn segment(&self, seg: Segment) -> SegmentCache;
+    /// EFER.LMA: IA-32e mode (with CS.L: 64-bit mode; without:
+    /// compatibility mode). False: legacy protected mode.
+    fn long_mode_active(&self) -> bool;
     /// The guest's *virtual* CPL (0 for a kernel that believes it runs in
     /// ring 0, whatever ring the vCPU really runs in).
     fn cpl(&self) -> u8;
@@ -273,11 +285,18 @@ impl fmt::Display for Insn {
 /// Why an instruction was not emulated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NotEmulated {
-    /// The instruction bytes could not be fetched (the caller delivers the
-    /// original fault; a #PF on the fetch itself would be the CPU's).
-    Fetch(PageFault),
-    /// The bytes do not decode to a valid 64-bit instruction.
+    /// The instruction's bytes could not be fetched: the #GP(0) (CS limit,
+    /// non-canonical RIP) or #PF the CPU's own fetch would raise. The caller
+    /// delivers the original fault (the CPU did fetch the bytes when it
+    /// faulted).
+    Fetch(Exception),
+    /// The bytes do not decode to a valid instruction in the vCPU's mode.
     Undecodable,
+    /// The instruction's bytes changed while it was being emulated (the
+    /// self-modifying-code race, see [`emulate`]): nothing was done; the
+    /// caller resumes the guest at the same RIP, unchanged, so the vCPU
+    /// re-executes what is there now.
+    Changed,
     /// A valid instruction, but not one of [`Insn::ALL`] (its mnemonic).
     Other(String),
 }
@@ -285,8 +304,9 @@ pub enum NotEmulated {
 impl fmt::Display for NotEmulated {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NotEmulated::Fetch(pf) => write!(f, "instruction fetch failed at {:#x}", pf.addr),
+            NotEmulated::Fetch(e) => write!(f, "instruction fetch raises {e}"),
             NotEmulated::Undecodable => write!(f, "undecodable instruction"),
+            NotEmulated::Changed => write!(f, "instruction bytes changed during emulation"),
             NotEmulated::Other(m) => write!(f, "{m} is not a descriptor-table instruction"),
         }
     }
@@ -316,317 +336,116 @@ pub enum Outcome {
     NotEmulated(NotEmulated),
 }
 
-use pvops::table::is_canonical as canonical;
-
-/// Fetch the instruction at the guest's RIP (up to 15 bytes, fewer where
-/// the next page is not mapped) and emulate it.
+/// Fetch the instruction at CS:RIP (up to 15 bytes, through CS and the
+/// guest's paging), decode it in the vCPU's mode and emulate it.
+///
+/// # The self-modifying-code race
+/// Another vCPU (or a DMA) may rewrite the instruction between the fault
+/// and this fetch, or while it runs. The emulator fetches once, decodes
+/// and checks from that one snapshot, stages every effect, and then
+/// fetches the instruction's bytes again: if they differ, nothing is
+/// committed and the answer is [`NotEmulated::Changed`]. The caller then
+/// resumes the guest at the same RIP with its registers as at the fault
+/// (a fault leaves the state as before the instruction), so the vCPU
+/// re-executes whatever is there now: an instruction that still faults
+/// traps again. What is emulated is thus always an instruction whose bytes
+/// were in memory both before and after every read it made, and an
+/// exception is injected (or the original #GP delivered) only for bytes
+/// that were still there after the decision. A fetch torn by a concurrent
+/// write (a page-crossing instruction is read in two runs) can only be
+/// committed if the second fetch reads the same torn bytes. See
+/// `tests/emulate_smc.rs`.
 pub fn emulate<C: CpuState, M: GuestMemory>(cpu: &mut C, mem: &M) -> Outcome {
-    let rip = cpu.rip();
-    let mut bytes = [0u8; MAX_INSN_LEN];
-    // Up to the end of RIP's page first, then the rest if the next page is
-    // mapped: an instruction may straddle a page boundary.
-    let first = ((4096 - (rip & 0xfff)) as usize).min(MAX_INSN_LEN);
-    if let Err(pf) = mem.read(rip, &mut bytes[..first], Access::Fetch) {
-        return Outcome::NotEmulated(NotEmulated::Fetch(pf));
+    let mode = Mode::of(cpu);
+    let f = fetch::fetch(cpu, mem, mode);
+    let (outcome, effect, len) = decide(cpu, mem, &f, mode);
+    if !matches!(outcome, Outcome::NotEmulated(NotEmulated::Fetch(_))) {
+        let again = fetch::fetch(cpu, mem, mode);
+        if again.n < len || again.bytes[..len] != f.bytes[..len] {
+            return Outcome::NotEmulated(NotEmulated::Changed);
+        }
     }
-    let mut n = first;
-    if first < MAX_INSN_LEN
-        && mem
-            .read(
-                rip.wrapping_add(first as u64),
-                &mut bytes[first..],
-                Access::Fetch,
-            )
-            .is_ok()
-    {
-        n = MAX_INSN_LEN;
-    }
-    emulate_bytes(cpu, mem, &bytes[..n])
+    finish(cpu, mem, outcome, effect)
 }
 
-/// Emulate the instruction whose bytes (at the guest's RIP) are `bytes`.
+/// Emulate the instruction whose bytes (at the guest's RIP) are `bytes`
+/// (no fetch, so no re-check).
 pub fn emulate_bytes<C: CpuState, M: GuestMemory>(cpu: &mut C, mem: &M, bytes: &[u8]) -> Outcome {
-    let rip = cpu.rip();
-    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
-    let i = d.decode();
-    if i.is_invalid() {
-        // A LOCK prefix makes a valid instruction invalid: #UD if that is
-        // all that is wrong with one of ours.
-        let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NO_INVALID_CHECK);
-        let j = d.decode();
-        if !j.is_invalid()
-            && j.has_lock_prefix()
-            && let Some(insn) = Insn::from_mnemonic(j.mnemonic())
-        {
-            return Outcome::Inject {
-                insn,
-                exception: Exception::Ud,
-            };
-        }
-        return Outcome::NotEmulated(NotEmulated::Undecodable);
-    }
-    let Some(insn) = Insn::from_mnemonic(i.mnemonic()) else {
-        return Outcome::NotEmulated(NotEmulated::Other(format!("{:?}", i.mnemonic())));
+    let mode = Mode::of(cpu);
+    let mut f = fetch::Fetched {
+        bytes: [0; MAX_INSN_LEN],
+        n: bytes.len().min(MAX_INSN_LEN),
+        stop: None,
     };
-    match execute(cpu, mem, &i, insn) {
-        Ok(operand) => Outcome::Emulated {
-            insn,
-            len: i.len(),
-            operand,
+    f.bytes[..f.n].copy_from_slice(&bytes[..f.n]);
+    let (outcome, effect, _) = decide(cpu, mem, &f, mode);
+    finish(cpu, mem, outcome, effect)
+}
+
+fn finish<C: CpuState, M: GuestMemory>(
+    cpu: &mut C,
+    mem: &M,
+    outcome: Outcome,
+    effect: Option<exec::Effect>,
+) -> Outcome {
+    match (outcome, effect) {
+        (Outcome::Emulated { insn, len, operand }, Some(e)) => match exec::commit(cpu, mem, &e) {
+            Ok(()) => Outcome::Emulated { insn, len, operand },
+            Err(exception) => Outcome::Inject { insn, exception },
         },
-        Err(exception) => Outcome::Inject { insn, exception },
+        (o, _) => o,
     }
 }
 
-/// A general-purpose register's number and size in bytes.
-fn gpr(reg: Register) -> Option<(u8, u8)> {
-    let r = reg as u32;
-    let block = |first: Register, size: u8| {
-        let f = first as u32;
-        (r >= f && r < f + 16).then(|| ((r - f) as u8, size))
+/// Decode and check: the outcome, the staged effect of an emulated
+/// instruction, and how many fetched bytes the decision rests on.
+fn decide<C: CpuState, M: GuestMemory>(
+    cpu: &C,
+    mem: &M,
+    f: &fetch::Fetched,
+    mode: Mode,
+) -> (Outcome, Option<exec::Effect>, usize) {
+    let i = match fetch::decode(f, cpu.rip(), mode) {
+        Ok(i) => i,
+        Err(fetch::DecodeError::Fetch(e)) => {
+            return (Outcome::NotEmulated(NotEmulated::Fetch(e)), None, 0);
+        }
+        Err(fetch::DecodeError::Invalid(locked)) => {
+            let o = match locked.and_then(|j| Insn::from_mnemonic(j.mnemonic()).map(|x| (j, x))) {
+                Some((j, insn)) => {
+                    return (
+                        Outcome::Inject {
+                            insn,
+                            exception: Exception::Ud,
+                        },
+                        None,
+                        j.len(),
+                    );
+                }
+                None => Outcome::NotEmulated(NotEmulated::Undecodable),
+            };
+            return (o, None, f.n);
+        }
     };
-    block(Register::AX, 2)
-        .or_else(|| block(Register::EAX, 4))
-        .or_else(|| block(Register::RAX, 8))
-}
-
-fn segment(reg: Register) -> Option<Segment> {
-    Some(match reg {
-        Register::ES => Segment::Es,
-        Register::CS => Segment::Cs,
-        Register::SS => Segment::Ss,
-        Register::DS => Segment::Ds,
-        Register::FS => Segment::Fs,
-        Register::GS => Segment::Gs,
-        _ => return None,
-    })
-}
-
-/// The memory operand's linear address, checked canonical for `len` bytes.
-fn operand_address<C: CpuState>(cpu: &C, i: &Instruction, len: u64) -> Result<u64, Exception> {
-    let addr = i
-        .virtual_address(0, 0, |reg, _, _| {
-            if let Some(seg) = segment(reg) {
-                return Some(match seg {
-                    Segment::Fs | Segment::Gs => cpu.segment_base(seg),
-                    _ => 0,
-                });
-            }
-            let (n, size) = gpr(reg)?;
-            let v = cpu.gpr(n);
-            Some(match size {
-                2 => v & 0xffff,
-                4 => v & 0xffff_ffff,
-                _ => v,
-            })
-        })
-        .ok_or(Exception::Gp(0))?;
-    let last = addr.wrapping_add(len - 1);
-    if !canonical(addr) || !canonical(last) || last < addr {
-        return Err(if i.memory_segment() == Register::SS {
-            Exception::Ss(0)
-        } else {
-            Exception::Gp(0)
-        });
-    }
-    Ok(addr)
-}
-
-fn read_operand<C: CpuState, M: GuestMemory>(
-    cpu: &C,
-    mem: &M,
-    i: &Instruction,
-    buf: &mut [u8],
-) -> Result<(), Exception> {
-    let addr = operand_address(cpu, i, buf.len() as u64)?;
-    mem.read(addr, buf, Access::Read).map_err(Exception::Pf)
-}
-
-fn write_operand<C: CpuState, M: GuestMemory>(
-    cpu: &C,
-    mem: &M,
-    i: &Instruction,
-    data: &[u8],
-) -> Result<(), Exception> {
-    let addr = operand_address(cpu, i, data.len() as u64)?;
-    mem.write(addr, data, Access::Write).map_err(Exception::Pf)
-}
-
-/// The 16-bit selector operand of LTR/LLDT (register or memory).
-fn selector_operand<C: CpuState, M: GuestMemory>(
-    cpu: &C,
-    mem: &M,
-    i: &Instruction,
-) -> Result<Selector, Exception> {
-    match i.op0_kind() {
-        OpKind::Register => {
-            let (n, _) = gpr(i.op0_register()).ok_or(Exception::Ud)?;
-            Ok(Selector(cpu.gpr(n) as u16))
-        }
-        OpKind::Memory => {
-            let mut b = [0u8; 2];
-            read_operand(cpu, mem, i, &mut b)?;
-            Ok(Selector(u16::from_le_bytes(b)))
-        }
-        _ => Err(Exception::Ud),
-    }
-}
-
-fn dt_pointer_bytes(p: DescriptorTablePointer) -> [u8; 10] {
-    let mut b = [0u8; 10];
-    b[..2].copy_from_slice(&p.limit.to_le_bytes());
-    b[2..].copy_from_slice(&p.base.to_le_bytes());
-    b
-}
-
-/// Fetch and check the 16-byte system descriptor `sel` names for LTR/LLDT
-/// (the order of [`crate::softcpu`]): returns its address, low half and
-/// base. `want` is the only acceptable system type.
-fn system_descriptor<M: GuestMemory>(
-    mem: &M,
-    dt: &DtRegisters,
-    sel: Selector,
-    want: SystemType,
-) -> Result<(u64, Descriptor, u64), Exception> {
-    let ec = sel.bits() & 0xfffc;
-    if sel.ti() == TableIndicator::Ldt {
-        return Err(Exception::Gp(ec));
-    }
-    let off = u64::from(sel.index()) * 8;
-    if off + 15 > u64::from(dt.gdtr.limit) {
-        return Err(Exception::Gp(ec));
-    }
-    let addr = dt.gdtr.base.wrapping_add(off);
-    let mut b = [0u8; 16];
-    mem.read(addr, &mut b, Access::ImplicitRead)
-        .map_err(Exception::Pf)?;
-    let low = Descriptor(u64::from_le_bytes(b[..8].try_into().unwrap_or_default()));
-    let high = u64::from_le_bytes(b[8..].try_into().unwrap_or_default());
-    if low.is_code_or_data() || low.system_type() != want {
-        return Err(Exception::Gp(ec));
-    }
-    if !low.present() {
-        return Err(Exception::Np(ec));
-    }
-    if (high >> 40) & 0x1f != 0 {
-        return Err(Exception::Gp(ec));
-    }
-    let base = u64::from(low.base()) | (high << 32);
-    if !canonical(base) {
-        return Err(Exception::Gp(ec));
-    }
-    Ok((addr, low, base))
-}
-
-/// Write a 16-bit selector to STR/SLDT's destination.
-fn store_selector<C: CpuState, M: GuestMemory>(
-    cpu: &mut C,
-    mem: &M,
-    i: &Instruction,
-    sel: Selector,
-) -> Result<(), Exception> {
-    match i.op0_kind() {
-        OpKind::Register => {
-            let (n, size) = gpr(i.op0_register()).ok_or(Exception::Ud)?;
-            let v = u64::from(sel.bits());
-            let new = if size == 2 {
-                (cpu.gpr(n) & !0xffff) | v
-            } else {
-                v
-            };
-            cpu.set_gpr(n, new);
-            Ok(())
-        }
-        OpKind::Memory => write_operand(cpu, mem, i, &sel.bits().to_le_bytes()),
-        _ => Err(Exception::Ud),
-    }
-}
-
-fn execute<C: CpuState, M: GuestMemory>(
-    cpu: &mut C,
-    mem: &M,
-    i: &Instruction,
-    insn: Insn,
-) -> Result<u64, Exception> {
-    if i.has_lock_prefix() {
-        return Err(Exception::Ud);
-    }
-    let cpl = cpu.cpl();
-    if cpl > 0 && (insn.is_load() || cpu.umip()) {
-        return Err(Exception::Gp(0));
-    }
-    let mut dt = cpu.descriptor_tables();
-    match insn {
-        Insn::Lgdt | Insn::Lidt => {
-            if i.op0_kind() != OpKind::Memory {
-                return Err(Exception::Ud);
-            }
-            let mut b = [0u8; 10];
-            read_operand(cpu, mem, i, &mut b)?;
-            let p = DescriptorTablePointer {
-                limit: u16::from_le_bytes([b[0], b[1]]),
-                base: u64::from_le_bytes(b[2..].try_into().unwrap_or_default()),
-            };
-            if !canonical(p.base) {
-                return Err(Exception::Gp(0));
-            }
-            if insn == Insn::Lgdt {
-                dt.gdtr = p;
-            } else {
-                dt.idtr = p;
-            }
-            cpu.set_descriptor_tables(dt);
-            Ok(p.base)
-        }
-        Insn::Sgdt | Insn::Sidt => {
-            if i.op0_kind() != OpKind::Memory {
-                return Err(Exception::Ud);
-            }
-            let p = if insn == Insn::Sgdt { dt.gdtr } else { dt.idtr };
-            write_operand(cpu, mem, i, &dt_pointer_bytes(p))?;
-            Ok(p.base)
-        }
-        Insn::Ltr => {
-            let sel = selector_operand(cpu, mem, i)?;
-            if sel.is_null() {
-                return Err(Exception::Gp(0));
-            }
-            let (addr, low, base) = system_descriptor(mem, &dt, sel, SystemType::Tss)?;
-            // The busy bit: type byte (bits 40..47) with bit 1 set.
-            let typ = ((low.0 >> 40) as u8) | 2;
-            mem.write(addr.wrapping_add(5), &[typ], Access::ImplicitWrite)
-                .map_err(Exception::Pf)?;
-            dt.tr = sel;
-            dt.tr_base = base;
-            dt.tr_limit = low.effective_limit();
-            cpu.set_descriptor_tables(dt);
-            Ok(u64::from(sel.bits()))
-        }
-        Insn::Lldt => {
-            let sel = selector_operand(cpu, mem, i)?;
-            if sel.is_null() {
-                dt.ldtr = sel;
-                dt.ldtr_base = 0;
-                dt.ldtr_limit = 0;
-            } else {
-                let (_, low, base) = system_descriptor(mem, &dt, sel, SystemType::Ldt)?;
-                dt.ldtr = sel;
-                dt.ldtr_base = base;
-                dt.ldtr_limit = low.effective_limit();
-            }
-            cpu.set_descriptor_tables(dt);
-            Ok(u64::from(sel.bits()))
-        }
-        Insn::Str => {
-            store_selector(cpu, mem, i, dt.tr)?;
-            Ok(u64::from(dt.tr.bits()))
-        }
-        Insn::Sldt => {
-            store_selector(cpu, mem, i, dt.ldtr)?;
-            Ok(u64::from(dt.ldtr.bits()))
-        }
+    let Some(insn) = Insn::from_mnemonic(i.mnemonic()) else {
+        let o = Outcome::NotEmulated(NotEmulated::Other(format!("{:?}", i.mnemonic())));
+        return (o, None, i.len());
+    };
+    match exec::execute(cpu, mem, &i, insn, mode) {
+        Ok(e) => (
+            Outcome::Emulated {
+                insn,
+                len: i.len(),
+                operand: e.operand,
+            },
+            Some(e),
+            i.len(),
+        ),
+        Err(exception) => (Outcome::Inject { insn, exception }, None, i.len()),
     }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_modes;

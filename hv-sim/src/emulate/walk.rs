@@ -39,6 +39,10 @@ pub trait PhysicalMemory {
     fn write_u32(&self, pa: u64, v: u32) -> Option<()>;
     /// Write a u64 at `pa`.
     fn write_u64(&self, pa: u64, v: u64) -> Option<()>;
+    /// Read `buf.len()` bytes at `pa` (within one page).
+    fn read_bytes(&self, pa: u64, buf: &mut [u8]) -> Option<()>;
+    /// Write `data` at `pa` (within one page).
+    fn write_bytes(&self, pa: u64, data: &[u8]) -> Option<()>;
 }
 
 /// The paging mode (CR0.PG, CR4.PAE, EFER.LME).

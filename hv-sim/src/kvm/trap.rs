@@ -70,8 +70,7 @@ use super::regs::Vcpu;
 use super::xen::FinalSegments;
 use super::{BootReport, Config, KvmError, layout, parse_elf, ports};
 use crate::emulate::{
-    self, Access, CpuState, DtRegisters, Exception, GuestMemory, Insn, NotEmulated, Outcome,
-    Segment,
+    self, Access, DtRegisters, Exception, GuestMemory, Insn, NotEmulated, Outcome,
 };
 use pvops::{DescriptorTablePointer, Selector};
 
@@ -95,6 +94,9 @@ pub const TRAP_KERNEL_SS: u16 = layout::ring3::KERNEL_SS;
 /// CR4.UMIP.
 pub const CR4_UMIP: u64 = 1 << 11;
 
+mod cpu;
+use cpu::TrapCpu;
+
 pub use super::paging::PagingMemory;
 use layout::{PTE_P, PTE_RW, PTE_U};
 const BUSY: u64 = 2 << 40;
@@ -102,93 +104,6 @@ const RFLAGS_TF: u64 = 1 << 8;
 const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_NT: u64 = 1 << 14;
 const RFLAGS_RF: u64 = 1 << 16;
-
-/// The vCPU as the emulator sees it: the registers at the fault, the FS/GS
-/// bases, and the guest's virtual descriptor-table registers (virtual CPL
-/// 0, virtual CR4.UMIP off).
-struct TrapCpu {
-    regs: kvm_regs,
-    fs_base: u64,
-    gs_base: u64,
-    dt: DtRegisters,
-}
-
-impl CpuState for TrapCpu {
-    fn gpr(&self, n: u8) -> u64 {
-        let r = &self.regs;
-        match n {
-            0 => r.rax,
-            1 => r.rcx,
-            2 => r.rdx,
-            3 => r.rbx,
-            4 => r.rsp,
-            5 => r.rbp,
-            6 => r.rsi,
-            7 => r.rdi,
-            8 => r.r8,
-            9 => r.r9,
-            10 => r.r10,
-            11 => r.r11,
-            12 => r.r12,
-            13 => r.r13,
-            14 => r.r14,
-            15 => r.r15,
-            _ => 0,
-        }
-    }
-
-    fn set_gpr(&mut self, n: u8, value: u64) {
-        let r = &mut self.regs;
-        let slot = match n {
-            0 => &mut r.rax,
-            1 => &mut r.rcx,
-            2 => &mut r.rdx,
-            3 => &mut r.rbx,
-            4 => &mut r.rsp,
-            5 => &mut r.rbp,
-            6 => &mut r.rsi,
-            7 => &mut r.rdi,
-            8 => &mut r.r8,
-            9 => &mut r.r9,
-            10 => &mut r.r10,
-            11 => &mut r.r11,
-            12 => &mut r.r12,
-            13 => &mut r.r13,
-            14 => &mut r.r14,
-            15 => &mut r.r15,
-            _ => return,
-        };
-        *slot = value;
-    }
-
-    fn rip(&self) -> u64 {
-        self.regs.rip
-    }
-
-    fn segment_base(&self, seg: Segment) -> u64 {
-        match seg {
-            Segment::Fs => self.fs_base,
-            Segment::Gs => self.gs_base,
-            _ => 0,
-        }
-    }
-
-    fn cpl(&self) -> u8 {
-        0
-    }
-
-    fn umip(&self) -> bool {
-        false
-    }
-
-    fn descriptor_tables(&self) -> DtRegisters {
-        self.dt
-    }
-
-    fn set_descriptor_tables(&mut self, dt: DtRegisters) {
-        self.dt = dt;
-    }
-}
 
 /// A #GP hv-sim did not emulate and delivered to the guest's own handler.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,6 +129,9 @@ pub struct TrapBootReport {
     pub injected: Vec<(&'static str, String)>,
     /// #GPs delivered to the guest's handler as they were.
     pub bounced: Vec<Bounced>,
+    /// Traps whose instruction bytes changed during emulation: resumed at
+    /// the same RIP, nothing done (the self-modifying-code race).
+    pub restarts: u64,
     /// Times the real tables' registers changed (TR/LDTR or CR2 written).
     pub installs: u64,
     /// Did the vCPU accept CR4.UMIP (so `sgdt`…`sldt` trap)?
@@ -270,6 +188,7 @@ pub fn boot_trap(image: &[u8], cfg: &Config) -> Result<TrapBootReport, KvmError>
         emulated: o.emulated.iter().map(|(k, v)| (k.name(), *v)).collect(),
         injected: o.injected,
         bounced: o.bounced,
+        restarts: o.restarts,
         installs: o.installs,
         umip: o.umip,
         handler_time: o.handler_time,
@@ -317,6 +236,7 @@ pub(crate) struct TrapOutcome {
     emulated: BTreeMap<Insn, u64>,
     injected: Vec<(&'static str, String)>,
     bounced: Vec<Bounced>,
+    restarts: u64,
     installs: u64,
     umip: bool,
     handler_time: Duration,
@@ -336,6 +256,7 @@ pub(crate) struct TrapGuest {
     emulated: BTreeMap<Insn, u64>,
     injected: Vec<(&'static str, String)>,
     bounced: Vec<Bounced>,
+    restarts: u64,
     installs: u64,
     umip: bool,
     handler_time: Duration,
@@ -403,6 +324,7 @@ impl TrapGuest {
             emulated: BTreeMap::new(),
             injected: Vec::new(),
             bounced: Vec::new(),
+            restarts: 0,
             installs: 0,
             umip: false,
             handler_time: Duration::ZERO,
@@ -617,12 +539,7 @@ impl TrapGuest {
         let f =
             |i: usize| u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().unwrap_or_default());
         let (saved_rax, error_code, rip, rflags, rsp) = (f(0), f(1), f(2), f(4), f(5));
-        let mut cpu = TrapCpu {
-            regs,
-            fs_base: sregs.fs.base,
-            gs_base: sregs.gs.base,
-            dt: self.dt,
-        };
+        let mut cpu = TrapCpu::new(regs, &sregs, self.dt);
         cpu.regs.rax = saved_rax;
         cpu.regs.rip = rip;
         cpu.regs.rsp = rsp;
@@ -650,6 +567,12 @@ impl TrapGuest {
             Outcome::Inject { insn, exception } => {
                 self.injected.push((insn.name(), exception.to_string()));
                 self.deliver(vcpu, &mem, regs, &mut sregs, saved_rax, exception)
+            }
+            Outcome::NotEmulated(NotEmulated::Changed) => {
+                // Re-execute whatever is at RIP now, as after the fault.
+                self.restarts += 1;
+                vcpu.set_regs(&cpu.regs);
+                Ok(false)
             }
             Outcome::NotEmulated(why) => {
                 self.bounced.push(Bounced {
@@ -765,6 +688,7 @@ impl TrapGuest {
             emulated: self.emulated,
             injected: self.injected,
             bounced: self.bounced,
+            restarts: self.restarts,
             installs: self.installs,
             umip: self.umip,
             handler_time: self.handler_time,

@@ -1,63 +1,9 @@
 //! The page walker against hand-built tables, one rule per test, each
 //! citing its SDM vol. 3A section.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
-
 use super::*;
 
-/// Sparse physical memory: 4 KiB pages that exist once written.
-#[derive(Default)]
-struct Phys {
-    pages: RefCell<BTreeMap<u64, [u8; 4096]>>,
-    /// Addresses written (A/D updates), in order.
-    writes: RefCell<Vec<u64>>,
-}
-
-impl Phys {
-    fn put_u32(&self, pa: u64, v: u32) {
-        let mut p = self.pages.borrow_mut();
-        let page = p.entry(pa & !0xFFF).or_insert([0; 4096]);
-        let o = (pa & 0xFFF) as usize;
-        page[o..o + 4].copy_from_slice(&v.to_le_bytes());
-    }
-    fn put_u64(&self, pa: u64, v: u64) {
-        let mut p = self.pages.borrow_mut();
-        let page = p.entry(pa & !0xFFF).or_insert([0; 4096]);
-        let o = (pa & 0xFFF) as usize;
-        page[o..o + 8].copy_from_slice(&v.to_le_bytes());
-    }
-    fn get_u64(&self, pa: u64) -> u64 {
-        self.read_u64(pa).unwrap()
-    }
-}
-
-impl PhysicalMemory for Phys {
-    fn read_u32(&self, pa: u64) -> Option<u32> {
-        let p = self.pages.borrow();
-        let page = p.get(&(pa & !0xFFF))?;
-        let o = (pa & 0xFFF) as usize;
-        Some(u32::from_le_bytes(page[o..o + 4].try_into().ok()?))
-    }
-    fn read_u64(&self, pa: u64) -> Option<u64> {
-        let p = self.pages.borrow();
-        let page = p.get(&(pa & !0xFFF))?;
-        let o = (pa & 0xFFF) as usize;
-        Some(u64::from_le_bytes(page[o..o + 8].try_into().ok()?))
-    }
-    fn write_u32(&self, pa: u64, v: u32) -> Option<()> {
-        self.read_u32(pa)?;
-        self.writes.borrow_mut().push(pa);
-        self.put_u32(pa, v);
-        Some(())
-    }
-    fn write_u64(&self, pa: u64, v: u64) -> Option<()> {
-        self.read_u64(pa)?;
-        self.writes.borrow_mut().push(pa);
-        self.put_u64(pa, v);
-        Some(())
-    }
-}
+use crate::emulate::mock::MockPhys as Phys;
 
 const PML4: u64 = 0x1000;
 const PDPT: u64 = 0x2000;
@@ -122,7 +68,7 @@ fn not_present_is_error_code_without_p() {
         err(w.translate(&m, LA, WalkAccess::Write, 3, false)),
         pf::W | pf::U
     );
-    assert!(m.writes.borrow().is_empty(), "no A/D on a failed walk");
+    assert!(m.writes().is_empty(), "no A/D on a failed walk");
 }
 
 /// SDM 4.6: user accesses need U/S at every level; a supervisor page is a
