@@ -68,6 +68,11 @@ pub mod boot_flags {
     /// trap-and-emulate); never under QEMU, whose debug console sees only
     /// the byte port.
     pub const REPORT_BUFFER: u64 = 1 << 6;
+    /// Run the hostile-guest checks too: calls that would raise the guest
+    /// above its ring if the hypervisor accepted them, each followed by the
+    /// instruction that would use the escape on the real vCPU (set by the
+    /// tests that prove the VMI personality's refusals hold on hardware).
+    pub const HOSTILE: u64 = 1 << 7;
 }
 
 /// The text-buffer protocol ([`ports::TEXT_BUFFER`]): one `out dx, eax`

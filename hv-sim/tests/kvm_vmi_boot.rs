@@ -165,6 +165,78 @@ fn vmi_backend_boot_passes_every_check() {
         "{}",
         r.summary()
     );
+    // The host's audit of the tables the vCPU ran on, after every install.
+    assert_eq!(r.audits, r.installs, "every install audited");
+    assert!(r.escapes.is_empty(), "{:#?}", r.escapes);
+}
+
+/// Issue 10's VMI escapes, sent by the kernel as raw ROM calls on a real
+/// vCPU (boot flag HOSTILE), each followed by the instruction that would use
+/// the escape: the calls are refused with -EINVAL and the rule, the CPU
+/// faults where a refused slot leaves nothing to use (#GP with the slot's
+/// selector), nothing runs above ring 3, and the host's audit of the real
+/// tables after every install finds no way up.
+#[test]
+fn vmi_escapes_fail_on_the_real_vcpu() {
+    if !kvm_or_skip("vmi_escapes_fail_on_the_real_vcpu") {
+        return;
+    }
+    let cfg = Config {
+        boot_flags: kvm::host_boot_flags() | kvm::boot_flags::HOSTILE,
+        ..Config::default()
+    };
+    let r = boot_vmi(&kernel_image(), &cfg).unwrap_or_else(|e| panic!("{e}"));
+    println!("{}", r.boot.text);
+    let failed = r.boot.failed();
+    assert!(failed.is_empty(), "failed checks: {failed:#?}");
+    let hostile: Vec<_> = r
+        .boot
+        .checks
+        .iter()
+        .filter(|c| c.name.starts_with("hostile"))
+        .collect();
+    assert_eq!(hostile.len(), 6, "control + 5 attacks: {hostile:#?}");
+    assert_eq!(r.boot.exit_status, Some(0));
+
+    // The refusals, in order, each naming its rule (after the boot's own
+    // refused call gate).
+    let rejected = r.rejected();
+    println!("{rejected:#?}");
+    let attacks: Vec<_> = rejected.iter().skip(1).collect();
+    assert_eq!(attacks.len(), 5, "{rejected:#?}");
+    let expect = [
+        (
+            "WriteGDTEntry",
+            "GDT[15], the upper half of the 16-byte descriptor",
+        ),
+        ("WriteIDTEntry", "hypervisor's reserved ring-0 entries"),
+        (
+            "WriteGDTEntry",
+            "GDT[13], the upper half of the 16-byte descriptor",
+        ),
+        (
+            "SetGDT",
+            "IDT[6]'s gate selector 0x7b names GDT[15], one of the hypervisor's reserved",
+        ),
+        (
+            "WriteGDTEntry",
+            "GDT[9] is the upper half of the present 16-byte descriptor",
+        ),
+    ];
+    for ((call, errno, reason), (want_call, word)) in attacks.iter().zip(expect) {
+        assert_eq!((*call, *errno), (want_call, -EINVAL), "{reason}");
+        assert!(
+            reason.contains(word),
+            "{call}: `{reason}` should name `{word}`"
+        );
+    }
+
+    // The host's audit: every install, no way above ring 3.
+    assert!(r.audits > 0);
+    assert_eq!(r.audits, r.installs, "every install audited");
+    assert!(r.escapes.is_empty(), "{:#?}", r.escapes);
+    let seg = r.final_segments.expect("segments recorded at exit");
+    assert_eq!(seg.cpl, 3, "{seg:?}");
 }
 
 /// Without the personality the same kernel finds no ROM (RAM at 0xC0000)

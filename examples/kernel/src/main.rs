@@ -24,6 +24,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod battery;
+mod hostile;
 mod pvh;
 mod report;
 mod vmi;
@@ -1017,6 +1018,9 @@ fn vmi_main(flags: u64, rom: pvops_vmi::VmiRom) -> ! {
         ),
     );
     run_vmi_checks(&ops, &mut t, soft_int, pvm);
+    if flags & boot_flags::HOSTILE != 0 {
+        hostile::run(vmi, &mut t, pvm);
+    }
     say!(
         "done: {}/{} checks passed, {} skipped\n",
         t.passed,

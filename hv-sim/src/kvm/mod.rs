@@ -31,6 +31,7 @@
 //! [`regs`] (KVM's sync regs in `kvm_run`), not through register ioctls,
 //! and [`BootReport::ioctls`] counts what a boot issued.
 
+pub mod escape_audit;
 pub mod layout;
 pub mod paging;
 mod personality;

@@ -74,6 +74,7 @@ use std::collections::BTreeMap;
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::escape_audit::{self, Escape};
 use super::regs::Vcpu;
 use super::xen::FinalSegments;
 use super::{BootReport, Config, KvmError, layout, parse_elf, ports};
@@ -172,7 +173,16 @@ pub struct VmiBootReport {
     pub final_segments: Option<FinalSegments>,
     /// The real tables at the guest's exit.
     pub real: Option<RealTables>,
+    /// Times the tables the vCPU runs on were audited for a way above the
+    /// guest's ring ([`super::escape_audit`]): after every install.
+    pub audits: u64,
+    /// What the audits found (at most [`MAX_ESCAPES`]); empty when the
+    /// personality held.
+    pub escapes: Vec<Escape>,
 }
+
+/// Most escapes a boot records.
+pub const MAX_ESCAPES: usize = 16;
 
 impl VmiBootReport {
     /// ROM calls by kind (VMI_Init, GetRelocationInfo, then each call's
@@ -260,6 +270,8 @@ pub fn boot_vmi_with_rom(
         installs: o.installs,
         final_segments: o.final_segments,
         real: o.real,
+        audits: o.audits,
+        escapes: o.escapes,
     })
 }
 
@@ -272,6 +284,8 @@ pub(crate) struct VmiOutcome {
     installs: u64,
     final_segments: Option<FinalSegments>,
     real: Option<RealTables>,
+    audits: u64,
+    escapes: Vec<Escape>,
 }
 
 /// The personality's state during a boot.
@@ -288,6 +302,8 @@ pub(crate) struct VmiGuest {
     idt_written: usize,
     final_segments: Option<FinalSegments>,
     real: Option<RealTables>,
+    audits: u64,
+    escapes: Vec<Escape>,
 }
 
 impl VmiGuest {
@@ -343,6 +359,8 @@ impl VmiGuest {
             idt_written: 0,
             final_segments: None,
             real: None,
+            audits: 0,
+            escapes: Vec::new(),
         })
     }
 
@@ -544,6 +562,44 @@ impl VmiGuest {
         vcpu.set_sregs(&sregs);
         self.installs += 1;
         self.last = eff;
+        self.audit(&sregs)
+    }
+
+    /// Audit the tables `sregs` names, as the vCPU will read them, for a
+    /// way above ring 3 ([`super::escape_audit`]); record what it finds.
+    fn audit(&mut self, s: &kvm_sregs) -> Result<(), String> {
+        let quads = |base: u64, limit: u32| -> Result<Vec<u64>, String> {
+            let mut bytes = vec![0u8; (limit as usize + 1) & !7];
+            self.mem
+                .read_slice(&mut bytes, GuestAddress(base))
+                .map_err(|e| format!("audit: reading {base:#x}: {e}"))?;
+            Ok(bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                .collect())
+        };
+        let gdt = quads(s.gdt.base, u32::from(s.gdt.limit))?;
+        let ldt = if s.ldt.unusable != 0 {
+            Vec::new()
+        } else {
+            quads(s.ldt.base, s.ldt.limit)?
+        };
+        let idt: Vec<(u64, u64)> = quads(s.idt.base, u32::from(s.idt.limit))?
+            .chunks_exact(2)
+            .map(|p| (p[0], p[1]))
+            .collect();
+        let found = escape_audit::RealTables {
+            gdt: &gdt,
+            ldt: &ldt,
+            idt: &idt,
+        }
+        .escapes(3, MAX_ESCAPES);
+        self.audits += 1;
+        for e in found {
+            if self.escapes.len() < MAX_ESCAPES && !self.escapes.contains(&e) {
+                self.escapes.push(e);
+            }
+        }
         Ok(())
     }
 
@@ -603,6 +659,8 @@ impl VmiGuest {
             installs: self.installs,
             final_segments: self.final_segments,
             real: self.real,
+            audits: self.audits,
+            escapes: self.escapes,
         }
     }
 }
