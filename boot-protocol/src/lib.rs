@@ -37,6 +37,14 @@ pub mod ports {
     pub const HYPERCALL: u16 = 0xe8;
     /// Trap-and-emulate personality: hv-sim's #GP entry stub's dword write.
     pub const TRAP: u16 = 0xe5;
+    /// Start the next CPU (dword write: its 64-bit entry point, below
+    /// 4 GiB): served by hv-sim's native KVM runner, which says so with
+    /// [`super::boot_flags::START_AP_PORT`]. The runner creates the next
+    /// vCPU in the state it gives the boot CPU (long mode, its boot GDT and
+    /// page tables, rdi = the boot flags, rsi = the new CPU's index) and
+    /// runs it until it halts, before the write returns. No device of
+    /// QEMU's pc/q35 machines decodes 0xE3.
+    pub const START_AP: u16 = 0xe3;
 }
 
 /// Boot flags: what this host cannot run in a guest, and how the kernel was
@@ -73,6 +81,11 @@ pub mod boot_flags {
     /// instruction that would use the escape on the real vCPU (set by the
     /// tests that prove the VMI personality's refusals hold on hardware).
     pub const HOSTILE: u64 = 1 << 7;
+    /// The runner starts a second CPU on a write to
+    /// [`super::ports::START_AP`] (hv-sim's native KVM runner). Without it
+    /// a kernel starts its APs the way the platform does (INIT-SIPI-SIPI
+    /// through the local APIC under QEMU).
+    pub const START_AP_PORT: u64 = 1 << 8;
 }
 
 /// The text-buffer protocol ([`ports::TEXT_BUFFER`]): one `out dx, eax`

@@ -44,7 +44,7 @@ pub fn boot(elf: &Path, timeout: Duration) -> Result<BootReport, String> {
     let text_path = dir.join("debugcon.txt");
     let _ = std::fs::remove_file(&text_path);
     let mut child = Command::new(QEMU)
-        .args(["-machine", "pc", "-accel", "tcg", "-m", "128"])
+        .args(["-machine", "pc", "-accel", "tcg", "-m", "128", "-smp", "2"])
         .args(["-nographic", "-no-reboot", "-display", "none"])
         .args(["-serial", "none", "-monitor", "none"])
         .arg("-kernel")

@@ -24,4 +24,15 @@ fn pvh_boot_under_qemu_passes_every_check() {
     assert!(report.ran() >= 17, "too few checks: {:?}", report.checks);
     assert!(report.failed().is_empty(), "failed: {:#?}", report.failed());
     assert_eq!(report.exit_status, Some(0));
+    // Issue 9: `-smp 2`: the AP started by INIT-SIPI-SIPI through the local
+    // APIC loaded its own GDT, TSS, kernel stack and TLS through pvops.
+    let smp = report
+        .checks
+        .iter()
+        .find(|c| c.name.starts_with("smp 2 CPUs"))
+        .unwrap_or_else(|| panic!("no smp check in:\n{}", report.text));
+    assert!(
+        smp.passed && smp.detail.contains("INIT-SIPI-SIPI"),
+        "{smp:?}"
+    );
 }

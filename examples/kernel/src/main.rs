@@ -27,6 +27,7 @@ mod battery;
 mod hostile;
 mod pvh;
 mod report;
+mod smp;
 mod vmi;
 mod xen;
 
@@ -59,11 +60,6 @@ static GDT: DescriptorStorage<16> = DescriptorStorage::new({
 static IDT: IdtStorage<256> = IdtStorage::new([IdtGate::MISSING; 256]);
 static LDT: DescriptorStorage<4> = DescriptorStorage::new([Descriptor::NULL; 4]);
 static TSS: TableStorage<u64, 13> = TableStorage::new([0; 13]);
-
-// SAFETY: the kernel runs in ring 0 (or deprivileged under hv-sim's
-// trap-and-emulate, which emulates the instructions against its tables),
-// and every table it loads is a static that stays valid.
-static NATIVE: NativeOps = unsafe { NativeOps::new(LAYOUT) };
 
 static BP_COUNT: AtomicU32 = AtomicU32::new(0);
 static UD_COUNT: AtomicU32 = AtomicU32::new(0);
@@ -360,7 +356,15 @@ extern "C" fn kmain(flags: u64, start_info: u64) -> ! {
         Ok(rom) => vmi_main(flags, rom),
         Err(nf) => say!("{}\n", pvops_vmi::InitError::Probe(nf)),
     }
-    if let Err(e) = pvops::install(OpsTable::new(&NATIVE)) {
+    // One native backend per CPU (smp::NATIVE_CPUS), the boot CPU's first.
+    // SAFETY: the kernel runs in ring 0 (or deprivileged under hv-sim's
+    // trap-and-emulate, which emulates the instructions against its
+    // tables), and every table it loads is a static that stays valid.
+    let native = unsafe { NativeOps::new(LAYOUT) };
+    if let Err(e) = smp::NATIVE_CPUS
+        .register(0, native)
+        .and_then(|_| pvops::install(OpsTable::new(&smp::NATIVE_CPUS)))
+    {
         say!("install failed: {}\n", e);
         report::exit(0xff);
     }
@@ -399,6 +403,7 @@ extern "C" fn kmain(flags: u64, start_info: u64) -> ! {
         pvm: flags & boot_flags::NO_DESCRIPTOR_INSPECTION != 0,
     };
     run_checks(&ops, &mut t, &env);
+    smp::run(&mut t, flags);
     say!(
         "done: {}/{} checks passed, {} skipped\n",
         t.passed,

@@ -89,7 +89,7 @@ fn outb(port: u16, v: u8) {
     };
 }
 
-fn outl(port: u16, v: u32) {
+pub fn outl(port: u16, v: u32) {
     // SAFETY: port output to the VMM's report devices. For the buffer
     // port the VMM reads the line buffer: `nomem` is not claimed, so the
     // buffer's stores are complete before the `out`.

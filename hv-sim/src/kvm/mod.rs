@@ -36,6 +36,7 @@ pub mod layout;
 pub mod paging;
 mod personality;
 pub mod regs;
+mod smp;
 pub mod trap;
 pub mod vmi;
 pub mod xen;
@@ -469,16 +470,17 @@ fn create_vm(cfg: &Config, segs: &[(u64, Vec<u8>)]) -> Result<Machine, KvmError>
     Ok(Machine { vm, kvm, mem })
 }
 
-/// Create vCPU 0 with the personality's CPUID and entry state, and let it
-/// install its initial tables.
+/// Create vCPU `id` with the personality's CPUID and entry state, and let
+/// it install its initial tables.
 fn setup_vcpu(
     m: &Machine,
     guest: &mut dyn Personality,
     entry: u64,
     cfg: &Config,
+    id: u64,
 ) -> Result<(VcpuFd, RegCache), KvmError> {
     let io = |what: &'static str| move |e: kvm_ioctls::Error| KvmError::Ioctl(what, e.to_string());
-    let mut vcpu = m.vm.create_vcpu(0).map_err(io("KVM_CREATE_VCPU"))?;
+    let mut vcpu = m.vm.create_vcpu(id).map_err(io("KVM_CREATE_VCPU"))?;
     let mut cache = RegCache::new(&mut vcpu, regs::sync_regs_available(&m.kvm));
     let mut cpuid = m
         .kvm
@@ -504,7 +506,8 @@ fn setup_vcpu(
     regs.rsp = layout::BOOT_STACK_TOP;
     // The runner serves the text-buffer port: the kernel may report a line
     // per exit (a Xen guest reports through console_io instead).
-    regs.rdi = cfg.boot_flags | boot_flags::REPORT_BUFFER;
+    regs.rdi = cfg.boot_flags | boot_flags::REPORT_BUFFER | guest.ap_start_flag();
+    regs.rsi = id;
     guest.entry_state(&mut regs, &mut sregs);
     cache.set_sregs(&sregs);
     cache.set_regs(&regs);
@@ -528,7 +531,7 @@ fn run_vm(
 ) -> Result<(BootReport, Option<Outcome>), KvmError> {
     let m = create_vm(cfg, segs)?;
     let mut guest = personality::create(&setup, &m.mem, cfg)?;
-    let (mut vcpu, mut cache) = setup_vcpu(&m, guest.as_mut(), entry, cfg)?;
+    let (mut vcpu, mut cache) = setup_vcpu(&m, guest.as_mut(), entry, cfg, 0)?;
     let mut run = Run::default();
     let exit_status = exit_loop(
         &m,
@@ -563,6 +566,8 @@ struct Run {
     stray_io: Vec<(u16, u8)>,
     run_time: Duration,
     handle_time: Duration,
+    /// vCPUs started through [`ports::START_AP`].
+    aps: u64,
 }
 
 /// Run the vCPU to the guest's exit: `Some(status)` when it reported one,
@@ -606,6 +611,12 @@ fn exit_loop(
                     ports::EXIT => {
                         guest.at_exit(&mut cpu);
                         return Ok(Some(u32::from_le_bytes(b)));
+                    }
+                    ports::START_AP if guest.ap_start_flag() != 0 => {
+                        if let Some(status) = smp::start_ap(m, guest, cfg, timed_out, run, b, len)?
+                        {
+                            return Ok(Some(status));
+                        }
                     }
                     p => {
                         let data = u32::from_le_bytes(b);

@@ -62,6 +62,12 @@ pub(crate) trait Personality {
         text: &mut Vec<u8>,
     ) -> Option<Result<PortAction, String>>;
 
+    /// [`super::boot_flags::START_AP_PORT`] if this personality starts a
+    /// vCPU on a write to [`super::ports::START_AP`], else 0.
+    fn ap_start_flag(&self) -> u64 {
+        0
+    }
+
     /// The guest reported its exit: record the final state.
     fn at_exit(&mut self, _vcpu: &mut Vcpu<'_>) {}
 
@@ -73,6 +79,10 @@ pub(crate) trait Personality {
 struct Native;
 
 impl Personality for Native {
+    fn ap_start_flag(&self) -> u64 {
+        super::boot_flags::START_AP_PORT
+    }
+
     fn port(
         &mut self,
         _: &VmFd,

@@ -1,0 +1,99 @@
+//! A second vCPU for the native personality (issue 9).
+//!
+//! A kernel that sees [`boot_flags::START_AP_PORT`] writes the 64-bit
+//! entry point of its next CPU to [`ports::START_AP`]. The runner creates
+//! the next vCPU in the state the boot vCPU got (long mode, hv-sim's boot
+//! GDT and page tables, rdi = the boot flags, rsi = the vCPU's index) and
+//! runs it on the VM thread until it halts; then the write returns and the
+//! boot vCPU runs on. The two vCPUs take turns rather than run at once: a
+//! kernel that waits for its AP sees it done when the write returns. (QEMU
+//! `-smp 2` runs the same kernel's APs concurrently, started by
+//! INIT-SIPI-SIPI.) Each vCPU has its own registers in KVM, so what one
+//! loads into GDTR, TR or FS is its own.
+
+use std::sync::atomic::AtomicBool;
+
+use vm_memory::{Bytes, GuestAddress};
+
+use super::{Config, KvmError, Machine, Run, boot_flags, exit_loop, ports, setup_vcpu};
+use crate::kvm::personality::Personality;
+
+/// Most vCPUs a boot may have (the boot vCPU included).
+pub(crate) const MAX_VCPUS: u64 = 4;
+
+/// Start the next vCPU at the entry `b` names and run it until it halts.
+/// `Some(status)`: the AP itself ended the guest with an exit write.
+pub(super) fn start_ap(
+    m: &Machine,
+    guest: &mut dyn Personality,
+    cfg: &Config,
+    timed_out: &AtomicBool,
+    run: &mut Run,
+    b: [u8; 4],
+    len: usize,
+) -> Result<Option<u32>, KvmError> {
+    let crashed = |what: String, run: &Run| KvmError::GuestCrashed {
+        what,
+        text: String::from_utf8_lossy(&run.text).into_owned(),
+    };
+    let entry = u32::from_le_bytes(b) as u64;
+    if len != 4 {
+        return Err(crashed(
+            format!(
+                "start-AP port {:#x} written with {len} bytes: the protocol is one dword, the AP's 64-bit entry point",
+                ports::START_AP
+            ),
+            run,
+        ));
+    }
+    if entry >= cfg.mem_size as u64 {
+        return Err(crashed(
+            format!(
+                "start-AP port {:#x}: entry {entry:#x} is outside guest RAM ({:#x} bytes)",
+                ports::START_AP,
+                cfg.mem_size
+            ),
+            run,
+        ));
+    }
+    let id = run.aps + 1;
+    if id >= MAX_VCPUS {
+        return Err(crashed(
+            format!(
+                "start-AP port {:#x}: vCPU {id} asked for; the native runner starts at most {MAX_VCPUS} vCPUs",
+                ports::START_AP
+            ),
+            run,
+        ));
+    }
+    run.aps = id;
+    debug_assert_ne!(boot_flags::START_AP_PORT, 0);
+    let (mut vcpu, mut cache) = setup_vcpu(m, guest, entry, cfg, id)?;
+    let status = exit_loop(m, guest, &mut vcpu, &mut cache, cfg, timed_out, run)?;
+    if status.is_none() {
+        // What KVM holds for the halted vCPU, and the rsp0 of the TSS its
+        // TR names, read from guest memory: the runner's side of the
+        // kernel's own read-back (`smp cpu N:` lines).
+        let s = cache
+            .sregs(&vcpu)
+            .map_err(|e| crashed(format!("reading vCPU {id}'s registers: {e}"), run))?;
+        let mut rsp0 = [0u8; 8];
+        let rsp0 = m
+            .mem
+            .read_slice(&mut rsp0, GuestAddress(s.tr.base.wrapping_add(4)))
+            .map(|()| format!("{:#x}", u64::from_le_bytes(rsp0)))
+            .unwrap_or_else(|_| "(not in guest RAM)".to_string());
+        run.text.extend_from_slice(
+            format!(
+                "{AP_STATE_PREFIX}{id} halted: tr={:#x} tr.base={:#x} gdt.base={:#x} TSS.rsp0={rsp0}\n",
+                s.tr.selector, s.tr.base, s.gdt.base
+            )
+            .as_bytes(),
+        );
+    }
+    Ok(status)
+}
+
+/// The line the runner adds to the guest's text for a halted AP:
+/// `hv-sim: vCPU <n> halted: tr=.. tr.base=.. gdt.base=.. TSS.rsp0=..`.
+pub(crate) const AP_STATE_PREFIX: &str = "hv-sim: vCPU ";
