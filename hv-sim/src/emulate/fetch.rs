@@ -63,7 +63,11 @@ pub(crate) struct Fetched {
 }
 
 /// The linear address of the instruction byte at RIP + `k`.
-fn byte_linear<C: CpuState + ?Sized>(cpu: &C, mode: Mode, k: u64) -> Result<u64, Exception> {
+pub(crate) fn byte_linear<C: CpuState + ?Sized>(
+    cpu: &C,
+    mode: Mode,
+    k: u64,
+) -> Result<u64, Exception> {
     if mode.is_64() {
         let a = cpu.rip().wrapping_add(k);
         return if pvops::table::is_canonical(a) {

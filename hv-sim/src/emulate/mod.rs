@@ -156,6 +156,19 @@ pub trait GuestMemory {
     fn read(&self, addr: u64, buf: &mut [u8], access: Access) -> Result<(), PageFault>;
     /// Write `data` at `addr`.
     fn write(&self, addr: u64, data: &[u8], access: Access) -> Result<(), PageFault>;
+
+    /// Run `f` with other agents' writes to the `len` bytes at linear
+    /// `addr` held off, as a hypervisor does by write-protecting the page
+    /// (another vCPU's store then traps and waits until `f` is done). The
+    /// emulator re-fetches the instruction and commits inside it (see
+    /// [`emulate`]). The default holds nothing off: right for a memory no
+    /// one else writes during an exit (one vCPU, stopped); with concurrent
+    /// writers the re-check alone then catches most races, not all (a
+    /// fetch torn the same way twice).
+    fn without_writers<R>(&self, addr: u64, len: usize, f: impl FnOnce() -> R) -> R {
+        let _ = (addr, len);
+        f()
+    }
 }
 
 /// An exception the emulator wants delivered to the guest.
@@ -341,31 +354,38 @@ pub enum Outcome {
 ///
 /// # The self-modifying-code race
 /// Another vCPU (or a DMA) may rewrite the instruction between the fault
-/// and this fetch, or while it runs. The emulator fetches once, decodes
-/// and checks from that one snapshot, stages every effect, and then
-/// fetches the instruction's bytes again: if they differ, nothing is
-/// committed and the answer is [`NotEmulated::Changed`]. The caller then
+/// and this fetch, or while it runs (SDM vol. 3A 8.1.3 leaves unsynchronized
+/// cross-modifying code model-specific; a hypervisor must still never run
+/// bytes that were never there). The emulator fetches once, decodes and
+/// checks from that one snapshot and stages every effect. Then, with other
+/// writers held off ([`GuestMemory::without_writers`]), it fetches the
+/// instruction's bytes again: if they differ, nothing is committed and the
+/// answer is [`NotEmulated::Changed`]; if not, it commits before letting
+/// writers go. The second fetch sees memory at one instant, so an equal
+/// first fetch was not torn: the instruction emulated was in memory, whole,
+/// when it was committed. The caller then
 /// resumes the guest at the same RIP with its registers as at the fault
 /// (a fault leaves the state as before the instruction), so the vCPU
 /// re-executes whatever is there now: an instruction that still faults
 /// traps again. What is emulated is thus always an instruction whose bytes
-/// were in memory both before and after every read it made, and an
-/// exception is injected (or the original #GP delivered) only for bytes
-/// that were still there after the decision. A fetch torn by a concurrent
-/// write (a page-crossing instruction is read in two runs) can only be
-/// committed if the second fetch reads the same torn bytes. See
-/// `tests/emulate_smc.rs`.
+/// were in memory, whole, after every read it made, and an exception is
+/// injected (or the original #GP delivered) only for bytes that were still
+/// there after the decision. See `tests/emulate_smc.rs`.
 pub fn emulate<C: CpuState, M: GuestMemory>(cpu: &mut C, mem: &M) -> Outcome {
     let mode = Mode::of(cpu);
     let f = fetch::fetch(cpu, mem, mode);
     let (outcome, effect, len) = decide(cpu, mem, &f, mode);
-    if !matches!(outcome, Outcome::NotEmulated(NotEmulated::Fetch(_))) {
+    if matches!(outcome, Outcome::NotEmulated(NotEmulated::Fetch(_))) {
+        return outcome;
+    }
+    let at = fetch::byte_linear(cpu, mode, 0).unwrap_or(cpu.rip());
+    mem.without_writers(at, len.max(1), || {
         let again = fetch::fetch(cpu, mem, mode);
         if again.n < len || again.bytes[..len] != f.bytes[..len] {
             return Outcome::NotEmulated(NotEmulated::Changed);
         }
-    }
-    finish(cpu, mem, outcome, effect)
+        finish(cpu, mem, outcome, effect)
+    })
 }
 
 /// Emulate the instruction whose bytes (at the guest's RIP) are `bytes`
