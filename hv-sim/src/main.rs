@@ -75,7 +75,7 @@ enum Cmd {
     /// "Fuzzing" section).
     Fuzz {
         /// A target (xen-pv64, xen-pv32, vmi64, vmi32, rom, emulate, core,
-        /// xen-backend) or `all`.
+        /// xen-backend, vmi-backend) or `all`.
         #[arg(long, default_value = "all")]
         target: String,
         /// Calls in all (split among the targets of `all` by weight).

@@ -139,6 +139,7 @@ fn fuzz_runs_reproducibly_and_replays() {
         "emulate",
         "core",
         "xen-backend",
+        "vmi-backend",
     ] {
         assert!(out.contains(&format!("  {t} ")), "{t}: {out}");
     }

@@ -294,11 +294,13 @@ pub enum Target {
     Core,
     /// pvops-xen's ops over an in-process pv64 domain.
     XenBackend,
+    /// pvops-vmi's ops over an in-process 64-bit VMI personality.
+    VmiBackend,
 }
 
 impl Target {
     /// Every target, in the order `all` runs them.
-    pub const ALL: [Target; 8] = [
+    pub const ALL: [Target; 9] = [
         Target::XenPv64,
         Target::XenPv32,
         Target::Vmi64,
@@ -307,6 +309,7 @@ impl Target {
         Target::Emulate,
         Target::Core,
         Target::XenBackend,
+        Target::VmiBackend,
     ];
 
     /// Its name on the command line and in the corpus directory.
@@ -320,6 +323,7 @@ impl Target {
             Target::Emulate => "emulate",
             Target::Core => "core",
             Target::XenBackend => "xen-backend",
+            Target::VmiBackend => "vmi-backend",
         }
     }
 
@@ -337,14 +341,14 @@ impl Target {
             Target::Emulate => 6,
             Target::Core => 12,
             Target::Rom => 3,
-            Target::XenBackend => 4,
+            Target::XenBackend | Target::VmiBackend => 4,
         }
     }
 
     /// Rough cost of a call relative to the others (for scheduling).
     fn cost(self) -> u64 {
         match self {
-            Target::XenPv64 | Target::XenPv32 | Target::XenBackend => 4,
+            Target::XenPv64 | Target::XenPv32 | Target::XenBackend | Target::VmiBackend => 4,
             Target::Vmi64 | Target::Vmi32 => 3,
             Target::Emulate => 3,
             Target::Rom => 2,
@@ -363,6 +367,7 @@ impl Target {
             Target::Emulate => emul::case(src, st),
             Target::Core => core_fns::case(src, st),
             Target::XenBackend => backends::xen_case(src, st),
+            Target::VmiBackend => backends::vmi_case(src, st),
         }
     }
 }

@@ -15,7 +15,7 @@ use super::state::Update;
 use super::trace::{Change, VmiEvent, VmiTrace};
 use pvops::DescriptorTablePointer;
 
-pub use super::memory::{GuestMemory, HostGuestMemory, RamMemory};
+pub use super::memory::{GuestMemory, HostGuestMemory, HostWindow, RamMemory};
 pub use super::state::{EffectiveState, GuestView};
 
 /// First guest-physical address of the modelled low memory (the option-ROM

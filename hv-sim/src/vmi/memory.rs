@@ -65,6 +65,63 @@ impl GuestMemory for HostGuestMemory {
     }
 }
 
+/// A window of this process's memory: guest linear address = host pointer,
+/// as [`HostGuestMemory`], but only `[base, base + len)` is the guest's;
+/// anything else gets -EFAULT. For in-process guests whose descriptors may
+/// hold any base (a fuzzer, a hostile test): a table, TSS or LDT base
+/// outside the window is refused instead of dereferenced.
+#[derive(Debug)]
+pub struct HostWindow {
+    base: u64,
+    len: u64,
+}
+
+impl HostWindow {
+    /// # Safety
+    /// `[base, base + len)` must be valid host memory for reads and writes
+    /// (through volatile byte accesses) while the window is in use, and
+    /// every table the guest loads must lie inside it (as for
+    /// [`HostGuestMemory::new`]: the in-process backend reads the table
+    /// GetGDT reports).
+    pub unsafe fn new(base: *mut u8, len: usize) -> HostWindow {
+        HostWindow {
+            base: base as u64,
+            len: len as u64,
+        }
+    }
+
+    fn ok(&self, addr: u64, len: usize) -> bool {
+        addr >= self.base
+            && addr
+                .checked_add(len as u64)
+                .is_some_and(|end| end <= self.base.saturating_add(self.len))
+    }
+}
+
+impl GuestMemory for HostWindow {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        if !self.ok(addr, buf.len()) {
+            return false;
+        }
+        for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: inside the window, valid by `new`'s contract.
+            *b = unsafe { ((addr as usize + i) as *const u8).read_volatile() };
+        }
+        true
+    }
+
+    fn write(&self, addr: u64, data: &[u8]) -> bool {
+        if !self.ok(addr, data.len()) {
+            return false;
+        }
+        for (i, &b) in data.iter().enumerate() {
+            // SAFETY: as for `read`.
+            unsafe { ((addr as usize + i) as *mut u8).write_volatile(b) };
+        }
+        true
+    }
+}
+
 /// A block of simulated guest RAM at a chosen linear base (for 32-bit
 /// guests and for tests that need exact addresses).
 #[derive(Debug)]

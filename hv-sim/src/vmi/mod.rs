@@ -90,8 +90,8 @@ pub mod trace;
 
 pub use abi::Reloc;
 pub use machine::{
-    DEFAULT_ROM_BASE, EffectiveState, GuestMemory, GuestView, HostGuestMemory, RamMemory,
-    VmiHypervisor, default_answers,
+    DEFAULT_ROM_BASE, EffectiveState, GuestMemory, GuestView, HostGuestMemory, HostWindow,
+    RamMemory, VmiHypervisor, default_answers,
 };
 pub use policy::{GuestKind, Reject};
 pub use rom::RomBuilder;
