@@ -258,6 +258,7 @@ fn demo() -> ExitCode {
     );
 
     out!("== KVM: the example kernel (examples/kernel) booted in a real VM, native backend");
+    let mut smp = Vec::new();
     let summary = match kvm_boot(&mut ok, hv_sim::kvm::boot) {
         Boot::Skipped(_) => {
             out!("  (the in-process run above is what can run here)");
@@ -280,6 +281,7 @@ fn demo() -> ExitCode {
                 r.exits.other
             );
             ok &= r.failed().is_empty() && r.exit_status == Some(0);
+            smp.push(format!("native/KVM {}", smp_verdict(&r.checks)));
             Some(r.summary_line("native", 0))
         }
     };
@@ -382,6 +384,7 @@ fn demo() -> ExitCode {
                     r.exit_status
                 );
                 ok &= r.failed().is_empty() && r.exit_status == Some(0);
+                smp.push(format!("native/QEMU -smp 2 {}", smp_verdict(&r.checks)));
             }
         },
     }
@@ -415,6 +418,12 @@ fn demo() -> ExitCode {
     for line in real_xen_summary {
         out!("{line}");
     }
+    if !smp.is_empty() {
+        out!(
+            "2 CPUs (each its own GDT, TR/TSS.rsp0, FS base): {}",
+            smp.join(", ")
+        );
+    }
     if hv_sim::kvm::available().is_ok() && hv_sim::kvm::host_is_pvm() {
         out!(
             "(skipped = checks this host cannot run in a KVM guest: /dev/kvm is PVM, which cannot emulate lar/lsl/verr or int n; the QEMU boot runs them)"
@@ -424,6 +433,16 @@ fn demo() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// The example kernel's 2-CPU check in a boot: pass, FAIL, skip or missing.
+fn smp_verdict(checks: &[hv_sim::kvm::GuestCheck]) -> &'static str {
+    match checks.iter().find(|c| c.name.starts_with("smp 2 CPUs")) {
+        Some(c) if c.skipped => "skip",
+        Some(c) if c.passed => "pass",
+        Some(_) => "FAIL",
+        None => "missing",
     }
 }
 

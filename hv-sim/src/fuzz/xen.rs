@@ -45,6 +45,7 @@ const CALLS: &[u64] = &[
     nr::MMUEXT_OP,
     nr::CONSOLE_IO,
     nr::SCHED_OP,
+    nr::VCPU_OP,
 ];
 
 /// What the structured writers last left in guest memory, so a hypercall

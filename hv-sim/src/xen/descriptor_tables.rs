@@ -53,6 +53,20 @@ impl Inner {
                 }
             }
         }
+        self.install_gdt(v, &frames, entries)
+    }
+
+    /// `pv_set_gdt`: take the segdesc type on every frame (all or none),
+    /// then replace the vCPU's GDT. Shared by `set_gdt` and
+    /// `VCPUOP_initialise`.
+    pub(super) fn install_gdt(&mut self, v: usize, frames: &[u64], entries: u32) -> Hc {
+        if entries > 7168 {
+            return Err(fail(
+                EINVAL,
+                format!("{entries} entries: a guest GDT has at most 7168 (14 frames)"),
+            ));
+        }
+        let frames = &frames[..(entries.div_ceil(512) as usize).min(frames.len())];
         for (i, &mfn) in frames.iter().enumerate() {
             if let Err(r) = self.get_segdesc(mfn) {
                 for &m in frames[..i].iter().rev() {
@@ -70,10 +84,10 @@ impl Inner {
         }
         self.note(Change::Gdt {
             entries,
-            frames: frames.as_slice().into(),
+            frames: frames.into(),
         });
         let vc = &mut self.vcpus[v];
-        vc.gdt_frames = frames;
+        vc.gdt_frames = frames.to_vec();
         vc.gdt_ents = entries;
         Ok(0)
     }

@@ -31,7 +31,10 @@ mod mm;
 mod multicall;
 #[path = "pv_mm.rs"]
 mod pv_mm;
+#[path = "vcpu_op.rs"]
+mod vcpu_op;
 pub use hypercall::{PREEMPT_BUDGET, hypercall_name};
+pub use vcpu_op::{VCPU_GUEST_CONTEXT_SIZE, VcpuContext};
 // Xen's copy of validated frames, and the audit for direct stores.
 #[path = "shadow.rs"]
 mod shadow;
@@ -141,11 +144,46 @@ pub struct VcpuState {
     pub cr3: Option<u64>,
     /// Guest VA of this vCPU's scratch page.
     pub scratch_va: u64,
+    /// `is_initialised`: vCPU 0 by the domain builder, the others by
+    /// `VCPUOP_initialise`.
+    pub initialised: bool,
+    /// Not `_VPF_down`: running (vCPU 0 from the start; the others after
+    /// `VCPUOP_up`, or `VCPUOP_initialise` with `VGCF_online`).
+    pub up: bool,
+    /// The registers `VCPUOP_initialise` gave this vCPU (after Xen's
+    /// fixups), for a runner that starts it.
+    pub entry: Option<VcpuEntry>,
+}
+
+/// A vCPU's first registers, from `VCPUOP_initialise`'s `user_regs`
+/// (selectors with their RPL raised, RFLAGS with IOPL cleared and IF set,
+/// as `arch_set_info_guest` leaves them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuEntry {
+    /// rip.
+    pub rip: u64,
+    /// rsp.
+    pub rsp: u64,
+    /// rflags.
+    pub rflags: u64,
+    /// rdi.
+    pub rdi: u64,
+    /// rsi.
+    pub rsi: u64,
+    /// cs.
+    pub cs: u16,
+    /// ss.
+    pub ss: u16,
+    /// The `flags` word (`VGCF_*`).
+    pub flags: u64,
 }
 
 impl VcpuState {
-    fn new(scratch_va: u64) -> VcpuState {
+    fn new(index: usize, scratch_va: u64) -> VcpuState {
         VcpuState {
+            initialised: index == 0,
+            up: index == 0,
+            entry: None,
             gdt_frames: Vec::new(),
             gdt_ents: 0,
             ldt_base: 0,
@@ -288,7 +326,7 @@ impl XenDomain {
             pages
         ];
         let vc = (0..vcpus)
-            .map(|i| VcpuState::new(va_base + ((i + 1) * PAGE_SIZE) as u64))
+            .map(|i| VcpuState::new(i, va_base + ((i + 1) * PAGE_SIZE) as u64))
             .collect();
         XenDomain {
             inner: Mutex::new(Inner {
@@ -370,7 +408,7 @@ impl XenDomain {
             })
             .collect();
         let vc = (0..vcpus)
-            .map(|i| VcpuState::new(((reserved + i) * PAGE_SIZE) as u64))
+            .map(|i| VcpuState::new(i, ((reserved + i) * PAGE_SIZE) as u64))
             .collect();
         XenDomain {
             inner: Mutex::new(Inner {

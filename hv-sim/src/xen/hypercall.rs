@@ -146,6 +146,7 @@ impl Inner {
                 Abi::Pv64 => self.update_va_mapping(a[0], a[1], a[2]),
                 Abi::Pv32 => self.update_va_mapping(a[0], a[1] | a[2] << 32, a[3]),
             },
+            24 => self.vcpu_op(a[0], a[1], a[2]),
             25 => self.set_segment_base(v, a[0] as u32, a[1]),
             26 => self.mmuext_op(v, a[0], a[1] as u32, a[2], a[3] as u32),
             18 => self.console_io(a[0] as u32, a[1] as u32, a[2]),

@@ -67,7 +67,7 @@ pub mod trace;
 pub mod traps;
 
 pub use descriptor_policy::{Abi, Reject, check_descriptor};
-pub use domain::{GuestFault, TrapInfo, VcpuState, XenDomain, XenVersion};
+pub use domain::{GuestFault, TrapInfo, VcpuEntry, VcpuState, XenDomain, XenVersion};
 pub use mem::{FrameInfo, PageType};
 pub use platform::XenVcpu;
 pub use trace::{Change, ChangeIds, EventDisplay, Trace, TraceEvent};
@@ -90,6 +90,8 @@ pub mod nr {
     pub const UPDATE_VA_MAPPING: u64 = 14;
     /// iret (the KVM runner's, see `kvm::xen`; in process -ENOSYS).
     pub const IRET: u64 = 23;
+    /// vcpu_op(cmd, vcpuid, arg): initialise, up and is_up (pv64).
+    pub const VCPU_OP: u64 = 24;
     /// set_segment_base(which, base) (pv64 only).
     pub const SET_SEGMENT_BASE: u64 = 25;
     /// mmuext_op(ops, count, pdone, foreigndom).
@@ -102,6 +104,8 @@ pub mod nr {
 
 /// EPERM.
 pub const EPERM: i64 = 1;
+/// ENOENT.
+pub const ENOENT: i64 = 2;
 /// ESRCH.
 pub const ESRCH: i64 = 3;
 /// EACCES.
@@ -110,6 +114,8 @@ pub const EACCES: i64 = 13;
 pub const EFAULT: i64 = 14;
 /// EBUSY.
 pub const EBUSY: i64 = 16;
+/// EEXIST.
+pub const EEXIST: i64 = 17;
 /// EINVAL.
 pub const EINVAL: i64 = 22;
 /// ENOSYS.
