@@ -550,7 +550,13 @@ fn run_vm(
             text,
             exits: run.exits,
             stray_io: run.stray_io,
-            ioctls: cache.counts(),
+            ioctls: {
+                let mut all = cache.counts();
+                if run.aps > 0 {
+                    all.add(run.ap_ioctls);
+                }
+                all
+            },
             run_time: run.run_time,
             handle_time: run.handle_time,
         },
@@ -568,6 +574,8 @@ struct Run {
     handle_time: Duration,
     /// vCPUs started through [`ports::START_AP`].
     aps: u64,
+    /// Their vCPU ioctls.
+    ap_ioctls: VcpuIoctls,
 }
 
 /// Run the vCPU to the guest's exit: `Some(status)` when it reported one,

@@ -193,6 +193,19 @@ impl RegCache {
     }
 }
 
+impl VcpuIoctls {
+    /// Add another vCPU's counts (a boot's report covers all its vCPUs).
+    pub(crate) fn add(&mut self, o: VcpuIoctls) {
+        self.runs += o.runs;
+        self.get_regs += o.get_regs;
+        self.set_regs += o.set_regs;
+        self.get_sregs += o.get_sregs;
+        self.set_sregs += o.set_sregs;
+        self.sync_writes += o.sync_writes;
+        self.sync_regs &= o.sync_regs;
+    }
+}
+
 /// A vCPU between two runs, as the personalities see it: its registers
 /// through the cache.
 pub(crate) struct Vcpu<'a> {

@@ -91,6 +91,7 @@ pub(super) fn start_ap(
             .as_bytes(),
         );
     }
+    run.ap_ioctls.add(cache.counts());
     Ok(status)
 }
 
