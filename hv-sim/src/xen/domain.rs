@@ -328,32 +328,7 @@ impl XenDomain {
         let vc = (0..vcpus)
             .map(|i| VcpuState::new(i, va_base + ((i + 1) * PAGE_SIZE) as u64))
             .collect();
-        XenDomain {
-            inner: Mutex::new(Inner {
-                abi,
-                ram,
-                va_base,
-                reserved: 0,
-                frames,
-                ptes,
-                vcpus: vc,
-                shadows: Shadows::new(pages),
-                trace: Trace::default(),
-                seq: 0,
-                owner: None,
-                preempted: None,
-                work: 0,
-                strict: false,
-                strict_failures: Vec::new(),
-                next_free: vcpus + 1,
-                debug_build: false,
-                version: XenVersion::default(),
-                console: Default::default(),
-                shutdown: None,
-                privileged: false,
-                pt: Default::default(),
-            }),
-        }
+        XenDomain::from_parts(abi, ram, va_base, 0, frames, ptes, vc, vcpus + 1)
     }
 
     /// A pv64 domain over RAM the caller owns (a KVM guest's memory), with
@@ -410,15 +385,41 @@ impl XenDomain {
         let vc = (0..vcpus)
             .map(|i| VcpuState::new(i, ((reserved + i) * PAGE_SIZE) as u64))
             .collect();
+        XenDomain::from_parts(
+            Abi::Pv64,
+            ram,
+            0,
+            reserved,
+            frames,
+            ptes,
+            vc,
+            reserved + vcpus,
+        )
+    }
+
+    /// The domain over `ram` with these frames, direct-map entries and
+    /// vCPUs, in its start state (no trace, domU, release build, 4.17).
+    #[allow(clippy::too_many_arguments)]
+    fn from_parts(
+        abi: Abi,
+        ram: GuestRam,
+        va_base: u64,
+        reserved: usize,
+        frames: Vec<FrameInfo>,
+        ptes: Vec<u64>,
+        vcpus: Vec<VcpuState>,
+        next_free: usize,
+    ) -> XenDomain {
+        let pages = frames.len();
         XenDomain {
             inner: Mutex::new(Inner {
-                abi: Abi::Pv64,
+                abi,
                 ram,
-                va_base: 0,
+                va_base,
                 reserved,
                 frames,
                 ptes,
-                vcpus: vc,
+                vcpus,
                 shadows: Shadows::new(pages),
                 trace: Trace::default(),
                 seq: 0,
@@ -427,7 +428,7 @@ impl XenDomain {
                 work: 0,
                 strict: false,
                 strict_failures: Vec::new(),
-                next_free: reserved + vcpus,
+                next_free,
                 debug_build: false,
                 version: XenVersion::default(),
                 console: Default::default(),
@@ -614,194 +615,6 @@ impl XenDomain {
         let d = g.ldt_entry_mapped(v, idx);
         g.audit_if_suspect();
         d
-    }
-
-    /// A guest store of 8 bytes at `va` through its page tables: needs a
-    /// present, writable mapping (else the #PF the CPU would raise). The
-    /// bytes land in the mapped frame.
-    pub fn guest_write_u64(&self, va: u64, value: u64) -> Result<(), GuestFault> {
-        let g = self.lock();
-        g.store_bytes(va, &value.to_le_bytes(), true)
-            .map_err(|()| GuestFault {
-                vector: 14,
-                error_code: 0x3,
-                cr2: Some(va),
-                reason: format!("no writable mapping for va {va:#x}"),
-            })
-    }
-
-    /// A guest load of 8 bytes at `va` through its page tables.
-    pub fn guest_read_u64(&self, va: u64) -> Option<u64> {
-        let g = self.lock();
-        let mut b = [0u8; 8];
-        g.load_bytes(va, &mut b).ok()?;
-        Some(u64::from_le_bytes(b))
-    }
-
-    /// Write 8 bytes at `va` straight into the host memory of the direct
-    /// map, bypassing the guest's page tables (what a buggy in-process
-    /// kernel does when it writes a table it made read-only). Returns false
-    /// if `va` is outside RAM or unaligned.
-    pub fn host_write_u64(&self, va: u64, value: u64) -> bool {
-        let g = self.lock();
-        match g.va_page(va) {
-            Some(p) if va.is_multiple_of(8) => {
-                g.ram.write_u64(p, (va as usize) & (PAGE_SIZE - 1), value);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Read 8 bytes from the host memory of the direct map at `va`.
-    pub fn host_read_u64(&self, va: u64) -> Option<u64> {
-        let g = self.lock();
-        match g.va_page(va) {
-            Some(p) if va.is_multiple_of(8) => {
-                Some(g.ram.read_u64(p, (va as usize) & (PAGE_SIZE - 1)))
-            }
-            _ => None,
-        }
-    }
-
-    /// A copy of the trace.
-    pub fn trace(&self) -> Trace {
-        let mut g = self.lock();
-        g.audit();
-        g.trace.clone()
-    }
-
-    /// Keep the last `limit` events and the last `limit` changes of the
-    /// trace (the default is [`TRACE_CAP`](super::trace::TRACE_CAP)), or
-    /// everything (`None`: memory then grows with the domain's history).
-    /// The trace starts afresh.
-    pub fn set_trace_limit(&self, limit: Option<usize>) {
-        self.lock().trace = Trace::with_limit(limit);
-    }
-
-    /// Forget the trace.
-    pub fn clear_trace(&self) {
-        self.lock().trace.clear();
-    }
-
-    /// The violations recorded so far.
-    pub fn violations(&self) -> Vec<String> {
-        let mut g = self.lock();
-        g.audit();
-        let mut v: Vec<String> = g
-            .trace
-            .events
-            .iter()
-            .filter_map(|e| match e {
-                TraceEvent::Violation { message } => Some(message.clone()),
-                _ => None,
-            })
-            .collect();
-        if g.trace.dropped_violations > 0 {
-            v.insert(
-                0,
-                format!(
-                    "{} earlier violations dropped from the bounded trace",
-                    g.trace.dropped_violations
-                ),
-            );
-        }
-        v
-    }
-
-    /// Issue hypercall `nr` on vCPU `vcpu`. pv64: 64-bit number and
-    /// arguments (rdi, rsi, rdx, r10, r8, r9). pv32: 32-bit values (ebx, ecx,
-    /// edx, esi, edi); upper bits are ignored. Returns 0/positive or -errno.
-    ///
-    /// # Panics
-    /// If `vcpu` is not a vCPU of this domain; in strict mode, on any
-    /// rejection or violation (by design).
-    pub fn hypercall(&self, vcpu: usize, nr: u64, args: [u64; 6]) -> i64 {
-        let mut g = self.lock();
-        assert!(vcpu < g.vcpus.len(), "hv-sim: no vCPU {vcpu}");
-        g.strict_failures.clear();
-        g.enter();
-        let (nr, args) = match g.abi {
-            Abi::Pv64 => (nr, args),
-            Abi::Pv32 => (nr & 0xFFFF_FFFF, args.map(|a| a & 0xFFFF_FFFF)),
-        };
-        g.work = 0;
-        let mut r = g.dispatch(vcpu, nr, args, 0);
-        // A preempted call returns to the guest, which re-executes the
-        // continuation Xen wrote into its registers: other vCPUs may run in
-        // between, and each invocation does a bounded amount of work.
-        while let Some((op, a)) = g.preempted.take() {
-            drop(g);
-            g = self.lock();
-            g.work = 0;
-            let a = match g.abi {
-                Abi::Pv64 => a,
-                Abi::Pv32 => a.map(|x| x & 0xFFFF_FFFF),
-            };
-            r = g.dispatch(vcpu, op, a, 0);
-        }
-        g.audit_if_suspect();
-        g.finish_strict().map_or(r, |msg| {
-            drop(g);
-            panic!("{msg}")
-        })
-    }
-
-    /// The guest touched LDT entry `index` on vCPU `v` from kernel mode (a
-    /// fault in Xen's LDT area): validate and map its page lazily as Xen
-    /// does. Returns the descriptor, or the fault Xen would inject.
-    pub fn touch_ldt(&self, v: usize, index: u32) -> Result<u64, GuestFault> {
-        self.touch_ldt_from(v, index, false)
-    }
-
-    /// [`XenDomain::touch_ldt`] with the guest's mode at the time of the
-    /// access (`user_mode` sets the U bit of an injected #PF).
-    pub fn touch_ldt_from(&self, v: usize, index: u32, user_mode: bool) -> Result<u64, GuestFault> {
-        let mut g = self.lock();
-        assert!(v < g.vcpus.len(), "hv-sim: no vCPU {v}");
-        g.strict_failures.clear();
-        g.enter();
-        let from = g.trace.next_change();
-        let id = g.trace.push(TraceEvent::LdtFault {
-            vcpu: v,
-            index,
-            fault: None,
-            changes: ChangeIds::default(),
-        });
-        g.owner = Some(id);
-        let r = g.map_ldt(v, index, user_mode);
-        g.owner = None;
-        let to = g.trace.next_change();
-        if let Some(TraceEvent::LdtFault { fault, changes, .. }) = g.trace.get_mut(id) {
-            *fault = r.as_ref().err().map(|f| f.to_string());
-            *changes = ChangeIds {
-                owner: id,
-                ids: from..to,
-            };
-        }
-        g.audit_if_suspect();
-        if let Err(f) = &r {
-            let m = format!("LDT entry {index} on vcpu{v}: Xen would inject {f}");
-            g.strict_failures.push(m);
-        }
-        if let Some(msg) = g.finish_strict() {
-            drop(g);
-            panic!("{msg}");
-        }
-        r
-    }
-
-    /// Check the model's invariants: every present code/data descriptor in a
-    /// live GDT or mapped LDT page has DPL >= krpl; no seg_desc frame in use
-    /// has a writable mapping; type counts match the mappings. Err = what
-    /// is wrong.
-    ///
-    /// Like every entry point, it first looks for direct guest writes to
-    /// descriptor frames (recording and undoing them as violations).
-    pub fn check_invariants(&self) -> Result<(), String> {
-        let mut g = self.lock();
-        g.audit();
-        g.invariants()
     }
 }
 

@@ -141,3 +141,53 @@ impl Inner {
         }
     }
 }
+
+impl XenDomain {
+    /// A guest store of 8 bytes at `va` through its page tables: needs a
+    /// present, writable mapping (else the #PF the CPU would raise). The
+    /// bytes land in the mapped frame.
+    pub fn guest_write_u64(&self, va: u64, value: u64) -> Result<(), GuestFault> {
+        let g = self.lock();
+        g.store_bytes(va, &value.to_le_bytes(), true)
+            .map_err(|()| GuestFault {
+                vector: 14,
+                error_code: 0x3,
+                cr2: Some(va),
+                reason: format!("no writable mapping for va {va:#x}"),
+            })
+    }
+
+    /// A guest load of 8 bytes at `va` through its page tables.
+    pub fn guest_read_u64(&self, va: u64) -> Option<u64> {
+        let g = self.lock();
+        let mut b = [0u8; 8];
+        g.load_bytes(va, &mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+
+    /// Write 8 bytes at `va` straight into the host memory of the direct
+    /// map, bypassing the guest's page tables (what a buggy in-process
+    /// kernel does when it writes a table it made read-only). Returns false
+    /// if `va` is outside RAM or unaligned.
+    pub fn host_write_u64(&self, va: u64, value: u64) -> bool {
+        let g = self.lock();
+        match g.va_page(va) {
+            Some(p) if va.is_multiple_of(8) => {
+                g.ram.write_u64(p, (va as usize) & (PAGE_SIZE - 1), value);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Read 8 bytes from the host memory of the direct map at `va`.
+    pub fn host_read_u64(&self, va: u64) -> Option<u64> {
+        let g = self.lock();
+        match g.va_page(va) {
+            Some(p) if va.is_multiple_of(8) => {
+                Some(g.ram.read_u64(p, (va as usize) & (PAGE_SIZE - 1)))
+            }
+            _ => None,
+        }
+    }
+}

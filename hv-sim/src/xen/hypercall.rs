@@ -166,3 +166,43 @@ impl Inner {
         }
     }
 }
+
+impl XenDomain {
+    /// Issue hypercall `nr` on vCPU `vcpu`. pv64: 64-bit number and
+    /// arguments (rdi, rsi, rdx, r10, r8, r9). pv32: 32-bit values (ebx, ecx,
+    /// edx, esi, edi); upper bits are ignored. Returns 0/positive or -errno.
+    ///
+    /// # Panics
+    /// If `vcpu` is not a vCPU of this domain; in strict mode, on any
+    /// rejection or violation (by design).
+    pub fn hypercall(&self, vcpu: usize, nr: u64, args: [u64; 6]) -> i64 {
+        let mut g = self.lock();
+        assert!(vcpu < g.vcpus.len(), "hv-sim: no vCPU {vcpu}");
+        g.strict_failures.clear();
+        g.enter();
+        let (nr, args) = match g.abi {
+            Abi::Pv64 => (nr, args),
+            Abi::Pv32 => (nr & 0xFFFF_FFFF, args.map(|a| a & 0xFFFF_FFFF)),
+        };
+        g.work = 0;
+        let mut r = g.dispatch(vcpu, nr, args, 0);
+        // A preempted call returns to the guest, which re-executes the
+        // continuation Xen wrote into its registers: other vCPUs may run in
+        // between, and each invocation does a bounded amount of work.
+        while let Some((op, a)) = g.preempted.take() {
+            drop(g);
+            g = self.lock();
+            g.work = 0;
+            let a = match g.abi {
+                Abi::Pv64 => a,
+                Abi::Pv32 => a.map(|x| x & 0xFFFF_FFFF),
+            };
+            r = g.dispatch(vcpu, op, a, 0);
+        }
+        g.audit_if_suspect();
+        g.finish_strict().map_or(r, |msg| {
+            drop(g);
+            panic!("{msg}")
+        })
+    }
+}

@@ -90,3 +90,63 @@ impl Inner {
         self.pt_invariants()
     }
 }
+
+impl XenDomain {
+    /// A copy of the trace.
+    pub fn trace(&self) -> Trace {
+        let mut g = self.lock();
+        g.audit();
+        g.trace.clone()
+    }
+
+    /// Keep the last `limit` events and the last `limit` changes of the
+    /// trace (the default is [`TRACE_CAP`](super::trace::TRACE_CAP)), or
+    /// everything (`None`: memory then grows with the domain's history).
+    /// The trace starts afresh.
+    pub fn set_trace_limit(&self, limit: Option<usize>) {
+        self.lock().trace = Trace::with_limit(limit);
+    }
+
+    /// Forget the trace.
+    pub fn clear_trace(&self) {
+        self.lock().trace.clear();
+    }
+
+    /// The violations recorded so far.
+    pub fn violations(&self) -> Vec<String> {
+        let mut g = self.lock();
+        g.audit();
+        let mut v: Vec<String> = g
+            .trace
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                TraceEvent::Violation { message } => Some(message.clone()),
+                _ => None,
+            })
+            .collect();
+        if g.trace.dropped_violations > 0 {
+            v.insert(
+                0,
+                format!(
+                    "{} earlier violations dropped from the bounded trace",
+                    g.trace.dropped_violations
+                ),
+            );
+        }
+        v
+    }
+
+    /// Check the model's invariants: every present code/data descriptor in a
+    /// live GDT or mapped LDT page has DPL >= krpl; no seg_desc frame in use
+    /// has a writable mapping; type counts match the mappings. Err = what
+    /// is wrong.
+    ///
+    /// Like every entry point, it first looks for direct guest writes to
+    /// descriptor frames (recording and undoing them as violations).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut g = self.lock();
+        g.audit();
+        g.invariants()
+    }
+}

@@ -62,3 +62,49 @@ impl Inner {
         Some(self.slot(pfn, (off % PAGE_SIZE) / 8))
     }
 }
+
+impl XenDomain {
+    /// The guest touched LDT entry `index` on vCPU `v` from kernel mode (a
+    /// fault in Xen's LDT area): validate and map its page lazily as Xen
+    /// does. Returns the descriptor, or the fault Xen would inject.
+    pub fn touch_ldt(&self, v: usize, index: u32) -> Result<u64, GuestFault> {
+        self.touch_ldt_from(v, index, false)
+    }
+
+    /// [`XenDomain::touch_ldt`] with the guest's mode at the time of the
+    /// access (`user_mode` sets the U bit of an injected #PF).
+    pub fn touch_ldt_from(&self, v: usize, index: u32, user_mode: bool) -> Result<u64, GuestFault> {
+        let mut g = self.lock();
+        assert!(v < g.vcpus.len(), "hv-sim: no vCPU {v}");
+        g.strict_failures.clear();
+        g.enter();
+        let from = g.trace.next_change();
+        let id = g.trace.push(TraceEvent::LdtFault {
+            vcpu: v,
+            index,
+            fault: None,
+            changes: ChangeIds::default(),
+        });
+        g.owner = Some(id);
+        let r = g.map_ldt(v, index, user_mode);
+        g.owner = None;
+        let to = g.trace.next_change();
+        if let Some(TraceEvent::LdtFault { fault, changes, .. }) = g.trace.get_mut(id) {
+            *fault = r.as_ref().err().map(|f| f.to_string());
+            *changes = ChangeIds {
+                owner: id,
+                ids: from..to,
+            };
+        }
+        g.audit_if_suspect();
+        if let Err(f) = &r {
+            let m = format!("LDT entry {index} on vcpu{v}: Xen would inject {f}");
+            g.strict_failures.push(m);
+        }
+        if let Some(msg) = g.finish_strict() {
+            drop(g);
+            panic!("{msg}");
+        }
+        r
+    }
+}

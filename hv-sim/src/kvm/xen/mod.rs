@@ -77,6 +77,8 @@
 //! domain's scratch page is pfn 0x100; the kernel and Xen's layout follow.
 
 pub mod builder;
+mod exception;
+mod sync;
 
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
@@ -329,6 +331,61 @@ fn accessed(d: u64) -> u64 {
     }
 }
 
+/// hv-sim's pages below 1 MiB: the real page tables, the hypercall page's
+/// stubs, the exception stubs with their IDT gates, and Xen's reserved GDT
+/// entries.
+fn write_hv_pages(mem: &GuestMemoryMmap, cfg: &Config, setup: &XenSetup) -> Result<(), KvmError> {
+    let w = |addr: u64, v: u64| {
+        mem.write_obj(v, GuestAddress(addr))
+            .map_err(|e| KvmError::BadImage(format!("writing {addr:#x}: {e}")))
+    };
+    layout::write_ring3_page_tables(mem, cfg.mem_size, |a| {
+        if a == TRAP_TEXT {
+            a | PTE_P | PTE_U
+        } else if (REAL_GDT..REAL_TSS + 0x1000).contains(&a) {
+            // Supervisor only: the CPU's implicit accesses.
+            a | PTE_P | PTE_RW
+        } else {
+            0
+        }
+    })
+    .map_err(KvmError::BadImage)?;
+    // Hypercall page and exception stubs.
+    let mut stubs = vec![0u8; 4096];
+    for (nr, s) in stubs.chunks_mut(STUB_SIZE).enumerate() {
+        s.copy_from_slice(&hypercall_stub(nr as u32));
+    }
+    mem.write_slice(&stubs, GuestAddress(setup.notes.hypercall_page))
+        .map_err(|e| KvmError::BadImage(format!("filling the hypercall page: {e}")))?;
+    for v in 0..32u8 {
+        let at = TRAP_TEXT + u64::from(v) * builder::EXCEPTION_STUB_SIZE;
+        mem.write_slice(&builder::exception_stub(v), GuestAddress(at))
+            .map_err(|e| KvmError::BadImage(format!("writing exception stub {v}: {e}")))?;
+        // Interrupt gates into the stubs; #BP and #OF may be raised by
+        // `int3`/`into` in ring 3, as Xen's IDT allows.
+        let dpl: u64 = if v == 3 || v == 4 { 3 } else { 0 };
+        let low = (at & 0xffff)
+            | (u64::from(FLAT_KERNEL_CS) << 16)
+            | ((0x8e | dpl << 5) << 40)
+            | ((at >> 16) & 0xffff) << 48;
+        w(REAL_IDT + u64::from(v) * 16, low)?;
+        w(REAL_IDT + u64::from(v) * 16 + 8, at >> 32)?;
+    }
+    // Xen's reserved GDT entries.
+    let gdt = |idx: u32, d: u64| w(REAL_GDT + u64::from(idx) * 8, d);
+    gdt(u32::from(HYPERVISOR_CS >> 3), 0x00af_9b00_0000_ffff)?;
+    gdt(u32::from(HYPERVISOR_DS >> 3), 0x00cf_9300_0000_ffff)?;
+    gdt(u32::from(FLAT_USER_CS32 >> 3), 0x00cf_fb00_0000_ffff)?;
+    gdt(u32::from(FLAT_KERNEL_SS >> 3), 0x00cf_f300_0000_ffff)?;
+    gdt(u32::from(FLAT_KERNEL_CS >> 3), 0x00af_fb00_0000_ffff)?;
+    let tss = pvops::SystemDescriptor::tss(REAL_TSS, 0x67)
+        .map_err(|e| KvmError::BadImage(e.to_string()))?;
+    // Busy: TR is loaded with it.
+    gdt(u32::from(TSS_SELECTOR >> 3), tss.low | (0x2 << 40))?;
+    gdt(u32::from(TSS_SELECTOR >> 3) + 1, tss.high)?;
+    Ok(())
+}
+
 /// The personality's state during a boot.
 pub(crate) struct XenGuest {
     dom: XenDomain,
@@ -372,50 +429,7 @@ impl XenGuest {
                 .map_err(|e| KvmError::BadImage(format!("writing {addr:#x}: {e}")))
         };
         let pages = cfg.mem_size / 4096;
-        layout::write_ring3_page_tables(mem, cfg.mem_size, |a| {
-            if a == TRAP_TEXT {
-                a | PTE_P | PTE_U
-            } else if (REAL_GDT..REAL_TSS + 0x1000).contains(&a) {
-                // Supervisor only: the CPU's implicit accesses.
-                a | PTE_P | PTE_RW
-            } else {
-                0
-            }
-        })
-        .map_err(KvmError::BadImage)?;
-        // Hypercall page and exception stubs.
-        let mut stubs = vec![0u8; 4096];
-        for (nr, s) in stubs.chunks_mut(STUB_SIZE).enumerate() {
-            s.copy_from_slice(&hypercall_stub(nr as u32));
-        }
-        mem.write_slice(&stubs, GuestAddress(setup.notes.hypercall_page))
-            .map_err(|e| KvmError::BadImage(format!("filling the hypercall page: {e}")))?;
-        for v in 0..32u8 {
-            let at = TRAP_TEXT + u64::from(v) * builder::EXCEPTION_STUB_SIZE;
-            mem.write_slice(&builder::exception_stub(v), GuestAddress(at))
-                .map_err(|e| KvmError::BadImage(format!("writing exception stub {v}: {e}")))?;
-            // Interrupt gates into the stubs; #BP and #OF may be raised by
-            // `int3`/`into` in ring 3, as Xen's IDT allows.
-            let dpl: u64 = if v == 3 || v == 4 { 3 } else { 0 };
-            let low = (at & 0xffff)
-                | (u64::from(FLAT_KERNEL_CS) << 16)
-                | ((0x8e | dpl << 5) << 40)
-                | ((at >> 16) & 0xffff) << 48;
-            w(REAL_IDT + u64::from(v) * 16, low)?;
-            w(REAL_IDT + u64::from(v) * 16 + 8, at >> 32)?;
-        }
-        // Xen's reserved GDT entries.
-        let gdt = |idx: u32, d: u64| w(REAL_GDT + u64::from(idx) * 8, d);
-        gdt(u32::from(HYPERVISOR_CS >> 3), 0x00af_9b00_0000_ffff)?;
-        gdt(u32::from(HYPERVISOR_DS >> 3), 0x00cf_9300_0000_ffff)?;
-        gdt(u32::from(FLAT_USER_CS32 >> 3), 0x00cf_fb00_0000_ffff)?;
-        gdt(u32::from(FLAT_KERNEL_SS >> 3), 0x00cf_f300_0000_ffff)?;
-        gdt(u32::from(FLAT_KERNEL_CS >> 3), 0x00af_fb00_0000_ffff)?;
-        let tss = pvops::SystemDescriptor::tss(REAL_TSS, 0x67)
-            .map_err(|e| KvmError::BadImage(e.to_string()))?;
-        // Busy: TR is loaded with it.
-        gdt(u32::from(TSS_SELECTOR >> 3), tss.low | (0x2 << 40))?;
-        gdt(u32::from(TSS_SELECTOR >> 3) + 1, tss.high)?;
+        write_hv_pages(mem, cfg, setup)?;
         // The domain over the guest's RAM.
         let host = mem
             .get_host_address(GuestAddress(0))
@@ -513,32 +527,6 @@ impl XenGuest {
         self.cpuid = entries.to_vec();
     }
 
-    fn emulate_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        let sig = |i: usize| {
-            u32::from_le_bytes([
-                CPUID_SIGNATURE[i],
-                CPUID_SIGNATURE[i + 1],
-                CPUID_SIGNATURE[i + 2],
-                CPUID_SIGNATURE[i + 3],
-            ])
-        };
-        match leaf {
-            0x4000_0000 => [0x4000_0002, sig(0), sig(4), sig(8)],
-            // Version; hypercall pages (1) and the MSR that would write one.
-            0x4000_0001 => [XEN_VERSION, 0, 0, 0],
-            0x4000_0002 => [1, 0x4000_0000, 0, 0],
-            _ => self
-                .cpuid
-                .iter()
-                .find(|e| {
-                    e.function == leaf
-                        && (e.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0
-                            || e.index == subleaf)
-                })
-                .map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx]),
-        }
-    }
-
     /// The entry state of a PV kernel as Xen's builder leaves it: ring 3 on
     /// Xen's flat selectors at the ENTRY note, rsp = the boot stack's top,
     /// rsi = the start info; hv-sim's GDT/IDT/TR, IOPL 3 for its stubs.
@@ -600,313 +588,6 @@ impl XenGuest {
         }
         self.sync(vm, vcpu).map(|()| None)
     }
-
-    /// An exception stub's port write: the stub pushed rax above the
-    /// hardware frame. Emulate a forced-emulation `cpuid`, or bounce.
-    fn exception(
-        &mut self,
-        vm: &VmFd,
-        vcpu: &mut Vcpu<'_>,
-        mut regs: kvm_regs,
-        v: u8,
-    ) -> Result<(), String> {
-        const PREFIX: [u8; 7] = [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2];
-        let saved_rax = self.read(regs.rsp)?;
-        let mut p = regs.rsp + 8;
-        let error_code = if traps::has_error_code(v) {
-            p += 8;
-            Some(self.read(p - 8)? as u32)
-        } else {
-            None
-        };
-        // The kernel runs in ring 3, so the CPU sets a #PF's user bit; Xen
-        // hands a fault taken in guest kernel mode on with it clear.
-        let error_code = if v == 14 {
-            error_code.map(|c| crate::xen::domain::guest_pf_error_code(c, true))
-        } else {
-            error_code
-        };
-        let at = Interrupted {
-            rip: self.read(p)?,
-            cs: self.read(p + 8)? as u16,
-            rflags: self.read(p + 16)?,
-            rsp: self.read(p + 24)?,
-            ss: self.read(p + 32)? as u16,
-            rcx: regs.rcx,
-            r11: regs.r11,
-        };
-        let mut insn = [0u8; 7];
-        if v == 6 && self.mem.read_slice(&mut insn, GuestAddress(at.rip)).is_ok() && insn == PREFIX
-        {
-            let r = self.emulate_cpuid(saved_rax as u32, regs.rcx as u32);
-            regs.rax = u64::from(r[0]);
-            regs.rbx = u64::from(r[1]);
-            regs.rcx = u64::from(r[2]);
-            regs.rdx = u64::from(r[3]);
-            regs.rip = at.rip + PREFIX.len() as u64;
-            regs.rsp = at.rsp;
-            regs.rflags = at.rflags;
-            self.emulated_cpuids += 1;
-            vcpu.set_regs(&regs);
-            return Ok(());
-        }
-        if v == 14 {
-            let cr2 = vcpu.sregs()?.cr2;
-            if (REAL_LDT..REAL_LDT + 16 * 4096).contains(&cr2) {
-                // The CPU touched a page of the LDT not mapped yet: map it
-                // now as Xen does on this fault (`handle_ldt_mapping_fault`)
-                // and retry the instruction; if the guest's page cannot be
-                // mapped, the #PF goes to the guest.
-                let index = ((cr2 - REAL_LDT) / 8) as u32;
-                if self.dom.touch_ldt(0, index).is_ok() {
-                    regs.rax = saved_rax;
-                    regs.rip = at.rip;
-                    regs.rsp = at.rsp;
-                    regs.rflags = at.rflags;
-                    self.lazy_ldt_maps += 1;
-                    vcpu.set_regs(&regs);
-                    return self.sync(vm, vcpu);
-                }
-            }
-            // A write to a read-only mapping (present, write; no reserved
-            // bit or fetch): Xen emulates a store into an L1 page table in
-            // use as a validated entry update (`pv_ro_page_fault`) and
-            // resumes after the instruction.
-            if error_code.is_some_and(|c| c & 0x1b == 0x3) {
-                let mut insn = [0u8; 15];
-                let _ = self.mem.read_slice(&mut insn, GuestAddress(at.rip));
-                let gpr = [
-                    saved_rax, regs.rcx, regs.rdx, regs.rbx, at.rsp, regs.rbp, regs.rsi, regs.rdi,
-                    regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
-                ];
-                if let Some(next) = self.dom.ptwr_fault(cr2, &insn, at.rip, &gpr) {
-                    regs.rax = saved_rax;
-                    regs.rip = next;
-                    regs.rsp = at.rsp;
-                    regs.rflags = at.rflags;
-                    vcpu.set_regs(&regs);
-                    return self.sync(vm, vcpu);
-                }
-            }
-        }
-        let t = self.dom.vcpu(0).trap_table[usize::from(v)];
-        if t.address == 0 {
-            return Err(format!(
-                "exception {v} (error code {error_code:x?}) at rip {:#x} and the guest registered no handler for it: Xen crashes the domain",
-                at.rip
-            ));
-        }
-        let bf = traps::bounce_frame(&at, error_code, self.upcall_mask, t.flags & 4 != 0);
-        for (i, word) in bf.words.iter().enumerate() {
-            self.dom
-                .guest_write_u64(bf.rsp + i as u64 * 8, *word)
-                .map_err(|f| {
-                    format!("bounce frame for exception {v}: {f}; Xen crashes the domain")
-                })?;
-        }
-        self.upcall_mask = bf.upcall_mask;
-        regs.rax = saved_rax;
-        regs.rsp = bf.rsp;
-        regs.rip = t.address;
-        regs.rflags = bf.rflags;
-        *self.bounced.entry(v).or_default() += 1;
-        vcpu.set_regs(&regs);
-        Ok(())
-    }
-
-    /// The `iret` stub's port write: the `iret_context` is at rsp.
-    fn iret(&mut self, vcpu: &mut Vcpu<'_>, mut regs: kvm_regs) -> Result<(), String> {
-        let mut ctx = [0u64; 9];
-        for (i, w) in ctx.iter_mut().enumerate() {
-            let a = regs.rsp.wrapping_add(i as u64 * 8);
-            *w = self
-                .dom
-                .guest_read_u64(a)
-                .ok_or_else(|| traps::IretError::Unreadable(a).to_string())?;
-        }
-        let r = traps::iret(ctx).map_err(|e| format!("{e}; Xen crashes the domain"))?;
-        if r.cs != FLAT_KERNEL_CS || r.ss != FLAT_KERNEL_SS {
-            return Err(format!(
-                "iret to cs {:#x} ss {:#x}: hv-sim returns only to FLAT_KERNEL_CS/SS",
-                r.cs, r.ss
-            ));
-        }
-        regs.rax = r.rax;
-        regs.rip = r.rip;
-        regs.rsp = r.rsp;
-        // The real IOPL stays 3: hv-sim's stubs use `out`.
-        regs.rflags = r.rflags | traps::RFLAGS_IOPL;
-        if let Some((rcx, r11)) = r.rcx_r11 {
-            regs.rcx = rcx;
-            regs.r11 = r11;
-        }
-        self.upcall_mask = r.upcall_mask;
-        self.irets += 1;
-        vcpu.set_regs(&regs);
-        Ok(())
-    }
-
-    /// Install the initial real tables before the guest runs.
-    pub(crate) fn initial_tables(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
-        self.sync(vm, vcpu)?;
-        // Nothing ran yet: KVM had no shadow copies to drop.
-        self.pte_flushes = 0;
-        Ok(())
-    }
-
-    fn read(&self, addr: u64) -> Result<u64, String> {
-        self.mem
-            .read_obj(GuestAddress(addr))
-            .map_err(|e| format!("reading guest memory at {addr:#x}: {e}"))
-    }
-
-    fn write(&self, addr: u64, v: u64) -> Result<(), String> {
-        self.mem
-            .write_obj(v, GuestAddress(addr))
-            .map_err(|e| format!("writing hv-sim page {addr:#x}: {e}"))
-    }
-
-    /// Make the domain's state real on the vCPU.
-    fn sync(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
-        let vc = self.dom.vcpu(0);
-        let mut sregs = vcpu.sregs()?;
-
-        // GDT: every slot of the guest's frames, as Xen validated them.
-        let n = (vc.gdt_frames.len() as u32 * 512).min(FIRST_RESERVED_GDT_ENTRY);
-        let gdt: Vec<u64> = (0..n).map(|i| accessed(self.dom.gdt_entry(0, i))).collect();
-        if gdt != self.last_gdt {
-            for i in 0..n.max(self.gdt_written) {
-                let d = gdt.get(i as usize).copied().unwrap_or(0);
-                if self.last_gdt.get(i as usize) != Some(&d) {
-                    self.write(REAL_GDT + u64::from(i) * 8, d)?;
-                }
-            }
-            self.gdt_written = n;
-            self.last_gdt = gdt;
-        }
-
-        // LDT, mapped lazily as Xen maps it: a page of the real LDT is
-        // present only once the domain has mapped (validated) the guest's
-        // page, which happens on the CPU's first access to it
-        // ([`XenGuest::ldt_fault`]); entries past `ldt_ents` read as 0.
-        let (base, ents) = (vc.ldt_base, vc.ldt_ents);
-        let mut ldt = Vec::new();
-        let mut present = [false; 16];
-        if ents > 0 && base != ZERO_BLOCK_PTR {
-            for idx in 0..ents {
-                let e = self.dom.ldt_entry(0, idx);
-                present[(idx / 512) as usize] |= e.is_some();
-                ldt.push(accessed(e.unwrap_or(0)));
-            }
-        }
-        let ldt_state = (base, ents, ldt);
-        if ldt_state != self.last_ldt {
-            let (_, _, ref entries) = ldt_state;
-            for (i, d) in entries.iter().enumerate() {
-                self.write(REAL_LDT + i as u64 * 8, *d)?;
-            }
-            let sel_idx = u64::from(LDT_SELECTOR >> 3);
-            if entries.is_empty() {
-                self.write(REAL_GDT + sel_idx * 8, 0)?;
-                self.write(REAL_GDT + sel_idx * 8 + 8, 0)?;
-                sregs.ldt = kvm_segment {
-                    unusable: 1,
-                    ..Default::default()
-                };
-            } else {
-                let limit = entries.len() as u32 * 8 - 1;
-                let sd = pvops::SystemDescriptor::ldt(REAL_LDT, entries.len() as u32)
-                    .map_err(|e| format!("LDT descriptor: {e}"))?;
-                self.write(REAL_GDT + sel_idx * 8, sd.low)?;
-                self.write(REAL_GDT + sel_idx * 8 + 8, sd.high)?;
-                sregs.ldt = kvm_segment {
-                    base: REAL_LDT,
-                    limit,
-                    selector: LDT_SELECTOR,
-                    type_: 2,
-                    present: 1,
-                    ..Default::default()
-                };
-            }
-            self.last_ldt = ldt_state;
-        }
-        let mut ldt_ptes_changed = false;
-        for (j, p) in present.iter().enumerate() {
-            let page = REAL_LDT + j as u64 * 4096;
-            let at = layout::RING3_PT_BASE + (page >> 12) * 8;
-            let want = if *p { page | PTE_P | PTE_RW } else { 0 };
-            ldt_ptes_changed |= self.set_real_pte(at, want)?;
-        }
-
-        // set_segment_base.
-        if vc.fs_base != self.fs_base {
-            sregs.fs.base = vc.fs_base;
-            self.fs_base = vc.fs_base;
-        }
-        if vc.gs_base_kernel != self.gs_base {
-            sregs.gs.base = vc.gs_base_kernel;
-            self.gs_base = vc.gs_base_kernel;
-        }
-        sregs.gdt.base = REAL_GDT;
-        sregs.gdt.limit = (REAL_GDT_ENTRIES * 8 - 1) as u16;
-        vcpu.set_sregs(&sregs);
-
-        // The domain's L1 entries, mirrored into the real page tables (only
-        // when some changed since the last look).
-        let ptes = self.dom.direct_map_ptes();
-        let mut changed = ldt_ptes_changed;
-        if ptes != self.last_ptes {
-            debug_assert_eq!(ptes.len(), self.pages);
-            for (pfn, pte) in ptes.iter().enumerate().skip(RESERVED_PAGES) {
-                let want = if pte & PTE_P != 0 {
-                    let mfn = (pte & PTE_MFN_MASK) >> 12;
-                    match self.dom.mfn_to_pfn(mfn) {
-                        Some(target) => (target << 12) | PTE_P | PTE_U | (pte & PTE_RW),
-                        None => 0,
-                    }
-                } else {
-                    0
-                };
-                changed |= self.set_real_pte(layout::RING3_PT_BASE + pfn as u64 * 8, want)?;
-            }
-            self.last_ptes = ptes;
-        }
-        if changed {
-            self.flush_shadow_mmu(vm)?;
-        }
-        Ok(())
-    }
-
-    /// Write the real page-table entry at `at` if it differs from `want`;
-    /// the accessed/dirty bits the CPU sets are not a difference. Returns
-    /// whether it wrote.
-    fn set_real_pte(&self, at: u64, want: u64) -> Result<bool, String> {
-        if self.read(at)? & !PTE_AD == want {
-            return Ok(false);
-        }
-        self.write(at, want)?;
-        Ok(true)
-    }
-
-    /// hv-sim wrote page-table entries behind KVM's back: KVM's shadow
-    /// copies (PVM shadows the guest's tables) are stale. Re-registering the
-    /// memory slot drops them; the guest's next accesses rebuild them.
-    fn flush_shadow_mmu(&mut self, vm: &VmFd) -> Result<(), String> {
-        let mut gone = self.region;
-        gone.memory_size = 0;
-        // SAFETY: deletes slot 0 and re-adds it with the same host range
-        // (the mmap owned by `self.mem`, alive as long as the VM); the vCPU
-        // is stopped in this thread while this runs.
-        unsafe {
-            vm.set_user_memory_region(gone)
-                .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION (delete): {e}"))?;
-            vm.set_user_memory_region(self.region)
-                .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION (re-add): {e}"))?;
-        }
-        self.pte_flushes += 1;
-        Ok(())
-    }
-
     /// The outcome, once the guest has stopped.
     pub(crate) fn finish(self) -> XenOutcome {
         XenOutcome {
