@@ -32,9 +32,25 @@ fn target_installed() -> bool {
     }
 }
 
+/// `examples/<name>` in this source tree (`kernel`, `minimal-kernel`,
+/// `blog-os-kernel`).
+pub fn example_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+}
+
 /// Build the example kernel; returns the path of the ELF image.
 pub fn build_example_kernel() -> Result<PathBuf, String> {
-    let dir = kernel_dir();
+    let bins = build_kernel_workspace(&kernel_dir(), "example-kernel")?;
+    Ok(bins.join("pvops-example-kernel"))
+}
+
+/// Build the kernel workspace in `dir` (its own workspace, as
+/// `examples/kernel` is) with `cargo build --release --locked` for
+/// [`TARGET`], in the target directory `target/<target_name>` of this
+/// source tree; returns the directory that holds its binaries.
+pub fn build_kernel_workspace(dir: &Path, target_name: &str) -> Result<PathBuf, String> {
     if !target_installed() {
         let st = Command::new("rustup")
             .args(["target", "add", TARGET])
@@ -44,10 +60,12 @@ pub fn build_example_kernel() -> Result<PathBuf, String> {
             return Err(format!("`rustup target add {TARGET}` failed ({st})"));
         }
     }
-    let target_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/example-kernel");
+    let target_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .join(target_name);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let out = Command::new(cargo)
-        .current_dir(&dir)
+        .current_dir(dir)
         .args([
             "build",
             "--release",
@@ -63,9 +81,10 @@ pub fn build_example_kernel() -> Result<PathBuf, String> {
         .map_err(|e| format!("running cargo in {}: {e}", dir.display()))?;
     if !out.status.success() {
         return Err(format!(
-            "building the example kernel failed:\n{}",
+            "building the kernel in {} failed:\n{}",
+            dir.display(),
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    Ok(target_dir.join(TARGET).join("release/pvops-example-kernel"))
+    Ok(target_dir.join(TARGET).join("release"))
 }
