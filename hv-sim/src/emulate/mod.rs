@@ -49,6 +49,7 @@
 //! checked, and a malformed instruction is [`Outcome::NotEmulated`], never a
 //! panic.
 
+pub mod diff;
 mod exec;
 pub mod fetch;
 pub mod mock;

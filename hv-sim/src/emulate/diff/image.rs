@@ -1,0 +1,332 @@
+//! The guest that runs the scenarios on a real (emulated) CPU: a flat
+//! multiboot image (the a.out kludge, so QEMU's `-kernel` loads it at
+//! [`LOAD`] and enters it in 32-bit protected mode, paging off, CPL 0).
+//!
+//! It is machine code hv-sim writes byte by byte (`Asm`); the encodings
+//! are few and each is checked by decoding it back with iced-x86 in the
+//! tests below. Layout (all inside the image):
+//!
+//! | address | what |
+//! |---|---|
+//! | [`LOAD`] | multiboot header, entry |
+//! | [`GDT`] | the GDT: null, 0x08 flat code, 0x10 flat data, scenario slots 0x18–0x78 |
+//! | [`VARS`] | the GDTR/IDTR images, the current record, vector, error code, EAX, resume address, a scratch pseudo-descriptor |
+//! | [`IDT`] | 32 interrupt gates to the stubs |
+//! | `TEXT` | the stubs, the common handler, the recorder, the output code |
+//! | [`WIN`] | the data window the operands point into |
+//! | `SCENARIOS` | one block per scenario |
+//!
+//! Records go to [`RESULTS`] (outside the image) and leave through
+//! `isa-debugcon` (port 0xE9) with `rep outsb`; then `isa-debug-exit`.
+
+use super::{RECORD, Scenario};
+
+/// Where the image is loaded.
+pub const LOAD: u32 = 0x10_0000;
+/// The GDT.
+pub const GDT: u32 = LOAD + 0x1000;
+/// Variables.
+pub const VARS: u32 = LOAD + 0x1100;
+const RT_GDTR: u32 = VARS;
+const RT_IDTR: u32 = VARS + 8;
+const CUR_REC: u32 = VARS + 16;
+const CUR_VEC: u32 = VARS + 20;
+const CUR_ERR: u32 = VARS + 24;
+const CUR_EAX: u32 = VARS + 28;
+const RESUME: u32 = VARS + 32;
+/// The test GDTR image each scenario loads before its instruction.
+pub const SCRATCH: u32 = VARS + 40;
+/// The IDT.
+pub const IDT: u32 = LOAD + 0x2000;
+const TEXT: u32 = LOAD + 0x3000;
+/// The data window (a page; scenarios write its first 64 bytes).
+pub const WIN: u32 = LOAD + 0x4000;
+const SCENARIOS: u32 = LOAD + 0x5000;
+/// Where the records go (past the image: the guest has 256 MiB).
+pub const RESULTS: u32 = 0x800_0000;
+const STACK_TOP: u32 = 0x7_0000;
+/// The IDT's limit (32 gates).
+pub const IDT_LIMIT: u16 = 32 * 8 - 1;
+/// The runtime GDT's limit.
+pub const GDT_LIMIT: u16 = 0x7f;
+
+/// A byte buffer at a known load address.
+pub(crate) struct Asm {
+    pub(crate) bytes: Vec<u8>,
+    base: u32,
+}
+
+impl Asm {
+    fn new(base: u32) -> Asm {
+        Asm {
+            bytes: Vec::new(),
+            base,
+        }
+    }
+    pub(crate) fn here(&self) -> u32 {
+        self.base + self.bytes.len() as u32
+    }
+    fn b(&mut self, b: &[u8]) -> &mut Self {
+        self.bytes.extend_from_slice(b);
+        self
+    }
+    fn d(&mut self, v: u32) -> &mut Self {
+        self.b(&v.to_le_bytes())
+    }
+    /// `mov r32, imm32` (r: 0 eax … 7 edi).
+    fn mov_r_imm(&mut self, r: u8, v: u32) -> &mut Self {
+        self.b(&[0xb8 + r]).d(v)
+    }
+    /// `mov dword ss:[abs], imm32`.
+    fn store_imm(&mut self, abs: u32, v: u32) -> &mut Self {
+        self.b(&[0x36, 0xc7, 0x05]).d(abs).d(v)
+    }
+    /// `mov ss:[abs], eax`.
+    fn store_eax(&mut self, abs: u32) -> &mut Self {
+        self.b(&[0x36, 0xa3]).d(abs)
+    }
+    /// `mov eax, ss:[abs]`.
+    fn load_eax(&mut self, abs: u32) -> &mut Self {
+        self.b(&[0x36, 0xa1]).d(abs)
+    }
+    /// `mov ss:[edi+disp32], eax` (or `ax` with `word`).
+    fn store_edi(&mut self, disp: u32, word: bool) -> &mut Self {
+        if word {
+            self.b(&[0x36, 0x66, 0x89, 0x87]).d(disp)
+        } else {
+            self.b(&[0x36, 0x89, 0x87]).d(disp)
+        }
+    }
+    /// `mov ax, sel` then `mov sreg, ax` (sreg: 0 ES, 2 SS, 3 DS, 4 FS, 5 GS).
+    fn load_sreg(&mut self, sreg: u8, sel: u16) -> &mut Self {
+        self.b(&[0x66, 0xb8])
+            .b(&sel.to_le_bytes())
+            .b(&[0x8e, 0xc0 | sreg << 3])
+    }
+    /// `lgdt ss:[abs]` (reg 2) / `lidt` (3).
+    fn load_dt(&mut self, reg: u8, abs: u32) -> &mut Self {
+        self.b(&[0x36, 0x0f, 0x01, 0x05 | reg << 3]).d(abs)
+    }
+    /// `jmp rel32` to `to`.
+    fn jmp(&mut self, to: u32) -> &mut Self {
+        let rel = to.wrapping_sub(self.here() + 5);
+        self.b(&[0xe9]).d(rel)
+    }
+    /// `call rel32` to `to`.
+    fn call(&mut self, to: u32) -> &mut Self {
+        let rel = to.wrapping_sub(self.here() + 5);
+        self.b(&[0xe8]).d(rel)
+    }
+}
+
+/// The stubs, the common handler and the recorder, at [`TEXT`]: returns
+/// the code, the stubs' addresses and the recorder's address.
+fn text() -> (Asm, Vec<u32>, u32) {
+    let mut a = Asm::new(TEXT);
+    // Common handler: save EAX, pop vector and error code, reset the
+    // stack, resume at the scenario's recorder call.
+    let common = TEXT + 32 * 16;
+    let mut stubs = Vec::new();
+    for v in 0..32u8 {
+        let start = a.here();
+        stubs.push(start);
+        a.store_eax(CUR_EAX);
+        if !matches!(v, 8 | 10..=14 | 17) {
+            a.b(&[0x6a, 0x00]); // push 0
+        }
+        a.b(&[0x6a, v]); // push v
+        a.jmp(common);
+        while a.here() < start + 16 {
+            a.b(&[0xcc]);
+        }
+    }
+    debug_assert_eq!(a.here(), common);
+    a.b(&[0x58]).store_eax(CUR_VEC); // pop eax
+    a.b(&[0x58]).store_eax(CUR_ERR);
+    a.mov_r_imm(4, STACK_TOP);
+    a.b(&[0x36, 0xff, 0x25]).d(RESUME); // jmp ss:[resume]
+    // The recorder.
+    let rec = a.here();
+    a.b(&[0x36, 0x8b, 0x3d]).d(CUR_REC); // mov edi, ss:[cur_rec]
+    a.b(&[0x36, 0x0f, 0x01, 0x87]).d(12); // sgdt ss:[edi+12]
+    a.b(&[0x36, 0x0f, 0x01, 0x8f]).d(20); // sidt ss:[edi+20]
+    a.b(&[0x66, 0x0f, 0x00, 0xc8]).store_edi(28, true); // str ax
+    a.b(&[0x66, 0x0f, 0x00, 0xc0]).store_edi(30, true); // sldt ax
+    a.load_dt(2, RT_GDTR).load_dt(3, RT_IDTR);
+    for s in [0, 3, 4, 5] {
+        a.load_sreg(s, 0x10);
+    }
+    for (abs, off) in [(CUR_VEC, 0), (CUR_ERR, 4), (CUR_EAX, 8)] {
+        a.load_eax(abs).store_edi(off, false);
+    }
+    for k in 0..16 {
+        a.load_eax(WIN + 4 * k).store_edi(32 + 4 * k, false);
+    }
+    for k in 0..26 {
+        a.load_eax(GDT + 0x18 + 4 * k).store_edi(96 + 4 * k, false);
+    }
+    a.b(&[0xc3]); // ret
+    (a, stubs, rec)
+}
+
+/// One scenario's block: set up, load the test GDTR, run the instruction,
+/// record.
+fn scenario(a: &mut Asm, i: usize, s: &Scenario, recorder: u32) -> u32 {
+    let rec = RESULTS + (i * RECORD) as u32;
+    a.store_imm(CUR_REC, rec)
+        .store_imm(CUR_VEC, u32::MAX)
+        .store_imm(CUR_ERR, 0);
+    // `mov dword ss:[resume], imm32`: the immediate is its last 4 bytes.
+    a.store_imm(RESUME, 0); // patched below
+    let patch = (a.here() - 4 - a.base) as usize;
+    a.b(&[0x31, 0xc0, 0x0f, 0x00, 0xd0]); // xor eax, eax; lldt ax
+    a.b(&[0x66, 0x0f, 0x00, 0xc8]); // str ax
+    a.b(&[0x36, 0x66, 0xa3]).d(rec + 200);
+    for (k, w) in s.gdt_slots.iter().enumerate() {
+        a.store_imm(GDT + 0x18 + 8 * k as u32, *w as u32);
+        a.store_imm(GDT + 0x1c + 8 * k as u32, (*w >> 32) as u32);
+    }
+    for (k, c) in s.window.chunks(4).enumerate() {
+        let w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        a.store_imm(WIN + 4 * k as u32, w);
+    }
+    let g = s.test_gdtr;
+    a.store_imm(SCRATCH, u32::from(g.0) | g.1 << 16);
+    a.store_imm(SCRATCH + 4, g.1 >> 16);
+    for (sreg, sel) in [
+        (0u8, s.sels[0]),
+        (3, s.sels[1]),
+        (4, s.sels[2]),
+        (5, s.sels[3]),
+    ] {
+        a.load_sreg(sreg, sel);
+    }
+    for (r, v) in s.regs.iter().enumerate() {
+        if r != 4 {
+            a.mov_r_imm(r as u8, *v);
+        }
+    }
+    a.load_dt(2, SCRATCH);
+    let insn_at = a.here();
+    a.b(&s.insn);
+    a.store_eax(CUR_EAX);
+    let after = a.here();
+    a.call(recorder);
+    a.bytes[patch..patch + 4].copy_from_slice(&after.to_le_bytes());
+    insn_at
+}
+
+/// The whole image, and each scenario's instruction address.
+pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
+    let mut img = vec![0u8; (SCENARIOS - LOAD) as usize];
+    let put = |img: &mut Vec<u8>, at: u32, b: &[u8]| {
+        let o = (at - LOAD) as usize;
+        img[o..o + b.len()].copy_from_slice(b);
+    };
+    // GDT: null, flat code, flat data.
+    put(&mut img, GDT + 8, &0x00cf_9b00_0000_ffffu64.to_le_bytes());
+    put(&mut img, GDT + 16, &0x00cf_9300_0000_ffffu64.to_le_bytes());
+    let mut dtr = GDT_LIMIT.to_le_bytes().to_vec();
+    dtr.extend_from_slice(&GDT.to_le_bytes());
+    put(&mut img, RT_GDTR, &dtr);
+    let mut dtr = IDT_LIMIT.to_le_bytes().to_vec();
+    dtr.extend_from_slice(&IDT.to_le_bytes());
+    put(&mut img, RT_IDTR, &dtr);
+    let (text, stubs, recorder) = text();
+    put(&mut img, TEXT, &text.bytes);
+    for (v, h) in stubs.iter().enumerate() {
+        // 32-bit interrupt gate, selector 0x08, DPL 0, present.
+        let gate = u64::from(h & 0xffff) | 0x08 << 16 | 0x8e00u64 << 32 | u64::from(h >> 16) << 48;
+        put(&mut img, IDT + 8 * v as u32, &gate.to_le_bytes());
+    }
+    // The scenarios, then the output.
+    let mut a = Asm::new(SCENARIOS);
+    let mut at = Vec::new();
+    for (i, s) in scenarios.iter().enumerate() {
+        at.push(scenario(&mut a, i, s, recorder));
+    }
+    a.mov_r_imm(6, RESULTS)
+        .mov_r_imm(1, (scenarios.len() * RECORD) as u32)
+        .b(&[0x66, 0xba, 0xe9, 0x00, 0xf3, 0x6e]) // mov dx, 0xe9; rep outsb
+        .b(&[0x66, 0xba, 0xf4, 0x00, 0x31, 0xc0, 0xef]) // mov dx, 0xf4; xor eax, eax; out dx, eax
+        .b(&[0xf4, 0xeb, 0xfd]); // hlt; jmp $-1
+    img.extend_from_slice(&a.bytes);
+    // The entry: stack, our GDT (reloading CS by a far jump), IDT.
+    let mut e = Asm::new(LOAD + 32);
+    e.b(&[0xfa]).mov_r_imm(4, STACK_TOP).load_dt(2, RT_GDTR);
+    let far = e.here() + 7;
+    e.b(&[0xea]).d(far).b(&[0x08, 0x00]); // jmp 0x08:far
+    for s in [0, 2, 3, 4, 5] {
+        e.load_sreg(s, 0x10);
+    }
+    e.load_dt(3, RT_IDTR).jmp(SCENARIOS);
+    put(&mut img, LOAD + 32, &e.bytes);
+    // Multiboot header (a.out kludge): magic, flags bit 16, checksum,
+    // header, load start, load end, bss end, entry.
+    let (magic, flags) = (0x1bad_b002u32, 0x0001_0000u32);
+    let end = LOAD + img.len() as u32;
+    let mut h = Vec::new();
+    for v in [
+        magic,
+        flags,
+        0u32.wrapping_sub(magic + flags),
+        LOAD,
+        LOAD,
+        end,
+        end,
+        LOAD + 32,
+    ] {
+        h.extend_from_slice(&v.to_le_bytes());
+    }
+    put(&mut img, LOAD, &h);
+    (img, at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+
+    fn listing(bytes: &[u8], ip: u32) -> Vec<String> {
+        let mut d = Decoder::with_ip(32, bytes, u64::from(ip), DecoderOptions::NONE);
+        let mut f = IntelFormatter::new();
+        let mut out = Vec::new();
+        for i in d.iter() {
+            let mut s = String::new();
+            f.format(&i, &mut s);
+            out.push(s);
+        }
+        out
+    }
+
+    /// The hand-written encodings decode (iced-x86) to what they mean.
+    #[test]
+    fn encodings_decode_back() {
+        let (t, stubs, rec) = text();
+        let l = listing(&t.bytes[..16], TEXT);
+        assert_eq!(l[0], "mov ss:[10111Ch],eax");
+        assert_eq!(l[1], "push 0");
+        assert_eq!(l[2], "push 0");
+        assert!(l[3].starts_with("jmp"), "{l:?}");
+        assert_eq!(stubs[13] - stubs[12], 16);
+        let r = listing(&t.bytes[(rec - TEXT) as usize..][..40], rec);
+        assert_eq!(r[0], "mov edi,ss:[101110h]");
+        assert_eq!(r[1], "sgdt ss:[edi+0Ch]");
+        assert_eq!(r[2], "sidt ss:[edi+14h]");
+        assert_eq!(r[3], "str ax");
+        assert_eq!(r[4], "mov ss:[edi+1Ch],ax");
+        let mut a = Asm::new(0);
+        a.load_sreg(3, 0x18)
+            .store_imm(0x1234, 5)
+            .load_dt(2, SCRATCH);
+        assert_eq!(
+            listing(&a.bytes, 0),
+            [
+                "mov ax,18h",
+                "mov ds,ax",
+                "mov dword ptr ss:[1234h],5",
+                "lgdt ss:[101128h]"
+            ]
+        );
+    }
+}

@@ -1,0 +1,557 @@
+//! The emulator against QEMU TCG (issue 11, deliverable 5; first harness).
+//!
+//! Random scenarios are drawn on the host from a seed. Each one is a
+//! descriptor-table instruction (any of the eight, any operand form:
+//! register, 32-bit ModRM/SIB, 16-bit addressing with 0x67, 16-bit operand
+//! size with 0x66, segment overrides, LOCK) with the segment registers it
+//! uses (random base, limit, type: read/write, read-only, expand-down,
+//! readable code; G, B; null ES/FS/GS), general registers aimed at the edges
+//! of those limits, a GDT limit, system descriptors in the GDT (available
+//! and busy 16/32-bit TSS, LDT, data, not present) and a selector.
+//!
+//! [`image::build`] turns them into one small 32-bit guest that runs them
+//! all under QEMU TCG (legacy protected mode, CPL 0, paging off), catching
+//! every exception, and writes one record per scenario: the vector and
+//! error code, EAX, GDTR, IDTR, TR, LDTR, the data window and the GDT's
+//! scenario slots. The same scenario is run through [`super::emulate`] on a
+//! [`MockCpu`] and [`MockMemory`] holding the same state, and the two are
+//! compared field by field.
+//!
+//! Not covered yet: CPL > 0 and UMIP, paging (and so #PF), 16-bit code
+//! segments, compatibility and 64-bit mode, #SS (SS stays flat: the guest's
+//! exception delivery needs it).
+
+pub mod image;
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pvops::{DescriptorTablePointer, Selector};
+
+use super::mock::{MockCpu, MockMemory};
+use super::segment::SegmentCache;
+use super::{Access, Exception, GuestMemory, Outcome, PageFault, Segment, emulate};
+
+/// Bytes per record.
+pub const RECORD: usize = 208;
+
+/// One scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// The instruction's bytes.
+    pub insn: Vec<u8>,
+    /// EAX … EDI (ESP unused: the stack).
+    pub regs: [u32; 8],
+    /// ES, DS, FS, GS selectors.
+    pub sels: [u16; 4],
+    /// GDT entries 3..=15 (selectors 0x18..0x78).
+    pub gdt_slots: [u64; 13],
+    /// The data window's 64 bytes.
+    pub window: [u8; 64],
+    /// The GDTR loaded before the instruction: (limit, base).
+    pub test_gdtr: (u16, u32),
+}
+
+/// One record, as the guest writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The exception's vector, or `None`.
+    pub vector: Option<u8>,
+    /// Its error code (0 if none).
+    pub error: u32,
+    /// EAX after a successful instruction.
+    pub eax: u32,
+    /// GDTR and IDTR as SGDT/SIDT store them (limit, base).
+    pub gdtr: (u16, u32),
+    /// IDTR.
+    pub idtr: (u16, u32),
+    /// TR and LDTR selectors.
+    pub tr: u16,
+    /// LDTR.
+    pub ldtr: u16,
+    /// The data window.
+    pub window: Vec<u8>,
+    /// The GDT's scenario slots (0x18..0x80).
+    pub gdt: Vec<u8>,
+    /// Emulator only, under [`Departures::no_segment_checks`]: the operand
+    /// fell outside the memory the harness knows (QEMU's read RAM the
+    /// harness does not compare). Not compared.
+    pub outside: bool,
+}
+
+impl Record {
+    fn parse(b: &[u8]) -> (Record, u16) {
+        let u32at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u16at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let v = u32at(0);
+        (
+            Record {
+                vector: (v != u32::MAX).then_some(v as u8),
+                error: u32at(4),
+                eax: u32at(8),
+                gdtr: (u16at(12), u32at(14)),
+                idtr: (u16at(20), u32at(22)),
+                tr: u16at(28),
+                ldtr: u16at(30),
+                window: b[32..96].to_vec(),
+                gdt: b[96..200].to_vec(),
+                outside: false,
+            },
+            u16at(200),
+        )
+    }
+}
+
+/// A small deterministic generator (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+/// An 8-byte descriptor.
+fn desc(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
+    let (b, l) = (u64::from(base), u64::from(limit));
+    (l & 0xffff)
+        | (b & 0xff_ffff) << 16
+        | u64::from(access) << 40
+        | (l >> 16 & 0xf) << 48
+        | u64::from(flags & 0xf) << 52
+        | (b >> 24) << 56
+}
+
+mod scenarios;
+pub use scenarios::generate;
+
+/// QEMU TCG's departures from the SDM that the harness models, to
+/// classify a mismatch (the emulator keeps the SDM's answer). A set of
+/// flags: a mismatch is explained when some set makes the emulator agree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Departures {
+    /// QEMU TCG does not check data-segment limits, types or null
+    /// segments (SDM vol. 3A 5.3 "Limit checking", 5.4 "Type checking",
+    /// 3.4.2: #GP(0) or #SS(0)): as if every data segment (and CS, for
+    /// writes) were a 4 GiB read/write one with the same base, a null one
+    /// based at 0.
+    pub no_segment_checks: bool,
+    /// QEMU TCG runs LOCK-prefixed 0F 00 / 0F 01 descriptor-table
+    /// instructions (SDM vol. 2A/2B LGDT…STR: "#UD If the LOCK prefix is
+    /// used").
+    pub ignores_lock: bool,
+    /// QEMU TCG's LTR takes a null selector and loads an unusable TR (SDM
+    /// vol. 2B LTR: "#GP(0) If the source operand contains a NULL segment
+    /// selector").
+    pub null_ltr: bool,
+}
+
+impl Departures {
+    /// Every non-empty set, smallest first.
+    pub fn all() -> Vec<Departures> {
+        let mut v: Vec<Departures> = (1..8u8)
+            .map(|m| Departures {
+                no_segment_checks: m & 1 != 0,
+                ignores_lock: m & 2 != 0,
+                null_ltr: m & 4 != 0,
+            })
+            .collect();
+        v.sort_by_key(|d| {
+            u8::from(d.no_segment_checks) + u8::from(d.ignores_lock) + u8::from(d.null_ltr)
+        });
+        v
+    }
+
+    fn flat(self) -> bool {
+        self.no_segment_checks
+    }
+
+    fn no_lock(self) -> bool {
+        self.ignores_lock
+    }
+}
+
+impl std::fmt::Display for Departures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names = Vec::new();
+        if self.no_segment_checks {
+            names.push("no segment checks");
+        }
+        if self.ignores_lock {
+            names.push("LOCK ignored");
+        }
+        if self.null_ltr {
+            names.push("null LTR");
+        }
+        write!(f, "QEMU: {}", names.join(" + "))
+    }
+}
+
+/// The emulator's record for `s` (its instruction at `rip`), with TR
+/// `tr_before` at the start; `model` applies a QEMU departure.
+pub fn emulate_scenario(
+    s: &Scenario,
+    rip: u32,
+    tr_before: u16,
+    model: Departures,
+) -> (Record, Outcome) {
+    if model.null_ltr
+        && let Some(r) = null_ltr(s, rip, tr_before, model)
+    {
+        return r;
+    }
+    let mem = MockMemory::new();
+    mem.map(u64::from(image::GDT), true)
+        .map(u64::from(image::WIN), true);
+    mem.map(u64::from(rip), false);
+    let opcode = s.insn.iter().position(|&b| b == 0x0f).unwrap_or(0);
+    let mut insn = Vec::new();
+    for (k, &b) in s.insn.iter().enumerate() {
+        match b {
+            0xf0 if k < opcode && model.no_lock() => {}
+            // CS (flat, base 0) unchecked: as DS, flat in this model.
+            0x2e if k < opcode && model.flat() => insn.push(0x3e),
+            _ => insn.push(b),
+        }
+    }
+    mem.poke(u64::from(rip), &insn);
+    mem.poke_u64(u64::from(image::GDT) + 8, 0x00cf_9b00_0000_ffff);
+    mem.poke_u64(u64::from(image::GDT) + 16, 0x00cf_9300_0000_ffff);
+    for (k, w) in s.gdt_slots.iter().enumerate() {
+        mem.poke_u64(u64::from(image::GDT) + 0x18 + 8 * k as u64, *w);
+    }
+    mem.poke(u64::from(image::WIN), &s.window);
+    let mut cpu = MockCpu::protected32();
+    cpu.rip = u64::from(rip);
+    for (r, v) in s.regs.iter().enumerate() {
+        cpu.gprs[r] = u64::from(*v);
+    }
+    for (seg, sel) in [Segment::Es, Segment::Ds, Segment::Fs, Segment::Gs]
+        .into_iter()
+        .zip(s.sels)
+    {
+        let c = if sel & 0xfffc == 0 {
+            SegmentCache {
+                unusable: true,
+                ..SegmentCache::default()
+            }
+        } else {
+            SegmentCache::from_descriptor(s.gdt_slots[usize::from(sel >> 3) - 3])
+        };
+        let c = if model.flat() {
+            // QEMU loads a null selector with base 0.
+            SegmentCache {
+                base: if c.unusable { 0 } else { c.base },
+                ..SegmentCache::from_descriptor(0x00cf_9300_0000_ffff)
+            }
+        } else {
+            c
+        };
+        *cpu.seg_mut(seg) = c;
+        match seg {
+            Segment::Fs => cpu.fs_base = c.base,
+            Segment::Gs => cpu.gs_base = c.base,
+            _ => {}
+        }
+    }
+    cpu.dt.gdtr = DescriptorTablePointer {
+        limit: s.test_gdtr.0,
+        base: u64::from(s.test_gdtr.1),
+    };
+    cpu.dt.idtr = DescriptorTablePointer {
+        limit: image::IDT_LIMIT,
+        base: u64::from(image::IDT),
+    };
+    cpu.dt.tr = Selector(tr_before);
+    let lenient = Lenient(&mem, Cell::new(false));
+    let o = if model.flat() {
+        emulate(&mut cpu, &lenient)
+    } else {
+        emulate(&mut cpu, &mem)
+    };
+    let (vector, error) = match &o {
+        Outcome::Inject { exception, .. } => (
+            Some(exception.vector()),
+            exception.error_code().unwrap_or(0),
+        ),
+        Outcome::Emulated { .. } => (None, 0),
+        // Not one of ours: no CPU answer to compare with.
+        Outcome::NotEmulated(_) => (Some(0xff), 0),
+    };
+    let rec = Record {
+        vector,
+        error,
+        eax: cpu.gprs[0] as u32,
+        gdtr: (cpu.dt.gdtr.limit, cpu.dt.gdtr.base as u32),
+        idtr: (cpu.dt.idtr.limit, cpu.dt.idtr.base as u32),
+        tr: cpu.dt.tr.bits(),
+        ldtr: cpu.dt.ldtr.bits(),
+        window: mem.peek(u64::from(image::WIN), 64).unwrap_or_default(),
+        gdt: mem
+            .peek(u64::from(image::GDT) + 0x18, 104)
+            .unwrap_or_default(),
+        outside: lenient.1.get(),
+    };
+    (rec, o)
+}
+
+/// QEMU's LTR of a null selector: LLDT's null path, into TR. `None` where
+/// the instruction is not an LTR that the SDM faults for a null selector.
+fn null_ltr(
+    s: &Scenario,
+    rip: u32,
+    tr_before: u16,
+    model: Departures,
+) -> Option<(Record, Outcome)> {
+    let opcode = s.insn.iter().position(|&b| b == 0x0f)?;
+    let modrm = *s.insn.get(opcode + 2)?;
+    if s.insn.get(opcode + 1) != Some(&0) || modrm >> 3 & 7 != 3 {
+        return None;
+    }
+    let (sdm, _) = emulate_scenario(
+        s,
+        rip,
+        tr_before,
+        Departures {
+            null_ltr: false,
+            ..model
+        },
+    );
+    if (sdm.vector, sdm.error) != (Some(13), 0) {
+        return None;
+    }
+    let mut as_lldt = s.clone();
+    as_lldt.insn[opcode + 2] = modrm & !0x38 | 2 << 3;
+    let (mut r, o) = emulate_scenario(
+        &as_lldt,
+        rip,
+        tr_before,
+        Departures {
+            null_ltr: false,
+            ..model
+        },
+    );
+    if r.vector.is_some() || r.ldtr & 0xfffc != 0 {
+        return None;
+    }
+    r.tr = r.ldtr;
+    r.ldtr = 0;
+    Some((r, o))
+}
+
+/// The mock memory as QEMU's guest sees it: outside the pages the
+/// scenario uses, reads give zeros and writes go nowhere (RAM not compared,
+/// or no RAM), where the mock would raise #PF. Used only with a departure
+/// that sends accesses outside the checked segments.
+struct Lenient<'a>(&'a MockMemory, Cell<bool>);
+
+impl GuestMemory for Lenient<'_> {
+    fn read(&self, addr: u64, buf: &mut [u8], access: Access) -> Result<(), PageFault> {
+        if self.0.read(addr, buf, access).is_err() {
+            buf.fill(0);
+            self.1.set(true);
+        }
+        Ok(())
+    }
+
+    fn write(&self, addr: u64, data: &[u8], access: Access) -> Result<(), PageFault> {
+        if self.0.write(addr, data, access).is_err() {
+            self.1.set(true);
+        }
+        Ok(())
+    }
+}
+
+/// One scenario on which QEMU and the emulator disagree.
+#[derive(Clone, Debug)]
+pub struct Mismatch {
+    /// Its index.
+    pub index: usize,
+    /// The scenario.
+    pub scenario: Scenario,
+    /// What QEMU's CPU did.
+    pub qemu: Record,
+    /// What the emulator did.
+    pub emulator: Record,
+    /// Which fields differ (from the SDM's answer).
+    pub fields: Vec<&'static str>,
+    /// The QEMU departures that explain it, if some do.
+    pub explained_by: Option<Departures>,
+    /// Not explained, but QEMU, not checking segments, used memory the
+    /// harness does not hold (so its result can't be predicted).
+    pub unverifiable: bool,
+}
+
+/// The fields on which two records differ (EAX only after a success: a
+/// fault's EAX is the handler's).
+pub fn differences(q: &Record, e: &Record) -> Vec<&'static str> {
+    let mut d = Vec::new();
+    if (q.vector, q.error) != (e.vector, e.error) {
+        d.push("exception");
+    }
+    if q.vector.is_none() && e.vector.is_none() && q.eax != e.eax {
+        d.push("eax");
+    }
+    for (name, same) in [
+        ("gdtr", q.gdtr == e.gdtr),
+        ("idtr", q.idtr == e.idtr),
+        ("tr", q.tr == e.tr),
+        ("ldtr", q.ldtr == e.ldtr),
+        ("memory", q.window == e.window),
+        ("gdt", q.gdt == e.gdt),
+    ] {
+        if !same {
+            d.push(name);
+        }
+    }
+    d
+}
+
+/// Run `scenarios` under QEMU TCG: the raw records.
+pub fn run_qemu(scenarios: &[Scenario], timeout: Duration) -> Result<(Vec<u8>, Vec<u32>), String> {
+    crate::qemu::available()?;
+    let (img, at) = image::build(scenarios);
+    if image::LOAD as usize + img.len() > image::RESULTS as usize {
+        return Err(format!(
+            "{} scenarios make a {}-byte image that reaches the records at {:#x}: run fewer at a time",
+            scenarios.len(),
+            img.len(),
+            image::RESULTS
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("hv-sim-emudiff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let kernel = dir.join("guest.bin");
+    let out = dir.join("records.bin");
+    let _ = std::fs::remove_file(&out);
+    std::fs::write(&kernel, &img).map_err(|e| format!("writing {}: {e}", kernel.display()))?;
+    let mut child = Command::new(crate::qemu::QEMU)
+        .args(["-machine", "pc", "-accel", "tcg", "-m", "256"])
+        .args(["-nographic", "-no-reboot", "-display", "none"])
+        .args(["-serial", "none", "-monitor", "none"])
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-chardev")
+        .arg(format!("file,id=dbg,path={}", out.display()))
+        .args(["-device", "isa-debugcon,iobase=0xe9,chardev=dbg"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", crate::qemu::QEMU))?;
+    let t0 = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if t0.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("QEMU still running after {timeout:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("waiting for QEMU: {e}")),
+        }
+    };
+    let records = std::fs::read(&out).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    if status.code() != Some(1) || records.len() != scenarios.len() * RECORD {
+        return Err(format!(
+            "the guest did not finish ({status}; {} of {} record bytes): a triple fault?",
+            records.len(),
+            scenarios.len() * RECORD
+        ));
+    }
+    Ok((records, at))
+}
+
+/// What a comparison found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Scenarios on which QEMU and the emulator agree exactly.
+    pub agreed: usize,
+    /// The others.
+    pub mismatches: Vec<Mismatch>,
+    /// The emulator's (the SDM's) outcomes, by instruction and exception:
+    /// what the scenarios covered.
+    pub outcomes: BTreeMap<String, usize>,
+}
+
+/// Generate `n` scenarios from `seed`, run them under QEMU and through the
+/// emulator, and compare.
+pub fn compare(n: usize, seed: u64, timeout: Duration) -> Result<Report, String> {
+    let scenarios = generate(n, seed);
+    let (records, at) = run_qemu(&scenarios, timeout)?;
+    let mut report = Report::default();
+    let out = &mut report.mismatches;
+    for (i, s) in scenarios.iter().enumerate() {
+        let (q, tr_before) = Record::parse(&records[i * RECORD..(i + 1) * RECORD]);
+        let (e, o) = emulate_scenario(s, at[i], tr_before, Departures::default());
+        let key = match &o {
+            Outcome::Emulated { insn, .. } => format!("{insn} ok"),
+            Outcome::Inject { insn, exception } => {
+                let e = match exception {
+                    Exception::Gp(0) => "#GP(0)".to_string(),
+                    Exception::Gp(_) => "#GP(sel)".to_string(),
+                    Exception::Np(_) => "#NP(sel)".to_string(),
+                    other => other.to_string(),
+                };
+                format!("{insn} {e}")
+            }
+            Outcome::NotEmulated(why) => format!("not emulated: {why}"),
+        };
+        *report.outcomes.entry(key).or_default() += 1;
+        let fields = differences(&q, &e);
+        if fields.is_empty() {
+            report.agreed += 1;
+        }
+        if !fields.is_empty() {
+            let mut unverifiable = false;
+            let explained_by = Departures::all().into_iter().find(|&d| {
+                let (r, _) = emulate_scenario(s, at[i], tr_before, d);
+                // An operand outside the known memory: QEMU read or wrote
+                // RAM the harness does not hold; only the fault is certain.
+                unverifiable |= r.outside;
+                differences(&q, &r).is_empty()
+            });
+            out.push(Mismatch {
+                index: i,
+                scenario: s.clone(),
+                qemu: q,
+                emulator: e,
+                fields,
+                explained_by,
+                unverifiable: explained_by.is_none() && unverifiable,
+            });
+        }
+    }
+    Ok(report)
+}
+
+/// Write a guest image for `n` scenarios from `seed` (for running it by
+/// hand: `qemu-system-x86_64 -kernel <path> -device isa-debugcon...`).
+pub fn write_image(path: &Path, n: usize, seed: u64) -> std::io::Result<()> {
+    std::fs::write(path, image::build(&generate(n, seed)).0)
+}
+
+/// The exception a vector names, for messages.
+pub fn vector_name(v: Option<u8>) -> String {
+    match v {
+        None => "none".into(),
+        Some(6) => Exception::Ud.to_string(),
+        Some(v) => format!("vector {v}"),
+    }
+}

@@ -1,0 +1,263 @@
+//! Drawing scenarios: an instruction form, the segment it goes through with
+//! a limit at the edge of the access, registers that aim the effective
+//! address there, system descriptors and a selector.
+
+use iced_x86::{Decoder, DecoderOptions, Register};
+
+use super::image::{GDT, WIN};
+use super::{Rng, Scenario, desc};
+
+/// A flat writable data segment.
+const FLAT: u64 = 0x00cf_9300_0000_ffff;
+
+/// The registers' numbers (x86 order) for iced's 16/32-bit registers.
+fn reg_no(r: Register) -> Option<usize> {
+    let n = r as u32;
+    for first in [Register::AX, Register::EAX] {
+        let f = first as u32;
+        if (f..f + 8).contains(&n) {
+            return Some((n - f) as usize);
+        }
+    }
+    None
+}
+
+/// The ModRM (and SIB, displacement) bytes of a memory form; `o` is the
+/// wanted offset for displacement-only forms.
+fn memory_form(r: &mut Rng, a16: bool, reg: u8, o: u32) -> Vec<u8> {
+    let m = |md: u8, rm: u8| md << 6 | reg << 3 | rm;
+    if a16 {
+        // No BP-based forms: they go through SS, which stays flat.
+        let rm = r.pick(&[0u8, 1, 4, 5, 7, 6]);
+        if rm == 6 {
+            let mut v = vec![m(0, 6)];
+            v.extend_from_slice(&(o as u16).to_le_bytes());
+            return v;
+        }
+        let md = r.below(3) as u8;
+        let mut v = vec![m(md, rm)];
+        match md {
+            1 => v.push(r.next() as u8),
+            2 => v.extend_from_slice(&(r.next() as u16).to_le_bytes()),
+            _ => {}
+        }
+        return v;
+    }
+    let disp = |r: &mut Rng, md: u8, v: &mut Vec<u8>| match md {
+        1 => v.push(r.next() as u8),
+        2 => v.extend_from_slice(&(r.next() as u32).to_le_bytes()),
+        _ => {}
+    };
+    match r.below(4) {
+        0 => {
+            let mut v = vec![m(0, 5)];
+            v.extend_from_slice(&o.to_le_bytes());
+            v
+        }
+        1 => {
+            // SIB: base ebx/ebp/esi/edi, index ecx/edx or none.
+            let md = 1 + r.below(2) as u8;
+            let base = r.pick(&[3u8, 5, 6, 7]);
+            let index = r.pick(&[1u8, 2, 4]);
+            let scale = r.below(4) as u8;
+            let mut v = vec![m(md, 4), scale << 6 | index << 3 | base];
+            disp(r, md, &mut v);
+            v
+        }
+        _ => {
+            let md = r.below(3) as u8;
+            let rm = if md == 0 {
+                r.pick(&[3u8, 6, 7])
+            } else {
+                r.pick(&[3u8, 5, 6, 7])
+            };
+            let mut v = vec![m(md, rm)];
+            disp(r, md, &mut v);
+            v
+        }
+    }
+}
+
+/// The segment descriptor for an access of `size` bytes at offset `o`:
+/// a type, and a limit at one of the access's edges.
+fn segment_for(r: &mut Rng, o: u32, size: u32, base: u32) -> u64 {
+    let typ = r.pick(&[3u8, 3, 3, 1, 7, 7, 5, 0xb]);
+    let expand_down = typ & 0xc == 4;
+    let big = r.below(2) == 1;
+    let l = if expand_down {
+        r.pick(&[
+            o.wrapping_sub(1),
+            o,
+            o.wrapping_add(1),
+            o.wrapping_sub(size),
+        ])
+    } else {
+        let extra = r.below(64) as u32;
+        r.pick(&[
+            o.wrapping_add(size - 1),
+            o.wrapping_add(size - 2),
+            o.wrapping_add(size + extra),
+            o.wrapping_sub(1),
+            u32::MAX,
+        ])
+    };
+    let (field, g) = if l > 0xf_ffff || r.below(8) == 0 {
+        (l >> 12, true)
+    } else {
+        (l, false)
+    };
+    desc(
+        base,
+        field,
+        0x90 | typ,
+        u8::from(g) << 3 | u8::from(big) << 2,
+    )
+}
+
+/// A random system (or other) descriptor for the LTR/LLDT slots.
+fn system_slot(r: &mut Rng) -> u64 {
+    let access = r.pick(&[
+        0x89u8, 0x89, 0x8b, 0x81, 0x83, 0x82, 0x82, 0x09, 0x02, 0x93, 0x8c,
+    ]);
+    let base = r.next() as u32;
+    let any = r.next() as u32 & 0xf_ffff;
+    let limit = r.pick(&[0x67u32, 0x2b, 0xfff, any]);
+    let flags = r.below(16) as u8 & 0b1001;
+    desc(base, limit, access, flags)
+}
+
+/// One scenario.
+fn scenario(r: &mut Rng) -> Scenario {
+    // (second opcode byte, ModRM.reg): lgdt lidt sgdt sidt ltr lldt str sldt.
+    let (op, reg) = r.pick(&[
+        (1u8, 2u8),
+        (1, 3),
+        (1, 0),
+        (1, 1),
+        (0, 3),
+        (0, 2),
+        (0, 1),
+        (0, 0),
+    ]);
+    let size: u32 = if op == 1 { 6 } else { 2 };
+    let a16 = r.below(10) < 3;
+    let mut insn = Vec::new();
+    if r.below(30) == 0 {
+        insn.push(0xf0);
+    }
+    if r.below(5) == 0 {
+        insn.push(0x66);
+    }
+    if a16 {
+        insn.push(0x67);
+    }
+    // Segment override: 16-bit addressing only through ES/DS/FS/GS.
+    let overrides: &[u8] = if a16 {
+        &[0x26, 0x3e, 0x64, 0x65]
+    } else {
+        &[0x26, 0x2e, 0x36, 0x3e, 0x64, 0x65]
+    };
+    let mut flat_override = false;
+    if a16 || r.below(10) < 4 {
+        let p = r.pick(overrides);
+        flat_override = matches!(p, 0x2e | 0x36);
+        insn.push(p);
+    }
+    insn.extend_from_slice(&[0x0f, op]);
+    let t = r.below(0x30 - u64::from(size) + 1) as u32;
+    let mut s = Scenario {
+        insn: Vec::new(),
+        regs: [0; 8],
+        sels: [0x18, 0x20, 0x28, 0x30],
+        gdt_slots: [FLAT; 13],
+        window: [0; 64],
+        test_gdtr: (super::image::GDT_LIMIT, GDT),
+    };
+    for b in s.window.iter_mut() {
+        *b = r.next() as u8;
+    }
+    for (k, v) in s.regs.iter_mut().enumerate() {
+        *v = if k == 4 { 0 } else { r.next() as u32 };
+    }
+    for slot in s.gdt_slots[4..].iter_mut() {
+        *slot = system_slot(r);
+    }
+    // The operand's offset: any in 32-bit addressing, < 64 KiB in 16-bit.
+    let o = if a16 {
+        r.below(0xfff0) as u32
+    } else if r.below(2) == 0 {
+        r.below(0x1_0000) as u32
+    } else {
+        r.next() as u32
+    };
+    let reg_form = op == 0 && r.below(4) == 0;
+    if reg_form {
+        insn.push(0xc0 | reg << 3); // the register form: eax/ax
+    } else {
+        let disp_only = if flat_override { WIN + t } else { o };
+        insn.extend(memory_form(r, a16, reg, disp_only));
+    }
+    // Where the access goes: decode to find the segment and registers.
+    let mut d = Decoder::new(32, &insn, DecoderOptions::NO_INVALID_CHECK);
+    let i = d.decode();
+    if i.op0_kind() == iced_x86::OpKind::Memory {
+        let seg = i.memory_segment();
+        let slot = match seg {
+            Register::ES => Some(0),
+            Register::DS => Some(1),
+            Register::FS => Some(2),
+            Register::GS => Some(3),
+            _ => None,
+        };
+        // A null ES/FS/GS now and then (#GP(0) on use).
+        let null = slot.is_some_and(|k| k != 1 && r.below(8) == 0);
+        // Through a flat segment the offset is the window's address. So
+        // through a null one outside 16-bit addressing: QEMU, which does
+        // not check segments, then writes to the window, not over the
+        // guest's own code.
+        let flat = matches!(seg, Register::SS | Register::CS) || (null && !a16);
+        let o = if flat { WIN + t } else { o };
+        let mask = if a16 { 0xffff } else { u32::MAX };
+        let disp = i.memory_displacement64() as u32;
+        let mut rest = o.wrapping_sub(disp);
+        if let Some(x) = reg_no(i.memory_index()) {
+            let k = r.below(0x40) as u32;
+            s.regs[x] = k;
+            rest = rest.wrapping_sub(k << i.memory_index_scale().trailing_zeros());
+        }
+        if let Some(b) = reg_no(i.memory_base()) {
+            s.regs[b] = (s.regs[b] & !mask) | (rest & mask);
+        }
+        if let Some(k) = slot {
+            let base = (WIN + t).wrapping_sub(o);
+            s.gdt_slots[k] = segment_for(r, o, size, base);
+            if null {
+                s.sels[k] = r.pick(&[0u16, 1, 3]);
+            }
+        }
+    }
+    // LTR/LLDT's selector: a slot, with edges.
+    let sel = r.pick(&[
+        0x38u16, 0x40, 0x48, 0x50, 0x58, 0x60, 0x68, 0x70, 0x78, 0x08, 0x18, 0, 3, 0x80, 0xf8,
+    ]) | r.below(4) as u16
+        | if r.below(10) == 0 { 4 } else { 0 };
+    if reg_form {
+        s.regs[0] = (s.regs[0] & 0xffff_0000) | u32::from(sel);
+    } else {
+        s.window[t as usize..t as usize + 2].copy_from_slice(&sel.to_le_bytes());
+    }
+    // The GDT limit: the runtime's, or an edge of the selector's entry
+    // (never below 0x0f: the guest's exception delivery needs 0x08).
+    let edge = (sel & 0xfff8).wrapping_add(r.pick(&[6u16, 7, 8]));
+    let any = 0x0f + r.below(0x70) as u16;
+    let limit = r.pick(&[0x7f, edge.max(0x0f), any]);
+    s.test_gdtr = (limit, GDT);
+    s.insn = insn;
+    s
+}
+
+/// `n` scenarios from `seed`.
+pub fn generate(n: usize, seed: u64) -> Vec<Scenario> {
+    let mut r = Rng(seed);
+    (0..n).map(|_| scenario(&mut r)).collect()
+}
