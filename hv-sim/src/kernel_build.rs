@@ -40,31 +40,83 @@ pub fn example_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Build the example kernel; returns the path of the ELF image.
-pub fn build_example_kernel() -> Result<PathBuf, String> {
-    let bins = build_kernel_workspace(&kernel_dir(), "example-kernel")?;
-    Ok(bins.join("pvops-example-kernel"))
+/// The directory cargo builds this workspace into: `CARGO_TARGET_DIR` when
+/// set (relative to the current directory, as cargo takes it), else the
+/// workspace's `target/`.
+pub fn target_root() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => {
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+            manifest.parent().unwrap_or(manifest).join("target")
+        }
+    }
+}
+
+/// Why a kernel could not be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KernelBuildError {
+    /// A tool (rustup or cargo) could not be started.
+    #[error("running {tool}: {reason}")]
+    Spawn {
+        /// The command.
+        tool: String,
+        /// What starting it returned.
+        reason: String,
+    },
+    /// `rustup target add x86_64-unknown-none` failed.
+    #[error("`rustup target add {TARGET}` failed ({0})")]
+    AddTarget(String),
+    /// cargo failed.
+    #[error("building the kernel in {dir} failed:\n{stderr}")]
+    Cargo {
+        /// The kernel's workspace.
+        dir: PathBuf,
+        /// cargo's standard error.
+        stderr: String,
+    },
+}
+
+/// Build the example kernel (see [`build_kernel_workspace`]); returns the
+/// path of the ELF image. Later calls in the same process return the first
+/// successful build's path at once.
+pub fn build_example_kernel() -> Result<PathBuf, KernelBuildError> {
+    static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.as_ref() {
+        return Ok(p.clone());
+    }
+    let p = build_kernel_workspace(&kernel_dir(), "example-kernel")?.join("pvops-example-kernel");
+    *built = Some(p.clone());
+    Ok(p)
 }
 
 /// Build the kernel workspace in `dir` (its own workspace, as
 /// `examples/kernel` is) with `cargo build --release --locked` for
-/// [`TARGET`], in the target directory `target/<target_name>` of this
-/// source tree; returns the directory that holds its binaries.
-pub fn build_kernel_workspace(dir: &Path, target_name: &str) -> Result<PathBuf, String> {
+/// [`TARGET`], in `<target_name>` of the target directory
+/// ([`target_root`]), saying so on standard error (a first build takes a
+/// minute); returns the directory that holds its binaries.
+pub fn build_kernel_workspace(dir: &Path, target_name: &str) -> Result<PathBuf, KernelBuildError> {
     if !target_installed() {
         let st = Command::new("rustup")
             .args(["target", "add", TARGET])
             .status()
-            .map_err(|e| format!("running rustup to add {TARGET}: {e}"))?;
+            .map_err(|e| KernelBuildError::Spawn {
+                tool: "rustup".into(),
+                reason: e.to_string(),
+            })?;
         if !st.success() {
-            return Err(format!("`rustup target add {TARGET}` failed ({st})"));
+            return Err(KernelBuildError::AddTarget(st.to_string()));
         }
     }
-    let target_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target")
-        .join(target_name);
+    let target_dir = target_root().join(target_name);
+    eprintln!(
+        "hv-sim: building {} for {TARGET} in {}",
+        dir.display(),
+        target_dir.display()
+    );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let out = Command::new(cargo)
+    let out = Command::new(&cargo)
         .current_dir(dir)
         .args([
             "build",
@@ -78,13 +130,15 @@ pub fn build_kernel_workspace(dir: &Path, target_name: &str) -> Result<PathBuf, 
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .output()
-        .map_err(|e| format!("running cargo in {}: {e}", dir.display()))?;
+        .map_err(|e| KernelBuildError::Spawn {
+            tool: format!("{cargo} in {}", dir.display()),
+            reason: e.to_string(),
+        })?;
     if !out.status.success() {
-        return Err(format!(
-            "building the kernel in {} failed:\n{}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(KernelBuildError::Cargo {
+            dir: dir.to_path_buf(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
     }
     Ok(target_dir.join(TARGET).join("release"))
 }

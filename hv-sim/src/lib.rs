@@ -17,18 +17,25 @@
 //!   instructions (LGDT … SLDT with their #GP/#NP checks and LTR's busy
 //!   bit), which the native backend runs against in-process;
 //! * [`explain`]: descriptors decoded into plain words;
-//! * [`demo`]: what `hv-sim demo` runs;
-//! * [`mod@bench`]: what `hv-sim bench` runs (one table of the cost figures).
+//! * [`demo`]: the in-process runs `hv-sim demo` starts with;
+//! * [`mod@bench`]: the measurements `hv-sim bench` prints as one table.
+//!
+//! The `hv-sim` command (its argument parsing, the demo's printing and
+//! verdict, the fuzzer's driver) is the separate `hv-sim-cli` crate, which
+//! uses only this API. Two modules serve tests and that crate rather than
+//! kernels: `kernel_build` (builds `examples/kernel`) and `testing` (the
+//! `SKIPPED` / `HV_SIM_REQUIRE_*` rules). They stay here because hv-sim's
+//! own integration tests boot the example kernel, and an integration test
+//! sees only the library's public API.
 //!
 //! ## Features
 //!
 //! * `kvm` (default): the machine runners, [`kvm`], [`qemu`], [`realxen`],
 //!   `differential`, `kernel_build` and `testing`, and [`mod@bench`], with
 //!   the crates they need (kvm-ioctls, kvm-bindings, vm-memory,
-//!   vmm-sys-util, libc, goblin, flate2, hvsim-boot-protocol).
-//! * `cli` (default): the `hv-sim` binary (clap).
+//!   vmm-sys-util, libc, goblin, flate2, thiserror, hvsim-boot-protocol).
 //!
-//! A kernel's unit tests need only the in-process models, without either:
+//! A kernel's unit tests need only the in-process models, without it:
 //!
 //! ```toml
 //! [dev-dependencies]

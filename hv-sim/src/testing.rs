@@ -80,6 +80,6 @@ pub fn xen_or_skip(test: &str) -> Option<crate::realxen::XenImage> {
 
 /// Build the example kernel and read its ELF image.
 pub fn example_kernel_image() -> Result<Vec<u8>, String> {
-    let elf = crate::kernel_build::build_example_kernel()?;
+    let elf = crate::kernel_build::build_example_kernel().map_err(|e| e.to_string())?;
     std::fs::read(&elf).map_err(|e| format!("reading {}: {e}", elf.display()))
 }

@@ -32,11 +32,9 @@ pub mod rom;
 pub mod vmi;
 pub mod xen;
 
-mod cli;
 mod corpus;
 mod source;
 
-pub use cli::{CliArgs, cli, cpu_model};
 pub use corpus::{default_corpus_dir, load_corpus, parse_words, words_file};
 pub use source::{BOUNDARIES, SELECTORS, Source, SplitMix64, descriptor, int, selector};
 
@@ -121,7 +119,7 @@ impl Target {
     }
 
     /// Rough cost of a call relative to the others (for scheduling).
-    fn cost(self) -> u64 {
+    pub fn cost(self) -> u64 {
         match self {
             Target::XenPv64 | Target::XenPv32 | Target::XenBackend | Target::VmiBackend => 4,
             Target::Vmi64 | Target::Vmi32 => 3,

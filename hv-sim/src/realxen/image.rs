@@ -44,13 +44,10 @@ pub(super) fn check_elf(p: &Path) -> Result<(), String> {
     }
 }
 
-/// `target/hv-sim-xen` of this workspace.
+/// `hv-sim-xen` in this workspace's target directory
+/// ([`crate::kernel_build::target_root`]).
 pub(super) fn cache_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .unwrap_or(manifest)
-        .join("target/hv-sim-xen")
+    crate::kernel_build::target_root().join("hv-sim-xen")
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);

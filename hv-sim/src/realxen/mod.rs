@@ -6,8 +6,8 @@
 //!
 //! [`available`] finds the hypervisor (`/boot/xen-4.17-amd64.gz`, or the
 //! file named by `HV_SIM_XEN`, gzipped or a plain ELF) and gunzips it once
-//! into `target/hv-sim-xen/` (QEMU's `-kernel` wants the plain ELF32
-//! multiboot image; the copy is made again only when the `.gz` is newer).
+//! into `hv-sim-xen/` of the target directory (QEMU's `-kernel` wants the
+//! plain ELF32 multiboot image; the copy is made again only when the `.gz` is newer).
 //! [`boot`] then runs, in a private temporary directory,
 //!
 //! ```text
@@ -141,8 +141,9 @@ impl XenImage {
 /// * `HV_SIM_NO_XEN` set: no (to exercise skips);
 /// * QEMU must be installed ([`crate::qemu::available`]);
 /// * the hypervisor is `HV_SIM_XEN` if set (a `.gz` or a plain ELF), else
-///   [`DEFAULT_XEN`]; a gzipped one is extracted into the workspace's
-///   `target/hv-sim-xen/` (again only when the source is newer).
+///   [`DEFAULT_XEN`]; a gzipped one is extracted into `hv-sim-xen/` of
+///   the target directory (`CARGO_TARGET_DIR`, else the workspace's
+///   `target/`), again only when the source is newer.
 pub fn available() -> Result<XenImage, String> {
     if std::env::var_os("HV_SIM_NO_XEN").is_some() {
         return Err("HV_SIM_NO_XEN is set".to_string());

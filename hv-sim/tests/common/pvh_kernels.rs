@@ -19,12 +19,12 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hv_sim::kernel_build::{build_kernel_workspace, example_dir};
+use hv_sim::kernel_build::{KernelBuildError, build_kernel_workspace, example_dir};
 use hv_sim::kvm::{BootReport, GuestCheck, parse_checks};
 
 /// `examples/minimal-kernel`'s ELF.
 pub fn minimal_kernel() -> PathBuf {
-    static ELF: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    static ELF: OnceLock<Result<PathBuf, KernelBuildError>> = OnceLock::new();
     ELF.get_or_init(|| {
         build_kernel_workspace(&example_dir("minimal-kernel"), "minimal-kernel")
             .map(|bins| bins.join("pvops-minimal-kernel"))
@@ -35,7 +35,7 @@ pub fn minimal_kernel() -> PathBuf {
 
 /// One of `examples/blog-os-kernel`'s binaries (`with-x86_64`, `with-pvops`).
 pub fn blog_os_kernel(bin: &str) -> PathBuf {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    static DIR: OnceLock<Result<PathBuf, KernelBuildError>> = OnceLock::new();
     DIR.get_or_init(|| build_kernel_workspace(&example_dir("blog-os-kernel"), "blog-os-kernel"))
         .clone()
         .unwrap_or_else(|e| panic!("{e}"))

@@ -12,6 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod fuzz;
+
 /// Print a line on stdout, ending the process as [`output_failed`] says
 /// when stdout cannot be written.
 macro_rules! out {
@@ -140,7 +142,7 @@ fn main() -> ExitCode {
             replay,
             jobs,
         } => {
-            let args = hv_sim::fuzz::CliArgs {
+            let args = fuzz::CliArgs {
                 target,
                 calls,
                 seed,
@@ -149,7 +151,7 @@ fn main() -> ExitCode {
                 replay,
                 jobs,
             };
-            ExitCode::from(hv_sim::fuzz::cli(&args, &mut |line| out!("{line}")))
+            ExitCode::from(fuzz::cli(&args, &mut |line| out!("{line}")))
         }
     }
 }

@@ -1,10 +1,10 @@
-//! `hv-sim fuzz`: its arguments, the run over several targets on several
+//! `hv-sim fuzz` (the engine is `hv_sim::fuzz`): its arguments, the run over several targets on several
 //! threads, and its printed report.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::*;
+use hv_sim::fuzz::*;
 
 /// The host CPU's model name (from /proc/cpuinfo), for the report.
 pub fn cpu_model() -> String {
@@ -50,7 +50,7 @@ fn parse_seed(s: &str) -> Result<u64, String> {
         Some(h) => u64::from_str_radix(h, 16),
         None => s.parse(),
     };
-    r.map_err(|e| format!("seed {}: {e}", crate::explain::quote_prefix(s)))
+    r.map_err(|e| format!("seed {}: {e}", hv_sim::explain::quote_prefix(s)))
 }
 
 /// `hv-sim fuzz`: run the targets, print a line per target (calls, checks,
@@ -156,7 +156,7 @@ fn parse_targets(name: &str) -> Result<Vec<Target>, String> {
         let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
         format!(
             "unknown target {}; targets: {}, all",
-            crate::explain::quote_prefix(name),
+            hv_sim::explain::quote_prefix(name),
             names.join(", ")
         )
     })

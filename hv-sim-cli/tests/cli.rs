@@ -158,7 +158,8 @@ fn fuzz_runs_reproducibly_and_replays() {
     let (rc, _, _) = run(&["fuzz", "--seed", "+f", "--calls", "1"], b"");
     assert_eq!(rc, 2);
     // Replay: a corpus entry replays clean.
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus/xen-pv64");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../hv-sim/fuzz-corpus/xen-pv64");
     let first = std::fs::read_dir(&dir)
         .unwrap()
         .next()
