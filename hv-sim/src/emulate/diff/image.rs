@@ -14,6 +14,7 @@
 //! | [`IDT`] | 32 interrupt gates to the stubs |
 //! | `TEXT` | the stubs, the common handler, the recorder, the output code |
 //! | [`WIN`] | the data window the operands point into |
+//! | [`PD`], [`PT`] | 32-bit paging (SDM vol. 3A 4.3): the first 4 MiB through [`PT`] (4 KiB pages, supervisor, read/write; the window's entry set by each scenario), the rest identity in 4 MiB pages; CR0.WP set |
 //! | `SCENARIOS` | one block per scenario |
 //!
 //! Records go to [`RESULTS`] (outside the image) and leave through
@@ -34,14 +35,25 @@ const CUR_VEC: u32 = VARS + 20;
 const CUR_ERR: u32 = VARS + 24;
 const CUR_EAX: u32 = VARS + 28;
 const RESUME: u32 = VARS + 32;
+const CUR_CR2: u32 = VARS + 36;
 /// The test GDTR image each scenario loads before its instruction.
-pub const SCRATCH: u32 = VARS + 40;
+pub const SCRATCH: u32 = VARS + 48;
 /// The IDT.
 pub const IDT: u32 = LOAD + 0x2000;
 const TEXT: u32 = LOAD + 0x3000;
 /// The data window (a page; scenarios write its first 64 bytes).
 pub const WIN: u32 = LOAD + 0x4000;
-const SCENARIOS: u32 = LOAD + 0x5000;
+/// The page directory.
+pub const PD: u32 = LOAD + 0x5000;
+/// The page table of the first 4 MiB.
+pub const PT: u32 = LOAD + 0x6000;
+/// The window's page-table entry.
+pub const WIN_PTE: u32 = PT + (WIN >> 12) * 4;
+/// The window's entry while no scenario runs: present, read/write.
+pub const WIN_PTE_RW: u32 = WIN | 3;
+/// How many 4 MiB the paging maps.
+pub const MAPPED_4M: u32 = 64;
+const SCENARIOS: u32 = LOAD + 0x8000;
 /// Where the records go (past the image: the guest has 256 MiB).
 pub const RESULTS: u32 = 0x800_0000;
 const STACK_TOP: u32 = 0x7_0000;
@@ -107,6 +119,10 @@ impl Asm {
     fn load_dt(&mut self, reg: u8, abs: u32) -> &mut Self {
         self.b(&[0x36, 0x0f, 0x01, 0x05 | reg << 3]).d(abs)
     }
+    /// `mov eax, cr3; mov cr3, eax` (flushes the TLB).
+    fn reload_cr3(&mut self) -> &mut Self {
+        self.b(&[0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8])
+    }
     /// `jmp rel32` to `to`.
     fn jmp(&mut self, to: u32) -> &mut Self {
         let rel = to.wrapping_sub(self.here() + 5);
@@ -143,6 +159,7 @@ fn text() -> (Asm, Vec<u32>, u32) {
     debug_assert_eq!(a.here(), common);
     a.b(&[0x58]).store_eax(CUR_VEC); // pop eax
     a.b(&[0x58]).store_eax(CUR_ERR);
+    a.b(&[0x0f, 0x20, 0xd0]).store_eax(CUR_CR2); // mov eax, cr2
     a.mov_r_imm(4, STACK_TOP);
     a.b(&[0x36, 0xff, 0x25]).d(RESUME); // jmp ss:[resume]
     // The recorder.
@@ -156,9 +173,17 @@ fn text() -> (Asm, Vec<u32>, u32) {
     for s in [0, 3, 4, 5] {
         a.load_sreg(s, 0x10);
     }
-    for (abs, off) in [(CUR_VEC, 0), (CUR_ERR, 4), (CUR_EAX, 8)] {
+    for (abs, off) in [
+        (CUR_VEC, 0),
+        (CUR_ERR, 4),
+        (CUR_EAX, 8),
+        (CUR_CR2, 204),
+        (WIN_PTE, 208),
+    ] {
         a.load_eax(abs).store_edi(off, false);
     }
+    // The window present and writable again before it is read.
+    a.store_imm(WIN_PTE, WIN_PTE_RW).reload_cr3();
     for k in 0..16 {
         a.load_eax(WIN + 4 * k).store_edi(32 + 4 * k, false);
     }
@@ -175,7 +200,8 @@ fn scenario(a: &mut Asm, i: usize, s: &Scenario, recorder: u32) -> u32 {
     let rec = RESULTS + (i * RECORD) as u32;
     a.store_imm(CUR_REC, rec)
         .store_imm(CUR_VEC, u32::MAX)
-        .store_imm(CUR_ERR, 0);
+        .store_imm(CUR_ERR, 0)
+        .store_imm(CUR_CR2, 0);
     // `mov dword ss:[resume], imm32`: the immediate is its last 4 bytes.
     a.store_imm(RESUME, 0); // patched below
     let patch = (a.here() - 4 - a.base) as usize;
@@ -190,6 +216,7 @@ fn scenario(a: &mut Asm, i: usize, s: &Scenario, recorder: u32) -> u32 {
         let w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         a.store_imm(WIN + 4 * k as u32, w);
     }
+    a.store_imm(WIN_PTE, s.win_pte).reload_cr3();
     let g = s.test_gdtr;
     a.store_imm(SCRATCH, u32::from(g.0) | g.1 << 16);
     a.store_imm(SCRATCH + 4, g.1 >> 16);
@@ -232,6 +259,13 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
     let mut dtr = IDT_LIMIT.to_le_bytes().to_vec();
     dtr.extend_from_slice(&IDT.to_le_bytes());
     put(&mut img, RT_IDTR, &dtr);
+    for k in 0..1024u32 {
+        put(&mut img, PT + 4 * k, &(k << 12 | 3).to_le_bytes());
+    }
+    put(&mut img, PD, &(PT | 3).to_le_bytes());
+    for k in 1..MAPPED_4M {
+        put(&mut img, PD + 4 * k, &(k << 22 | 0x83).to_le_bytes());
+    }
     let (text, stubs, recorder) = text();
     put(&mut img, TEXT, &text.bytes);
     for (v, h) in stubs.iter().enumerate() {
@@ -259,7 +293,16 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
     for s in [0, 2, 3, 4, 5] {
         e.load_sreg(s, 0x10);
     }
-    e.load_dt(3, RT_IDTR).jmp(SCENARIOS);
+    e.load_dt(3, RT_IDTR);
+    // Paging: CR3, CR4.PSE, then CR0.PG and CR0.WP.
+    e.mov_r_imm(0, PD).b(&[0x0f, 0x22, 0xd8]);
+    e.b(&[0x0f, 0x20, 0xe0, 0x0d])
+        .d(0x10)
+        .b(&[0x0f, 0x22, 0xe0]);
+    e.b(&[0x0f, 0x20, 0xc0, 0x0d])
+        .d(0x8001_0000)
+        .b(&[0x0f, 0x22, 0xc0]);
+    e.jmp(SCENARIOS);
     put(&mut img, LOAD + 32, &e.bytes);
     // Multiboot header (a.out kludge): magic, flags bit 16, checksum,
     // header, load start, load end, bss end, entry.
@@ -325,7 +368,7 @@ mod tests {
                 "mov ax,18h",
                 "mov ds,ax",
                 "mov dword ptr ss:[1234h],5",
-                "lgdt ss:[101128h]"
+                "lgdt ss:[101130h]"
             ]
         );
     }

@@ -14,12 +14,17 @@
 //! every exception, and writes one record per scenario: the vector and
 //! error code, EAX, GDTR, IDTR, TR, LDTR, the data window and the GDT's
 //! scenario slots. The same scenario is run through [`super::emulate`] on a
-//! [`MockCpu`] and [`MockMemory`] holding the same state, and the two are
-//! compared field by field.
+//! [`MockCpu`] over [`MockPhys`] and the page walker, holding the same
+//! state, and the two are compared field by field.
 //!
-//! Not covered yet: CPL > 0 and UMIP, paging (and so #PF), 16-bit code
-//! segments, compatibility and 64-bit mode, #SS (SS stays flat: the guest's
-//! exception delivery needs it).
+//! The guest runs with 32-bit paging and CR0.WP, the window's page
+//! read/write, read-only, not present or user per scenario: #PF with its
+//! error code and CR2, and the accessed and dirty bits, are compared too;
+//! the emulator walks the same tables ([`super::walk`], [`super::paged`]).
+//!
+//! Not covered yet: CPL > 0 and UMIP, PAE and 4-level paging, SMEP/SMAP,
+//! 16-bit code segments, compatibility and 64-bit mode, #SS (SS stays
+//! flat: the guest's exception delivery needs it).
 
 pub mod image;
 
@@ -31,12 +36,14 @@ use std::time::{Duration, Instant};
 
 use pvops::{DescriptorTablePointer, Selector};
 
-use super::mock::{MockCpu, MockMemory};
+use super::mock::{MockCpu, MockPhys};
+use super::paged::Paged;
 use super::segment::SegmentCache;
+use super::walk::{PagingMode, PhysicalMemory, Walker};
 use super::{Access, Exception, GuestMemory, Outcome, PageFault, Segment, emulate};
 
 /// Bytes per record.
-pub const RECORD: usize = 208;
+pub const RECORD: usize = 216;
 
 /// One scenario.
 #[derive(Clone, Debug)]
@@ -53,6 +60,8 @@ pub struct Scenario {
     pub window: [u8; 64],
     /// The GDTR loaded before the instruction: (limit, base).
     pub test_gdtr: (u16, u32),
+    /// The window page's page-table entry during the instruction.
+    pub win_pte: u32,
 }
 
 /// One record, as the guest writes it.
@@ -76,6 +85,10 @@ pub struct Record {
     pub window: Vec<u8>,
     /// The GDT's scenario slots (0x18..0x80).
     pub gdt: Vec<u8>,
+    /// CR2 (compared after a #PF only).
+    pub cr2: u32,
+    /// The window's page-table entry after the instruction (A and D).
+    pub pte: u32,
     /// Emulator only, under [`Departures::no_segment_checks`]: the operand
     /// fell outside the memory the harness knows (QEMU's read RAM the
     /// harness does not compare). Not compared.
@@ -98,6 +111,8 @@ impl Record {
                 ldtr: u16at(30),
                 window: b[32..96].to_vec(),
                 gdt: b[96..200].to_vec(),
+                cr2: u32at(204),
+                pte: u32at(208),
                 outside: false,
             },
             u16at(200),
@@ -200,23 +215,13 @@ impl std::fmt::Display for Departures {
     }
 }
 
-/// The emulator's record for `s` (its instruction at `rip`), with TR
-/// `tr_before` at the start; `model` applies a QEMU departure.
-pub fn emulate_scenario(
-    s: &Scenario,
-    rip: u32,
-    tr_before: u16,
-    model: Departures,
-) -> (Record, Outcome) {
-    if model.null_ltr
-        && let Some(r) = null_ltr(s, rip, tr_before, model)
-    {
-        return r;
-    }
-    let mem = MockMemory::new();
-    mem.map(u64::from(image::GDT), true)
-        .map(u64::from(image::WIN), true);
-    mem.map(u64::from(rip), false);
+/// The guest's physical memory for `s` as the emulator needs it: the
+/// paging (the window's entry as the scenario sets it, the first 4 MiB's
+/// other pages identity, the directory's first entry already accessed:
+/// the guest ran through it), the instruction (as `model` sees it), the
+/// GDT and the window.
+fn guest_memory(s: &Scenario, rip: u32, model: Departures) -> MockPhys {
+    let phys = MockPhys::default();
     let opcode = s.insn.iter().position(|&b| b == 0x0f).unwrap_or(0);
     let mut insn = Vec::new();
     for (k, &b) in s.insn.iter().enumerate() {
@@ -227,13 +232,39 @@ pub fn emulate_scenario(
             _ => insn.push(b),
         }
     }
-    mem.poke(u64::from(rip), &insn);
-    mem.poke_u64(u64::from(image::GDT) + 8, 0x00cf_9b00_0000_ffff);
-    mem.poke_u64(u64::from(image::GDT) + 16, 0x00cf_9300_0000_ffff);
-    for (k, w) in s.gdt_slots.iter().enumerate() {
-        mem.poke_u64(u64::from(image::GDT) + 0x18 + 8 * k as u64, *w);
+    phys.put_u32(u64::from(image::PD), image::PT | 0x23);
+    for k in 1..image::MAPPED_4M {
+        phys.put_u32(u64::from(image::PD + 4 * k), k << 22 | 0x83);
     }
-    mem.poke(u64::from(image::WIN), &s.window);
+    for page in [rip, rip.wrapping_add(15), image::GDT, image::IDT] {
+        if page >> 22 == 0 {
+            let at = image::PT + (page >> 12) * 4;
+            phys.put_u32(u64::from(at), page & !0xfff | 0x23);
+        }
+    }
+    phys.put_u32(u64::from(image::WIN_PTE), s.win_pte);
+    phys.put(u64::from(rip), &insn);
+    phys.put(
+        u64::from(image::GDT) + 8,
+        &0x00cf_9b00_0000_ffffu64.to_le_bytes(),
+    );
+    phys.put(
+        u64::from(image::GDT) + 16,
+        &0x00cf_9300_0000_ffffu64.to_le_bytes(),
+    );
+    for (k, w) in s.gdt_slots.iter().enumerate() {
+        phys.put(
+            u64::from(image::GDT) + 0x18 + 8 * k as u64,
+            &w.to_le_bytes(),
+        );
+    }
+    phys.put(u64::from(image::WIN), &s.window);
+    phys
+}
+
+/// The vCPU for `s`: 32-bit protected mode, its registers and segments
+/// (flattened under [`Departures::no_segment_checks`]), GDTR, IDTR, TR.
+fn cpu_for(s: &Scenario, rip: u32, tr_before: u16, model: Departures) -> MockCpu {
     let mut cpu = MockCpu::protected32();
     cpu.rip = u64::from(rip);
     for (r, v) in s.regs.iter().enumerate() {
@@ -276,7 +307,32 @@ pub fn emulate_scenario(
         base: u64::from(image::IDT),
     };
     cpu.dt.tr = Selector(tr_before);
-    let lenient = Lenient(&mem, Cell::new(false));
+    cpu
+}
+
+/// The emulator's record for `s` (its instruction at `rip`), with TR
+/// `tr_before` at the start; `model` applies a QEMU departure.
+pub fn emulate_scenario(
+    s: &Scenario,
+    rip: u32,
+    tr_before: u16,
+    model: Departures,
+) -> (Record, Outcome) {
+    if model.null_ltr
+        && let Some(r) = null_ltr(s, rip, tr_before, model)
+    {
+        return r;
+    }
+    let phys = guest_memory(s, rip, model);
+    let mut walker = Walker::new(PagingMode::Bits32, u64::from(image::PD));
+    (walker.nxe, walker.maxphyaddr) = (false, 40);
+    let mem = Paged {
+        phys: &phys,
+        walker,
+        cpl: 0,
+    };
+    let mut cpu = cpu_for(s, rip, tr_before, model);
+    let lenient = Lenient(&mem, Cell::new(false), &phys);
     let o = if model.flat() {
         emulate(&mut cpu, &lenient)
     } else {
@@ -299,10 +355,16 @@ pub fn emulate_scenario(
         idtr: (cpu.dt.idtr.limit, cpu.dt.idtr.base as u32),
         tr: cpu.dt.tr.bits(),
         ldtr: cpu.dt.ldtr.bits(),
-        window: mem.peek(u64::from(image::WIN), 64).unwrap_or_default(),
-        gdt: mem
-            .peek(u64::from(image::GDT) + 0x18, 104)
-            .unwrap_or_default(),
+        window: peek(&phys, image::WIN, 64),
+        gdt: peek(&phys, image::GDT + 0x18, 104),
+        cr2: match &o {
+            Outcome::Inject {
+                exception: Exception::Pf(pf),
+                ..
+            } => pf.addr as u32,
+            _ => 0,
+        },
+        pte: phys.read_u32(u64::from(image::WIN_PTE)).unwrap_or(0),
         outside: lenient.1.get(),
     };
     (rec, o)
@@ -352,26 +414,46 @@ fn null_ltr(
     Some((r, o))
 }
 
-/// The mock memory as QEMU's guest sees it: outside the pages the
-/// scenario uses, reads give zeros and writes go nowhere (RAM not compared,
-/// or no RAM), where the mock would raise #PF. Used only with a departure
-/// that sends accesses outside the checked segments.
-struct Lenient<'a>(&'a MockMemory, Cell<bool>);
+fn peek(phys: &MockPhys, at: u32, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    let _ = phys.read_bytes(u64::from(at), &mut b);
+    b
+}
 
-impl GuestMemory for Lenient<'_> {
+/// The memory as QEMU's guest sees it: where the harness holds no
+/// physical memory, reads give zeros and writes go nowhere (RAM not
+/// compared, or no RAM) instead of the mock's failure; a real page fault
+/// (the window's entry) stands. Used only with a departure that sends
+/// accesses outside the checked segments.
+struct Lenient<'a, M: GuestMemory>(&'a M, Cell<bool>, &'a MockPhys);
+
+impl<M: GuestMemory> Lenient<'_, M> {
+    fn known(&self, addr: u64) -> bool {
+        let mut b = [0u8];
+        addr >> 12 == u64::from(image::WIN >> 12) || self.2.read_bytes(addr, &mut b).is_some()
+    }
+}
+
+impl<M: GuestMemory> GuestMemory for Lenient<'_, M> {
     fn read(&self, addr: u64, buf: &mut [u8], access: Access) -> Result<(), PageFault> {
-        if self.0.read(addr, buf, access).is_err() {
-            buf.fill(0);
-            self.1.set(true);
+        match self.0.read(addr, buf, access) {
+            Err(pf) if !self.known(pf.addr) => {
+                buf.fill(0);
+                self.1.set(true);
+                Ok(())
+            }
+            r => r,
         }
-        Ok(())
     }
 
     fn write(&self, addr: u64, data: &[u8], access: Access) -> Result<(), PageFault> {
-        if self.0.write(addr, data, access).is_err() {
-            self.1.set(true);
+        match self.0.write(addr, data, access) {
+            Err(pf) if !self.known(pf.addr) => {
+                self.1.set(true);
+                Ok(())
+            }
+            r => r,
         }
-        Ok(())
     }
 }
 
@@ -405,7 +487,11 @@ pub fn differences(q: &Record, e: &Record) -> Vec<&'static str> {
     if q.vector.is_none() && e.vector.is_none() && q.eax != e.eax {
         d.push("eax");
     }
+    if q.vector == Some(14) && e.vector == Some(14) && q.cr2 != e.cr2 {
+        d.push("cr2");
+    }
     for (name, same) in [
+        ("pte", q.pte == e.pte),
         ("gdtr", q.gdtr == e.gdtr),
         ("idtr", q.idtr == e.idtr),
         ("tr", q.tr == e.tr),
@@ -493,8 +579,13 @@ pub struct Report {
 /// Generate `n` scenarios from `seed`, run them under QEMU and through the
 /// emulator, and compare.
 pub fn compare(n: usize, seed: u64, timeout: Duration) -> Result<Report, String> {
-    let scenarios = generate(n, seed);
-    let (records, at) = run_qemu(&scenarios, timeout)?;
+    compare_scenarios(&generate(n, seed), timeout)
+}
+
+/// Run and compare the given scenarios (a slice of [`generate`]'s, to
+/// replay one).
+pub fn compare_scenarios(scenarios: &[Scenario], timeout: Duration) -> Result<Report, String> {
+    let (records, at) = run_qemu(scenarios, timeout)?;
     let mut report = Report::default();
     let out = &mut report.mismatches;
     for (i, s) in scenarios.iter().enumerate() {
@@ -507,6 +598,7 @@ pub fn compare(n: usize, seed: u64, timeout: Duration) -> Result<Report, String>
                     Exception::Gp(0) => "#GP(0)".to_string(),
                     Exception::Gp(_) => "#GP(sel)".to_string(),
                     Exception::Np(_) => "#NP(sel)".to_string(),
+                    Exception::Pf(pf) => format!("#PF({:#x})", pf.error_code),
                     other => other.to_string(),
                 };
                 format!("{insn} {e}")

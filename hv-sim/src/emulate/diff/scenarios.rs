@@ -126,6 +126,60 @@ fn system_slot(r: &mut Rng) -> u64 {
     desc(base, limit, access, flags)
 }
 
+/// Where an access should land: window offset `t`, segment offset `o`
+/// (outside flat segments), `size` bytes.
+struct Target {
+    t: u32,
+    o: u32,
+    size: u32,
+}
+
+/// Aim the memory operand of `insn` at the window: decode it to find its
+/// segment and registers, give that segment a base that puts offset `o`
+/// on the window and a limit at an edge of the access (or a null
+/// selector), and set the registers so the effective address is `o`.
+fn aim(r: &mut Rng, s: &mut Scenario, insn: &[u8], a16: bool, at: Target) {
+    let Target { t, o, size } = at;
+    let mut d = Decoder::new(32, insn, DecoderOptions::NO_INVALID_CHECK);
+    let i = d.decode();
+    if i.op0_kind() == iced_x86::OpKind::Memory {
+        let seg = i.memory_segment();
+        let slot = match seg {
+            Register::ES => Some(0),
+            Register::DS => Some(1),
+            Register::FS => Some(2),
+            Register::GS => Some(3),
+            _ => None,
+        };
+        // A null ES/FS/GS now and then (#GP(0) on use).
+        let null = slot.is_some_and(|k| k != 1 && r.below(8) == 0);
+        // Through a flat segment the offset is the window's address. So
+        // through a null one outside 16-bit addressing: QEMU, which does
+        // not check segments, then writes to the window, not over the
+        // guest's own code.
+        let flat = matches!(seg, Register::SS | Register::CS) || (null && !a16);
+        let o = if flat { WIN + t } else { o };
+        let mask = if a16 { 0xffff } else { u32::MAX };
+        let disp = i.memory_displacement64() as u32;
+        let mut rest = o.wrapping_sub(disp);
+        if let Some(x) = reg_no(i.memory_index()) {
+            let k = r.below(0x40) as u32;
+            s.regs[x] = k;
+            rest = rest.wrapping_sub(k << i.memory_index_scale().trailing_zeros());
+        }
+        if let Some(b) = reg_no(i.memory_base()) {
+            s.regs[b] = (s.regs[b] & !mask) | (rest & mask);
+        }
+        if let Some(k) = slot {
+            let base = (WIN + t).wrapping_sub(o);
+            s.gdt_slots[k] = segment_for(r, o, size, base);
+            if null {
+                s.sels[k] = r.pick(&[0u16, 1, 3]);
+            }
+        }
+    }
+}
+
 /// One scenario.
 fn scenario(r: &mut Rng) -> Scenario {
     // (second opcode byte, ModRM.reg): lgdt lidt sgdt sidt ltr lldt str sldt.
@@ -172,7 +226,20 @@ fn scenario(r: &mut Rng) -> Scenario {
         gdt_slots: [FLAT; 13],
         window: [0; 64],
         test_gdtr: (super::image::GDT_LIMIT, GDT),
+        win_pte: WIN | 3,
     };
+    // The window's page: read/write, read-only (CR0.WP: a write faults),
+    // not present, or a user page (no matter at CPL 0 without SMAP).
+    s.win_pte = r.pick(&[
+        WIN | 3,
+        WIN | 3,
+        WIN | 3,
+        WIN | 1,
+        WIN | 1,
+        WIN | 2,
+        WIN | 7,
+        0,
+    ]);
     for b in s.window.iter_mut() {
         *b = r.next() as u8;
     }
@@ -197,45 +264,7 @@ fn scenario(r: &mut Rng) -> Scenario {
         let disp_only = if flat_override { WIN + t } else { o };
         insn.extend(memory_form(r, a16, reg, disp_only));
     }
-    // Where the access goes: decode to find the segment and registers.
-    let mut d = Decoder::new(32, &insn, DecoderOptions::NO_INVALID_CHECK);
-    let i = d.decode();
-    if i.op0_kind() == iced_x86::OpKind::Memory {
-        let seg = i.memory_segment();
-        let slot = match seg {
-            Register::ES => Some(0),
-            Register::DS => Some(1),
-            Register::FS => Some(2),
-            Register::GS => Some(3),
-            _ => None,
-        };
-        // A null ES/FS/GS now and then (#GP(0) on use).
-        let null = slot.is_some_and(|k| k != 1 && r.below(8) == 0);
-        // Through a flat segment the offset is the window's address. So
-        // through a null one outside 16-bit addressing: QEMU, which does
-        // not check segments, then writes to the window, not over the
-        // guest's own code.
-        let flat = matches!(seg, Register::SS | Register::CS) || (null && !a16);
-        let o = if flat { WIN + t } else { o };
-        let mask = if a16 { 0xffff } else { u32::MAX };
-        let disp = i.memory_displacement64() as u32;
-        let mut rest = o.wrapping_sub(disp);
-        if let Some(x) = reg_no(i.memory_index()) {
-            let k = r.below(0x40) as u32;
-            s.regs[x] = k;
-            rest = rest.wrapping_sub(k << i.memory_index_scale().trailing_zeros());
-        }
-        if let Some(b) = reg_no(i.memory_base()) {
-            s.regs[b] = (s.regs[b] & !mask) | (rest & mask);
-        }
-        if let Some(k) = slot {
-            let base = (WIN + t).wrapping_sub(o);
-            s.gdt_slots[k] = segment_for(r, o, size, base);
-            if null {
-                s.sels[k] = r.pick(&[0u16, 1, 3]);
-            }
-        }
-    }
+    aim(r, &mut s, &insn, a16, Target { t, o, size });
     // LTR/LLDT's selector: a slot, with edges.
     let sel = r.pick(&[
         0x38u16, 0x40, 0x48, 0x50, 0x58, 0x60, 0x68, 0x70, 0x78, 0x08, 0x18, 0, 3, 0x80, 0xf8,
