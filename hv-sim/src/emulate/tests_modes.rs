@@ -482,3 +482,38 @@ fn pae_paging_implicit_accesses() {
     emulated(&emulate(&mut cpu, &mem), Insn::Ltr, 3);
     assert_eq!(phys.get_u64(GDT + u64::from(TSS_SEL)) >> 40 & 0xff, 0x8b);
 }
+
+/// Scenarios where QEMU 7.2 TCG departs from the SDM (found by the
+/// differential, `emulate::diff`), kept with the SDM's answer:
+/// * SDM vol. 2B LTR: "#GP(0) If the source operand contains a NULL
+///   segment selector" (QEMU loads an unusable TR), here `ltr ax` with
+///   ax = 3 (index 0, RPL 3) in 16-bit address-size code;
+/// * SDM vol. 2B SIDT: "#UD If the LOCK prefix is used" (QEMU stores);
+/// * SDM vol. 3A 5.3: an operand past DS's limit is #GP(0) (QEMU TCG does
+///   not check data-segment limits and stores).
+#[test]
+fn qemu_departures_keep_the_sdm_answer() {
+    let (mut cpu, mem) = machine(MockCpu::protected32(), &[0x67, 0x64, 0x0f, 0x00, 0xd8]);
+    cpu.gprs[EAX] = 0xc8ce_0003;
+    assert_eq!(injected(&emulate(&mut cpu, &mem)), Exception::Gp(0));
+    assert_eq!(cpu.dt.tr, Selector(0));
+    let (mut cpu, mem) = machine(
+        MockCpu::protected32(),
+        &[0xf0, 0x67, 0x26, 0x0f, 0x01, 0x0d],
+    );
+    assert_eq!(injected(&emulate(&mut cpu, &mem)), Exception::Ud);
+    // sldt [0x28803057] with DS based at DATA - 0x2880_3057, limit 0x1000.
+    let (mut cpu, mem) = machine(
+        MockCpu::protected32(),
+        &[0x0f, 0x00, 0x05, 0x57, 0x30, 0x80, 0x28],
+    );
+    *cpu.seg_mut(Segment::Ds) = SegmentCache {
+        base: DATA.wrapping_sub(0x2880_3057) & 0xffff_ffff,
+        limit: 0x1000,
+        g: false,
+        ..SegmentCache::from_descriptor(DATA32)
+    };
+    mem.poke(DATA, &[0xaa, 0xaa]);
+    assert_eq!(injected(&emulate(&mut cpu, &mem)), Exception::Gp(0));
+    assert_eq!(mem.peek(DATA, 2).unwrap(), [0xaa, 0xaa]);
+}
