@@ -71,7 +71,14 @@ pub(super) fn run(
     let mut scan = Scan::default();
     let closed = read_until_done(&mut scan, &rx, start + timeout);
     let wall = start.elapsed();
-    let status = if closed { reap(qemu) } else { None };
+    // QEMU must be gone before the reader thread can see the pipe close:
+    // after dom0's shutdown Xen idles (noreboot) and QEMU runs on.
+    let status = if closed {
+        reap(qemu)
+    } else {
+        drop(qemu);
+        None
+    };
     let _ = reader.join();
     // Whatever the pipe still held, then a last unterminated line.
     while let Ok(bytes) = rx.try_recv() {
