@@ -4,7 +4,7 @@
 
 use hv_sim::softcpu::{CpuMode, HostMemory, SoftCpu};
 use pvops::{DescriptorStorage, Exception, IdtGate, IdtStorage, Tss64, TssStorage};
-use pvops_examples::{INITIAL_GDT, LAYOUT, TSS_SELECTOR, cpu_init};
+use pvops_examples::{Handler, INITIAL_GDT, LAYOUT, TSS_SELECTOR, cpu_init};
 use pvops_native::NativeOps;
 
 static GDT: DescriptorStorage<16> = DescriptorStorage::new(INITIAL_GDT);
@@ -21,6 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cpu = SoftCpu::new(unsafe { HostMemory::new() }, CpuMode::Long);
     let ops = NativeOps::with_cpu(cpu, LAYOUT);
     let idt = IDT.idt()?;
+    // One fn pointer per handler, used for the gate and the check below (two
+    // coercions of one function need not give the same address).
+    let (isr_breakpoint, isr_page_fault): (Handler, Handler) = (isr_breakpoint, isr_page_fault);
     // SAFETY: all tables are statics.
     unsafe {
         cpu_init(

@@ -5,7 +5,7 @@
 
 use hv_sim::xen::XenDomain;
 use pvops::{DescriptorOps, Gdt, GdtLayout, Idt};
-use pvops_examples::{INITIAL_GDT, cpu_init};
+use pvops_examples::{Handler, INITIAL_GDT, cpu_init};
 use pvops_xen::XenOps;
 
 // Stands in for the kernel's #PF entry stub: the domain records the gate
@@ -25,9 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ops = XenOps::new(dom.vcpu_handle(0), GdtLayout::LINUX_X86_64);
 
     let stack = 0xffff_c900_0000_8000;
+    let handler: Handler = isr_page_fault; // one pointer for the gate and the check
     // SAFETY: the tables are in the domain's RAM, which outlives `ops`.
-    unsafe { cpu_init(&ops, &gdt, &idt, 0, &[(14, isr_page_fault)], stack)? };
-    let pf = isr_page_fault as *const () as usize as u64;
+    unsafe { cpu_init(&ops, &gdt, &idt, 0, &[(14, handler)], stack)? };
+    let pf = handler as *const () as usize as u64;
 
     let v = dom.vcpu(0);
     assert_eq!(v.gdt_ents, 16);

@@ -20,8 +20,7 @@ use hv_sim::emulate::mock::{MockCpu, MockMemory};
 use hv_sim::emulate::{Outcome, emulate};
 use hv_sim::xen::XenDomain;
 use pvops::{
-    Descriptor, DescriptorOps, DescriptorTablePointer, Gdt, GdtLayout, Ldt, Selector,
-    SystemDescriptor, presets,
+    DescriptorOps, DescriptorTablePointer, Gdt, GdtLayout, Ldt, Selector, SystemDescriptor, presets,
 };
 use pvops_xen::XenOps;
 
@@ -37,7 +36,7 @@ fn machine(code: &[u8]) -> (MockCpu, MockMemory) {
     let mem = MockMemory::quiet();
     mem.map(GDT, true).map(DATA, true).map(CODE, false);
     mem.poke(CODE, code);
-    let tss = SystemDescriptor::tss(0x3_0000, 0x67).unwrap();
+    let tss = SystemDescriptor::tss(0x3_0000, pvops::Tss64::LIMIT).unwrap();
     mem.poke_u64(GDT + u64::from(TSS_SEL), tss.low);
     mem.poke_u64(GDT + u64::from(TSS_SEL) + 8, tss.high);
     let ldt = SystemDescriptor::ldt(0x3_1000, 4).unwrap();
@@ -95,15 +94,7 @@ fn bench(c: &mut Criterion) {
     // The same ops through pvops-xen into hv-sim's Xen domain.
     let dom = XenDomain::pv64(64, 1);
     let gdt_va = dom.alloc_pages(1);
-    for (i, d) in [
-        Descriptor::NULL,
-        presets::KERNEL_CODE32,
-        presets::KERNEL_CODE64,
-        presets::KERNEL_DATA,
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (i, d) in presets::LINUX_X86_64_GDT.iter().enumerate() {
         dom.host_write_u64(gdt_va + 8 * i as u64, d.0);
     }
     let gdt = Gdt::new(gdt_va, 16).unwrap();

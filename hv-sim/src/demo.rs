@@ -12,7 +12,7 @@
 use pvops::descriptor::SystemType;
 use pvops::{
     Descriptor, DescriptorOps, DescriptorStorage, GdtEntry, GdtLayout, IdtGate, IdtStorage,
-    OpsTable, PvError, Ring, Selector, SystemDescriptor, presets,
+    OpsTable, PvError, Ring, Selector, SystemDescriptor, Tss64, TssStorage, presets,
 };
 use pvops_native::NativeOps;
 
@@ -59,9 +59,6 @@ impl DemoReport {
     }
 }
 
-#[repr(C, align(4096))]
-struct Tss([u8; 104]);
-
 const LAYOUT: GdtLayout = GdtLayout::LINUX_X86_64;
 
 /// `ok`, or the error's text.
@@ -88,30 +85,15 @@ fn check(checks: &mut Vec<Check>, name: &'static str, passed: bool, detail: Stri
 /// Run every op through `ops` (which must drive `cpu`), checking effects.
 fn exercise<O: DescriptorOps>(ops: &O, cpu: &SoftCpu<HostMemory>) -> Vec<Check> {
     let mut c = Vec::new();
-    let gdt_store: &'static DescriptorStorage<16> = Box::leak(Box::new(DescriptorStorage::new([
-        Descriptor::NULL,
-        presets::KERNEL_CODE32,
-        presets::KERNEL_CODE64,
-        presets::KERNEL_DATA,
-        presets::USER_CODE32,
-        presets::USER_DATA,
-        presets::USER_CODE64,
-        Descriptor::NULL,
-        Descriptor::NULL,
-        Descriptor::NULL,
-        Descriptor::NULL,
-        Descriptor::NULL,
-        Descriptor::NULL,
-        Descriptor::NULL,
-        Descriptor::NULL,
-        Descriptor::NULL,
-    ])));
+    let gdt_store: &'static DescriptorStorage<16> =
+        Box::leak(Box::new(DescriptorStorage::new(presets::LINUX_X86_64_GDT)));
     let idt_store: &'static IdtStorage<256> =
         Box::leak(Box::new(IdtStorage::new([IdtGate::MISSING; 256])));
     let ldt_store: &'static DescriptorStorage<4> =
         Box::leak(Box::new(DescriptorStorage::new([Descriptor::NULL; 4])));
-    let tss: &'static mut Tss = Box::leak(Box::new(Tss([0; 104])));
-    let tss_base = tss.0.as_ptr() as u64;
+    // The backend writes rsp0 into it through its address: TssStorage keeps
+    // it in an UnsafeCell.
+    let tss: &'static TssStorage<Tss64> = Box::leak(Box::new(TssStorage::new(Tss64::new())));
 
     let (Ok(gdt), Ok(idt), Ok(ldt)) = (gdt_store.gdt(), idt_store.idt(), ldt_store.ldt()) else {
         check(&mut c, "tables", false, "table storage rejected".into());
@@ -154,7 +136,7 @@ fn exercise<O: DescriptorOps>(ops: &O, cpu: &SoftCpu<HostMemory>) -> Vec<Check> 
             ),
         );
 
-        let tss_desc = SystemDescriptor::tss(tss_base, 103).expect("TSS descriptor");
+        let tss_desc = tss.descriptor().expect("TSS descriptor");
         let r = ops.write_gdt_entry(&gdt, LAYOUT.tss as u32, GdtEntry::Double(tss_desc));
         let tr = Selector::gdt(LAYOUT.tss, Ring::Ring0);
         let r2 = ops.load_tr(tr);
@@ -186,7 +168,9 @@ fn exercise<O: DescriptorOps>(ops: &O, cpu: &SoftCpu<HostMemory>) -> Vec<Check> 
 
         let sp0 = 0xffff_c900_0001_0000u64;
         let r = ops.load_kernel_stack(sp0);
-        let stored = u64::from_le_bytes(tss.0[4..12].try_into().unwrap_or([0; 8]));
+        // One thread: the op that wrote the TSS has returned, so nothing
+        // writes it during `read` (the enclosing block's SAFETY covers it).
+        let stored = tss.read().rsp[0];
         check(
             &mut c,
             "load_kernel_stack writes TSS.rsp0",
@@ -307,16 +291,6 @@ pub fn run_native_in_process() -> DemoReport {
     }
 }
 
-fn kernel_gdt() -> [Descriptor; 16] {
-    let mut g = [Descriptor::NULL; 16];
-    g[1] = presets::KERNEL_CODE32;
-    g[2] = presets::KERNEL_CODE64;
-    g[3] = presets::KERNEL_DATA;
-    g[5] = presets::USER_DATA;
-    g[6] = presets::USER_CODE64;
-    g
-}
-
 /// The Xen-style backend in-process against hv-sim's Xen PV domain: what
 /// `demo` runs where there is no KVM to boot the kernel with.
 pub fn run_xen_in_process() -> DemoReport {
@@ -325,7 +299,7 @@ pub fn run_xen_in_process() -> DemoReport {
     let mut c = Vec::new();
     let dom = XenDomain::pv64(64, 1);
     let (gdt_va, idt_va, ldt_va) = (dom.alloc_pages(1), dom.alloc_pages(1), dom.alloc_pages(1));
-    for (i, d) in kernel_gdt().iter().enumerate() {
+    for (i, d) in presets::LINUX_X86_64_GDT.iter().enumerate() {
         dom.host_write_u64(gdt_va + 8 * i as u64, d.0);
     }
     let (Ok(gdt), Ok(idt), Ok(ldt)) = (
@@ -507,7 +481,7 @@ pub fn run_vmi_in_process() -> DemoReport {
         format!("ROM at {:#x} initialised", rom.base),
     );
     let gdt_store: &'static DescriptorStorage<16> =
-        Box::leak(Box::new(DescriptorStorage::new(kernel_gdt())));
+        Box::leak(Box::new(DescriptorStorage::new(presets::LINUX_X86_64_GDT)));
     let ldt_store: &'static DescriptorStorage<8> =
         Box::leak(Box::new(DescriptorStorage::new([Descriptor::NULL; 8])));
     let (Ok(gdt), Ok(ldt)) = (gdt_store.gdt(), ldt_store.ldt()) else {

@@ -20,7 +20,7 @@ fn machine(code: &[u8], cpl: u8) -> (MockCpu, MockMemory) {
     let mem = MockMemory::new();
     mem.map(GDT, true).map(DATA, true).map(CODE, false);
     mem.poke(CODE, code);
-    let tss = SystemDescriptor::tss(0x3_0000, 0x67).unwrap();
+    let tss = SystemDescriptor::tss(0x3_0000, pvops::Tss64::LIMIT).unwrap();
     mem.poke_u64(GDT + u64::from(TSS_SEL), tss.low);
     mem.poke_u64(GDT + u64::from(TSS_SEL) + 8, tss.high);
     let mut cpu = MockCpu {

@@ -357,9 +357,10 @@ impl Gate64 {
     /// }
     ///
     /// # fn main() {
-    /// let g = Gate64::interrupt_handler(presets::KERNEL_CS, doc_isr14, Ring::Ring0);
+    /// let stub: unsafe extern "C" fn() = doc_isr14;
+    /// let g = Gate64::interrupt_handler(presets::KERNEL_CS, stub, Ring::Ring0);
     /// assert_eq!(g.kind(), Some(GateKind::Interrupt));
-    /// assert_eq!(g.offset(), doc_isr14 as *const () as usize as u64);
+    /// assert_eq!(g.offset(), stub as *const () as usize as u64);
     /// # }
     /// ```
     pub fn interrupt_handler(

@@ -534,7 +534,9 @@ impl<const N: usize> TableStorage<Descriptor, N> {
     /// when a selector is loaded, which pvops does only in `unsafe` ops
     /// (`load_tr`, `load_idt`'s gates, the segment loads a kernel writes
     /// itself), whose contracts cover the GDT loaded at that time; this is
-    /// the `x86_64` crate's argument for its safe `load`.
+    /// the `x86_64` crate's argument for its safe `load`. The native backend
+    /// also checks it: its `load_gdt` refuses a GDT in which a gate of the
+    /// loaded IDT no longer names a present code segment of the right width.
     ///
     /// ```
     /// use pvops::{DescriptorOps, DescriptorStorage, presets};

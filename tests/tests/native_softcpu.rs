@@ -548,6 +548,9 @@ fn typed_conveniences_through_the_native_backend() {
     static GDT: DescriptorStorage<16> = DescriptorStorage::new(presets::LINUX_X86_64_GDT);
     static TSS: TssStorage<Tss64> = TssStorage::new(Tss64::new());
     extern "C" fn isr_page_fault() {} // stands in for an entry stub
+    // One fn pointer for the gate and the check: two coercions of the same
+    // function need not give one address (under Miri they do not).
+    let isr_page_fault: unsafe extern "C" fn() = isr_page_fault;
     let e = env();
     let gdt = GDT.load_gdt(e.ops).unwrap();
     let regs = e.ops.cpu().registers();

@@ -431,7 +431,7 @@ fn machine(code: &[u8]) -> (MockCpu, MockMemory) {
     let mem = MockMemory::quiet();
     mem.map(EMU_GDT, true).map(DATA, true).map(CODE, false);
     mem.poke(CODE, code);
-    if let Ok(tss) = SystemDescriptor::tss(0x3_0000, 0x67) {
+    if let Ok(tss) = SystemDescriptor::tss(0x3_0000, pvops::Tss64::LIMIT) {
         mem.poke_u64(EMU_GDT + 0x40, tss.low);
         mem.poke_u64(EMU_GDT + 0x48, tss.high);
     }

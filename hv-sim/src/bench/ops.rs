@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use pvops::{
     Descriptor, DescriptorOps, DescriptorStorage, Gate64, Gdt, GdtLayout, Idt, IdtGate, IdtStorage,
-    Ldt, Ring, Selector, SystemDescriptor, TableStorage, presets,
+    Ldt, Ring, Selector, SystemDescriptor, TableStorage, Tss64, TssStorage, presets,
 };
 use pvops_native::NativeOps;
 use pvops_vmi::{ReadPhys, VmiPlatform};
@@ -221,28 +221,19 @@ fn leak<T>(x: T) -> &'static T {
     Box::leak(Box::new(x))
 }
 
-fn kernel_gdt() -> [Descriptor; 16] {
-    let mut g = [Descriptor::NULL; 16];
-    g[1] = presets::KERNEL_CODE32;
-    g[2] = presets::KERNEL_CODE64;
-    g[3] = presets::KERNEL_DATA;
-    g[5] = presets::USER_DATA;
-    g[6] = presets::USER_CODE64;
-    g
-}
-
 /// Tables in leaked host memory (native, trap-and-emulate, VMI).
 fn host_tables() -> Result<Tables, String> {
-    let gdt: &'static DescriptorStorage<16> = leak(DescriptorStorage::new(kernel_gdt()));
+    let gdt: &'static DescriptorStorage<16> =
+        leak(DescriptorStorage::new(presets::LINUX_X86_64_GDT));
     let idt: &'static IdtStorage<256> = leak(IdtStorage::new([IdtGate::MISSING; 256]));
     let ldt: &'static DescriptorStorage<8> = leak(DescriptorStorage::new([Descriptor::NULL; 8]));
-    let tss: &'static TableStorage<u64, 13> = leak(TableStorage::new([0u64; 13]));
+    let tss: &'static TssStorage<Tss64> = leak(TssStorage::new(Tss64::new()));
     let sp0: &'static TableStorage<u64, 512> = leak(TableStorage::new([0u64; 512]));
     Ok(Tables {
         gdt: gdt.gdt().map_err(|e| e.to_string())?,
         idt: idt.idt().map_err(|e| e.to_string())?,
         ldt: ldt.ldt().map_err(|e| e.to_string())?,
-        tss: Some(SystemDescriptor::tss(tss.base(), 103).map_err(|e| e.to_string())?),
+        tss: Some(tss.descriptor().map_err(|e| e.to_string())?),
         sp0: sp0.base() + 4096,
     })
 }
@@ -262,7 +253,7 @@ fn trap_and_emulate() -> Result<Counts, String> {
 fn xen() -> Result<Counts, String> {
     let dom = XenDomain::pv64(64, 1);
     let (gdt_va, idt_va, ldt_va) = (dom.alloc_pages(1), dom.alloc_pages(1), dom.alloc_pages(1));
-    for (i, d) in kernel_gdt().iter().enumerate() {
+    for (i, d) in presets::LINUX_X86_64_GDT.iter().enumerate() {
         if !dom.host_write_u64(gdt_va + 8 * i as u64, d.0) {
             return Err("writing the GDT".into());
         }
