@@ -121,15 +121,23 @@ fn exit(status: Option<u32>) -> String {
     status.map_or_else(|| "no exit status".into(), |s| format!("exit {s}"))
 }
 
+/// `27 exits (26 port I/O, 1 HLT)`: the kinds that occurred.
 fn exits(r: &BootReport) -> String {
     let e = r.exits;
+    let kinds: Vec<String> = [
+        (e.io, "port I/O"),
+        (e.mmio, "MMIO"),
+        (e.hlt, "HLT"),
+        (e.other, "other"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, k)| format!("{n} {k}"))
+    .collect();
     format!(
-        "{} exits ({} port I/O, {} MMIO, {} HLT, {} other)",
+        "{} exits ({})",
         e.io + e.mmio + e.hlt + e.other,
-        e.io,
-        e.mmio,
-        e.hlt,
-        e.other
+        kinds.join(", ")
     )
 }
 
@@ -308,13 +316,12 @@ fn kvm_trap(demo: &mut Demo, xen_calls: Option<(u64, usize)>) {
     let emulated = r.emulated_total();
     let trap_exits = r.traps - r.bounced.len() as u64;
     let per_op = trap_exits as f64 / emulated.max(1) as f64;
-    b.figures = format!(
-        "{emulated} emulated, {}, {per_op:.2} exits/op",
-        exits(&r.boot)
-    );
+    let e = r.boot.exits;
+    let total = e.io + e.mmio + e.hlt + e.other;
+    b.figures = format!("{emulated} emulated, {total} exits, {per_op:.2} exits/op");
     if let Some((hypercalls, carried)) = xen_calls {
         b.figures.push_str(&format!(
-            " (xen: {:.2})",
+            " (xen {:.2})",
             hypercalls as f64 / carried.max(1) as f64
         ));
     }
