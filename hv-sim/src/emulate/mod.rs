@@ -49,6 +49,9 @@
 //! checked, and a malformed instruction is [`Outcome::NotEmulated`], never a
 //! panic.
 
+// The QEMU differential runs QEMU through the runners' `qemu` module,
+// which comes with the `kvm` feature.
+#[cfg(feature = "kvm")]
 pub mod diff;
 mod exec;
 pub mod fetch;
