@@ -6,7 +6,7 @@
 use hv_sim::kvm::xen::{self, XEN_ELFNOTE_HYPERCALL_PAGE, boot_xen, hypercall_page_note};
 use hv_sim::kvm::{self, Config};
 use hv_sim::testing::{example_kernel_image, kvm_or_skip};
-use hv_sim::xen::EINVAL;
+use hv_sim::xen::{EINVAL, ENOENT};
 
 fn kernel_image() -> Vec<u8> {
     example_kernel_image().expect("example kernel builds")
@@ -79,8 +79,17 @@ fn xen_backend_boot_passes_every_check() {
     );
 
     // The negative check: exactly one refusal, Xen's errno for a call gate
-    // into Xen's own code segment.
-    let rejected = r.rejected();
+    // into Xen's own code segment; and the kernel's probe for a second vCPU
+    // (VCPUOP_is_up(1), as Linux's xen_fill_possible_map does), -ENOENT on
+    // this one-vCPU domain.
+    let mut rejected = r.rejected();
+    let probe = rejected.iter().position(|(n, _, _)| *n == "vcpu_op");
+    let (_, errno, reason) = rejected.remove(probe.expect("the vCPU probe"));
+    assert_eq!(
+        (errno, reason.contains("1 vCPUs")),
+        (-ENOENT, true),
+        "{reason}"
+    );
     assert_eq!(rejected.len(), 1, "{rejected:#?}");
     let (name, errno, reason) = &rejected[0];
     assert_eq!(*name, "update_descriptor");

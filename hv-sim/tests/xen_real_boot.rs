@@ -46,4 +46,14 @@ fn example_kernel_passes_every_check_on_real_xen() {
         report.guest_text
     );
     assert_eq!(report.shutdown, ShutdownReason::Poweroff);
+    // Issue 9: QEMU -smp 2 gives dom0 two vCPUs; the kernel starts vCPU 1
+    // with VCPUOP_initialise + VCPUOP_up (real Xen, the truth source for
+    // both) and each vCPU loads its own GDT, kernel stack and TLS through
+    // its own backend.
+    let smp = report
+        .checks
+        .iter()
+        .find(|c| c.name.starts_with("smp 2 vCPUs (Xen)"))
+        .unwrap_or_else(|| panic!("no smp check:\n{}", report.guest_text));
+    assert!(smp.passed, "{smp:?}\n{}", report.guest_text);
 }

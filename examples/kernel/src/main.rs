@@ -688,8 +688,12 @@ fn xen_pv_main(start_info: u64) -> ! {
         say!("battery done: {count} calls, seed {seed}, hash {h:016x}\n");
         report::exit(0);
     }
-    let xen = xen::init(&boot, LAYOUT);
-    if let Err(e) = pvops::install(OpsTable::new(xen)) {
+    // One Xen backend per vCPU (smp::XEN_CPUS), vCPU 0's first.
+    xen::P2M.call_once(|| boot.p2m);
+    if let Err(e) = smp::XEN_CPUS
+        .register(0, xen::backend(boot.p2m, LAYOUT, 0))
+        .and_then(|_| pvops::install(OpsTable::new(&smp::XEN_CPUS)))
+    {
         say!("install failed: {}\n", e);
         report::exit(0xff);
     }
@@ -709,6 +713,7 @@ fn xen_pv_main(start_info: u64) -> ! {
         flags & boot_flags::NO_SOFTWARE_INTERRUPTS == 0,
         flags & boot_flags::NO_DESCRIPTOR_INSPECTION != 0,
     );
+    smp::run_xen(&mut t, si.pt_base);
     say!(
         "done: {}/{} checks passed, {} skipped\n",
         t.passed,

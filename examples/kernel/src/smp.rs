@@ -457,3 +457,207 @@ pub fn run(t: &mut Tally, flags: u64) {
         ),
     );
 }
+
+// ---- Xen PV: vCPU 1 through VCPUOP_initialise and VCPUOP_up ----------------
+
+/// One Xen backend per vCPU; each vCPU registers its own.
+pub static XEN_CPUS: PerCpu<pvops_xen::XenOps<pvops_xen::KernelPlatform>, StackCpu, CPUS> =
+    PerCpu::new();
+
+/// `__HYPERVISOR_vcpu_op` and its commands (`public/xen.h`, `public/vcpu.h`).
+const VCPU_OP: u32 = 24;
+const VCPUOP_INITIALISE: u64 = 0;
+const VCPUOP_UP: u64 = 1;
+const VCPUOP_DOWN: u64 = 2;
+const VCPUOP_IS_UP: u64 = 3;
+/// `VGCF_in_kernel`.
+const VGCF_IN_KERNEL: u64 = 1 << 2;
+/// `FLAT_KERNEL_CS` for a 64-bit PV guest (`FLAT_RING3_CS64`).
+const FLAT_KERNEL_CS: u64 = 0xe033;
+/// Offsets in the 64-bit `vcpu_guest_context` (`public/arch-x86/xen.h`,
+/// `xen-x86_64.h`): flags, then `cpu_user_regs` (rip at word 16 .. ss at
+/// word 20), trap_ctxt[256] of 16 bytes, ldt_base/ents, gdt_frames[16],
+/// gdt_ents, kernel_ss/sp, ctrlreg[8], debugreg[8], the callbacks,
+/// vm_assist and the segment bases: 5168 bytes.
+mod ctx {
+    pub const FLAGS: usize = 512;
+    pub const RIP: usize = 520 + 16 * 8;
+    pub const CS: usize = 520 + 17 * 8;
+    pub const RFLAGS: usize = 520 + 18 * 8;
+    pub const RSP: usize = 520 + 19 * 8;
+    pub const SS: usize = 520 + 20 * 8;
+    pub const GDT_FRAMES: usize = 4832;
+    pub const GDT_ENTS: usize = 4960;
+    pub const KERNEL_SS: usize = 4968;
+    pub const KERNEL_SP: usize = 4976;
+    pub const CR3: usize = 4984 + 3 * 8;
+    pub const SIZE: usize = 5168;
+}
+
+#[repr(C, align(4096))]
+struct Context([AtomicU64; 1024]);
+/// vCPU 1's `vcpu_guest_context` (two pages; Xen copies it in).
+static CONTEXT: Context = Context([const { AtomicU64::new(0) }; 1024]);
+
+fn xen_hc(nr: u32, a1: u64, a2: u64, a3: u64) -> i64 {
+    // SAFETY: every call below passes either no pointer or the address of
+    // a static this kernel owns for the call.
+    unsafe { crate::xen::hypercall3(nr, a1, a2, a3) }
+}
+
+/// Map the page at `va` read-only (Xen takes a GDT frame only when no
+/// writable mapping of it is left), as Linux's `make_lowmem_page_readonly`.
+fn make_read_only(p2m: &[u64], va: u64) -> Result<(), i64> {
+    let mfn = *p2m.get((va >> 12) as usize).ok_or(-22i64)?;
+    let pte = mfn << 12 | pvops_xen::abi::PTE_PRESENT;
+    match xen_hc(
+        pvops_xen::nr::UPDATE_VA_MAPPING,
+        va,
+        pte,
+        pvops_xen::abi::UVMF_INVLPG,
+    ) {
+        0 => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// Each vCPU's Xen-side bring-up through the installed table: its GDT, its
+/// kernel stack (stack_switch), its TLS; then FS:0 through its TLS slot.
+fn xen_cpu_up(cpu: usize) {
+    let r = &REPORT[cpu];
+    let tls = Descriptor::data_segment(
+        &TLS_BLOCKS[cpu] as *const AtomicU64 as u32,
+        0xfff,
+        Ring::Ring0,
+    );
+    let res = GDTS[cpu].gdt().and_then(|gdt| {
+        let tls = [tls?, Descriptor::NULL, Descriptor::NULL];
+        // SAFETY: static per-CPU tables; under Xen the GDT is only used
+        // through the hypervisor's copy of its frames.
+        unsafe {
+            Installed.load_gdt(&gdt)?;
+            Installed.load_kernel_stack(rsp0_top(cpu))?;
+            Installed.load_tls(&tls)?;
+        }
+        Ok(Installed.store_gdt()?.base)
+    });
+    match res {
+        Ok(gdt) => {
+            let tls_sel = Selector::gdt(LAYOUT.tls_first, Ring::Ring0).bits();
+            r[FS0].store(read_fs0(tls_sel), Ordering::Relaxed);
+            r[GDT_BASE].store(gdt, Ordering::Relaxed);
+            r[DONE].store(1, Ordering::Release);
+        }
+        Err(e) => {
+            r[ERROR].store(error_code(&e), Ordering::Relaxed);
+            r[DONE].store(2, Ordering::Release);
+        }
+    }
+}
+
+/// vCPU 1's entry under Xen (ring 3, the context's rsp = its stack's top).
+#[unsafe(naked)]
+extern "C" fn xen_ap_entry() -> ! {
+    naked_asm!("xor ebp, ebp", "call {main}", "ud2", main = sym xen_ap_main)
+}
+
+extern "C" fn xen_ap_main() -> ! {
+    match crate::xen::P2M.get() {
+        Some(p2m) => match XEN_CPUS.register_current(crate::xen::backend(p2m, LAYOUT, 1)) {
+            Ok(_) => xen_cpu_up(1),
+            Err(e) => {
+                REPORT[1][ERROR].store(error_code(&e), Ordering::Relaxed);
+                REPORT[1][DONE].store(2, Ordering::Release);
+            }
+        },
+        None => REPORT[1][DONE].store(2, Ordering::Release),
+    }
+    // This vCPU is done: take it down (VCPUOP_down on itself).
+    xen_hc(VCPU_OP, VCPUOP_DOWN, 1, 0);
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Under Xen: start vCPU 1 as Linux's `xen_cpu_up` does (its GDT page
+/// read-only, `VCPUOP_initialise` with the running root page table and
+/// the AP's stack, `VCPUOP_up`), then check that each vCPU reads its own
+/// TLS block through the same selector (so each has its own GDT), and that
+/// each one's GDT, kernel stack and TLS loads went through its own backend.
+pub fn run_xen(t: &mut Tally, pt_base: u64) {
+    const NAME: &str = "smp 2 vCPUs (Xen), each with its own GDT, kernel stack and TLS";
+    let is_up = xen_hc(VCPU_OP, VCPUOP_IS_UP, 1, 0);
+    if is_up < 0 {
+        crate::say!("xen smp: VCPUOP_is_up(1) = {is_up}\n");
+        return t.skip(NAME, "the domain has one vCPU (VCPUOP_is_up(1) refused)");
+    }
+    let Some(p2m) = crate::xen::P2M.get() else {
+        return t.skip(NAME, "no p2m list");
+    };
+    xen_cpu_up(0);
+    let gdt1 = GDTS[1].base();
+    let root = p2m.get((pt_base >> 12) as usize).copied().unwrap_or(0);
+    let stack_top = &raw const AP_STACK as u64 + core::mem::size_of::<Stack>() as u64;
+    let fields: [(usize, u64); 10] = [
+        (ctx::FLAGS, VGCF_IN_KERNEL),
+        (ctx::RIP, xen_ap_entry as *const () as u64),
+        (ctx::CS, FLAT_KERNEL_CS),
+        (ctx::RFLAGS, 0x202),
+        (ctx::RSP, stack_top),
+        (ctx::SS, pvops_xen::abi::FLAT_KERNEL_SS),
+        (
+            ctx::GDT_FRAMES,
+            p2m.get((gdt1 >> 12) as usize).copied().unwrap_or(0),
+        ),
+        (ctx::GDT_ENTS, 16),
+        (ctx::KERNEL_SS, pvops_xen::abi::FLAT_KERNEL_SS),
+        (ctx::CR3, root << 12),
+    ];
+    for (off, v) in fields {
+        CONTEXT.0[off / 8].store(v, Ordering::Relaxed);
+    }
+    CONTEXT.0[ctx::KERNEL_SP / 8].store(rsp0_top(1), Ordering::Relaxed);
+    debug_assert!(ctx::SIZE <= core::mem::size_of::<Context>());
+    let ro = make_read_only(p2m, gdt1);
+    let init = xen_hc(
+        VCPU_OP,
+        VCPUOP_INITIALISE,
+        1,
+        &CONTEXT as *const Context as u64,
+    );
+    let up = xen_hc(VCPU_OP, VCPUOP_UP, 1, 0);
+    crate::say!(
+        "xen smp: read-only GDT page {ro:?}, VCPUOP_initialise(1) = {init}, VCPUOP_up(1) = {up}\n"
+    );
+    let mut waited = 0u64;
+    while init == 0
+        && up == 0
+        && REPORT[1][DONE].load(Ordering::Acquire) == 0
+        && waited < 2_000_000_000
+    {
+        core::hint::spin_loop();
+        waited += 1;
+    }
+    let mut ok = init == 0 && up == 0;
+    for cpu in 0..CPUS {
+        let r = &REPORT[cpu];
+        let get = |i: usize| r[i].load(Ordering::Acquire);
+        let want = (TLS_BLOCKS[cpu].load(Ordering::Relaxed), GDTS[cpu].base());
+        let this = get(DONE) == 1 && (get(FS0), get(GDT_BASE)) == want;
+        ok &= this;
+        crate::say!(
+            "xen smp vcpu {cpu}: done={} err={:#x} fs:0={:#x} gdt={:#x} (want fs:0={:#x} gdt={:#x})\n",
+            get(DONE),
+            get(ERROR),
+            get(FS0),
+            get(GDT_BASE),
+            want.0,
+            want.1
+        );
+    }
+    t.check(
+        NAME,
+        ok,
+        format_args!("started by VCPUOP_initialise + VCPUOP_up: {init}, {up}"),
+    );
+}

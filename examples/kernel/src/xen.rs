@@ -198,21 +198,26 @@ pub fn start_info(addr: u64) -> Result<Boot, &'static str> {
 
 #[repr(C, align(4096))]
 struct Scratch([u8; 4096]);
-/// Argument structures for hypercalls (this vCPU only).
-static mut SCRATCH: Scratch = Scratch([0; 4096]);
+/// Argument structures for hypercalls: one page per vCPU (each vCPU's
+/// backend uses its own, as the `XenPlatform` contract asks).
+static mut SCRATCH: [Scratch; crate::smp::CPUS] = [const { Scratch([0; 4096]) }; crate::smp::CPUS];
 
-static XEN: spin::Once<XenOps<KernelPlatform>> = spin::Once::new();
+/// The p2m list, for the backends of vCPUs that start later.
+pub static P2M: spin::Once<&'static [u64]> = spin::Once::new();
 
-/// Build the Xen backend over the p2m list (direct map at 0: the initial
-/// mapping has va = pseudo-physical address).
-pub fn init(boot: &Boot, layout: GdtLayout) -> &'static XenOps<KernelPlatform> {
-    let scratch = (core::ptr::addr_of!(SCRATCH) as u64, 4096);
+/// vCPU `cpu`'s Xen backend over the p2m list (direct map at 0: the
+/// initial mapping has va = pseudo-physical address), with its own scratch
+/// page. Each vCPU builds (and registers) its own once.
+pub fn backend(p2m: &'static [u64], layout: GdtLayout, cpu: usize) -> XenOps<KernelPlatform> {
+    let base = core::ptr::addr_of!(SCRATCH) as u64;
+    let scratch = (base + 4096 * cpu.min(crate::smp::CPUS - 1) as u64, 4096);
     // SAFETY: `page()` is the hypercall page Xen filled (our ELF note names
-    // it); SCRATCH is a page-aligned static page that only this backend
-    // uses, at the same VA for Xen (we run on Xen's initial mapping); Xen
-    // touches only what hypercall arguments name.
-    let platform = unsafe { KernelPlatform::new(page(), boot.p2m, 0, scratch) };
-    XEN.call_once(|| XenOps::new(platform, layout))
+    // it); the scratch page is vCPU `cpu`'s own page-aligned static page
+    // (the caller builds one backend per vCPU), at the same VA for Xen (we
+    // run on Xen's initial mapping); Xen touches only what hypercall
+    // arguments name.
+    let platform = unsafe { KernelPlatform::new(page(), p2m, 0, scratch) };
+    XenOps::new(platform, layout)
 }
 
 /// The `iret` hypercall stub: jumped to with `[flags, rip, cs, rflags,

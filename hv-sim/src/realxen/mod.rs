@@ -11,12 +11,13 @@
 //! [`boot`] then runs, in a private temporary directory,
 //!
 //! ```text
-//! qemu-system-x86_64 -machine q35 -cpu max -m 512 -smp 1 -nographic
+//! qemu-system-x86_64 -machine q35 -cpu max -m 512 -smp 2 -nographic
 //!     -monitor none -serial stdio -no-reboot -kernel xen -append XEN_CMDLINE
 //!     -initrd "guest.elf <guest command line>"
 //! ```
 //!
-//! with no standard input, reads the serial line from QEMU's standard
+//! (two CPUs, so dom0 has two vCPUs: the example kernel starts the second
+//! with `VCPUOP_initialise`), with no standard input, reads the serial line from QEMU's standard
 //! output as it comes and ends QEMU itself: Xen halts the machine when dom0
 //! shuts down, but QEMU keeps running.
 //!

@@ -125,7 +125,7 @@ fn start_qemu(
     let mut qemu = Qemu(
         Command::new(QEMU)
             .current_dir(dir)
-            .args(["-machine", "q35", "-cpu", "max", "-m", "512", "-smp", "1"])
+            .args(["-machine", "q35", "-cpu", "max", "-m", "512", "-smp", "2"])
             .args(["-nographic", "-monitor", "none", "-serial", "stdio"])
             .args(["-no-reboot", "-kernel", "xen", "-append", XEN_CMDLINE])
             .arg("-initrd")
