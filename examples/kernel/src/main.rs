@@ -47,16 +47,7 @@ const KERNEL_DS: u16 = 0x18;
 const TSS_SEL: Selector = Selector::gdt(LAYOUT.tss, Ring::Ring0);
 const LDT_SEL: Selector = Selector::gdt(LAYOUT.ldt, Ring::Ring0);
 
-static GDT: DescriptorStorage<16> = DescriptorStorage::new({
-    let mut g = [Descriptor::NULL; 16];
-    g[1] = presets::KERNEL_CODE32;
-    g[2] = presets::KERNEL_CODE64;
-    g[3] = presets::KERNEL_DATA;
-    g[4] = presets::USER_CODE32;
-    g[5] = presets::USER_DATA;
-    g[6] = presets::USER_CODE64;
-    g
-});
+static GDT: DescriptorStorage<16> = DescriptorStorage::new(presets::LINUX_X86_64_GDT);
 static IDT: IdtStorage<256> = IdtStorage::new([IdtGate::MISSING; 256]);
 static LDT: DescriptorStorage<4> = DescriptorStorage::new([Descriptor::NULL; 4]);
 static TSS: TableStorage<u64, 13> = TableStorage::new([0; 13]);
@@ -345,7 +336,7 @@ extern "C" fn kmain(flags: u64, start_info: u64) -> ! {
         report::use_buffer_port();
     }
     say!("pvops example kernel: hello\n");
-    let hv = pvops::detect();
+    let hv = pvops::detect_hypervisor();
     say!("detected hypervisor: {:?}\n", hv);
     if let pvops::Hypervisor::Xen { .. } = hv {
         // A Xen PV guest enters through the Xen note's entry point
@@ -498,7 +489,7 @@ fn run_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, env: &Env) {
     }
 
     // TSS + TR.
-    let tss = SystemDescriptor::tss(TSS.base(), 103).unwrap_or_default();
+    let tss = SystemDescriptor::tss(TSS.base(), pvops::Tss64::LIMIT).unwrap_or_default();
     // SAFETY: static GDT and TSS.
     let r = unsafe { ops.write_gdt_entry(&gdt, LAYOUT.tss as u32, GdtEntry::Double(tss)) };
     // SAFETY: as above.
@@ -818,7 +809,7 @@ fn run_xen_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm:
     );
 
     // TR: Xen owns the TSS.
-    let tss = SystemDescriptor::tss(TSS.base(), 103).unwrap_or_default();
+    let tss = SystemDescriptor::tss(TSS.base(), pvops::Tss64::LIMIT).unwrap_or_default();
     // SAFETY: static GDT and TSS.
     let r = unsafe { ops.write_gdt_entry(&gdt, LAYOUT.tss as u32, GdtEntry::Double(tss)) };
     // SAFETY: as above.
@@ -1111,7 +1102,7 @@ fn run_vmi_checks<O: DescriptorOps>(ops: &O, t: &mut Tally, soft_int: bool, pvm:
     );
 
     // TR: SetTR of the guest's TSS; busy only in the effective GDT.
-    let tss = SystemDescriptor::tss(TSS.base(), 103).unwrap_or_default();
+    let tss = SystemDescriptor::tss(TSS.base(), pvops::Tss64::LIMIT).unwrap_or_default();
     // SAFETY: static GDT and TSS.
     let r = unsafe { ops.write_gdt_entry(&gdt, LAYOUT.tss as u32, GdtEntry::Double(tss)) };
     // SAFETY: as above.

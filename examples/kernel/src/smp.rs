@@ -41,14 +41,7 @@ pub const TRAMPOLINE: u64 = 0x8000;
 pub static NATIVE_CPUS: PerCpu<NativeOps, StackCpu, CPUS> = PerCpu::new();
 
 const fn smp_gdt() -> [Descriptor; 16] {
-    let mut g = [Descriptor::NULL; 16];
-    g[1] = presets::KERNEL_CODE32;
-    g[2] = presets::KERNEL_CODE64;
-    g[3] = presets::KERNEL_DATA;
-    g[4] = presets::USER_CODE32;
-    g[5] = presets::USER_DATA;
-    g[6] = presets::USER_CODE64;
-    g
+    presets::LINUX_X86_64_GDT
 }
 
 /// Each CPU's own GDT, TSS, TLS block and ring-0 entry stack.
@@ -102,7 +95,7 @@ const ERROR: usize = 6;
 /// IDT through `ops`.
 fn cpu_up<O: DescriptorOps>(ops: &O, cpu: usize) -> Result<(), PvError> {
     let gdt = GDTS[cpu].gdt()?;
-    let tss = SystemDescriptor::tss(TSSS[cpu].base(), 103)?;
+    let tss = SystemDescriptor::tss(TSSS[cpu].base(), pvops::Tss64::LIMIT)?;
     let tls = [
         Descriptor::data_segment(
             &TLS_BLOCKS[cpu] as *const AtomicU64 as u32,
