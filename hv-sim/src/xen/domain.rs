@@ -33,7 +33,7 @@ mod multicall;
 mod pv_mm;
 #[path = "vcpu_op.rs"]
 mod vcpu_op;
-pub use hypercall::{PREEMPT_BUDGET, hypercall_name};
+pub use hypercall::{CallCost, PREEMPT_BUDGET, hypercall_name};
 pub use vcpu_op::{VCPU_GUEST_CONTEXT_SIZE, VcpuContext};
 // Xen's copy of validated frames, and the audit for direct stores.
 #[path = "shadow.rs"]
@@ -248,9 +248,11 @@ pub(crate) struct Inner {
     /// The running call was preempted (`hypercall_create_continuation`):
     /// the hypercall and arguments the guest re-executes.
     pub(crate) preempted: Option<(u64, [u64; 6])>,
-    /// Units of work (trap-table entries, multicall entries) done since
+    /// Units of work ([`PREEMPT_BUDGET`]'s) done since
     /// the guest last entered: Xen's `hypercall_preempt_check`.
     pub(crate) work: u64,
+    /// The last hypercall's cost ([`XenDomain::last_call_cost`]).
+    pub(crate) cost: CallCost,
     strict: bool,
     strict_failures: Vec<String>,
     next_free: usize,
@@ -426,6 +428,7 @@ impl XenDomain {
                 owner: None,
                 preempted: None,
                 work: 0,
+                cost: CallCost::default(),
                 strict: false,
                 strict_failures: Vec::new(),
                 next_free,

@@ -15,6 +15,11 @@ pub(crate) struct GuestRam {
     /// The allocation's layout; `None` for RAM owned by someone else
     /// ([`GuestRam::external`]), which is never freed here.
     layout: Option<Layout>,
+    /// Words read or written so far: the model's work measure (see
+    /// [`super::domain::CallCost`]). Updated with a plain load and store
+    /// (the domain's lock serialises its accesses), so it costs what a
+    /// `Cell` would.
+    accesses: AtomicU64,
 }
 
 // SAFETY: GuestRam owns its allocation (or borrows it for its lifetime, see
@@ -40,6 +45,7 @@ impl GuestRam {
             ptr,
             pages,
             layout: Some(layout),
+            accesses: AtomicU64::new(0),
         }
     }
 
@@ -60,12 +66,18 @@ impl GuestRam {
             ptr,
             pages,
             layout: None,
+            accesses: AtomicU64::new(0),
         }
     }
 
     /// Number of pages.
     pub(crate) fn pages(&self) -> usize {
         self.pages
+    }
+
+    /// Words of RAM read or written so far.
+    pub(crate) fn accesses(&self) -> u64 {
+        self.accesses.load(Ordering::Relaxed)
     }
 
     /// Host address of page `pfn`'s first byte.
@@ -81,6 +93,8 @@ impl GuestRam {
     /// writes the same RAM with 8-byte atomics (`pvops::table::store_u64`)
     /// or the hardware.
     fn word(&self, pfn: usize, off: usize) -> &AtomicU64 {
+        let n = self.accesses.load(Ordering::Relaxed);
+        self.accesses.store(n.wrapping_add(1), Ordering::Relaxed);
         assert!(
             pfn < self.pages && off < PAGE_SIZE,
             "GuestRam index out of range"

@@ -3,6 +3,7 @@
 //! `PGT_writable_page`), `do_update_va_mapping` and `do_mmuext_op` (the
 //! page-table commands are in `pagetables.rs` and its modules).
 
+use super::pagetables::ERESTART;
 use super::*;
 
 impl Inner {
@@ -298,6 +299,12 @@ impl Inner {
         let mut i: u32 = 0;
         let mut rc = Ok(0);
         while i < count {
+            // hypercall_preempt_check between ops.
+            if i > 0 && self.work >= PREEMPT_BUDGET {
+                rc = Err(fail(ERESTART, "preempted"));
+                break;
+            }
+            self.work += 1;
             let va = ops.wrapping_add(u64::from(i) * esize);
             let mut b = [0u8; 24];
             if self.load_bytes(va, &mut b[..esize as usize]).is_err() {
@@ -319,7 +326,11 @@ impl Inner {
                 ),
             };
             if let Err(f) = self.mmuext_one(v, cmd, arg1, arg2, pg) {
-                rc = Err(fail(f.errno, format!("op {i} (cmd {cmd}): {}", f.reason)));
+                rc = Err(if f.errno == ERESTART {
+                    f
+                } else {
+                    fail(f.errno, format!("op {i} (cmd {cmd}): {}", f.reason))
+                });
                 break;
             }
             i += 1;
@@ -327,7 +338,17 @@ impl Inner {
         if pdone != 0 {
             let _ = self.store_bytes(pdone, &(done.wrapping_add(i)).to_le_bytes(), false);
         }
-        rc
+        match rc {
+            // Preempted (`-ERESTART`): the guest re-executes the rest of
+            // the batch, `done` counting on from what is stored above.
+            Err(f) if f.errno == ERESTART => {
+                let rest = ops.wrapping_add(u64::from(i) * esize);
+                let left = u64::from(count - i) | 0x8000_0000;
+                let args = [rest, left, pdone, u64::from(foreigndom), 0, 0];
+                Ok(self.continuation(nr::MMUEXT_OP, args))
+            }
+            rc => rc,
+        }
     }
 
     pub(super) fn mmuext_one(

@@ -48,7 +48,7 @@ impl Inner {
             if level == 1 {
                 new ^= self.get_page_from_l1e(new, pg)?;
             } else {
-                self.get_page_from_lne(level, new, tbl)?;
+                self.get_page_from_lne_once(level, new, tbl)?;
             }
         }
         if preserve_ad {
@@ -152,13 +152,28 @@ impl Inner {
         if pdone != 0 {
             let _ = self.store_bytes(pdone, &done.wrapping_add(i).to_le_bytes(), false);
         }
-        rc
+        match rc {
+            // Preempted (`-ERESTART`): the guest re-executes the rest of
+            // the batch, `done` counting on from what is stored above.
+            Err(f) if f.errno == ERESTART => {
+                let rest = ureqs.wrapping_add(u64::from(i) * 16);
+                let args = [rest, u64::from(count - i) | 0x8000_0000, pdone];
+                let args = [args[0], args[1], args[2], u64::from(foreigndom), 0, 0];
+                Ok(self.continuation(nr::MMU_UPDATE, args))
+            }
+            rc => rc,
+        }
     }
 
     /// The request loop of `do_mmu_update`: (result, requests done).
     pub(crate) fn mmu_update_reqs(&mut self, ureqs: u64, count: u32, pg: PgOwner) -> (Hc, u32) {
         let mut xsm_checked = false;
         for i in 0..count {
+            // hypercall_preempt_check between requests.
+            if i > 0 && self.work >= PREEMPT_BUDGET {
+                return (Err(fail(ERESTART, "preempted")), i);
+            }
+            self.work += 1;
             let va = ureqs.wrapping_add(u64::from(i) * 16);
             let mut b = [0u8; 16];
             if self.load_bytes(va, &mut b).is_err() {
@@ -195,6 +210,9 @@ impl Inner {
                 _ => Err(fail(ENOSYS, format!("unknown mmu_update command {cmd}"))),
             };
             if let Err(f) = r {
+                if f.errno == ERESTART {
+                    return (Err(f), i);
+                }
                 return (Err(fail(f.errno, format!("request {i}: {}", f.reason))), i);
             }
         }

@@ -39,8 +39,13 @@
 //! the frame. Every other page table is a guest-built table that is
 //! validated and reference-counted but never walked.
 //!
-//! Xen defers some work to continuations (`old_guest_table`, preemption);
-//! the guest sees only the final result, which hv-sim computes at once.
+//! Validation is preemptible as in Xen (`PGT_partial`,
+//! `nr_validated_ptes`, `partial_flags`): an L2-L4 table whose promotion
+//! runs past [`PREEMPT_BUDGET`] entries in one invocation is left
+//! part-validated ([`Partial`]) and the call is continued
+//! (XEN-SEMANTICS §13.3). Demotion (`_put_page_type` with
+//! `old_guest_table`) is not preempted: hv-sim releases a table's
+//! references at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -91,6 +96,24 @@ const LINEAR_PT_SLOT: usize = 258;
 /// The L4 slot of the shadow linear map (empty without shadow paging).
 const SH_LINEAR_PT_SLOT: usize = 259;
 
+/// Xen's `-ERESTART`: a validation was preempted. Internal only: the
+/// batch loops (`do_mmu_update`, `do_mmuext_op`) turn it into a
+/// continuation, so the guest never sees it.
+pub(crate) const ERESTART: i64 = 85;
+
+/// A table left part-validated by a preempted call (`PGT_partial`): it
+/// keeps one type reference and one general reference of its own until a
+/// later `_get_page_type` of the same type resumes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Partial {
+    /// `nr_validated_ptes`: slots below this one hold their references.
+    next: usize,
+    /// `partial_flags & PTF_partial_set`: the entry at `next` names a
+    /// table that is itself partial, and this table holds a general
+    /// reference to it.
+    child: bool,
+}
+
 /// Whose pages an `mmu_update` / `mmuext_op` names (`get_pg_owner`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PgOwner {
@@ -130,6 +153,8 @@ pub(crate) struct PtState {
     /// M2P entries written by MMU_MACHPHYS_UPDATE (pfn of the frame →
     /// value).
     m2p: BTreeMap<usize, u64>,
+    /// Tables left part-validated by a preempted call (pfn → state).
+    partial: BTreeMap<usize, Partial>,
 }
 
 /// Who holds page-table references, recounted for the invariants.
@@ -261,7 +286,9 @@ impl Inner {
 
     /// `_get_page_type` for a page-table type: a type change (count 0)
     /// validates; on failure the frame keeps no reference and (L1, or a
-    /// failure at slot 0) no type.
+    /// failure at slot 0) no type. A part-validated frame of the type
+    /// ([`Partial`]) is resumed where it stopped; a validation preempted
+    /// again returns `ERESTART` with the frame partial.
     fn get_pt_type(&mut self, pfn: usize, ty: PageType) -> Result<(), Fail> {
         let mfn = self.mfn(pfn);
         let f = self.frames[pfn];
@@ -278,10 +305,18 @@ impl Inner {
                 ));
             }
             if !f.validated {
-                return Err(fail(
-                    EINVAL,
-                    format!("mfn {mfn:#x} is being validated as {}", ty.name()),
-                ));
+                let Some(p) = self.pt.partial.remove(&pfn) else {
+                    return Err(fail(
+                        EINVAL,
+                        format!("mfn {mfn:#x} is being validated as {}", ty.name()),
+                    ));
+                };
+                // The partial state's type reference becomes the caller's;
+                // its general reference goes once validation stops.
+                let r = self.validate(pfn, ty, p);
+                let r = self.validated(pfn, ty, r);
+                self.put_page(pfn);
+                return r;
             }
             self.frames[pfn].type_count += 1;
             return Ok(());
@@ -294,12 +329,29 @@ impl Inner {
         fm.validated = false;
         fm.type_count = 1;
         self.pt.linear.remove(&pfn);
-        match self.validate(pfn, ty) {
+        let r = self.validate(pfn, ty, Partial::default());
+        self.validated(pfn, ty, r)
+    }
+
+    /// The end of `validate_page`: validated, partial (`ERESTART`: the
+    /// frame keeps its type reference and takes a general one), or failed.
+    fn validated(
+        &mut self,
+        pfn: usize,
+        ty: PageType,
+        r: Result<(), (Fail, usize)>,
+    ) -> Result<(), Fail> {
+        let mfn = self.mfn(pfn);
+        match r {
             Ok(()) => {
                 self.frames[pfn].validated = true;
                 self.shadows.insert(pfn, self.ram.page_slots(pfn));
                 self.note(Change::Typed { mfn, typ: ty });
                 Ok(())
+            }
+            Err((f, _)) if f.errno == ERESTART => {
+                self.frames[pfn].refs += 1;
+                Err(f)
             }
             Err((f, slot)) => {
                 let fm = &mut self.frames[pfn];
@@ -358,11 +410,14 @@ impl Inner {
         self.put_page(pfn);
     }
 
-    /// `promote_l1_table` .. `promote_l4_table`: every (guest) slot in order;
-    /// a valid present entry is written back adjusted; at the first bad
-    /// one the earlier entries' references are dropped (the write-backs
-    /// stay). Err carries the slot.
-    fn validate(&mut self, pfn: usize, ty: PageType) -> Result<(), (Fail, usize)> {
+    /// `promote_l1_table` .. `promote_l4_table`: every (guest) slot in order
+    /// from `from.next`; a valid present entry is written back adjusted; at
+    /// the first bad one the earlier entries' references are dropped (the
+    /// write-backs stay). Err carries the slot. Each entry is a unit of
+    /// work; an L2-L4 table stops with `ERESTART` (recording where, as
+    /// [`Partial`]) before a slot past its first once the invocation's
+    /// budget is spent, or when the table its entry names was preempted.
+    fn validate(&mut self, pfn: usize, ty: PageType, from: Partial) -> Result<(), (Fail, usize)> {
         let Some(level) = ty.level() else {
             return Ok(());
         };
@@ -370,9 +425,19 @@ impl Inner {
             // The direct map holds a live L1's references.
             return Ok(());
         }
-        let slots: Vec<usize> = guest_slots(level).collect();
-        for (k, &slot) in slots.iter().enumerate() {
+        let mut child = from.child;
+        for slot in guest_slots(level).filter(|&s| s >= from.next) {
+            if level > 1 && slot > from.next && self.work >= PREEMPT_BUDGET {
+                let p = Partial {
+                    next: slot,
+                    child: false,
+                };
+                self.pt.partial.insert(pfn, p);
+                return Err((fail(ERESTART, "validation preempted"), slot));
+            }
+            self.work += 1;
             let e = self.read_entry(pfn, slot);
+            let partial = std::mem::take(&mut child);
             if e & PTE_P == 0 {
                 continue;
             }
@@ -380,7 +445,7 @@ impl Inner {
                 self.get_page_from_l1e(e, PgOwner::Current)
                     .map(|flip| e ^ flip)
             } else {
-                self.get_page_from_lne(level, e, pfn).map(|()| e)
+                self.get_page_from_lne(level, e, pfn, partial).map(|()| e)
             };
             match r {
                 Ok(v) => {
@@ -389,8 +454,17 @@ impl Inner {
                         self.write_entry(pfn, slot, n);
                     }
                 }
+                Err(f) if f.errno == ERESTART => {
+                    let p = Partial {
+                        next: slot,
+                        child: true,
+                    };
+                    self.pt.partial.insert(pfn, p);
+                    return Err((f, slot));
+                }
                 Err(f) => {
-                    for &s in slots[..k].iter().rev() {
+                    for s in guest_slots(level).filter(|&s| s < slot).rev() {
+                        self.work += 1;
                         let e = self.read_entry(pfn, s);
                         self.put_entry(level, e, pfn);
                     }
@@ -414,6 +488,7 @@ impl Inner {
             return;
         }
         for slot in guest_slots(level).rev() {
+            self.work += 1;
             let e = self.read_entry(pfn, slot);
             self.put_entry(level, e, pfn);
         }
@@ -511,8 +586,17 @@ impl Inner {
 
     /// `get_page_from_l2e` / `l3e` / `l4e` for an entry of table `tbl` at
     /// `level`: the frame takes the next lower type, else (-EINVAL) it may
-    /// be a read-only linear map of a table of this level.
-    fn get_page_from_lne(&mut self, level: u8, e: u64, tbl: usize) -> Result<(), Fail> {
+    /// be a read-only linear map of a table of this level. `partial`
+    /// (`PTF_partial_set`): `tbl` already holds a general reference to the
+    /// part-validated frame. On `ERESTART` the general reference stays
+    /// (`PTF_retain_ref_on_restart`).
+    fn get_page_from_lne(
+        &mut self,
+        level: u8,
+        e: u64,
+        tbl: usize,
+        partial: bool,
+    ) -> Result<(), Fail> {
         if e & BASE_DISALLOW != 0 {
             return Err(fail(
                 EINVAL,
@@ -523,8 +607,19 @@ impl Inner {
             ));
         }
         let child = PageType::table(level - 1).unwrap_or(PageType::None);
-        match self.get_page_and_type(mfn_of(e), child) {
-            Ok(_) => Ok(()),
+        let mfn = mfn_of(e);
+        let got = match self.m2p(mfn) {
+            Some(p) if partial => Ok(p),
+            _ => self.get_page(mfn),
+        };
+        let r = got.and_then(|p| match self.get_pt_type(p, child) {
+            Err(f) if f.errno != ERESTART => {
+                self.put_page(p);
+                Err(f)
+            }
+            r => r,
+        });
+        match r {
             Err(f) if f.errno == EINVAL => {
                 if self.get_linear(level, e, tbl) {
                     Ok(())
@@ -532,8 +627,22 @@ impl Inner {
                     Err(f)
                 }
             }
-            Err(f) => Err(f),
+            r => r,
         }
+    }
+
+    /// [`Inner::get_page_from_lne`] without `PTF_retain_ref_on_restart`
+    /// (`mod_l2_entry` .. `mod_l4_entry`): a preempted validation drops the
+    /// general reference; the frame stays partial for the re-executed call.
+    fn get_page_from_lne_once(&mut self, level: u8, e: u64, tbl: usize) -> Result<(), Fail> {
+        let r = self.get_page_from_lne(level, e, tbl, false);
+        if let Err(f) = &r
+            && f.errno == ERESTART
+            && let Some(p) = self.m2p(mfn_of(e))
+        {
+            self.put_page(p);
+        }
+        r
     }
 
     /// `get_l2_linear_pagetable` .. `l4`: a read-only entry naming the

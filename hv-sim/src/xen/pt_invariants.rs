@@ -5,6 +5,12 @@
 use super::*;
 
 impl Inner {
+    /// The first slot of table `pfn` whose entry holds no references: 512,
+    /// or where a preempted validation stopped.
+    fn validated_end(&self, pfn: usize) -> usize {
+        self.pt.partial.get(&pfn).map_or(512, |p| p.next)
+    }
+
     /// The references page tables, pins and roots hold.
     pub(crate) fn pt_users(&self) -> Result<PtUsers, String> {
         let n = self.pages();
@@ -40,7 +46,18 @@ impl Inner {
                 continue;
             }
             let mfn = self.mfn(pfn);
-            for slot in guest_slots(level) {
+            let end = self.validated_end(pfn);
+            if let Some(p) = self.pt.partial.get(&pfn) {
+                // The partial state's own references, and the general
+                // one it holds on a partial table at `next`.
+                u.typed[pfn] += 1;
+                u.refs[pfn] += 1;
+                let e = self.ram.read_u64(pfn, p.next * 8);
+                if let Some(t) = self.m2p(mfn_of(e)).filter(|_| p.child) {
+                    u.refs[t] += 1;
+                }
+            }
+            for slot in guest_slots(level).filter(|&s| s < end) {
                 let e = self.ram.read_u64(pfn, slot * 8);
                 if e & PTE_P == 0 {
                     continue;
@@ -107,7 +124,16 @@ impl Inner {
                 }
                 continue;
             };
-            if f.validated != (f.type_count > 0) {
+            let partial = self.pt.partial.contains_key(&pfn);
+            if partial && (f.validated || f.type_count != 1) {
+                return Err(format!(
+                    "partial {} mfn {mfn:#x}: validated {} with {} references",
+                    f.typ.name(),
+                    f.validated,
+                    f.type_count
+                ));
+            }
+            if !partial && f.validated != (f.type_count > 0) {
                 return Err(format!(
                     "{} mfn {mfn:#x}: validated {} with {} references",
                     f.typ.name(),
@@ -115,13 +141,14 @@ impl Inner {
                     f.type_count
                 ));
             }
-            if self.shadows.contains_key(pfn) != (f.type_count > 0) {
+            if self.shadows.contains_key(pfn) != f.validated {
                 return Err(format!("{} mfn {mfn:#x}: shadow out of step", f.typ.name()));
             }
             if f.type_count == 0 || level == 1 {
                 continue;
             }
-            for slot in guest_slots(level) {
+            let end = self.validated_end(pfn);
+            for slot in guest_slots(level).filter(|&s| s < end) {
                 let e = self.ram.read_u64(pfn, slot * 8);
                 if e & PTE_P == 0 || mfn_of(e) == mfn {
                     continue;

@@ -1,0 +1,372 @@
+//! Every hypercall's worst case over the largest domain the tests build
+//! (4,096 pages, 16 MiB) does work and allocates memory bounded by its
+//! arguments, never by RAM size (issue 10): each case runs at two domain
+//! sizes, 1,024 and 4,096 pages, and the largest cost of any one invocation
+//! (the call or a continuation the guest re-executes, `CallCost`) must be
+//! under a fixed bound and the same at both sizes, while only the number
+//! of invocations may grow with the work the guest asked for.
+//!
+//! Deterministic: work is counted in units (entries, requests, ops
+//! examined) and in words of guest RAM touched (every access of the
+//! model, `GuestRam`), memory with a counting allocator; nothing is timed.
+//! Wall-clock figures for the same cases are in `hv-sim bench`-style rows
+//! of `benches/xen_worst_case.rs`.
+
+#[path = "common/xen.rs"]
+mod xen_helpers;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hv_sim::xen::domain::{CallCost, PREEMPT_BUDGET};
+use hv_sim::xen::*;
+use xen_helpers::{hc, map, mfn};
+
+struct Counting;
+
+/// Bytes allocated (cumulative, frees not subtracted) by the counted
+/// thread.
+static ALLOCATED: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static COUNTED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn count(bytes: usize) {
+    if COUNTED.with(Cell::get) {
+        ALLOCATED.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments,
+// which keeps `GlobalAlloc`'s contract; the counter has no effect on the
+// memory handed out.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        count(l.size());
+        // SAFETY: forwarded from the caller.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: forwarded from the caller.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        count(new);
+        // SAFETY: forwarded from the caller.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+/// The two domain sizes; the larger is the largest any test builds.
+const SIZES: [usize; 2] = [1024, 4096];
+
+/// Units one invocation may do: the budget, plus what must run before the
+/// first preemption point (one L1 table, and the first slot of each level
+/// above it), plus the unit that found the budget spent.
+const MAX_UNITS: u64 = PREEMPT_BUDGET + 512 + 8;
+
+/// Words of guest RAM one invocation may touch: a few per unit (read an
+/// entry, write it back, read its frame) plus a 512-word snapshot of each
+/// table validated (at most `MAX_UNITS / 496 + 4` tables, each examining
+/// at least 496 slots, or the first slot of each level).
+const MAX_WORDS: u64 = 4 * MAX_UNITS + 512 * (MAX_UNITS / 496 + 4);
+
+/// Heap bytes one invocation may allocate: the trace events it adds
+/// (bounded: `TRACE_CAP`), the snapshots of the tables it validated, and
+/// the strings of a refusal.
+const MAX_BYTES_PER_INVOCATION: u64 = 64 * 1024;
+
+const P: u64 = 1;
+const RW: u64 = 2;
+
+/// The cost of one hypercall and the bytes it allocated.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    cost: CallCost,
+    bytes: u64,
+}
+
+fn measure(d: &XenDomain, f: impl FnOnce() -> i64) -> (i64, Measured) {
+    COUNTED.with(|c| c.set(true));
+    let before = ALLOCATED.load(Ordering::Relaxed);
+    let r = f();
+    let bytes = ALLOCATED.load(Ordering::Relaxed) - before;
+    COUNTED.with(|c| c.set(false));
+    (
+        r,
+        Measured {
+            cost: d.last_call_cost(),
+            bytes,
+        },
+    )
+}
+
+/// A page of the domain mapped read-only (to become a table): (va, mfn).
+fn ro_page(d: &XenDomain) -> (u64, u64) {
+    let va = d.alloc_pages(1);
+    assert_eq!(map(d, va, false), 0);
+    (va, mfn(d, va))
+}
+
+/// One mmuext op `(cmd, arg1)` in a fresh page.
+fn ext(d: &XenDomain, list: u64, cmd: u32, arg1: u64) -> i64 {
+    assert!(d.host_write_u64(list, u64::from(cmd)));
+    assert!(d.host_write_u64(list + 8, arg1));
+    hc(d, nr::MMUEXT_OP, &[list, 1, 0, u64::from(DOMID_SELF)])
+}
+
+/// A page-table tree that spans the domain: one L4, one L3, as many L2s as
+/// needed and every other free page an L1 whose 512 entries map a data
+/// page read-only. Returns (L4 mfn, L3 mfn, tables).
+fn tree(d: &XenDomain, pages: usize, spare: usize) -> (u64, u64, usize) {
+    let data = d.alloc_pages(1);
+    let data_pte = mfn(d, data) << 12 | P;
+    let free = pages - d.alloc_pages(0).wrapping_sub(d.va_base()) as usize / 4096 - spare;
+    let n2 = (free - 2).div_ceil(513);
+    let n1 = free - 2 - n2;
+    let (l4v, l4) = ro_page(d);
+    let (l3v, l3) = ro_page(d);
+    let l2s: Vec<(u64, u64)> = (0..n2).map(|_| ro_page(d)).collect();
+    for k in 0..n1 {
+        let (l1v, l1) = ro_page(d);
+        for s in 0..512 {
+            assert!(d.host_write_u64(l1v + s * 8, data_pte));
+        }
+        let (l2v, _) = l2s[k / 512];
+        assert!(d.host_write_u64(l2v + (k % 512) as u64 * 8, l1 << 12 | P | RW));
+    }
+    for (k, (_, l2)) in l2s.iter().enumerate() {
+        assert!(d.host_write_u64(l3v + k as u64 * 8, l2 << 12 | P | RW));
+    }
+    assert!(d.host_write_u64(l4v, l3 << 12 | P | RW));
+    (l4, l3, 2 + n1 + n2)
+}
+
+fn check(what: &str, pages: usize, m: Measured) {
+    let c = m.cost;
+    println!(
+        "{what:36} {pages:5} pages: {:6} invocations, max {:5} units, {:6} RAM words, {:9} bytes",
+        c.invocations, c.max_units, c.max_ram_words, m.bytes
+    );
+    assert!(
+        c.max_units <= MAX_UNITS,
+        "{what} ({pages} pages): {} units in one invocation (bound {MAX_UNITS}): {m:?}",
+        c.max_units
+    );
+    assert!(
+        c.max_ram_words <= MAX_WORDS,
+        "{what} ({pages} pages): {} RAM words in one invocation (bound {MAX_WORDS}): {m:?}",
+        c.max_ram_words
+    );
+    assert!(
+        m.bytes <= c.invocations * MAX_BYTES_PER_INVOCATION,
+        "{what} ({pages} pages): {} bytes over {} invocations: {m:?}",
+        m.bytes,
+        c.invocations
+    );
+}
+
+/// Each invocation's cost is the same at both sizes (within the slack of
+/// where the budget happens to fall), so it does not grow with RAM.
+fn same_at_both_sizes(what: &str, small: Measured, large: Measured) {
+    let (s, l) = (small.cost, large.cost);
+    assert!(
+        l.max_units <= s.max_units + 520 && l.max_ram_words <= s.max_ram_words + 4 * 1024,
+        "{what}: one invocation's cost grew with RAM: {small:?} at {} pages, {large:?} at {} pages",
+        SIZES[0],
+        SIZES[1]
+    );
+}
+
+/// MMUEXT_PIN_L4_TABLE of a tree spanning the domain validates every table
+/// in it (`promote_l4_table` recursing down to each L1): preempted, it
+/// continues where it stopped, and ends pinned with every table validated,
+/// exactly as one long call would.
+#[test]
+fn pinning_a_tree_that_spans_ram_is_preempted() {
+    let mut runs = Vec::new();
+    for pages in SIZES {
+        let d = XenDomain::pv64(pages, 1);
+        let list = d.alloc_pages(1);
+        let (l4, l3, tables) = tree(&d, pages, 0);
+        let (r, m) = measure(&d, || ext(&d, list, MMUEXT_PIN_L4_TABLE, l4));
+        assert_eq!(r, 0);
+        assert!(d.is_pinned(l4));
+        assert!(d.frame(l3).unwrap().validated);
+        // Each table needs at least 496 units, so the work spans many
+        // invocations at the larger size.
+        assert!(m.cost.invocations as usize >= tables * 496 / MAX_UNITS as usize);
+        d.check_invariants().unwrap();
+        check("PIN_L4_TABLE", pages, m);
+        runs.push(m);
+    }
+    same_at_both_sizes("PIN_L4_TABLE", runs[0], runs[1]);
+}
+
+/// MMUEXT_NEW_BASEPTR (`new_guest_cr3`) to an unvalidated tree spanning the
+/// domain: the same preemptible validation.
+#[test]
+fn loading_a_tree_that_spans_ram_as_cr3_is_preempted() {
+    let mut runs = Vec::new();
+    for pages in SIZES {
+        let d = XenDomain::pv64(pages, 1);
+        let list = d.alloc_pages(1);
+        let (l4, _, _) = tree(&d, pages, 0);
+        let (r, m) = measure(&d, || ext(&d, list, MMUEXT_NEW_BASEPTR, l4));
+        assert_eq!(r, 0);
+        assert_eq!(d.vcpu(0).cr3, Some(l4));
+        d.check_invariants().unwrap();
+        check("NEW_BASEPTR", pages, m);
+        runs.push(m);
+    }
+    same_at_both_sizes("NEW_BASEPTR", runs[0], runs[1]);
+}
+
+/// mmu_update writing an L4 entry that names an unvalidated L3 spanning the
+/// domain (`mod_l4_entry` → `get_page_from_l4e`, preemptible): the request
+/// is re-executed until the L3 is validated, then written once.
+#[test]
+fn an_mmu_update_promoting_a_subtree_that_spans_ram_is_preempted() {
+    let mut runs = Vec::new();
+    for pages in SIZES {
+        let d = XenDomain::pv64(pages, 1);
+        let list = d.alloc_pages(1);
+        let (top_va, top) = ro_page(&d);
+        assert_eq!(ext(&d, list, MMUEXT_PIN_L4_TABLE, top), 0);
+        let (_, l3, _) = tree(&d, pages, 0);
+        assert!(d.host_write_u64(list + 1024, top << 12));
+        assert!(d.host_write_u64(list + 1032, l3 << 12 | P | RW));
+        let done = list + 2048;
+        let (r, m) = measure(&d, || {
+            hc(
+                &d,
+                nr::MMU_UPDATE,
+                &[list + 1024, 1, done, u64::from(DOMID_SELF)],
+            )
+        });
+        assert_eq!(r, 0);
+        assert_eq!(d.host_read_u64(done), Some(1));
+        assert_eq!(d.host_read_u64(top_va).unwrap() & !0xfff, l3 << 12);
+        assert!(d.frame(l3).unwrap().validated);
+        d.check_invariants().unwrap();
+        check("mmu_update(L4 entry)", pages, m);
+        runs.push(m);
+    }
+    same_at_both_sizes("mmu_update(L4 entry)", runs[0], runs[1]);
+}
+
+/// Long batches: an mmuext_op and an mmu_update whose lists fill most of
+/// the domain's RAM are cut into invocations of at most the budget, `done`
+/// counting on across them.
+#[test]
+fn batches_as_long_as_ram_are_preempted() {
+    let mut runs = Vec::new();
+    for pages in SIZES {
+        let d = XenDomain::pv64(pages, 1);
+        let ops = (pages as u64 - 64) * 4096 / 24;
+        let list = d.alloc_pages(pages - 64);
+        let done = d.alloc_pages(1);
+        for i in 0..ops {
+            assert!(d.host_write_u64(list + i * 24, u64::from(MMUEXT_TLB_FLUSH_LOCAL)));
+        }
+        let (r, m) = measure(&d, || {
+            hc(&d, nr::MMUEXT_OP, &[list, ops, done, u64::from(DOMID_SELF)])
+        });
+        assert_eq!(r, 0);
+        assert_eq!(d.host_read_u64(done).map(|x| x as u32), Some(ops as u32));
+        assert_eq!(m.cost.invocations, ops.div_ceil(PREEMPT_BUDGET));
+        check("mmuext_op(TLB_FLUSH_LOCAL × RAM)", pages, m);
+        // mmu_update: MMU_MACHPHYS_UPDATE requests for one frame.
+        let reqs = (pages as u64 - 64) * 4096 / 16;
+        let m0 = mfn(&d, done);
+        for i in 0..reqs {
+            assert!(d.host_write_u64(list + i * 16, m0 << 12 | 1));
+            assert!(d.host_write_u64(list + i * 16 + 8, i));
+        }
+        let (r, m2) = measure(&d, || {
+            hc(
+                &d,
+                nr::MMU_UPDATE,
+                &[list, reqs, done, u64::from(DOMID_SELF)],
+            )
+        });
+        assert_eq!(r, 0);
+        assert_eq!(d.host_read_u64(done).map(|x| x as u32), Some(reqs as u32));
+        assert_eq!(d.machphys_entry(m0), Some(reqs - 1));
+        assert_eq!(m2.cost.invocations, reqs.div_ceil(PREEMPT_BUDGET));
+        check("mmu_update(MACHPHYS × RAM)", pages, m2);
+        d.check_invariants().unwrap();
+        runs.push((m, m2));
+    }
+    same_at_both_sizes("mmuext_op batch", runs[0].0, runs[1].0);
+    same_at_both_sizes("mmu_update batch", runs[0].1, runs[1].1);
+}
+
+/// A multicall whose entries pin trees spanning the domain: each preempted
+/// sub-call rewrites its entry and the multicall resumes there.
+#[test]
+fn a_multicall_of_pins_is_preempted_inside_its_entries() {
+    let mut runs = Vec::new();
+    for pages in SIZES {
+        let d = XenDomain::pv64(pages, 1);
+        let list = d.alloc_pages(1);
+        let mc = d.alloc_pages(1);
+        // Two trees, each half the domain.
+        let (a, _, _) = tree(&d, pages, pages / 2);
+        let (b, _, _) = tree(&d, pages, 0);
+        for (k, m) in [a, b].into_iter().enumerate() {
+            let ops = list + 64 * k as u64;
+            assert!(d.host_write_u64(ops, u64::from(MMUEXT_PIN_L4_TABLE)));
+            assert!(d.host_write_u64(ops + 8, m));
+            let e = mc + 64 * k as u64;
+            assert!(d.host_write_u64(e, nr::MMUEXT_OP));
+            assert!(d.host_write_u64(e + 16, ops));
+            assert!(d.host_write_u64(e + 24, 1));
+            assert!(d.host_write_u64(e + 40, u64::from(DOMID_SELF)));
+        }
+        let (r, m) = measure(&d, || hc(&d, nr::MULTICALL, &[mc, 2]));
+        assert_eq!(r, 0);
+        assert_eq!(d.host_read_u64(mc + 8), Some(0));
+        assert_eq!(d.host_read_u64(mc + 64 + 8), Some(0));
+        assert!(d.is_pinned(a) && d.is_pinned(b));
+        d.check_invariants().unwrap();
+        check("multicall(PIN_L4 × 2)", pages, m);
+        runs.push(m);
+    }
+    same_at_both_sizes("multicall(PIN_L4 × 2)", runs[0], runs[1]);
+}
+
+/// The calls whose size the arguments fix, at their largest: set_gdt of 14
+/// frames (7,168 descriptors, up to `FIRST_RESERVED_GDT_ENTRY`, every one
+/// validated) and set_trap_table
+/// filling most of RAM (its terminator the zeroes after it).
+#[test]
+fn the_largest_fixed_size_calls_are_bounded() {
+    let mut runs = Vec::new();
+    for pages in SIZES {
+        let d = XenDomain::pv64(pages, 1);
+        let frames: Vec<u64> = (0..14).map(|_| ro_page(&d).1).collect();
+        let (r, gdt) = measure(&d, || xen_helpers::set_gdt(&d, &frames, 7168));
+        assert_eq!(r, 0);
+        check("set_gdt(7168)", pages, gdt);
+        let n = (pages as u64 - 64) * 4096 / 16;
+        let t = d.alloc_pages(pages - 64);
+        for i in 0..n {
+            assert!(d.host_write_u64(t + i * 16, (i % 256) | 0xe033 << 16));
+            assert!(d.host_write_u64(t + i * 16 + 8, 0xffff_8000_0000_0000 + i));
+        }
+        let (r, tt) = measure(&d, || hc(&d, nr::SET_TRAP_TABLE, &[t]));
+        assert_eq!(r, 0);
+        assert_eq!(tt.cost.invocations, (n + 1).div_ceil(PREEMPT_BUDGET));
+        check("set_trap_table(RAM)", pages, tt);
+        d.check_invariants().unwrap();
+        runs.push((gdt, tt));
+    }
+    same_at_both_sizes("set_gdt(7168)", runs[0].0, runs[1].0);
+    same_at_both_sizes("set_trap_table(RAM)", runs[0].1, runs[1].1);
+}
