@@ -203,9 +203,27 @@ fn pinning_a_tree_that_spans_ram_is_preempted() {
         assert!(m.cost.invocations as usize >= tables * 496 / MAX_UNITS as usize);
         d.check_invariants().unwrap();
         check("PIN_L4_TABLE", pages, m);
-        runs.push(m);
+        // UNPIN drops the last type reference: every table in the tree is
+        // demoted (`demote_l*_table` via `old_guest_table`), preemptibly.
+        let (r, u) = measure(&d, || ext(&d, list, MMUEXT_UNPIN_TABLE, l4));
+        assert_eq!(r, 0);
+        assert!(!d.is_pinned(l4));
+        for m in [l4, l3] {
+            let f = d.frame(m).unwrap();
+            // The one reference left is the direct map's read-only entry.
+            assert_eq!((f.type_count, f.validated, f.refs), (0, false, 1), "{f:?}");
+        }
+        assert!(u.cost.invocations as usize >= tables * 496 / MAX_UNITS as usize);
+        d.check_invariants().unwrap();
+        check("UNPIN_TABLE", pages, u);
+        // Pinned again: the same validation as the first time.
+        assert_eq!(ext(&d, list, MMUEXT_PIN_L4_TABLE, l4), 0);
+        assert_eq!(d.last_call_cost().invocations, m.cost.invocations);
+        d.check_invariants().unwrap();
+        runs.push((m, u));
     }
-    same_at_both_sizes("PIN_L4_TABLE", runs[0], runs[1]);
+    same_at_both_sizes("PIN_L4_TABLE", runs[0].0, runs[1].0);
+    same_at_both_sizes("UNPIN_TABLE", runs[0].1, runs[1].1);
 }
 
 /// MMUEXT_NEW_BASEPTR (`new_guest_cr3`) to an unvalidated tree spanning the
@@ -216,15 +234,24 @@ fn loading_a_tree_that_spans_ram_as_cr3_is_preempted() {
     for pages in SIZES {
         let d = XenDomain::pv64(pages, 1);
         let list = d.alloc_pages(1);
+        // An empty L4 to switch back to.
+        let (_, boot) = ro_page(&d);
         let (l4, _, _) = tree(&d, pages, 0);
         let (r, m) = measure(&d, || ext(&d, list, MMUEXT_NEW_BASEPTR, l4));
         assert_eq!(r, 0);
         assert_eq!(d.vcpu(0).cr3, Some(l4));
         d.check_invariants().unwrap();
         check("NEW_BASEPTR", pages, m);
-        runs.push(m);
+        // To the empty root: the tree loses its last reference.
+        let (r, back) = measure(&d, || ext(&d, list, MMUEXT_NEW_BASEPTR, boot));
+        assert_eq!(r, 0);
+        assert_eq!(d.frame(l4).unwrap().type_count, 0);
+        d.check_invariants().unwrap();
+        check("NEW_BASEPTR (old root demoted)", pages, back);
+        runs.push((m, back));
     }
-    same_at_both_sizes("NEW_BASEPTR", runs[0], runs[1]);
+    same_at_both_sizes("NEW_BASEPTR", runs[0].0, runs[1].0);
+    same_at_both_sizes("NEW_BASEPTR (old root demoted)", runs[0].1, runs[1].1);
 }
 
 /// mmu_update writing an L4 entry that names an unvalidated L3 spanning the
@@ -255,9 +282,25 @@ fn an_mmu_update_promoting_a_subtree_that_spans_ram_is_preempted() {
         assert!(d.frame(l3).unwrap().validated);
         d.check_invariants().unwrap();
         check("mmu_update(L4 entry)", pages, m);
-        runs.push(m);
+        // Clearing the entry drops the subtree (`put_page_from_l4e` with
+        // PTF_defer: `old_guest_table`).
+        assert!(d.host_write_u64(list + 1032, 0));
+        let (r, clear) = measure(&d, || {
+            hc(
+                &d,
+                nr::MMU_UPDATE,
+                &[list + 1024, 1, done, u64::from(DOMID_SELF)],
+            )
+        });
+        assert_eq!(r, 0);
+        assert_eq!(d.host_read_u64(done), Some(1));
+        assert_eq!(d.frame(l3).unwrap().type_count, 0);
+        d.check_invariants().unwrap();
+        check("mmu_update(L4 entry cleared)", pages, clear);
+        runs.push((m, clear));
     }
-    same_at_both_sizes("mmu_update(L4 entry)", runs[0], runs[1]);
+    same_at_both_sizes("mmu_update(L4 entry)", runs[0].0, runs[1].0);
+    same_at_both_sizes("mmu_update(L4 entry cleared)", runs[0].1, runs[1].1);
 }
 
 /// Long batches: an mmuext_op and an mmu_update whose lists fill most of
@@ -369,4 +412,31 @@ fn the_largest_fixed_size_calls_are_bounded() {
     }
     same_at_both_sizes("set_gdt(7168)", runs[0].0, runs[1].0);
     same_at_both_sizes("set_trap_table(RAM)", runs[0].1, runs[1].1);
+}
+
+/// A preempted validation that fails at the last entry of the last L1,
+/// after many invocations: the call fails as one long call would, and
+/// every reference the earlier invocations took is released again
+/// (preemptibly) before it returns.
+#[test]
+fn a_validation_failing_after_many_invocations_releases_everything() {
+    let pages = SIZES[1];
+    let d = XenDomain::pv64(pages, 1);
+    let list = d.alloc_pages(1);
+    let (l4, l3, _) = tree(&d, pages, 0);
+    // The last L1 is the last page the tree took.
+    let last_l1 = d.alloc_pages(0) - 4096;
+    let l1 = mfn(&d, last_l1);
+    let before: Vec<FrameInfo> = [l4, l3, l1].map(|m| d.frame(m).unwrap()).to_vec();
+    assert!(d.host_write_u64(last_l1 + 511 * 8, 0xdead_0000 << 12 | P));
+    let (r, m) = measure(&d, || ext(&d, list, MMUEXT_PIN_L4_TABLE, l4));
+    assert!(r < 0, "{r}");
+    assert!(m.cost.invocations > 1000, "{m:?}");
+    check("PIN_L4_TABLE failing at the end", pages, m);
+    assert!(!d.is_pinned(l4));
+    for (m, b) in [l4, l3, l1].into_iter().zip(before) {
+        let f = d.frame(m).unwrap();
+        assert_eq!((f.type_count, f.validated, f.refs), (0, false, b.refs), "{f:?}");
+    }
+    d.check_invariants().unwrap();
 }

@@ -240,6 +240,11 @@ impl Inner {
         pdone: u64,
         foreigndom: u32,
     ) -> Hc {
+        // put_old_guest_table: a demotion under way finishes first.
+        if !self.demote_pending() {
+            let args = [ops, count.into(), pdone, foreigndom.into(), 0, 0];
+            return Ok(self.continuation(nr::MMUEXT_OP, args));
+        }
         // The final-status continuation (`count == MMU_UPDATE_PREEMPTED`
         // with a NULL ops handle) hands `foreigndom` back as the result
         // (`do_mmuext_op`; `compat_mmuext_op` forwards it unchanged).
@@ -299,8 +304,9 @@ impl Inner {
         let mut i: u32 = 0;
         let mut rc = Ok(0);
         while i < count {
-            // hypercall_preempt_check between ops.
-            if i > 0 && self.work >= PREEMPT_BUDGET {
+            // hypercall_preempt_check between ops, and an op's demotion
+            // (`old_guest_table`) finished before the next.
+            if i > 0 && (!self.demote_pending() || self.work >= PREEMPT_BUDGET) {
                 rc = Err(fail(ERESTART, "preempted"));
                 break;
             }
@@ -347,7 +353,7 @@ impl Inner {
                 let args = [rest, left, pdone, u64::from(foreigndom), 0, 0];
                 Ok(self.continuation(nr::MMUEXT_OP, args))
             }
-            rc => rc,
+            rc => self.final_status(nr::MMUEXT_OP, rc),
         }
     }
 

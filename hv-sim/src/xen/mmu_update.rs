@@ -88,6 +88,11 @@ impl Inner {
                 "hv-sim models mmu_update for 64-bit PV guests only",
             ));
         }
+        // put_old_guest_table: a demotion under way finishes first.
+        if !self.demote_pending() {
+            let args = [ureqs, count.into(), pdone, foreigndom.into(), 0, 0];
+            return Ok(self.continuation(nr::MMU_UPDATE, args));
+        }
         if count == 0x8000_0000 && ureqs == 0 {
             let rc = i64::from(foreigndom as i32);
             self.note(Change::PreemptedStatus {
@@ -161,16 +166,33 @@ impl Inner {
                 let args = [args[0], args[1], args[2], u64::from(foreigndom), 0, 0];
                 Ok(self.continuation(nr::MMU_UPDATE, args))
             }
-            rc => rc,
+            rc => self.final_status(nr::MMU_UPDATE, rc),
         }
+    }
+
+    /// The end of `do_mmu_update` / `do_mmuext_op`: a demotion still under
+    /// way (`old_guest_table`) continues in the final-status continuation
+    /// (a NULL list, `MMU_UPDATE_PREEMPTED`, the result in place of
+    /// `foreigndom`), which returns that result once it is done.
+    pub(crate) fn final_status(&mut self, op: u64, rc: Hc) -> Hc {
+        if self.demote_pending() {
+            return rc;
+        }
+        let r = match &rc {
+            Ok(x) => *x,
+            Err(f) => -f.errno,
+        };
+        let args = [0, 0x8000_0000, 0, u64::from(r as u32), 0, 0];
+        Ok(self.continuation(op, args))
     }
 
     /// The request loop of `do_mmu_update`: (result, requests done).
     pub(crate) fn mmu_update_reqs(&mut self, ureqs: u64, count: u32, pg: PgOwner) -> (Hc, u32) {
         let mut xsm_checked = false;
         for i in 0..count {
-            // hypercall_preempt_check between requests.
-            if i > 0 && self.work >= PREEMPT_BUDGET {
+            // hypercall_preempt_check between requests, and a request's
+            // demotion (`old_guest_table`) finished before the next.
+            if i > 0 && (!self.demote_pending() || self.work >= PREEMPT_BUDGET) {
                 return (Err(fail(ERESTART, "preempted")), i);
             }
             self.work += 1;

@@ -42,10 +42,10 @@
 //! Validation is preemptible as in Xen (`PGT_partial`,
 //! `nr_validated_ptes`, `partial_flags`): an L2-L4 table whose promotion
 //! runs past [`PREEMPT_BUDGET`] entries in one invocation is left
-//! part-validated ([`Partial`]) and the call is continued
-//! (XEN-SEMANTICS §13.3). Demotion (`_put_page_type` with
-//! `old_guest_table`) is not preempted: hv-sim releases a table's
-//! references at once.
+//! part-validated ([`Partial`]) and the call is continued; demotion
+//! (`_put_page_type` → `demote_l*_table`, `old_guest_table`) releases
+//! entries within the same budget, the rest in continuations
+//! (XEN-SEMANTICS §13.3).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -153,8 +153,12 @@ pub(crate) struct PtState {
     /// M2P entries written by MMU_MACHPHYS_UPDATE (pfn of the frame →
     /// value).
     m2p: BTreeMap<usize, u64>,
-    /// Tables left part-validated by a preempted call (pfn → state).
+    /// Tables left part-validated by a preempted call, or part-released
+    /// by a demotion not yet finished (pfn → state).
     partial: BTreeMap<usize, Partial>,
+    /// Tables whose demotion is under way (`old_guest_table`), the next
+    /// to release last.
+    demoting: Vec<usize>,
 }
 
 /// Who holds page-table references, recounted for the invariants.
@@ -389,10 +393,69 @@ impl Inner {
         if f.type_count == 0 && ty.level().is_some() && f.validated && self.abi == Abi::Pv64 {
             f.validated = false;
             self.shadows.remove(pfn);
-            self.devalidate(pfn, ty);
-            let mfn = self.mfn(pfn);
-            self.note(Change::Devalidated { mfn, typ: ty });
+            self.start_demotion(pfn, ty);
         }
+    }
+
+    /// `_put_final_page_type` → `devalidate_page`, made preemptible as in
+    /// Xen: the table becomes partial with every slot still holding its
+    /// references (the partial state keeps a type and a general
+    /// reference) and joins the demotion stack, which
+    /// [`Inner::demote_pending`] releases within the invocation's budget.
+    /// Until then a `_get_page_type` of the same type resumes it as a
+    /// partial validation (Xen's `nr_validated_ptes` serves both ways).
+    fn start_demotion(&mut self, pfn: usize, ty: PageType) {
+        let f = &mut self.frames[pfn];
+        f.type_count = 1;
+        f.refs += 1;
+        let p = Partial {
+            next: 512,
+            child: false,
+        };
+        self.pt.partial.insert(pfn, p);
+        self.pt.demoting.push(pfn);
+        let mfn = self.mfn(pfn);
+        self.note(Change::Devalidated { mfn, typ: ty });
+    }
+
+    /// `put_old_guest_table` / `demote_l1_table` .. `demote_l4_table`:
+    /// release the demotion stack's references, highest slot first, one
+    /// unit of work per entry (a table whose last type reference goes
+    /// joins the stack). False when the budget ran out first (`-ERESTART`:
+    /// the caller makes a continuation); at least one entry is released
+    /// per invocation. hv-sim keeps one stack per domain where Xen keeps
+    /// `old_guest_table` per vCPU: continuations run at once here.
+    pub(crate) fn demote_pending(&mut self) -> bool {
+        while let Some(pfn) = self.pt.demoting.pop() {
+            // A table re-validated meanwhile is no longer partial.
+            let Some(p) = self.pt.partial.get(&pfn).copied() else {
+                continue;
+            };
+            let level = self.frames[pfn].typ.level().unwrap_or(1);
+            // A live L1's entries are the direct map's and keep theirs.
+            let top = if self.pt.live_l1.contains_key(&pfn) {
+                0
+            } else {
+                p.next
+            };
+            let mut next = top;
+            for slot in guest_slots(level).filter(move |&s| s < top).rev() {
+                if self.work >= PREEMPT_BUDGET {
+                    let p = Partial { next, child: false };
+                    self.pt.partial.insert(pfn, p);
+                    self.pt.demoting.push(pfn);
+                    return false;
+                }
+                self.work += 1;
+                let e = self.read_entry(pfn, slot);
+                self.put_entry(level, e, pfn);
+                next = slot;
+            }
+            self.pt.partial.remove(&pfn);
+            self.frames[pfn].type_count = 0;
+            self.put_page(pfn);
+        }
+        true
     }
 
     /// `get_page_and_type_from_mfn`.
@@ -476,22 +539,6 @@ impl Inner {
             self.init_xen_l4_slots(pfn);
         }
         Ok(())
-    }
-
-    /// `demote_l1_table` .. `demote_l4_table` (a live L1's entries are the
-    /// direct map's and keep their references).
-    fn devalidate(&mut self, pfn: usize, ty: PageType) {
-        let Some(level) = ty.level() else {
-            return;
-        };
-        if self.pt.live_l1.contains_key(&pfn) {
-            return;
-        }
-        for slot in guest_slots(level).rev() {
-            self.work += 1;
-            let e = self.read_entry(pfn, slot);
-            self.put_entry(level, e, pfn);
-        }
     }
 
     /// `put_page_from_l1e` .. `put_page_from_l4e` for an entry of table

@@ -115,6 +115,12 @@ impl Inner {
         if self.abi == Abi::Pv32 {
             return Ok(());
         }
+        if let Some(p) = self.pt.demoting.last() {
+            return Err(format!(
+                "the demotion of mfn {:#x} is still under way between calls",
+                self.mfn(*p)
+            ));
+        }
         let mut lin = vec![(0i32, 0i32); self.pages()];
         for (pfn, f) in self.frames.iter().enumerate() {
             let mfn = self.mfn(pfn);
