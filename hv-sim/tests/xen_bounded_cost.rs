@@ -436,7 +436,11 @@ fn a_validation_failing_after_many_invocations_releases_everything() {
     assert!(!d.is_pinned(l4));
     for (m, b) in [l4, l3, l1].into_iter().zip(before) {
         let f = d.frame(m).unwrap();
-        assert_eq!((f.type_count, f.validated, f.refs), (0, false, b.refs), "{f:?}");
+        assert_eq!(
+            (f.type_count, f.validated, f.refs),
+            (0, false, b.refs),
+            "{f:?}"
+        );
     }
     d.check_invariants().unwrap();
 }

@@ -30,6 +30,7 @@
 pub mod inproc;
 pub mod kvm;
 pub mod ops;
+pub mod worst;
 
 #[cfg(test)]
 mod tests;
@@ -430,6 +431,10 @@ pub fn run(progress: &mut dyn FnMut(&str)) -> Table {
     table.sections.push(inproc::dispatch());
     progress("in-process hypercalls");
     let (s, g) = inproc::hypercalls();
+    table.sections.push(s);
+    goals.extend(g);
+    progress("worst-case hypercalls (4,096-page domain)");
+    let (s, g) = worst::worst_cases();
     table.sections.push(s);
     goals.extend(g);
     progress("emulator vs Linux's UMIP emulation");

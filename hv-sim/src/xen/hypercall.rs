@@ -1,6 +1,7 @@
 //! `arch/x86/pv/hypercall.c`: the hypercall dispatcher, with the trace
 //! event each call leaves.
 
+use super::pagetables::ERESTART;
 use super::*;
 
 /// Name of hypercall `nr` (`"?"` when Xen has none).
@@ -50,11 +51,12 @@ pub fn hypercall_name(nr: u64) -> &'static str {
     }
 }
 
-/// Units of work (trap-table entries, multicall entries) one invocation
-/// of a hypercall does before it is preempted with a continuation: more
-/// than any bounded call needs (a 256-entry trap table, a 1,024-entry
-/// multicall), so only calls whose length the guest's memory decides are
-/// cut.
+/// Units of work (trap-table entries, multicall entries, `mmu_update`
+/// requests, `mmuext_op` ops, page-table entries validated or released)
+/// one invocation of a hypercall does before it is preempted with a
+/// continuation: more than any bounded call needs (a 256-entry trap table,
+/// a 1,024-entry multicall, a few tables), so only calls whose length the
+/// guest's memory decides are cut.
 pub const PREEMPT_BUDGET: u64 = 2048;
 
 /// What the last [`XenDomain::hypercall`](super::XenDomain::hypercall)
@@ -120,7 +122,13 @@ impl Inner {
         });
         let outer = self.owner.replace(id);
         let words = self.ram.accesses();
-        let r = self.run(v, nr, a, depth);
+        let r = match self.run(v, nr, a, depth) {
+            // A validation preempted under a call that has no continuation
+            // of its own (VCPUOP_initialise's root, `arch_set_info_guest`):
+            // Xen re-executes it with the same arguments.
+            Err(f) if f.errno == ERESTART => Ok(self.continuation(nr, a)),
+            r => r,
+        };
         if depth == 0 {
             self.cost_invocation(words);
         }

@@ -112,6 +112,8 @@ pub(crate) struct Partial {
     /// table that is itself partial, and this table holds a general
     /// reference to it.
     child: bool,
+    /// Being demoted (on the demotion stack), not validated.
+    down: bool,
 }
 
 /// Whose pages an `mmu_update` / `mmuext_op` names (`get_pg_owner`).
@@ -411,6 +413,7 @@ impl Inner {
         let p = Partial {
             next: 512,
             child: false,
+            down: true,
         };
         self.pt.partial.insert(pfn, p);
         self.pt.demoting.push(pfn);
@@ -427,8 +430,9 @@ impl Inner {
     /// `old_guest_table` per vCPU: continuations run at once here.
     pub(crate) fn demote_pending(&mut self) -> bool {
         while let Some(pfn) = self.pt.demoting.pop() {
-            // A table re-validated meanwhile is no longer partial.
-            let Some(p) = self.pt.partial.get(&pfn).copied() else {
+            // A table taken again meanwhile is validated, or partial in a
+            // validation of its own: its demotion is over.
+            let Some(p) = self.pt.partial.get(&pfn).copied().filter(|p| p.down) else {
                 continue;
             };
             let level = self.frames[pfn].typ.level().unwrap_or(1);
@@ -441,7 +445,7 @@ impl Inner {
             let mut next = top;
             for slot in guest_slots(level).filter(move |&s| s < top).rev() {
                 if self.work >= PREEMPT_BUDGET {
-                    let p = Partial { next, child: false };
+                    let p = Partial { next, ..p };
                     self.pt.partial.insert(pfn, p);
                     self.pt.demoting.push(pfn);
                     return false;
@@ -493,7 +497,7 @@ impl Inner {
             if level > 1 && slot > from.next && self.work >= PREEMPT_BUDGET {
                 let p = Partial {
                     next: slot,
-                    child: false,
+                    ..Partial::default()
                 };
                 self.pt.partial.insert(pfn, p);
                 return Err((fail(ERESTART, "validation preempted"), slot));
@@ -521,6 +525,7 @@ impl Inner {
                     let p = Partial {
                         next: slot,
                         child: true,
+                        down: false,
                     };
                     self.pt.partial.insert(pfn, p);
                     return Err((f, slot));
