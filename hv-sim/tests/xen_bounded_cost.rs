@@ -444,3 +444,49 @@ fn a_validation_failing_after_many_invocations_releases_everything() {
     }
     d.check_invariants().unwrap();
 }
+
+/// VCPUOP_initialise whose root (`ctrlreg[3]`) is a tree spanning the
+/// domain: `arch_set_info_guest` takes the root type preemptibly and
+/// `do_vcpu_op` re-executes the call with the same arguments
+/// (`hypercall_create_continuation(__HYPERVISOR_vcpu_op, "iih", ...)`),
+/// until the vCPU is initialised on the validated root.
+#[test]
+fn vcpu_initialise_on_a_root_that_spans_ram_is_preempted() {
+    // Offsets in the 64-bit `vcpu_guest_context` (public/arch-x86/xen.h,
+    // xen-x86_64.h), as tests/xen_vcpu_op.rs writes them.
+    const FLAGS: u64 = 512;
+    const VGCF_IN_KERNEL: u64 = 1 << 2;
+    const RIP: u64 = 520 + 16 * 8;
+    const CS: u64 = 520 + 17 * 8;
+    const RSP: u64 = 520 + 19 * 8;
+    const SS: u64 = 520 + 20 * 8;
+    const KERNEL_SS: u64 = 4968;
+    const CTRLREG: u64 = 4984;
+    let mut runs = Vec::new();
+    for pages in SIZES {
+        let d = XenDomain::pv64(pages, 2);
+        let ctx = d.alloc_pages(2);
+        let (l4, _, _) = tree(&d, pages, 0);
+        for (off, v) in [
+            (FLAGS, VGCF_IN_KERNEL),
+            (RIP, 0xffff_ffff_8100_1000),
+            (RSP, 0xffff_ffff_8120_0000),
+            (CS, 0xe033),
+            (SS, 0xe02b),
+            (KERNEL_SS, 0xe02b),
+            (CTRLREG + 3 * 8, l4 << 12),
+        ] {
+            assert!(d.host_write_u64(ctx + off, v));
+        }
+        let (r, m) = measure(&d, || hc(&d, 24, &[0, 1, ctx]));
+        assert_eq!(r, 0);
+        let v = d.vcpu(1);
+        assert!(v.initialised);
+        assert_eq!(v.cr3, Some(l4));
+        assert!(m.cost.invocations > 100, "{m:?}");
+        d.check_invariants().unwrap();
+        check("vcpu_op(VCPUOP_initialise)", pages, m);
+        runs.push(m);
+    }
+    same_at_both_sizes("vcpu_op(VCPUOP_initialise)", runs[0], runs[1]);
+}
