@@ -182,10 +182,108 @@ fn rows(s: &mut Section) -> Result<f64, String> {
         5,
     );
     row(s, "multicall of 4,096 stack_switch", multi, inv);
+    // set_trap_table over most of RAM (its terminator the zeroes after
+    // it) and an mmu_update batch as long.
+    let d3 = XenDomain::pv64(PAGES, 1);
+    let n = (PAGES as u64 - 64) * 4096 / 16;
+    let t = d3.alloc_pages(PAGES - 64);
+    for i in 0..n {
+        write(&d3, t + i * 16, (i % 256) | 0xe033 << 16)?;
+        write(&d3, t + i * 16 + 8, 0xffff_8000_0000_0000 + i)?;
+    }
+    let traps = time_each_ns(
+        || {},
+        || {
+            keep(hc(&d3, nr::SET_TRAP_TABLE, &[t]));
+            inv = d3.last_call_cost().invocations;
+        },
+        5,
+    );
+    row(s, "set_trap_table over most of RAM", traps, inv);
+    let m0 = mfn(&d3, t)?;
+    for i in 0..n {
+        write(&d3, t + i * 16, m0 << 12 | 1)?;
+        write(&d3, t + i * 16 + 8, i)?;
+    }
+    let reqs = time_each_ns(
+        || {},
+        || {
+            keep(hc(&d3, nr::MMU_UPDATE, &[t, n, 0, u64::from(DOMID_SELF)]));
+            inv = d3.last_call_cost().invocations;
+        },
+        5,
+    );
+    row(
+        s,
+        "mmu_update, MACHPHYS requests over most of RAM",
+        reqs,
+        inv,
+    );
+
+    vmi_rows(s, &mut worst)?;
     s.note(format!(
         "Each invocation does at most PREEMPT_BUDGET ({}) units plus one L1 table; \
          tests/xen_bounded_cost.rs checks that bound and the memory deterministically.",
         crate::xen::domain::PREEMPT_BUDGET
     ));
     Ok(worst)
+}
+
+/// VMI: SetGDT of the largest table (8,192 entries) with 256 live gates to
+/// re-check against it, against GetGDT.
+fn vmi_rows(s: &mut Section, worst: &mut f64) -> Result<(), String> {
+    use crate::vmi::abi::call;
+    use crate::vmi::{GuestKind, RamMemory, VmiHypervisor};
+    use pvops::{Gate32, Ring, Selector, presets};
+    const RAM: u64 = 0x10_0000;
+    const GDT: u64 = RAM;
+    const IDT: u64 = RAM + 0x1_0000;
+    const DTR: u64 = RAM + 0x1_1000;
+    let hv = VmiHypervisor::new(GuestKind::Vmi32, RamMemory::new(RAM, 0x2_0000));
+    hv.call_entry(0xC8080, [0; 4]);
+    let c = |nr: u32, args: [u64; 4]| {
+        let (eip, _) = hv.reloc_query(0xC8088, nr);
+        hv.call_entry(eip, args) as i64
+    };
+    let m = hv.memory();
+    let dtr = |limit: u64, base: u64| m.write_u64(DTR, limit | base << 16);
+    m.write_u64(GDT + 12 * 8, presets::I386_KERNEL_CODE.0);
+    m.write_u64(GDT + 13 * 8, presets::I386_KERNEL_DATA.0);
+    dtr(8192 * 8 - 1, GDT);
+    if c(call::SET_GDT, [DTR, 0, 0, 0]) != 0 {
+        return Err("VMI SetGDT(8192) refused".into());
+    }
+    for v in 0..256u64 {
+        let g = Gate32::interrupt(Selector(12 << 3), 0xC010_0000 + v as u32 * 16, Ring::Ring0);
+        m.write_u64(IDT + v * 8, g.0);
+    }
+    dtr(256 * 8 - 1, IDT);
+    if c(call::SET_IDT, [DTR, 0, 0, 0]) != 0 {
+        return Err("VMI SetIDT(256) refused".into());
+    }
+    dtr(8192 * 8 - 1, GDT);
+    let floor = time_ns(
+        || {
+            keep(c(call::GET_GDT, [DTR + 8, 0, 0, 0]));
+        },
+        super::BATCH,
+        super::BATCHES,
+    );
+    let set = time_ns(
+        || {
+            keep(c(call::SET_GDT, [DTR, 0, 0, 0]));
+        },
+        super::BATCH,
+        super::BATCHES,
+    );
+    *worst = worst.max(set);
+    s.row([
+        "VMI SetGDT, 8,192 entries, 256 live gates".to_string(),
+        Figure::Ns(set).to_string(),
+        "1".into(),
+        Figure::Ns(set).to_string(),
+        format!("VMI GetGDT {}", Figure::Ns(floor)),
+        super::ratio(set, floor),
+    ]);
+    Ok(())
 }
