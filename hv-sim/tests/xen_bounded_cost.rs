@@ -148,6 +148,12 @@ fn tree(d: &XenDomain, pages: usize, spare: usize) -> (u64, u64, usize) {
 }
 
 fn check(what: &str, pages: usize, m: Measured) {
+    check_with(what, pages, m, 0)
+}
+
+/// [`check`], for a call whose arguments name `arg_bytes` of state the
+/// model keeps (set_gdt: a shadow page and its bookkeeping per frame).
+fn check_with(what: &str, pages: usize, m: Measured, arg_bytes: u64) {
     let c = m.cost;
     println!(
         "{what:36} {pages:5} pages: {:6} invocations, max {:5} units, {:6} RAM words, {:9} bytes",
@@ -164,7 +170,7 @@ fn check(what: &str, pages: usize, m: Measured) {
         c.max_ram_words
     );
     assert!(
-        m.bytes <= c.invocations * MAX_BYTES_PER_INVOCATION,
+        m.bytes <= c.invocations * MAX_BYTES_PER_INVOCATION + arg_bytes,
         "{what} ({pages} pages): {} bytes over {} invocations: {m:?}",
         m.bytes,
         c.invocations
@@ -396,7 +402,9 @@ fn the_largest_fixed_size_calls_are_bounded() {
         let frames: Vec<u64> = (0..14).map(|_| ro_page(&d).1).collect();
         let (r, gdt) = measure(&d, || xen_helpers::set_gdt(&d, &frames, 7168));
         assert_eq!(r, 0);
-        check("set_gdt(7168)", pages, gdt);
+        // 14 frames: the model keeps a 4 KiB shadow of each (xen/shadow.rs),
+        // so the call may allocate in proportion to its frame list.
+        check_with("set_gdt(7168)", pages, gdt, 14 * 8192);
         let n = (pages as u64 - 64) * 4096 / 16;
         let t = d.alloc_pages(pages - 64);
         for i in 0..n {
