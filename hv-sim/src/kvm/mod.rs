@@ -378,8 +378,9 @@ pub(crate) enum Setup {
     Xen(xen::XenSetup),
     /// VMI-style ([`vmi`]) with this ROM image.
     Vmi(crate::vmi::RomBuilder),
-    /// Trap-and-emulate ([`trap`]).
-    Trap,
+    /// Trap-and-emulate ([`trap`]), keeping the real tables current this
+    /// way.
+    Trap(trap::TrapMode),
 }
 
 /// What a personality did.

@@ -51,7 +51,10 @@ impl<'a> PagingMemory<'a> {
             if e & PTE_P == 0 {
                 return Err(fault(false));
             }
-            if e & PTE_U == 0 || (write && e & PTE_RW == 0) {
+            // hv-sim's own write protection (PTE_HV_WP) is not the guest's:
+            // the page is writable as the guest sees it.
+            let writable = e & PTE_RW != 0 || (level == 0 && e & super::trap::PTE_HV_WP != 0);
+            if e & PTE_U == 0 || (write && !writable) {
                 return Err(fault(true));
             }
             if level == 0 || (level <= 2 && e & PTE_PS != 0) {

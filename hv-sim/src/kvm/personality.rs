@@ -113,6 +113,6 @@ pub(crate) fn create(
         }
         Setup::Xen(s) => Box::new(xen::XenGuest::new(mem, cfg, s)?),
         Setup::Vmi(rom) => Box::new(vmi::VmiGuest::new(mem, cfg, rom)?),
-        Setup::Trap => Box::new(trap::TrapGuest::new(mem, cfg)?),
+        Setup::Trap(mode) => Box::new(trap::TrapGuest::new(mem, cfg, *mode)?),
     })
 }

@@ -46,6 +46,11 @@
 //! trap-and-emulate VMM write-protects the guest's table pages and traps
 //! those stores too); the example kernel always executes a trapping
 //! instruction (`lldt`, `sldt`) between the two.
+//! [`TrapMode::WriteProtect`] ([`boot_trap_with`]) is that VMM's way:
+//! the guest's table pages are write-protected, every store into them
+//! traps (a #PF routed to [`PF_STUB`]) and is applied to the real tables at
+//! once, true or false sharing counted (see `trap/wp.rs`); the rebuild then
+//! runs only when an emulated instruction changed the tables' registers.
 //!
 //! # Guest-physical layout (pages below 1 MiB are the hypervisor's)
 //! | GPA | contents | guest access |
@@ -57,7 +62,7 @@
 //! | 0x60000 | the real IDT | none |
 //! | 0x61000–0x71000 | the real LDT (compressed copy of the guest's) | none |
 //! | 0x71000 | hv-sim's TSS | none |
-//! | 0x72000 | hv-sim's #GP entry ([`TRAP_TEXT`]) | execute |
+//! | 0x72000 | hv-sim's #GP entry ([`TRAP_TEXT`]), #PF entry ([`PF_STUB_AT`]) | execute |
 //! | 0xC0000–0x100000 | option-ROM window (empty: zeros) | read |
 
 use std::collections::BTreeMap;
@@ -96,6 +101,8 @@ pub const CR4_UMIP: u64 = 1 << 11;
 
 mod cpu;
 use cpu::TrapCpu;
+mod wp;
+pub use wp::{PF_STUB, PF_STUB_AT, PTE_HV_WP, TrapMode, WpReport};
 
 pub use super::paging::PagingMemory;
 use layout::{PTE_P, PTE_RW, PTE_U};
@@ -149,6 +156,8 @@ pub struct TrapBootReport {
     pub final_segments: Option<FinalSegments>,
     /// The real TR and LDTR at the guest's exit: (selector, base).
     pub real_tr_ldtr: Option<((u16, u64), (u16, u64))>,
+    /// Write-protect mode's counts ([`TrapMode::WriteProtect`] only).
+    pub write_protect: Option<WpReport>,
 }
 
 impl TrapBootReport {
@@ -173,11 +182,20 @@ impl TrapBootReport {
 /// Boot `image` (a native-backend kernel) deprivileged, trapping and
 /// emulating its descriptor-table instructions.
 pub fn boot_trap(image: &[u8], cfg: &Config) -> Result<TrapBootReport, KvmError> {
+    boot_trap_with(image, cfg, TrapMode::Shadow)
+}
+
+/// [`boot_trap`] keeping the real tables current the `mode` way.
+pub fn boot_trap_with(
+    image: &[u8],
+    cfg: &Config,
+    mode: TrapMode,
+) -> Result<TrapBootReport, KvmError> {
     super::available().map_err(KvmError::Unavailable)?;
     let (entry, segs) = parse_elf(image)?;
     super::check_ring3_ram("trap-and-emulate", cfg.mem_size, MAX_PTS)?;
     super::check_segments_fit(&segs, cfg.mem_size)?;
-    let (boot, outcome) = super::launch(entry, &segs, cfg, super::Setup::Trap)?;
+    let (boot, outcome) = super::launch(entry, &segs, cfg, super::Setup::Trap(mode))?;
     let Some(super::Outcome::Trap(o)) = outcome else {
         return Err(KvmError::Ioctl("trap personality", "no outcome".into()));
     };
@@ -197,6 +215,7 @@ pub fn boot_trap(image: &[u8], cfg: &Config) -> Result<TrapBootReport, KvmError>
         virtual_dt: o.dt,
         final_segments: o.final_segments,
         real_tr_ldtr: o.real_tr_ldtr,
+        write_protect: o.write_protect,
     })
 }
 
@@ -218,6 +237,24 @@ fn gate(offset: u64, selector: u16, type_attr: u64) -> (u64, u64) {
         | (type_attr << 40)
         | ((offset >> 16) & 0xffff) << 48;
     (low, offset >> 32)
+}
+
+/// The real gate for vector `v` from the guest's (`low`, `high`): DPL 3,
+/// code selector RPL 3, no IST; vector 13 (and 14 with `pf_stub`) always
+/// hv-sim's stubs.
+fn real_gate(v: usize, low: u64, high: u64, pf_stub: bool) -> (u64, u64) {
+    let typ = (low >> 40) & 0xf;
+    if v == 13 {
+        gate(TRAP_TEXT, TRAP_KERNEL_CS, 0x8e)
+    } else if v == 14 && pf_stub {
+        gate(wp::PF_STUB_AT, TRAP_KERNEL_CS, 0x8e)
+    } else if low & (1 << 47) != 0 && (typ == 0xe || typ == 0xf) {
+        let offset = (low & 0xffff) | ((low >> 48) << 16) | (high << 32);
+        let sel = ((low >> 16) as u16) | 3;
+        gate(offset, sel, 0xe0 | typ)
+    } else {
+        (0, 0)
+    }
 }
 
 /// The guest's tables as a build of the real ones read them.
@@ -245,6 +282,7 @@ pub(crate) struct TrapOutcome {
     dt: DtRegisters,
     final_segments: Option<FinalSegments>,
     real_tr_ldtr: Option<((u16, u64), (u16, u64))>,
+    write_protect: Option<WpReport>,
 }
 
 /// The personality's state during a boot.
@@ -273,12 +311,18 @@ pub(crate) struct TrapGuest {
     last_ldtr: (u16, u64, u32),
     final_segments: Option<FinalSegments>,
     real_tr_ldtr: Option<((u16, u64), (u16, u64))>,
+    /// Write-protect mode's state (`None`: shadowing).
+    wp: Option<wp::Wp>,
 }
 
 impl TrapGuest {
     /// Lay out hv-sim's pages: page tables, its GDT entries and TSS, the
     /// #GP stub.
-    pub(crate) fn new(mem: &GuestMemoryMmap, cfg: &Config) -> Result<TrapGuest, KvmError> {
+    pub(crate) fn new(
+        mem: &GuestMemoryMmap,
+        cfg: &Config,
+        mode: TrapMode,
+    ) -> Result<TrapGuest, KvmError> {
         let w = |addr: u64, v: u64| {
             mem.write_obj(v, GuestAddress(addr))
                 .map_err(|e| KvmError::BadImage(format!("writing {addr:#x}: {e}")))
@@ -300,6 +344,8 @@ impl TrapGuest {
         .map_err(KvmError::BadImage)?;
         mem.write_slice(&TRAP_STUB, GuestAddress(TRAP_TEXT))
             .map_err(|e| KvmError::BadImage(format!("writing the #GP entry: {e}")))?;
+        mem.write_slice(&PF_STUB, GuestAddress(wp::PF_STUB_AT))
+            .map_err(|e| KvmError::BadImage(format!("writing the #PF entry: {e}")))?;
         let gdt = |idx: u32, d: u64| w(REAL_GDT + u64::from(idx) * 8, d);
         gdt(FIRST_HV_GDT_ENTRY, 0x00af_fb00_0000_ffff)?;
         gdt(FIRST_HV_GDT_ENTRY + 1, 0x00cf_f300_0000_ffff)?;
@@ -338,6 +384,7 @@ impl TrapGuest {
             last_ldtr: (0, 0, 0),
             final_segments: None,
             real_tr_ldtr: None,
+            wp: (mode == TrapMode::WriteProtect).then(wp::Wp::default),
         })
     }
 
@@ -457,21 +504,12 @@ impl TrapGuest {
         // IDT: the guest's gates, DPL 3, code selector RPL 3, no IST;
         // vector 13 always hv-sim's stub.
         for v in 0..256usize {
-            let g = if v == 13 {
-                gate(TRAP_TEXT, TRAP_KERNEL_CS, 0x8e)
-            } else if (v as u64) < gates {
-                let (low, high) = (raw.idt[v * 2], raw.idt[v * 2 + 1]);
-                let typ = (low >> 40) & 0xf;
-                if low & (1 << 47) != 0 && (typ == 0xe || typ == 0xf) {
-                    let offset = (low & 0xffff) | ((low >> 48) << 16) | (high << 32);
-                    let sel = ((low >> 16) as u16) | 3;
-                    gate(offset, sel, 0xe0 | typ)
-                } else {
-                    (0, 0)
-                }
+            let (low, high) = if (v as u64) < gates {
+                (raw.idt[v * 2], raw.idt[v * 2 + 1])
             } else {
                 (0, 0)
             };
+            let g = real_gate(v, low, high, self.wp.is_some());
             if self.last_idt[v] != g {
                 w(REAL_IDT + v as u64 * 16, g.0)?;
                 w(REAL_IDT + v as u64 * 16 + 8, g.1)?;
@@ -515,10 +553,14 @@ impl TrapGuest {
     /// deliver an exception to the guest's own handler.
     pub(crate) fn trap(
         &mut self,
+        vm: &kvm_ioctls::VmFd,
         vcpu: &mut Vcpu<'_>,
         data: u32,
         len: usize,
     ) -> Result<(), String> {
+        if len == 4 && data == 14 {
+            return self.page_fault(vcpu);
+        }
         let t0 = Instant::now();
         let regs = vcpu.regs()?;
         if len != 4 || data != 13 || regs.rax != 13 || regs.rip != TRAP_STUB_EXIT_RIP {
@@ -556,8 +598,11 @@ impl TrapGuest {
             self.emulate_time += t.elapsed();
             o
         };
+        let dt_before = self.dt;
+        let mut store = false;
         let r = match outcome {
             Outcome::Emulated { insn, len, .. } => {
+                store = !insn.is_load();
                 *self.emulated.entry(insn).or_default() += 1;
                 self.dt = cpu.dt;
                 cpu.regs.rip = rip.wrapping_add(len as u64);
@@ -592,9 +637,13 @@ impl TrapGuest {
         };
         // A #PF's CR2 is installed with the tables.
         let cr2_changed = r?;
-        // The guest may have changed its tables since the last trap.
+        // The guest may have changed its tables since the last trap
+        // (write-protect mode: only if this instruction changed them).
         let t = Instant::now();
-        self.sync(vcpu, sregs, cr2_changed)?;
+        if self.wp.is_none() || cr2_changed || store || self.dt != dt_before {
+            self.sync(vcpu, sregs, cr2_changed)?;
+            self.reprotect(vm, sregs.cr3)?;
+        }
         self.sync_time += t.elapsed();
         self.handler_time += t0.elapsed();
         Ok(())
@@ -697,6 +746,7 @@ impl TrapGuest {
             dt: self.dt,
             final_segments: self.final_segments,
             real_tr_ldtr: self.real_tr_ldtr,
+            write_protect: self.wp.map(|w| w.report),
         }
     }
 }
@@ -712,7 +762,7 @@ impl super::personality::Personality for TrapGuest {
 
     fn port(
         &mut self,
-        _: &kvm_ioctls::VmFd,
+        vm: &kvm_ioctls::VmFd,
         vcpu: &mut Vcpu<'_>,
         port: u16,
         data: u32,
@@ -720,7 +770,7 @@ impl super::personality::Personality for TrapGuest {
         _: &mut Vec<u8>,
     ) -> Option<Result<super::personality::PortAction, String>> {
         (port == ports::TRAP).then(|| {
-            self.trap(vcpu, data, len)
+            self.trap(vm, vcpu, data, len)
                 .map(|()| super::personality::PortAction::Handled)
         })
     }
