@@ -86,6 +86,83 @@ pub mod boot_flags {
     /// a kernel starts its APs the way the platform does (INIT-SIPI-SIPI
     /// through the local APIC under QEMU).
     pub const START_AP_PORT: u64 = 1 << 8;
+    /// Run the descriptor-write workload ([`super::workload`]) instead of
+    /// the checks (native backend).
+    pub const WORKLOAD: u64 = 1 << 9;
+}
+
+/// The descriptor-write workload (issue 11, seed 2): boot, N context
+/// switches (`load_kernel_stack` + `load_tls` in lazy mode), N timer-style
+/// updates of a variable, with the tables and the variable laid out one of
+/// three ways.
+pub mod workload {
+    /// Bits 10–11 of the boot flags: the layout.
+    pub const LAYOUT_SHIFT: u32 = 10;
+    /// Bits 16–31: N (0 means [`DEFAULT_SWITCHES`]).
+    pub const SWITCHES_SHIFT: u32 = 16;
+    /// N when the flags give 0.
+    pub const DEFAULT_SWITCHES: u32 = 1000;
+    /// The result line starts with this: `workload layout=<a|b|c>
+    /// switches=<n> ticks=<n> fs_mismatches=<n> cycles=<n>`.
+    pub const LINE_PREFIX: &str = "workload ";
+
+    /// Where the tables and the timer variable live.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Layout {
+        /// Each table alone in its page (pvops' `TableStorage`), the
+        /// variable elsewhere.
+        Separate,
+        /// The variable in the GDT's page, after its 16 entries.
+        GdtSharesHotData,
+        /// A 128-gate IDT (2 KiB) at the start of a page whose second half
+        /// is the start of BSS, the variable first in it.
+        IdtSharesBss,
+    }
+
+    impl Layout {
+        /// All three, in order.
+        pub const ALL: [Layout; 3] = [
+            Layout::Separate,
+            Layout::GdtSharesHotData,
+            Layout::IdtSharesBss,
+        ];
+
+        /// The layout's letter (a, b, c).
+        pub fn letter(self) -> char {
+            match self {
+                Layout::Separate => 'a',
+                Layout::GdtSharesHotData => 'b',
+                Layout::IdtSharesBss => 'c',
+            }
+        }
+
+        /// The layout the boot flags name.
+        pub fn from_flags(flags: u64) -> Layout {
+            match (flags >> LAYOUT_SHIFT) & 3 {
+                1 => Layout::GdtSharesHotData,
+                2 => Layout::IdtSharesBss,
+                _ => Layout::Separate,
+            }
+        }
+    }
+
+    /// The boot flags that run the workload with `layout` and `switches`.
+    pub fn flags(layout: Layout, switches: u16) -> u64 {
+        let l = match layout {
+            Layout::Separate => 0,
+            Layout::GdtSharesHotData => 1,
+            Layout::IdtSharesBss => 2,
+        };
+        super::boot_flags::WORKLOAD | l << LAYOUT_SHIFT | u64::from(switches) << SWITCHES_SHIFT
+    }
+
+    /// N from the boot flags.
+    pub fn switches(flags: u64) -> u32 {
+        match ((flags >> SWITCHES_SHIFT) & 0xffff) as u32 {
+            0 => DEFAULT_SWITCHES,
+            n => n,
+        }
+    }
 }
 
 /// The text-buffer protocol ([`ports::TEXT_BUFFER`]): one `out dx, eax`

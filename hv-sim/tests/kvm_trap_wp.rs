@@ -45,3 +45,50 @@ fn write_protect_mode_boot_passes_every_check() {
     // Each trap is one more exit (a #PF handled by hv-sim).
     assert!(r.traps + wp.true_traps <= r.boot.exits.total());
 }
+
+/// The workload (N switches, N ticks) in each layout: the trap counts are
+/// what the layout implies, and the real GDT is never stale.
+#[test]
+fn workload_layouts_trap_as_their_sharing_implies() {
+    use hv_sim::kvm::trap::workload::{Layout, run_workload};
+    if !kvm_or_skip("workload_layouts_trap_as_their_sharing_implies") {
+        return;
+    }
+    let image = example_kernel_image().expect("example kernel builds");
+    let cfg = Config::default();
+    const N: u16 = 200;
+    for layout in Layout::ALL {
+        let r = run_workload(&image, &cfg, layout, N, TrapMode::WriteProtect)
+            .unwrap_or_else(|e| panic!("{layout:?}: {e}"));
+        println!(
+            "{layout:?}: true={} false={} mismatches={} cycles={} {:?}",
+            r.true_traps, r.false_traps, r.fs_mismatches, r.guest_cycles, r.handler_time
+        );
+        assert_eq!(r.switches, u64::from(N));
+        assert_eq!(r.ticks, u64::from(N), "{layout:?}");
+        assert_eq!(
+            (r.fs_mismatches, r.errors),
+            (0, 0),
+            "{layout:?}: never stale"
+        );
+        assert_eq!(r.report.boot.exit_status, Some(0), "{}", r.report.boot.text);
+        // load_tls stores three GDT slots per switch, each one trap; the
+        // tables are filled before they are loaded (no traps).
+        assert_eq!(r.true_traps, 3 * u64::from(N), "{layout:?}");
+        let want_false = match layout {
+            Layout::Separate => 0,
+            // Every tick stores into the GDT's (b) or IDT's (c) page.
+            Layout::GdtSharesHotData | Layout::IdtSharesBss => u64::from(N),
+        };
+        assert_eq!(r.false_traps, want_false, "{layout:?}");
+        let wp = r.report.write_protect.as_ref().expect("counts");
+        assert_eq!(wp.delivered, 0, "no #PF reached the guest");
+    }
+    // Shadowing alone (no write protection): the loop has no trapping
+    // instruction after the first switch, so the real GDT keeps the TLS
+    // it had then and thread 0's FS reads thread 1's probe: stale.
+    let r = run_workload(&image, &cfg, Layout::Separate, N, TrapMode::Shadow)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((r.true_traps, r.false_traps), (0, 0));
+    assert_eq!(r.fs_mismatches, u64::from(N) / 2, "{}", r.report.boot.text);
+}

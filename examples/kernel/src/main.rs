@@ -29,6 +29,7 @@ mod pvh;
 mod report;
 mod smp;
 mod vmi;
+mod workload;
 mod xen;
 
 use core::arch::{asm, naked_asm};
@@ -393,8 +394,12 @@ extern "C" fn kmain(flags: u64, start_info: u64) -> ! {
         deprivileged,
         pvm: flags & boot_flags::NO_DESCRIPTOR_INSPECTION != 0,
     };
-    run_checks(&ops, &mut t, &env);
-    smp::run(&mut t, flags);
+    if flags & boot_flags::WORKLOAD != 0 {
+        workload::run(&ops, &mut t, flags);
+    } else {
+        run_checks(&ops, &mut t, &env);
+        smp::run(&mut t, flags);
+    }
     say!(
         "done: {}/{} checks passed, {} skipped\n",
         t.passed,

@@ -101,8 +101,10 @@ pub const CR4_UMIP: u64 = 1 << 11;
 
 mod cpu;
 use cpu::TrapCpu;
+mod store;
 mod wp;
 pub use wp::{PF_STUB, PF_STUB_AT, PTE_HV_WP, TrapMode, WpReport};
+pub mod workload;
 
 pub use super::paging::PagingMemory;
 use layout::{PTE_P, PTE_RW, PTE_U};

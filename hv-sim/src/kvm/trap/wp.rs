@@ -10,9 +10,10 @@
 //! ([`PF_STUB`]). On a write fault (error code P|W) to a protected page
 //! hv-sim fetches and decodes the faulting instruction through CS and the
 //! guest's paging ([`crate::emulate::fetch`]), computes the store's
-//! address and value (`mov r/m, reg` and `mov r/m, imm` of 1–8 bytes: the
-//! stores a kernel makes into a table; anything else stops the guest with
-//! an error naming it), checks that the store covers CR2, re-fetches the
+//! address (`super::store`: `mov`, and the read-modify-write `add`, `sub`,
+//! `and`, `or`, `xor`, `inc`, `dec` a `jiffies++` compiles to, 1–8 bytes,
+//! flags as the CPU sets them; anything else stops the guest with an error
+//! naming it), checks that the store covers CR2, re-fetches the
 //! bytes with writers held off and compares them (the self-modifying-code
 //! guard of [`crate::emulate::emulate`]: a change means nothing is done and
 //! the guest re-executes what is there), then performs it. Every slot of
@@ -34,12 +35,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use iced_x86::{Code, OpKind, Register};
-use kvm_bindings::{kvm_regs, kvm_sregs, kvm_userspace_memory_region};
+use kvm_bindings::{kvm_sregs, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::cpu::TrapCpu;
+use super::store::Store;
 use super::{PagingMemory, TRAP_TEXT, TrapGuest};
 use crate::emulate::{Access, CpuState, GuestMemory, Mode, fetch};
 use crate::kvm::layout::{PTE_P, PTE_RW, PTE_U};
@@ -304,13 +305,14 @@ impl TrapGuest {
                 cpu.rip()
             )
         })?;
-        let (addr, data, n) = store_of(&i, &cpu.regs, sregs).ok_or_else(|| {
+        let st = Store::of(&i, &cpu.regs, sregs).ok_or_else(|| {
             format!(
-                "write-protect mode: {:?} at {:#x} stores into a protected table page; only mov stores are emulated",
+                "write-protect mode: {:?} at {:#x} stores into a protected table page; only mov, add, sub, and, or, xor, inc and dec are emulated",
                 i.mnemonic(),
                 cpu.rip()
             )
         })?;
+        let (addr, n) = (st.addr, st.size);
         if !(addr..addr.wrapping_add(n as u64)).contains(&cr2) {
             return Err(format!(
                 "write-protect mode: {:?} at {:#x} stores {n} bytes at {addr:#x}, but the fault was at {cr2:#x}",
@@ -323,11 +325,16 @@ impl TrapGuest {
         let stored = mem.without_writers(at, len, || {
             let again = fetch::fetch(cpu, mem, mode);
             if again.n < len || again.bytes[..len] != bytes.bytes[..len] {
-                return Ok(false);
+                return Ok::<bool, String>(false);
             }
-            mem.write(addr, &data[..n], Access::Write)
-                .map(|()| true)
-                .map_err(|pf| format!("performing the store at {addr:#x}: {pf:?}"))
+            let mut old = [0u8; 8];
+            mem.read(addr, &mut old[..n], Access::Read)
+                .map_err(|pf| format!("reading the operand at {addr:#x}: {pf:?}"))?;
+            let (new, rflags) = st.apply(u64::from_le_bytes(old), cpu.regs.rflags);
+            mem.write(addr, &new.to_le_bytes()[..n], Access::Write)
+                .map_err(|pf| format!("performing the store at {addr:#x}: {pf:?}"))?;
+            cpu.regs.rflags = rflags;
+            Ok(true)
         })?;
         if !stored {
             return Ok(None);
@@ -442,65 +449,4 @@ impl TrapGuest {
         }
         Ok(())
     }
-}
-
-/// The store `i` makes: (linear address, little-endian bytes, size), for
-/// `mov r/m, reg` and `mov r/m, imm` with a memory destination.
-fn store_of(
-    i: &iced_x86::Instruction,
-    regs: &kvm_regs,
-    sregs: &kvm_sregs,
-) -> Option<(u64, [u8; 8], usize)> {
-    if i.op0_kind() != OpKind::Memory {
-        return None;
-    }
-    let n = match i.code() {
-        Code::Mov_rm8_r8 | Code::Mov_rm8_imm8 => 1,
-        Code::Mov_rm16_r16 | Code::Mov_rm16_imm16 => 2,
-        Code::Mov_rm32_r32 | Code::Mov_rm32_imm32 => 4,
-        Code::Mov_rm64_r64 | Code::Mov_rm64_imm32 => 8,
-        _ => return None,
-    };
-    let value = match i.op1_kind() {
-        OpKind::Register => reg_value(i.op1_register(), regs)?,
-        OpKind::Immediate8
-        | OpKind::Immediate16
-        | OpKind::Immediate32
-        | OpKind::Immediate32to64 => i.immediate(1),
-        _ => return None,
-    };
-    let addr = i.virtual_address(0, 0, |r, _, _| match r {
-        Register::FS => Some(sregs.fs.base),
-        Register::GS => Some(sregs.gs.base),
-        Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
-        r => reg_value(r, regs),
-    })?;
-    Some((addr, value.to_le_bytes(), n))
-}
-
-/// A general-purpose register's value (the high-byte registers shifted
-/// down).
-fn reg_value(r: Register, regs: &kvm_regs) -> Option<u64> {
-    let all = [
-        regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi, regs.r8,
-        regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
-    ];
-    let n = r as u32;
-    let in_range = |first: Register, last: Register| {
-        (first as u32..=last as u32)
-            .contains(&n)
-            .then(|| (n - first as u32) as usize)
-    };
-    if let Some(k) = in_range(Register::AL, Register::R15L) {
-        // AL CL DL BL AH CH DH BH SPL BPL SIL DIL R8L..R15L.
-        return Some(match k {
-            0..4 => all[k],
-            4..8 => all[k - 4] >> 8,
-            _ => all[k - 4],
-        });
-    }
-    let k = in_range(Register::AX, Register::R15W)
-        .or_else(|| in_range(Register::EAX, Register::R15D))
-        .or_else(|| in_range(Register::RAX, Register::R15))?;
-    Some(all[k])
 }

@@ -1,0 +1,161 @@
+//! The descriptor-write workload (issue 11, seed 2), run instead of the
+//! checks when the boot flags carry [`crate::boot_flags::WORKLOAD`]: load a GDT, TR
+//! and IDT laid out as [`Layout`] says, then N times a context switch
+//! (`load_kernel_stack` + `load_tls` in lazy mode, as a kernel's switch
+//! does, two threads alternating) followed by a load of FS from the new TLS
+//! slot (the real GDT must not be stale: FS:[0] must read the thread's
+//! probe), and a timer-style update of a variable (`ticks += 1`, a plain
+//! load and `mov` store). Prints one `workload …` line with the TSC cycles
+//! the loop took, and one check.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use hvsim_boot_protocol::workload::{self, Layout};
+use pvops::{
+    Descriptor, DescriptorOps, DescriptorStorage, Gdt, Idt, IdtGate, Ring, Selector,
+    SystemDescriptor, TableStorage, presets,
+};
+
+use crate::report::Tally;
+use crate::{LAYOUT, TSS, TSS_SEL, read_fs0, say};
+
+/// Gates in the workload's IDT (2 KiB: the exceptions and more).
+const GATES: usize = 128;
+
+/// Layout (b): the GDT and hot data in one page.
+#[repr(C, align(4096))]
+struct GdtAndHotData {
+    gdt: UnsafeCell<[Descriptor; 16]>,
+    hot: AtomicU64,
+}
+
+/// Layout (c): the IDT, then the start of BSS, in one page.
+#[repr(C, align(4096))]
+struct IdtAndBss {
+    idt: UnsafeCell<[IdtGate; GATES]>,
+    bss_start: AtomicU64,
+}
+
+// SAFETY: the tables are only accessed through raw pointers by the ops, the
+// CPU and the hypervisor (the descriptor-table contract); the variable is
+// atomic.
+unsafe impl Sync for GdtAndHotData {}
+// SAFETY: as above.
+unsafe impl Sync for IdtAndBss {}
+
+static GDT_A: DescriptorStorage<16> = DescriptorStorage::new(presets::LINUX_X86_64_GDT);
+static IDT_A: TableStorage<IdtGate, GATES> = TableStorage::new([IdtGate::MISSING; GATES]);
+static TICKS_A: AtomicU64 = AtomicU64::new(0);
+static PAGE_B: GdtAndHotData = GdtAndHotData {
+    gdt: UnsafeCell::new(presets::LINUX_X86_64_GDT),
+    hot: AtomicU64::new(0),
+};
+static PAGE_C: IdtAndBss = IdtAndBss {
+    idt: UnsafeCell::new([IdtGate::MISSING; GATES]),
+    bss_start: AtomicU64::new(0),
+};
+/// What each thread's FS:[0] must read.
+static PROBES: [AtomicU64; 2] = [
+    AtomicU64::new(0x7e57_0000_0000_00a0),
+    AtomicU64::new(0x7e57_0000_0000_00a1),
+];
+
+/// The time-stamp counter.
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no memory effects; CR4.TSD is clear.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Thread `k`'s three TLS descriptors: FS's base at its probe.
+fn tls(k: usize) -> [Descriptor; 3] {
+    let probe = &PROBES[k] as *const AtomicU64 as u64;
+    [
+        Descriptor::data_segment(probe as u32, 0xfff, Ring::Ring0).unwrap_or_default(),
+        Descriptor::data_segment(0, 0xf_ffff, Ring::Ring3).unwrap_or_default(),
+        Descriptor::NULL,
+    ]
+}
+
+/// The layout's (GDT, IDT, timer variable).
+fn tables(layout: Layout) -> Option<(Gdt, Idt, &'static AtomicU64)> {
+    let gdt_a = GDT_A.gdt().ok()?;
+    let idt_a = Idt::new(IDT_A.base(), GATES as u32).ok()?;
+    Some(match layout {
+        Layout::Separate => (gdt_a, idt_a, &TICKS_A),
+        Layout::GdtSharesHotData => (
+            Gdt::new(PAGE_B.gdt.get() as u64, 16).ok()?,
+            idt_a,
+            &PAGE_B.hot,
+        ),
+        Layout::IdtSharesBss => (
+            gdt_a,
+            Idt::new(PAGE_C.idt.get() as u64, GATES as u32).ok()?,
+            &PAGE_C.bss_start,
+        ),
+    })
+}
+
+/// Run the workload the boot flags describe.
+pub fn run<O: DescriptorOps>(ops: &O, t: &mut Tally, flags: u64) {
+    let layout = Layout::from_flags(flags);
+    let n = workload::switches(flags);
+    let Some((gdt, idt, ticks)) = tables(layout) else {
+        t.check("workload tables", false, format_args!("rejected"));
+        return;
+    };
+    // Before the tables are loaded (so before anything protects them): the
+    // TSS descriptor, and thread 1's TLS so that thread 0's first switch
+    // changes it.
+    let tss = SystemDescriptor::tss(TSS.base(), pvops::Tss64::LIMIT).unwrap_or_default();
+    let slot = |i: u32| gdt.base() + u64::from(i) * 8;
+    // SAFETY: slots inside the static GDT the layout names, not loaded yet.
+    unsafe {
+        pvops::table::store_u64(slot(LAYOUT.tss as u32), tss.low);
+        pvops::table::store_u64(slot(LAYOUT.tss as u32 + 1), tss.high);
+        for (i, d) in tls(1).iter().enumerate() {
+            pvops::table::store_u64(slot(LAYOUT.tls_first as u32 + i as u32), d.0);
+        }
+    }
+    // SAFETY: static tables and TSS that stay valid for the kernel's life.
+    let r = unsafe {
+        ops.load_gdt(&gdt)
+            .and_then(|()| ops.load_tr(TSS_SEL))
+            .and_then(|()| ops.load_idt(&idt))
+            .and_then(|()| ops.load_kernel_stack(0x90_0000))
+    };
+    if let Err(e) = r {
+        t.check("workload tables", false, format_args!("{e:?}"));
+        return;
+    }
+    let tls_sel = Selector::gdt(LAYOUT.tls_first, Ring::Ring0).bits();
+    let threads = [tls(0), tls(1)];
+    let (mut mismatches, mut errors) = (0u32, 0u32);
+    let start = rdtsc();
+    for i in 0..n {
+        let k = (i % 2) as usize;
+        let e = ops.enter_lazy_cpu();
+        // SAFETY: the TSS and GDT loaded above.
+        let r = unsafe {
+            ops.load_kernel_stack(0x90_0000 + k as u64 * 0x1000)
+                .and_then(|()| ops.load_tls(&threads[k]))
+        };
+        let l = ops.leave_lazy_cpu();
+        errors += u32::from(e.is_err() || r.is_err() || l.is_err());
+        mismatches += u32::from(read_fs0(tls_sel) != PROBES[k].load(Ordering::Relaxed));
+        // A timer tick: a plain load and store, as `jiffies++`.
+        ticks.store(ticks.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+    let cycles = rdtsc().wrapping_sub(start);
+    let done = ticks.load(Ordering::Relaxed);
+    say!(
+        "{}layout={} switches={n} ticks={done} fs_mismatches={mismatches} errors={errors} cycles={cycles}\n",
+        workload::LINE_PREFIX,
+        layout.letter(),
+    );
+    t.check(
+        "workload: every switch's FS read its thread's TLS",
+        mismatches == 0 && errors == 0 && done == u64::from(n),
+        format_args!("mismatches={mismatches} errors={errors} ticks={done}"),
+    );
+}
