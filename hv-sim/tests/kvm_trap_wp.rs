@@ -92,3 +92,37 @@ fn workload_layouts_trap_as_their_sharing_implies() {
     assert_eq!((r.true_traps, r.false_traps), (0, 0));
     assert_eq!(r.fs_mismatches, u64::from(N) / 2, "{}", r.report.boot.text);
 }
+
+/// The same N context switches each way: exits per switch as each
+/// mechanism implies (the Xen and VMI figures from their personalities'
+/// exit counts, not assumed).
+#[test]
+fn paravirt_and_trap_and_emulate_side_by_side() {
+    use hv_sim::kvm::trap::workload::{Way, compare, tsc_hz};
+    if !kvm_or_skip("paravirt_and_trap_and_emulate_side_by_side") {
+        return;
+    }
+    let image = example_kernel_image().expect("example kernel builds");
+    let cfg = Config::default();
+    let hz = tsc_hz(std::time::Duration::from_millis(20));
+    for way in Way::ALL {
+        let c = compare(&image, &cfg, way, 100, hz).unwrap_or_else(|e| panic!("{way:?}: {e}"));
+        println!("{c:?}");
+        match way {
+            Way::Native => assert_eq!(c.exits_per_switch, 0.0),
+            Way::TrapWriteProtect => {
+                assert_eq!(c.exits_per_switch, 3.0, "one #PF exit per TLS store");
+                let p = c.phases.expect("phases");
+                assert!(p.count(hv_sim::emulate::profile::Phase::Fetch) >= 600);
+            }
+            Way::TrapShadow => {
+                assert_eq!(c.exits_per_switch, 0.0);
+                assert_eq!(c.stale, 100, "half of 200 switches read stale TLS");
+            }
+            Way::Xen | Way::Vmi => assert!(c.exits_per_switch >= 1.0),
+        }
+        if way != Way::TrapShadow {
+            assert_eq!(c.stale, 0, "{way:?}");
+        }
+    }
+}

@@ -395,7 +395,7 @@ extern "C" fn kmain(flags: u64, start_info: u64) -> ! {
         pvm: flags & boot_flags::NO_DESCRIPTOR_INSPECTION != 0,
     };
     if flags & boot_flags::WORKLOAD != 0 {
-        workload::run(&ops, &mut t, flags);
+        workload::run(&ops, &mut t, flags, true);
     } else {
         run_checks(&ops, &mut t, &env);
         smp::run(&mut t, flags);
@@ -702,14 +702,19 @@ fn xen_pv_main(start_info: u64) -> ! {
     };
     let (cs, _, ss) = segs();
     say!("xen: running on cs={cs:#x} ss={ss:#x}, boot flags {flags:#x}\n");
-    start_info_checks(&mut t, &boot, matches!(hv, pvops::Hypervisor::Xen { .. }));
-    run_xen_checks(
-        &ops,
-        &mut t,
-        flags & boot_flags::NO_SOFTWARE_INTERRUPTS == 0,
-        flags & boot_flags::NO_DESCRIPTOR_INSPECTION != 0,
-    );
-    smp::run_xen(&mut t, si.pt_base);
+    if flags & boot_flags::WORKLOAD != 0 {
+        // Xen keeps the TSS: no descriptor for it, no load_tr.
+        workload::run(&ops, &mut t, flags, false);
+    } else {
+        start_info_checks(&mut t, &boot, matches!(hv, pvops::Hypervisor::Xen { .. }));
+        run_xen_checks(
+            &ops,
+            &mut t,
+            flags & boot_flags::NO_SOFTWARE_INTERRUPTS == 0,
+            flags & boot_flags::NO_DESCRIPTOR_INSPECTION != 0,
+        );
+        smp::run_xen(&mut t, si.pt_base);
+    }
     say!(
         "done: {}/{} checks passed, {} skipped\n",
         t.passed,
@@ -1023,7 +1028,11 @@ fn vmi_main(flags: u64, rom: pvops_vmi::VmiRom) -> ! {
             ops.name()
         ),
     );
-    run_vmi_checks(&ops, &mut t, soft_int, pvm);
+    if flags & boot_flags::WORKLOAD != 0 {
+        workload::run(&ops, &mut t, flags, true);
+    } else {
+        run_vmi_checks(&ops, &mut t, soft_int, pvm);
+    }
     if flags & boot_flags::HOSTILE != 0 {
         hostile::run(vmi, &mut t, pvm);
     }

@@ -96,8 +96,9 @@ fn tables(layout: Layout) -> Option<(Gdt, Idt, &'static AtomicU64)> {
     })
 }
 
-/// Run the workload the boot flags describe.
-pub fn run<O: DescriptorOps>(ops: &O, t: &mut Tally, flags: u64) {
+/// Run the workload the boot flags describe; `tss`: the kernel has a TSS
+/// of its own to describe and load (not under Xen).
+pub fn run<O: DescriptorOps>(ops: &O, t: &mut Tally, flags: u64, tss: bool) {
     let layout = Layout::from_flags(flags);
     let n = workload::switches(flags);
     let Some((gdt, idt, ticks)) = tables(layout) else {
@@ -107,12 +108,14 @@ pub fn run<O: DescriptorOps>(ops: &O, t: &mut Tally, flags: u64) {
     // Before the tables are loaded (so before anything protects them): the
     // TSS descriptor, and thread 1's TLS so that thread 0's first switch
     // changes it.
-    let tss = SystemDescriptor::tss(TSS.base(), pvops::Tss64::LIMIT).unwrap_or_default();
+    let tss_desc = SystemDescriptor::tss(TSS.base(), pvops::Tss64::LIMIT).unwrap_or_default();
     let slot = |i: u32| gdt.base() + u64::from(i) * 8;
     // SAFETY: slots inside the static GDT the layout names, not loaded yet.
     unsafe {
-        pvops::table::store_u64(slot(LAYOUT.tss as u32), tss.low);
-        pvops::table::store_u64(slot(LAYOUT.tss as u32 + 1), tss.high);
+        if tss {
+            pvops::table::store_u64(slot(LAYOUT.tss as u32), tss_desc.low);
+            pvops::table::store_u64(slot(LAYOUT.tss as u32 + 1), tss_desc.high);
+        }
         for (i, d) in tls(1).iter().enumerate() {
             pvops::table::store_u64(slot(LAYOUT.tls_first as u32 + i as u32), d.0);
         }
@@ -120,7 +123,7 @@ pub fn run<O: DescriptorOps>(ops: &O, t: &mut Tally, flags: u64) {
     // SAFETY: static tables and TSS that stay valid for the kernel's life.
     let r = unsafe {
         ops.load_gdt(&gdt)
-            .and_then(|()| ops.load_tr(TSS_SEL))
+            .and_then(|()| if tss { ops.load_tr(TSS_SEL) } else { Ok(()) })
             .and_then(|()| ops.load_idt(&idt))
             .and_then(|()| ops.load_kernel_stack(0x90_0000))
     };

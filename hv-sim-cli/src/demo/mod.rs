@@ -4,6 +4,7 @@
 //! one summary table ([`report`]), and one verdict line last.
 
 pub mod report;
+mod seeds;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,6 +24,7 @@ pub fn run(verbose: bool) -> ExitCode {
     let xen_calls = kvm_xen(&mut demo);
     kvm_vmi(&mut demo);
     kvm_trap(&mut demo, xen_calls);
+    let seed_lines = seeds::run(&mut demo);
     qemu(&mut demo, &mut smp);
     real_xen(&mut demo);
     if !smp.is_empty() {
@@ -40,6 +42,9 @@ pub fn run(verbose: bool) -> ExitCode {
              loads and faults; QEMU and real Xen run them"
                 .into(),
         );
+    }
+    for line in seed_lines {
+        out!("{line}");
     }
     for line in demo.render(verbose) {
         out!("{line}");

@@ -57,6 +57,7 @@ mod exec;
 pub mod fetch;
 pub mod mock;
 pub mod paged;
+pub mod profile;
 pub mod segment;
 pub mod system;
 pub mod walk;
@@ -376,18 +377,24 @@ pub enum Outcome {
 /// injected (or the original #GP delivered) only for bytes that were still
 /// there after the decision. See `tests/emulate_smc.rs`.
 pub fn emulate<C: CpuState, M: GuestMemory>(cpu: &mut C, mem: &M) -> Outcome {
+    use profile::{Phase, enter};
     let mode = Mode::of(cpu);
-    let f = fetch::fetch(cpu, mem, mode);
+    let f = {
+        let _p = enter(Phase::Fetch);
+        fetch::fetch(cpu, mem, mode)
+    };
     let (outcome, effect, len) = decide(cpu, mem, &f, mode);
     if matches!(outcome, Outcome::NotEmulated(NotEmulated::Fetch(_))) {
         return outcome;
     }
     let at = fetch::byte_linear(cpu, mode, 0).unwrap_or(cpu.rip());
     mem.without_writers(at, len.max(1), || {
+        let _p = enter(Phase::Recheck);
         let again = fetch::fetch(cpu, mem, mode);
         if again.n < len || again.bytes[..len] != f.bytes[..len] {
             return Outcome::NotEmulated(NotEmulated::Changed);
         }
+        let _p = enter(Phase::Commit);
         finish(cpu, mem, outcome, effect)
     })
 }
@@ -429,7 +436,11 @@ fn decide<C: CpuState, M: GuestMemory>(
     f: &fetch::Fetched,
     mode: Mode,
 ) -> (Outcome, Option<exec::Effect>, usize) {
-    let i = match fetch::decode(f, cpu.rip(), mode) {
+    let decoded = {
+        let _p = profile::enter(profile::Phase::Decode);
+        fetch::decode(f, cpu.rip(), mode)
+    };
+    let i = match decoded {
         Ok(i) => i,
         Err(fetch::DecodeError::Fetch(e)) => {
             return (Outcome::NotEmulated(NotEmulated::Fetch(e)), None, 0);
@@ -455,6 +466,7 @@ fn decide<C: CpuState, M: GuestMemory>(
         let o = Outcome::NotEmulated(NotEmulated::Other(format!("{:?}", i.mnemonic())));
         return (o, None, i.len());
     };
+    let _p = profile::enter(profile::Phase::Execute);
     match exec::execute(cpu, mem, &i, insn, mode) {
         Ok(e) => (
             Outcome::Emulated {

@@ -108,6 +108,7 @@ pub fn linear(
     access: SegAccess,
     long_mode: bool,
 ) -> Result<u64, Exception> {
+    let _p = super::profile::enter(super::profile::Phase::Segmentation);
     if long_mode {
         let base = match seg {
             Segment::Fs | Segment::Gs => cache.base,

@@ -152,6 +152,8 @@ pub struct TrapBootReport {
     pub emulate_time: Duration,
     /// Of that, rebuilding the real tables from the guest's, summed.
     pub sync_time: Duration,
+    /// Where the emulator's time went, by phase (profiling on).
+    pub phases: emulate::profile::Phases,
     /// The guest's virtual descriptor-table registers at its exit.
     pub virtual_dt: DtRegisters,
     /// The vCPU's segments at the guest's exit.
@@ -214,6 +216,7 @@ pub fn boot_trap_with(
         handler_time: o.handler_time,
         emulate_time: o.emulate_time,
         sync_time: o.sync_time,
+        phases: o.phases,
         virtual_dt: o.dt,
         final_segments: o.final_segments,
         real_tr_ldtr: o.real_tr_ldtr,
@@ -281,6 +284,7 @@ pub(crate) struct TrapOutcome {
     handler_time: Duration,
     emulate_time: Duration,
     sync_time: Duration,
+    phases: emulate::profile::Phases,
     dt: DtRegisters,
     final_segments: Option<FinalSegments>,
     real_tr_ldtr: Option<((u16, u64), (u16, u64))>,
@@ -302,6 +306,7 @@ pub(crate) struct TrapGuest {
     handler_time: Duration,
     emulate_time: Duration,
     sync_time: Duration,
+    phases: emulate::profile::Phases,
     /// What the real tables hold (to write only changes).
     last_gdt: Vec<u64>,
     last_ldt: Vec<u64>,
@@ -378,6 +383,7 @@ impl TrapGuest {
             handler_time: Duration::ZERO,
             emulate_time: Duration::ZERO,
             sync_time: Duration::ZERO,
+            phases: Default::default(),
             last_gdt: Vec::new(),
             last_ldt: Vec::new(),
             last_idt: vec![(0, 0); 256],
@@ -596,8 +602,11 @@ impl TrapGuest {
             )))
         } else {
             let t = Instant::now();
-            let o = emulate::emulate(&mut cpu, &mem);
+            let (o, p) = emulate::profile::measure(|| {
+                emulate::emulate(&mut cpu, &emulate::profile::Profiled(&mem))
+            });
             self.emulate_time += t.elapsed();
+            self.phases.add(&p);
             o
         };
         let dt_before = self.dt;
@@ -745,6 +754,7 @@ impl TrapGuest {
             handler_time: self.handler_time,
             emulate_time: self.emulate_time,
             sync_time: self.sync_time,
+            phases: self.phases,
             dt: self.dt,
             final_segments: self.final_segments,
             real_tr_ldtr: self.real_tr_ldtr,

@@ -57,32 +57,16 @@ pub fn run_workload(
     let mut cfg = cfg.clone();
     cfg.boot_flags |= proto::flags(layout, switches);
     let report = boot_trap_with(image, &cfg, mode)?;
-    let line = report
-        .boot
-        .text
-        .lines()
-        .find_map(|l| l.strip_prefix(LINE_PREFIX))
-        .ok_or_else(|| {
-            KvmError::BadImage(format!(
-                "the guest printed no `{LINE_PREFIX}` line (is it the workload kernel?): {}",
-                report.boot.text
-            ))
-        })?;
-    let field = |k: &str| {
-        line.split(' ')
-            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| KvmError::BadImage(format!("workload line without {k}: {line}")))
-    };
+    let l = Line::parse(&report.boot.text)?;
     let wp = report.write_protect.clone().unwrap_or_default();
     Ok(WorkloadRun {
         layout,
         mode,
-        switches: field("switches")?,
-        ticks: field("ticks")?,
-        fs_mismatches: field("fs_mismatches")?,
-        errors: field("errors")?,
-        guest_cycles: field("cycles")?,
+        switches: l.switches,
+        ticks: l.ticks,
+        fs_mismatches: l.fs_mismatches,
+        errors: l.errors,
+        guest_cycles: l.cycles,
         true_traps: wp.true_traps,
         false_traps: wp.false_traps,
         handler_time: (wp.true_time, wp.false_time),
@@ -108,4 +92,148 @@ pub fn tsc_hz(over: Duration) -> f64 {
         let _ = over;
         0.0
     }
+}
+
+/// The guest's `workload …` line.
+#[derive(Clone, Copy, Debug)]
+struct Line {
+    switches: u64,
+    ticks: u64,
+    fs_mismatches: u64,
+    errors: u64,
+    cycles: u64,
+}
+
+impl Line {
+    fn parse(text: &str) -> Result<Line, KvmError> {
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(LINE_PREFIX))
+            .ok_or_else(|| {
+                KvmError::BadImage(format!(
+                    "the guest printed no `{LINE_PREFIX}` line (is it the workload kernel?): {text}"
+                ))
+            })?;
+        let field = |k: &str| {
+            line.split(' ')
+                .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| KvmError::BadImage(format!("workload line without {k}: {line}")))
+        };
+        Ok(Line {
+            switches: field("switches")?,
+            ticks: field("ticks")?,
+            fs_mismatches: field("fs_mismatches")?,
+            errors: field("errors")?,
+            cycles: field("cycles")?,
+        })
+    }
+}
+
+/// How the workload's context switches reach the hypervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Way {
+    /// The native backend in ring 0 under KVM: no hypervisor in the path.
+    Native,
+    /// The Xen-style personality: hypercalls (a multicall per lazy switch).
+    Xen,
+    /// The VMI-style personality: ROM calls, batched in lazy mode.
+    Vmi,
+    /// Trap-and-emulate with the table pages write-protected.
+    TrapWriteProtect,
+    /// Trap-and-emulate with shadowing only (stale between traps).
+    TrapShadow,
+}
+
+impl Way {
+    /// All of them, in report order.
+    pub const ALL: [Way; 5] = [
+        Way::Native,
+        Way::Xen,
+        Way::Vmi,
+        Way::TrapWriteProtect,
+        Way::TrapShadow,
+    ];
+
+    /// A short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Way::Native => "native (ring 0, no VMM)",
+            Way::Xen => "paravirt: Xen-style hypercalls",
+            Way::Vmi => "paravirt: VMI-style ROM calls",
+            Way::TrapWriteProtect => "trap-and-emulate + write protect",
+            Way::TrapShadow => "trap-and-emulate, shadowing only",
+        }
+    }
+}
+
+/// One way through the same N context switches (layout a).
+#[derive(Clone, Debug)]
+pub struct Compared {
+    /// Which.
+    pub way: Way,
+    /// VM exits per context switch: the exits of a boot with 2N switches
+    /// less those of one with N, over N.
+    pub exits_per_switch: f64,
+    /// Guest TSC cycles per switch (the 2N boot's loop), in µs.
+    pub us_per_switch: f64,
+    /// Switches whose FS read a stale TLS descriptor (2N boot).
+    pub stale: u64,
+    /// Write-protect mode: where hv-sim's store emulation time went.
+    pub phases: Option<crate::emulate::profile::Phases>,
+    /// hv-sim's handling time per trap, µs (write-protect mode).
+    pub handler_us: Option<f64>,
+}
+
+/// Boot `way` with `switches` switches: (exits, the workload line, the
+/// write-protect report).
+fn boot_way(
+    image: &[u8],
+    cfg: &Config,
+    way: Way,
+    switches: u16,
+) -> Result<(u64, Line, Option<super::WpReport>), KvmError> {
+    let mut cfg = cfg.clone();
+    cfg.boot_flags |= proto::flags(Layout::Separate, switches);
+    let (boot, wp) = match way {
+        Way::Native => (crate::kvm::boot(image, &cfg)?, None),
+        Way::Xen => (crate::kvm::xen::boot_xen(image, &cfg)?.boot, None),
+        Way::Vmi => (crate::kvm::vmi::boot_vmi(image, &cfg)?.boot, None),
+        Way::TrapWriteProtect | Way::TrapShadow => {
+            let mode = if way == Way::TrapShadow {
+                TrapMode::Shadow
+            } else {
+                TrapMode::WriteProtect
+            };
+            let r = boot_trap_with(image, &cfg, mode)?;
+            (r.boot, r.write_protect)
+        }
+    };
+    Ok((boot.exits.total(), Line::parse(&boot.text)?, wp))
+}
+
+/// The same guest operations (N then 2N lazy context switches, layout a)
+/// each way; `tsc_hz` converts the guest's cycles.
+pub fn compare(
+    image: &[u8],
+    cfg: &Config,
+    way: Way,
+    n: u16,
+    tsc_hz: f64,
+) -> Result<Compared, KvmError> {
+    let n2 = n.saturating_mul(2);
+    let (e1, _, _) = boot_way(image, cfg, way, n)?;
+    let (e2, l, wp) = boot_way(image, cfg, way, n2)?;
+    let handler_us = wp.as_ref().map(|w| {
+        let traps = (w.true_traps + w.false_traps).max(1);
+        (w.true_time + w.false_time).as_secs_f64() * 1e6 / traps as f64
+    });
+    Ok(Compared {
+        way,
+        exits_per_switch: e2.saturating_sub(e1) as f64 / f64::from(n2 - n).max(1.0),
+        us_per_switch: l.cycles as f64 / tsc_hz.max(1.0) * 1e6 / l.switches.max(1) as f64,
+        stale: l.fs_mismatches,
+        phases: wp.map(|w| w.phases),
+        handler_us,
+    })
 }

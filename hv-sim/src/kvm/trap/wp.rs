@@ -42,6 +42,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 use super::cpu::TrapCpu;
 use super::store::Store;
 use super::{PagingMemory, TRAP_TEXT, TrapGuest};
+use crate::emulate::profile::{Phase, Phases, Profiled, enter, measure};
 use crate::emulate::{Access, CpuState, GuestMemory, Mode, fetch};
 use crate::kvm::layout::{PTE_P, PTE_RW, PTE_U};
 use crate::kvm::ports;
@@ -92,8 +93,11 @@ pub struct WpReport {
     pub reprotects: u64,
     /// The linear pages protected at the guest's exit.
     pub protected: Vec<u64>,
-    /// Real-table slots rewritten by stores: (table, index).
+    /// Real-table slots rewritten by stores.
     pub slots_updated: u64,
+    /// Where the store emulations' time went (commit: the real-table
+    /// update).
+    pub phases: Phases,
 }
 
 /// Write-protect mode's state.
@@ -263,7 +267,11 @@ impl TrapGuest {
         cpu.regs.rip = rip;
         cpu.regs.rsp = rsp;
         cpu.regs.rflags = rflags;
-        let done = self.emulate_store(&mut cpu, &sregs, &mem, cr2)?;
+        let (done, phases) = measure(|| self.emulate_store(&mut cpu, &sregs, &mem, cr2));
+        if let Some(wp) = self.wp.as_mut() {
+            wp.report.phases.add(&phases);
+        }
+        let done = done?;
         let Some((touched, len)) = done else {
             if let Some(wp) = self.wp.as_mut() {
                 wp.report.restarts += 1;
@@ -294,11 +302,16 @@ impl TrapGuest {
         &mut self,
         cpu: &mut TrapCpu,
         sregs: &kvm_sregs,
-        mem: &PagingMemory<'_>,
+        raw: &PagingMemory<'_>,
         cr2: u64,
     ) -> Result<Option<(u64, usize)>, String> {
+        let mem = &Profiled(raw);
         let mode = Mode::of(cpu);
-        let bytes = fetch::fetch(cpu, mem, mode);
+        let bytes = {
+            let _p = enter(Phase::Fetch);
+            fetch::fetch(cpu, mem, mode)
+        };
+        let p = enter(Phase::Decode);
         let i = fetch::decode(&bytes, cpu.rip(), mode).map_err(|_| {
             format!(
                 "write-protect mode: the faulting store at {:#x} cannot be fetched or decoded",
@@ -312,6 +325,7 @@ impl TrapGuest {
                 cpu.rip()
             )
         })?;
+        drop(p);
         let (addr, n) = (st.addr, st.size);
         if !(addr..addr.wrapping_add(n as u64)).contains(&cr2) {
             return Err(format!(
@@ -323,10 +337,13 @@ impl TrapGuest {
         let len = i.len();
         let at = fetch::byte_linear(cpu, mode, 0).unwrap_or(cpu.rip());
         let stored = mem.without_writers(at, len, || {
+            let p = enter(Phase::Recheck);
             let again = fetch::fetch(cpu, mem, mode);
             if again.n < len || again.bytes[..len] != bytes.bytes[..len] {
                 return Ok::<bool, String>(false);
             }
+            drop(p);
+            let _p = enter(Phase::Execute);
             let mut old = [0u8; 8];
             mem.read(addr, &mut old[..n], Access::Read)
                 .map_err(|pf| format!("reading the operand at {addr:#x}: {pf:?}"))?;
@@ -339,7 +356,8 @@ impl TrapGuest {
         if !stored {
             return Ok(None);
         }
-        Ok(Some((self.update_slots(addr, n as u64, mem)?, len)))
+        let _p = enter(Phase::Commit);
+        Ok(Some((self.update_slots(addr, n as u64, raw)?, len)))
     }
 
     /// Rebuild the real slots of every table that `[addr, addr + n)`
