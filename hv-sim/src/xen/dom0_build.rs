@@ -3,29 +3,29 @@
 //! them.
 
 use super::*;
+use crate::xen::error::BootstrapError;
 
 impl Inner {
     /// Type the bootstrap tables in `pfns` (the first is the L4) as
     /// `mark_pv_pt_pages_rdonly` does: mapped read-only, each validated
     /// with one type reference from its parent's entry, the L4 pinned and
     /// installed as vCPU 0's root. Their L1s become the live ones.
-    pub(crate) fn install_bootstrap(&mut self, pfns: std::ops::Range<u64>) -> Result<(), String> {
+    pub(crate) fn install_bootstrap(
+        &mut self,
+        pfns: std::ops::Range<u64>,
+    ) -> Result<(), BootstrapError> {
         let owned = |p: u64| p >= self.reserved as u64 && p < self.pages() as u64;
         if pfns.is_empty() {
-            return Err("no bootstrap page tables".into());
+            return Err(BootstrapError::Empty);
         }
         for pfn in pfns.clone() {
             let p = pfn as usize;
             if !owned(pfn) {
-                return Err(format!(
-                    "bootstrap page table pfn {pfn:#x} is not the domain's"
-                ));
+                return Err(BootstrapError::NotOwned { pfn });
             }
             let f = &self.frames[p];
             if f.typ != PageType::Writable || f.type_count != 1 || f.refs != 1 {
-                return Err(format!(
-                    "bootstrap page table pfn {pfn:#x} is already in use"
-                ));
+                return Err(BootstrapError::InUse { pfn });
             }
         }
         // Walk the tables from the root: (pfn, level, VA of its slot 0).
@@ -34,7 +34,7 @@ impl Inner {
         let mut todo = vec![(root, 4u8, 0u64)];
         while let Some((p, level, va)) = todo.pop() {
             if level_of.insert(p, (level, va)).is_some() {
-                return Err(format!("bootstrap page table pfn {p:#x} is reached twice"));
+                return Err(BootstrapError::ReachedTwice { pfn: p as u64 });
             }
             if level == 1 {
                 continue;
@@ -49,15 +49,18 @@ impl Inner {
                 match self.m2p(mfn_of(e)).filter(|c| pfns.contains(&(*c as u64))) {
                     Some(c) => todo.push((c, level - 1, child_va)),
                     None => {
-                        return Err(format!(
-                            "bootstrap L{level} pfn {p:#x} slot {slot} = {e:#x} names no bootstrap table"
-                        ));
+                        return Err(BootstrapError::ForeignEntry {
+                            level,
+                            pfn: p as u64,
+                            slot,
+                            entry: e,
+                        });
                     }
                 }
             }
         }
         if level_of.len() != pfns.clone().count() {
-            return Err("a bootstrap page-table frame is not reachable from the L4".into());
+            return Err(BootstrapError::Unreachable);
         }
         for (&p, &(level, va)) in &level_of {
             self.ptes[p] &= !PTE_RW;

@@ -485,10 +485,13 @@ impl XenDomain {
     /// A pfn outside the domain's own RAM, a frame already in use (the
     /// domain's invariants would break), a table entry naming a frame
     /// outside `pfns`, or a frame the walk does not reach.
-    pub fn install_bootstrap_tables(&self, pfns: std::ops::Range<u64>) -> Result<(), String> {
+    pub fn install_bootstrap_tables(
+        &self,
+        pfns: std::ops::Range<u64>,
+    ) -> Result<(), crate::xen::error::BootstrapError> {
         let mut g = self.lock();
         g.install_bootstrap(pfns)?;
-        g.invariants()
+        Ok(g.invariants()?)
     }
 
     /// Take the console text written so far (and the count of bytes

@@ -3,20 +3,24 @@
 //! and differential tests.
 
 use super::*;
+use crate::xen::error::InvariantError;
 
 impl Inner {
-    pub(super) fn invariants(&self) -> Result<(), String> {
+    pub(super) fn invariants(&self) -> Result<(), InvariantError> {
         let krpl = u64::from(self.abi.krpl());
         // The entry's name is formatted only for the error (this runs after
         // every call in the fuzzer and the property tests).
-        let check = |table: &str, v: usize, idx: usize, d: u64| -> Result<(), String> {
+        let check = |table: &'static str, v: usize, idx: usize, d: u64| {
             let present = d & (1 << 47) != 0;
             let s = d & (1 << 44) != 0;
             if present && s && (d >> 45) & 3 < krpl {
-                return Err(format!(
-                    "vcpu{v} {table}[{idx}] = {d:#018x} has DPL {} < krpl {krpl}",
-                    (d >> 45) & 3
-                ));
+                return Err(InvariantError::LowDpl {
+                    vcpu: v,
+                    table,
+                    index: idx,
+                    desc: d,
+                    krpl: krpl as u8,
+                });
             }
             Ok(())
         };
@@ -26,7 +30,11 @@ impl Inner {
             }
             for (slot, m) in vc.ldt_mapped.iter().enumerate() {
                 if let Some(mfn) = m {
-                    let pfn = self.m2p(*mfn).ok_or("LDT slot maps a foreign frame")?;
+                    let pfn = self.m2p(*mfn).ok_or_else(|| {
+                        InvariantError::Accounting(format!(
+                            "vcpu{v} LDT slot {slot} maps mfn {mfn:#x}, not the domain's"
+                        ))
+                    })?;
                     for i in 0..512 {
                         check("LDT", v, slot * 512 + i, self.ram.read_u64(pfn, i * 8))?;
                     }
@@ -55,7 +63,7 @@ impl Inner {
             }
         }
         // Page-table entries, pins and roots (pagetables.rs).
-        let pt = self.pt_users()?;
+        let pt = self.pt_users().map_err(InvariantError::Accounting)?;
         for (pfn, r) in rw.iter_mut().enumerate() {
             *r += pt.rw[pfn];
         }
@@ -68,26 +76,32 @@ impl Inner {
                 PageType::None => 0,
             };
             if fi.type_count != want {
-                return Err(format!(
+                return Err(InvariantError::Accounting(format!(
                     "mfn {mfn:#x}: type {} count {} but {want} users",
                     fi.typ.name(),
                     fi.type_count
-                ));
+                )));
             }
             if fi.typ != PageType::Writable && rw[pfn] > 0 {
-                return Err(format!(
+                return Err(InvariantError::Accounting(format!(
                     "mfn {mfn:#x} has type {} but is mapped writable",
                     fi.typ.name()
-                ));
+                )));
             }
             if fi.refs != mapped[pfn] + seg[pfn] + pt.refs[pfn] {
-                return Err(format!("mfn {mfn:#x}: refs {} wrong", fi.refs));
+                return Err(InvariantError::Accounting(format!(
+                    "mfn {mfn:#x}: refs {} but {} mappings and users",
+                    fi.refs,
+                    mapped[pfn] + seg[pfn] + pt.refs[pfn]
+                )));
             }
             if fi.typ == PageType::SegDesc && !self.shadows.contains_key(pfn) {
-                return Err(format!("mfn {mfn:#x}: seg_desc without shadow"));
+                return Err(InvariantError::Accounting(format!(
+                    "mfn {mfn:#x}: seg_desc without shadow"
+                )));
             }
         }
-        self.pt_invariants()
+        self.pt_invariants().map_err(InvariantError::Accounting)
     }
 }
 
@@ -144,7 +158,10 @@ impl XenDomain {
     ///
     /// Like every entry point, it first looks for direct guest writes to
     /// descriptor frames (recording and undoing them as violations).
-    pub fn check_invariants(&self) -> Result<(), String> {
+    ///
+    /// # Errors
+    /// The first broken invariant.
+    pub fn check_invariants(&self) -> Result<(), InvariantError> {
         let mut g = self.lock();
         g.audit();
         g.invariants()

@@ -60,6 +60,7 @@
 
 pub mod descriptor_policy;
 pub mod domain;
+pub mod error;
 pub mod mem;
 pub mod misc;
 pub mod platform;
@@ -68,6 +69,7 @@ pub mod traps;
 
 pub use descriptor_policy::{Abi, Reject, check_descriptor};
 pub use domain::{GuestFault, TrapInfo, VcpuEntry, VcpuState, XenDomain, XenVersion};
+pub use error::{BootstrapError, InvariantError};
 pub use mem::{FrameInfo, PageType};
 pub use platform::XenVcpu;
 pub use trace::{Change, ChangeIds, EventDisplay, Trace, TraceEvent};

@@ -149,7 +149,7 @@ pub(crate) struct XenOutcome {
     trace: Trace,
     vcpu: VcpuState,
     violations: Vec<String>,
-    invariants: Result<(), String>,
+    invariants: Result<(), crate::xen::InvariantError>,
     pte_flushes: u64,
     emulated_cpuids: u64,
     bounced: BTreeMap<u8, u64>,
@@ -193,7 +193,7 @@ pub struct XenBootReport {
     /// Direct writes to live descriptor frames the domain detected.
     pub violations: Vec<String>,
     /// The domain's invariants at the end.
-    pub invariants: Result<(), String>,
+    pub invariants: Result<(), crate::xen::InvariantError>,
     /// Times the real page tables changed and KVM's shadow copies were
     /// dropped (memory slot re-registered).
     pub pte_flushes: u64,
