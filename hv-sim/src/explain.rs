@@ -20,20 +20,40 @@ const QUOTED_PREFIX: usize = 24;
 /// short forms. `explain` and `check-descriptor` both parse with this, so
 /// they accept the same inputs. The error quotes at most a short prefix of
 /// the input, however long it is.
-pub fn parse_descriptor(s: &str) -> Result<u64, String> {
+pub fn parse_descriptor(s: &str) -> Result<u64, ParseDescriptorError> {
     let digits = s
         .strip_prefix("0x")
         .or_else(|| s.strip_prefix("0X"))
         .unwrap_or(s);
+    let malformed = || ParseDescriptorError {
+        quoted: quote_prefix(s),
+    };
     if digits.len() != 16 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "malformed descriptor {}: expected {DESCRIPTOR_FORMS}",
-            quote_prefix(s)
-        ));
+        return Err(malformed());
     }
-    u64::from_str_radix(digits, 16)
-        .map_err(|e| format!("malformed descriptor {}: {e}", quote_prefix(s)))
+    // 16 hex digits always fit in a u64.
+    u64::from_str_radix(digits, 16).map_err(|_| malformed())
 }
+
+/// A malformed descriptor ([`parse_descriptor`]): not [`DESCRIPTOR_FORMS`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ParseDescriptorError {
+    /// The input, quoted and cut to a short prefix ([`quote_prefix`]).
+    pub quoted: String,
+}
+
+impl std::fmt::Display for ParseDescriptorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "malformed descriptor {}: expected {DESCRIPTOR_FORMS}",
+            self.quoted
+        )
+    }
+}
+
+impl std::error::Error for ParseDescriptorError {}
 
 /// The longest stdin line `explain -` and `check-descriptor -` read, in
 /// bytes (not counting its `\n`): a descriptor line is at most a few dozen.
@@ -58,6 +78,15 @@ impl std::fmt::Display for InputError {
     }
 }
 
+impl std::error::Error for InputError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            InputError::Input(_) => None,
+            InputError::Output(e) => Some(e),
+        }
+    }
+}
+
 /// The descriptors of a subcommand's arguments, in order, each handed to
 /// `each` with its text: the arguments themselves, or with a single `-`
 /// one per line of `stdin` (blank lines and spaces around a descriptor,
@@ -75,7 +104,7 @@ pub fn for_each_descriptor<R: BufRead>(
 ) -> Result<(), InputError> {
     if !(args.len() == 1 && args[0] == "-") {
         for h in args {
-            let v = parse_descriptor(h).map_err(InputError::Input)?;
+            let v = parse_descriptor(h).map_err(|e| InputError::Input(e.to_string()))?;
             each(h, v).map_err(InputError::Output)?;
         }
         return Ok(());
@@ -214,7 +243,7 @@ mod tests {
             "0x0x00af9b000000ff",
             "00af9b000000fff\u{e9}",
         ] {
-            let e = parse_descriptor(bad).unwrap_err();
+            let e = parse_descriptor(bad).unwrap_err().to_string();
             assert!(e.starts_with("malformed descriptor "), "{bad:?}: {e}");
             assert!(e.contains("16 hex digits"), "{bad:?}: {e}");
         }
@@ -225,12 +254,14 @@ mod tests {
     #[test]
     fn errors_quote_a_short_prefix() {
         let long = "q".repeat(1 << 20);
-        let e = parse_descriptor(&long).unwrap_err();
+        let e = parse_descriptor(&long).unwrap_err().to_string();
         assert!(e.len() < 200, "{} bytes", e.len());
         assert!(e.contains("qqqq\"... (1048576 bytes)"), "{e}");
         // Multi-byte characters are cut on a character boundary.
         let wide = "\u{e9}".repeat(100);
         let e = parse_descriptor(&wide).unwrap_err();
+        assert_eq!(e.quoted, quote_prefix(&wide));
+        let e = e.to_string();
         assert!(e.contains("(200 bytes)"), "{e}");
         assert_eq!(quote_prefix("ab"), "\"ab\"");
     }

@@ -376,8 +376,9 @@ pub fn case(s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
                 match (&got, want) {
                     (Ok(v), Some(w)) if *v == w => {}
                     (Err(e), None) => {
-                        if e.len() > 300 {
-                            return Err(format!("parse_descriptor error is {} bytes", e.len()));
+                        if e.to_string().len() > 300 {
+                            let n = e.to_string().len();
+                            return Err(format!("parse_descriptor error is {n} bytes"));
                         }
                     }
                     _ => {
