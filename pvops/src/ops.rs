@@ -81,10 +81,11 @@ impl GdtLayout {
         ldt: 10,
         tss: 8,
     };
-    /// Linux i386: TLS 6..=8, LDT 15, TSS 16.
+    /// Linux i386 (`asm/segment.h`, `CONFIG_X86_32`): TLS 6..=8, TSS 16,
+    /// LDT 17 (12..=15 are kernel code/data and user code/data).
     pub const LINUX_I386: GdtLayout = GdtLayout {
         tls_first: 6,
-        ldt: 15,
+        ldt: 17,
         tss: 16,
     };
 

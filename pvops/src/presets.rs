@@ -191,6 +191,23 @@ mod tests {
     }
 
     #[test]
+    fn linux_i386_layout() {
+        // Literals from arch/x86/include/asm/segment.h (CONFIG_X86_32
+        // branch): GDT_ENTRY_TLS_MIN 6, GDT_ENTRY_KERNEL_CS 12,
+        // GDT_ENTRY_KERNEL_DS 13, GDT_ENTRY_DEFAULT_USER_CS 14,
+        // GDT_ENTRY_DEFAULT_USER_DS 15, GDT_ENTRY_TSS 16, GDT_ENTRY_LDT 17.
+        // The LDT slot was 15 (user DS) until issue 11's 32-bit kernel
+        // found `load_ldt` overwriting its user data segment.
+        let l = GdtLayout::LINUX_I386;
+        assert_eq!((l.tls_first, l.tss, l.ldt), (6, 16, 17));
+        let fixed = [l.tls_first, l.tls_first + 1, l.tls_first + 2, l.tss, l.ldt];
+        for (i, a) in fixed.iter().enumerate() {
+            assert!(!(12..=15).contains(a), "slot {a} holds a code/data segment");
+            assert!(!fixed[i + 1..].contains(a), "slot {a} used twice");
+        }
+    }
+
+    #[test]
     fn preset_fields_read_back() {
         assert!(KERNEL_CODE64.long_mode() && !KERNEL_CODE64.default_big());
         assert_eq!(KERNEL_CODE64.dpl(), Ring::Ring0);
