@@ -17,14 +17,14 @@ pub fn kernel_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kernel")
 }
 
-fn target_installed() -> bool {
+fn target_installed(target: &str) -> bool {
     let out = Command::new("rustc").args(["--print", "sysroot"]).output();
     match out {
         Ok(o) if o.status.success() => {
             let sysroot = String::from_utf8_lossy(&o.stdout).trim().to_string();
             Path::new(&sysroot)
                 .join("lib/rustlib")
-                .join(TARGET)
+                .join(target)
                 .join("lib")
                 .is_dir()
         }
@@ -64,9 +64,10 @@ pub enum KernelBuildError {
         /// What starting it returned.
         reason: String,
     },
-    /// `rustup target add x86_64-unknown-none` failed.
-    #[error("`rustup target add {TARGET}` failed ({0})")]
-    AddTarget(String),
+    /// `rustup target add <target>` failed (the target, then rustup's
+    /// status).
+    #[error("`rustup target add {0}` failed ({1})")]
+    AddTarget(String, String),
     /// cargo failed.
     #[error("building the kernel in {dir} failed:\n{stderr}")]
     Cargo {
@@ -97,21 +98,34 @@ pub fn build_example_kernel() -> Result<PathBuf, KernelBuildError> {
 /// ([`target_root`]), saying so on standard error (a first build takes a
 /// minute); returns the directory that holds its binaries.
 pub fn build_kernel_workspace(dir: &Path, target_name: &str) -> Result<PathBuf, KernelBuildError> {
-    if !target_installed() {
+    build_kernel_workspace_for(dir, target_name, TARGET)
+}
+
+/// [`build_kernel_workspace`] for another target triple (`examples/kernel32`
+/// builds for `i686-unknown-linux-gnu`).
+pub fn build_kernel_workspace_for(
+    dir: &Path,
+    target_name: &str,
+    target: &str,
+) -> Result<PathBuf, KernelBuildError> {
+    if !target_installed(target) {
         let st = Command::new("rustup")
-            .args(["target", "add", TARGET])
+            .args(["target", "add", target])
             .status()
             .map_err(|e| KernelBuildError::Spawn {
                 tool: "rustup".into(),
                 reason: e.to_string(),
             })?;
         if !st.success() {
-            return Err(KernelBuildError::AddTarget(st.to_string()));
+            return Err(KernelBuildError::AddTarget(
+                target.to_string(),
+                st.to_string(),
+            ));
         }
     }
     let target_dir = target_root().join(target_name);
     eprintln!(
-        "hv-sim: building {} for {TARGET} in {}",
+        "hv-sim: building {} for {target} in {}",
         dir.display(),
         target_dir.display()
     );
@@ -124,7 +138,7 @@ pub fn build_kernel_workspace(dir: &Path, target_name: &str) -> Result<PathBuf, 
             "--quiet",
             "--locked",
             "--target",
-            TARGET,
+            target,
         ])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env_remove("RUSTFLAGS")
@@ -140,5 +154,5 @@ pub fn build_kernel_workspace(dir: &Path, target_name: &str) -> Result<PathBuf, 
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    Ok(target_dir.join(TARGET).join("release"))
+    Ok(target_dir.join(target).join("release"))
 }
