@@ -9,6 +9,7 @@ pub use hvsim_boot_protocol::workload::Layout;
 use hvsim_boot_protocol::workload::{self as proto, LINE_PREFIX};
 
 use super::{TrapBootReport, TrapMode, boot_trap_with};
+use crate::emulate::profile::Phase;
 use crate::kvm::{Config, KvmError};
 
 /// One workload boot.
@@ -43,6 +44,12 @@ impl WorkloadRun {
     /// Traps of one kind per 1000 switches.
     pub fn per_1000(&self, traps: u64) -> f64 {
         traps as f64 * 1000.0 / self.switches.max(1) as f64
+    }
+
+    /// hv-sim's handling time per write-protect trap, median, µs.
+    pub fn median_handler_us(&self) -> f64 {
+        let w = self.report.write_protect.as_ref();
+        median_us(w.map_or(Vec::new(), |w| w.samples.iter().map(|s| s.0).collect()))
     }
 }
 
@@ -179,9 +186,10 @@ pub struct Compared {
     pub us_per_switch: f64,
     /// Switches whose FS read a stale TLS descriptor (2N boot).
     pub stale: u64,
-    /// Write-protect mode: where hv-sim's store emulation time went.
-    pub phases: Option<crate::emulate::profile::Phases>,
-    /// hv-sim's handling time per trap, µs (write-protect mode).
+    /// Write-protect mode: where hv-sim's store emulation time went, the
+    /// median per trap of each phase (µs), in [`Phase::ALL`]'s order.
+    pub phases_us: Option<Vec<(Phase, f64)>>,
+    /// Write-protect mode: hv-sim's handling time per trap, median, µs.
     pub handler_us: Option<f64>,
 }
 
@@ -224,16 +232,32 @@ pub fn compare(
     let n2 = n.saturating_mul(2);
     let (e1, _, _) = boot_way(image, cfg, way, n)?;
     let (e2, l, wp) = boot_way(image, cfg, way, n2)?;
-    let handler_us = wp.as_ref().map(|w| {
-        let traps = (w.true_traps + w.false_traps).max(1);
-        (w.true_time + w.false_time).as_secs_f64() * 1e6 / traps as f64
+    let handler_us = wp
+        .as_ref()
+        .map(|w| median_us(w.samples.iter().map(|s| s.0).collect()));
+    let phases_us = wp.as_ref().map(|w| {
+        Phase::ALL
+            .iter()
+            .map(|&p| {
+                (
+                    p,
+                    median_us(w.samples.iter().map(|s| s.1.time(p)).collect()),
+                )
+            })
+            .collect()
     });
     Ok(Compared {
         way,
         exits_per_switch: e2.saturating_sub(e1) as f64 / f64::from(n2 - n).max(1.0),
         us_per_switch: l.cycles as f64 / tsc_hz.max(1.0) * 1e6 / l.switches.max(1) as f64,
         stale: l.fs_mismatches,
-        phases: wp.map(|w| w.phases),
+        phases_us,
         handler_us,
     })
+}
+
+/// The median of `v` in µs (0 for none).
+fn median_us(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e6)
 }

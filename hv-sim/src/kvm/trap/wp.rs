@@ -98,7 +98,14 @@ pub struct WpReport {
     /// Where the store emulations' time went (commit: the real-table
     /// update).
     pub phases: Phases,
+    /// Per trap, the first 4096: (hv-sim's handling time, the
+    /// store emulation's phases), for medians that a preempted trap does
+    /// not skew.
+    pub samples: Vec<(Duration, Phases)>,
 }
+
+/// Most per-trap samples kept.
+const MAX_SAMPLES: usize = 4096;
 
 /// Write-protect mode's state.
 #[derive(Default)]
@@ -268,9 +275,6 @@ impl TrapGuest {
         cpu.regs.rsp = rsp;
         cpu.regs.rflags = rflags;
         let (done, phases) = measure(|| self.emulate_store(&mut cpu, &sregs, &mem, cr2));
-        if let Some(wp) = self.wp.as_mut() {
-            wp.report.phases.add(&phases);
-        }
         let done = done?;
         let Some((touched, len)) = done else {
             if let Some(wp) = self.wp.as_mut() {
@@ -283,6 +287,10 @@ impl TrapGuest {
         vcpu.set_regs(&cpu.regs);
         let dt = t0.elapsed();
         if let Some(wp) = self.wp.as_mut() {
+            wp.report.phases.add(&phases);
+            if wp.report.samples.len() < MAX_SAMPLES {
+                wp.report.samples.push((dt, phases));
+            }
             if touched > 0 {
                 wp.report.true_traps += 1;
                 wp.report.true_time += dt;
