@@ -347,7 +347,7 @@ impl VmiGuest {
             end: cfg.mem_size as u64,
         };
         let hv = VmiHypervisor::with_rom(GuestKind::Vmi64, ram, ROM_BASE, rom)
-            .map_err(KvmError::BadImage)?;
+            .map_err(|e| KvmError::BadImage(e.to_string()))?;
         hv.set_effective_bases(REAL_GDT, REAL_IDT);
         Ok(VmiGuest {
             hv,
@@ -412,7 +412,7 @@ impl VmiGuest {
                 regs.rip,
                 match from_stub {
                     Ok(v) => format!("the stub there exits with {v:#x}"),
-                    Err(e) => e,
+                    Err(e) => e.to_string(),
                 }
             );
             self.hv.bad_entry(entry, why.clone());

@@ -50,6 +50,7 @@
 //! LDT is the one SetLDT named, sp0 is UpdateKernelStack's. Lazy mode 0
 //! means nothing is deferred.
 
+use super::error::Violation;
 use super::machine::{EffectiveState, GuestView, HV_RESERVED_GDT};
 use super::policy::{GuestKind, is_double};
 
@@ -288,7 +289,11 @@ fn idt(kind: GuestKind, e: &EffectiveState) -> Result<(), String> {
 
 /// The safety invariants of an effective state (see the module
 /// documentation). Err = the first violation, described.
-pub fn check_effective(kind: GuestKind, e: &EffectiveState) -> Result<(), String> {
+pub fn check_effective(kind: GuestKind, e: &EffectiveState) -> Result<(), Violation> {
+    effective(kind, e).map_err(Violation::from)
+}
+
+fn effective(kind: GuestKind, e: &EffectiveState) -> Result<(), String> {
     gdt(kind, e)?;
     ldt(kind, e)?;
     idt(kind, e)?;
@@ -330,7 +335,11 @@ pub fn check_effective(kind: GuestKind, e: &EffectiveState) -> Result<(), String
 
 /// The effective state agrees with the guest's view (call only when no
 /// update is deferred).
-pub fn check_view(kind: GuestKind, g: &GuestView, e: &EffectiveState) -> Result<(), String> {
+pub fn check_view(kind: GuestKind, g: &GuestView, e: &EffectiveState) -> Result<(), Violation> {
+    view(kind, g, e).map_err(Violation::from)
+}
+
+fn view(kind: GuestKind, g: &GuestView, e: &EffectiveState) -> Result<(), String> {
     match g.gdtr {
         Some(p) => {
             let n = (p.limit as usize + 1) / 8;

@@ -8,6 +8,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use super::abi::{self, Reloc, call, lazy};
+use super::error::{CheckedState, EntryError, InvariantError, RomError};
 use super::invariants;
 use super::policy::GuestKind;
 use super::rom::{self, ROM_SIZE, RomBuilder};
@@ -147,15 +148,23 @@ impl<M: GuestMemory> VmiHypervisor<M> {
     /// A hypervisor with the ROM `rom` at `base`, which must be a 2 KiB
     /// boundary inside the scan window 0xC0000..0xE0000 (the image must fit
     /// before 0xE0000).
-    pub fn with_rom(kind: GuestKind, mem: M, base: u64, rom: &RomBuilder) -> Result<Self, String> {
+    pub fn with_rom(
+        kind: GuestKind,
+        mem: M,
+        base: u64,
+        rom: &RomBuilder,
+    ) -> Result<Self, RomError> {
         use abi::scan::{END as SCAN_END, START as SCAN_START, STEP as SCAN_STEP};
         if !(SCAN_START..SCAN_END).contains(&base) || base + ROM_SIZE as u64 > SCAN_END {
-            return Err(format!(
-                "ROM at {base:#x} ({ROM_SIZE:#x} bytes) is not inside the option-ROM window {SCAN_START:#x}..{SCAN_END:#x}"
-            ));
+            return Err(RomError::OutsideWindow {
+                base,
+                size: ROM_SIZE,
+                start: SCAN_START,
+                end: SCAN_END,
+            });
         }
         if !base.is_multiple_of(SCAN_STEP) {
-            return Err(format!("ROM at {base:#x} is not on a 2 KiB boundary"));
+            return Err(RomError::Misaligned { base });
         }
         let hv = Self::without_rom(kind, mem);
         hv.place_rom(base, rom)?;
@@ -165,7 +174,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
     /// Place a ROM anywhere in the modelled low memory (0xC0000..1 MiB),
     /// even where a guest will not find it (tests of the probe); it becomes
     /// the ROM this hypervisor answers calls from.
-    pub fn place_rom(&self, base: u64, rom: &RomBuilder) -> Result<(), String> {
+    pub fn place_rom(&self, base: u64, rom: &RomBuilder) -> Result<(), RomError> {
         self.place_bytes(base, &rom.build())?;
         self.lock().rom_base = Some(base);
         Ok(())
@@ -173,13 +182,15 @@ impl<M: GuestMemory> VmiHypervisor<M> {
 
     /// Write raw bytes into the modelled low memory (another option ROM, a
     /// corrupted byte).
-    pub fn place_bytes(&self, addr: u64, bytes: &[u8]) -> Result<(), String> {
+    pub fn place_bytes(&self, addr: u64, bytes: &[u8]) -> Result<(), RomError> {
         let end = addr.checked_add(bytes.len() as u64);
         if addr < PHYS_START || end.is_none_or(|e| e > PHYS_END) {
-            return Err(format!(
-                "{:#x} bytes at {addr:#x} do not fit in the modelled low memory {PHYS_START:#x}..{PHYS_END:#x}",
-                bytes.len()
-            ));
+            return Err(RomError::OutsideLowMemory {
+                addr,
+                len: bytes.len(),
+                start: PHYS_START,
+                end: PHYS_END,
+            });
         }
         let off = (addr - PHYS_START) as usize;
         self.lock().phys[off..off + bytes.len()].copy_from_slice(bytes);
@@ -246,29 +257,28 @@ impl<M: GuestMemory> VmiHypervisor<M> {
     /// sizes, TR/LDTR, TSS and LDT bases and sp0 valid); outside a lazy
     /// batch the effective state agrees with the guest's view; lazy mode 0
     /// has nothing deferred. Err = the first violation, described.
-    pub fn check_invariants(&self) -> Result<(), String> {
+    pub fn check_invariants(&self) -> Result<(), InvariantError> {
+        use CheckedState::{AfterLazyBatch, Applied};
+        let unsafe_in = |state| move |violation| InvariantError::Unsafe { state, violation };
+        let disagrees = |state| move |violation| InvariantError::Disagrees { state, violation };
         let inner = self.lock();
         let k = self.kind;
-        invariants::check_effective(k, &inner.eff).map_err(|e| format!("applied state: {e}"))?;
+        invariants::check_effective(k, &inner.eff).map_err(unsafe_in(Applied))?;
         let Some(future) = &inner.future else {
             if !inner.pending.is_empty() {
-                return Err(format!(
-                    "{} change(s) recorded as deferred but no pending state",
-                    inner.pending.len()
-                ));
+                return Err(InvariantError::DeferredWithoutState {
+                    changes: inner.pending.len(),
+                });
             }
-            return invariants::check_view(k, &inner.guest, &inner.eff);
+            return invariants::check_view(k, &inner.guest, &inner.eff).map_err(disagrees(Applied));
         };
         if inner.guest.lazy_mode == lazy::NONE {
-            return Err(format!(
-                "lazy mode 0 but {} change(s) still deferred",
-                inner.pending.len()
-            ));
+            return Err(InvariantError::DeferredOutsideLazyMode {
+                changes: inner.pending.len(),
+            });
         }
-        invariants::check_effective(k, future)
-            .map_err(|e| format!("after the pending lazy batch: {e}"))?;
-        invariants::check_view(k, &inner.guest, future)
-            .map_err(|e| format!("after the pending lazy batch: {e}"))
+        invariants::check_effective(k, future).map_err(unsafe_in(AfterLazyBatch))?;
+        invariants::check_view(k, &inner.guest, future).map_err(disagrees(AfterLazyBatch))
     }
 
     /// The trace so far.
@@ -289,24 +299,24 @@ impl<M: GuestMemory> VmiHypervisor<M> {
 
     /// Decode the stub at `entry`: the value it puts in eax, or why the
     /// address is not a stub of the active ROM.
-    pub fn decode_entry(&self, entry: u64) -> Result<u32, String> {
+    pub fn decode_entry(&self, entry: u64) -> Result<u32, EntryError> {
         let inner = self.lock();
         let Some(base) = inner.rom_base else {
-            return Err("no ROM is installed".into());
+            return Err(EntryError::NoRom);
         };
         let off = entry.wrapping_sub(base);
         if off >= ROM_SIZE as u64 {
-            return Err(format!(
-                "{entry:#x} is outside the ROM ({base:#x}..{:#x})",
-                base + ROM_SIZE as u64
-            ));
+            return Err(EntryError::OutsideRom {
+                entry,
+                base,
+                end: base + ROM_SIZE as u64,
+            });
         }
         let img = &inner.phys[(base - PHYS_START) as usize..][..ROM_SIZE];
-        rom::decode_stub(img, off as usize).ok_or_else(|| {
-            format!(
-                "{entry:#x} (ROM offset {off:#x}) is not the start of a call stub (mov eax, n; out {:#x}, eax; ret)",
-                abi::port::VMI_PORT
-            )
+        rom::decode_stub(img, off as usize).ok_or(EntryError::NotAStub {
+            entry,
+            offset: off,
+            port: u16::from(abi::port::VMI_PORT),
         })
     }
 

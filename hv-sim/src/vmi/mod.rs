@@ -76,6 +76,7 @@
 
 pub mod abi;
 mod entries;
+pub mod error;
 mod gates;
 pub mod invariants;
 mod kstack;
@@ -89,6 +90,7 @@ mod tables;
 pub mod trace;
 
 pub use abi::Reloc;
+pub use error::{CheckedState, EntryError, InvariantError, RomError, Violation};
 pub use machine::{
     DEFAULT_ROM_BASE, EffectiveState, GuestMemory, GuestView, HostGuestMemory, HostWindow,
     RamMemory, VmiHypervisor, default_answers,

@@ -64,7 +64,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
                 (0, 0xFF)
             }
             Err(why) => {
-                self.bad_entry(jump_point, why);
+                self.bad_entry(jump_point, why.to_string());
                 (0, 0xFF)
             }
         }
@@ -78,7 +78,7 @@ impl<M: GuestMemory> VmiHypervisor<M> {
             Ok(PSEUDO_GET_RELOC) => self.relocation(args[0] as u32).0,
             Ok(nr) => self.vmi_call(nr, args),
             Err(why) => {
-                self.bad_entry(entry, why);
+                self.bad_entry(entry, why.to_string());
                 (-EFAULT) as u64
             }
         }
