@@ -351,7 +351,10 @@ impl Gate64 {
     ///
     /// // An entry stub in assembly (a real one saves registers, calls Rust
     /// // and pops the error code before `iretq`).
+    /// # #[cfg(target_arch = "x86_64")]
     /// core::arch::global_asm!(".globl doc_isr14", "doc_isr14:", "iretq");
+    /// # #[cfg(not(target_arch = "x86_64"))]
+    /// # core::arch::global_asm!(".globl doc_isr14", "doc_isr14:", "iretd");
     /// unsafe extern "C" {
     ///     fn doc_isr14();
     /// }

@@ -656,15 +656,20 @@ mod tests {
             })
         ));
         let tss = GdtEntry::Double(SystemDescriptor::tss(0x5000, crate::Tss64::LIMIT).unwrap());
-        assert_eq!(g.entry_addr(14, &tss), Ok(0x2000 + 112));
-        assert_eq!(
-            g.entry_addr(15, &tss),
-            Err(PvError::DoubleSlotPastEnd {
-                table: TableKind::Gdt,
-                index: 15,
-                entries: 16
-            })
-        );
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(g.entry_addr(14, &tss), Ok(0x2000 + 112));
+            assert_eq!(
+                g.entry_addr(15, &tss),
+                Err(PvError::DoubleSlotPastEnd {
+                    table: TableKind::Gdt,
+                    index: 15,
+                    entries: 16
+                })
+            );
+        } else {
+            // 32-bit mode has no 16-byte descriptors: any slot refuses one.
+            assert_eq!(g.entry_addr(14, &tss), Err(PvError::DoubleSlotUnsupported));
+        }
         assert!(matches!(
             Gdt::from_pointer(DescriptorTablePointer {
                 limit: 8,
@@ -691,6 +696,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn bases() {
         assert!(matches!(
             Gdt::new(0x0000_8000_0000_0000, 1),
@@ -706,6 +712,24 @@ mod tests {
             Gdt::new(u64::MAX - 7, 2),
             Err(PvError::BadTableBase { .. })
         ));
+    }
+
+    /// 32-bit mode: linear addresses are 32 bits; a table must end at or
+    /// below 4 GiB (pvops refuses one that would wrap around to 0).
+    #[test]
+    #[cfg(not(target_arch = "x86_64"))]
+    fn bases_32() {
+        assert!(Gdt::new(0xffff_fff8, 1).is_ok());
+        for (base, n) in [
+            (0xffff_fff8u64, 2u32),
+            (1 << 32, 1),
+            (0xffff_8000_0000_0000, 1),
+        ] {
+            assert!(
+                matches!(Gdt::new(base, n), Err(PvError::BadTableBase { .. })),
+                "{base:#x} x {n}"
+            );
+        }
     }
 
     #[test]
