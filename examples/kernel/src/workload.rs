@@ -8,8 +8,9 @@
 //! load and `mov` store). Prints one `workload …` line with the TSC cycles
 //! the loop took, and one check.
 
+use core::arch::naked_asm;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use hvsim_boot_protocol::workload::{self, Layout};
 use pvops::{
@@ -18,7 +19,7 @@ use pvops::{
 };
 
 use crate::report::Tally;
-use crate::{LAYOUT, TSS, TSS_SEL, read_fs0, say};
+use crate::{KERNEL_CS, LAYOUT, TSS, TSS_SEL, boot_flags, direct_store, read_fs0, say};
 
 /// Gates in the workload's IDT (2 KiB: the exceptions and more).
 const GATES: usize = 128;
@@ -60,6 +61,25 @@ static PROBES: [AtomicU64; 2] = [
     AtomicU64::new(0x7e57_0000_0000_00a0),
     AtomicU64::new(0x7e57_0000_0000_00a1),
 ];
+
+/// #PFs taken by [`pf_skip`].
+static PF_TAKEN: AtomicU32 = AtomicU32::new(0);
+/// A page no guest access reaches under the trap-and-emulate personality
+/// (hv-sim's page tables: not present).
+const UNMAPPED_UNDER_TRAP: u64 = 0x2_0000;
+
+/// #PF (native frame): count it and resume after the 3-byte store of
+/// [`direct_store`].
+#[unsafe(naked)]
+extern "C" fn pf_skip() {
+    naked_asm!(
+        "add rsp, 8",
+        "add qword ptr [rsp], 3",
+        "lock inc dword ptr [rip + {c}]",
+        "iretq",
+        c = sym PF_TAKEN
+    )
+}
 
 /// The time-stamp counter.
 fn rdtsc() -> u64 {
@@ -120,6 +140,13 @@ pub fn run<O: DescriptorOps>(ops: &O, t: &mut Tally, flags: u64, tss: bool) {
             pvops::table::store_u64(slot(LAYOUT.tls_first as u32 + i as u32), d.0);
         }
     }
+    // The #PF gate, also before the IDT is loaded.
+    let pf = IdtGate::interrupt_handler(Selector(KERNEL_CS), pf_skip, Ring::Ring0);
+    // SAFETY: slot 14 of the static IDT the layout names, not loaded yet.
+    unsafe {
+        pvops::table::store_u64(idt.base() + 14 * 16, pf.low);
+        pvops::table::store_u64(idt.base() + 14 * 16 + 8, pf.high);
+    }
     // SAFETY: static tables and TSS that stay valid for the kernel's life.
     let r = unsafe {
         ops.load_gdt(&gdt)
@@ -156,8 +183,19 @@ pub fn run<O: DescriptorOps>(ops: &O, t: &mut Tally, flags: u64, tss: bool) {
         workload::LINE_PREFIX,
         layout.letter(),
     );
+    if flags & boot_flags::DEPRIVILEGED != 0 {
+        // A fault outside the protected pages still reaches the kernel.
+        // SAFETY: the store faults (not present) into pf_skip, which skips it.
+        unsafe { direct_store(UNMAPPED_UNDER_TRAP, 1) };
+        let n = PF_TAKEN.load(Ordering::SeqCst);
+        t.check(
+            "workload #PF outside the table pages reaches the kernel's handler",
+            n == 1,
+            format_args!("#PF count={n}"),
+        );
+    }
     t.check(
-        "workload: every switch's FS read its thread's TLS",
+        "workload FS reads its thread's TLS after every switch",
         mismatches == 0 && errors == 0 && done == u64::from(n),
         format_args!("mismatches={mismatches} errors={errors} ticks={done}"),
     );
