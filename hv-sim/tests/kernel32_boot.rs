@@ -15,7 +15,7 @@ use hv_sim::testing::qemu_or_skip;
 const TARGET: &str = "i686-unknown-linux-gnu";
 
 /// Every check the kernel reports, in order.
-const CHECKS: [&str; 18] = [
+const CHECKS: [&str; 19] = [
     "protected mode, paging off",
     "pvh start info",
     "load_gdt + segment reload",
@@ -27,6 +27,7 @@ const CHECKS: [&str; 18] = [
     "int3 lands in the #BP handler (32-bit gate)",
     "ud2 lands in the #UD handler (32-bit gate)",
     "bad selector -> #GP(selector) through a 32-bit gate, 32-bit frame",
+    "ring 3 -> int 0x80 enters on TSS.ss0:esp0 (32-bit inter-privilege frame)",
     "write_ldt_entry + load_ldt (8-byte LDT descriptor, sldt, store_ldt)",
     "LDT selector loads (FS:[0] through LDT[1])",
     "64 context switches (load_tls via GS, load_kernel_stack, load_ldt) in lazy mode",

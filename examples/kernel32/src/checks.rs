@@ -11,7 +11,8 @@ use pvops::{
 use pvops_native::NativeOps;
 
 use crate::{
-    BP_COUNT, GP_COUNT, GP_CS, GP_EFLAGS, GP_ERROR, Tally, UD_COUNT, bp_handler, gp_handler,
+    BP_COUNT, ENTRY_ESP, ENTRY_SS, FRAME_CS, FRAME_ESP, FRAME_SS, GP_COUNT, GP_CS, GP_EFLAGS,
+    GP_ERROR, RESUME, SAVED_ESP, Tally, UD_COUNT, bp_handler, gp_handler, int80_handler,
     ud_handler,
 };
 
@@ -19,7 +20,10 @@ use crate::{
 /// data 12 and 13, user code and data 14 and 15, TSS 16, LDT 17.
 const LAYOUT: GdtLayout = GdtLayout::LINUX_I386;
 const KERNEL_CS: u16 = 12 << 3;
-const KERNEL_DS: u16 = 13 << 3;
+/// Linux i386's `__KERNEL_DS`.
+pub const KERNEL_DS: u16 = 13 << 3;
+const USER_CS: u16 = (14 << 3) | 3;
+const USER_DS: u16 = (15 << 3) | 3;
 const TSS_SEL: Selector = Selector::gdt(LAYOUT.tss, Ring::Ring0);
 const LDT_SEL: Selector = Selector::gdt(LAYOUT.ldt, Ring::Ring0);
 /// A slot Linux i386 leaves unused, for a 64-bit code segment a 32-bit gate
@@ -41,6 +45,13 @@ static GDT: DescriptorStorage<GDT_ENTRIES> = DescriptorStorage::new(initial_gdt(
 static IDT: IdtStorage<256> = IdtStorage::new([Gate32::MISSING; 256]);
 static LDT: DescriptorStorage<4> = DescriptorStorage::new([Descriptor::NULL; 4]);
 static TSS: TssStorage<Tss32> = TssStorage::new(Tss32::new().with_stack0(KERNEL_DS, 0));
+
+/// The stacks of the ring-3 round trip: ring 3's, and the ring-0 stack
+/// `load_kernel_stack` names in TSS.esp0.
+#[repr(C, align(16))]
+struct SmallStack([u8; 4096]);
+static mut USER_STACK: SmallStack = SmallStack([0; 4096]);
+static mut RING0_STACK: SmallStack = SmallStack([0; 4096]);
 
 /// What FS:[0] / GS:[0] read through the LDT and TLS segments.
 static LDT_PROBE: AtomicU32 = AtomicU32::new(0x1d7_0b1e);
@@ -190,6 +201,7 @@ pub fn run(t: &mut Tally, start_info: u32) {
     let ops = unsafe { NativeOps::new(LAYOUT) };
     tables(&ops, t);
     idt(&ops, t);
+    ring3_round_trip(&ops, t);
     ldt_and_tls(&ops, t);
     refusals(&ops, t);
 }
@@ -326,6 +338,89 @@ fn idt(ops: &NativeOps, t: &mut Tally) {
         "bad selector -> #GP(selector) through a 32-bit gate, 32-bit frame",
         n == 1 && err == 0x7f8 && fcs == u32::from(KERNEL_CS) && fl & 2 != 0,
         format_args!("count={n} error={err:#x} frame cs={fcs:#x} eflags={fl:#x}"),
+    );
+}
+
+/// `iretd` to ring 3 (user code and data of the GDT), `int 0x80` through
+/// a DPL 3 32-bit gate: the CPU takes the ring-0 stack from the 32-bit TSS
+/// (`load_kernel_stack` wrote esp0) and pushes a 5-dword frame on it.
+fn ring3_round_trip(ops: &NativeOps, t: &mut Tally) {
+    let idt = IDT.idt().expect("a static IDT is a valid table");
+    let top0 = (&raw const RING0_STACK) as u32 + size_of::<SmallStack>() as u32;
+    let top3 = (&raw const USER_STACK) as u32 + size_of::<SmallStack>() as u32;
+    let gate = Gate32::interrupt(
+        Selector(KERNEL_CS),
+        int80_handler as extern "C" fn() as usize as u32,
+        Ring::Ring3,
+    );
+    // SAFETY: static IDT and TSS; the handler is the naked stub in main.rs.
+    let r = unsafe {
+        ops.write_idt_entry(&idt, 0x80, gate)
+            .and_then(|()| ops.load_kernel_stack(u64::from(top0)))
+    };
+    if r.is_ok() {
+        // SAFETY: the user segments are flat and present (DPL 3), paging is
+        // off, so ring 3 may run this code on USER_STACK; `int 0x80` enters
+        // int80_handler on RING0_STACK, which restores the saved ESP and
+        // jumps to label 4. ebx, esi and ebp are saved on the kernel stack
+        // and restored; every other register is declared clobbered.
+        unsafe {
+            asm!(
+                "push ebp",
+                "push esi",
+                "push ebx",
+                "lea eax, [4f]",
+                "mov [{resume}], eax",
+                "mov [{saved}], esp",
+                "push {uds}",
+                "push ecx",
+                "pushfd",
+                "push {ucs}",
+                "lea eax, [3f]",
+                "push eax",
+                "iretd",
+                "3:",
+                "int 0x80",
+                "ud2",
+                "4:",
+                "mov eax, {kds}",
+                "mov ds, eax",
+                "mov es, eax",
+                "pop ebx",
+                "pop esi",
+                "pop ebp",
+                resume = sym RESUME,
+                saved = sym SAVED_ESP,
+                uds = const USER_DS as u32,
+                ucs = const USER_CS as u32,
+                kds = const KERNEL_DS as u32,
+                in("ecx") top3,
+                out("eax") _,
+                out("edx") _,
+                out("edi") _,
+            )
+        };
+    }
+    let (esp, ss) = (
+        ENTRY_ESP.load(Ordering::SeqCst),
+        ENTRY_SS.load(Ordering::SeqCst),
+    );
+    let (cs3, esp3, ss3) = (
+        FRAME_CS.load(Ordering::SeqCst),
+        FRAME_ESP.load(Ordering::SeqCst),
+        FRAME_SS.load(Ordering::SeqCst),
+    );
+    t.check(
+        "ring 3 -> int 0x80 enters on TSS.ss0:esp0 (32-bit inter-privilege frame)",
+        r.is_ok()
+            && esp == top0 - 20
+            && ss == u32::from(KERNEL_DS)
+            && cs3 & 0xffff == u32::from(USER_CS)
+            && esp3 == top3
+            && ss3 & 0xffff == u32::from(USER_DS),
+        format_args!(
+            "{r:?}; esp0 {top0:#x}, handler esp {esp:#x} ss {ss:#x}; frame cs {cs3:#x} esp {esp3:#x} ss {ss3:#x}"
+        ),
     );
 }
 

@@ -6,7 +6,8 @@
 //! all through `pvops_native::NativeOps`, and checks each effect on the CPU
 //! with the raw instructions: the 6-byte `sgdt`/`sidt` operands, `str`,
 //! `sldt`, segment loads through the LDT and the TLS slots, `TSS.esp0`, and
-//! real faults delivered through the 32-bit gates. Each check is a
+//! real faults delivered through the 32-bit gates, and a trip to ring 3
+//! and back whose `int 0x80` enters on TSS.ss0:esp0. Each check is a
 //! `check <pass|fail|skip> <name>: <detail>` line on port 0xE9 (the boot
 //! protocol hv-sim's QEMU runner parses); the number of failed checks is
 //! written to port 0xF4.
@@ -145,6 +146,51 @@ pub extern "C" fn gp_handler() {
         cs = sym GP_CS,
         fl = sym GP_EFLAGS,
         c = sym GP_COUNT
+    )
+}
+
+/// The ring-3 round trip (`checks::ring3_round_trip`): the kernel stack
+/// pointer saved before `iretd` to ring 3, the address to resume at, and
+/// what the `int 0x80` handler found: its ESP on entry, SS, and the frame's
+/// CS, ESP and SS words.
+pub static SAVED_ESP: AtomicU32 = AtomicU32::new(0);
+pub static RESUME: AtomicU32 = AtomicU32::new(0);
+pub static ENTRY_ESP: AtomicU32 = AtomicU32::new(0);
+pub static ENTRY_SS: AtomicU32 = AtomicU32::new(0);
+pub static FRAME_CS: AtomicU32 = AtomicU32::new(0);
+pub static FRAME_ESP: AtomicU32 = AtomicU32::new(0);
+pub static FRAME_SS: AtomicU32 = AtomicU32::new(0);
+
+/// `int 0x80` from ring 3: the CPU switched to TSS.ss0:esp0 and pushed a
+/// 32-bit inter-privilege frame (EIP, CS, EFLAGS, ESP, SS). DS was nulled
+/// on the way to ring 3: load the kernel's before touching memory. Record
+/// the state, then continue in the kernel at RESUME on its saved stack.
+#[unsafe(naked)]
+pub extern "C" fn int80_handler() {
+    naked_asm!(
+        "mov edx, esp",
+        "mov eax, {kds}",
+        "mov ds, eax",
+        "mov es, eax",
+        "mov [{entry_esp}], edx",
+        "mov eax, ss",
+        "mov [{entry_ss}], eax",
+        "mov eax, [edx + 4]",
+        "mov [{frame_cs}], eax",
+        "mov eax, [edx + 12]",
+        "mov [{frame_esp}], eax",
+        "mov eax, [edx + 16]",
+        "mov [{frame_ss}], eax",
+        "mov esp, [{saved}]",
+        "jmp dword ptr [{resume}]",
+        kds = const checks::KERNEL_DS as u32,
+        entry_esp = sym ENTRY_ESP,
+        entry_ss = sym ENTRY_SS,
+        frame_cs = sym FRAME_CS,
+        frame_esp = sym FRAME_ESP,
+        frame_ss = sym FRAME_SS,
+        saved = sym SAVED_ESP,
+        resume = sym RESUME,
     )
 }
 
