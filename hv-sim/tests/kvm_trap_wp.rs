@@ -56,7 +56,7 @@ fn workload_layouts_trap_as_their_sharing_implies() {
     }
     let image = example_kernel_image().expect("example kernel builds");
     let cfg = Config::default();
-    const N: u16 = 200;
+    const N: u16 = 100;
     for layout in Layout::ALL {
         let r = run_workload(&image, &cfg, layout, N, TrapMode::WriteProtect)
             .unwrap_or_else(|e| panic!("{layout:?}: {e}"));
@@ -118,7 +118,7 @@ fn paravirt_and_trap_and_emulate_side_by_side() {
     let cfg = Config::default();
     let hz = tsc_hz(std::time::Duration::from_millis(20));
     for way in Way::ALL {
-        let c = compare(&image, &cfg, way, 100, hz).unwrap_or_else(|e| panic!("{way:?}: {e}"));
+        let c = compare(&image, &cfg, way, 50, hz).unwrap_or_else(|e| panic!("{way:?}: {e}"));
         println!("{c:?}");
         match way {
             Way::Native => assert_eq!(c.exits_per_switch, 0.0),
@@ -130,7 +130,7 @@ fn paravirt_and_trap_and_emulate_side_by_side() {
             }
             Way::TrapShadow => {
                 assert_eq!(c.exits_per_switch, 0.0);
-                assert_eq!(c.stale, 100, "half of 200 switches read stale TLS");
+                assert_eq!(c.stale, 50, "half of 100 switches read stale TLS");
             }
             Way::Xen | Way::Vmi => assert!(c.exits_per_switch >= 1.0),
         }
