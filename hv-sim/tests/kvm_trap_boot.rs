@@ -36,7 +36,8 @@ fn trap_and_emulate_boot_passes_every_check() {
     // lgdt, lidt: once. ltr: once (the second load_tr is refused by the
     // backend before it executes ltr). lldt: load_ldt once + 64 context
     // switches. str: 3 (the TR check's raw str, store_tr, its detail).
-    // sldt: the LDT check's raw sldt, store_ldt and detail, + 1 per switch.
+    // sldt: the LDT check's raw sldt (its detail reuses it) and store_ldt,
+    // + 1 per switch.
     // sgdt: store_gdt only (1): the native backend remembers the GDT it
     // loaded (its validation layer's record) instead of finding the live
     // GDT with sgdt in load_tr, load_ldt, load_tls and store_ldt, which
@@ -50,7 +51,7 @@ fn trap_and_emulate_boot_passes_every_check() {
         ("sgdt", 1),
         ("sidt", 1),
         ("str", 3),
-        ("sldt", 67),
+        ("sldt", 66),
     ];
     for (k, n) in want {
         assert_eq!(get(k), n, "{k}: {:?}", r.emulated);

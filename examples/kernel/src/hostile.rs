@@ -22,8 +22,9 @@ use pvops::{Gate64, Ring, Selector};
 use pvops_vmi::kernel::KernelPlatform;
 use pvops_vmi::{RelocType, VmiOps, VmiPlatform, call};
 
+use crate::cpu::{GP_COUNT, GP_ERROR, UD_COUNT, raw_str, ud_handler};
 use crate::report::Tally;
-use crate::{GDT, GP_COUNT, GP_ERROR, IDT, KERNEL_CS, UD_COUNT, raw_str, ud_handler};
+use crate::{GDT, IDT, KERNEL_CS};
 
 /// EINVAL as the ROM returns it.
 const EINVAL: i64 = -22;
@@ -125,33 +126,66 @@ fn far_call(sel: u16) {
     };
 }
 
+/// What one `ud2` did: the counters since, and the last #GP error code.
+#[derive(Clone, Copy)]
+struct Shot {
+    gp: u32,
+    ud: u32,
+    probe: u32,
+    err: u64,
+}
+
+/// Run `ud2` through whatever gate 6 now is (unless `run` is false) and
+/// count what landed where.
+fn fire(run: bool) -> Shot {
+    shot(|| {
+        if run {
+            ud2()
+        }
+    })
+}
+
+/// Run `f` and count what landed where.
+fn shot(f: impl FnOnce()) -> Shot {
+    let c = counts();
+    f();
+    let (gp, ud, probe) = since(c);
+    Shot {
+        gp,
+        ud,
+        probe,
+        err: GP_ERROR.load(Ordering::SeqCst),
+    }
+}
+
 /// What a `ud2` through a gate to a data-segment slot did. The SDM's
 /// answer is #GP(selector + EXT) (vol. 3A §6.15, "Interrupt 13"; vol. 2,
 /// the INT n/INTO/INT3/INT1 pseudocode: a gate whose selector names no code
 /// segment). PVM instead stops the VM (shutdown), seen on this project's
-/// hosts, so there the `ud2` is not run and the host's audit of the real
-/// tables is the proof.
+/// hosts, so there the `ud2` is not run ([`fire`] with `run` false) and
+/// the host's audit of the real tables is the proof.
 struct Outcome {
     pvm: bool,
-    gp: u32,
-    err: u64,
-    probe: u32,
+    shot: Shot,
+}
+
+impl Outcome {
+    /// #GP(`err`) once, or not run on PVM; the probe never reached.
+    fn faulted_with(&self, err: u64) -> bool {
+        self.shot.probe == 0 && (self.pvm || (self.shot.gp == 1 && self.shot.err == err))
+    }
 }
 
 impl core::fmt::Display for Outcome {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let Shot { gp, err, probe, .. } = self.shot;
         if self.pvm {
             write!(
                 f,
-                "#UD not raised: PVM shuts the VM down on a gate whose selector names no code segment (the SDM says #GP); probe runs {}",
-                self.probe
+                "#UD not raised: PVM shuts the VM down on a gate whose selector names no code segment (the SDM says #GP); probe runs {probe}"
             )
         } else {
-            write!(
-                f,
-                "#GP {} error {:#x}, probe runs {}",
-                self.gp, self.err, self.probe
-            )
+            write!(f, "#GP {gp} error {err:#x}, probe runs {probe}")
         }
     }
 }
@@ -175,6 +209,11 @@ fn write_gate(vmi: &VmiOps<KernelPlatform>, v: u64, g: Gate64) -> i64 {
     rom(vmi, call::WRITE_IDT_ENTRY, [IDT.base(), v, g.low, g.high])
 }
 
+/// Aim #UD (gate 6) at the probe through selector `sel` (WriteIDTEntry).
+fn aim_ud(vmi: &VmiOps<KernelPlatform>, sel: u16) -> i64 {
+    write_gate(vmi, 6, gate(probe_fault, sel))
+}
+
 /// Run the hostile checks (after `run_vmi_checks`: GDT, IDT and TR loaded,
 /// gate 6 = `ud_handler`, GDT[12..=14] the TLS slots, GDT[15] a data
 /// segment).
@@ -184,11 +223,9 @@ pub fn run(vmi: &VmiOps<KernelPlatform>, t: &mut Tally, pvm: bool) {
     let restore = |vmi: &VmiOps<KernelPlatform>| write_gate(vmi, 6, own_ud);
 
     // Control: a legitimate gate reaches the probe, in ring 3.
-    let c = counts();
-    let rc = write_gate(vmi, 6, gate(probe_fault, KERNEL_CS));
-    ud2();
+    let rc = aim_ud(vmi, KERNEL_CS);
+    let probe = fire(true).probe;
     let cs = PROBE_CS.load(Ordering::SeqCst);
-    let (_, _, probe) = since(c);
     let back = restore(vmi);
     t.check(
         "hostile control: a gate to the kernel's own code reaches the probe in ring 3",
@@ -204,35 +241,26 @@ pub fn run(vmi: &VmiOps<KernelPlatform>, t: &mut Tally, pvm: bool) {
         call::WRITE_GDT_ENTRY,
         [gdt, 14, SYSTEM_PLACEHOLDER, RING0_CODE64],
     );
-    let aim = write_gate(vmi, 6, gate(probe_fault, 15 << 3));
-    let c = counts();
-    if !pvm {
-        ud2();
-    }
-    let (gp, _, probe) = since(c);
-    let err = GP_ERROR.load(Ordering::SeqCst);
+    let aim = aim_ud(vmi, 15 << 3);
+    let o = Outcome {
+        pvm,
+        shot: fire(!pvm),
+    };
     let back = restore(vmi);
-    let faulted = pvm || (gp == 1 && err == 0x79);
     t.check(
         "hostile, WriteGDTEntry smuggling DPL 0 code in a 16-byte pair -> -EINVAL; #UD through that slot -> #GP(0x79), not ring 0",
         rc == EINVAL
             && (GDT.read(14), GDT.read(15)) == before
             && aim == 0
             && back == 0
-            && probe == 0
-            && faulted,
-        format_args!(
-            "rc {rc}, gate rc {aim}; {}",
-            Outcome { pvm, gp, err, probe }
-        ),
+            && o.faulted_with(0x79),
+        format_args!("rc {rc}, gate rc {aim}; {o}"),
     );
 
     // 2. An IDT gate aimed at the hypervisor's reserved ring-0 code segment.
     let before = IDT.read(6);
-    let rc = write_gate(vmi, 6, gate(probe_fault, RESERVED_RING0_CS));
-    let c = counts();
-    ud2();
-    let (gp, ud, probe) = since(c);
+    let rc = aim_ud(vmi, RESERVED_RING0_CS);
+    let Shot { gp, ud, probe, .. } = fire(true);
     t.check(
         "hostile, WriteIDTEntry to the hypervisor's ring-0 code segment -> -EINVAL; #UD still reaches the kernel's handler",
         rc == EINVAL && IDT.read(6) == before && ud == 1 && gp == 0 && probe == 0,
@@ -252,10 +280,7 @@ pub fn run(vmi: &VmiOps<KernelPlatform>, t: &mut Tally, pvm: bool) {
         call::WRITE_GDT_ENTRY,
         [gdt, 12, SYSTEM_PLACEHOLDER, call_gate],
     );
-    let c = counts();
-    far_call(13 << 3 | 3);
-    let (gp, _, probe) = since(c);
-    let err = GP_ERROR.load(Ordering::SeqCst);
+    let Shot { gp, probe, err, .. } = shot(|| far_call(13 << 3 | 3));
     t.check(
         "hostile, WriteGDTEntry smuggling a DPL 3 call gate to ring 0 -> -EINVAL; lcall through that slot -> #GP(0x68), not ring 0",
         rc == EINVAL
@@ -269,29 +294,23 @@ pub fn run(vmi: &VmiOps<KernelPlatform>, t: &mut Tally, pvm: bool) {
     // 4. A gate that is harmless now (its slot is a data segment), then a
     //    SetGDT one entry shorter, which would put the reserved ring-0 code
     //    segment in that slot: the gates must be re-checked.
-    let aim = write_gate(vmi, 6, gate(probe_fault, 15 << 3));
+    let aim = aim_ud(vmi, 15 << 3);
     let short = pvops::DescriptorTablePointer {
         limit: 15 * 8 - 1,
         base: gdt,
     }
     .to_packed64();
     let rc = rom(vmi, call::SET_GDT, [&raw const short as u64, 0, 0, 0]);
-    let c = counts();
-    if !pvm {
-        ud2();
-    }
-    let (gp, _, probe) = since(c);
-    let err = GP_ERROR.load(Ordering::SeqCst);
+    let o = Outcome {
+        pvm,
+        shot: fire(!pvm),
+    };
     let back = restore(vmi);
-    let faulted = pvm || (gp == 1 && err == 0x79);
-    let (sgdt_limit, _) = crate::raw_sgdt();
+    let (sgdt_limit, _) = crate::cpu::raw_sgdt();
     t.check(
         "hostile, SetGDT that would move a live gate's slot onto the ring-0 segment -> -EINVAL; #UD -> #GP(0x79), not ring 0",
-        aim == 0 && rc == EINVAL && back == 0 && probe == 0 && faulted && sgdt_limit == 0xffff,
-        format_args!(
-            "gate rc {aim}, SetGDT rc {rc}; {}; sgdt limit {sgdt_limit:#x}",
-            Outcome { pvm, gp, err, probe }
-        ),
+        aim == 0 && rc == EINVAL && back == 0 && o.faulted_with(0x79) && sgdt_limit == 0xffff,
+        format_args!("gate rc {aim}, SetGDT rc {rc}; {o}; sgdt limit {sgdt_limit:#x}"),
     );
 
     // 5. An 8-byte write over the upper half of the loaded TSS descriptor.

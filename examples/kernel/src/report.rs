@@ -141,6 +141,27 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// No checks yet.
+    pub const fn new() -> Self {
+        Tally {
+            passed: 0,
+            total: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Print the `done:` line the runners parse and exit with the number
+    /// of failed checks.
+    pub fn finish(self) -> ! {
+        crate::say!(
+            "done: {}/{} checks passed, {} skipped\n",
+            self.passed,
+            self.total,
+            self.skipped
+        );
+        exit(self.total - self.passed)
+    }
+
     /// Report a check that cannot run in this environment.
     pub fn skip(&mut self, name: &str, why: &str) {
         self.skipped += 1;

@@ -28,8 +28,9 @@ use pvops::{
 };
 use pvops_native::NativeOps;
 
+use crate::cpu::{raw_sgdt, raw_str, read_fs0, reload_segments};
 use crate::report::Tally;
-use crate::{IDT, LAYOUT, TSS_SEL, boot_flags, raw_sgdt, raw_str, read_fs0, reload_segments};
+use crate::{IDT, LAYOUT, TSS_SEL, boot_flags};
 
 /// CPUs this kernel brings up.
 pub const CPUS: usize = 2;

@@ -18,8 +18,9 @@ use pvops::{
     SystemDescriptor, TableStorage, presets,
 };
 
+use crate::cpu::{direct_store, read_fs0};
 use crate::report::Tally;
-use crate::{KERNEL_CS, LAYOUT, TSS, TSS_SEL, boot_flags, direct_store, read_fs0, say};
+use crate::{KERNEL_CS, LAYOUT, TSS, TSS_SEL, boot_flags, say};
 
 /// Gates in the workload's IDT (2 KiB: the exceptions and more).
 const GATES: usize = 128;

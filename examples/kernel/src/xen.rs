@@ -236,7 +236,7 @@ pub extern "C" fn bp_handler() {
         "pop r11",
         "lock inc dword ptr [rip + {c}]",
         xen_iret!(),
-        c = sym crate::BP_COUNT
+        c = sym crate::cpu::BP_COUNT
     )
 }
 
@@ -262,7 +262,7 @@ pub extern "C" fn ud_handler() {
         "lock inc dword ptr [rip + {c}]",
         "add qword ptr [rsp], 2",
         xen_iret!(),
-        c = sym crate::UD_COUNT,
+        c = sym crate::cpu::UD_COUNT,
         f = sym UD_FRAME
     )
 }
@@ -282,8 +282,8 @@ pub extern "C" fn gp_handler() {
         "add qword ptr [rsp], 2",
         "lock inc dword ptr [rip + {c}]",
         xen_iret!(),
-        e = sym crate::GP_ERROR,
-        c = sym crate::GP_COUNT
+        e = sym crate::cpu::GP_ERROR,
+        c = sym crate::cpu::GP_COUNT
     )
 }
 
@@ -297,6 +297,6 @@ pub extern "C" fn pf_handler() {
         "add qword ptr [rsp], 3",
         "lock inc dword ptr [rip + {c}]",
         xen_iret!(),
-        c = sym crate::PF_COUNT
+        c = sym crate::cpu::PF_COUNT
     )
 }
