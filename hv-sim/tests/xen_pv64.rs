@@ -559,9 +559,9 @@ fn unknown_and_unmodelled_hypercalls() {
     assert_eq!(hc(&d, 1 << 32 | 2, &[]), -ENOSYS);
     assert_eq!(hc(&d, 1000, &[]), -ENOSYS);
     assert!(reason(&d).contains("no hypercall"));
-    // vcpu_op models initialise, up and is_up (tests/xen_vcpu_op.rs);
-    // VCPUOP_down (2) is not modelled.
-    assert_eq!(hc(&d, 24, &[2, 0]), -ENOSYS);
+    // vcpu_op models initialise, up, down and is_up (tests/xen_vcpu_op.rs);
+    // VCPUOP_get_runstate_info (4) is not modelled.
+    assert_eq!(hc(&d, 24, &[4, 0]), -ENOSYS);
     assert!(reason(&d).contains("does not model"));
 }
 

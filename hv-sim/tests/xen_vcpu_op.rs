@@ -185,3 +185,24 @@ fn a_good_context_initialises_and_up_starts() {
     assert_eq!(t.op(INITIALISE, 1), 0);
     assert_eq!(t.op(IS_UP, 1), 1);
 }
+
+/// VCPUOP_down (`do_vcpu_op`): a vCPU goes down while another runs (0,
+/// is_up 0, VCPUOP_up brings it back); the last running vCPU going down
+/// shuts the domain down (poweroff), also 0.
+#[test]
+fn down_stops_a_vcpu_and_the_last_one_powers_off() {
+    const DOWN: u64 = 2;
+    let t = setup();
+    assert_eq!(t.op(INITIALISE, 1), 0);
+    assert_eq!(t.op(UP, 1), 0);
+    assert_eq!(t.op(DOWN, 1), 0);
+    assert_eq!(t.op(IS_UP, 1), 0);
+    assert_eq!(t.d.shutdown_reason(), None);
+    assert_eq!(t.op(UP, 1), 0);
+    assert_eq!(t.op(IS_UP, 1), 1);
+    assert_eq!(t.op(DOWN, 1), 0);
+    // vCPU 0 is the last one running.
+    assert_eq!(t.op(DOWN, 0), 0);
+    assert_eq!(t.d.shutdown_reason(), Some(0), "poweroff");
+    assert_eq!(t.op(DOWN, 2), -ENOENT);
+}

@@ -539,6 +539,11 @@ fn xen_cpu_up(cpu: usize) {
         Ok(gdt) => {
             let tls_sel = Selector::gdt(LAYOUT.tls_first, Ring::Ring0).bits();
             r[FS0].store(read_fs0(tls_sel), Ordering::Relaxed);
+            // FS stays loaded from this vCPU's TLS slot, so that a runner
+            // can read the base the CPU took (hv-sim's KVM runner does).
+            // SAFETY: the TLS slot holds a present data segment (read_fs0
+            // just loaded it); nothing here uses FS.
+            unsafe { asm!("mov fs, {0:x}", in(reg) tls_sel, options(nomem, nostack)) };
             r[GDT_BASE].store(gdt, Ordering::Relaxed);
             r[DONE].store(1, Ordering::Release);
         }
@@ -640,13 +645,15 @@ pub fn run_xen(t: &mut Tally, pt_base: u64) {
         let this = get(DONE) == 1 && (get(FS0), get(GDT_BASE)) == want;
         ok &= this;
         crate::say!(
-            "xen smp vcpu {cpu}: done={} err={:#x} fs:0={:#x} gdt={:#x} (want fs:0={:#x} gdt={:#x})\n",
+            "xen smp vcpu {cpu}: done={} err={:#x} fs:0={:#x} gdt={:#x} (want fs:0={:#x} gdt={:#x}) tls={:#x} kstack={:#x}\n",
             get(DONE),
             get(ERROR),
             get(FS0),
             get(GDT_BASE),
             want.0,
-            want.1
+            want.1,
+            &TLS_BLOCKS[cpu] as *const AtomicU64 as u64,
+            rsp0_top(cpu)
         );
     }
     t.check(

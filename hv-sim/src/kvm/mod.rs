@@ -542,6 +542,7 @@ fn run_vm(
         cfg,
         timed_out,
         &mut run,
+        0,
     )?;
     let text = String::from_utf8_lossy(&run.text).into_owned();
     Ok((
@@ -577,10 +578,13 @@ struct Run {
     aps: u64,
     /// Their vCPU ioctls.
     ap_ioctls: VcpuIoctls,
+    /// vCPUs a personality started ([`PortAction::StartVcpu`]), by index.
+    started: u64,
 }
 
-/// Run the vCPU to the guest's exit: `Some(status)` when it reported one,
-/// `None` when it halted.
+/// Run vCPU `id` to the guest's exit: `Some(status)` when it reported
+/// one, `None` when it halted or went down.
+#[allow(clippy::too_many_arguments)]
 fn exit_loop(
     m: &Machine,
     guest: &mut dyn Personality,
@@ -589,6 +593,7 @@ fn exit_loop(
     cfg: &Config,
     timed_out: &AtomicBool,
     run: &mut Run,
+    id: u64,
 ) -> Result<Option<u32>, KvmError> {
     let crashed = |what: String, text: &[u8]| KvmError::GuestCrashed {
         what,
@@ -632,6 +637,15 @@ fn exit_loop(
                         match guest.port(&m.vm, &mut cpu, p, data, len, &mut run.text) {
                             Some(Ok(PortAction::Handled)) => {}
                             Some(Ok(PortAction::Exit(status))) => return Ok(Some(status)),
+                            Some(Ok(PortAction::StartVcpu(next))) => {
+                                let started = smp::start_vcpu(
+                                    m, guest, cfg, timed_out, run, &mut cpu, id, next,
+                                )?;
+                                if let Some(status) = started {
+                                    return Ok(Some(status));
+                                }
+                            }
+                            Some(Ok(PortAction::VcpuDown)) => return Ok(None),
                             Some(Err(what)) => return Err(crashed(what, &run.text)),
                             None => run.stray_io.push((p, b[0])),
                         }

@@ -24,6 +24,12 @@ pub(crate) enum PortAction {
     Handled,
     /// The guest ended with this exit status.
     Exit(u32),
+    /// The write brought up vCPU `n` (Xen's `VCPUOP_up`): the runner
+    /// starts it and runs it until it goes down, then resumes this one.
+    StartVcpu(u64),
+    /// This vCPU went down (Xen's `VCPUOP_down` on itself): the runner
+    /// returns to the vCPU that started it.
+    VcpuDown,
 }
 
 /// A personality during one boot.
@@ -66,6 +72,24 @@ pub(crate) trait Personality {
     /// vCPU on a write to [`super::ports::START_AP`], else 0.
     fn ap_start_flag(&self) -> u64 {
         0
+    }
+
+    /// vCPU `id` runs next: a vCPU started by [`PortAction::StartVcpu`]
+    /// (before its entry state is set) or the one that started it, once it
+    /// is down ([`Personality::resume`] follows).
+    fn select_vcpu(&mut self, _id: u64) {}
+
+    /// The vCPU selected again after another ran: make what this
+    /// personality keeps per vCPU (the real tables) its own again.
+    fn resume(&mut self, _vm: &VmFd, _vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The runner's read-back of vCPU `id` (its registers in KVM `sregs`)
+    /// for the boot's text, when it starts another vCPU or goes down;
+    /// `None`: the runner's own line (TR, GDTR and the TSS's rsp0).
+    fn vcpu_report(&self, _id: u64, _sregs: &kvm_sregs) -> Option<String> {
+        None
     }
 
     /// The guest reported its exit: record the final state.

@@ -1,4 +1,6 @@
-//! A second vCPU for the native personality (issue 9).
+//! A second vCPU (issue 9): the native personality's START_AP port, and
+//! a vCPU a personality brings up itself (the Xen-style one's
+//! `VCPUOP_up`, [`super::personality::PortAction::StartVcpu`]).
 //!
 //! A kernel that sees [`boot_flags::START_AP_PORT`] writes the 64-bit
 //! entry point of its next CPU to [`ports::START_AP`]. The runner creates
@@ -17,6 +19,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::{Config, KvmError, Machine, Run, boot_flags, exit_loop, ports, setup_vcpu};
 use crate::kvm::personality::Personality;
+use crate::kvm::regs::Vcpu;
 
 /// Most vCPUs a boot may have (the boot vCPU included).
 pub(crate) const MAX_VCPUS: u64 = 4;
@@ -68,28 +71,92 @@ pub(super) fn start_ap(
     }
     run.aps = id;
     debug_assert_ne!(boot_flags::START_AP_PORT, 0);
-    let (mut vcpu, mut cache) = setup_vcpu(m, guest, entry, cfg, id)?;
-    let status = exit_loop(m, guest, &mut vcpu, &mut cache, cfg, timed_out, run)?;
+    run_ap(m, guest, cfg, timed_out, run, entry, id)
+}
+
+/// vCPU `cur` (`vcpu`) brought up vCPU `next` ([`crate::kvm::personality::PortAction::StartVcpu`]):
+/// add the personality's read-back of `cur`, run `next` until it goes
+/// down, then resume `cur`. `Some(status)`: `next` ended the guest.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn start_vcpu(
+    m: &Machine,
+    guest: &mut dyn Personality,
+    cfg: &Config,
+    timed_out: &AtomicBool,
+    run: &mut Run,
+    vcpu: &mut Vcpu<'_>,
+    cur: u64,
+    next: u64,
+) -> Result<Option<u32>, KvmError> {
+    let crashed = |what: String, run: &Run| KvmError::GuestCrashed {
+        what,
+        text: String::from_utf8_lossy(&run.text).into_owned(),
+    };
+    if next >= MAX_VCPUS || next == cur || run.started & (1 << next) != 0 {
+        return Err(crashed(
+            format!(
+                "vCPU {cur} brought up vCPU {next}: hv-sim runs each secondary vCPU once, at most {MAX_VCPUS} in all, taking turns with the one that starts it"
+            ),
+            run,
+        ));
+    }
+    run.started |= 1 << next;
+    run.aps += 1;
+    let s = vcpu
+        .sregs()
+        .map_err(|e| crashed(format!("reading vCPU {cur}'s registers: {e}"), run))?;
+    if let Some(line) = guest.vcpu_report(cur, &s) {
+        run.text.extend_from_slice(line.as_bytes());
+    }
+    let status = run_ap(m, guest, cfg, timed_out, run, 0, next)?;
     if status.is_none() {
-        // What KVM holds for the halted vCPU, and the rsp0 of the TSS its
-        // TR names, read from guest memory: the runner's side of the
+        guest.select_vcpu(cur);
+        guest
+            .resume(&m.vm, vcpu)
+            .map_err(|e| crashed(format!("resuming vCPU {cur}: {e}"), run))?;
+    }
+    Ok(status)
+}
+
+/// Create vCPU `id` at `entry` (the personality may replace the entry
+/// state), run it until it halts or goes down, and add the runner's
+/// read-back of its registers to the text.
+pub(super) fn run_ap(
+    m: &Machine,
+    guest: &mut dyn Personality,
+    cfg: &Config,
+    timed_out: &AtomicBool,
+    run: &mut Run,
+    entry: u64,
+    id: u64,
+) -> Result<Option<u32>, KvmError> {
+    let crashed = |what: String, run: &Run| KvmError::GuestCrashed {
+        what,
+        text: String::from_utf8_lossy(&run.text).into_owned(),
+    };
+    guest.select_vcpu(id);
+    let (mut vcpu, mut cache) = setup_vcpu(m, guest, entry, cfg, id)?;
+    let status = exit_loop(m, guest, &mut vcpu, &mut cache, cfg, timed_out, run, id)?;
+    if status.is_none() {
+        // What KVM holds for the stopped vCPU: the runner's side of the
         // kernel's own read-back (`smp cpu N:` lines).
         let s = cache
             .sregs(&vcpu)
             .map_err(|e| crashed(format!("reading vCPU {id}'s registers: {e}"), run))?;
-        let mut rsp0 = [0u8; 8];
-        let rsp0 = m
-            .mem
-            .read_slice(&mut rsp0, GuestAddress(s.tr.base.wrapping_add(4)))
-            .map(|()| format!("{:#x}", u64::from_le_bytes(rsp0)))
-            .unwrap_or_else(|_| "(not in guest RAM)".to_string());
-        run.text.extend_from_slice(
+        let line = guest.vcpu_report(id, &s).unwrap_or_else(|| {
+            // The rsp0 of the TSS its TR names, read from guest memory.
+            let mut rsp0 = [0u8; 8];
+            let rsp0 = m
+                .mem
+                .read_slice(&mut rsp0, GuestAddress(s.tr.base.wrapping_add(4)))
+                .map(|()| format!("{:#x}", u64::from_le_bytes(rsp0)))
+                .unwrap_or_else(|_| "(not in guest RAM)".to_string());
             format!(
                 "{AP_STATE_PREFIX}{id} halted: tr={:#x} tr.base={:#x} gdt.base={:#x} TSS.rsp0={rsp0}\n",
                 s.tr.selector, s.tr.base, s.gdt.base
             )
-            .as_bytes(),
-        );
+        });
+        run.text.extend_from_slice(line.as_bytes());
     }
     run.ap_ioctls.add(cache.counts());
     Ok(status)

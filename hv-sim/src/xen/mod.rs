@@ -92,7 +92,7 @@ pub mod nr {
     pub const UPDATE_VA_MAPPING: u64 = 14;
     /// iret (the KVM runner's, see `kvm::xen`; in process -ENOSYS).
     pub const IRET: u64 = 23;
-    /// vcpu_op(cmd, vcpuid, arg): initialise, up and is_up (pv64).
+    /// vcpu_op(cmd, vcpuid, arg): initialise, up, down and is_up (pv64).
     pub const VCPU_OP: u64 = 24;
     /// set_segment_base(which, base) (pv64 only).
     pub const SET_SEGMENT_BASE: u64 = 25;

@@ -17,8 +17,10 @@
 //!   and root checks, so a vCPU refused there keeps those (uninitialised,
 //!   so it can be initialised again): hv-sim does the same.
 //! * `VCPUOP_up`: -EINVAL unless initialised; else the vCPU runs.
+//! * `VCPUOP_down`: the vCPU stops; the last running one going down shuts
+//!   the domain down (poweroff), as `do_vcpu_op` does. 0 either way.
 //! * `VCPUOP_is_up`: 1 if running.
-//! * `VCPUOP_down` and the rest are not modelled (-ENOSYS, said so).
+//! * The rest are not modelled (-ENOSYS, said so).
 //!
 //! Not modelled: the 32-bit (compat) context, a user root (ctrlreg[1]) for
 //! a vCPU started in kernel mode, the FPU block and debug registers (read,
@@ -27,6 +29,7 @@
 //! `XEN_LEGACY_MAX_VCPUS` without a registered `vcpu_info` (-EINVAL).
 
 use super::*;
+use crate::xen::misc::shutdown;
 
 /// `sizeof(struct vcpu_guest_context)` for a 64-bit guest.
 pub const VCPU_GUEST_CONTEXT_SIZE: usize = 5168;
@@ -142,12 +145,31 @@ impl Inner {
                 self.vcpus[t].up = true;
                 Ok(0)
             }
+            2 => Ok(self.vcpu_down(t)),
             3 => Ok(i64::from(self.vcpus[t].up)),
             c => Err(fail(
                 ENOSYS,
-                format!("hv-sim does not model VCPUOP {c} (it models initialise, up and is_up)"),
+                format!(
+                    "hv-sim does not model VCPUOP {c} (it models initialise, up, down and is_up)"
+                ),
             )),
         }
+    }
+
+    /// `VCPUOP_down`: the last running vCPU going down shuts the domain
+    /// down (poweroff); otherwise the vCPU stops (0 either way).
+    fn vcpu_down(&mut self, t: usize) -> i64 {
+        let others_up = self.vcpus.iter().enumerate().any(|(i, v)| i != t && v.up);
+        if !others_up {
+            self.shutdown = Some(shutdown::POWEROFF);
+            self.note(Change::Shutdown {
+                reason: shutdown::POWEROFF,
+                name: shutdown::name(shutdown::POWEROFF),
+            });
+            return 0;
+        }
+        self.vcpus[t].up = false;
+        0
     }
 
     /// `default_initialise_vcpu` + `arch_set_info_guest` (64-bit PV).

@@ -88,7 +88,7 @@ impl XenGuest {
                 // and retry the instruction; if the guest's page cannot be
                 // mapped, the #PF goes to the guest.
                 let index = ((cr2 - REAL_LDT) / 8) as u32;
-                if self.dom.touch_ldt(0, index).is_ok() {
+                if self.dom.touch_ldt(self.cur, index).is_ok() {
                     regs.rax = saved_rax;
                     regs.rip = at.rip;
                     regs.rsp = at.rsp;
@@ -119,7 +119,7 @@ impl XenGuest {
                 }
             }
         }
-        let t = self.dom.vcpu(0).trap_table[usize::from(v)];
+        let t = self.dom.vcpu(self.cur).trap_table[usize::from(v)];
         if t.address == 0 {
             return Err(format!(
                 "exception {v} (error code {error_code:x?}) at rip {:#x} and the guest registered no handler for it: Xen crashes the domain",

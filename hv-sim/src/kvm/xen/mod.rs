@@ -44,6 +44,16 @@
 //!   drops KVM's shadow page tables by re-registering the memory slot: the
 //!   costliest step of a Xen boot here (5–11 ms each on PVM, an SRCU grace
 //!   period), taken only when entries changed.
+//! * **vCPUs** ([`XEN_VCPUS`]): when a hypercall brings vCPU n up
+//!   (`VCPUOP_initialise` + `VCPUOP_up`, [`crate::xen::XenDomain`]'s
+//!   `vcpu_op`), hv-sim creates a second KVM vCPU in the context's state
+//!   (ring 3 at its rip/rsp on FLAT_KERNEL_CS/SS) and runs it until its
+//!   `VCPUOP_down`; then the first resumes after its `VCPUOP_up` (they
+//!   take turns, as the native runner's vCPUs do). The runner adds a
+//!   [`VCPU_LINE_PREFIX`] line for each: KVM's TR, FS base and GDTR, and
+//!   the kernel stack and first GDT frame the domain keeps for that vCPU.
+//!   The real GDT/LDT are shared and rewritten from the running vCPU's
+//!   frames when it resumes (Xen gives each vCPU its own GDT mapping).
 //!
 //! # Where this differs from Xen
 //! * hv-sim's real page tables map guest-physical frames; the bootstrap
@@ -107,6 +117,10 @@ pub const TRAP_TEXT: u64 = layout::ring3::OWN_PAGE;
 pub const XEN_VERSION: u32 = (4 << 16) | 17;
 /// Pages reserved for the hypervisor (the first MiB).
 pub const RESERVED_PAGES: usize = layout::ring3::RESERVED_PAGES as usize;
+
+/// vCPUs of the domain: vCPU 0 runs from the builder's entry; the kernel
+/// may bring up the others with `VCPUOP_initialise` + `VCPUOP_up`.
+pub const XEN_VCPUS: usize = 2;
 
 /// Xen's first reserved GDT entry.
 pub const FIRST_RESERVED_GDT_ENTRY: u32 = 7168;
@@ -386,6 +400,19 @@ fn write_hv_pages(mem: &GuestMemoryMmap, cfg: &Config, setup: &XenSetup) -> Resu
     Ok(())
 }
 
+/// What a port write did beyond running the hypercall.
+pub(crate) enum XenPort {
+    /// The domain shut down with this reason.
+    Shutdown(u32),
+    /// vCPU n came up (`VCPUOP_up`).
+    Start(u64),
+    /// The running vCPU went down (`VCPUOP_down`).
+    Down,
+}
+
+/// The runner's line for a Xen vCPU: `hv-sim: xen vCPU <n>: ...`.
+pub const VCPU_LINE_PREFIX: &str = "hv-sim: xen vCPU ";
+
 /// The personality's state during a boot.
 pub(crate) struct XenGuest {
     dom: XenDomain,
@@ -399,8 +426,10 @@ pub(crate) struct XenGuest {
     last_ldt: (u64, u32, Vec<u64>),
     /// The domain's L1 entries when last mirrored.
     last_ptes: Vec<u64>,
-    fs_base: u64,
-    gs_base: u64,
+    /// The vCPU running now (the others wait their turn).
+    cur: usize,
+    /// Per vCPU: the FS and kernel GS bases last applied from the domain.
+    bases: Vec<(u64, u64)>,
     pte_flushes: u64,
     region: kvm_bindings::kvm_userspace_memory_region,
     cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
@@ -441,7 +470,7 @@ impl XenGuest {
         // mapping, reference counted) for as long as the domain lives, and
         // the vCPU only runs while no domain method does (the vCPU thread
         // calls both).
-        let dom = unsafe { XenDomain::pv64_external(host, pages, 1, RESERVED_PAGES) };
+        let dom = unsafe { XenDomain::pv64_external(host, pages, XEN_VCPUS, RESERVED_PAGES) };
         dom.set_privileged(true);
         let l = setup.layout;
         // The p2m list, the bootstrap page tables, the start info.
@@ -485,8 +514,8 @@ impl XenGuest {
             last_gdt: Vec::new(),
             last_ldt: (0, 0, Vec::new()),
             last_ptes: Vec::new(),
-            fs_base: 0,
-            gs_base: 0,
+            cur: 0,
+            bases: vec![(0, 0); XEN_VCPUS],
             pte_flushes: 0,
             region: kvm_bindings::kvm_userspace_memory_region {
                 slot: 0,
@@ -542,14 +571,28 @@ impl XenGuest {
                 tss: (TSS_SELECTOR, REAL_TSS),
             },
         );
-        regs.rsi = self.start_info;
-        regs.rdi = 0;
-        regs.rsp = self.stack_top;
+        match self.dom.vcpu(self.cur).entry.filter(|_| self.cur != 0) {
+            // A vCPU brought up with VCPUOP_initialise: its context's
+            // registers (Xen raised the selectors' RPL and set IF).
+            Some(e) => {
+                regs.rip = e.rip;
+                regs.rsp = e.rsp;
+                regs.rdi = e.rdi;
+                regs.rsi = e.rsi;
+                regs.rflags = e.rflags | traps::RFLAGS_IOPL;
+            }
+            None => {
+                regs.rsi = self.start_info;
+                regs.rdi = 0;
+                regs.rsp = self.stack_top;
+            }
+        }
     }
 
     /// A stub's port write: a hypercall, `iret`, or an exception entry.
-    /// `Ok(Some(reason))`: the domain shut down. `Err`: the guest broke the
-    /// stub protocol, or did what makes Xen crash the domain.
+    /// `Ok(Some(..))`: the domain shut down, or a vCPU came up or went
+    /// down. `Err`: the guest broke the stub protocol, or did what makes
+    /// Xen crash the domain.
     pub(crate) fn port(
         &mut self,
         vm: &VmFd,
@@ -557,7 +600,7 @@ impl XenGuest {
         data: u32,
         len: usize,
         text: &mut Vec<u8>,
-    ) -> Result<Option<u32>, String> {
+    ) -> Result<Option<XenPort>, String> {
         let mut regs = vcpu.regs()?;
         if len != 4 || regs.rax != u64::from(data) {
             return Err(format!(
@@ -575,7 +618,8 @@ impl XenGuest {
         }
         self.hypercalls += 1;
         let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, 0];
-        let r = self.dom.hypercall(0, regs.rax, args);
+        let was_up = self.up_vcpus(regs.rax);
+        let r = self.dom.hypercall(self.cur, regs.rax, args);
         regs.rax = r as u64;
         // Syscall-style clobbers of a real PV hypercall.
         regs.rcx = 0;
@@ -584,9 +628,38 @@ impl XenGuest {
         text.extend_from_slice(&self.dom.take_console().text);
         if let Some(reason) = self.dom.shutdown_reason() {
             self.shutdown = Some(reason);
-            return Ok(Some(reason));
+            return Ok(Some(XenPort::Shutdown(reason)));
         }
-        self.sync(vm, vcpu).map(|()| None)
+        self.sync(vm, vcpu)?;
+        self.vcpu_changes(was_up)
+    }
+
+    /// Which vCPUs run, before a hypercall that may change it (`vcpu_op`,
+    /// or one inside a multicall); `None` for the others.
+    fn up_vcpus(&self, nr: u64) -> Option<Vec<bool>> {
+        (nr == 24 || nr == 13).then(|| (0..XEN_VCPUS).map(|v| self.dom.vcpu(v).up).collect())
+    }
+
+    /// After a hypercall that may have brought a vCPU up or this one down:
+    /// what the runner does next.
+    fn vcpu_changes(&self, was_up: Option<Vec<bool>>) -> Result<Option<XenPort>, String> {
+        let Some(was_up) = was_up else {
+            return Ok(None);
+        };
+        if !self.dom.vcpu(self.cur).up {
+            return Ok(Some(XenPort::Down));
+        }
+        let Some(next) = (0..XEN_VCPUS).find(|&v| !was_up[v] && self.dom.vcpu(v).up) else {
+            return Ok(None);
+        };
+        let e = self.dom.vcpu(next).entry.unwrap_or_default();
+        if e.cs != FLAT_KERNEL_CS || e.ss != FLAT_KERNEL_SS {
+            return Err(format!(
+                "vCPU {next} brought up on cs {:#x} ss {:#x}: hv-sim starts a vCPU only in kernel mode on FLAT_KERNEL_CS/SS ({FLAT_KERNEL_CS:#x}/{FLAT_KERNEL_SS:#x})",
+                e.cs, e.ss
+            ));
+        }
+        Ok(Some(XenPort::Start(next as u64)))
     }
     /// The outcome, once the guest has stopped.
     pub(crate) fn finish(self) -> XenOutcome {
@@ -643,7 +716,9 @@ impl super::personality::Personality for XenGuest {
             return None;
         }
         Some(match XenGuest::port(self, vm, vcpu, data, len, text) {
-            Ok(Some(reason)) => {
+            Ok(Some(XenPort::Start(next))) => Ok(PortAction::StartVcpu(next)),
+            Ok(Some(XenPort::Down)) => Ok(PortAction::VcpuDown),
+            Ok(Some(XenPort::Shutdown(reason))) => {
                 XenGuest::at_exit(self, vcpu);
                 Ok(PortAction::Exit(exit_status(
                     &String::from_utf8_lossy(text),
@@ -657,6 +732,22 @@ impl super::personality::Personality for XenGuest {
 
     fn at_exit(&mut self, vcpu: &mut Vcpu<'_>) {
         XenGuest::at_exit(self, vcpu)
+    }
+
+    fn select_vcpu(&mut self, id: u64) {
+        self.cur = id as usize;
+    }
+
+    fn resume(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+        // The real GDT and LDT are shared by the vCPUs, which take turns:
+        // rewrite them from this vCPU's frames.
+        self.last_gdt.clear();
+        self.last_ldt = (u64::MAX, 0, Vec::new());
+        self.sync(vm, vcpu)
+    }
+
+    fn vcpu_report(&self, id: u64, sregs: &kvm_sregs) -> Option<String> {
+        Some(self.vcpu_line(id as usize, sregs))
     }
 
     fn finish(self: Box<Self>) -> Option<super::Outcome> {

@@ -6,10 +6,30 @@ use super::*;
 impl XenGuest {
     /// Install the initial real tables before the guest runs.
     pub(crate) fn initial_tables(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+        let before = self.pte_flushes;
         self.sync(vm, vcpu)?;
-        // Nothing ran yet: KVM had no shadow copies to drop.
-        self.pte_flushes = 0;
+        if self.cur == 0 {
+            // Nothing ran yet: KVM had no shadow copies to drop.
+            self.pte_flushes = before;
+        }
         Ok(())
+    }
+
+    /// vCPU `id`'s state for the boot's text ([`VCPU_LINE_PREFIX`]): from
+    /// KVM its TR, FS base and GDTR; from the domain (what Xen keeps) its
+    /// kernel stack (`stack_switch`, Xen's per-vCPU `TSS.rsp0`) and its
+    /// first GDT frame's guest address.
+    pub(crate) fn vcpu_line(&self, id: usize, s: &kvm_sregs) -> String {
+        let vc = self.dom.vcpu(id);
+        let gdt = vc
+            .gdt_frames
+            .first()
+            .and_then(|&mfn| self.dom.mfn_to_pfn(mfn))
+            .map_or(0, |pfn| pfn << 12);
+        format!(
+            "{VCPU_LINE_PREFIX}{id}: tr={:#x} tr.base={:#x} fs.base={:#x} gdt.base={:#x} kernel_sp={:#x} gdt_frame={gdt:#x}\n",
+            s.tr.selector, s.tr.base, s.fs.base, s.gdt.base, vc.kernel_sp
+        )
     }
 
     pub(super) fn read(&self, addr: u64) -> Result<u64, String> {
@@ -26,12 +46,14 @@ impl XenGuest {
 
     /// Make the domain's state real on the vCPU.
     pub(super) fn sync(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
-        let vc = self.dom.vcpu(0);
+        let (cur, vc) = (self.cur, self.dom.vcpu(self.cur));
         let mut sregs = vcpu.sregs()?;
 
         // GDT: every slot of the guest's frames, as Xen validated them.
         let n = (vc.gdt_frames.len() as u32 * 512).min(FIRST_RESERVED_GDT_ENTRY);
-        let gdt: Vec<u64> = (0..n).map(|i| accessed(self.dom.gdt_entry(0, i))).collect();
+        let gdt: Vec<u64> = (0..n)
+            .map(|i| accessed(self.dom.gdt_entry(cur, i)))
+            .collect();
         if gdt != self.last_gdt {
             for i in 0..n.max(self.gdt_written) {
                 let d = gdt.get(i as usize).copied().unwrap_or(0);
@@ -52,7 +74,7 @@ impl XenGuest {
         let mut present = [false; 16];
         if ents > 0 && base != ZERO_BLOCK_PTR {
             for idx in 0..ents {
-                let e = self.dom.ldt_entry(0, idx);
+                let e = self.dom.ldt_entry(cur, idx);
                 present[(idx / 512) as usize] |= e.is_some();
                 ldt.push(accessed(e.unwrap_or(0)));
             }
@@ -96,14 +118,15 @@ impl XenGuest {
             ldt_ptes_changed |= self.set_real_pte(at, want)?;
         }
 
-        // set_segment_base.
-        if vc.fs_base != self.fs_base {
+        // set_segment_base (or the bases of a VCPUOP_initialise context).
+        let (fs, gs) = &mut self.bases[cur];
+        if vc.fs_base != *fs {
             sregs.fs.base = vc.fs_base;
-            self.fs_base = vc.fs_base;
+            *fs = vc.fs_base;
         }
-        if vc.gs_base_kernel != self.gs_base {
+        if vc.gs_base_kernel != *gs {
             sregs.gs.base = vc.gs_base_kernel;
-            self.gs_base = vc.gs_base_kernel;
+            *gs = vc.gs_base_kernel;
         }
         sregs.gdt.base = REAL_GDT;
         sregs.gdt.limit = (REAL_GDT_ENTRIES * 8 - 1) as u16;
