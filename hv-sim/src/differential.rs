@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::kvm::{self, Config};
-use crate::realxen::{self, ShutdownReason, XenImage};
+use crate::realxen::{self, RealXenError, ShutdownReason, XenImage};
 
 /// One line on which the two disagree.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,13 +141,44 @@ pub fn compare(
     }
 }
 
+/// Why a differential run gave no comparison.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DifferentialError {
+    /// `HV_SIM_DIFF_SEED` is set but not a u64.
+    #[error("HV_SIM_DIFF_SEED={0:?} is not a u64")]
+    BadSeed(String),
+    /// Real Xen gave no report.
+    #[error("real Xen: {0}")]
+    RealXen(#[from] RealXenError),
+    /// Real Xen's dom0 stopped other than by powering off (the battery did
+    /// not reach its end).
+    #[error("real Xen: the battery ended with {reason:?}:\n{text}")]
+    NotPoweroff {
+        /// How dom0 stopped.
+        reason: ShutdownReason,
+        /// What it printed.
+        text: String,
+    },
+    /// The kernel image could not be read.
+    #[error("reading {path}: {source}", path = path.display())]
+    Read {
+        /// The image.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// hv-sim's KVM boot gave no report.
+    #[error("hv-sim: {0}")]
+    Sim(#[from] kvm::KvmError),
+}
+
 /// The seed to run: `HV_SIM_DIFF_SEED` if set (an error if it is not a
 /// u64), else a fresh one from the clock.
-pub fn seed_from_env() -> Result<u64, String> {
+pub fn seed_from_env() -> Result<u64, DifferentialError> {
     match std::env::var("HV_SIM_DIFF_SEED") {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| format!("HV_SIM_DIFF_SEED={v:?} is not a u64")),
+        Ok(v) => v.parse().map_err(|_| DifferentialError::BadSeed(v)),
         Err(_) => Ok(std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)),
@@ -175,24 +206,25 @@ pub fn run(
     seed: u64,
     count: usize,
     timeout: Duration,
-) -> Result<Differential, String> {
+) -> Result<Differential, DifferentialError> {
     let cmd = cmdline(seed, count);
-    let real = xen
-        .boot(elf, &cmd, timeout)
-        .map_err(|e| format!("real Xen: {e}"))?;
+    let real = xen.boot(elf, &cmd, timeout)?;
     if real.shutdown != ShutdownReason::Poweroff {
-        return Err(format!(
-            "real Xen: the battery ended with {:?}:\n{}",
-            real.shutdown, real.guest_text
-        ));
+        return Err(DifferentialError::NotPoweroff {
+            reason: real.shutdown,
+            text: real.guest_text,
+        });
     }
-    let image = std::fs::read(elf).map_err(|e| format!("reading {}: {e}", elf.display()))?;
+    let image = std::fs::read(elf).map_err(|source| DifferentialError::Read {
+        path: elf.to_path_buf(),
+        source,
+    })?;
     let cfg = Config {
         guest_cmdline: cmd,
         timeout,
         ..Config::default()
     };
-    let sim = kvm::xen::boot_xen(&image, &cfg).map_err(|e| format!("hv-sim: {e}"))?;
+    let sim = kvm::xen::boot_xen(&image, &cfg)?;
     if let Some(dir) = std::env::var_os("HV_SIM_DIFF_SAVE") {
         // Both outputs, for a closer look at a disagreement.
         let dir = Path::new(&dir);
@@ -211,7 +243,7 @@ pub fn run(
 }
 
 /// What [`realxen::available`] and [`kvm::available`] say, together.
-pub fn available() -> Result<XenImage, String> {
+pub fn available() -> Result<XenImage, kvm::Unavailable> {
     kvm::available()?;
     realxen::available()
 }

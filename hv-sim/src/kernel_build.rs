@@ -55,6 +55,7 @@ pub fn target_root() -> PathBuf {
 
 /// Why a kernel could not be built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KernelBuildError {
     /// A tool (rustup or cargo) could not be started.
     #[error("running {tool}: {reason}")]

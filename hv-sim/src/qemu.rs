@@ -10,16 +10,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::kvm::{BootReport, ExitCounts, VcpuIoctls, parse_checks};
+use crate::kvm::{BootReport, ExitCounts, Unavailable, VcpuIoctls, parse_checks};
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
 
 /// Is QEMU installed? `Err(reason)` says why not. Setting `HV_SIM_NO_QEMU`
 /// makes it answer no.
-pub fn available() -> Result<(), String> {
+pub fn available() -> Result<(), Unavailable> {
     if std::env::var_os("HV_SIM_NO_QEMU").is_some() {
-        return Err("HV_SIM_NO_QEMU is set".to_string());
+        return Err(Unavailable::Disabled("HV_SIM_NO_QEMU"));
     }
     match Command::new(QEMU)
         .arg("--version")
@@ -28,19 +28,63 @@ pub fn available() -> Result<(), String> {
         .status()
     {
         Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(format!("`{QEMU} --version` failed ({s})")),
-        Err(e) => Err(format!(
-            "{QEMU} not found ({e}); install Debian's qemu-system-x86"
-        )),
+        Ok(status) => Err(Unavailable::NotWorking {
+            program: QEMU,
+            status,
+        }),
+        Err(source) => Err(Unavailable::NotInstalled {
+            program: QEMU,
+            hint: "install Debian's qemu-system-x86",
+            source,
+        }),
     }
+}
+
+/// Why a QEMU boot gave no report.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QemuError {
+    /// QEMU is not usable here: the reason to print with `SKIPPED:`.
+    #[error("QEMU is not available: {0}")]
+    Unavailable(#[from] Unavailable),
+    /// A file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU ran past the time limit (and was killed).
+    #[error("QEMU still running after {limit:?}; the kernel printed:\n{text}")]
+    Timeout {
+        /// The limit.
+        limit: Duration,
+        /// What the kernel printed.
+        text: String,
+    },
+    /// QEMU ended without the kernel's write to the exit port.
+    #[error(
+        "QEMU ended without the kernel's exit write ({status}): {stderr}\nthe kernel printed:\n{text}"
+    )]
+    NoExitWrite {
+        /// QEMU's exit status.
+        status: std::process::ExitStatus,
+        /// What QEMU printed on stderr.
+        stderr: String,
+        /// What the kernel printed.
+        text: String,
+    },
 }
 
 /// Boot `elf` under QEMU TCG and collect its report. QEMU is killed after
 /// `timeout`.
-pub fn boot(elf: &Path, timeout: Duration) -> Result<BootReport, String> {
+pub fn boot(elf: &Path, timeout: Duration) -> Result<BootReport, QemuError> {
     available()?;
+    let io = |what: String| move |source| QemuError::Io { what, source };
     let dir = std::env::temp_dir().join(format!("hv-sim-qemu-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     let text_path = dir.join("debugcon.txt");
     let _ = std::fs::remove_file(&text_path);
     let mut child = Command::new(QEMU)
@@ -57,7 +101,7 @@ pub fn boot(elf: &Path, timeout: Duration) -> Result<BootReport, String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("starting {QEMU}: {e}"))?;
+        .map_err(io(format!("starting {QEMU}")))?;
     let start = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -66,12 +110,13 @@ pub fn boot(elf: &Path, timeout: Duration) -> Result<BootReport, String> {
                 let _ = child.kill();
                 let _ = child.wait();
                 let text = std::fs::read_to_string(&text_path).unwrap_or_default();
-                return Err(format!(
-                    "QEMU still running after {timeout:?}; the kernel printed:\n{text}"
-                ));
+                return Err(QemuError::Timeout {
+                    limit: timeout,
+                    text,
+                });
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("waiting for QEMU: {e}")),
+            Err(e) => return Err(io("waiting for QEMU".into())(e)),
         }
     };
     let text = std::fs::read_to_string(&text_path).unwrap_or_default();
@@ -79,13 +124,15 @@ pub fn boot(elf: &Path, timeout: Duration) -> Result<BootReport, String> {
     let exit_status = match status.code() {
         Some(c) if c & 1 == 1 => Some((c >> 1) as u32),
         _ => {
-            let mut err = String::new();
+            let mut stderr = String::new();
             if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
             }
-            return Err(format!(
-                "QEMU ended without the kernel's exit write ({status}): {err}\nthe kernel printed:\n{text}"
-            ));
+            return Err(QemuError::NoExitWrite {
+                status,
+                stderr,
+                text,
+            });
         }
     };
     Ok(BootReport {

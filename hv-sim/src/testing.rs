@@ -43,7 +43,7 @@ pub fn kvm_or_skip(test: &str) -> bool {
     match crate::kvm::available() {
         Ok(()) => true,
         Err(why) => {
-            skip_unless_required(test, "HV_SIM_REQUIRE_KVM", "KVM", &why);
+            skip_unless_required(test, "HV_SIM_REQUIRE_KVM", "KVM", &why.to_string());
             false
         }
     }
@@ -57,7 +57,7 @@ pub fn qemu_or_skip(test: &str) -> bool {
     match crate::qemu::available() {
         Ok(()) => true,
         Err(why) => {
-            skip_unless_required(test, "HV_SIM_REQUIRE_QEMU", "QEMU", &why);
+            skip_unless_required(test, "HV_SIM_REQUIRE_QEMU", "QEMU", &why.to_string());
             false
         }
     }
@@ -72,14 +72,32 @@ pub fn xen_or_skip(test: &str) -> Option<crate::realxen::XenImage> {
     match crate::realxen::available() {
         Ok(image) => Some(image),
         Err(why) => {
-            skip_unless_required(test, "HV_SIM_REQUIRE_XEN", "real Xen", &why);
+            skip_unless_required(test, "HV_SIM_REQUIRE_XEN", "real Xen", &why.to_string());
             None
         }
     }
 }
 
+/// Why [`example_kernel_image`] has no image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelImageError {
+    /// The build failed.
+    #[error(transparent)]
+    Build(#[from] crate::kernel_build::KernelBuildError),
+    /// The built ELF file could not be read.
+    #[error("reading {path}: {source}", path = path.display())]
+    Read {
+        /// The ELF file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Build the example kernel and read its ELF image.
-pub fn example_kernel_image() -> Result<Vec<u8>, String> {
-    let elf = crate::kernel_build::build_example_kernel().map_err(|e| e.to_string())?;
-    std::fs::read(&elf).map_err(|e| format!("reading {}: {e}", elf.display()))
+pub fn example_kernel_image() -> Result<Vec<u8>, KernelImageError> {
+    let elf = crate::kernel_build::build_example_kernel()?;
+    std::fs::read(&elf).map_err(|source| KernelImageError::Read { path: elf, source })
 }

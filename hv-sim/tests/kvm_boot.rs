@@ -91,4 +91,6 @@ fn native_boot_brings_up_a_second_vcpu_with_its_own_tr_rsp0_and_fs() {
 fn malformed_images_are_refused() {
     let err = kvm::parse_elf(b"not an elf").unwrap_err();
     assert!(err.to_string().contains("kernel image rejected"), "{err}");
+    assert!(matches!(err, kvm::KvmError::Elf(_)), "{err:?}");
+    assert!(std::error::Error::source(&err).is_some(), "{err:?}");
 }

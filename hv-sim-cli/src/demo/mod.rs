@@ -176,6 +176,7 @@ fn kvm_boot<T>(
         )));
     }
     hv_sim::testing::example_kernel_image()
+        .map_err(|e| e.to_string())
         .and_then(|image| boot(&image, &hv_sim::kvm::Config::default()).map_err(|e| e.to_string()))
         .map_err(|e| Box::new(Boot::error(label, title, format!("boot failed: {e}"))))
 }
@@ -368,11 +369,15 @@ fn qemu(demo: &mut Demo, smp: &mut Vec<Check>) {
         "QEMU TCG, the same image through its PVH entry",
     );
     if let Err(why) = hv_sim::qemu::available() {
-        return demo.boots.push(Boot::skipped(label, title, why));
+        return demo
+            .boots
+            .push(Boot::skipped(label, title, why.to_string()));
     }
     let r = hv_sim::kernel_build::build_example_kernel()
         .map_err(|e| e.to_string())
-        .and_then(|elf| hv_sim::qemu::boot(&elf, Duration::from_secs(120)));
+        .and_then(|elf| {
+            hv_sim::qemu::boot(&elf, Duration::from_secs(120)).map_err(|e| e.to_string())
+        });
     match r {
         Err(e) => demo
             .boots
@@ -401,8 +406,10 @@ fn real_xen(demo: &mut Demo) {
     let xen = match hv_sim::realxen::available() {
         Ok(x) => x,
         Err(why) => {
-            demo.boots.push(Boot::skipped(label, title, why.clone()));
-            demo.boots.push(Boot::skipped(dlabel, dtitle, why));
+            demo.boots
+                .push(Boot::skipped(label, title, why.to_string()));
+            demo.boots
+                .push(Boot::skipped(dlabel, dtitle, why.to_string()));
             return;
         }
     };

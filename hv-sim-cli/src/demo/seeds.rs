@@ -53,7 +53,7 @@ pub fn run(demo: &mut Demo) -> Vec<String> {
     let image = match hv_sim::testing::example_kernel_image() {
         Ok(i) => i,
         Err(e) => {
-            demo.boots.push(Boot::error(label, title, e));
+            demo.boots.push(Boot::error(label, title, e.to_string()));
             return Vec::new();
         }
     };

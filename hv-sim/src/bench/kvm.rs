@@ -272,7 +272,7 @@ pub fn per_exit(progress: &mut dyn FnMut(&str)) -> (Vec<Section>, Vec<Goal>) {
     let mut goals = Vec::new();
     let trap_goal = "a trap end to end ≤ 1.3× the floor (bare ring-3 exit + #GP delivery)";
     if let Err(why) = kvm::available() {
-        s.missing("all KVM figures", &why);
+        s.missing("all KVM figures", &why.to_string());
         goals.push(Goal::new(trap_goal, None, format!("no KVM: {why}")));
         return (vec![s], goals);
     }

@@ -31,6 +31,7 @@
 //! [`regs`] (KVM's sync regs in `kvm_run`), not through register ioctls,
 //! and [`BootReport::ioctls`] counts what a boot issued.
 
+mod error;
 pub mod escape_audit;
 pub mod layout;
 pub mod paging;
@@ -44,7 +45,6 @@ pub mod xen;
 #[cfg(test)]
 mod exit_cost_tests;
 
-use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -54,6 +54,7 @@ use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+pub use error::{KvmError, Unavailable};
 use personality::{Personality, PortAction};
 pub use regs::VcpuIoctls;
 use regs::{RegCache, Vcpu};
@@ -67,58 +68,12 @@ pub mod ports {
     pub const VMI: u16 = crate::vmi::abi::port::VMI_PORT as u16;
 }
 
-/// Why a boot failed (as opposed to a guest that ran and reported).
-#[derive(Debug)]
-pub enum KvmError {
-    /// `/dev/kvm` cannot be opened: the reason to print with `SKIPPED:`.
-    Unavailable(String),
-    /// The ELF image is unusable.
-    BadImage(String),
-    /// A KVM ioctl failed.
-    Ioctl(&'static str, String),
-    /// The guest stopped in a way that is not an orderly exit.
-    GuestCrashed {
-        /// What happened (triple fault, failed entry ...).
-        what: String,
-        /// Text the guest printed before.
-        text: String,
-    },
-    /// The guest ran past the time limit.
-    Timeout {
-        /// The limit.
-        limit: Duration,
-        /// Text the guest printed before.
-        text: String,
-    },
-}
-
-impl fmt::Display for KvmError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KvmError::Unavailable(why) => write!(f, "KVM is not available: {why}"),
-            KvmError::BadImage(why) => write!(f, "kernel image rejected: {why}"),
-            KvmError::Ioctl(what, e) => write!(f, "KVM ioctl {what} failed: {e}"),
-            KvmError::GuestCrashed { what, text } => {
-                write!(f, "guest crashed: {what}; it printed:\n{text}")
-            }
-            KvmError::Timeout { limit, text } => {
-                write!(
-                    f,
-                    "guest still running after {limit:?}; it printed:\n{text}"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for KvmError {}
-
 /// Can this process use KVM? `Err(reason)` says why not. Setting
 /// `HV_SIM_NO_KVM` in the environment makes it answer no (to exercise the
 /// paths that run without KVM).
-pub fn available() -> Result<(), String> {
+pub fn available() -> Result<(), Unavailable> {
     if std::env::var_os("HV_SIM_NO_KVM").is_some() {
-        return Err("HV_SIM_NO_KVM is set".to_string());
+        return Err(Unavailable::Disabled("HV_SIM_NO_KVM"));
     }
     match std::fs::OpenOptions::new()
         .read(true)
@@ -126,7 +81,10 @@ pub fn available() -> Result<(), String> {
         .open("/dev/kvm")
     {
         Ok(_) => Ok(()),
-        Err(e) => Err(format!("/dev/kvm: {e}")),
+        Err(source) => Err(Unavailable::Device {
+            path: "/dev/kvm",
+            source,
+        }),
     }
 }
 
@@ -331,7 +289,7 @@ pub type Segment<'a> = (u64, &'a [u8], u64);
 
 /// Parse an ELF64 x86-64 kernel: entry point and loadable segments.
 pub fn parse_elf(image: &[u8]) -> Result<(u64, Vec<Segment<'_>>), KvmError> {
-    let elf = Elf::parse(image).map_err(|e| KvmError::BadImage(e.to_string()))?;
+    let elf = Elf::parse(image)?;
     if !elf.is_64 || elf.header.e_machine != goblin::elf::header::EM_X86_64 {
         return Err(KvmError::BadImage(
             "not an ELF64 x86-64 executable".to_string(),
@@ -364,7 +322,7 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 
 /// Boot `image` (an ELF kernel) and run it to its exit.
 pub fn boot(image: &[u8], cfg: &Config) -> Result<BootReport, KvmError> {
-    available().map_err(KvmError::Unavailable)?;
+    available()?;
     let (entry, segs) = parse_elf(image)?;
     check_segments_fit(&segs, cfg.mem_size)?;
     launch(entry, &segs, cfg, Setup::Native).map(|(r, _)| r)
@@ -403,7 +361,7 @@ fn launch(
     let flag = timed_out.clone();
     // SIGRTMIN interrupts KVM_RUN in the vCPU thread when the watchdog fires.
     vmm_sys_util::signal::register_signal_handler(vmm_sys_util::signal::SIGRTMIN(), kick_handler)
-        .map_err(|e| KvmError::Ioctl("signal handler", e.to_string()))?;
+        .map_err(KvmError::Signal)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let limit = cfg.timeout;
     let handle = std::thread::spawn(move || {
@@ -422,7 +380,7 @@ fn launch(
     }
     handle
         .join()
-        .map_err(|_| KvmError::Ioctl("vcpu thread", "panicked".to_string()))?
+        .map_err(|p| KvmError::VcpuThreadPanicked(error::panic_message(p.as_ref())))?
 }
 
 /// One VM exit, copied out of the vCPU's run structure.
@@ -446,14 +404,20 @@ struct Machine {
 
 /// Create the VM and its RAM, and load `segs`.
 fn create_vm(cfg: &Config, segs: &[(u64, Vec<u8>)]) -> Result<Machine, KvmError> {
-    let io = |what: &'static str| move |e: kvm_ioctls::Error| KvmError::Ioctl(what, e.to_string());
+    let io = KvmError::ioctl;
     let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), cfg.mem_size)])
-        .map_err(|e| KvmError::Ioctl("guest memory mmap", e.to_string()))?;
+        .map_err(|e| KvmError::GuestMemory {
+            what: "mmap",
+            detail: e.to_string(),
+        })?;
     let kvm = Kvm::new().map_err(io("open /dev/kvm"))?;
     let vm = kvm.create_vm().map_err(io("KVM_CREATE_VM"))?;
     let host = mem
         .get_host_address(GuestAddress(0))
-        .map_err(|e| KvmError::Ioctl("guest memory", e.to_string()))?;
+        .map_err(|e| KvmError::GuestMemory {
+            what: "host address",
+            detail: e.to_string(),
+        })?;
     let region = kvm_userspace_memory_region {
         slot: 0,
         guest_phys_addr: 0,
@@ -480,7 +444,7 @@ fn setup_vcpu(
     cfg: &Config,
     id: u64,
 ) -> Result<(VcpuFd, RegCache), KvmError> {
-    let io = |what: &'static str| move |e: kvm_ioctls::Error| KvmError::Ioctl(what, e.to_string());
+    let io = KvmError::ioctl;
     let mut vcpu = m.vm.create_vcpu(id).map_err(io("KVM_CREATE_VCPU"))?;
     let mut cache = RegCache::new(&mut vcpu, regs::sync_regs_available(&m.kvm));
     let mut cpuid = m
@@ -498,7 +462,8 @@ fn setup_vcpu(
     }
     guest.adjust_cpuid(cpuid.as_mut_slice());
     vcpu.set_cpuid2(&cpuid).map_err(io("KVM_SET_CPUID2"))?;
-    let setup_err = |what: &'static str| move |e: String| KvmError::Ioctl(what, e);
+    let setup_err =
+        |stage: &'static str| move |detail: String| KvmError::VcpuSetup { stage, detail };
     let mut sregs = cache.sregs(&vcpu).map_err(setup_err("entry state"))?;
     layout::long_mode_sregs(&mut sregs);
     let mut regs = cache.regs(&vcpu).map_err(setup_err("entry state"))?;
@@ -702,7 +667,7 @@ fn next_exit(vcpu: &mut VcpuFd) -> Result<Exit, KvmError> {
         Ok(VcpuExit::Shutdown) => Exit::Shutdown,
         Ok(other) => Exit::Other(format!("unexpected VM exit {other:?}")),
         Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
-        Err(e) => return Err(KvmError::Ioctl("KVM_RUN", e.to_string())),
+        Err(e) => return Err(KvmError::ioctl("KVM_RUN")(e)),
     })
 }
 

@@ -195,13 +195,13 @@ pub fn boot_trap_with(
     cfg: &Config,
     mode: TrapMode,
 ) -> Result<TrapBootReport, KvmError> {
-    super::available().map_err(KvmError::Unavailable)?;
+    super::available()?;
     let (entry, segs) = parse_elf(image)?;
     super::check_ring3_ram("trap-and-emulate", cfg.mem_size, MAX_PTS)?;
     super::check_segments_fit(&segs, cfg.mem_size)?;
     let (boot, outcome) = super::launch(entry, &segs, cfg, super::Setup::Trap(mode))?;
     let Some(super::Outcome::Trap(o)) = outcome else {
-        return Err(KvmError::Ioctl("trap personality", "no outcome".into()));
+        return Err(KvmError::NoOutcome("trap"));
     };
     let o = *o;
     Ok(TrapBootReport {

@@ -252,13 +252,13 @@ pub fn boot_vmi_with_rom(
     cfg: &Config,
     rom: &RomBuilder,
 ) -> Result<VmiBootReport, KvmError> {
-    super::available().map_err(KvmError::Unavailable)?;
+    super::available()?;
     let (entry, segs) = parse_elf(image)?;
     super::check_ring3_ram("VMI", cfg.mem_size, MAX_PTS)?;
     super::check_segments_fit(&segs, cfg.mem_size)?;
     let (boot, outcome) = super::launch(entry, &segs, cfg, super::Setup::Vmi(rom.clone()))?;
     let Some(super::Outcome::Vmi(o)) = outcome else {
-        return Err(KvmError::Ioctl("vmi personality", "no outcome".into()));
+        return Err(KvmError::NoOutcome("vmi"));
     };
     let o = *o;
     Ok(VmiBootReport {

@@ -145,9 +145,10 @@ impl XenImage {
 ///   [`DEFAULT_XEN`]; a gzipped one is extracted into `hv-sim-xen/` of
 ///   the target directory (`CARGO_TARGET_DIR`, else the workspace's
 ///   `target/`), again only when the source is newer.
-pub fn available() -> Result<XenImage, String> {
+pub fn available() -> Result<XenImage, crate::kvm::Unavailable> {
+    use crate::kvm::Unavailable;
     if std::env::var_os("HV_SIM_NO_XEN").is_some() {
-        return Err("HV_SIM_NO_XEN is set".to_string());
+        return Err(Unavailable::Disabled("HV_SIM_NO_XEN"));
     }
     crate::qemu::available()?;
     let (source, from_env) = match std::env::var_os("HV_SIM_XEN") {
@@ -155,7 +156,7 @@ pub fn available() -> Result<XenImage, String> {
         _ => (PathBuf::from(DEFAULT_XEN), false),
     };
     if !source.is_file() {
-        return Err(if from_env {
+        return Err(Unavailable::Image(if from_env {
             format!("HV_SIM_XEN={} is not a file", source.display())
         } else {
             format!(
@@ -164,15 +165,15 @@ pub fn available() -> Result<XenImage, String> {
                  or set HV_SIM_XEN",
                 source.display()
             )
-        });
+        }));
     }
     let version = version_from_name(&source);
-    let elf = if is_gzip(&source)? {
-        extract(&source)?
+    let elf = if is_gzip(&source).map_err(Unavailable::Image)? {
+        extract(&source).map_err(Unavailable::Image)?
     } else {
         source.clone()
     };
-    check_elf(&elf)?;
+    check_elf(&elf).map_err(Unavailable::Image)?;
     Ok(XenImage {
         elf,
         source,
@@ -188,7 +189,7 @@ pub fn available() -> Result<XenImage, String> {
 /// or `timeout` passing are errors that carry the last lines of the serial
 /// output.
 pub fn boot(elf: &Path, cmdline: &str, timeout: Duration) -> Result<RealXenReport, RealXenError> {
-    let image = available().map_err(RealXenError::Unavailable)?;
+    let image = available()?;
     run(&image, elf, cmdline, timeout)
 }
 
@@ -314,10 +315,11 @@ impl RealXenReport {
 
 /// Why a boot on real Xen gave no report.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RealXenError {
     /// Xen or QEMU is not usable here (the reason to print with `SKIPPED:`).
     #[error("real Xen is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[from] crate::kvm::Unavailable),
     /// The guest command line cannot be passed.
     #[error("guest command line refused: {0}")]
     BadCmdline(String),

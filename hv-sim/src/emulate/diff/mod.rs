@@ -508,7 +508,7 @@ pub fn differences(q: &Record, e: &Record) -> Vec<&'static str> {
 
 /// Run `scenarios` under QEMU TCG: the raw records.
 pub fn run_qemu(scenarios: &[Scenario], timeout: Duration) -> Result<(Vec<u8>, Vec<u32>), String> {
-    crate::qemu::available()?;
+    crate::qemu::available().map_err(|e| e.to_string())?;
     let (img, at) = image::build(scenarios);
     if image::LOAD as usize + img.len() > image::RESULTS as usize {
         return Err(format!(

@@ -290,7 +290,7 @@ pub fn exit_status(text: &str, shutdown_reason: u32) -> u32 {
 
 /// Boot `image` as a Xen PV guest (dom0).
 pub fn boot_xen(image: &[u8], cfg: &Config) -> Result<XenBootReport, KvmError> {
-    super::available().map_err(KvmError::Unavailable)?;
+    super::available()?;
     let (_, segs) = parse_elf(image)?;
     let notes = xen_notes(image)?;
     super::check_ring3_ram("Xen", cfg.mem_size, MAX_PTS)?;
@@ -313,7 +313,7 @@ pub fn boot_xen(image: &[u8], cfg: &Config) -> Result<XenBootReport, KvmError> {
         }),
     )?;
     let Some(super::Outcome::Xen(o)) = outcome else {
-        return Err(KvmError::Ioctl("xen personality", "no outcome".into()));
+        return Err(KvmError::NoOutcome("xen"));
     };
     let o = *o;
     Ok(XenBootReport {
@@ -462,9 +462,14 @@ impl XenGuest {
         // The domain over the guest's RAM.
         let host = mem
             .get_host_address(GuestAddress(0))
-            .map_err(|e| KvmError::Ioctl("guest memory", e.to_string()))?;
-        let host =
-            NonNull::new(host).ok_or_else(|| KvmError::Ioctl("guest memory", "null".into()))?;
+            .map_err(|e| KvmError::GuestMemory {
+                what: "host address",
+                detail: e.to_string(),
+            })?;
+        let host = NonNull::new(host).ok_or_else(|| KvmError::GuestMemory {
+            what: "host address",
+            detail: "null".into(),
+        })?;
         // SAFETY: `host` is the start of the page-aligned mmap of `pages`
         // pages owned by `mem`; the XenGuest keeps a clone of `mem` (same
         // mapping, reference counted) for as long as the domain lives, and
