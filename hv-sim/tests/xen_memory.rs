@@ -5,11 +5,15 @@
 //!
 //! Only the test's own thread is counted.
 
+#[path = "common/xen.rs"]
+mod xen_helpers;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use hv_sim::xen::*;
+use xen_helpers::hc;
 
 struct Counting;
 
@@ -50,12 +54,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static A: Counting = Counting;
-
-fn hc(d: &XenDomain, n: u64, a: &[u64]) -> i64 {
-    let mut args = [0u64; 6];
-    args[..a.len()].copy_from_slice(a);
-    d.hypercall(0, n, args)
-}
 
 /// The trace bound the test uses (the default, `TRACE_CAP`, behaves the
 /// same but takes longer to fill).

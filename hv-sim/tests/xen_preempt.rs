@@ -5,14 +5,12 @@
 //! makes as long as its RAM is processed in invocations of at most
 //! `PREEMPT_BUDGET` units, with the same final result as one long call.
 
+#[path = "common/xen.rs"]
+mod xen_helpers;
+
 use hv_sim::xen::domain::PREEMPT_BUDGET;
 use hv_sim::xen::*;
-
-fn hc(d: &XenDomain, n: u64, a: &[u64]) -> i64 {
-    let mut args = [0u64; 6];
-    args[..a.len()].copy_from_slice(a);
-    d.hypercall(0, n, args)
-}
+use xen_helpers::hc;
 
 /// (name, changes) of every call in the trace.
 fn calls(d: &XenDomain) -> Vec<(&'static str, Vec<Change>)> {

@@ -8,30 +8,9 @@
 mod xen_helpers;
 
 use hv_sim::xen::*;
-use xen_helpers::{hc, map, mfn, table};
+use xen_helpers::vcpu_ctx::*;
+use xen_helpers::{Context, hc, map, mfn, put_context, table};
 
-const VCPU_OP: u64 = 24;
-const INITIALISE: u64 = 0;
-const UP: u64 = 1;
-const IS_UP: u64 = 3;
-const VGCF_IN_KERNEL: u64 = 1 << 2;
-const VGCF_ONLINE: u64 = 1 << 5;
-/// Offsets in the 64-bit `vcpu_guest_context` (public/arch-x86/xen.h,
-/// xen-x86_64.h), written out here from the headers rather than taken from
-/// hv-sim.
-const FLAGS: u64 = 512;
-const RIP: u64 = 520 + 16 * 8;
-const CS: u64 = 520 + 17 * 8;
-const RFLAGS: u64 = 520 + 18 * 8;
-const RSP: u64 = 520 + 19 * 8;
-const SS: u64 = 520 + 20 * 8;
-const TRAP_CTXT: u64 = 720;
-const LDT_BASE: u64 = 4816;
-const GDT_FRAMES: u64 = 4832;
-const GDT_ENTS: u64 = 4960;
-const KERNEL_SS: u64 = 4968;
-const CTRLREG: u64 = 4984;
-const SIZE: u64 = 5168;
 const KCODE64: u64 = 0x00af_fb00_0000_ffff;
 
 struct T {
@@ -51,16 +30,18 @@ fn setup() -> T {
     assert_eq!(map(&d, root_va, false), 0);
     let root = mfn(&d, root_va);
     let t = T { d, ctx, gdt, root };
-    t.put(FLAGS, VGCF_IN_KERNEL);
-    t.put(RIP, 0xffff_ffff_8100_1000);
-    t.put(RSP, 0xffff_ffff_8120_0000);
-    t.put(CS, 0xe030); // RPL 0: Xen raises it to 3
-    t.put(SS, 0xe02b);
-    t.put(RFLAGS, 0x3002); // IOPL 3, IF clear: Xen clears IOPL, sets IF
-    t.put(GDT_FRAMES, t.gdt);
-    t.put(GDT_ENTS, 16);
-    t.put(KERNEL_SS, 0xe02b);
-    t.put(CTRLREG + 3 * 8, t.root << 12);
+    put_context(
+        &t.d,
+        t.ctx,
+        &Context {
+            rip: 0xffff_ffff_8100_1000,
+            rsp: 0xffff_ffff_8120_0000,
+            cs: 0xe030,     // RPL 0: Xen raises it to 3
+            rflags: 0x3002, // IOPL 3, IF clear: Xen clears IOPL, sets IF
+            gdt,
+            root,
+        },
+    );
     t
 }
 

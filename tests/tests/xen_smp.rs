@@ -15,6 +15,11 @@ use pvops::percpu::{CpuIndex, PerCpu};
 use pvops::{Descriptor, DescriptorOps, Gdt, GdtLayout, OpsTable, Ring, presets};
 use pvops_xen::XenOps;
 
+#[path = "../../hv-sim/tests/common/xen.rs"]
+mod xen_helpers;
+use xen_helpers::vcpu_ctx::{INITIALISE, UP, VCPU_OP};
+use xen_helpers::{Context, hc, map, mfn, put_context};
+
 std::thread_local! {
     static CPU: Cell<usize> = const { Cell::new(usize::MAX) };
 }
@@ -29,25 +34,6 @@ unsafe impl CpuIndex for ThreadIsCpu {
 
 type Ops = PerCpu<XenOps<XenVcpu<'static>>, ThreadIsCpu, 2>;
 const LAYOUT: GdtLayout = GdtLayout::LINUX_X86_64;
-const VCPU_OP: u64 = 24;
-/// The 64-bit `vcpu_guest_context` offsets (public/arch-x86/xen.h,
-/// xen-x86_64.h): flags, user_regs.rip/cs/rflags/rsp/ss, gdt_frames,
-/// gdt_ents, kernel_ss/sp, ctrlreg[3].
-const FLAGS: u64 = 512;
-const RIP: u64 = 520 + 16 * 8;
-const CS: u64 = 520 + 17 * 8;
-const RFLAGS: u64 = 520 + 18 * 8;
-const RSP: u64 = 520 + 19 * 8;
-const SS: u64 = 520 + 20 * 8;
-const GDT_FRAMES: u64 = 4832;
-const GDT_ENTS: u64 = 4960;
-const KERNEL_SS: u64 = 4968;
-const CR3: u64 = 4984 + 3 * 8;
-
-fn mfn(dom: &XenDomain, va: u64) -> u64 {
-    dom.virt_to_mfn(va).expect("mapped")
-}
-
 /// A page holding Linux's GDT (16 entries).
 fn gdt_page(dom: &XenDomain) -> Gdt {
     let base = dom.alloc_pages(1);
@@ -55,12 +41,6 @@ fn gdt_page(dom: &XenDomain) -> Gdt {
         assert!(dom.host_write_u64(base + 8 * i as u64, d.0));
     }
     Gdt::new(base, 16).unwrap()
-}
-
-/// update_va_mapping(va, its own frame, read-only).
-fn read_only(dom: &XenDomain, va: u64) {
-    let pte = mfn(dom, va) << 12 | 1;
-    assert_eq!(dom.hypercall(0, 14, [va, pte, 2, 0, 0, 0]), 0);
 }
 
 fn tls(base: u64) -> [Descriptor; 3] {
@@ -93,24 +73,25 @@ fn two_vcpus_each_load_their_own_gdt_kernel_stack_and_tls() {
 
     // Start vCPU 1 the way Linux's cpu_initialize_context does: its GDT
     // page read-only, a root page table, the context, then VCPUOP_up.
-    read_only(dom, gdts[1].base());
+    assert_eq!(map(dom, gdts[1].base(), false), 0);
     let root = dom.alloc_pages(1);
-    read_only(dom, root);
+    assert_eq!(map(dom, root, false), 0);
     let ctx = dom.alloc_pages(2);
-    let put = |off: u64, v: u64| assert!(dom.host_write_u64(ctx + off, v));
-    put(FLAGS, 1 << 2); // VGCF_in_kernel
-    put(RIP, 0xffff_ffff_8100_2000);
-    put(RSP, stacks[1]);
-    put(CS, 0xe033);
-    put(SS, 0xe02b);
-    put(RFLAGS, 0x202);
-    put(GDT_FRAMES, mfn(dom, gdts[1].base()));
-    put(GDT_ENTS, 16);
-    put(KERNEL_SS, 0xe02b);
-    put(CR3, mfn(dom, root) << 12);
-    assert_eq!(dom.hypercall(0, VCPU_OP, [0, 1, ctx, 0, 0, 0]), 0);
+    put_context(
+        dom,
+        ctx,
+        &Context {
+            rip: 0xffff_ffff_8100_2000,
+            rsp: stacks[1],
+            cs: 0xe033,
+            rflags: 0x202,
+            gdt: mfn(dom, gdts[1].base()),
+            root: mfn(dom, root),
+        },
+    );
+    assert_eq!(hc(dom, VCPU_OP, &[INITIALISE, 1, ctx]), 0);
     assert!(!dom.vcpu(1).up);
-    assert_eq!(dom.hypercall(0, VCPU_OP, [1, 1, 0, 0, 0, 0]), 0);
+    assert_eq!(hc(dom, VCPU_OP, &[UP, 1]), 0);
     assert_eq!(dom.vcpu(1).gdt_frames, vec![mfn(dom, gdts[1].base())]);
 
     // vCPU 1 (another thread): its own backend through the same table.

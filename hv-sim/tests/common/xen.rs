@@ -111,3 +111,81 @@ pub fn mc_entry(d: &XenDomain, va: u64, op: u64, args: &[u64]) {
         d.host_write_u64(va + 16 + 8 * i as u64, *a);
     }
 }
+
+/// `VCPUOP_*` (public/vcpu.h) and the 64-bit `vcpu_guest_context` layout
+/// (public/arch-x86/xen.h, xen-x86_64.h), written out from the headers
+/// rather than taken from hv-sim. Shared with `tests/tests/xen_smp.rs`.
+pub mod vcpu_ctx {
+    /// `__HYPERVISOR_vcpu_op`.
+    pub const VCPU_OP: u64 = 24;
+    /// VCPUOP_initialise.
+    pub const INITIALISE: u64 = 0;
+    /// VCPUOP_up.
+    pub const UP: u64 = 1;
+    /// VCPUOP_is_up.
+    pub const IS_UP: u64 = 3;
+    /// VGCF_in_kernel.
+    pub const VGCF_IN_KERNEL: u64 = 1 << 2;
+    /// VGCF_online.
+    pub const VGCF_ONLINE: u64 = 1 << 5;
+    /// flags.
+    pub const FLAGS: u64 = 512;
+    /// user_regs.rip.
+    pub const RIP: u64 = 520 + 16 * 8;
+    /// user_regs.cs.
+    pub const CS: u64 = 520 + 17 * 8;
+    /// user_regs.rflags.
+    pub const RFLAGS: u64 = 520 + 18 * 8;
+    /// user_regs.rsp.
+    pub const RSP: u64 = 520 + 19 * 8;
+    /// user_regs.ss.
+    pub const SS: u64 = 520 + 20 * 8;
+    /// trap_ctxt[0].
+    pub const TRAP_CTXT: u64 = 720;
+    /// ldt_base (ldt_ents follows).
+    pub const LDT_BASE: u64 = 4816;
+    /// gdt_frames[0].
+    pub const GDT_FRAMES: u64 = 4832;
+    /// gdt_ents.
+    pub const GDT_ENTS: u64 = 4960;
+    /// kernel_ss (kernel_sp follows).
+    pub const KERNEL_SS: u64 = 4968;
+    /// ctrlreg[0].
+    pub const CTRLREG: u64 = 4984;
+    /// sizeof(struct vcpu_guest_context).
+    pub const SIZE: u64 = 5168;
+}
+
+/// What a vCPU context written by [`put_context`] holds.
+pub struct Context {
+    /// Entry RIP.
+    pub rip: u64,
+    /// Entry RSP.
+    pub rsp: u64,
+    /// Entry CS (Xen raises its RPL to 3).
+    pub cs: u64,
+    /// Entry RFLAGS (Xen clears IOPL, sets IF).
+    pub rflags: u64,
+    /// The one GDT frame (16 entries).
+    pub gdt: u64,
+    /// The root page-table frame.
+    pub root: u64,
+}
+
+/// Write a kernel-mode 64-bit `vcpu_guest_context` at `ctx` (two zeroed
+/// pages) as Linux's `cpu_initialize_context` does: `c`'s registers, SS and
+/// kernel SS = FLAT_KERNEL_SS (0xe02b), one GDT frame of 16 entries, CR3.
+pub fn put_context(d: &XenDomain, ctx: u64, c: &Context) {
+    use vcpu_ctx::*;
+    let put = |off: u64, v: u64| assert!(d.host_write_u64(ctx + off, v));
+    put(FLAGS, VGCF_IN_KERNEL);
+    put(RIP, c.rip);
+    put(RSP, c.rsp);
+    put(CS, c.cs);
+    put(SS, 0xe02b);
+    put(RFLAGS, c.rflags);
+    put(GDT_FRAMES, c.gdt);
+    put(GDT_ENTS, 16);
+    put(KERNEL_SS, 0xe02b);
+    put(CTRLREG + 3 * 8, c.root << 12);
+}
