@@ -87,7 +87,7 @@ pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, String> {
     // out 0xe0, al; jmp $-2
     let out_loop: [u8; 4] = [0xe6, 0xe0, 0xeb, 0xfc];
     if kind == BareKind::Ring0 {
-        layout::write_boot_tables(&mem)?;
+        layout::write_boot_tables(&mem).map_err(|e| e.to_string())?;
         code(CODE, &out_loop)?;
     } else {
         // GDT at 0x5000 (ring-3 code 0x08, data 0x10, TSS 0x18), TSS at
@@ -98,7 +98,8 @@ pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, String> {
             } else {
                 0
             }
-        })?;
+        })
+        .map_err(|e| e.to_string())?;
         w(0x5008, 0x00af_fb00_0000_ffff)?;
         w(0x5010, 0x00cf_f300_0000_ffff)?;
         let tss = 0x6000u64;

@@ -78,6 +78,18 @@ pub enum KvmError {
         /// Why it failed.
         detail: String,
     },
+    /// Writing hv-sim's own tables or pages into guest memory failed
+    /// (the address is outside guest RAM).
+    #[error("writing {what} at {addr:#x}: {source}")]
+    GuestWrite {
+        /// What was being written.
+        what: &'static str,
+        /// Where.
+        addr: u64,
+        /// Why.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
     /// The signal handler that kicks the vCPU out of `KVM_RUN` at the
     /// time limit could not be installed.
     #[error("installing the SIGRTMIN handler that interrupts KVM_RUN: {0}")]
@@ -120,6 +132,14 @@ impl KvmError {
     /// A failed ioctl `op`.
     pub(crate) fn ioctl(op: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
         move |errno| KvmError::Ioctl { op, errno }
+    }
+
+    /// A failed write of `what` at `addr`.
+    pub(crate) fn guest_write(
+        what: &'static str,
+        addr: u64,
+    ) -> impl Fn(vm_memory::GuestMemoryError) -> KvmError {
+        move |source| KvmError::GuestWrite { what, addr, source }
     }
 }
 

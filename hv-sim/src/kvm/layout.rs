@@ -10,6 +10,7 @@
 //! | 0x7000–0x8000 | boot stack (rsp = 0x8000) |
 //! | 0x100000+ | the kernel's `PT_LOAD` segments |
 
+use super::KvmError;
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -95,10 +96,10 @@ pub fn write_ring3_page_tables(
     mem: &GuestMemoryMmap,
     mem_size: usize,
     low_page: impl Fn(u64) -> u64,
-) -> Result<(), String> {
+) -> Result<(), KvmError> {
     let w = |addr: u64, v: u64| {
         mem.write_obj(v, GuestAddress(addr))
-            .map_err(|e| format!("writing page tables at {addr:#x}: {e}"))
+            .map_err(KvmError::guest_write("the ring-3 page tables", addr))
     };
     let pages = (mem_size / 4096) as u64;
     w(PML4, 0x2000 | PTE_P | PTE_RW | PTE_U)?;
@@ -122,10 +123,10 @@ pub fn write_ring3_page_tables(
 }
 
 /// Write the boot GDT and page tables.
-pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), String> {
+pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), KvmError> {
     let w = |addr: u64, v: u64| {
         mem.write_obj(v, GuestAddress(addr))
-            .map_err(|e| format!("writing boot tables at {addr:#x}: {e}"))
+            .map_err(KvmError::guest_write("the boot tables", addr))
     };
     for (i, d) in BOOT_GDT_ENTRIES.iter().enumerate() {
         w(BOOT_GDT + i as u64 * 8, *d)?;

@@ -132,7 +132,7 @@ pub(crate) fn create(
 ) -> Result<Box<dyn Personality>, KvmError> {
     Ok(match setup {
         Setup::Native => {
-            layout::write_boot_tables(mem).map_err(KvmError::BadImage)?;
+            layout::write_boot_tables(mem)?;
             Box::new(Native)
         }
         Setup::Xen(s) => Box::new(xen::XenGuest::new(mem, cfg, s)?),

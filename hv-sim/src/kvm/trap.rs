@@ -332,7 +332,7 @@ impl TrapGuest {
     ) -> Result<TrapGuest, KvmError> {
         let w = |addr: u64, v: u64| {
             mem.write_obj(v, GuestAddress(addr))
-                .map_err(|e| KvmError::BadImage(format!("writing {addr:#x}: {e}")))
+                .map_err(KvmError::guest_write("hv-sim's pages", addr))
         };
         layout::write_ring3_page_tables(mem, cfg.mem_size, |a| {
             if (0x7000..0x8000).contains(&a) {
@@ -347,8 +347,7 @@ impl TrapGuest {
             } else {
                 0
             }
-        })
-        .map_err(KvmError::BadImage)?;
+        })?;
         mem.write_slice(&TRAP_STUB, GuestAddress(TRAP_TEXT))
             .map_err(|e| KvmError::BadImage(format!("writing the #GP entry: {e}")))?;
         mem.write_slice(&PF_STUB, GuestAddress(wp::PF_STUB_AT))

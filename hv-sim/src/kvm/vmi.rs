@@ -315,7 +315,7 @@ impl VmiGuest {
     ) -> Result<VmiGuest, KvmError> {
         let w = |addr: u64, v: u64| {
             mem.write_obj(v, GuestAddress(addr))
-                .map_err(|e| KvmError::BadImage(format!("writing {addr:#x}: {e}")))
+                .map_err(KvmError::guest_write("hv-sim's pages", addr))
         };
         layout::write_ring3_page_tables(mem, cfg.mem_size, |a| {
             if (0x7000..0x8000).contains(&a) {
@@ -329,8 +329,7 @@ impl VmiGuest {
             } else {
                 0
             }
-        })
-        .map_err(KvmError::BadImage)?;
+        })?;
         // The ROM.
         mem.write_slice(&rom.build(), GuestAddress(ROM_BASE))
             .map_err(|e| KvmError::BadImage(format!("placing the VMI ROM: {e}")))?;

@@ -351,7 +351,7 @@ fn accessed(d: u64) -> u64 {
 fn write_hv_pages(mem: &GuestMemoryMmap, cfg: &Config, setup: &XenSetup) -> Result<(), KvmError> {
     let w = |addr: u64, v: u64| {
         mem.write_obj(v, GuestAddress(addr))
-            .map_err(|e| KvmError::BadImage(format!("writing {addr:#x}: {e}")))
+            .map_err(KvmError::guest_write("hv-sim's pages", addr))
     };
     layout::write_ring3_page_tables(mem, cfg.mem_size, |a| {
         if a == TRAP_TEXT {
@@ -362,8 +362,7 @@ fn write_hv_pages(mem: &GuestMemoryMmap, cfg: &Config, setup: &XenSetup) -> Resu
         } else {
             0
         }
-    })
-    .map_err(KvmError::BadImage)?;
+    })?;
     // Hypercall page and exception stubs.
     let mut stubs = vec![0u8; 4096];
     for (nr, s) in stubs.chunks_mut(STUB_SIZE).enumerate() {
@@ -455,7 +454,7 @@ impl XenGuest {
     ) -> Result<XenGuest, KvmError> {
         let w = |addr: u64, v: u64| {
             mem.write_obj(v, GuestAddress(addr))
-                .map_err(|e| KvmError::BadImage(format!("writing {addr:#x}: {e}")))
+                .map_err(KvmError::guest_write("hv-sim's pages", addr))
         };
         let pages = cfg.mem_size / 4096;
         write_hv_pages(mem, cfg, setup)?;
