@@ -14,11 +14,14 @@
 //! | [`IDT`] | 32 interrupt gates to the stubs |
 //! | `TEXT` | the stubs, the common handler, the recorder, the output code |
 //! | [`WIN`] | the data window the operands point into |
-//! | [`PD`], [`PT`] | 32-bit paging (SDM vol. 3A 4.3): the first 4 MiB through [`PT`] (4 KiB pages, supervisor, read/write; the window's entry set by each scenario), the rest identity in 4 MiB pages; CR0.WP set |
-//! | `SCENARIOS` | one block per scenario |
+//! | [`PD`], [`PT`] | 32-bit paging (SDM vol. 3A 4.3): the first 4 MiB through [`PT`] (4 KiB pages, supervisor; the window's entry set by each scenario), the rest identity in 4 MiB pages; CR0.WP set; code read-only ([`pte`], [`pde`]) |
+//! | `SCENARIOS` | the runner (one loop for all scenarios), each instruction's stub, one data block per scenario |
 //!
-//! Records go to [`RESULTS`] (outside the image) and leave through
-//! `isa-debugcon` (port 0xE9) with `rep outsb`; then `isa-debug-exit`.
+//! Records go to [`RESULTS`] (outside the image); then `isa-debug-exit`.
+//! The guest's RAM is a file (`memory-backend-file`, shared), so the host
+//! reads the records from it once QEMU has exited (a byte at a time
+//! through `isa-debugcon` cost a system call per byte: 29 s of 40 for
+//! 100,000 scenarios).
 
 use super::{RECORD, Scenario};
 
@@ -36,6 +39,9 @@ const CUR_ERR: u32 = VARS + 24;
 const CUR_EAX: u32 = VARS + 28;
 const RESUME: u32 = VARS + 32;
 const CUR_CR2: u32 = VARS + 36;
+const CUR_DATA: u32 = VARS + 40;
+const LEFT: u32 = VARS + 44;
+const JUMP: u32 = VARS + 56;
 /// The test GDTR image each scenario loads before its instruction.
 pub const SCRATCH: u32 = VARS + 48;
 /// The IDT.
@@ -61,6 +67,23 @@ const STACK_TOP: u32 = 0x7_0000;
 pub const IDT_LIMIT: u16 = 32 * 8 - 1;
 /// The runtime GDT's limit.
 pub const GDT_LIMIT: u16 = 0x7f;
+
+/// The first 4 MiB's page-table entry for `page` (its address): present,
+/// identity, writable only where the guest writes (below [`LOAD`]: the
+/// stack; the GDT and variables, the window, the page tables), read-only
+/// elsewhere: the code, the IDT. With CR0.WP, a store that QEMU lets
+/// through an unchecked segment faults there instead of rewriting the
+/// code of a later scenario.
+pub fn pte(page: u32) -> u32 {
+    let writable = page < LOAD || [GDT, WIN, PD, PT].contains(&(page & !0xfff));
+    page & !0xfff | 1 | u32::from(writable) << 1
+}
+
+/// The page-directory entry `k` (1 ≤ k < [`MAPPED_4M`]): a 4 MiB page,
+/// identity, writable only from [`RESULTS`] on (the records).
+pub fn pde(k: u32) -> u32 {
+    k << 22 | 0x81 | u32::from(k << 22 >= RESULTS) << 1
+}
 
 /// A byte buffer at a known load address.
 pub(crate) struct Asm {
@@ -101,6 +124,10 @@ impl Asm {
     fn load_eax(&mut self, abs: u32) -> &mut Self {
         self.b(&[0x36, 0xa1]).d(abs)
     }
+    /// `mov r32, ss:[esi+disp32]`.
+    fn load_esi(&mut self, r: u8, disp: u32) -> &mut Self {
+        self.b(&[0x36, 0x8b, 0x86 | r << 3]).d(disp)
+    }
     /// `mov ss:[edi+disp32], eax` (or `ax` with `word`).
     fn store_edi(&mut self, disp: u32, word: bool) -> &mut Self {
         if word {
@@ -140,7 +167,7 @@ impl Asm {
 fn text() -> (Asm, Vec<u32>, u32) {
     let mut a = Asm::new(TEXT);
     // Common handler: save EAX, pop vector and error code, reset the
-    // stack, resume at the scenario's recorder call.
+    // stack, resume at the runner's recorder call.
     let common = TEXT + 32 * 16;
     let mut stubs = Vec::new();
     for v in 0..32u8 {
@@ -194,53 +221,85 @@ fn text() -> (Asm, Vec<u32>, u32) {
     (a, stubs, rec)
 }
 
-/// One scenario's block: set up, load the test GDTR, run the instruction,
-/// record.
-fn scenario(a: &mut Asm, i: usize, s: &Scenario, recorder: u32) -> u32 {
-    let rec = RESULTS + (i * RECORD) as u32;
-    a.store_imm(CUR_REC, rec)
+/// Bytes of one scenario's data block (see [`runner`]).
+const DATA: u32 = 228;
+/// Offsets in a data block: GDT slots (104 bytes) and window (64) first,
+/// for `rep movsd`; then, relative to where those leave ESI: the window's
+/// entry, the test GDTR image (8), ES/DS/FS/GS (4 words), the
+/// instruction's stub, EAX…EDI (8 dwords), the record's address.
+const D_PTE: u32 = 0;
+const D_GDTR: u32 = 4;
+const D_SELS: u32 = 12;
+const D_STUB: u32 = 20;
+const D_REGS: u32 = 24;
+const D_REC: u32 = 56;
+
+/// One scenario's data block.
+fn data(i: usize, s: &Scenario, stub: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity(DATA as usize);
+    for w in s.gdt_slots {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    v.extend_from_slice(&s.window);
+    v.extend_from_slice(&s.win_pte.to_le_bytes());
+    let g = s.test_gdtr;
+    v.extend_from_slice(&g.0.to_le_bytes());
+    v.extend_from_slice(&g.1.to_le_bytes());
+    v.extend_from_slice(&[0, 0]);
+    for sel in s.sels {
+        v.extend_from_slice(&sel.to_le_bytes());
+    }
+    v.extend_from_slice(&stub.to_le_bytes());
+    for r in s.regs {
+        v.extend_from_slice(&r.to_le_bytes());
+    }
+    v.extend_from_slice(&(RESULTS + (i * RECORD) as u32).to_le_bytes());
+    debug_assert_eq!(v.len(), DATA as usize);
+    v
+}
+
+/// The loop that runs every scenario from its data block (one piece of
+/// code, translated once by QEMU; only each instruction's stub is new
+/// code): set up, load the test GDTR, jump to the stub (the instruction,
+/// `mov [eax_slot], eax`, `jmp after`), record, next. An exception resumes
+/// at `after` too. Returns the code and `after`'s address.
+fn runner(at: u32, recorder: u32, output: u32) -> (Asm, u32) {
+    let mut a = Asm::new(at);
+    let next = a.here();
+    a.b(&[0x36, 0x8b, 0x35]).d(CUR_DATA); // mov esi, ss:[cur_data]
+    a.b(&[0x36, 0x8b, 0x86]).d(104 + 64 + D_REC); // mov eax, ss:[esi+rec]
+    a.store_eax(CUR_REC)
         .store_imm(CUR_VEC, u32::MAX)
         .store_imm(CUR_ERR, 0)
         .store_imm(CUR_CR2, 0);
-    // `mov dword ss:[resume], imm32`: the immediate is its last 4 bytes.
-    a.store_imm(RESUME, 0); // patched below
-    let patch = (a.here() - 4 - a.base) as usize;
     a.b(&[0x31, 0xc0, 0x0f, 0x00, 0xd0]); // xor eax, eax; lldt ax
     a.b(&[0x66, 0x0f, 0x00, 0xc8]); // str ax
-    a.b(&[0x36, 0x66, 0xa3]).d(rec + 200);
-    for (k, w) in s.gdt_slots.iter().enumerate() {
-        a.store_imm(GDT + 0x18 + 8 * k as u32, *w as u32);
-        a.store_imm(GDT + 0x1c + 8 * k as u32, (*w >> 32) as u32);
+    a.b(&[0x36, 0x8b, 0x3d]).d(CUR_REC); // mov edi, ss:[cur_rec]
+    a.store_edi(200, true);
+    a.b(&[0xfc]); // cld
+    a.mov_r_imm(7, GDT + 0x18).mov_r_imm(1, 26).b(&[0xf3, 0xa5]); // rep movsd
+    a.mov_r_imm(7, WIN).mov_r_imm(1, 16).b(&[0xf3, 0xa5]);
+    a.load_esi(0, D_PTE).store_eax(WIN_PTE).reload_cr3();
+    a.load_esi(0, D_GDTR).store_eax(SCRATCH);
+    a.load_esi(0, D_GDTR + 4).store_eax(SCRATCH + 4);
+    a.load_esi(0, D_STUB).store_eax(JUMP);
+    for (k, sreg) in [0u8, 3, 4, 5].into_iter().enumerate() {
+        a.b(&[0x36, 0x66, 0x8b, 0x86]).d(D_SELS + 2 * k as u32); // mov ax, ss:[esi+d]
+        a.b(&[0x8e, 0xc0 | sreg << 3]);
     }
-    for (k, c) in s.window.chunks(4).enumerate() {
-        let w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        a.store_imm(WIN + 4 * k as u32, w);
-    }
-    a.store_imm(WIN_PTE, s.win_pte).reload_cr3();
-    let g = s.test_gdtr;
-    a.store_imm(SCRATCH, u32::from(g.0) | g.1 << 16);
-    a.store_imm(SCRATCH + 4, g.1 >> 16);
-    for (sreg, sel) in [
-        (0u8, s.sels[0]),
-        (3, s.sels[1]),
-        (4, s.sels[2]),
-        (5, s.sels[3]),
-    ] {
-        a.load_sreg(sreg, sel);
-    }
-    for (r, v) in s.regs.iter().enumerate() {
-        if r != 4 {
-            a.mov_r_imm(r as u8, *v);
-        }
+    for r in [0u8, 1, 2, 3, 5, 7, 6] {
+        a.load_esi(r, D_REGS + 4 * u32::from(r));
     }
     a.load_dt(2, SCRATCH);
-    let insn_at = a.here();
-    a.b(&s.insn);
-    a.store_eax(CUR_EAX);
+    a.b(&[0x36, 0xff, 0x25]).d(JUMP); // jmp ss:[jump]
     let after = a.here();
     a.call(recorder);
-    a.bytes[patch..patch + 4].copy_from_slice(&after.to_le_bytes());
-    insn_at
+    a.b(&[0x36, 0x81, 0x05]).d(CUR_DATA).d(DATA); // add dword ss:[cur_data], DATA
+    a.b(&[0x36, 0xff, 0x0d]).d(LEFT); // dec dword ss:[left]
+    let rel = next.wrapping_sub(a.here() + 6);
+    a.b(&[0x0f, 0x85]).d(rel); // jnz next
+    a.jmp(output);
+    (a, after)
 }
 
 /// The whole image, and each scenario's instruction address.
@@ -260,11 +319,11 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
     dtr.extend_from_slice(&IDT.to_le_bytes());
     put(&mut img, RT_IDTR, &dtr);
     for k in 0..1024u32 {
-        put(&mut img, PT + 4 * k, &(k << 12 | 3).to_le_bytes());
+        put(&mut img, PT + 4 * k, &pte(k << 12).to_le_bytes());
     }
     put(&mut img, PD, &(PT | 3).to_le_bytes());
     for k in 1..MAPPED_4M {
-        put(&mut img, PD + 4 * k, &(k << 22 | 0x83).to_le_bytes());
+        put(&mut img, PD + 4 * k, &pde(k).to_le_bytes());
     }
     let (text, stubs, recorder) = text();
     put(&mut img, TEXT, &text.bytes);
@@ -273,18 +332,33 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
         let gate = u64::from(h & 0xffff) | 0x08 << 16 | 0x8e00u64 << 32 | u64::from(h >> 16) << 48;
         put(&mut img, IDT + 8 * v as u32, &gate.to_le_bytes());
     }
-    // The scenarios, then the output.
-    let mut a = Asm::new(SCENARIOS);
-    let mut at = Vec::new();
-    for (i, s) in scenarios.iter().enumerate() {
-        at.push(scenario(&mut a, i, s, recorder));
-    }
-    a.mov_r_imm(6, RESULTS)
-        .mov_r_imm(1, (scenarios.len() * RECORD) as u32)
-        .b(&[0x66, 0xba, 0xe9, 0x00, 0xf3, 0x6e]) // mov dx, 0xe9; rep outsb
-        .b(&[0x66, 0xba, 0xf4, 0x00, 0x31, 0xc0, 0xef]) // mov dx, 0xf4; xor eax, eax; out dx, eax
+    // The runner, the output, each instruction's stub, the data blocks.
+    let runner_len = runner(SCENARIOS, recorder, 0).0.bytes.len() as u32;
+    let output = SCENARIOS + runner_len;
+    let mut o = Asm::new(output);
+    o.b(&[0x66, 0xba, 0xf4, 0x00, 0x31, 0xc0, 0xef]) // mov dx, 0xf4; xor eax, eax; out dx, eax
         .b(&[0xf4, 0xeb, 0xfd]); // hlt; jmp $-1
+    let (run, after) = runner(SCENARIOS, recorder, output);
+    let mut a = Asm::new(o.here());
+    let mut at = Vec::new();
+    for s in scenarios {
+        at.push(a.here());
+        a.b(&s.insn).store_eax(CUR_EAX).jmp(after);
+    }
+    while !a.here().is_multiple_of(4) {
+        a.b(&[0xcc]);
+    }
+    let blocks = a.here();
+    for (i, s) in scenarios.iter().enumerate() {
+        let d = data(i, s, at[i]);
+        a.b(&d);
+    }
+    img.extend_from_slice(&run.bytes);
+    img.extend_from_slice(&o.bytes);
     img.extend_from_slice(&a.bytes);
+    put(&mut img, RESUME, &after.to_le_bytes());
+    put(&mut img, CUR_DATA, &blocks.to_le_bytes());
+    put(&mut img, LEFT, &(scenarios.len() as u32).to_le_bytes());
     // The entry: stack, our GDT (reloading CS by a far jump), IDT.
     let mut e = Asm::new(LOAD + 32);
     e.b(&[0xfa]).mov_r_imm(4, STACK_TOP).load_dt(2, RT_GDTR);
@@ -302,7 +376,11 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
     e.b(&[0x0f, 0x20, 0xc0, 0x0d])
         .d(0x8001_0000)
         .b(&[0x0f, 0x22, 0xc0]);
-    e.jmp(SCENARIOS);
+    e.jmp(if scenarios.is_empty() {
+        output
+    } else {
+        SCENARIOS
+    });
     put(&mut img, LOAD + 32, &e.bytes);
     // Multiboot header (a.out kludge): magic, flags bit 16, checksum,
     // header, load start, load end, bss end, entry.
@@ -371,5 +449,42 @@ mod tests {
                 "lgdt ss:[101130h]"
             ]
         );
+    }
+
+    /// The runner's hand-written encodings decode to what they mean.
+    #[test]
+    fn runner_decodes_back() {
+        let (a, after) = runner(SCENARIOS, 0x10_3000, 0x20_0000);
+        let l = listing(&a.bytes, SCENARIOS);
+        assert_eq!(l[0], "mov esi,ss:[101128h]");
+        assert_eq!(l[1], "mov eax,ss:[esi+0E0h]");
+        assert!(l.contains(&"rep movsd [edi],[esi]".to_string()), "{l:?}");
+        assert!(l.contains(&"mov fs,ax".to_string()), "{l:?}");
+        assert!(l.contains(&"mov esi,ss:[esi+30h]".to_string()), "{l:?}");
+        assert!(
+            l.contains(&"jmp dword ptr ss:[101138h]".to_string()),
+            "{l:?}"
+        );
+        let tail = listing(&a.bytes[(after - SCENARIOS) as usize..], after);
+        assert_eq!(tail[0], "call 00103000h");
+        assert_eq!(tail[1], "add dword ptr ss:[101128h],0E4h");
+        assert_eq!(tail[2], "dec dword ptr ss:[10112Ch]");
+        assert_eq!(tail[3], format!("jne {SCENARIOS:08X}h"));
+    }
+
+    /// Only the pages the guest writes are writable (SDM vol. 3A 4.6: with
+    /// CR0.WP, supervisor writes to read-only pages fault).
+    #[test]
+    fn code_is_read_only() {
+        for page in [LOAD, IDT, TEXT, SCENARIOS, 0x3f_f000] {
+            assert_eq!(pte(page) & 3, 1, "{page:#x}");
+        }
+        for page in [0x6_f000, GDT, WIN, PD, PT] {
+            assert_eq!(pte(page) & 3, 3, "{page:#x}");
+        }
+        assert_eq!(pde(1) & 0x83, 0x81);
+        assert_eq!(pde(MAPPED_4M - 1) & 0x83, 0x83);
+        assert_eq!(pde(RESULTS >> 22) & 0x83, 0x83);
+        assert_eq!(pde((RESULTS >> 22) - 1) & 0x83, 0x81);
     }
 }

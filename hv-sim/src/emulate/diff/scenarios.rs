@@ -138,10 +138,11 @@ struct Target {
 /// segment and registers, give that segment a base that puts offset `o`
 /// on the window and a limit at an edge of the access (or a null
 /// selector), and set the registers so the effective address is `o`.
-fn aim(r: &mut Rng, s: &mut Scenario, insn: &[u8], a16: bool, at: Target) {
+fn aim(r: &mut Rng, s: &mut Scenario, insn: &mut [u8], a16: bool, at: Target) {
     let Target { t, o, size } = at;
     let mut d = Decoder::new(32, insn, DecoderOptions::NO_INVALID_CHECK);
     let i = d.decode();
+    let offsets = d.get_constant_offsets(&i);
     if i.op0_kind() == iced_x86::OpKind::Memory {
         let seg = i.memory_segment();
         let slot = match seg {
@@ -160,7 +161,19 @@ fn aim(r: &mut Rng, s: &mut Scenario, insn: &[u8], a16: bool, at: Target) {
         let flat = matches!(seg, Register::SS | Register::CS) || (null && !a16);
         let o = if flat { WIN + t } else { o };
         let mask = if a16 { 0xffff } else { u32::MAX };
-        let disp = i.memory_displacement64() as u32;
+        let mut disp = i.memory_displacement64() as u32;
+        let no_regs = i.memory_base() == Register::None && i.memory_index() == Register::None;
+        if null && !a16 && no_regs && offsets.displacement_size() == 4 {
+            // A displacement-only form through a null segment: QEMU,
+            // which does not check it, stores at the displacement itself
+            // (base 0). Aim that at the window too: a random one once
+            // landed in the guest's own code (scenario 10,781's
+            // `o16 str fs:[0x13cd9dd]` rewrote the code of scenario
+            // 30,002 in a 100,000-scenario run).
+            disp = o;
+            let k = offsets.displacement_offset();
+            insn[k..k + 4].copy_from_slice(&disp.to_le_bytes());
+        }
         let mut rest = o.wrapping_sub(disp);
         if let Some(x) = reg_no(i.memory_index()) {
             let k = r.below(0x40) as u32;
@@ -264,7 +277,7 @@ fn scenario(r: &mut Rng) -> Scenario {
         let disp_only = if flat_override { WIN + t } else { o };
         insn.extend(memory_form(r, a16, reg, disp_only));
     }
-    aim(r, &mut s, &insn, a16, Target { t, o, size });
+    aim(r, &mut s, &mut insn, a16, Target { t, o, size });
     // LTR/LLDT's selector: a slot, with edges.
     let sel = r.pick(&[
         0x38u16, 0x40, 0x48, 0x50, 0x58, 0x60, 0x68, 0x70, 0x78, 0x08, 0x18, 0, 3, 0x80, 0xf8,
@@ -289,4 +302,67 @@ fn scenario(r: &mut Rng) -> Scenario {
 pub fn generate(n: usize, seed: u64) -> Vec<Scenario> {
     let mut r = Rng(seed);
     (0..n).map(|_| scenario(&mut r)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::OpKind;
+
+    /// Where QEMU TCG, which checks no data segment (the modelled
+    /// departure), puts a scenario's memory operand: base (0 for a null
+    /// selector) plus the effective address, mod 2^32.
+    fn qemu_linear(s: &Scenario) -> Option<u32> {
+        let mut d = Decoder::new(32, &s.insn, DecoderOptions::NO_INVALID_CHECK);
+        let i = d.decode();
+        if i.op0_kind() != OpKind::Memory {
+            return None;
+        }
+        let base = |k: usize| {
+            let sel = s.sels[k];
+            if sel & 0xfffc == 0 {
+                return 0;
+            }
+            let w = s.gdt_slots[usize::from(sel >> 3) - 3];
+            (w >> 16 & 0xff_ffff) | (w >> 56) << 24
+        };
+        let va = i.virtual_address(0, 0, |reg, _, _| match reg {
+            Register::ES => Some(base(0)),
+            Register::DS => Some(base(1)),
+            Register::FS => Some(base(2)),
+            Register::GS => Some(base(3)),
+            Register::SS | Register::CS => Some(0),
+            r => reg_no(r).map(|k| {
+                let v = u64::from(s.regs[k]);
+                let word = (Register::AX as u32..Register::AX as u32 + 8).contains(&(r as u32));
+                if word { v & 0xffff } else { v }
+            }),
+        })?;
+        Some(va as u32)
+    }
+
+    /// Regression (the 100,000-scenario run's scenario 30,002): every
+    /// memory operand, where QEMU puts it, is in the window or (16-bit
+    /// addressing through a null selector) below 64 KiB: never the
+    /// guest's own code. Scenario 10,781, `o16 str fs:[0x13cd9dd]` with
+    /// a null FS, was a displacement-only form `aim` could not move; QEMU
+    /// stored TR there, into scenario 30,002's code.
+    #[test]
+    fn qemu_stores_only_into_the_window() {
+        let all = generate(100_000, super::super::SEED);
+        let mut checked = 0;
+        for (k, s) in all.iter().enumerate() {
+            let Some(at) = qemu_linear(s) else { continue };
+            checked += 1;
+            assert!(
+                (WIN..WIN + 0x40).contains(&at) || at < 0x1_0000,
+                "scenario {k}: {:02x?} lands at {at:#x}",
+                s.insn
+            );
+        }
+        assert!(checked > 70_000, "{checked}");
+        let s = &all[10_781];
+        assert_eq!(s.insn[..5], [0x66, 0x64, 0x0f, 0x00, 0x0d]);
+        assert!((WIN..WIN + 0x40).contains(&qemu_linear(s).unwrap()));
+    }
 }
