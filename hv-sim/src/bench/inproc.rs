@@ -423,11 +423,11 @@ fn multicall_rows(s: &mut Section, lean: f64) -> Result<(), String> {
 
 const CODE: u64 = 0x40_0000;
 const EMU_GDT: u64 = 0x1_0000;
-const DATA: u64 = 0x2_0000;
+pub(super) const DATA: u64 = 0x2_0000;
 
 /// A vCPU and memory with a 16-entry GDT and `code` at RIP (as
 /// `benches/trap_emulate.rs`).
-fn machine(code: &[u8]) -> (MockCpu, MockMemory) {
+pub(super) fn machine(code: &[u8]) -> (MockCpu, MockMemory) {
     let mem = MockMemory::quiet();
     mem.map(EMU_GDT, true).map(DATA, true).map(CODE, false);
     mem.poke(CODE, code);

@@ -30,6 +30,7 @@
 pub mod inproc;
 pub mod kvm;
 pub mod ops;
+pub mod phases;
 pub mod worst;
 
 #[cfg(test)]
@@ -441,6 +442,8 @@ pub fn run(progress: &mut dyn FnMut(&str)) -> Table {
     let (s, g) = inproc::emulator(table.machine.umip);
     table.sections.push(s);
     goals.extend(g);
+    progress("emulator phases");
+    table.sections.push(phases::phases());
     progress("exits per kernel operation");
     let (s, g) = ops::exits_per_op();
     table.sections.push(s);
