@@ -21,19 +21,22 @@ pub fn run(verbose: bool) -> ExitCode {
     in_process(&mut demo);
     let mut smp = Vec::new();
     kvm_native(&mut demo, &mut smp);
-    let xen_calls = kvm_xen(&mut demo);
+    let xen_calls = kvm_xen(&mut demo, &mut smp);
     kvm_vmi(&mut demo);
     kvm_trap(&mut demo, xen_calls);
     let seed_lines = seeds::run(&mut demo);
     qemu(&mut demo, &mut smp);
-    real_xen(&mut demo);
+    real_xen(&mut demo, &mut smp);
     if !smp.is_empty() {
-        demo.boots.push(Boot::ran(
+        let on: Vec<String> = smp.iter().map(|c| c.name.clone()).collect();
+        let mut b = Boot::ran(
             "2 CPUs",
-            "each CPU its own GDT, TR/TSS.rsp0 and FS base",
+            "each CPU its own GDT, TR/TSS.rsp0 (Xen: its kernel stack) and FS base",
             smp,
             true,
-        ));
+        );
+        b.figures = on.join(", ");
+        demo.boots.push(b);
     }
     if hv_sim::kvm::available().is_ok() && hv_sim::kvm::host_is_pvm() {
         demo.notes.push(
@@ -146,9 +149,10 @@ fn exits(r: &BootReport) -> String {
     )
 }
 
-/// The example kernel's 2-CPU check in a boot, as a check of the 2-CPU row.
+/// The example kernel's 2-CPU check in a boot (`smp 2 CPUs ...`, or under
+/// Xen `smp 2 vCPUs (Xen) ...`), as a check of the 2-CPU row.
 fn smp_check(on: &str, cs: &[GuestCheck]) -> Check {
-    match cs.iter().find(|c| c.name.starts_with("smp 2 CPUs")) {
+    match cs.iter().find(|c| c.name.starts_with("smp 2 ")) {
         Some(c) => Check {
             name: on.into(),
             ..checks(std::slice::from_ref(c)).remove(0)
@@ -181,38 +185,52 @@ fn kvm_boot<T>(
         .map_err(|e| Box::new(Boot::error(label, title, format!("boot failed: {e}"))))
 }
 
+/// Boot under KVM with `boot` and start the boot's row: its checks,
+/// passing when the guest exited with 0. `None` (the row already pushed)
+/// when it could not run.
+fn kvm_row<T>(
+    demo: &mut Demo,
+    label: &str,
+    title: &str,
+    boot: impl FnOnce(&[u8], &hv_sim::kvm::Config) -> Result<T, hv_sim::kvm::KvmError>,
+    report: impl Fn(&T) -> &BootReport,
+) -> Option<(T, Boot)> {
+    match kvm_boot(label, title, boot) {
+        Err(b) => {
+            demo.boots.push(*b);
+            None
+        }
+        Ok(r) => {
+            let g = report(&r);
+            let b = Boot::ran(label, title, checks(&g.checks), g.exit_status == Some(0));
+            Some((r, b))
+        }
+    }
+}
+
 fn kvm_native(demo: &mut Demo, smp: &mut Vec<Check>) {
     let (label, title) = (
         "KVM native",
         "the example kernel in a KVM VM, native backend",
     );
-    match kvm_boot(label, title, hv_sim::kvm::boot) {
-        Err(b) => demo.boots.push(*b),
-        Ok(r) => {
-            let mut b = Boot::ran(label, title, checks(&r.checks), r.exit_status == Some(0));
-            b.figures = format!("{}, {}", exit(r.exit_status), exits(&r));
-            smp.push(smp_check("native/KVM", &r.checks));
-            demo.boots.push(b);
-        }
-    }
+    let Some((r, mut b)) = kvm_row(demo, label, title, hv_sim::kvm::boot, |r| r) else {
+        return;
+    };
+    b.figures = format!("{}, {}", exit(r.exit_status), exits(&r));
+    smp.push(smp_check("KVM native", &r.checks));
+    demo.boots.push(b);
 }
 
 /// The Xen-style boot; its hypercall exits and the descriptor hypercalls
 /// they carried, for the trap-and-emulate comparison.
-fn kvm_xen(demo: &mut Demo) -> Option<(u64, usize)> {
+fn kvm_xen(demo: &mut Demo, smp: &mut Vec<Check>) -> Option<(u64, usize)> {
     let (label, title) = (
         "KVM xen",
         "hv-sim's Xen-style personality (hypercall page, ring 3), xen backend",
     );
-    let r = match kvm_boot(label, title, hv_sim::kvm::xen::boot_xen) {
-        Err(b) => {
-            demo.boots.push(*b);
-            return None;
-        }
-        Ok(r) => r,
-    };
-    let ok = r.boot.exit_status == Some(0) && r.invariants.is_ok();
-    let mut b = Boot::ran(label, title, checks(&r.boot.checks), ok);
+    let boot = hv_sim::kvm::xen::boot_xen;
+    let (r, mut b) = kvm_row(demo, label, title, boot, |r| &r.boot)?;
+    smp.push(smp_check("KVM xen", &r.boot.checks));
     b.figures = format!("{} hypercalls, {}", r.hypercalls, exits(&r.boot));
     let kinds: Vec<String> = r
         .calls_by_name()
@@ -250,6 +268,7 @@ fn kvm_xen(demo: &mut Demo) -> Option<(u64, usize)> {
         b.details
             .push(format!("the domain's invariants broke: {e}"));
         b.figures.push_str("; invariants broke");
+        b.status = report::Status::Ran { ok: false };
     }
     // Descriptor work only: the console and shutdown calls are the report
     // protocol, which the trap-and-emulate boot does on ports.
@@ -270,16 +289,10 @@ fn kvm_vmi(demo: &mut Demo) {
         "KVM vmi",
         "hv-sim's VMI-style personality (option ROM at 0xc0000, ring 3), vmi backend",
     );
-    let r = match kvm_boot(label, title, hv_sim::kvm::vmi::boot_vmi) {
-        Err(b) => return demo.boots.push(*b),
-        Ok(r) => r,
+    let boot = hv_sim::kvm::vmi::boot_vmi;
+    let Some((r, mut b)) = kvm_row(demo, label, title, boot, |r| &r.boot) else {
+        return;
     };
-    let mut b = Boot::ran(
-        label,
-        title,
-        checks(&r.boot.checks),
-        r.boot.exit_status == Some(0),
-    );
     b.figures = format!("{} ROM calls, {}", r.rom_calls, exits(&r.boot));
     let kinds: Vec<String> = r
         .calls_by_name()
@@ -309,16 +322,10 @@ fn kvm_trap(demo: &mut Demo, xen_calls: Option<(u64, usize)>) {
         "native backend in ring 3: hv-sim traps and emulates lgdt/lidt/ltr/lldt and, \
          under UMIP, sgdt/sidt/str/sldt",
     );
-    let r = match kvm_boot(label, title, hv_sim::kvm::trap::boot_trap) {
-        Err(b) => return demo.boots.push(*b),
-        Ok(r) => r,
+    let boot = hv_sim::kvm::trap::boot_trap;
+    let Some((r, mut b)) = kvm_row(demo, label, title, boot, |r| &r.boot) else {
+        return;
     };
-    let mut b = Boot::ran(
-        label,
-        title,
-        checks(&r.boot.checks),
-        r.boot.exit_status == Some(0),
-    );
     let emulated = r.emulated_total();
     let trap_exits = r.traps - r.bounced.len() as u64;
     let per_op = trap_exits as f64 / emulated.max(1) as f64;
@@ -385,7 +392,7 @@ fn qemu(demo: &mut Demo, smp: &mut Vec<Check>) {
         Ok(r) => {
             let mut b = Boot::ran(label, title, checks(&r.checks), r.exit_status == Some(0));
             b.figures = exit(r.exit_status);
-            smp.push(smp_check("native/QEMU -smp 2", &r.checks));
+            smp.push(smp_check("QEMU", &r.checks));
             demo.boots.push(b);
         }
     }
@@ -394,7 +401,7 @@ fn qemu(demo: &mut Demo, smp: &mut Vec<Check>) {
 /// The real Xen hypervisor: the image as its dom0, then the differential
 /// battery on real Xen and on hv-sim (a fresh seed each run, or
 /// `HV_SIM_DIFF_SEED`).
-fn real_xen(demo: &mut Demo) {
+fn real_xen(demo: &mut Demo, smp: &mut Vec<Check>) {
     let (label, title) = (
         "real Xen dom0",
         "64-bit PV dom0 of Debian's Xen 4.17 under QEMU TCG",
@@ -434,6 +441,7 @@ fn real_xen(demo: &mut Demo) {
             if let Some(banner) = &r.xen_banner {
                 b.details.push(banner.clone());
             }
+            smp.push(smp_check("real Xen", &r.checks));
             demo.boots.push(b);
         }
     }
