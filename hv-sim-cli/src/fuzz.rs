@@ -166,7 +166,7 @@ fn parse_targets(name: &str) -> Result<Vec<Target>, String> {
 fn replay_file(t: Target, f: &std::path::Path, out: &mut dyn FnMut(String)) -> u8 {
     let words = match std::fs::read_to_string(f)
         .map_err(|e| e.to_string())
-        .and_then(|t| parse_words(&t))
+        .and_then(|t| parse_words(&t).map_err(|e| e.to_string()))
     {
         Ok(w) => w,
         Err(e) => {

@@ -2,7 +2,9 @@
 //! section): each is the smallest form of a case the fuzzer reported, and
 //! every corpus entry in `hv-sim/fuzz-corpus/` replays without a failure.
 
-use hv_sim::fuzz::{Options, Target, load_corpus, parse_words, replay, run_target, words_file};
+use hv_sim::fuzz::{
+    Options, Target, WordsError, load_corpus, parse_words, replay, run_target, words_file,
+};
 use hv_sim::vmi::{GuestKind, RamMemory, VmiHypervisor};
 
 /// Every corpus entry of every target replays without a failure.
@@ -57,7 +59,14 @@ fn words_files_round_trip() {
     let words = vec![0, 1, u64::MAX, 0x5eed];
     let text = words_file(Target::Core, &words, "a comment\nover two lines");
     assert_eq!(parse_words(&text).unwrap(), words);
-    assert!(parse_words("0x12 zz").unwrap_err().contains("line 1"));
+    let e = parse_words("0x12 zz").unwrap_err();
+    assert!(matches!(e, WordsError::BadWord { line: 1, .. }), "{e}");
+    assert!(e.to_string().starts_with("line 1: \"zz\": "), "{e}");
+    let many = "0 ".repeat(65_537);
+    assert_eq!(
+        parse_words(&many),
+        Err(WordsError::TooMany { limit: 65_536 })
+    );
     assert!(replay(Target::Core, &words).is_ok());
 }
 

@@ -28,7 +28,7 @@ use pvops_vmi::VmiPlatform;
 const PAGE: u64 = 4096;
 
 /// One case (see the module documentation).
-pub fn xen_case(s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
+pub(crate) fn xen_case(s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
     let dom = XenDomain::pv64(32, 1);
     let gdt_va = dom.alloc_pages(2);
     let idt_va = dom.alloc_pages(1);
@@ -249,7 +249,7 @@ const WINDOW_WORDS: usize = 4 * 512;
 /// guest's own stores in between). After every op: no panic,
 /// `VmiHypervisor::check_invariants`, and a successful `load_gdt` is what
 /// `store_gdt` reports.
-pub fn vmi_case(s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
+pub(crate) fn vmi_case(s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
     use core::sync::atomic::{AtomicU64, Ordering};
 
     use crate::softcpu::{CpuMode, SoftCpu};

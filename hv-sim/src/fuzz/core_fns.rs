@@ -103,7 +103,7 @@ fn cli_text(s: &mut Source) -> String {
 }
 
 /// One case (see the module documentation).
-pub fn case(s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
+pub(crate) fn case(s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
     for _ in 0..s.range(1, 32) {
         let k = s.below(12);
         st.calls += 1;

@@ -4,6 +4,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::Target;
+use super::error::{CorpusError, WordsError};
+
+/// The most words a case may have.
+const MAX_WORDS: usize = 65_536;
 
 /// Render a case as a words file: `#` comment lines, then the words in hex.
 pub fn words_file(target: Target, words: &[u64], comment: &str) -> String {
@@ -20,7 +24,7 @@ pub fn words_file(target: Target, words: &[u64], comment: &str) -> String {
 
 /// Parse a words file (see [`words_file`]): hex words separated by
 /// whitespace; `#` starts a comment. At most 65,536 words.
-pub fn parse_words(text: &str) -> Result<Vec<u64>, String> {
+pub fn parse_words(text: &str) -> Result<Vec<u64>, WordsError> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("");
@@ -29,12 +33,14 @@ pub fn parse_words(text: &str) -> Result<Vec<u64>, String> {
                 .strip_prefix("0x")
                 .or_else(|| tok.strip_prefix("0X"))
                 .unwrap_or(tok);
-            let w = u64::from_str_radix(digits, 16).map_err(|e| {
-                format!("line {}: {}: {e}", n + 1, crate::explain::quote_prefix(tok))
+            let w = u64::from_str_radix(digits, 16).map_err(|source| WordsError::BadWord {
+                line: n + 1,
+                token: crate::explain::quote_prefix(tok),
+                source,
             })?;
             out.push(w);
-            if out.len() > 65_536 {
-                return Err("more than 65,536 words".into());
+            if out.len() > MAX_WORDS {
+                return Err(WordsError::TooMany { limit: MAX_WORDS });
             }
         }
     }
@@ -48,7 +54,7 @@ pub fn default_corpus_dir() -> PathBuf {
 
 /// The corpus entries of `target` under `dir` (sorted by file name; a
 /// missing directory is an empty corpus).
-pub fn load_corpus(dir: &Path, target: Target) -> Result<Vec<(String, Vec<u64>)>, String> {
+pub fn load_corpus(dir: &Path, target: Target) -> Result<Vec<(String, Vec<u64>)>, CorpusError> {
     let d = dir.join(target.name());
     let Ok(rd) = std::fs::read_dir(&d) else {
         return Ok(Vec::new());
@@ -60,8 +66,14 @@ pub fn load_corpus(dir: &Path, target: Target) -> Result<Vec<(String, Vec<u64>)>
     files.sort();
     let mut out = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-        let w = parse_words(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+        let text = match std::fs::read_to_string(&f) {
+            Ok(t) => t,
+            Err(source) => return Err(CorpusError::Read { file: f, source }),
+        };
+        let w = match parse_words(&text) {
+            Ok(w) => w,
+            Err(source) => return Err(CorpusError::Words { file: f, source }),
+        };
         out.push((f.display().to_string(), w));
     }
     Ok(out)

@@ -429,7 +429,7 @@ fn judge(
 }
 
 /// One case (see the module documentation).
-pub fn case(s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
+pub(crate) fn case(s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
     let mem = Mem {
         pages: RefCell::new(
             PAGES

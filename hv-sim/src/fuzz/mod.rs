@@ -33,9 +33,11 @@ pub mod vmi;
 pub mod xen;
 
 mod corpus;
+mod error;
 mod source;
 
 pub use corpus::{default_corpus_dir, load_corpus, parse_words, words_file};
+pub use error::{CorpusError, Finding, WordsError};
 pub use source::{BOUNDARIES, SELECTORS, Source, SplitMix64, descriptor, int, selector};
 
 use std::collections::HashSet;
@@ -263,21 +265,22 @@ fn install_hook() {
 }
 
 /// Run one case, turning a panic into an error.
-pub fn run_case(target: Target, src: &mut Source, st: &mut CaseStats) -> Result<(), String> {
+pub fn run_case(target: Target, src: &mut Source, st: &mut CaseStats) -> Result<(), Finding> {
     install_hook();
     PANIC_MSG.with(|m| *m.borrow_mut() = Some(String::new()));
     let r = catch_unwind(AssertUnwindSafe(|| target.case(src, st)));
     let msg = PANIC_MSG.with(|m| m.borrow_mut().take());
     match r {
-        Ok(r) => r,
-        Err(_) => Err(msg
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| "panic".into())),
+        Ok(r) => r.map_err(Finding::Broken),
+        Err(_) => Err(Finding::Panic(
+            msg.filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "panic".into()),
+        )),
     }
 }
 
 /// Replay a recorded case.
-pub fn replay(target: Target, words: &[u64]) -> Result<CaseStats, String> {
+pub fn replay(target: Target, words: &[u64]) -> Result<CaseStats, Finding> {
     let mut st = CaseStats::default();
     run_case(target, &mut Source::replay(words), &mut st).map(|()| st)
 }
@@ -422,10 +425,10 @@ pub fn run_target(target: Target, opts: &Options) -> Report {
         rep.calls += st.calls;
         rep.checks += st.checks;
         rep.known += u64::from(st.known.is_some());
-        if let Err(message) = r {
+        if let Err(finding) = r {
             rep.failure = Some(Box::new(Failure {
                 target,
-                message,
+                message: finding.to_string(),
                 words: src.recorded().to_vec(),
                 seed: opts.seed,
                 case: rep.cases - 1,

@@ -203,7 +203,7 @@ fn verify(p: &Phys, r: &VmiRom, base: u64, rules: ProbeRules) -> Result<(), Stri
 }
 
 /// One case (see the module documentation).
-pub fn case(s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
+pub(crate) fn case(s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
     let mut regions = Vec::new();
     for _ in 0..s.range(1, 4) {
         let at = match s.below(8) {

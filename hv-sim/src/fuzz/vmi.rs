@@ -233,7 +233,7 @@ fn call_args(hv: &Hv, kind: GuestKind, s: &mut Source) -> (u32, [u64; 4]) {
 }
 
 /// One case (see the module documentation).
-pub fn case(kind: GuestKind, s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
+pub(crate) fn case(kind: GuestKind, s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
     let hv = VmiHypervisor::new(kind, RamMemory::new(RAM, RAM_SIZE));
     const INIT: u64 = crate::vmi::DEFAULT_ROM_BASE + 0x80;
     const GET_RELOC: u64 = crate::vmi::DEFAULT_ROM_BASE + 0x88;

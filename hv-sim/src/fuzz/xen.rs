@@ -595,7 +595,7 @@ fn domain(abi: Abi, s: &mut Source) -> Dom {
 }
 
 /// One case (see the module documentation).
-pub fn case(abi: Abi, s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
+pub(crate) fn case(abi: Abi, s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
     let mut dm = domain(abi, s);
     let steps = s.range(1, 48);
     for step in 0..steps {
