@@ -140,3 +140,26 @@ pub(crate) fn create(
         Setup::Trap(mode) => Box::new(trap::TrapGuest::new(mem, cfg, *mode)?),
     })
 }
+
+/// The launch sequence the ring-3 personalities (Xen-style, VMI-style,
+/// trap-and-emulate) share: KVM available, the ELF parsed, guest RAM within
+/// what their page tables map ([`layout::ring3::MAX_PTS`]), the kernel's
+/// segments inside it; then `setup` (given the ELF entry and segments)
+/// names the entry point and the personality, the VM runs, and `take`
+/// picks the personality's outcome from what it observed.
+pub(crate) fn launch_ring3<T>(
+    name: &'static str,
+    image: &[u8],
+    cfg: &Config,
+    setup: impl FnOnce(u64, &[super::Segment<'_>]) -> Result<(u64, Setup), KvmError>,
+    take: impl FnOnce(Outcome) -> Option<T>,
+) -> Result<(super::BootReport, T), KvmError> {
+    super::available()?;
+    let (entry, segs) = super::parse_elf(image)?;
+    super::check_ring3_ram(name, cfg.mem_size, layout::ring3::MAX_PTS)?;
+    super::check_segments_fit(&segs, cfg.mem_size)?;
+    let (entry, setup) = setup(entry, &segs)?;
+    let (boot, outcome) = super::launch(entry, &segs, cfg, setup)?;
+    let outcome = outcome.and_then(take).ok_or(KvmError::NoOutcome(name))?;
+    Ok((boot, outcome))
+}

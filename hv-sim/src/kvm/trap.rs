@@ -73,7 +73,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::regs::Vcpu;
 use super::xen::FinalSegments;
-use super::{BootReport, Config, KvmError, layout, parse_elf, ports};
+use super::{BootReport, Config, KvmError, layout, ports};
 use crate::emulate::{
     self, Access, DtRegisters, Exception, GuestMemory, Insn, NotEmulated, Outcome,
 };
@@ -195,15 +195,16 @@ pub fn boot_trap_with(
     cfg: &Config,
     mode: TrapMode,
 ) -> Result<TrapBootReport, KvmError> {
-    super::available()?;
-    let (entry, segs) = parse_elf(image)?;
-    super::check_ring3_ram("trap-and-emulate", cfg.mem_size, MAX_PTS)?;
-    super::check_segments_fit(&segs, cfg.mem_size)?;
-    let (boot, outcome) = super::launch(entry, &segs, cfg, super::Setup::Trap(mode))?;
-    let Some(super::Outcome::Trap(o)) = outcome else {
-        return Err(KvmError::NoOutcome("trap"));
-    };
-    let o = *o;
+    let (boot, o) = super::personality::launch_ring3(
+        "trap-and-emulate",
+        image,
+        cfg,
+        |entry, _| Ok((entry, super::Setup::Trap(mode))),
+        |o| match o {
+            super::Outcome::Trap(o) => Some(*o),
+            _ => None,
+        },
+    )?;
     Ok(TrapBootReport {
         boot,
         traps: o.traps,
@@ -434,28 +435,15 @@ impl TrapGuest {
         mut sregs: kvm_sregs,
         install: bool,
     ) -> Result<(), String> {
-        let mem = PagingMemory::new(&self.mem, sregs.cr3);
         let dt = self.dt;
         let w = |addr: u64, v: u64| {
             self.mem
                 .write_obj(v, GuestAddress(addr))
                 .map_err(|e| format!("writing hv-sim page {addr:#x}: {e}"))
         };
-
-        let n = ((u64::from(dt.gdtr.limit) + 1) / 8).min(u64::from(FIRST_HV_GDT_ENTRY));
         let ldt_entries = ((u64::from(dt.ldtr_limit) + 1) / 8).min(REAL_LDT_ENTRIES);
         let gates = ((u64::from(dt.idtr.limit) + 1) / 16).min(256);
-        let raw = GuestTables {
-            dt,
-            cr3: sregs.cr3,
-            gdt: mem.read_u64s_or_zero(dt.gdtr.base, n),
-            ldt: if dt.ldtr.is_null() {
-                Vec::new()
-            } else {
-                mem.read_u64s_or_zero(dt.ldtr_base, ldt_entries)
-            },
-            idt: mem.read_u64s_or_zero(dt.idtr.base, gates * 2),
-        };
+        let raw = self.guest_tables(sregs.cr3);
         if !install && self.last_raw.as_ref() == Some(&raw) {
             return Ok(());
         }
@@ -525,35 +513,68 @@ impl TrapGuest {
         }
 
         if install || tr != self.last_tr || ldtr != self.last_ldtr {
-            sregs.tr = kvm_segment {
-                base: tr.1,
-                limit: tr.2,
-                selector: tr.0,
-                type_: 0xb,
-                present: 1,
-                ..Default::default()
-            };
-            sregs.ldt = if ldtr.0 == 0 {
-                kvm_segment {
-                    unusable: 1,
-                    ..Default::default()
-                }
-            } else {
-                kvm_segment {
-                    base: ldtr.1,
-                    limit: ldtr.2,
-                    selector: ldtr.0,
-                    type_: 2,
-                    present: 1,
-                    ..Default::default()
-                }
-            };
-            vcpu.set_sregs(&sregs);
-            self.installs += 1;
-            self.last_tr = tr;
-            self.last_ldtr = ldtr;
+            self.install_tr_ldtr(vcpu, &mut sregs, tr, ldtr);
         }
         Ok(())
+    }
+
+    /// The guest's GDT, LDT and IDT as its virtual registers name them,
+    /// read through its page tables (`cr3`); what is not mapped reads as 0.
+    fn guest_tables(&self, cr3: u64) -> GuestTables {
+        let mem = PagingMemory::new(&self.mem, cr3);
+        let dt = self.dt;
+        let n = ((u64::from(dt.gdtr.limit) + 1) / 8).min(u64::from(FIRST_HV_GDT_ENTRY));
+        let ldt_entries = ((u64::from(dt.ldtr_limit) + 1) / 8).min(REAL_LDT_ENTRIES);
+        let gates = ((u64::from(dt.idtr.limit) + 1) / 16).min(256);
+        GuestTables {
+            dt,
+            cr3,
+            gdt: mem.read_u64s_or_zero(dt.gdtr.base, n),
+            ldt: if dt.ldtr.is_null() {
+                Vec::new()
+            } else {
+                mem.read_u64s_or_zero(dt.ldtr_base, ldt_entries)
+            },
+            idt: mem.read_u64s_or_zero(dt.idtr.base, gates * 2),
+        }
+    }
+
+    /// Load the real TR and LDTR (selector, base, limit; an LDTR selector
+    /// of 0: none) into the vCPU.
+    fn install_tr_ldtr(
+        &mut self,
+        vcpu: &mut Vcpu<'_>,
+        sregs: &mut kvm_sregs,
+        tr: (u16, u64, u32),
+        ldtr: (u16, u64, u32),
+    ) {
+        sregs.tr = kvm_segment {
+            base: tr.1,
+            limit: tr.2,
+            selector: tr.0,
+            type_: 0xb,
+            present: 1,
+            ..Default::default()
+        };
+        sregs.ldt = if ldtr.0 == 0 {
+            kvm_segment {
+                unusable: 1,
+                ..Default::default()
+            }
+        } else {
+            kvm_segment {
+                base: ldtr.1,
+                limit: ldtr.2,
+                selector: ldtr.0,
+                type_: 2,
+                present: 1,
+                ..Default::default()
+            }
+        };
+        vcpu.set_sregs(sregs);
+        self.installs += 1;
+        self.last_tr = tr;
+        self.last_ldtr = ldtr;
     }
 
     /// hv-sim's #GP entry wrote the trap port: emulate the instruction, or

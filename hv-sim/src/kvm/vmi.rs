@@ -77,7 +77,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::escape_audit::{self, Escape};
 use super::regs::Vcpu;
 use super::xen::FinalSegments;
-use super::{BootReport, Config, KvmError, layout, parse_elf, ports};
+use super::{BootReport, Config, KvmError, layout, ports};
 use crate::vmi::abi::call;
 use crate::vmi::abi::port::{PSEUDO_GET_RELOC, PSEUDO_INIT};
 use crate::vmi::{
@@ -252,15 +252,16 @@ pub fn boot_vmi_with_rom(
     cfg: &Config,
     rom: &RomBuilder,
 ) -> Result<VmiBootReport, KvmError> {
-    super::available()?;
-    let (entry, segs) = parse_elf(image)?;
-    super::check_ring3_ram("VMI", cfg.mem_size, MAX_PTS)?;
-    super::check_segments_fit(&segs, cfg.mem_size)?;
-    let (boot, outcome) = super::launch(entry, &segs, cfg, super::Setup::Vmi(rom.clone()))?;
-    let Some(super::Outcome::Vmi(o)) = outcome else {
-        return Err(KvmError::NoOutcome("vmi"));
-    };
-    let o = *o;
+    let (boot, o) = super::personality::launch_ring3(
+        "VMI",
+        image,
+        cfg,
+        |entry, _| Ok((entry, super::Setup::Vmi(rom.clone()))),
+        |o| match o {
+            super::Outcome::Vmi(o) => Some(*o),
+            _ => None,
+        },
+    )?;
     Ok(VmiBootReport {
         boot,
         rom_calls: o.rom_calls,

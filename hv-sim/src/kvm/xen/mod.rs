@@ -98,7 +98,7 @@ use kvm_ioctls::VmFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::regs::Vcpu;
-use super::{BootReport, Config, KvmError, layout, parse_elf};
+use super::{BootReport, Config, KvmError, layout};
 use crate::xen::traps::{self, Interrupted};
 use crate::xen::{Trace, TraceEvent, VcpuState, XenDomain, ZERO_BLOCK_PTR};
 pub use builder::{
@@ -171,6 +171,7 @@ pub(crate) struct XenOutcome {
     lazy_ldt_maps: u64,
     shutdown: Option<u32>,
     final_segments: Option<FinalSegments>,
+    layout: Dom0Layout,
 }
 
 /// The vCPU's segment registers when the guest shut down, as
@@ -290,32 +291,28 @@ pub fn exit_status(text: &str, shutdown_reason: u32) -> u32 {
 
 /// Boot `image` as a Xen PV guest (dom0).
 pub fn boot_xen(image: &[u8], cfg: &Config) -> Result<XenBootReport, KvmError> {
-    super::available()?;
-    let (_, segs) = parse_elf(image)?;
     let notes = xen_notes(image)?;
-    super::check_ring3_ram("Xen", cfg.mem_size, MAX_PTS)?;
-    super::check_segments_fit(&segs, cfg.mem_size)?;
-    let kernel_end = segs.iter().map(|(a, _, m)| a + m).max().unwrap_or(0);
-    let layout = Dom0Layout::new(kernel_end, (cfg.mem_size / 4096) as u64);
-    if layout.total > cfg.mem_size as u64 {
-        return Err(KvmError::BadImage(format!(
-            "the initial mapping (kernel, p2m, start info, page tables, stack) ends at {:#x}, past guest RAM",
-            layout.total
-        )));
-    }
-    let (boot, outcome) = super::launch(
-        notes.entry,
-        &segs,
+    let (boot, o) = super::personality::launch_ring3(
+        "Xen",
+        image,
         cfg,
-        super::Setup::Xen(XenSetup {
-            notes: notes.clone(),
-            layout,
-        }),
+        |_, segs| {
+            let kernel_end = segs.iter().map(|(a, _, m)| a + m).max().unwrap_or(0);
+            let layout = Dom0Layout::new(kernel_end, (cfg.mem_size / 4096) as u64);
+            if layout.total > cfg.mem_size as u64 {
+                return Err(KvmError::BadImage(format!(
+                    "the initial mapping (kernel, p2m, start info, page tables, stack) ends at {:#x}, past guest RAM",
+                    layout.total
+                )));
+            }
+            let notes = notes.clone();
+            Ok((notes.entry, super::Setup::Xen(XenSetup { notes, layout })))
+        },
+        |o| match o {
+            super::Outcome::Xen(o) => Some(*o),
+            _ => None,
+        },
     )?;
-    let Some(super::Outcome::Xen(o)) = outcome else {
-        return Err(KvmError::NoOutcome("xen"));
-    };
-    let o = *o;
     Ok(XenBootReport {
         boot,
         hypercalls: o.hypercalls,
@@ -325,7 +322,7 @@ pub fn boot_xen(image: &[u8], cfg: &Config) -> Result<XenBootReport, KvmError> {
         invariants: o.invariants,
         pte_flushes: o.pte_flushes,
         notes,
-        layout,
+        layout: o.layout,
         emulated_cpuids: o.emulated_cpuids,
         bounced: o.bounced,
         irets: o.irets,
@@ -440,8 +437,7 @@ pub(crate) struct XenGuest {
     upcall_mask: u8,
     shutdown: Option<u32>,
     final_segments: Option<FinalSegments>,
-    start_info: u64,
-    stack_top: u64,
+    layout: Dom0Layout,
 }
 
 impl XenGuest {
@@ -536,8 +532,7 @@ impl XenGuest {
             upcall_mask: 1,
             shutdown: None,
             final_segments: None,
-            start_info: l.start_info,
-            stack_top: l.stack_top,
+            layout: l,
         })
     }
 
@@ -586,9 +581,9 @@ impl XenGuest {
                 regs.rflags = e.rflags | traps::RFLAGS_IOPL;
             }
             None => {
-                regs.rsi = self.start_info;
+                regs.rsi = self.layout.start_info;
                 regs.rdi = 0;
-                regs.rsp = self.stack_top;
+                regs.rsp = self.layout.stack_top;
             }
         }
     }
@@ -680,6 +675,7 @@ impl XenGuest {
             lazy_ldt_maps: self.lazy_ldt_maps,
             shutdown: self.shutdown,
             final_segments: self.final_segments,
+            layout: self.layout,
         }
     }
 }
