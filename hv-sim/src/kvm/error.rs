@@ -90,6 +90,20 @@ pub enum KvmError {
         #[source]
         source: vm_memory::GuestMemoryError,
     },
+    /// hv-sim's own descriptor for the personality's tables is refused
+    /// by pvops' rules (a bug in hv-sim).
+    #[error("building hv-sim's own descriptor: {0}")]
+    HvDescriptor(#[from] pvops::PvError),
+    /// The VMI ROM cannot be placed.
+    #[error("placing the VMI ROM: {0}")]
+    Rom(#[from] crate::vmi::RomError),
+    /// The Xen model refused the bootstrap page tables hv-sim built.
+    #[error("installing the bootstrap page tables: {0}")]
+    Bootstrap(#[from] crate::xen::BootstrapError),
+    /// The guest's report is not what the protocol says (a missing or
+    /// malformed report line): what is wrong.
+    #[error("the guest's report: {0}")]
+    Report(String),
     /// The signal handler that kicks the vCPU out of `KVM_RUN` at the
     /// time limit could not be installed.
     #[error("installing the SIGRTMIN handler that interrupts KVM_RUN: {0}")]
@@ -130,7 +144,7 @@ pub enum KvmError {
 
 impl KvmError {
     /// A failed ioctl `op`.
-    pub(crate) fn ioctl(op: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
+    pub(crate) fn ioctl(op: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError + Copy {
         move |errno| KvmError::Ioctl { op, errno }
     }
 
@@ -138,7 +152,7 @@ impl KvmError {
     pub(crate) fn guest_write(
         what: &'static str,
         addr: u64,
-    ) -> impl Fn(vm_memory::GuestMemoryError) -> KvmError {
+    ) -> impl Fn(vm_memory::GuestMemoryError) -> KvmError + Copy {
         move |source| KvmError::GuestWrite { what, addr, source }
     }
 }

@@ -430,7 +430,7 @@ fn create_vm(cfg: &Config, segs: &[(u64, Vec<u8>)]) -> Result<Machine, KvmError>
     unsafe { vm.set_user_memory_region(region) }.map_err(io("KVM_SET_USER_MEMORY_REGION"))?;
     for (paddr, bytes) in segs {
         mem.write_slice(bytes, GuestAddress(*paddr))
-            .map_err(|e| KvmError::BadImage(format!("loading {paddr:#x}: {e}")))?;
+            .map_err(KvmError::guest_write("a kernel segment", *paddr))?;
     }
     Ok(Machine { vm, kvm, mem })
 }

@@ -350,14 +350,13 @@ impl TrapGuest {
             }
         })?;
         mem.write_slice(&TRAP_STUB, GuestAddress(TRAP_TEXT))
-            .map_err(|e| KvmError::BadImage(format!("writing the #GP entry: {e}")))?;
+            .map_err(KvmError::guest_write("the #GP entry", TRAP_TEXT))?;
         mem.write_slice(&PF_STUB, GuestAddress(wp::PF_STUB_AT))
-            .map_err(|e| KvmError::BadImage(format!("writing the #PF entry: {e}")))?;
+            .map_err(KvmError::guest_write("the #PF entry", wp::PF_STUB_AT))?;
         let gdt = |idx: u32, d: u64| w(REAL_GDT + u64::from(idx) * 8, d);
         gdt(FIRST_HV_GDT_ENTRY, 0x00af_fb00_0000_ffff)?;
         gdt(FIRST_HV_GDT_ENTRY + 1, 0x00cf_f300_0000_ffff)?;
-        let tss = pvops::SystemDescriptor::tss(HV_TSS, 0x67)
-            .map_err(|e| KvmError::BadImage(e.to_string()))?;
+        let tss = pvops::SystemDescriptor::tss(HV_TSS, 0x67)?;
         gdt(FIRST_HV_GDT_ENTRY + 2, tss.low | BUSY)?;
         gdt(FIRST_HV_GDT_ENTRY + 3, tss.high)?;
         // The virtual registers start as after reset: GDTR/IDTR base 0,

@@ -333,21 +333,19 @@ impl VmiGuest {
         })?;
         // The ROM.
         mem.write_slice(&rom.build(), GuestAddress(ROM_BASE))
-            .map_err(|e| KvmError::BadImage(format!("placing the VMI ROM: {e}")))?;
+            .map_err(KvmError::guest_write("the VMI ROM", ROM_BASE))?;
         // hv-sim's reserved GDT entries: ring-3 code and data, its TSS.
         let gdt = |idx: u32, d: u64| w(REAL_GDT + u64::from(idx) * 8, d);
         gdt(FIRST_HV_GDT_ENTRY, 0x00af_fb00_0000_ffff)?;
         gdt(FIRST_HV_GDT_ENTRY + 1, 0x00cf_f300_0000_ffff)?;
-        let tss = pvops::SystemDescriptor::tss(HV_TSS, 0x67)
-            .map_err(|e| KvmError::BadImage(e.to_string()))?;
+        let tss = pvops::SystemDescriptor::tss(HV_TSS, 0x67)?;
         gdt(FIRST_HV_GDT_ENTRY + 2, tss.low | BUSY)?;
         gdt(FIRST_HV_GDT_ENTRY + 3, tss.high)?;
         let ram = KvmGuestRam {
             mem: mem.clone(),
             end: cfg.mem_size as u64,
         };
-        let hv = VmiHypervisor::with_rom(GuestKind::Vmi64, ram, ROM_BASE, rom)
-            .map_err(|e| KvmError::BadImage(e.to_string()))?;
+        let hv = VmiHypervisor::with_rom(GuestKind::Vmi64, ram, ROM_BASE, rom)?;
         hv.set_effective_bases(REAL_GDT, REAL_IDT);
         Ok(VmiGuest {
             hv,

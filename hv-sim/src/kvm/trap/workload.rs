@@ -117,7 +117,7 @@ impl Line {
             .lines()
             .find_map(|l| l.strip_prefix(LINE_PREFIX))
             .ok_or_else(|| {
-                KvmError::BadImage(format!(
+                KvmError::Report(format!(
                     "the guest printed no `{LINE_PREFIX}` line (is it the workload kernel?): {text}"
                 ))
             })?;
@@ -125,7 +125,7 @@ impl Line {
             line.split(' ')
                 .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
                 .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| KvmError::BadImage(format!("workload line without {k}: {line}")))
+                .ok_or_else(|| KvmError::Report(format!("workload line without {k}: {line}")))
         };
         Ok(Line {
             switches: field("switches")?,

@@ -81,7 +81,7 @@ pub fn xen_notes(image: &[u8]) -> Result<XenNotes, KvmError> {
             "XEN_ELFNOTE_HYPERCALL_PAGE (Xen note type 2): {why}"
         ))
     };
-    let elf = Elf::parse(image).map_err(|e| KvmError::BadImage(e.to_string()))?;
+    let elf = Elf::parse(image)?;
     let notes = elf
         .iter_note_headers(image)
         .or_else(|| elf.iter_note_sections(image, None));
@@ -316,9 +316,7 @@ pub fn write_start_info(
     addr: u64,
     f: &StartInfoFields,
 ) -> Result<(), KvmError> {
-    let err = |e: vm_memory::GuestMemoryError| {
-        KvmError::BadImage(format!("writing the start info at {addr:#x}: {e}"))
-    };
+    let err = KvmError::guest_write("the start info", addr);
     mem.write_slice(&[0u8; 4096], GuestAddress(addr))
         .map_err(err)?;
     mem.write_slice(si::MAGIC_PV64, GuestAddress(addr + si::MAGIC))

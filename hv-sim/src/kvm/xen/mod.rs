@@ -366,11 +366,14 @@ fn write_hv_pages(mem: &GuestMemoryMmap, cfg: &Config, setup: &XenSetup) -> Resu
         s.copy_from_slice(&hypercall_stub(nr as u32));
     }
     mem.write_slice(&stubs, GuestAddress(setup.notes.hypercall_page))
-        .map_err(|e| KvmError::BadImage(format!("filling the hypercall page: {e}")))?;
+        .map_err(KvmError::guest_write(
+            "the hypercall page",
+            setup.notes.hypercall_page,
+        ))?;
     for v in 0..32u8 {
         let at = TRAP_TEXT + u64::from(v) * builder::EXCEPTION_STUB_SIZE;
         mem.write_slice(&builder::exception_stub(v), GuestAddress(at))
-            .map_err(|e| KvmError::BadImage(format!("writing exception stub {v}: {e}")))?;
+            .map_err(KvmError::guest_write("an exception stub", at))?;
         // Interrupt gates into the stubs; #BP and #OF may be raised by
         // `int3`/`into` in ring 3, as Xen's IDT allows.
         let dpl: u64 = if v == 3 || v == 4 { 3 } else { 0 };
@@ -388,8 +391,7 @@ fn write_hv_pages(mem: &GuestMemoryMmap, cfg: &Config, setup: &XenSetup) -> Resu
     gdt(u32::from(FLAT_USER_CS32 >> 3), 0x00cf_fb00_0000_ffff)?;
     gdt(u32::from(FLAT_KERNEL_SS >> 3), 0x00cf_f300_0000_ffff)?;
     gdt(u32::from(FLAT_KERNEL_CS >> 3), 0x00af_fb00_0000_ffff)?;
-    let tss = pvops::SystemDescriptor::tss(REAL_TSS, 0x67)
-        .map_err(|e| KvmError::BadImage(e.to_string()))?;
+    let tss = pvops::SystemDescriptor::tss(REAL_TSS, 0x67)?;
     // Busy: TR is loaded with it.
     gdt(u32::from(TSS_SELECTOR >> 3), tss.low | (0x2 << 40))?;
     gdt(u32::from(TSS_SELECTOR >> 3) + 1, tss.high)?;
@@ -480,8 +482,7 @@ impl XenGuest {
         for (a, v) in builder::bootstrap_page_tables(&l, |pfn| dom.pfn_to_mfn(pfn)) {
             w(a, v)?;
         }
-        dom.install_bootstrap_tables(l.pt_base >> 12..(l.pt_base >> 12) + l.nr_pt_frames)
-            .map_err(|e| KvmError::BadImage(format!("bootstrap page tables: {e}")))?;
+        dom.install_bootstrap_tables(l.pt_base >> 12..(l.pt_base >> 12) + l.nr_pt_frames)?;
         builder::write_start_info(
             mem,
             l.start_info,
