@@ -172,6 +172,12 @@ impl Walker {
         if !self.nxe {
             r |= XD;
         }
+        // PAE entries: bits 62:M are reserved, 62:52 included (SDM vol. 3A
+        // tables 4-9, 4-10, 4-11); 4-level paging ignores 62:52 (tables
+        // 4-15 to 4-20). Found by the QEMU differential (PAE scenarios).
+        if self.mode == PagingMode::Pae {
+            r |= 0x7FF0_0000_0000_0000;
+        }
         // Large pages: the bits between 12 (PAT at bit 12) and the page's
         // alignment are reserved.
         if page_size > 4096 {
@@ -188,8 +194,8 @@ impl Walker {
         let mut out = [0u64; 4];
         for (i, e) in out.iter_mut().enumerate() {
             *e = mem.read_u64(base + i as u64 * 8)?;
-            // SDM 4.4.1: bits 2:1, 8:5 and above MAXPHYADDR are reserved.
-            let rsvd = 0x1E6 | (!self.addr_mask() & 0x000F_FFFF_FFFF_F000);
+            // SDM 4.4.1 and table 4-8: bits 2:1, 8:5 and 63:M are reserved.
+            let rsvd = 0x1E6 | (!self.addr_mask() & 0xFFFF_FFFF_FFFF_F000);
             if *e & P != 0 && *e & rsvd != 0 {
                 return Some(Err(i));
             }

@@ -23,7 +23,7 @@
 //! through `isa-debugcon` cost a system call per byte: 29 s of 40 for
 //! 100,000 scenarios).
 
-use super::{RECORD, Scenario};
+use super::{Paging, RECORD, Scenario};
 
 /// Where the image is loaded.
 pub const LOAD: u32 = 0x10_0000;
@@ -53,8 +53,17 @@ pub const WIN: u32 = LOAD + 0x4000;
 pub const PD: u32 = LOAD + 0x5000;
 /// The page table of the first 4 MiB.
 pub const PT: u32 = LOAD + 0x6000;
-/// The window's page-table entry.
-pub const WIN_PTE: u32 = PT + (WIN >> 12) * 4;
+/// PAE paging's page directory (its PDPT is at [`PD`], its page table of
+/// the first 2 MiB at [`PT`]).
+pub const PAE_PD: u32 = LOAD + 0x7000;
+
+/// The window's page-table entry: 4 bytes (32-bit paging) or 8 (PAE).
+pub const fn win_pte(paging: Paging) -> u32 {
+    match paging {
+        Paging::Bits32 => PT + (WIN >> 12) * 4,
+        Paging::Pae => PT + (WIN >> 12) * 8,
+    }
+}
 /// The window's entry while no scenario runs: present, read/write.
 pub const WIN_PTE_RW: u32 = WIN | 3;
 /// How many 4 MiB the paging maps.
@@ -75,14 +84,19 @@ pub const GDT_LIMIT: u16 = 0x7f;
 /// through an unchecked segment faults there instead of rewriting the
 /// code of a later scenario.
 pub fn pte(page: u32) -> u32 {
-    let writable = page < LOAD || [GDT, WIN, PD, PT].contains(&(page & !0xfff));
+    let writable = page < LOAD || [GDT, WIN, PD, PT, PAE_PD].contains(&(page & !0xfff));
     page & !0xfff | 1 | u32::from(writable) << 1
 }
 
-/// The page-directory entry `k` (1 ≤ k < [`MAPPED_4M`]): a 4 MiB page,
-/// identity, writable only from [`RESULTS`] on (the records).
-pub fn pde(k: u32) -> u32 {
-    k << 22 | 0x81 | u32::from(k << 22 >= RESULTS) << 1
+/// The page-directory entry `k` (1 ≤ k < [`MAPPED_4M`]; PAE: 2 MiB
+/// pages, 1 ≤ k < 2 × [`MAPPED_4M`]): a large page, identity, writable
+/// only from [`RESULTS`] on (the records).
+pub fn pde(paging: Paging, k: u32) -> u32 {
+    let shift = match paging {
+        Paging::Bits32 => 22,
+        Paging::Pae => 21,
+    };
+    k << shift | 0x81 | u32::from(k << shift >= RESULTS) << 1
 }
 
 /// A byte buffer at a known load address.
@@ -164,7 +178,8 @@ impl Asm {
 
 /// The stubs, the common handler and the recorder, at [`TEXT`]: returns
 /// the code, the stubs' addresses and the recorder's address.
-fn text() -> (Asm, Vec<u32>, u32) {
+fn text(paging: Paging) -> (Asm, Vec<u32>, u32) {
+    let win_pte = win_pte(paging);
     let mut a = Asm::new(TEXT);
     // Common handler: save EAX, pop vector and error code, reset the
     // stack, resume at the runner's recorder call.
@@ -205,12 +220,17 @@ fn text() -> (Asm, Vec<u32>, u32) {
         (CUR_ERR, 4),
         (CUR_EAX, 8),
         (CUR_CR2, 204),
-        (WIN_PTE, 208),
+        (win_pte, 208),
     ] {
         a.load_eax(abs).store_edi(off, false);
     }
     // The window present and writable again before it is read.
-    a.store_imm(WIN_PTE, WIN_PTE_RW).reload_cr3();
+    a.store_imm(win_pte, WIN_PTE_RW);
+    if paging == Paging::Pae {
+        a.load_eax(win_pte + 4).store_edi(212, false);
+        a.store_imm(win_pte + 4, 0);
+    }
+    a.reload_cr3();
     for k in 0..16 {
         a.load_eax(WIN + 4 * k).store_edi(32 + 4 * k, false);
     }
@@ -222,7 +242,7 @@ fn text() -> (Asm, Vec<u32>, u32) {
 }
 
 /// Bytes of one scenario's data block (see [`runner`]).
-const DATA: u32 = 228;
+const DATA: u32 = 232;
 /// Offsets in a data block: GDT slots (104 bytes) and window (64) first,
 /// for `rep movsd`; then, relative to where those leave ESI: the window's
 /// entry, the test GDTR image (8), ES/DS/FS/GS (4 words), the
@@ -233,6 +253,7 @@ const D_SELS: u32 = 12;
 const D_STUB: u32 = 20;
 const D_REGS: u32 = 24;
 const D_REC: u32 = 56;
+const D_PTE_HIGH: u32 = 60;
 
 /// One scenario's data block.
 fn data(i: usize, s: &Scenario, stub: u32) -> Vec<u8> {
@@ -241,7 +262,7 @@ fn data(i: usize, s: &Scenario, stub: u32) -> Vec<u8> {
         v.extend_from_slice(&w.to_le_bytes());
     }
     v.extend_from_slice(&s.window);
-    v.extend_from_slice(&s.win_pte.to_le_bytes());
+    v.extend_from_slice(&(s.win_pte as u32).to_le_bytes());
     let g = s.test_gdtr;
     v.extend_from_slice(&g.0.to_le_bytes());
     v.extend_from_slice(&g.1.to_le_bytes());
@@ -254,6 +275,7 @@ fn data(i: usize, s: &Scenario, stub: u32) -> Vec<u8> {
         v.extend_from_slice(&r.to_le_bytes());
     }
     v.extend_from_slice(&(RESULTS + (i * RECORD) as u32).to_le_bytes());
+    v.extend_from_slice(&((s.win_pte >> 32) as u32).to_le_bytes());
     debug_assert_eq!(v.len(), DATA as usize);
     v
 }
@@ -263,7 +285,7 @@ fn data(i: usize, s: &Scenario, stub: u32) -> Vec<u8> {
 /// code): set up, load the test GDTR, jump to the stub (the instruction,
 /// `mov [eax_slot], eax`, `jmp after`), record, next. An exception resumes
 /// at `after` too. Returns the code and `after`'s address.
-fn runner(at: u32, recorder: u32, output: u32) -> (Asm, u32) {
+fn runner(paging: Paging, at: u32, recorder: u32, output: u32) -> (Asm, u32) {
     let mut a = Asm::new(at);
     let next = a.here();
     a.b(&[0x36, 0x8b, 0x35]).d(CUR_DATA); // mov esi, ss:[cur_data]
@@ -279,7 +301,12 @@ fn runner(at: u32, recorder: u32, output: u32) -> (Asm, u32) {
     a.b(&[0xfc]); // cld
     a.mov_r_imm(7, GDT + 0x18).mov_r_imm(1, 26).b(&[0xf3, 0xa5]); // rep movsd
     a.mov_r_imm(7, WIN).mov_r_imm(1, 16).b(&[0xf3, 0xa5]);
-    a.load_esi(0, D_PTE).store_eax(WIN_PTE).reload_cr3();
+    let win_pte = win_pte(paging);
+    a.load_esi(0, D_PTE).store_eax(win_pte);
+    if paging == Paging::Pae {
+        a.load_esi(0, D_PTE_HIGH).store_eax(win_pte + 4);
+    }
+    a.reload_cr3();
     a.load_esi(0, D_GDTR).store_eax(SCRATCH);
     a.load_esi(0, D_GDTR + 4).store_eax(SCRATCH + 4);
     a.load_esi(0, D_STUB).store_eax(JUMP);
@@ -304,6 +331,11 @@ fn runner(at: u32, recorder: u32, output: u32) -> (Asm, u32) {
 
 /// The whole image, and each scenario's instruction address.
 pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
+    let paging = scenarios.first().map_or(Paging::Bits32, |s| s.paging);
+    assert!(
+        scenarios.iter().all(|s| s.paging == paging),
+        "one paging mode per image"
+    );
     let mut img = vec![0u8; (SCENARIOS - LOAD) as usize];
     let put = |img: &mut Vec<u8>, at: u32, b: &[u8]| {
         let o = (at - LOAD) as usize;
@@ -318,14 +350,33 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
     let mut dtr = IDT_LIMIT.to_le_bytes().to_vec();
     dtr.extend_from_slice(&IDT.to_le_bytes());
     put(&mut img, RT_IDTR, &dtr);
-    for k in 0..1024u32 {
-        put(&mut img, PT + 4 * k, &pte(k << 12).to_le_bytes());
+    match paging {
+        Paging::Bits32 => {
+            for k in 0..1024u32 {
+                put(&mut img, PT + 4 * k, &pte(k << 12).to_le_bytes());
+            }
+            put(&mut img, PD, &(PT | 3).to_le_bytes());
+            for k in 1..MAPPED_4M {
+                put(&mut img, PD + 4 * k, &pde(paging, k).to_le_bytes());
+            }
+        }
+        Paging::Pae => {
+            // SDM vol. 3A 4.4: a PDPTE has P and the address only.
+            put(&mut img, PD, &u64::from(PAE_PD | 1).to_le_bytes());
+            for k in 0..512u32 {
+                put(&mut img, PT + 8 * k, &u64::from(pte(k << 12)).to_le_bytes());
+            }
+            put(&mut img, PAE_PD, &u64::from(PT | 3).to_le_bytes());
+            for k in 1..2 * MAPPED_4M {
+                put(
+                    &mut img,
+                    PAE_PD + 8 * k,
+                    &u64::from(pde(paging, k)).to_le_bytes(),
+                );
+            }
+        }
     }
-    put(&mut img, PD, &(PT | 3).to_le_bytes());
-    for k in 1..MAPPED_4M {
-        put(&mut img, PD + 4 * k, &pde(k).to_le_bytes());
-    }
-    let (text, stubs, recorder) = text();
+    let (text, stubs, recorder) = text(paging);
     put(&mut img, TEXT, &text.bytes);
     for (v, h) in stubs.iter().enumerate() {
         // 32-bit interrupt gate, selector 0x08, DPL 0, present.
@@ -333,12 +384,12 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
         put(&mut img, IDT + 8 * v as u32, &gate.to_le_bytes());
     }
     // The runner, the output, each instruction's stub, the data blocks.
-    let runner_len = runner(SCENARIOS, recorder, 0).0.bytes.len() as u32;
+    let runner_len = runner(paging, SCENARIOS, recorder, 0).0.bytes.len() as u32;
     let output = SCENARIOS + runner_len;
     let mut o = Asm::new(output);
     o.b(&[0x66, 0xba, 0xf4, 0x00, 0x31, 0xc0, 0xef]) // mov dx, 0xf4; xor eax, eax; out dx, eax
         .b(&[0xf4, 0xeb, 0xfd]); // hlt; jmp $-1
-    let (run, after) = runner(SCENARIOS, recorder, output);
+    let (run, after) = runner(paging, SCENARIOS, recorder, output);
     let mut a = Asm::new(o.here());
     let mut at = Vec::new();
     for s in scenarios {
@@ -368,11 +419,21 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
         e.load_sreg(s, 0x10);
     }
     e.load_dt(3, RT_IDTR);
-    // Paging: CR3, CR4.PSE, then CR0.PG and CR0.WP.
+    // Paging: CR3, CR4.PSE (32-bit) or CR4.PAE and EFER.NXE (PAE), then
+    // CR0.PG and CR0.WP.
     e.mov_r_imm(0, PD).b(&[0x0f, 0x22, 0xd8]);
-    e.b(&[0x0f, 0x20, 0xe0, 0x0d])
-        .d(0x10)
-        .b(&[0x0f, 0x22, 0xe0]);
+    let cr4 = match paging {
+        Paging::Bits32 => 0x10,
+        Paging::Pae => {
+            // mov ecx, IA32_EFER; rdmsr; or eax, NXE; wrmsr
+            e.mov_r_imm(1, 0xc000_0080)
+                .b(&[0x0f, 0x32, 0x0d])
+                .d(0x800)
+                .b(&[0x0f, 0x30]);
+            0x20
+        }
+    };
+    e.b(&[0x0f, 0x20, 0xe0, 0x0d]).d(cr4).b(&[0x0f, 0x22, 0xe0]);
     e.b(&[0x0f, 0x20, 0xc0, 0x0d])
         .d(0x8001_0000)
         .b(&[0x0f, 0x22, 0xc0]);
@@ -423,7 +484,7 @@ mod tests {
     /// The hand-written encodings decode (iced-x86) to what they mean.
     #[test]
     fn encodings_decode_back() {
-        let (t, stubs, rec) = text();
+        let (t, stubs, rec) = text(Paging::Bits32);
         let l = listing(&t.bytes[..16], TEXT);
         assert_eq!(l[0], "mov ss:[10111Ch],eax");
         assert_eq!(l[1], "push 0");
@@ -454,7 +515,7 @@ mod tests {
     /// The runner's hand-written encodings decode to what they mean.
     #[test]
     fn runner_decodes_back() {
-        let (a, after) = runner(SCENARIOS, 0x10_3000, 0x20_0000);
+        let (a, after) = runner(Paging::Bits32, SCENARIOS, 0x10_3000, 0x20_0000);
         let l = listing(&a.bytes, SCENARIOS);
         assert_eq!(l[0], "mov esi,ss:[101128h]");
         assert_eq!(l[1], "mov eax,ss:[esi+0E0h]");
@@ -467,7 +528,7 @@ mod tests {
         );
         let tail = listing(&a.bytes[(after - SCENARIOS) as usize..], after);
         assert_eq!(tail[0], "call 00103000h");
-        assert_eq!(tail[1], "add dword ptr ss:[101128h],0E4h");
+        assert_eq!(tail[1], "add dword ptr ss:[101128h],0E8h");
         assert_eq!(tail[2], "dec dword ptr ss:[10112Ch]");
         assert_eq!(tail[3], format!("jne {SCENARIOS:08X}h"));
     }
@@ -482,9 +543,14 @@ mod tests {
         for page in [0x6_f000, GDT, WIN, PD, PT] {
             assert_eq!(pte(page) & 3, 3, "{page:#x}");
         }
-        assert_eq!(pde(1) & 0x83, 0x81);
-        assert_eq!(pde(MAPPED_4M - 1) & 0x83, 0x83);
-        assert_eq!(pde(RESULTS >> 22) & 0x83, 0x83);
-        assert_eq!(pde((RESULTS >> 22) - 1) & 0x83, 0x81);
+        let b = Paging::Bits32;
+        assert_eq!(pde(b, 1) & 0x83, 0x81);
+        assert_eq!(pde(b, MAPPED_4M - 1) & 0x83, 0x83);
+        assert_eq!(pde(b, RESULTS >> 22) & 0x83, 0x83);
+        assert_eq!(pde(b, (RESULTS >> 22) - 1) & 0x83, 0x81);
+        let p = Paging::Pae;
+        assert_eq!(pde(p, 1), 1 << 21 | 0x81);
+        assert_eq!(pde(p, RESULTS >> 21) & 0x83, 0x83);
+        assert_eq!(pde(p, (RESULTS >> 21) - 1) & 0x83, 0x81);
     }
 }

@@ -5,7 +5,7 @@
 use iced_x86::{Decoder, DecoderOptions, Register};
 
 use super::image::{GDT, WIN};
-use super::{Rng, Scenario, desc};
+use super::{Paging, Rng, Scenario, desc};
 
 /// A flat writable data segment.
 const FLAT: u64 = 0x00cf_9300_0000_ffff;
@@ -194,7 +194,7 @@ fn aim(r: &mut Rng, s: &mut Scenario, insn: &mut [u8], a16: bool, at: Target) {
 }
 
 /// One scenario.
-fn scenario(r: &mut Rng) -> Scenario {
+fn scenario(r: &mut Rng, paging: Paging) -> Scenario {
     // (second opcode byte, ModRM.reg): lgdt lidt sgdt sidt ltr lldt str sldt.
     let (op, reg) = r.pick(&[
         (1u8, 2u8),
@@ -239,20 +239,33 @@ fn scenario(r: &mut Rng) -> Scenario {
         gdt_slots: [FLAT; 13],
         window: [0; 64],
         test_gdtr: (super::image::GDT_LIMIT, GDT),
-        win_pte: WIN | 3,
+        win_pte: u64::from(WIN | 3),
+        paging,
     };
     // The window's page: read/write, read-only (CR0.WP: a write faults),
     // not present, or a user page (no matter at CPL 0 without SMAP).
-    s.win_pte = r.pick(&[
-        WIN | 3,
-        WIN | 3,
-        WIN | 3,
-        WIN | 1,
-        WIN | 1,
-        WIN | 2,
-        WIN | 7,
-        0,
-    ]);
+    let w = u64::from(WIN);
+    s.win_pte = match paging {
+        Paging::Bits32 => r.pick(&[w | 3, w | 3, w | 3, w | 1, w | 1, w | 2, w | 7, 0]),
+        // PAE with EFER.NXE: also XD (no effect on data accesses), and
+        // reserved bits: address bits at and above MAXPHYADDR (40 under
+        // QEMU TCG) and bit 52 (SDM vol. 3A table 4-11: bits 62:M of a
+        // PAE entry are reserved): #PF with RSVD (SDM vol. 3A 4.7).
+        Paging::Pae => r.pick(&[
+            w | 3,
+            w | 3,
+            w | 1,
+            w | 1,
+            w | 2,
+            w | 7,
+            0,
+            1 << 63 | w | 3,
+            1 << 63 | w | 1,
+            1 << 45 | w | 3,
+            1 << 40 | w | 1,
+            1 << 52 | w | 3,
+        ]),
+    };
     for b in s.window.iter_mut() {
         *b = r.next() as u8;
     }
@@ -300,8 +313,13 @@ fn scenario(r: &mut Rng) -> Scenario {
 
 /// `n` scenarios from `seed`.
 pub fn generate(n: usize, seed: u64) -> Vec<Scenario> {
+    generate_in(n, seed, Paging::Bits32)
+}
+
+/// `n` scenarios from `seed` under `paging`.
+pub fn generate_in(n: usize, seed: u64, paging: Paging) -> Vec<Scenario> {
     let mut r = Rng(seed);
-    (0..n).map(|_| scenario(&mut r)).collect()
+    (0..n).map(|_| scenario(&mut r, paging)).collect()
 }
 
 #[cfg(test)]

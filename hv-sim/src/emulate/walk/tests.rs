@@ -299,6 +299,40 @@ fn pae_walk_and_pdptes() {
     );
 }
 
+/// SDM vol. 3A tables 4-8 to 4-11: in PAE paging bits 62:M of a PDE or
+/// PTE are reserved (62:52 included, unlike 4-level paging's ignored
+/// 62:52), and 63:M of a PDPTE. Regression: the walker took 62:52 as
+/// ignored; QEMU TCG's PAE scenarios showed RSVD.
+#[test]
+fn pae_bits_62_to_52_are_reserved() {
+    let m = Phys::default();
+    let la = 0x0040_3456u64;
+    m.put_u64(0x1000, 0x2000 | P);
+    m.put_u64(0x2000 + 2 * 8, 0x3000 | P | RW);
+    m.put_u64(0x3000 + 3 * 8, 1 << 52 | 0x5000 | P | RW);
+    let w = Walker::new(PagingMode::Pae, 0x1000);
+    assert_eq!(
+        err(w.translate(&m, la, WalkAccess::Write, 0, false)),
+        pf::P | pf::W | pf::RSVD
+    );
+    m.put_u64(0x3000 + 3 * 8, 0x5000 | P | RW);
+    m.put_u64(0x2000 + 2 * 8, 1 << 62 | 0x3000 | P | RW);
+    assert_eq!(
+        err(w.translate(&m, la, WalkAccess::Read, 0, false)),
+        pf::P | pf::RSVD
+    );
+    m.put_u64(0x2000 + 2 * 8, 0x3000 | P | RW);
+    assert!(w.translate(&m, la, WalkAccess::Read, 0, false).is_ok());
+    // The PDPTE: bit 63 too.
+    m.put_u64(0x1000, 1 << 63 | 0x2000 | P);
+    assert_eq!(w.pdptes(&m), Some(Err(0)));
+    // 4-level paging ignores 62:52 in a PTE.
+    let m = four_level(LA, 0x5000, P | RW);
+    m.put_u64(PT + ((LA >> 12) & 511) * 8, 1 << 52 | 0x5000 | P | RW);
+    let w = Walker::new(PagingMode::Level4, PML4);
+    assert!(w.translate(&m, LA, WalkAccess::Read, 0, false).is_ok());
+}
+
 /// Paging off: linear = physical, truncated to 32 bits.
 #[test]
 fn paging_off_is_identity() {
