@@ -3,6 +3,9 @@
 //! Needs /dev/kvm; prints `SKIPPED: <reason>` and passes without it (CI on
 //! this project's machines has it, so there it runs).
 
+#[path = "common/text.rs"]
+mod text;
+
 use hv_sim::kvm::{self, Config};
 use hv_sim::testing::{example_kernel_image, kvm_or_skip};
 
@@ -53,38 +56,30 @@ fn native_boot_brings_up_a_second_vcpu_with_its_own_tr_rsp0_and_fs() {
     // KVM's side: vCPU 1's TR and GDTR as KVM_GET_SREGS reports them at its
     // halt, and the rsp0 of the TSS its TR names (read from guest memory by
     // the runner), are what the kernel says CPU 1 loaded, and not CPU 0's.
-    let field = |line: &str, key: &str| -> String {
-        let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
-        line[at..].split([' ', ')']).next().unwrap().to_string()
-    };
-    let line = |prefix: &str| -> String {
-        let l = report.text.lines().find(|l| l.starts_with(prefix));
-        l.unwrap_or_else(|| panic!("no {prefix:?} line in:\n{}", report.text))
-            .to_string()
-    };
+    let line = |prefix: &str| text::line(&report.text, prefix);
     let (kvm1, cpu0, cpu1) = (
         line("hv-sim: vCPU 1 halted:"),
         line("smp cpu 0:"),
         line("smp cpu 1:"),
     );
     assert_eq!(
-        field(&kvm1, "tr.base="),
-        field(&cpu1, " tss="),
+        text::field(&kvm1, "tr.base="),
+        text::field(&cpu1, " tss="),
         "{kvm1}\n{cpu1}"
     );
     assert_eq!(
-        field(&kvm1, "gdt.base="),
-        field(&cpu1, " gdt="),
+        text::field(&kvm1, "gdt.base="),
+        text::field(&cpu1, " gdt="),
         "{kvm1}\n{cpu1}"
     );
     assert_eq!(
-        field(&kvm1, "TSS.rsp0="),
-        field(&cpu1, " rsp0="),
+        text::field(&kvm1, "TSS.rsp0="),
+        text::field(&cpu1, " rsp0="),
         "{kvm1}\n{cpu1}"
     );
-    assert_eq!(field(&kvm1, " tr="), "0x40", "{kvm1}");
-    assert_ne!(field(&cpu0, " tss="), field(&cpu1, " tss="));
-    assert_ne!(field(&cpu0, " rsp0="), field(&cpu1, " rsp0="));
+    assert_eq!(text::field(&kvm1, " tr="), "0x40", "{kvm1}");
+    assert_ne!(text::field(&cpu0, " tss="), text::field(&cpu1, " tss="));
+    assert_ne!(text::field(&cpu0, " rsp0="), text::field(&cpu1, " rsp0="));
 }
 
 #[test]

@@ -3,6 +3,9 @@
 //! Needs /dev/kvm; prints `SKIPPED: <reason>` and passes without it. The
 //! note tests need no KVM.
 
+#[path = "common/text.rs"]
+mod text;
+
 use hv_sim::kvm::xen::{self, XEN_ELFNOTE_HYPERCALL_PAGE, boot_xen, hypercall_page_note};
 use hv_sim::kvm::{self, Config};
 use hv_sim::testing::{example_kernel_image, kvm_or_skip};
@@ -164,44 +167,36 @@ fn xen_boot_brings_up_a_second_vcpu_with_its_own_stack_gdt_and_fs() {
         .unwrap_or_else(|| panic!("no smp check in:\n{text}"));
     assert!(smp.passed && !smp.skipped, "{smp:?}\n{text}");
     assert!(smp.detail.contains("VCPUOP_up: 0, 0"), "{smp:?}");
-    let field = |line: &str, key: &str| -> String {
-        let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
-        line[at..].split([' ', ')']).next().unwrap().to_string()
-    };
-    let line = |prefix: &str| -> String {
-        let l = text.lines().find(|l| l.starts_with(prefix));
-        l.unwrap_or_else(|| panic!("no {prefix:?} line in:\n{text}"))
-            .to_string()
-    };
+    let line = |prefix: &str| text::line(text, prefix);
     let mut seen = Vec::new();
     for cpu in 0..2 {
         let kvm = line(&format!("{}{cpu}:", xen::VCPU_LINE_PREFIX));
         let guest = line(&format!("xen smp vcpu {cpu}:"));
         assert!(guest.contains("done=1 "), "{guest}");
         assert_eq!(
-            field(&kvm, "fs.base="),
-            field(&guest, " tls="),
+            text::field(&kvm, "fs.base="),
+            text::field(&guest, " tls="),
             "{kvm}\n{guest}"
         );
         assert_eq!(
-            field(&kvm, "kernel_sp="),
-            field(&guest, " kstack="),
+            text::field(&kvm, "kernel_sp="),
+            text::field(&guest, " kstack="),
             "{kvm}\n{guest}"
         );
         assert_eq!(
-            field(&kvm, "gdt_frame="),
-            field(&guest, " gdt="),
+            text::field(&kvm, "gdt_frame="),
+            text::field(&guest, " gdt="),
             "{kvm}\n{guest}"
         );
         assert_eq!(
-            field(&kvm, " tr="),
+            text::field(&kvm, " tr="),
             format!("{:#x}", xen::TSS_SELECTOR),
             "{kvm}"
         );
         seen.push([
-            field(&kvm, "fs.base="),
-            field(&kvm, "kernel_sp="),
-            field(&kvm, "gdt_frame="),
+            text::field(&kvm, "fs.base="),
+            text::field(&kvm, "kernel_sp="),
+            text::field(&kvm, "gdt_frame="),
         ]);
     }
     for (a, b) in seen[0].iter().zip(&seen[1]) {

@@ -547,6 +547,17 @@ struct Run {
     started: u64,
 }
 
+impl Run {
+    /// The guest stopped in a way that is not an orderly exit: `what`,
+    /// with the text it printed (`run`'s).
+    fn crashed(what: String, run: &Run) -> KvmError {
+        KvmError::GuestCrashed {
+            what,
+            text: String::from_utf8_lossy(&run.text).into_owned(),
+        }
+    }
+}
+
 /// Run vCPU `id` to the guest's exit: `Some(status)` when it reported
 /// one, `None` when it halted or went down.
 #[allow(clippy::too_many_arguments)]

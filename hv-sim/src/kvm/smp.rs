@@ -35,13 +35,9 @@ pub(super) fn start_ap(
     b: [u8; 4],
     len: usize,
 ) -> Result<Option<u32>, KvmError> {
-    let crashed = |what: String, run: &Run| KvmError::GuestCrashed {
-        what,
-        text: String::from_utf8_lossy(&run.text).into_owned(),
-    };
     let entry = u32::from_le_bytes(b) as u64;
     if len != 4 {
-        return Err(crashed(
+        return Err(Run::crashed(
             format!(
                 "start-AP port {:#x} written with {len} bytes: the protocol is one dword, the AP's 64-bit entry point",
                 ports::START_AP
@@ -50,7 +46,7 @@ pub(super) fn start_ap(
         ));
     }
     if entry >= cfg.mem_size as u64 {
-        return Err(crashed(
+        return Err(Run::crashed(
             format!(
                 "start-AP port {:#x}: entry {entry:#x} is outside guest RAM ({:#x} bytes)",
                 ports::START_AP,
@@ -61,7 +57,7 @@ pub(super) fn start_ap(
     }
     let id = run.aps + 1;
     if id >= MAX_VCPUS {
-        return Err(crashed(
+        return Err(Run::crashed(
             format!(
                 "start-AP port {:#x}: vCPU {id} asked for; the native runner starts at most {MAX_VCPUS} vCPUs",
                 ports::START_AP
@@ -88,12 +84,8 @@ pub(super) fn start_vcpu(
     cur: u64,
     next: u64,
 ) -> Result<Option<u32>, KvmError> {
-    let crashed = |what: String, run: &Run| KvmError::GuestCrashed {
-        what,
-        text: String::from_utf8_lossy(&run.text).into_owned(),
-    };
     if next >= MAX_VCPUS || next == cur || run.started & (1 << next) != 0 {
-        return Err(crashed(
+        return Err(Run::crashed(
             format!(
                 "vCPU {cur} brought up vCPU {next}: hv-sim runs each secondary vCPU once, at most {MAX_VCPUS} in all, taking turns with the one that starts it"
             ),
@@ -104,7 +96,7 @@ pub(super) fn start_vcpu(
     run.aps += 1;
     let s = vcpu
         .sregs()
-        .map_err(|e| crashed(format!("reading vCPU {cur}'s registers: {e}"), run))?;
+        .map_err(|e| Run::crashed(format!("reading vCPU {cur}'s registers: {e}"), run))?;
     if let Some(line) = guest.vcpu_report(cur, &s) {
         run.text.extend_from_slice(line.as_bytes());
     }
@@ -113,7 +105,7 @@ pub(super) fn start_vcpu(
         guest.select_vcpu(cur);
         guest
             .resume(&m.vm, vcpu)
-            .map_err(|e| crashed(format!("resuming vCPU {cur}: {e}"), run))?;
+            .map_err(|e| Run::crashed(format!("resuming vCPU {cur}: {e}"), run))?;
     }
     Ok(status)
 }
@@ -130,10 +122,6 @@ pub(super) fn run_ap(
     entry: u64,
     id: u64,
 ) -> Result<Option<u32>, KvmError> {
-    let crashed = |what: String, run: &Run| KvmError::GuestCrashed {
-        what,
-        text: String::from_utf8_lossy(&run.text).into_owned(),
-    };
     guest.select_vcpu(id);
     let (mut vcpu, mut cache) = setup_vcpu(m, guest, entry, cfg, id)?;
     let status = exit_loop(m, guest, &mut vcpu, &mut cache, cfg, timed_out, run, id)?;
@@ -142,7 +130,7 @@ pub(super) fn run_ap(
         // kernel's own read-back (`smp cpu N:` lines).
         let s = cache
             .sregs(&vcpu)
-            .map_err(|e| crashed(format!("reading vCPU {id}'s registers: {e}"), run))?;
+            .map_err(|e| Run::crashed(format!("reading vCPU {id}'s registers: {e}"), run))?;
         let line = guest.vcpu_report(id, &s).unwrap_or_else(|| {
             // The rsp0 of the TSS its TR names, read from guest memory.
             let mut rsp0 = [0u8; 8];
