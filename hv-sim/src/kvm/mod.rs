@@ -54,6 +54,7 @@ use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+pub(crate) use error::panic_message;
 pub use error::{KvmError, Unavailable};
 use personality::{Personality, PortAction};
 pub use regs::VcpuIoctls;

@@ -41,6 +41,7 @@
 //! delivery needs it), reserved bits in the PDPTE and PDE (only the
 //! window's PTE varies).
 
+mod error;
 pub mod image;
 
 use std::cell::Cell;
@@ -191,6 +192,7 @@ fn desc(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
 }
 
 mod scenarios;
+pub use error::DiffError;
 pub use scenarios::{generate, generate_in};
 
 /// QEMU TCG's departures from the SDM that the harness models, to
@@ -599,25 +601,28 @@ pub fn differences(q: &Record, e: &Record) -> Vec<&'static str> {
 }
 
 /// Run `scenarios` under QEMU TCG: the raw records.
-pub fn run_qemu(scenarios: &[Scenario], timeout: Duration) -> Result<(Vec<u8>, Vec<u32>), String> {
-    crate::qemu::available().map_err(|e| e.to_string())?;
+pub fn run_qemu(
+    scenarios: &[Scenario],
+    timeout: Duration,
+) -> Result<(Vec<u8>, Vec<u32>), DiffError> {
+    crate::qemu::available()?;
+    let io = |what: String| move |source| DiffError::Io { what, source };
     let (img, at) = image::build(scenarios);
     if image::LOAD as usize + img.len() > image::RESULTS as usize {
-        return Err(format!(
-            "{} scenarios make a {}-byte image that reaches the records at {:#x}: run fewer at a time",
-            scenarios.len(),
-            img.len(),
-            image::RESULTS
-        ));
+        return Err(DiffError::TooManyScenarios {
+            scenarios: scenarios.len(),
+            bytes: img.len(),
+            records_at: image::RESULTS,
+        });
     }
     static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("hv-sim-emudiff-{}-{run}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     let kernel = dir.join("guest.bin");
     let ram = dir.join("ram");
     let _ = std::fs::remove_file(&ram);
-    std::fs::write(&kernel, &img).map_err(|e| format!("writing {}: {e}", kernel.display()))?;
+    std::fs::write(&kernel, &img).map_err(io(format!("writing {}", kernel.display())))?;
     let mut child = Command::new(crate::qemu::QEMU)
         .args([
             "-machine",
@@ -641,7 +646,7 @@ pub fn run_qemu(scenarios: &[Scenario], timeout: Duration) -> Result<(Vec<u8>, V
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", crate::qemu::QEMU))?;
+        .map_err(io(format!("starting {}", crate::qemu::QEMU)))?;
     let t0 = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -649,20 +654,20 @@ pub fn run_qemu(scenarios: &[Scenario], timeout: Duration) -> Result<(Vec<u8>, V
             Ok(None) if t0.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("QEMU still running after {timeout:?}"));
+                return Err(DiffError::Timeout(timeout));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("waiting for QEMU: {e}")),
+            Err(e) => return Err(io("waiting for QEMU".into())(e)),
         }
     };
     let records = read_records(&ram, scenarios.len() * RECORD).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
     if status.code() != Some(1) || records.len() != scenarios.len() * RECORD {
-        return Err(format!(
-            "the guest did not finish ({status}; {} of {} record bytes): a triple fault?",
-            records.len(),
-            scenarios.len() * RECORD
-        ));
+        return Err(DiffError::Unfinished {
+            status,
+            got: records.len(),
+            want: scenarios.len() * RECORD,
+        });
     }
     Ok((records, at))
 }
@@ -700,10 +705,10 @@ pub fn compare(
     paging: Paging,
     jobs: usize,
     timeout: Duration,
-) -> Result<Report, String> {
+) -> Result<Report, DiffError> {
     let all = generate_in(n, seed, paging);
     let per = n.div_ceil(jobs.max(1)).max(1);
-    let parts: Vec<Result<Report, String>> = std::thread::scope(|scope| {
+    let parts: Vec<Result<Report, DiffError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = all
             .chunks(per)
             .map(|part| scope.spawn(move || compare_scenarios(part, timeout)))
@@ -711,8 +716,11 @@ pub fn compare(
         handles
             .into_iter()
             .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("a comparison thread panicked".into()))
+                h.join().unwrap_or_else(|p| {
+                    Err(DiffError::ThreadPanicked(crate::kvm::panic_message(
+                        p.as_ref(),
+                    )))
+                })
             })
             .collect()
     });
@@ -735,7 +743,7 @@ pub fn compare(
 
 /// Run and compare the given scenarios (a slice of [`generate`]'s, to
 /// replay one).
-pub fn compare_scenarios(scenarios: &[Scenario], timeout: Duration) -> Result<Report, String> {
+pub fn compare_scenarios(scenarios: &[Scenario], timeout: Duration) -> Result<Report, DiffError> {
     let (records, at) = run_qemu(scenarios, timeout)?;
     let mut report = Report::default();
     let out = &mut report.mismatches;
