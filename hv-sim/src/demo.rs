@@ -60,6 +60,8 @@ impl DemoReport {
 }
 
 const LAYOUT: GdtLayout = GdtLayout::LINUX_X86_64;
+/// The kernel stack the demo's TSS checks record.
+const SP0: u64 = 0xffff_c900_0001_0000;
 
 /// `ok`, or the error's text.
 fn res<T, E: core::fmt::Display>(r: &Result<T, E>) -> String {
@@ -82,69 +84,127 @@ fn check(checks: &mut Vec<Check>, name: &'static str, passed: bool, detail: Stri
     });
 }
 
+/// The demo's tables: leaked, 'static host memory the CPU model reads
+/// through [`HostMemory`].
+struct Leaked {
+    gdt_store: &'static DescriptorStorage<16>,
+    idt_store: &'static IdtStorage<256>,
+    ldt_store: &'static DescriptorStorage<4>,
+    /// The backend writes rsp0 into it through its address: TssStorage
+    /// keeps it in an UnsafeCell.
+    tss: &'static TssStorage<Tss64>,
+    gdt: pvops::Gdt,
+    idt: pvops::Idt,
+    ldt: pvops::Ldt,
+}
+
+impl Leaked {
+    /// Fresh tables (Linux's GDT, an empty IDT and LDT, a TSS), or `None`
+    /// if the storage is refused.
+    fn new() -> Option<Leaked> {
+        let gdt_store: &'static DescriptorStorage<16> =
+            Box::leak(Box::new(DescriptorStorage::new(presets::LINUX_X86_64_GDT)));
+        let idt_store: &'static IdtStorage<256> =
+            Box::leak(Box::new(IdtStorage::new([IdtGate::MISSING; 256])));
+        let ldt_store: &'static DescriptorStorage<4> =
+            Box::leak(Box::new(DescriptorStorage::new([Descriptor::NULL; 4])));
+        let tss: &'static TssStorage<Tss64> = Box::leak(Box::new(TssStorage::new(Tss64::new())));
+        Some(Leaked {
+            gdt: gdt_store.gdt().ok()?,
+            idt: idt_store.idt().ok()?,
+            ldt: ldt_store.ldt().ok()?,
+            gdt_store,
+            idt_store,
+            ldt_store,
+            tss,
+        })
+    }
+}
+
 /// Run every op through `ops` (which must drive `cpu`), checking effects.
 fn exercise<O: DescriptorOps>(ops: &O, cpu: &SoftCpu<HostMemory>) -> Vec<Check> {
     let mut c = Vec::new();
-    let gdt_store: &'static DescriptorStorage<16> =
-        Box::leak(Box::new(DescriptorStorage::new(presets::LINUX_X86_64_GDT)));
-    let idt_store: &'static IdtStorage<256> =
-        Box::leak(Box::new(IdtStorage::new([IdtGate::MISSING; 256])));
-    let ldt_store: &'static DescriptorStorage<4> =
-        Box::leak(Box::new(DescriptorStorage::new([Descriptor::NULL; 4])));
-    // The backend writes rsp0 into it through its address: TssStorage keeps
-    // it in an UnsafeCell.
-    let tss: &'static TssStorage<Tss64> = Box::leak(Box::new(TssStorage::new(Tss64::new())));
-
-    let (Ok(gdt), Ok(idt), Ok(ldt)) = (gdt_store.gdt(), idt_store.idt(), ldt_store.ldt()) else {
+    let Some(l) = Leaked::new() else {
         check(&mut c, "tables", false, "table storage rejected".into());
         return c;
     };
+    descriptor_tables(ops, cpu, &l, &mut c);
+    let Ok(tss_desc) = l.tss.descriptor() else {
+        check(&mut c, "tables", false, "TSS descriptor refused".into());
+        return c;
+    };
+    task_register(ops, cpu, &l, tss_desc, &mut c);
+    ldt_and_switch(ops, cpu, &l, &mut c);
+    refusals(ops, &l, tss_desc, &mut c);
+    c
+}
 
-    // SAFETY: all tables are leaked 'static host memory; the CPU model
-    // reads them through HostMemory, whose contract this satisfies.
+/// load_gdt, load_idt and an IDT gate.
+fn descriptor_tables<O: DescriptorOps>(
+    ops: &O,
+    cpu: &SoftCpu<HostMemory>,
+    l: &Leaked,
+    c: &mut Vec<Check>,
+) {
+    // SAFETY: all tables are leaked 'static host memory ([`Leaked`]); the
+    // CPU model reads them through HostMemory, whose contract this
+    // satisfies.
     unsafe {
-        let r = ops.load_gdt(&gdt);
+        let r = ops.load_gdt(&l.gdt);
         let seen = ops.store_gdt();
         check(
-            &mut c,
+            c,
             "load_gdt/store_gdt",
-            r.is_ok() && seen == Ok(gdt.pointer()) && cpu.registers().gdtr == gdt.pointer(),
+            r.is_ok() && seen == Ok(l.gdt.pointer()) && cpu.registers().gdtr == l.gdt.pointer(),
             format!("{}, GDTR {}", res(&r), dtr(cpu.registers().gdtr)),
         );
 
-        let r = ops.load_idt(&idt);
+        let r = ops.load_idt(&l.idt);
         check(
-            &mut c,
+            c,
             "load_idt/store_idt",
-            r.is_ok() && ops.store_idt() == Ok(idt.pointer()),
+            r.is_ok() && ops.store_idt() == Ok(l.idt.pointer()),
             format!("{}, IDTR {}", res(&r), dtr(cpu.registers().idtr)),
         );
 
         let handler = 0xffff_ffff_8100_0000u64;
         let gate = pvops::Gate64::trap(Selector::gdt(2, Ring::Ring0), handler, Ring::Ring3);
-        let r = ops.write_idt_entry(&idt, 3, gate);
+        let r = ops.write_idt_entry(&l.idt, 3, gate);
         check(
-            &mut c,
+            c,
             "write_idt_entry (int3, DPL3 trap gate)",
-            r.is_ok() && idt_store.read(3) == Some(gate),
+            r.is_ok() && l.idt_store.read(3) == Some(gate),
             format!(
                 "{}, IDT[3] {}",
                 res(&r),
-                idt_store
+                l.idt_store
                     .read(3)
                     .map_or("unreadable".into(), |g| g.to_string())
             ),
         );
+    }
+}
 
-        let tss_desc = tss.descriptor().expect("TSS descriptor");
-        let r = ops.write_gdt_entry(&gdt, LAYOUT.tss as u32, GdtEntry::Double(tss_desc));
+/// The TSS descriptor, load_tr (busy bit, refused when busy) and
+/// load_kernel_stack.
+fn task_register<O: DescriptorOps>(
+    ops: &O,
+    cpu: &SoftCpu<HostMemory>,
+    l: &Leaked,
+    tss_desc: SystemDescriptor,
+    c: &mut Vec<Check>,
+) {
+    // SAFETY: as in [`descriptor_tables`].
+    unsafe {
+        let r = ops.write_gdt_entry(&l.gdt, LAYOUT.tss as u32, GdtEntry::Double(tss_desc));
         let tr = Selector::gdt(LAYOUT.tss, Ring::Ring0);
         let r2 = ops.load_tr(tr);
-        let busy = gdt_store
+        let busy = l
+            .gdt_store
             .read(LAYOUT.tss as usize)
             .map(|d| d.system_type() == SystemType::TssBusy);
         check(
-            &mut c,
+            c,
             "load_tr sets TR and the busy bit",
             r.is_ok() && r2.is_ok() && ops.store_tr() == Ok(tr) && busy == Some(true),
             format!(
@@ -158,7 +218,7 @@ fn exercise<O: DescriptorOps>(ops: &O, cpu: &SoftCpu<HostMemory>) -> Vec<Check> 
 
         let again = ops.load_tr(tr);
         check(
-            &mut c,
+            c,
             "load_tr refuses a busy TSS",
             matches!(again, Err(PvError::WrongDescriptorType { .. })),
             again
@@ -166,33 +226,43 @@ fn exercise<O: DescriptorOps>(ops: &O, cpu: &SoftCpu<HostMemory>) -> Vec<Check> 
                 .map_or_else(|e| e.to_string(), |_| "accepted".into()),
         );
 
-        let sp0 = 0xffff_c900_0001_0000u64;
-        let r = ops.load_kernel_stack(sp0);
+        let r = ops.load_kernel_stack(SP0);
         // One thread: the op that wrote the TSS has returned, so nothing
         // writes it during `read` (the enclosing block's SAFETY covers it).
-        let stored = tss.read().rsp[0];
+        let stored = l.tss.read().rsp[0];
         check(
-            &mut c,
+            c,
             "load_kernel_stack writes TSS.rsp0",
-            r.is_ok() && stored == sp0,
+            r.is_ok() && stored == SP0,
             format!("{}, rsp0 {stored:#x}", res(&r)),
         );
+    }
+}
 
-        let r0 = ops.alloc_ldt(&ldt);
+/// alloc_ldt, an LDT entry, load_ldt, and a context switch in lazy mode.
+fn ldt_and_switch<O: DescriptorOps>(
+    ops: &O,
+    cpu: &SoftCpu<HostMemory>,
+    l: &Leaked,
+    c: &mut Vec<Check>,
+) {
+    // SAFETY: as in [`descriptor_tables`].
+    unsafe {
+        let r0 = ops.alloc_ldt(&l.ldt);
         let code = presets::USER_CODE32;
-        let r1 = ops.write_ldt_entry(&ldt, 1, code);
-        let r2 = ops.load_ldt(Some(&ldt));
+        let r1 = ops.write_ldt_entry(&l.ldt, 1, code);
+        let r2 = ops.load_ldt(Some(&l.ldt));
         let regs = cpu.registers();
         check(
-            &mut c,
+            c,
             "load_ldt installs the LDT",
             r0.is_ok()
                 && r1.is_ok()
                 && r2.is_ok()
-                && ldt_store.read(1) == Some(code)
-                && ops.store_ldt() == Ok(Some(ldt))
+                && l.ldt_store.read(1) == Some(code)
+                && ops.store_ldt() == Ok(Some(l.ldt))
                 && regs.ldtr == Selector::gdt(LAYOUT.ldt, Ring::Ring0)
-                && regs.ldtr_base == ldt.base(),
+                && regs.ldtr_base == l.ldt.base(),
             format!(
                 "{}, LDTR {} base {:#x}",
                 res(&r2),
@@ -208,16 +278,16 @@ fn exercise<O: DescriptorOps>(ops: &O, cpu: &SoftCpu<HostMemory>) -> Vec<Check> 
         ];
         let e = ops.enter_lazy_cpu();
         let a = ops.load_tls(&tls);
-        let b = ops.load_kernel_stack(sp0 + 0x4000);
+        let b = ops.load_kernel_stack(SP0 + 0x4000);
         let d = ops.load_ldt(None);
-        let l = ops.leave_lazy_cpu();
+        let left = ops.leave_lazy_cpu();
         let slots: Vec<_> = (0..3)
-            .map(|i| gdt_store.read(LAYOUT.tls_first as usize + i))
+            .map(|i| l.gdt_store.read(LAYOUT.tls_first as usize + i))
             .collect();
         check(
-            &mut c,
+            c,
             "context switch in lazy mode (load_tls, load_kernel_stack, load_ldt)",
-            [e, a, b, d, l].iter().all(Result::is_ok)
+            [e, a, b, d, left].iter().all(Result::is_ok)
                 && slots == tls.iter().map(|t| Some(*t)).collect::<Vec<_>>()
                 && ops.store_ldt() == Ok(None),
             format!(
@@ -229,11 +299,17 @@ fn exercise<O: DescriptorOps>(ops: &O, cpu: &SoftCpu<HostMemory>) -> Vec<Check> 
                     .join(", ")
             ),
         );
+    }
+}
 
-        let past = ops.write_gdt_entry(&gdt, 16, GdtEntry::Single(Descriptor::NULL));
-        let last = ops.write_gdt_entry(&gdt, 15, GdtEntry::Double(tss_desc));
+/// Bad writes and a bad load_tr are refused with the rule broken.
+fn refusals<O: DescriptorOps>(ops: &O, l: &Leaked, tss_desc: SystemDescriptor, c: &mut Vec<Check>) {
+    // SAFETY: as in [`descriptor_tables`].
+    unsafe {
+        let past = ops.write_gdt_entry(&l.gdt, 16, GdtEntry::Single(Descriptor::NULL));
+        let last = ops.write_gdt_entry(&l.gdt, 15, GdtEntry::Double(tss_desc));
         check(
-            &mut c,
+            c,
             "bad writes are refused (index past GDT, 16-byte entry in last slot)",
             matches!(past, Err(PvError::IndexOutOfRange { .. }))
                 && matches!(last, Err(PvError::DoubleSlotPastEnd { .. })),
@@ -248,14 +324,13 @@ fn exercise<O: DescriptorOps>(ops: &O, cpu: &SoftCpu<HostMemory>) -> Vec<Check> 
 
         let bad = ops.load_tr(Selector::ldt(1, Ring::Ring0));
         check(
-            &mut c,
+            c,
             "load_tr refuses an LDT selector",
             matches!(bad, Err(PvError::BadSelector { .. })),
             bad.as_ref()
                 .map_or_else(|e| e.to_string(), |_| "accepted".into()),
         );
     }
-    c
 }
 
 /// Run the in-process native demo through the dynamic ops table.
@@ -295,7 +370,7 @@ pub fn run_native_in_process() -> DemoReport {
 /// `demo` runs where there is no KVM to boot the kernel with.
 pub fn run_xen_in_process() -> DemoReport {
     use crate::xen::XenDomain;
-    use pvops::{Gate64, Gdt, Idt, Ldt};
+    use pvops::{Gdt, Idt, Ldt};
     let mut c = Vec::new();
     let dom = XenDomain::pv64(64, 1);
     let (gdt_va, idt_va, ldt_va) = (dom.alloc_pages(1), dom.alloc_pages(1), dom.alloc_pages(1));
@@ -316,13 +391,32 @@ pub fn run_xen_in_process() -> DemoReport {
         };
     };
     let ops = pvops_xen::XenOps::new(dom.vcpu_handle(0), LAYOUT);
-    // SAFETY: every table is in the domain's RAM, which outlives `ops`.
+    xen_gdt(&ops, &dom, &gdt, &mut c);
+    xen_idt_ldt_switch(&ops, &dom, &idt, &ldt, &mut c);
+    let hypercalls = dom.trace().calls().count() as u64;
+    DemoReport {
+        backend: "xen",
+        checks: c,
+        instructions: Vec::new(),
+        hypercalls,
+    }
+}
+
+/// The Xen demo's GDT checks: set_gdt, the guest's view, a refused call
+/// gate, update_descriptor.
+fn xen_gdt<O: DescriptorOps>(
+    ops: &O,
+    dom: &crate::xen::XenDomain,
+    gdt: &pvops::Gdt,
+    c: &mut Vec<Check>,
+) {
+    // SAFETY: the GDT is in the domain's RAM, which outlives `ops`.
     unsafe {
-        let r = ops.load_gdt(&gdt);
+        let r = ops.load_gdt(gdt);
         let v = dom.vcpu(0);
         let cs = Descriptor(dom.gdt_entry(0, 2));
         check(
-            &mut c,
+            c,
             "load_gdt -> set_gdt (machine frames, DPL 0 raised to 3)",
             r.is_ok() && v.gdt_ents == 16 && cs.dpl() == Ring::Ring3,
             format!(
@@ -336,14 +430,14 @@ pub fn run_xen_in_process() -> DemoReport {
             ),
         );
         check(
-            &mut c,
+            c,
             "store_gdt is the guest's view",
             ops.store_gdt() == Ok(gdt.pointer()),
             format!("GDTR {}", dtr(gdt.pointer())),
         );
         let gate = pvops::Gate64::call(Selector(0xe008), 0x1000, Ring::Ring0);
         let bad = ops.write_gdt_entry(
-            &gdt,
+            gdt,
             12,
             GdtEntry::Double(SystemDescriptor {
                 low: gate.low,
@@ -351,7 +445,7 @@ pub fn run_xen_in_process() -> DemoReport {
             }),
         );
         check(
-            &mut c,
+            c,
             "a call gate to a Xen selector is refused with -EINVAL",
             matches!(
                 bad,
@@ -363,30 +457,46 @@ pub fn run_xen_in_process() -> DemoReport {
             bad.as_ref()
                 .map_or_else(|e| e.to_string(), |_| "accepted".into()),
         );
-        let r = ops.write_gdt_entry(&gdt, 7, GdtEntry::Single(presets::USER_DATA));
+        let r = ops.write_gdt_entry(gdt, 7, GdtEntry::Single(presets::USER_DATA));
         check(
-            &mut c,
+            c,
             "write_gdt_entry -> update_descriptor at the slot's machine address",
             r.is_ok() && dom.gdt_entry(0, 7) == presets::USER_DATA.0,
             res(&r),
         );
+    }
+}
+
+/// The Xen demo's trap table, LDT and a lazy-mode context switch (one
+/// multicall).
+fn xen_idt_ldt_switch<O: DescriptorOps>(
+    ops: &O,
+    dom: &crate::xen::XenDomain,
+    idt: &pvops::Idt,
+    ldt: &pvops::Ldt,
+    c: &mut Vec<Check>,
+) {
+    use crate::xen::XenDomain;
+    use pvops::Gate64;
+    // SAFETY: the tables are in the domain's RAM, which outlives `ops`.
+    unsafe {
         let pf = 0xffff_ffff_8100_0100u64;
         let r = ops
-            .write_idt_entry(&idt, 14, Gate64::interrupt(Selector(0x10), pf, Ring::Ring0))
-            .and_then(|()| ops.load_idt(&idt));
+            .write_idt_entry(idt, 14, Gate64::interrupt(Selector(0x10), pf, Ring::Ring0))
+            .and_then(|()| ops.load_idt(idt));
         let t = dom.vcpu(0).trap_table[14];
         check(
-            &mut c,
+            c,
             "load_idt -> set_trap_table (interrupt gate: events masked)",
             r.is_ok() && t.address == pf && t.flags & 4 == 4,
             res(&r),
         );
-        let r = ops.alloc_ldt(&ldt).and_then(|()| ops.load_ldt(Some(&ldt)));
+        let r = ops.alloc_ldt(ldt).and_then(|()| ops.load_ldt(Some(ldt)));
         let v = dom.vcpu(0);
         check(
-            &mut c,
+            c,
             "load_ldt -> MMUEXT_SET_LDT",
-            r.is_ok() && v.ldt_base == ldt_va && v.ldt_ents == 8,
+            r.is_ok() && v.ldt_base == ldt.base() && v.ldt_ents == 8,
             res(&r),
         );
         let direct = |d: &XenDomain| {
@@ -395,7 +505,7 @@ pub fn run_xen_in_process() -> DemoReport {
                 .filter(|e| matches!(e, crate::xen::TraceEvent::Call { depth: 0, .. }))
                 .count()
         };
-        let before = direct(&dom);
+        let before = direct(dom);
         let tls = [presets::USER_DATA, Descriptor::NULL, Descriptor::NULL];
         let r = ops
             .enter_lazy_cpu()
@@ -403,9 +513,9 @@ pub fn run_xen_in_process() -> DemoReport {
             .and_then(|()| ops.load_kernel_stack(0xffff_c900_0000_8000))
             .and_then(|()| ops.load_ldt(None))
             .and_then(|()| ops.leave_lazy_cpu());
-        let sent = direct(&dom) - before;
+        let sent = direct(dom) - before;
         check(
-            &mut c,
+            c,
             "context switch in lazy mode is one multicall",
             r.is_ok()
                 && sent == 1
@@ -413,13 +523,6 @@ pub fn run_xen_in_process() -> DemoReport {
                 && dom.vcpu(0).ldt_ents == 0,
             format!("{}, {sent} direct hypercall(s)", res(&r)),
         );
-    }
-    let hypercalls = dom.trace().calls().count() as u64;
-    DemoReport {
-        backend: "xen",
-        checks: c,
-        instructions: Vec::new(),
-        hypercalls,
     }
 }
 

@@ -27,6 +27,184 @@ use pvops_vmi::VmiPlatform;
 
 const PAGE: u64 = 4096;
 
+/// Where a case's tables live, and what differs between the Xen and VMI
+/// cases around one shared op menu ([`drive`]).
+struct Arena<'a> {
+    gdt_va: u64,
+    idt_va: u64,
+    ldt_va: u64,
+    /// A page for kernel stacks.
+    other_va: u64,
+    /// GDT lengths the case picks from (the Xen case's two pages take up
+    /// to 1024 entries).
+    gdt_sizes: &'static [u32],
+    /// Table pages the guest's own (native) stores aim at.
+    native_pages: &'a [u64],
+    /// The guest's native store of a word.
+    store: &'a dyn Fn(u64, u64),
+    /// The model's invariant check after each op.
+    invariants: &'a dyn Fn() -> Result<(), String>,
+    /// Base of the outcome keys in [`CaseStats`].
+    outcome_base: u64,
+}
+
+impl Arena<'_> {
+    /// A fresh set of table handles (GDT, IDT, LDT) over the arena.
+    fn tables(&self, s: &mut Source) -> (Gdt, Idt, Ldt) {
+        let n = s.pick(self.gdt_sizes);
+        let g = Gdt::new(self.gdt_va, n)
+            .unwrap_or(Gdt::new(self.gdt_va, 16).unwrap_or_else(|_| unreachable!()));
+        let i = Idt::new(self.idt_va, s.pick(&[1u32, 32, 256])).unwrap_or_else(|_| unreachable!());
+        let l =
+            Ldt::new(self.ldt_va, s.pick(&[1u32, 8, 16, 512])).unwrap_or_else(|_| unreachable!());
+        (g, i, l)
+    }
+}
+
+/// The shared case loop: up to 32 ops from the menu ([`op`]) on `ops`, with
+/// the model's invariants and store_gdt's agreement with a successful
+/// load_gdt checked after each.
+///
+/// # Safety
+/// The arena's GDT (two pages), IDT, LDT and stack pages are memory of the
+/// model under test that outlives `ops`, and in-process guest addresses
+/// are this process's addresses of those bytes. (The kernel-side op
+/// contracts, live segments and handlers, concern a real CPU, which this
+/// is not.)
+unsafe fn drive<O: DescriptorOps>(
+    ops: &O,
+    a: &Arena<'_>,
+    s: &mut Source,
+    st: &mut CaseStats,
+) -> Result<(), String> {
+    let mut t = a.tables(s);
+    for step in 0..s.range(1, 32) {
+        if s.chance(1, 8) {
+            t = a.tables(s);
+        }
+        let k = s.below(16);
+        st.calls += 1;
+        // SAFETY: forwarded from the caller: every table handle comes from
+        // `a.tables`.
+        let r = unsafe { op(ops, a, s, &t, k) };
+        st.outcome(a.outcome_base + k, i64::from(r.is_ok()));
+        st.checks += 1;
+        if let Err(e) = (a.invariants)() {
+            return Err(format!(
+                "step {step}: op {k} = {r:?}: invariant broken: {e}"
+            ));
+        }
+        let gdt = &t.0;
+        if k == 0 && r.is_ok() && ops.store_gdt() != Ok(gdt.pointer()) {
+            return Err(format!(
+                "step {step}: load_gdt({gdt:?}) succeeded but store_gdt = {:?}",
+                ops.store_gdt()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Op `k` of the menu with arbitrary indices, entries, gates, selectors
+/// and stacks (the module documentation lists them); what it did, for the
+/// failure message.
+///
+/// # Safety
+/// As [`drive`]'s; `t` comes from `a.tables`.
+unsafe fn op<O: DescriptorOps>(
+    ops: &O,
+    a: &Arena<'_>,
+    s: &mut Source,
+    t: &(Gdt, Idt, Ldt),
+    k: u64,
+) -> Result<String, pvops::PvError> {
+    let (gdt, idt, ldt) = t;
+    let idx = if s.chance(3, 4) {
+        s.below(40) as u32
+    } else {
+        int(s) as u32
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match k {
+            0 => ops.load_gdt(gdt).map(|()| {
+                let seen = ops.store_gdt();
+                format!("load_gdt; store_gdt = {seen:?}")
+            }),
+            1 | 2 => {
+                let e = if s.chance(2, 3) {
+                    GdtEntry::Single(Descriptor(descriptor(s)))
+                } else {
+                    GdtEntry::Double(SystemDescriptor {
+                        low: descriptor(s),
+                        high: if s.chance(1, 2) { 0 } else { int(s) },
+                    })
+                };
+                ops.write_gdt_entry(gdt, idx, e)
+                    .map(|()| format!("write_gdt_entry({idx}, {e:?})"))
+            }
+            3 => {
+                let d = Descriptor(descriptor(s));
+                ops.write_ldt_entry(ldt, idx, d)
+                    .map(|()| format!("write_ldt_entry({idx}, {d:?})"))
+            }
+            4 => {
+                let g = Gate64 {
+                    low: descriptor(s),
+                    high: if s.chance(1, 2) { 0 } else { int(s) },
+                };
+                ops.write_idt_entry(idt, idx as u8, g)
+                    .map(|()| format!("write_idt_entry({idx}, {g:?})"))
+            }
+            5 => ops.load_idt(idt).map(|()| "load_idt".into()),
+            6 => {
+                let sel = Selector(selector(s) as u16);
+                ops.load_tr(sel).map(|()| format!("load_tr({sel:?})"))
+            }
+            7 => {
+                let which = s.chance(3, 4).then_some(ldt);
+                ops.load_ldt(which).map(|()| format!("load_ldt({which:?})"))
+            }
+            8 => {
+                let tls = [
+                    Descriptor(descriptor(s)),
+                    Descriptor(descriptor(s)),
+                    Descriptor(descriptor(s)),
+                ];
+                ops.load_tls(&tls).map(|()| format!("load_tls({tls:?})"))
+            }
+            9 => ops.alloc_ldt(ldt).map(|()| "alloc_ldt".into()),
+            10 => ops.free_ldt(ldt).map(|()| "free_ldt".into()),
+            11 => {
+                let sp = if s.chance(1, 2) {
+                    a.other_va + s.below(PAGE - 16)
+                } else {
+                    int(s)
+                };
+                ops.load_kernel_stack(sp)
+                    .map(|()| format!("load_kernel_stack({sp:#x})"))
+            }
+            12 => ops.enter_lazy_cpu().map(|()| "enter_lazy_cpu".into()),
+            13 => ops.leave_lazy_cpu().map(|()| "leave_lazy_cpu".into()),
+            14 => {
+                let _ = (
+                    ops.store_gdt(),
+                    ops.store_idt(),
+                    ops.store_tr(),
+                    ops.store_ldt(),
+                );
+                ops.flush_lazy().map(|()| "store_*; flush_lazy".into())
+            }
+            _ => {
+                // The guest writes its own tables natively.
+                let at = s.pick(a.native_pages) + s.below(512) * 8;
+                (a.store)(at, descriptor(s));
+                Ok("native write".into())
+            }
+        }
+    }
+}
+
 /// One case (see the module documentation).
 pub(crate) fn xen_case(s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
     let dom = XenDomain::pv64(32, 1);
@@ -43,126 +221,24 @@ pub(crate) fn xen_case(s: &mut Source, st: &mut CaseStats) -> Result<(), String>
         GdtLayout::LINUX_I386
     };
     let ops = pvops_xen::XenOps::new(dom.vcpu_handle(0), layout);
-    let tables = |s: &mut Source| -> (Gdt, Idt, Ldt) {
-        let n = s.pick(&[1u32, 2, 16, 17, 256, 511, 512, 513, 1024]);
-        let g =
-            Gdt::new(gdt_va, n).unwrap_or(Gdt::new(gdt_va, 16).unwrap_or_else(|_| unreachable!()));
-        let ni = s.pick(&[1u32, 32, 256]);
-        let i = Idt::new(idt_va, ni).unwrap_or_else(|_| unreachable!());
-        let nl = s.pick(&[1u32, 8, 16, 512]);
-        let l = Ldt::new(ldt_va, nl).unwrap_or_else(|_| unreachable!());
-        (g, i, l)
+    let native_pages = [gdt_va, gdt_va + PAGE, idt_va, ldt_va];
+    let arena = Arena {
+        gdt_va,
+        idt_va,
+        ldt_va,
+        other_va,
+        gdt_sizes: &[1, 2, 16, 17, 256, 511, 512, 513, 1024],
+        native_pages: &native_pages,
+        store: &|va, v| {
+            dom.host_write_u64(va, v);
+        },
+        invariants: &|| dom.check_invariants().map_err(|e| e.to_string()),
+        outcome_base: 0x5000,
     };
-    let (mut gdt, mut idt, mut ldt) = tables(s);
-    for step in 0..s.range(1, 32) {
-        if s.chance(1, 8) {
-            (gdt, idt, ldt) = tables(s);
-        }
-        let k = s.below(16);
-        let idx = if s.chance(3, 4) {
-            s.below(40) as u32
-        } else {
-            int(s) as u32
-        };
-        st.calls += 1;
-        // SAFETY: every table handle describes pages of the domain's RAM
-        // (Gdt/Idt/Ldt::new above, at most the pages allocated for them),
-        // which outlives `ops`; in-process pv64 guest addresses are this
-        // process's addresses of those bytes. The kernel-side contracts
-        // (live segments, handlers) concern a real CPU, which this is not.
-        let r: Result<String, pvops::PvError> = unsafe {
-            match k {
-                0 => ops.load_gdt(&gdt).map(|()| {
-                    let seen = ops.store_gdt();
-                    format!("load_gdt; store_gdt = {seen:?}")
-                }),
-                1 | 2 => {
-                    let e = if s.chance(2, 3) {
-                        GdtEntry::Single(Descriptor(descriptor(s)))
-                    } else {
-                        GdtEntry::Double(SystemDescriptor {
-                            low: descriptor(s),
-                            high: if s.chance(1, 2) { 0 } else { int(s) },
-                        })
-                    };
-                    ops.write_gdt_entry(&gdt, idx, e)
-                        .map(|()| format!("write_gdt_entry({idx}, {e:?})"))
-                }
-                3 => {
-                    let d = Descriptor(descriptor(s));
-                    ops.write_ldt_entry(&ldt, idx, d)
-                        .map(|()| format!("write_ldt_entry({idx}, {d:?})"))
-                }
-                4 => {
-                    let g = Gate64 {
-                        low: descriptor(s),
-                        high: if s.chance(1, 2) { 0 } else { int(s) },
-                    };
-                    ops.write_idt_entry(&idt, idx as u8, g)
-                        .map(|()| format!("write_idt_entry({idx}, {g:?})"))
-                }
-                5 => ops.load_idt(&idt).map(|()| "load_idt".into()),
-                6 => {
-                    let sel = Selector(selector(s) as u16);
-                    ops.load_tr(sel).map(|()| format!("load_tr({sel:?})"))
-                }
-                7 => {
-                    let which = s.chance(3, 4).then_some(&ldt);
-                    ops.load_ldt(which).map(|()| format!("load_ldt({which:?})"))
-                }
-                8 => {
-                    let tls = [
-                        Descriptor(descriptor(s)),
-                        Descriptor(descriptor(s)),
-                        Descriptor(descriptor(s)),
-                    ];
-                    ops.load_tls(&tls).map(|()| format!("load_tls({tls:?})"))
-                }
-                9 => ops.alloc_ldt(&ldt).map(|()| "alloc_ldt".into()),
-                10 => ops.free_ldt(&ldt).map(|()| "free_ldt".into()),
-                11 => {
-                    let sp = if s.chance(1, 2) {
-                        other_va + s.below(PAGE - 16)
-                    } else {
-                        int(s)
-                    };
-                    ops.load_kernel_stack(sp)
-                        .map(|()| format!("load_kernel_stack({sp:#x})"))
-                }
-                12 => ops.enter_lazy_cpu().map(|()| "enter_lazy_cpu".into()),
-                13 => ops.leave_lazy_cpu().map(|()| "leave_lazy_cpu".into()),
-                14 => {
-                    let _ = (
-                        ops.store_gdt(),
-                        ops.store_idt(),
-                        ops.store_tr(),
-                        ops.store_ldt(),
-                    );
-                    ops.flush_lazy().map(|()| "store_*; flush_lazy".into())
-                }
-                _ => {
-                    // The guest writes its own tables natively.
-                    let base = s.pick(&[gdt_va, gdt_va + PAGE, idt_va, ldt_va]);
-                    dom.host_write_u64(base + s.below(512) * 8, descriptor(s));
-                    Ok("native write".into())
-                }
-            }
-        };
-        st.outcome(0x5000 + k, i64::from(r.is_ok()));
-        st.checks += 1;
-        if let Err(e) = dom.check_invariants() {
-            return Err(format!(
-                "step {step}: op {k} = {r:?}: invariant broken: {e}"
-            ));
-        }
-        if k == 0 && r.is_ok() && ops.store_gdt() != Ok(gdt.pointer()) {
-            return Err(format!(
-                "step {step}: load_gdt({gdt:?}) succeeded but store_gdt = {:?}",
-                ops.store_gdt()
-            ));
-        }
-    }
-    Ok(())
+    // SAFETY: the arena's pages were allocated in the domain's RAM above
+    // (two for the GDT), which outlives `ops`; in-process pv64 guest
+    // addresses are this process's addresses of those bytes.
+    unsafe { drive(&ops, &arena, s, st) }
 }
 
 /// A native fallback that is never used (every relocation answer of
@@ -281,99 +357,20 @@ pub(crate) fn vmi_case(s: &mut Source, st: &mut CaseStats) -> Result<(), String>
     // decoded, not jumped to.
     let ops = unsafe { pvops_vmi::VmiOps::init(relay, rom, layout, native) }
         .map_err(|e| format!("init: {e}"))?;
-    let tables = |s: &mut Source| -> (Gdt, Idt, Ldt) {
-        let n = s.pick(&[1u32, 2, 16, 17, 256, 511, 512]);
-        let g =
-            Gdt::new(gdt_va, n).unwrap_or(Gdt::new(gdt_va, 16).unwrap_or_else(|_| unreachable!()));
-        let i = Idt::new(idt_va, s.pick(&[1u32, 32, 256])).unwrap_or_else(|_| unreachable!());
-        let l = Ldt::new(ldt_va, s.pick(&[1u32, 8, 16, 512])).unwrap_or_else(|_| unreachable!());
-        (g, i, l)
+    let native_pages = [gdt_va, idt_va, ldt_va];
+    let arena = Arena {
+        gdt_va,
+        idt_va,
+        ldt_va,
+        other_va,
+        gdt_sizes: &[1, 2, 16, 17, 256, 511, 512],
+        native_pages: &native_pages,
+        store: &|va, v| word(va).store(v, Ordering::Relaxed),
+        invariants: &|| hv.check_invariants().map_err(|e| e.to_string()),
+        outcome_base: 0x6000,
     };
-    let (mut gdt, mut idt, mut ldt) = tables(s);
-    for step in 0..s.range(1, 32) {
-        if s.chance(1, 8) {
-            (gdt, idt, ldt) = tables(s);
-        }
-        let k = s.below(16);
-        let idx = if s.chance(3, 4) {
-            s.below(40) as u32
-        } else {
-            int(s) as u32
-        };
-        st.calls += 1;
-        // SAFETY: every table handle describes words of `window`, which
-        // outlives `ops`; in-process guest addresses are this process's
-        // addresses of those words. The kernel-side contracts (live
-        // segments, handlers) concern a real CPU, which this is not.
-        let r: Result<(), pvops::PvError> = unsafe {
-            match k {
-                0 => ops.load_gdt(&gdt),
-                1 | 2 => {
-                    let e = if s.chance(2, 3) {
-                        GdtEntry::Single(Descriptor(descriptor(s)))
-                    } else {
-                        GdtEntry::Double(SystemDescriptor {
-                            low: descriptor(s),
-                            high: if s.chance(1, 2) { 0 } else { int(s) },
-                        })
-                    };
-                    ops.write_gdt_entry(&gdt, idx, e)
-                }
-                3 => ops.write_ldt_entry(&ldt, idx, Descriptor(descriptor(s))),
-                4 => {
-                    let g = Gate64 {
-                        low: descriptor(s),
-                        high: if s.chance(1, 2) { 0 } else { int(s) },
-                    };
-                    ops.write_idt_entry(&idt, idx as u8, g)
-                }
-                5 => ops.load_idt(&idt),
-                6 => ops.load_tr(Selector(selector(s) as u16)),
-                7 => ops.load_ldt(s.chance(3, 4).then_some(&ldt)),
-                8 => ops.load_tls(&[
-                    Descriptor(descriptor(s)),
-                    Descriptor(descriptor(s)),
-                    Descriptor(descriptor(s)),
-                ]),
-                9 => ops.alloc_ldt(&ldt),
-                10 => ops.free_ldt(&ldt),
-                11 => ops.load_kernel_stack(if s.chance(1, 2) {
-                    other_va + s.below(PAGE - 16)
-                } else {
-                    int(s)
-                }),
-                12 => ops.enter_lazy_cpu(),
-                13 => ops.leave_lazy_cpu(),
-                14 => {
-                    let _ = (
-                        ops.store_gdt(),
-                        ops.store_idt(),
-                        ops.store_tr(),
-                        ops.store_ldt(),
-                    );
-                    ops.flush_lazy()
-                }
-                _ => {
-                    // The guest writes its own tables natively.
-                    let at = s.pick(&[gdt_va, idt_va, ldt_va]) + s.below(512) * 8;
-                    word(at).store(descriptor(s), Ordering::Relaxed);
-                    Ok(())
-                }
-            }
-        };
-        st.outcome(0x6000 + k, i64::from(r.is_ok()));
-        st.checks += 1;
-        if let Err(e) = hv.check_invariants() {
-            return Err(format!(
-                "step {step}: op {k} = {r:?}: invariant broken: {e}"
-            ));
-        }
-        if k == 0 && r.is_ok() && ops.store_gdt() != Ok(gdt.pointer()) {
-            return Err(format!(
-                "step {step}: load_gdt({gdt:?}) succeeded but store_gdt = {:?}",
-                ops.store_gdt()
-            ));
-        }
-    }
-    Ok(())
+    // SAFETY: the arena's pages are words of `window`, which outlives
+    // `ops`; in-process guest addresses are this process's addresses of
+    // those words.
+    unsafe { drive(&ops, &arena, s, st) }
 }

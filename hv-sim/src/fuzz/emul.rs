@@ -336,62 +336,7 @@ fn judge(
                 want.ldtr_limit = 0;
                 only(want)?;
             } else {
-                if sel.bits() & 4 != 0 {
-                    return Err(format!("{insn} of LDT selector {sel} succeeded"));
-                }
-                let off = u64::from(sel.index()) * 8;
-                if off + 15 > u64::from(b.gdtr.limit) {
-                    return Err(format!(
-                        "{insn} of {sel} past the GDT limit {:#x}",
-                        b.gdtr.limit
-                    ));
-                }
-                let at = b.gdtr.base.wrapping_add(off);
-                let low = mem
-                    .peek(at, 8)
-                    .map(|v| u64::from_le_bytes(v.try_into().unwrap_or([0; 8])));
-                let high = mem
-                    .peek(at.wrapping_add(8), 8)
-                    .map(|v| u64::from_le_bytes(v.try_into().unwrap_or([0; 8])));
-                let (Some(low), Some(high)) = (low, high) else {
-                    return Err(format!("{insn} of {sel}: its descriptor is not mapped"));
-                };
-                let d = Descriptor(low);
-                let want_typ = if ltr { 0xB } else { 0x2 };
-                if d.is_code_or_data() || d.typ() != want_typ || !d.present() {
-                    return Err(format!(
-                        "{insn} of {sel}: descriptor {low:#018x} is not a present {}",
-                        if ltr { "available TSS" } else { "LDT" }
-                    ));
-                }
-                if (high >> 40) & 0x1f != 0 {
-                    return Err(format!("{insn} of {sel}: upper half {high:#x} has a type"));
-                }
-                let base = u64::from(d.base()) | high << 32;
-                if !canonical(base) {
-                    return Err(format!("{insn} of {sel}: base {base:#x} is not canonical"));
-                }
-                let mut want = *b;
-                if ltr {
-                    want.tr = sel;
-                    want.tr_base = base;
-                    want.tr_limit = d.effective_limit();
-                    // Exactly the busy bit of the type byte.
-                    let ok = changed.len() <= 1
-                        && changed
-                            .iter()
-                            .all(|&(x, o, n)| x == at.wrapping_add(5) && n == o | 2);
-                    if !ok {
-                        return Err(format!(
-                            "LTR changed memory beyond the busy bit: {changed:x?}"
-                        ));
-                    }
-                } else {
-                    want.ldtr = sel;
-                    want.ldtr_base = base;
-                    want.ldtr_limit = d.effective_limit();
-                }
-                only(want)?;
+                only(system_load(insn, sel, b, changed, mem)?)?;
             }
             if (!ltr && !changed.is_empty()) || !gprs_same {
                 return Err(format!("{insn} changed memory or a register"));
@@ -399,31 +344,113 @@ fn judge(
         }
         Insn::Sgdt | Insn::Sidt | Insn::Str | Insn::Sldt => {
             only(*b)?;
-            let width = if matches!(insn, Insn::Sgdt | Insn::Sidt) {
-                10
-            } else {
-                2
-            };
-            if let (Some(first), Some(last)) = (changed.first(), changed.last())
-                && last.0.wrapping_sub(first.0) >= width
-            {
-                return Err(format!(
-                    "{insn} changed more than {width} bytes: {changed:x?}"
-                ));
-            }
-            let regs = before
-                .gprs
-                .iter()
-                .zip(&after.gprs)
-                .filter(|(x, y)| x != y)
-                .count();
-            if regs > 1 || (regs == 1 && !matches!(insn, Insn::Str | Insn::Sldt)) {
-                return Err(format!("{insn} changed {regs} registers"));
-            }
-            if regs == 1 && !changed.is_empty() {
-                return Err(format!("{insn} changed a register and memory"));
-            }
+            store(insn, before, after, changed)?;
         }
+    }
+    Ok(())
+}
+
+/// LTR/LLDT of a non-null selector: the descriptor it must have read (a
+/// present available TSS or LDT in the GDT, canonical base, no type in the
+/// upper half) and the registers it must have left; LTR may change only
+/// the busy bit.
+fn system_load(
+    insn: Insn,
+    sel: Selector,
+    b: &DtRegisters,
+    changed: &[(u64, u8, u8)],
+    mem: &Mem,
+) -> Result<DtRegisters, String> {
+    let ltr = insn == Insn::Ltr;
+    if sel.bits() & 4 != 0 {
+        return Err(format!("{insn} of LDT selector {sel} succeeded"));
+    }
+    let off = u64::from(sel.index()) * 8;
+    if off + 15 > u64::from(b.gdtr.limit) {
+        return Err(format!(
+            "{insn} of {sel} past the GDT limit {:#x}",
+            b.gdtr.limit
+        ));
+    }
+    let at = b.gdtr.base.wrapping_add(off);
+    let low = mem
+        .peek(at, 8)
+        .map(|v| u64::from_le_bytes(v.try_into().unwrap_or([0; 8])));
+    let high = mem
+        .peek(at.wrapping_add(8), 8)
+        .map(|v| u64::from_le_bytes(v.try_into().unwrap_or([0; 8])));
+    let (Some(low), Some(high)) = (low, high) else {
+        return Err(format!("{insn} of {sel}: its descriptor is not mapped"));
+    };
+    let d = Descriptor(low);
+    let want_typ = if ltr { 0xB } else { 0x2 };
+    if d.is_code_or_data() || d.typ() != want_typ || !d.present() {
+        return Err(format!(
+            "{insn} of {sel}: descriptor {low:#018x} is not a present {}",
+            if ltr { "available TSS" } else { "LDT" }
+        ));
+    }
+    if (high >> 40) & 0x1f != 0 {
+        return Err(format!("{insn} of {sel}: upper half {high:#x} has a type"));
+    }
+    let base = u64::from(d.base()) | high << 32;
+    if !canonical(base) {
+        return Err(format!("{insn} of {sel}: base {base:#x} is not canonical"));
+    }
+    let mut want = *b;
+    if ltr {
+        want.tr = sel;
+        want.tr_base = base;
+        want.tr_limit = d.effective_limit();
+        // Exactly the busy bit of the type byte.
+        let ok = changed.len() <= 1
+            && changed
+                .iter()
+                .all(|&(x, o, n)| x == at.wrapping_add(5) && n == o | 2);
+        if !ok {
+            return Err(format!(
+                "LTR changed memory beyond the busy bit: {changed:x?}"
+            ));
+        }
+    } else {
+        want.ldtr = sel;
+        want.ldtr_base = base;
+        want.ldtr_limit = d.effective_limit();
+    }
+    Ok(want)
+}
+
+/// SGDT/SIDT/STR/SLDT: at most the operand's bytes of memory, or (STR,
+/// SLDT) one register instead.
+fn store(
+    insn: Insn,
+    before: &MockCpu,
+    after: &MockCpu,
+    changed: &[(u64, u8, u8)],
+) -> Result<(), String> {
+    let width = if matches!(insn, Insn::Sgdt | Insn::Sidt) {
+        10
+    } else {
+        2
+    };
+    if let (Some(first), Some(last)) = (changed.first(), changed.last())
+        && last.0.wrapping_sub(first.0) >= width
+    {
+        return Err(format!(
+            "{insn} changed more than {width} bytes: {changed:x?}"
+        ));
+    }
+    let regs = before
+        .gprs
+        .iter()
+        .zip(&after.gprs)
+        .filter(|(x, y)| x != y)
+        .count();
+    if regs > 1 || (regs == 1 && !matches!(insn, Insn::Str | Insn::Sldt)) {
+        return Err(format!("{insn} changed {regs} registers"));
+    }
+    if regs == 1 && !changed.is_empty() {
+        return Err(format!("{insn} changed a register and memory"));
     }
     Ok(())
 }

@@ -201,37 +201,8 @@ impl Dom {
                     }
                 };
             }
-            nr::MMU_UPDATE | nr::MMUEXT_OP => {
-                let l = if n == nr::MMU_UPDATE {
-                    self.lists.mmu
-                } else {
-                    self.lists.mmuext
-                };
-                let (va, c) = self.list_or_va(s, l);
-                a[0] = va;
-                a[1] = c;
-                a[2] = if s.chance(1, 2) { 0 } else { self.va_val(s) };
-                a[3] = if s.chance(3, 4) {
-                    0x7FF0
-                } else {
-                    s.pick(&[0, 1, 2, 0x7FF1, 0x7FF2, 0x7FF3, 0x7FFF, 0xFFFF])
-                };
-            }
-            nr::SET_GDT => {
-                let (va, c) = match self.lists.frames {
-                    Some((va, frames)) if s.chance(3, 4) => {
-                        let c = match s.below(4) {
-                            0 => frames * 512,
-                            1 => (frames * 512).saturating_sub(s.below(512)),
-                            _ => Self::count(s),
-                        };
-                        (va, c)
-                    }
-                    _ => (self.va_val(s), Self::count(s)),
-                };
-                a[0] = va;
-                a[1] = c;
-            }
+            nr::MMU_UPDATE | nr::MMUEXT_OP => self.mmu_args(s, n, &mut a),
+            nr::SET_GDT => self.set_gdt_args(s, &mut a),
             nr::STACK_SWITCH => {
                 a[0] = selector(s);
                 a[1] = self.va_val(s);
@@ -252,28 +223,7 @@ impl Dom {
                 a[0] = va;
                 a[1] = c;
             }
-            nr::UPDATE_VA_MAPPING => {
-                let va = self.va_val(s);
-                let pte = if s.chance(1, 8) {
-                    int(s)
-                } else {
-                    self.pte_val(s)
-                };
-                let flags = if s.chance(3, 4) {
-                    s.below(4)
-                } else {
-                    self.va_val(s) | s.below(4)
-                };
-                if pv32 {
-                    a[0] = va;
-                    (a[1], a[2]) = split(pte);
-                    a[3] = flags;
-                } else {
-                    a[0] = va;
-                    a[1] = pte;
-                    a[2] = flags;
-                }
-            }
+            nr::UPDATE_VA_MAPPING => self.uvm_args(s, &mut a),
             nr::SET_SEGMENT_BASE => {
                 a[0] = if s.chance(7, 8) { s.below(5) } else { int(s) };
                 a[1] = if s.chance(1, 2) {
@@ -298,6 +248,68 @@ impl Dom {
             }
         }
         a
+    }
+
+    /// mmu_update / mmuext_op: a list (or any address), its count, the
+    /// done pointer and the foreign domain.
+    fn mmu_args(&self, s: &mut Source, n: u64, a: &mut [u64; 6]) {
+        let l = if n == nr::MMU_UPDATE {
+            self.lists.mmu
+        } else {
+            self.lists.mmuext
+        };
+        let (va, c) = self.list_or_va(s, l);
+        a[0] = va;
+        a[1] = c;
+        a[2] = if s.chance(1, 2) { 0 } else { self.va_val(s) };
+        a[3] = if s.chance(3, 4) {
+            0x7FF0
+        } else {
+            s.pick(&[0, 1, 2, 0x7FF1, 0x7FF2, 0x7FF3, 0x7FFF, 0xFFFF])
+        };
+    }
+
+    /// set_gdt: the frame list written last (mostly), a count around its
+    /// length.
+    fn set_gdt_args(&self, s: &mut Source, a: &mut [u64; 6]) {
+        let (va, c) = match self.lists.frames {
+            Some((va, frames)) if s.chance(3, 4) => {
+                let c = match s.below(4) {
+                    0 => frames * 512,
+                    1 => (frames * 512).saturating_sub(s.below(512)),
+                    _ => Self::count(s),
+                };
+                (va, c)
+            }
+            _ => (self.va_val(s), Self::count(s)),
+        };
+        a[0] = va;
+        a[1] = c;
+    }
+
+    /// update_va_mapping: a VA, a PTE (pv32: split in two) and flags.
+    fn uvm_args(&self, s: &mut Source, a: &mut [u64; 6]) {
+        let split = |v: u64| (v & 0xffff_ffff, v >> 32);
+        let va = self.va_val(s);
+        let pte = if s.chance(1, 8) {
+            int(s)
+        } else {
+            self.pte_val(s)
+        };
+        let flags = if s.chance(3, 4) {
+            s.below(4)
+        } else {
+            self.va_val(s) | s.below(4)
+        };
+        if self.abi == Abi::Pv32 {
+            a[0] = va;
+            (a[1], a[2]) = split(pte);
+            a[3] = flags;
+        } else {
+            a[0] = va;
+            a[1] = pte;
+            a[2] = flags;
+        }
     }
 
     /// Write `bytes` at `va` through the host (read-modify-write of the
@@ -335,167 +347,185 @@ impl Dom {
     }
 }
 
-/// One structured memory write; returns what it wrote.
+/// One structured memory write: a word, a run of descriptors, one of the
+/// argument lists the calls then point at, or random bytes.
 fn write_step(dm: &mut Dom, s: &mut Source) {
-    let wide = dm.abi == Abi::Pv64;
     match s.below(9) {
-        // A single word anywhere (including typed pages).
-        0 | 1 => {
-            let va = if s.chance(7, 8) {
-                let p = dm.pfn(s);
-                dm.va(p, s.below(512) * 8)
-            } else {
-                dm.va_val(s) & !7
-            };
-            let v = match s.below(3) {
-                0 => descriptor(s),
-                1 => dm.pte_val(s),
-                _ => dm.arg(s),
-            };
-            dm.d.host_write_u64(va, v);
+        0 | 1 => write_word(dm, s),
+        2 => write_descriptor_run(dm, s),
+        3 => write_trap_table(dm, s),
+        4 => write_frame_list(dm, s),
+        5 => write_mmu_list(dm, s),
+        6 => write_mmuext_list(dm, s),
+        7 => write_multicall_list(dm, s),
+        _ => write_random_bytes(dm, s),
+    }
+}
+
+/// A single word anywhere (including typed pages).
+fn write_word(dm: &mut Dom, s: &mut Source) {
+    let va = if s.chance(7, 8) {
+        let p = dm.pfn(s);
+        dm.va(p, s.below(512) * 8)
+    } else {
+        dm.va_val(s) & !7
+    };
+    let v = match s.below(3) {
+        0 => descriptor(s),
+        1 => dm.pte_val(s),
+        _ => dm.arg(s),
+    };
+    dm.d.host_write_u64(va, v);
+}
+
+/// A run of descriptors (a GDT or LDT page).
+fn write_descriptor_run(dm: &mut Dom, s: &mut Source) {
+    let p = dm.pfn(s);
+    let first = s.below(512);
+    let n = s.range(1, 16);
+    for i in 0..n {
+        let slot = (first + i) % 512;
+        dm.d.host_write_u64(dm.va(p, slot * 8), descriptor(s));
+    }
+}
+
+/// A trap table: pv64 16-byte entries, pv32 8-byte.
+fn write_trap_table(dm: &mut Dom, s: &mut Source) {
+    let wide = dm.abi == Abi::Pv64;
+    let va = dm.list_place(s);
+    let n = s.range(1, 8);
+    let mut b = Vec::new();
+    for i in 0..n {
+        let vector = if s.chance(3, 4) {
+            s.below(32)
+        } else {
+            s.below(256)
+        };
+        let flags = s.below(8);
+        let cs = selector(s);
+        let addr = if i + 1 == n && s.chance(1, 2) {
+            0
+        } else {
+            dm.arg(s)
+        };
+        b.push(vector as u8);
+        b.push(flags as u8);
+        b.extend_from_slice(&(cs as u16).to_le_bytes());
+        if wide {
+            b.extend_from_slice(&[0; 4]);
         }
-        // A run of descriptors (a GDT or LDT page).
-        2 => {
-            let p = dm.pfn(s);
-            let first = s.below(512);
-            let n = s.range(1, 16);
-            for i in 0..n {
-                let slot = (first + i) % 512;
-                dm.d.host_write_u64(dm.va(p, slot * 8), descriptor(s));
-            }
+        dm.push_word(&mut b, addr, wide);
+    }
+    dm.write_bytes(va, &b);
+    dm.lists.trap = Some((va, n));
+}
+
+/// A GDT frame list.
+fn write_frame_list(dm: &mut Dom, s: &mut Source) {
+    let wide = dm.abi == Abi::Pv64;
+    let va = dm.list_place(s);
+    let n = s.range(1, 16);
+    let mut b = Vec::new();
+    for _ in 0..n {
+        let m = dm.mfn_val(s);
+        dm.push_word(&mut b, m, wide);
+    }
+    dm.write_bytes(va, &b);
+    dm.lists.frames = Some((va, n));
+}
+
+/// mmu_update requests: (ptr | cmd, val), 16 bytes in both ABIs.
+fn write_mmu_list(dm: &mut Dom, s: &mut Source) {
+    let va = dm.list_place(s);
+    let n = s.range(1, 6);
+    let mut b = Vec::new();
+    for _ in 0..n {
+        let cmd = if s.chance(7, 8) {
+            s.below(4)
+        } else {
+            s.below(8)
+        };
+        let ptr = if s.chance(1, 8) {
+            int(s)
+        } else {
+            (dm.maddr_val(s) & !7) | cmd
+        };
+        let val = match s.below(4) {
+            0 => dm.pfn(s),
+            1 => int(s),
+            _ => dm.pte_val(s),
+        };
+        b.extend_from_slice(&ptr.to_le_bytes());
+        b.extend_from_slice(&val.to_le_bytes());
+    }
+    dm.write_bytes(va, &b);
+    dm.lists.mmu = Some((va, n));
+}
+
+/// An mmuext_op list: pv64 {u32 cmd, pad, u64 arg1, u64 arg2}; pv32 {u32 cmd, u32 arg1, u32 arg2}.
+fn write_mmuext_list(dm: &mut Dom, s: &mut Source) {
+    let wide = dm.abi == Abi::Pv64;
+    let va = dm.list_place(s);
+    let n = s.range(1, 6);
+    let mut b = Vec::new();
+    for _ in 0..n {
+        let cmd = if s.chance(7, 8) { s.below(21) } else { int(s) };
+        let arg1 = match s.below(3) {
+            0 => dm.mfn_val(s),
+            1 => dm.va_val(s),
+            _ => int(s),
+        };
+        let arg2 = match s.below(3) {
+            0 => Dom::count(s),
+            1 => dm.mfn_val(s),
+            _ => dm.va_val(s),
+        };
+        b.extend_from_slice(&(cmd as u32).to_le_bytes());
+        if wide {
+            b.extend_from_slice(&[0; 4]);
         }
-        // Trap table: pv64 16-byte entries, pv32 8-byte.
-        3 => {
-            let va = dm.list_place(s);
-            let n = s.range(1, 8);
-            let mut b = Vec::new();
-            for i in 0..n {
-                let vector = if s.chance(3, 4) {
-                    s.below(32)
-                } else {
-                    s.below(256)
-                };
-                let flags = s.below(8);
-                let cs = selector(s);
-                let addr = if i + 1 == n && s.chance(1, 2) {
-                    0
-                } else {
-                    dm.arg(s)
-                };
-                b.push(vector as u8);
-                b.push(flags as u8);
-                b.extend_from_slice(&(cs as u16).to_le_bytes());
-                if wide {
-                    b.extend_from_slice(&[0; 4]);
-                }
-                dm.push_word(&mut b, addr, wide);
-            }
-            dm.write_bytes(va, &b);
-            dm.lists.trap = Some((va, n));
-        }
-        // GDT frame list.
-        4 => {
-            let va = dm.list_place(s);
-            let n = s.range(1, 16);
-            let mut b = Vec::new();
-            for _ in 0..n {
-                let m = dm.mfn_val(s);
-                dm.push_word(&mut b, m, wide);
-            }
-            dm.write_bytes(va, &b);
-            dm.lists.frames = Some((va, n));
-        }
-        // mmu_update requests: (ptr | cmd, val), 16 bytes in both ABIs.
-        5 => {
-            let va = dm.list_place(s);
-            let n = s.range(1, 6);
-            let mut b = Vec::new();
-            for _ in 0..n {
-                let cmd = if s.chance(7, 8) {
-                    s.below(4)
-                } else {
-                    s.below(8)
-                };
-                let ptr = if s.chance(1, 8) {
-                    int(s)
-                } else {
-                    (dm.maddr_val(s) & !7) | cmd
-                };
-                let val = match s.below(4) {
-                    0 => dm.pfn(s),
-                    1 => int(s),
-                    _ => dm.pte_val(s),
-                };
-                b.extend_from_slice(&ptr.to_le_bytes());
-                b.extend_from_slice(&val.to_le_bytes());
-            }
-            dm.write_bytes(va, &b);
-            dm.lists.mmu = Some((va, n));
-        }
-        // mmuext_op list: pv64 {u32 cmd, pad, u64 arg1, u64 arg2}; pv32
-        // {u32 cmd, u32 arg1, u32 arg2}.
-        6 => {
-            let va = dm.list_place(s);
-            let n = s.range(1, 6);
-            let mut b = Vec::new();
-            for _ in 0..n {
-                let cmd = if s.chance(7, 8) { s.below(21) } else { int(s) };
-                let arg1 = match s.below(3) {
-                    0 => dm.mfn_val(s),
-                    1 => dm.va_val(s),
-                    _ => int(s),
-                };
-                let arg2 = match s.below(3) {
-                    0 => Dom::count(s),
-                    1 => dm.mfn_val(s),
-                    _ => dm.va_val(s),
-                };
-                b.extend_from_slice(&(cmd as u32).to_le_bytes());
-                if wide {
-                    b.extend_from_slice(&[0; 4]);
-                }
-                dm.push_word(&mut b, arg1, wide);
-                dm.push_word(&mut b, arg2, wide);
-            }
-            dm.write_bytes(va, &b);
-            dm.lists.mmuext = Some((va, n));
-        }
-        // Multicall list: pv64 {op, result, args[6]} of u64, pv32 of u32;
-        // nested multicalls and iret entries included.
-        7 => {
-            let va = dm.list_place(s);
-            let n = s.range(1, 6);
-            let mut b = Vec::new();
-            for _ in 0..n {
-                let op = match s.below(10) {
-                    0 => nr::MULTICALL,
-                    1 => nr::IRET,
-                    2 => int(s),
-                    _ => s.pick(CALLS),
-                };
-                let args = if op == nr::MULTICALL && s.chance(1, 2) {
-                    // Nested: point it at this very list.
-                    [va, n, 0, 0, 0, 0]
-                } else {
-                    dm.args_for(s, op)
-                };
-                dm.push_word(&mut b, op, wide);
-                dm.push_word(&mut b, 0x5555, wide);
-                for x in args {
-                    dm.push_word(&mut b, x, wide);
-                }
-            }
-            dm.write_bytes(va, &b);
-            dm.lists.multi = Some((va, n));
-        }
-        // Random bytes.
-        _ => {
-            let va = dm.va_val(s);
-            let n = s.range(1, 32);
-            let b: Vec<u8> = (0..n).map(|_| s.word() as u8).collect();
-            dm.write_bytes(va, &b);
+        dm.push_word(&mut b, arg1, wide);
+        dm.push_word(&mut b, arg2, wide);
+    }
+    dm.write_bytes(va, &b);
+    dm.lists.mmuext = Some((va, n));
+}
+
+/// A multicall list: pv64 {op, result, args[6]} of u64, pv32 of u32; nested multicalls and iret entries included.
+fn write_multicall_list(dm: &mut Dom, s: &mut Source) {
+    let wide = dm.abi == Abi::Pv64;
+    let va = dm.list_place(s);
+    let n = s.range(1, 6);
+    let mut b = Vec::new();
+    for _ in 0..n {
+        let op = match s.below(10) {
+            0 => nr::MULTICALL,
+            1 => nr::IRET,
+            2 => int(s),
+            _ => s.pick(CALLS),
+        };
+        let args = if op == nr::MULTICALL && s.chance(1, 2) {
+            // Nested: point it at this very list.
+            [va, n, 0, 0, 0, 0]
+        } else {
+            dm.args_for(s, op)
+        };
+        dm.push_word(&mut b, op, wide);
+        dm.push_word(&mut b, 0x5555, wide);
+        for x in args {
+            dm.push_word(&mut b, x, wide);
         }
     }
+    dm.write_bytes(va, &b);
+    dm.lists.multi = Some((va, n));
+}
+
+/// Random bytes.
+fn write_random_bytes(dm: &mut Dom, s: &mut Source) {
+    let va = dm.va_val(s);
+    let n = s.range(1, 32);
+    let b: Vec<u8> = (0..n).map(|_| s.word() as u8).collect();
+    dm.write_bytes(va, &b);
 }
 
 /// What a failed atomic hypercall must leave alone.
