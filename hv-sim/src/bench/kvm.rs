@@ -25,7 +25,7 @@ use kvm_ioctls::{Kvm, SyncReg, VcpuExit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{Figure, Goal, Section, median};
-use crate::kvm::{self, BootReport, Config, layout};
+use crate::kvm::{self, BootReport, Config, KvmError, layout};
 
 /// Where a bare-exit guest exits from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,16 +45,24 @@ const CODE: u64 = 0x10_0000;
 const HANDLER: u64 = 0x10_1000;
 
 /// Median µs per `KVM_RUN` round trip over `n` exits of a bare guest.
-pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, String> {
-    let er = |what: &'static str| move |e: kvm_ioctls::Error| format!("{what}: {e}");
+pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, KvmError> {
+    let er = KvmError::ioctl;
     let size = 4usize << 20;
-    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
-        .map_err(|e| format!("guest memory: {e}"))?;
+    let mem: GuestMemoryMmap =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| {
+            KvmError::GuestMemory {
+                what: "mmap",
+                detail: e.to_string(),
+            }
+        })?;
     let kvm = Kvm::new().map_err(er("open /dev/kvm"))?;
     let vm = kvm.create_vm().map_err(er("KVM_CREATE_VM"))?;
     let host = mem
         .get_host_address(GuestAddress(0))
-        .map_err(|e| format!("guest memory: {e}"))?;
+        .map_err(|e| KvmError::GuestMemory {
+            what: "host address",
+            detail: e.to_string(),
+        })?;
     let region = kvm_userspace_memory_region {
         slot: 0,
         guest_phys_addr: 0,
@@ -78,16 +86,16 @@ pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, String> {
     regs.rsp = layout::BOOT_STACK_TOP;
     let w = |a: u64, v: u64| {
         mem.write_obj(v, GuestAddress(a))
-            .map_err(|e| format!("writing {a:#x}: {e}"))
+            .map_err(KvmError::guest_write("the bare guest's tables", a))
     };
     let code = |a: u64, b: &[u8]| {
         mem.write_slice(b, GuestAddress(a))
-            .map_err(|e| format!("writing {a:#x}: {e}"))
+            .map_err(KvmError::guest_write("the bare guest's code", a))
     };
     // out 0xe0, al; jmp $-2
     let out_loop: [u8; 4] = [0xe6, 0xe0, 0xeb, 0xfc];
     if kind == BareKind::Ring0 {
-        layout::write_boot_tables(&mem).map_err(|e| e.to_string())?;
+        layout::write_boot_tables(&mem)?;
         code(CODE, &out_loop)?;
     } else {
         // GDT at 0x5000 (ring-3 code 0x08, data 0x10, TSS 0x18), TSS at
@@ -98,8 +106,7 @@ pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, String> {
             } else {
                 0
             }
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         w(0x5008, 0x00af_fb00_0000_ffff)?;
         w(0x5010, 0x00cf_f300_0000_ffff)?;
         let tss = 0x6000u64;
@@ -147,8 +154,13 @@ pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, String> {
         let t = Instant::now();
         match vcpu.run() {
             Ok(VcpuExit::IoOut(0xe0, _)) => {}
-            Ok(other) => return Err(format!("bare guest: unexpected exit {other:?}")),
-            Err(e) => return Err(format!("KVM_RUN: {e}")),
+            Ok(other) => {
+                return Err(KvmError::GuestCrashed {
+                    what: format!("bare guest: unexpected exit {other:?}"),
+                    text: String::new(),
+                });
+            }
+            Err(e) => return Err(er("KVM_RUN")(e)),
         }
         if i >= WARM {
             samples.push(t.elapsed().as_secs_f64() * 1e6);
@@ -205,7 +217,7 @@ pub fn sgdt_loop_elf(n: u32) -> Vec<u8> {
 /// One trap, end to end, from [`sgdt_loop_elf`] boots: µs per trap in
 /// `KVM_RUN`, between runs (hv-sim), in its trap handler, in the emulator
 /// and re-checking the real tables; medians of `reps` pairs of boots.
-pub fn trap_loop(reps: usize) -> Result<[f64; 5], String> {
+pub fn trap_loop(reps: usize) -> Result<[f64; 5], KvmError> {
     const N: u32 = 2000;
     let cfg = Config::default();
     let (mut run, mut hv, mut handler) = (vec![], vec![], vec![]);
@@ -213,13 +225,13 @@ pub fn trap_loop(reps: usize) -> Result<[f64; 5], String> {
     let empty = sgdt_loop_elf(0);
     let full = sgdt_loop_elf(N);
     for _ in 0..reps.max(1) {
-        let a = kvm::trap::boot_trap(&empty, &cfg).map_err(|e| e.to_string())?;
-        let b = kvm::trap::boot_trap(&full, &cfg).map_err(|e| e.to_string())?;
+        let a = kvm::trap::boot_trap(&empty, &cfg)?;
+        let b = kvm::trap::boot_trap(&full, &cfg)?;
         if b.traps != u64::from(N) + 1 || b.boot.exit_status != Some(0) {
-            return Err(format!(
+            return Err(KvmError::Report(format!(
                 "the sgdt loop took {} traps and exited with {:?}",
                 b.traps, b.boot.exit_status
-            ));
+            )));
         }
         let per = |x: std::time::Duration, y: std::time::Duration| {
             (x.as_secs_f64() - y.as_secs_f64()) * 1e6 / f64::from(N)
@@ -285,7 +297,7 @@ pub fn per_exit(progress: &mut dyn FnMut(&str)) -> (Vec<Section>, Vec<Goal>) {
 }
 
 /// A bare exit, µs, or why it could not be measured.
-type Floor = Result<f64, String>;
+type Floor = Result<f64, KvmError>;
 
 /// The floors: bare exits from ring 0 and ring 3, and a ring-3 #GP
 /// delivered to a ring-3 handler; one row each (against the one below).
@@ -299,7 +311,7 @@ fn floors(s: &mut Section) -> (Floor, Floor, Floor) {
             "bare exit, ring 0 (out; KVM_RUN round trip)",
             Figure::Us(*v),
         ),
-        Err(e) => s.missing("bare exit, ring 0", e),
+        Err(e) => s.missing("bare exit, ring 0", &e.to_string()),
     };
     match (&r3, &r0) {
         (Ok(v), Ok(f)) => s.against(
@@ -309,7 +321,7 @@ fn floors(s: &mut Section) -> (Floor, Floor, Floor) {
             Figure::Us(*f),
         ),
         (Ok(v), Err(_)) => s.floor("bare exit, ring 3", Figure::Us(*v)),
-        (Err(e), _) => s.missing("bare exit, ring 3", e),
+        (Err(e), _) => s.missing("bare exit, ring 3", &e.to_string()),
     };
     match (&gp, &r3) {
         (Ok(v), Ok(f)) => {
@@ -325,7 +337,7 @@ fn floors(s: &mut Section) -> (Floor, Floor, Floor) {
             ])
         }
         (Ok(v), Err(_)) => s.floor("ring-3 #GP + out", Figure::Us(*v)),
-        (Err(e), _) => s.missing("ring-3 #GP + out", e),
+        (Err(e), _) => s.missing("ring-3 #GP + out", &e.to_string()),
     };
     (r0, r3, gp)
 }
@@ -376,8 +388,8 @@ fn trap_rows(s: &mut Section, gp: &Floor, trap_goal: &str) -> Goal {
             )
         }
         (Err(e), _) => {
-            s.missing("trap end to end", &e);
-            Goal::new(trap_goal, None, e)
+            s.missing("trap end to end", &e.to_string());
+            Goal::new(trap_goal, None, e.to_string())
         }
         (_, Err(e)) => Goal::new(trap_goal, None, format!("no floor: {e}")),
     }
