@@ -5,9 +5,9 @@
 //! first unexplained mismatches, and fails on any mismatch that no
 //! documented QEMU departure from the SDM explains. `HV_SIM_EMUDIFF_N`
 //! sets the count (100,000 by default: issue 11's bar) under 32-bit
-//! paging; a quarter as many run under PAE paging. About 55 s in all on a
-//! 2-core AMD EPYC VM shared with other builds, split over one QEMU
-//! process per CPU (at most 8). Needs QEMU (`SKIPPED` otherwise, a failure with
+//! paging; a quarter as many run under PAE paging. 23 s in all (55 s under
+//! heavy load) on a 2-core AMD EPYC VM shared with other builds, split
+//! over one QEMU process per CPU (at most 8). Needs QEMU (`SKIPPED` otherwise, a failure with
 //! `HV_SIM_REQUIRE_QEMU=1`).
 
 use std::collections::BTreeMap;

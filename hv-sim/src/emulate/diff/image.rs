@@ -14,7 +14,7 @@
 //! | [`IDT`] | 32 interrupt gates to the stubs |
 //! | `TEXT` | the stubs, the common handler, the recorder, the output code |
 //! | [`WIN`] | the data window the operands point into |
-//! | [`PD`], [`PT`] | 32-bit paging (SDM vol. 3A 4.3): the first 4 MiB through [`PT`] (4 KiB pages, supervisor; the window's entry set by each scenario), the rest identity in 4 MiB pages; CR0.WP set; code read-only ([`pte`], [`pde`]) |
+//! | [`PD`], [`PT`] | 32-bit paging (SDM vol. 3A 4.3): the first 4 MiB through [`PT`] (its directory entry user, so the window's entry, set by each scenario, decides; the other 4 KiB pages supervisor), the rest identity in 4 MiB pages; CR0.WP set; code read-only ([`pte`], [`pde`]) |
 //! | `SCENARIOS` | the runner (one loop for all scenarios), each instruction's stub, one data block per scenario |
 //!
 //! Records go to [`RESULTS`] (outside the image); then `isa-debug-exit`.
@@ -355,7 +355,7 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
             for k in 0..1024u32 {
                 put(&mut img, PT + 4 * k, &pte(k << 12).to_le_bytes());
             }
-            put(&mut img, PD, &(PT | 3).to_le_bytes());
+            put(&mut img, PD, &(PT | 7).to_le_bytes());
             for k in 1..MAPPED_4M {
                 put(&mut img, PD + 4 * k, &pde(paging, k).to_le_bytes());
             }
@@ -366,7 +366,7 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
             for k in 0..512u32 {
                 put(&mut img, PT + 8 * k, &u64::from(pte(k << 12)).to_le_bytes());
             }
-            put(&mut img, PAE_PD, &u64::from(PT | 3).to_le_bytes());
+            put(&mut img, PAE_PD, &u64::from(PT | 7).to_le_bytes());
             for k in 1..2 * MAPPED_4M {
                 put(
                     &mut img,
@@ -419,8 +419,8 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
         e.load_sreg(s, 0x10);
     }
     e.load_dt(3, RT_IDTR);
-    // Paging: CR3, CR4.PSE (32-bit) or CR4.PAE and EFER.NXE (PAE), then
-    // CR0.PG and CR0.WP.
+    // Paging: CR3, CR4.PSE (32-bit) or CR4.PAE, SMEP and SMAP and
+    // EFER.NXE (PAE), then CR0.PG and CR0.WP.
     e.mov_r_imm(0, PD).b(&[0x0f, 0x22, 0xd8]);
     let cr4 = match paging {
         Paging::Bits32 => 0x10,
@@ -430,7 +430,7 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
                 .b(&[0x0f, 0x32, 0x0d])
                 .d(0x800)
                 .b(&[0x0f, 0x30]);
-            0x20
+            0x20 | 1 << 20 | 1 << 21
         }
     };
     e.b(&[0x0f, 0x20, 0xe0, 0x0d]).d(cr4).b(&[0x0f, 0x22, 0xe0]);

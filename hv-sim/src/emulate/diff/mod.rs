@@ -18,7 +18,8 @@
 //! state, and the two are compared field by field.
 //!
 //! The guest runs with CR0.WP under 32-bit paging or (a second image)
-//! PAE paging with EFER.NXE ([`Paging`]), the window's page read/write,
+//! PAE paging with EFER.NXE, SMEP and SMAP ([`Paging`]), the window's
+//! page read/write,
 //! read-only, not present or user per scenario, and under PAE also
 //! execute-disable or with a reserved bit (an address bit at or above
 //! MAXPHYADDR, or bit 52): #PF with its error code and CR2, and the
@@ -35,7 +36,8 @@
 //! is aimed at the window, where QEMU puts it too (a unit test checks all
 //! 100,000). [`compare`] splits a run over several QEMU processes.
 //!
-//! Not covered yet: CPL > 0 and UMIP, 4-level paging, SMEP/SMAP, 16-bit
+//! Not covered yet: CPL > 0 and UMIP, 4-level paging, SMAP with
+//! EFLAGS.AC set, 16-bit
 //! code segments, compatibility and 64-bit mode (so no KVM side either:
 //! it is long mode only), #SS (SS stays flat: the guest's exception
 //! delivery needs it), reserved bits in the PDPTE and PDE (only the
@@ -147,7 +149,9 @@ pub enum Paging {
     /// 32-bit paging with CR4.PSE (SDM vol. 3A 4.3).
     #[default]
     Bits32,
-    /// PAE paging with EFER.NXE (SDM vol. 3A 4.4).
+    /// PAE paging with EFER.NXE, CR4.SMEP and CR4.SMAP (SDM vol. 3A 4.4,
+    /// 4.6: a supervisor store or load to a user page faults, EFLAGS.AC
+    /// being 0).
     Pae,
 }
 
@@ -313,7 +317,7 @@ fn paging_for(phys: &MockPhys, s: &Scenario, rip: u32) {
     let win = u64::from(image::win_pte(s.paging));
     match s.paging {
         Paging::Bits32 => {
-            phys.put_u32(u64::from(image::PD), image::PT | 0x23);
+            phys.put_u32(u64::from(image::PD), image::PT | 0x27);
             for k in 1..image::MAPPED_4M {
                 phys.put_u32(u64::from(image::PD + 4 * k), image::pde(s.paging, k));
             }
@@ -329,7 +333,7 @@ fn paging_for(phys: &MockPhys, s: &Scenario, rip: u32) {
                 &u64::from(image::PAE_PD | 1).to_le_bytes(),
             );
             let pd = u64::from(image::PAE_PD);
-            phys.put(pd, &u64::from(image::PT | 0x23).to_le_bytes());
+            phys.put(pd, &u64::from(image::PT | 0x27).to_le_bytes());
             for k in 1..2 * image::MAPPED_4M {
                 let e = u64::from(image::pde(s.paging, k));
                 phys.put(pd + 8 * u64::from(k), &e.to_le_bytes());
@@ -407,7 +411,8 @@ pub fn emulate_scenario(
     }
     let phys = guest_memory(s, rip, model);
     let mut walker = Walker::new(s.paging.mode(), u64::from(image::PD));
-    (walker.nxe, walker.maxphyaddr) = (s.paging == Paging::Pae, 40);
+    let pae = s.paging == Paging::Pae;
+    (walker.nxe, walker.smep, walker.smap, walker.maxphyaddr) = (pae, pae, pae, 40);
     let mem = Paged {
         phys: &phys,
         walker,
@@ -624,6 +629,7 @@ pub fn run_qemu(
     let _ = std::fs::remove_file(&ram);
     std::fs::write(&kernel, &img).map_err(io(format!("writing {}", kernel.display())))?;
     let mut child = Command::new(crate::qemu::QEMU)
+        .args(["-cpu", "qemu64,+smep,+smap"])
         .args([
             "-machine",
             "pc,memory-backend=ram",
