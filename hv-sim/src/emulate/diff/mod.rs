@@ -19,10 +19,9 @@
 //!
 //! The guest runs with CR0.WP under 32-bit paging or (a second image)
 //! PAE paging with EFER.NXE, SMEP and SMAP ([`Paging`]), the window's
-//! page read/write,
-//! read-only, not present or user per scenario, and under PAE also
-//! execute-disable or with a reserved bit (an address bit at or above
-//! MAXPHYADDR, or bit 52): #PF with its error code and CR2, and the
+//! page read/write, read-only, not present or user per scenario, and
+//! under PAE also execute-disable or with a reserved bit (an address bit
+//! at or above MAXPHYADDR, or bit 52): #PF with its error code and CR2, and the
 //! accessed and dirty bits, are compared too; the emulator walks the same
 //! tables ([`super::walk`], [`super::paged`]). The PAE scenarios found a
 //! walker bug (bits 62:52 of a PAE entry are reserved, SDM vol. 3A tables
@@ -37,11 +36,10 @@
 //! 100,000). [`compare`] splits a run over several QEMU processes.
 //!
 //! Not covered yet: CPL > 0 and UMIP, 4-level paging, SMAP with
-//! EFLAGS.AC set, 16-bit
-//! code segments, compatibility and 64-bit mode (so no KVM side either:
-//! it is long mode only), #SS (SS stays flat: the guest's exception
-//! delivery needs it), reserved bits in the PDPTE and PDE (only the
-//! window's PTE varies).
+//! EFLAGS.AC set, 16-bit code segments, compatibility and 64-bit mode (so
+//! no KVM side either: it is long mode only), #SS (SS stays flat: the
+//! guest's exception delivery needs it), reserved bits in the PDPTE and
+//! PDE (only the window's PTE varies), XD on instruction fetches.
 
 mod error;
 pub mod image;
