@@ -20,6 +20,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hv_sim::xen::domain::{CallCost, PREEMPT_BUDGET};
+use hv_sim::xen::fixtures::spanning_tree;
 use hv_sim::xen::*;
 use xen_helpers::{hc, map, mfn};
 
@@ -120,31 +121,13 @@ fn ext(d: &XenDomain, list: u64, cmd: u32, arg1: u64) -> i64 {
     hc(d, nr::MMUEXT_OP, &[list, 1, 0, u64::from(DOMID_SELF)])
 }
 
-/// A page-table tree that spans the domain: one L4, one L3, as many L2s as
-/// needed and every other free page an L1 whose 512 entries map a data
-/// page read-only. Returns (L4 mfn, L3 mfn, tables).
+/// A page-table tree over the domain's free pages but `spare`
+/// (`hv_sim::xen::fixtures::spanning_tree`, the one the worst-case
+/// benchmark measures): (L4 mfn, L3 mfn, tables).
 fn tree(d: &XenDomain, pages: usize, spare: usize) -> (u64, u64, usize) {
-    let data = d.alloc_pages(1);
-    let data_pte = mfn(d, data) << 12 | P;
-    let free = pages - d.alloc_pages(0).wrapping_sub(d.va_base()) as usize / 4096 - spare;
-    let n2 = (free - 2).div_ceil(513);
-    let n1 = free - 2 - n2;
-    let (l4v, l4) = ro_page(d);
-    let (l3v, l3) = ro_page(d);
-    let l2s: Vec<(u64, u64)> = (0..n2).map(|_| ro_page(d)).collect();
-    for k in 0..n1 {
-        let (l1v, l1) = ro_page(d);
-        for s in 0..512 {
-            assert!(d.host_write_u64(l1v + s * 8, data_pte));
-        }
-        let (l2v, _) = l2s[k / 512];
-        assert!(d.host_write_u64(l2v + (k % 512) as u64 * 8, l1 << 12 | P | RW));
-    }
-    for (k, (_, l2)) in l2s.iter().enumerate() {
-        assert!(d.host_write_u64(l3v + k as u64 * 8, l2 << 12 | P | RW));
-    }
-    assert!(d.host_write_u64(l4v, l3 << 12 | P | RW));
-    (l4, l3, 2 + n1 + n2)
+    assert_eq!(d.pages(), pages);
+    let t = spanning_tree(d, spare).unwrap();
+    (t.l4, t.l3, t.tables)
 }
 
 fn check(what: &str, pages: usize, m: Measured) {
@@ -461,15 +444,10 @@ fn a_validation_failing_after_many_invocations_releases_everything() {
 #[test]
 fn vcpu_initialise_on_a_root_that_spans_ram_is_preempted() {
     // Offsets in the 64-bit `vcpu_guest_context` (public/arch-x86/xen.h,
-    // xen-x86_64.h), as tests/xen_vcpu_op.rs writes them.
-    const FLAGS: u64 = 512;
-    const VGCF_IN_KERNEL: u64 = 1 << 2;
-    const RIP: u64 = 520 + 16 * 8;
-    const CS: u64 = 520 + 17 * 8;
-    const RSP: u64 = 520 + 19 * 8;
-    const SS: u64 = 520 + 20 * 8;
-    const KERNEL_SS: u64 = 4968;
-    const CTRLREG: u64 = 4984;
+    // xen-x86_64.h): the common ones tests/xen_vcpu_op.rs uses.
+    use xen_helpers::vcpu_ctx::{
+        CS, CTRLREG, FLAGS, KERNEL_SS, RIP, RSP, SS, VCPU_OP, VGCF_IN_KERNEL,
+    };
     let mut runs = Vec::new();
     for pages in SIZES {
         let d = XenDomain::pv64(pages, 2);
@@ -486,7 +464,7 @@ fn vcpu_initialise_on_a_root_that_spans_ram_is_preempted() {
         ] {
             assert!(d.host_write_u64(ctx + off, v));
         }
-        let (r, m) = measure(&d, || hc(&d, 24, &[0, 1, ctx]));
+        let (r, m) = measure(&d, || hc(&d, VCPU_OP, &[0, 1, ctx]));
         assert_eq!(r, 0);
         let v = d.vcpu(1);
         assert!(v.initialised);

@@ -6,6 +6,7 @@
 //! per invocation, bytes) are checked by the test; these are the times.
 
 use super::{Figure, Goal, Section, keep, time_each_ns, time_ns};
+use crate::xen::fixtures::spanning_tree;
 use crate::xen::{DOMID_SELF, MMUEXT_PIN_L4_TABLE, MMUEXT_UNPIN_TABLE, XenDomain, nr};
 
 /// The domain size (pages) of the largest domain the tests build.
@@ -21,16 +22,6 @@ fn mfn(d: &XenDomain, va: u64) -> Result<u64, String> {
     d.virt_to_mfn(va).ok_or(format!("{va:#x} is not mapped"))
 }
 
-/// A page mapped read-only, to become a table: (va, mfn).
-fn ro_page(d: &XenDomain) -> Result<(u64, u64), String> {
-    let va = d.alloc_pages(1);
-    let m = mfn(d, va)?;
-    match hc(d, nr::UPDATE_VA_MAPPING, &[va, m << 12 | 1, 0]) {
-        0 => Ok((va, m)),
-        r => Err(format!("update_va_mapping: {r}")),
-    }
-}
-
 fn write(d: &XenDomain, va: u64, v: u64) -> Result<(), String> {
     d.host_write_u64(va, v)
         .then_some(())
@@ -38,35 +29,13 @@ fn write(d: &XenDomain, va: u64, v: u64) -> Result<(), String> {
 }
 
 /// A pv64 domain of [`PAGES`] pages whose free pages all form one tree
-/// (L4, L3, L2s, and L1s of 512 read-only entries each). Returns the
-/// domain, a page for arguments, and the L4's mfn.
-fn spanning_tree() -> Result<(XenDomain, u64, u64), String> {
+/// ([`spanning_tree`]). Returns the domain, a page for arguments, and the
+/// L4's mfn.
+fn tree_domain() -> Result<(XenDomain, u64, u64), String> {
     let d = XenDomain::pv64(PAGES, 1);
     let list = d.alloc_pages(1);
-    let data = d.alloc_pages(1);
-    let data_pte = mfn(&d, data)? << 12 | 1;
-    let used = (d.alloc_pages(0) - d.va_base()) as usize / 4096;
-    let free = PAGES - used;
-    let n2 = (free - 2).div_ceil(513);
-    let n1 = free - 2 - n2;
-    let (l4v, l4) = ro_page(&d)?;
-    let (l3v, l3) = ro_page(&d)?;
-    let l2s = (0..n2)
-        .map(|_| ro_page(&d))
-        .collect::<Result<Vec<_>, _>>()?;
-    for k in 0..n1 {
-        let (l1v, l1) = ro_page(&d)?;
-        for s in 0..512 {
-            write(&d, l1v + s * 8, data_pte)?;
-        }
-        let (l2v, _) = l2s[k / 512];
-        write(&d, l2v + (k % 512) as u64 * 8, l1 << 12 | 3)?;
-    }
-    for (k, (_, l2)) in l2s.iter().enumerate() {
-        write(&d, l3v + k as u64 * 8, l2 << 12 | 3)?;
-    }
-    write(&d, l4v, l3 << 12 | 3)?;
-    Ok((d, list, l4))
+    let t = spanning_tree(&d, 0).map_err(|e| e.to_string())?;
+    Ok((d, list, t.l4))
 }
 
 fn ext(d: &XenDomain, list: u64, cmd: u32, arg: u64) -> i64 {
@@ -104,8 +73,10 @@ pub fn worst_cases() -> (Section, Vec<Goal>) {
     (s, goals)
 }
 
+/// The rows, each against the stack_switch floor measured first; the
+/// worst mean per invocation.
 fn rows(s: &mut Section) -> Result<f64, String> {
-    let (d, list, l4) = spanning_tree()?;
+    let (d, list, l4) = tree_domain()?;
     let floor = time_ns(
         || {
             keep(hc(&d, nr::STACK_SWITCH, &[0xe02b, 0x1000]));
@@ -119,50 +90,77 @@ fn rows(s: &mut Section) -> Result<f64, String> {
         "1".into(),
         Figure::Ns(floor).to_string(),
     ]);
-    let mut worst = 0f64;
-    let mut row = |s: &mut Section, name: &str, ns: f64, inv: u64| {
+    let mut a = Against { floor, worst: 0.0 };
+    pin_rows(s, &mut a, &d, list, l4);
+    list_rows(s, &mut a)?;
+    let mut worst = a.worst;
+    vmi_rows(s, &mut worst)?;
+    s.note(format!(
+        "Each invocation does at most PREEMPT_BUDGET ({}) units plus one L1 table; \
+         tests/xen_bounded_cost.rs checks that bound and the memory deterministically.",
+        crate::xen::domain::PREEMPT_BUDGET
+    ));
+    Ok(worst)
+}
+
+/// Rows against the floor, keeping the worst mean per invocation.
+struct Against {
+    floor: f64,
+    worst: f64,
+}
+
+impl Against {
+    fn row(&mut self, s: &mut Section, name: &str, ns: f64, inv: u64) {
         let per = ns / inv.max(1) as f64;
-        worst = worst.max(per);
+        self.worst = self.worst.max(per);
         s.row([
             name.to_string(),
             Figure::Ns(ns).to_string(),
             inv.to_string(),
             Figure::Ns(per).to_string(),
             "stack_switch".into(),
-            super::ratio(per, floor),
+            super::ratio(per, self.floor),
         ]);
-    };
-    // PIN_L4 of the spanning tree (validation), UNPIN (demotion).
+    }
+}
+
+/// PIN_L4 of the spanning tree (validation), UNPIN (demotion).
+fn pin_rows(s: &mut Section, a: &mut Against, d: &XenDomain, list: u64, l4: u64) {
     let pinned = std::cell::Cell::new(false);
     let mut inv = 0;
     let pin = time_each_ns(
         || {
             if pinned.replace(false) {
-                keep(ext(&d, list, MMUEXT_UNPIN_TABLE, l4));
+                keep(ext(d, list, MMUEXT_UNPIN_TABLE, l4));
             }
         },
         || {
-            keep(ext(&d, list, MMUEXT_PIN_L4_TABLE, l4));
+            keep(ext(d, list, MMUEXT_PIN_L4_TABLE, l4));
             pinned.set(true);
             inv = d.last_call_cost().invocations;
         },
         5,
     );
-    row(s, "MMUEXT_PIN_L4_TABLE, tree spanning RAM", pin, inv);
+    a.row(s, "MMUEXT_PIN_L4_TABLE, tree spanning RAM", pin, inv);
     let unpin = time_each_ns(
         || {
             if !pinned.replace(true) {
-                keep(ext(&d, list, MMUEXT_PIN_L4_TABLE, l4));
+                keep(ext(d, list, MMUEXT_PIN_L4_TABLE, l4));
             }
         },
         || {
-            keep(ext(&d, list, MMUEXT_UNPIN_TABLE, l4));
+            keep(ext(d, list, MMUEXT_UNPIN_TABLE, l4));
             pinned.set(false);
             inv = d.last_call_cost().invocations;
         },
         5,
     );
-    row(s, "MMUEXT_UNPIN_TABLE, the same tree", unpin, inv);
+    a.row(s, "MMUEXT_UNPIN_TABLE, the same tree", unpin, inv);
+}
+
+/// A multicall of 4,096 entries, set_trap_table and mmu_update over most
+/// of RAM.
+fn list_rows(s: &mut Section, a: &mut Against) -> Result<(), String> {
     // set_trap_table over the rest of RAM is in `tests/xen_preempt.rs`;
     // here a multicall of 4,096 stack_switch entries (128 KiB list).
     let d2 = XenDomain::pv64(PAGES, 1);
@@ -181,7 +179,7 @@ fn rows(s: &mut Section) -> Result<f64, String> {
         },
         5,
     );
-    row(s, "multicall of 4,096 stack_switch", multi, inv);
+    a.row(s, "multicall of 4,096 stack_switch", multi, inv);
     // set_trap_table over most of RAM (its terminator the zeroes after
     // it) and an mmu_update batch as long.
     let d3 = XenDomain::pv64(PAGES, 1);
@@ -199,7 +197,7 @@ fn rows(s: &mut Section) -> Result<f64, String> {
         },
         5,
     );
-    row(s, "set_trap_table over most of RAM", traps, inv);
+    a.row(s, "set_trap_table over most of RAM", traps, inv);
     let m0 = mfn(&d3, t)?;
     for i in 0..n {
         write(&d3, t + i * 16, m0 << 12 | 1)?;
@@ -213,20 +211,14 @@ fn rows(s: &mut Section) -> Result<f64, String> {
         },
         5,
     );
-    row(
+    a.row(
         s,
         "mmu_update, MACHPHYS requests over most of RAM",
         reqs,
         inv,
     );
 
-    vmi_rows(s, &mut worst)?;
-    s.note(format!(
-        "Each invocation does at most PREEMPT_BUDGET ({}) units plus one L1 table; \
-         tests/xen_bounded_cost.rs checks that bound and the memory deterministically.",
-        crate::xen::domain::PREEMPT_BUDGET
-    ));
-    Ok(worst)
+    Ok(())
 }
 
 /// VMI: SetGDT of the largest table (8,192 entries) with 256 live gates to

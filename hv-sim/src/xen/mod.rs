@@ -61,6 +61,7 @@
 pub mod descriptor_policy;
 pub mod domain;
 pub mod error;
+pub mod fixtures;
 pub mod mem;
 pub mod misc;
 pub mod platform;
