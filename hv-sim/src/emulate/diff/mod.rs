@@ -652,20 +652,22 @@ pub fn run_qemu(
         .spawn()
         .map_err(io(format!("starting {}", crate::qemu::QEMU)))?;
     let t0 = Instant::now();
-    let status = loop {
+    let waited = loop {
         match child.try_wait() {
-            Ok(Some(s)) => break s,
+            Ok(Some(s)) => break Ok(s),
             Ok(None) if t0.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(DiffError::Timeout(timeout));
+                break Err(DiffError::Timeout(timeout));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(io("waiting for QEMU".into())(e)),
+            Err(e) => break Err(io("waiting for QEMU".into())(e)),
         }
     };
     let records = read_records(&ram, scenarios.len() * RECORD).unwrap_or_default();
+    // The RAM file is 256 MiB (sparse): removed whatever happened.
     let _ = std::fs::remove_dir_all(&dir);
+    let status = waited?;
     if status.code() != Some(1) || records.len() != scenarios.len() * RECORD {
         return Err(DiffError::Unfinished {
             status,
