@@ -6,16 +6,14 @@ use super::domain::XenDomain;
 use super::nr;
 
 /// Why [`spanning_tree`] could not build its tree.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FixtureError {
     /// Fewer free pages than an L4, an L3, an L2 and an L1 need.
-    #[error("spanning tree: only {free} free pages (needs at least 4)")]
     TooSmall {
         /// Free pages left for the tree.
         free: usize,
     },
     /// A page of the tree could not be mapped read-only.
-    #[error("spanning tree: update_va_mapping of {va:#x} read-only returned {rc}")]
     Map {
         /// The page's VA.
         va: u64,
@@ -23,12 +21,32 @@ pub enum FixtureError {
         rc: i64,
     },
     /// A page the builder allocated is not in the domain's RAM.
-    #[error("spanning tree: {va:#x} is not mapped RAM")]
     NotRam {
         /// The address.
         va: u64,
     },
 }
+
+// Hand-written (thiserror is a dependency of the `kvm` feature only).
+impl core::fmt::Display for FixtureError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::TooSmall { free } => {
+                write!(
+                    f,
+                    "spanning tree: only {free} free pages (needs at least 4)"
+                )
+            }
+            Self::Map { va, rc } => write!(
+                f,
+                "spanning tree: update_va_mapping of {va:#x} read-only returned {rc}"
+            ),
+            Self::NotRam { va } => write!(f, "spanning tree: {va:#x} is not mapped RAM"),
+        }
+    }
+}
+
+impl std::error::Error for FixtureError {}
 
 /// A page-table tree built by [`spanning_tree`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
