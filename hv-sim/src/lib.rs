@@ -17,12 +17,11 @@
 //!   instructions (LGDT … SLDT with their #GP/#NP checks and LTR's busy
 //!   bit), which the native backend runs against in-process;
 //! * [`explain`]: descriptors decoded into plain words;
-//! * [`demo`]: the in-process runs `hv-sim demo` starts with;
 //! * [`mod@bench`]: the measurements `hv-sim bench` prints as one table.
 //!
-//! The `hv-sim` command (its argument parsing, the demo's printing and
-//! verdict, the fuzzer's driver) is the separate `hv-sim-cli` crate, which
-//! uses only this API. Two modules serve tests and that crate rather than
+//! The `hv-sim` command (its argument parsing, the demo with its
+//! in-process runs, printing and verdict, the fuzzer's driver) is the
+//! separate `hv-sim-cli` crate, which uses only this API. Two modules serve tests and that crate rather than
 //! kernels: `kernel_build` (builds `examples/kernel`) and `testing` (the
 //! `SKIPPED` / `HV_SIM_REQUIRE_*` rules). They stay here because hv-sim's
 //! own integration tests boot the example kernel, and an integration test
@@ -43,8 +42,7 @@
 //! ```
 //!
 //! That is [`xen`], [`vmi`], [`softcpu`], [`emulate`], [`explain`],
-//! [`fuzz`] and [`demo`]'s in-process runs, on pvops, its backends and
-//! iced-x86.
+//! and [`fuzz`], on pvops, its backends and iced-x86.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -52,7 +50,6 @@
 #![cfg_attr(not(feature = "kvm"), allow(rustdoc::broken_intra_doc_links))]
 
 // The in-process models: always built.
-pub mod demo;
 pub mod emulate;
 pub mod explain;
 pub mod fuzz;

@@ -3,6 +3,7 @@
 //! trap-and-emulate personalities), QEMU and real Xen, each boot a row of
 //! one summary table ([`report`]), and one verdict line last.
 
+mod in_process;
 pub mod report;
 mod seeds;
 
@@ -64,17 +65,17 @@ fn in_process(demo: &mut Demo) {
         (
             "in-process native",
             "native backend against the SoftCpu instruction model",
-            hv_sim::demo::run_native_in_process(),
+            in_process::run_native_in_process(),
         ),
         (
             "in-process xen",
             "Xen-style backend against hv-sim's Xen PV domain",
-            hv_sim::demo::run_xen_in_process(),
+            in_process::run_xen_in_process(),
         ),
         (
             "in-process vmi",
             "VMI-style backend against hv-sim's VMI personality",
-            hv_sim::demo::run_vmi_in_process(),
+            in_process::run_vmi_in_process(),
         ),
     ];
     for (label, title, r) in runs {

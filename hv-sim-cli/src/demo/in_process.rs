@@ -1,4 +1,6 @@
-//! `hv-sim demo`: every descriptor op, run and checked.
+//! `hv-sim demo`'s in-process runs: every descriptor op, run and checked
+//! (moved here from hv-sim's library, which holds the models and runners
+//! only; issue 14).
 //!
 //! [`run_native_in_process`] runs the native backend in-process against
 //! [`SoftCpu`], the instruction model, through the dynamic ops table (as a
@@ -6,8 +8,8 @@
 //! effect on the CPU model's registers and on the tables in memory.
 //! [`run_xen_in_process`] and [`run_vmi_in_process`] do the same for the
 //! paravirtual backends against hv-sim's personalities: what `demo` shows
-//! where there is no KVM. The KVM and QEMU boots are [`crate::kvm`] and
-//! [`crate::qemu`].
+//! where there is no KVM. The KVM and QEMU boots are `hv_sim::kvm` and
+//! `hv_sim::qemu`.
 
 use pvops::descriptor::SystemType;
 use pvops::{
@@ -16,7 +18,7 @@ use pvops::{
 };
 use pvops_native::NativeOps;
 
-use crate::softcpu::{CpuMode, HostMemory, SoftCpu};
+use hv_sim::softcpu::{CpuMode, HostMemory, SoftCpu};
 
 /// One named check and whether it passed.
 #[derive(Clone, Debug)]
@@ -39,24 +41,6 @@ pub struct DemoReport {
     pub instructions: Vec<String>,
     /// Hypercalls / ROM calls the simulated hypervisor handled.
     pub hypercalls: u64,
-}
-
-impl DemoReport {
-    /// Checks passed.
-    pub fn passed(&self) -> usize {
-        self.checks.iter().filter(|c| c.passed).count()
-    }
-
-    /// The one-line summary.
-    pub fn summary(&self) -> String {
-        format!(
-            "backend={} checks={}/{} hypercalls={} exits=0",
-            self.backend,
-            self.passed(),
-            self.checks.len(),
-            self.hypercalls
-        )
-    }
 }
 
 const LAYOUT: GdtLayout = GdtLayout::LINUX_X86_64;
@@ -369,7 +353,7 @@ pub fn run_native_in_process() -> DemoReport {
 /// The Xen-style backend in-process against hv-sim's Xen PV domain: what
 /// `demo` runs where there is no KVM to boot the kernel with.
 pub fn run_xen_in_process() -> DemoReport {
-    use crate::xen::XenDomain;
+    use hv_sim::xen::XenDomain;
     use pvops::{Gdt, Idt, Ldt};
     let mut c = Vec::new();
     let dom = XenDomain::pv64(64, 1);
@@ -406,7 +390,7 @@ pub fn run_xen_in_process() -> DemoReport {
 /// gate, update_descriptor.
 fn xen_gdt<O: DescriptorOps>(
     ops: &O,
-    dom: &crate::xen::XenDomain,
+    dom: &hv_sim::xen::XenDomain,
     gdt: &pvops::Gdt,
     c: &mut Vec<Check>,
 ) {
@@ -471,12 +455,12 @@ fn xen_gdt<O: DescriptorOps>(
 /// multicall).
 fn xen_idt_ldt_switch<O: DescriptorOps>(
     ops: &O,
-    dom: &crate::xen::XenDomain,
+    dom: &hv_sim::xen::XenDomain,
     idt: &pvops::Idt,
     ldt: &pvops::Ldt,
     c: &mut Vec<Check>,
 ) {
-    use crate::xen::XenDomain;
+    use hv_sim::xen::XenDomain;
     use pvops::Gate64;
     // SAFETY: the tables are in the domain's RAM, which outlives `ops`.
     unsafe {
@@ -502,7 +486,7 @@ fn xen_idt_ldt_switch<O: DescriptorOps>(
         let direct = |d: &XenDomain| {
             d.trace()
                 .calls()
-                .filter(|e| matches!(e, crate::xen::TraceEvent::Call { depth: 0, .. }))
+                .filter(|e| matches!(e, hv_sim::xen::TraceEvent::Call { depth: 0, .. }))
                 .count()
         };
         let before = direct(dom);
@@ -528,7 +512,7 @@ fn xen_idt_ldt_switch<O: DescriptorOps>(
 
 /// The VMI-style backend in-process against hv-sim's VMI personality.
 pub fn run_vmi_in_process() -> DemoReport {
-    use crate::vmi::{GuestKind, HostGuestMemory, VmiHypervisor};
+    use hv_sim::vmi::{GuestKind, HostGuestMemory, VmiHypervisor};
     let mut c = Vec::new();
     // SAFETY: the backend only passes pointers to the leaked tables below and
     // to DTR operands on its own stack.
@@ -639,5 +623,24 @@ pub fn run_vmi_in_process() -> DemoReport {
         checks: c,
         instructions: Vec::new(),
         hypercalls,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The in-process runs pass every check (no KVM needed).
+    #[test]
+    fn every_in_process_backend_passes() {
+        for report in [
+            super::run_native_in_process(),
+            super::run_xen_in_process(),
+            super::run_vmi_in_process(),
+        ] {
+            let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).collect();
+            assert!(failed.is_empty(), "{}: {failed:#?}", report.backend);
+            assert!(report.checks.len() >= 5, "{}", report.backend);
+        }
+        assert!(super::run_xen_in_process().hypercalls > 0);
+        assert!(super::run_vmi_in_process().hypercalls > 0);
     }
 }
