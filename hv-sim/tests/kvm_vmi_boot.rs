@@ -5,6 +5,9 @@
 //!
 //! Needs /dev/kvm; prints `SKIPPED: <reason>` and passes without it.
 
+#[path = "common/boot.rs"]
+mod boot;
+
 use hv_sim::kvm::vmi::{self, boot_vmi};
 use hv_sim::kvm::{self, Config};
 use hv_sim::testing::{example_kernel_image, kvm_or_skip};
@@ -29,19 +32,7 @@ fn vmi_backend_boot_passes_every_check() {
     println!("{}", r.boot.text);
     println!("{}", r.trace);
     println!("{}", r.summary());
-    let failed = r.boot.failed();
-    assert!(failed.is_empty(), "failed checks: {failed:#?}");
-    assert!(
-        r.boot.ran() >= 16,
-        "too few checks ran: {:?}",
-        r.boot.checks
-    );
-    assert_eq!(r.boot.exit_status, Some(0));
-    assert!(r.boot.stray_io.is_empty(), "{:?}", r.boot.stray_io);
-    assert!(
-        r.boot.text.contains("backend: vmi"),
-        "the kernel picked VMI"
-    );
+    boot::assert_clean(&r.boot, 16, "vmi");
     assert!(
         r.boot.text.contains("vmi: ROM at 0xc0000"),
         "found by the probe"

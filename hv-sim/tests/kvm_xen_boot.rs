@@ -6,6 +6,9 @@
 #[path = "common/text.rs"]
 mod text;
 
+#[path = "common/boot.rs"]
+mod boot;
+
 use hv_sim::kvm::xen::{self, XEN_ELFNOTE_HYPERCALL_PAGE, boot_xen, hypercall_page_note};
 use hv_sim::kvm::{self, Config};
 use hv_sim::testing::{example_kernel_image, kvm_or_skip};
@@ -43,19 +46,7 @@ fn xen_backend_boot_passes_every_check() {
     println!("{}", r.boot.text);
     println!("{}", r.trace);
     println!("{}", r.summary());
-    let failed = r.boot.failed();
-    assert!(failed.is_empty(), "failed checks: {failed:#?}");
-    assert!(
-        r.boot.ran() >= 14,
-        "too few checks ran: {:?}",
-        r.boot.checks
-    );
-    assert_eq!(r.boot.exit_status, Some(0));
-    assert!(r.boot.stray_io.is_empty(), "{:?}", r.boot.stray_io);
-    assert!(
-        r.boot.text.contains("backend: xen"),
-        "the kernel picked the Xen backend"
-    );
+    boot::assert_clean(&r.boot, 14, "xen");
 
     // Hypercalls by kind, from the domain's trace: (direct, in a multicall).
     let by = r.calls_by_name();
