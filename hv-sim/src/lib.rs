@@ -21,11 +21,15 @@
 //!
 //! The `hv-sim` command (its argument parsing, the demo with its
 //! in-process runs, printing and verdict, the fuzzer's driver) is the
-//! separate `hv-sim-cli` crate, which uses only this API. Two modules serve tests and that crate rather than
-//! kernels: `kernel_build` (builds `examples/kernel`) and `testing` (the
+//! separate `hv-sim-cli` crate, which uses only this API. Two modules serve
+//! tests and that crate rather than kernels: `kernel_build` (builds `examples/kernel`) and `testing` (the
 //! `SKIPPED` / `HV_SIM_REQUIRE_*` rules). They stay here because hv-sim's
 //! own integration tests boot the example kernel, and an integration test
-//! sees only the library's public API.
+//! sees only the library's public API. [`fuzz`] (the fuzz targets and their
+//! invariants) and [`mod@bench`] (the measurements) stay for the same kind
+//! of reason: the cargo-fuzz target in `fuzz/`, the `fuzz_regressions`
+//! test and the criterion benches in `benches/` link them, and none of
+//! those can depend on a binary crate.
 //!
 //! ## Features
 //!

@@ -73,7 +73,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::regs::Vcpu;
 use super::xen::FinalSegments;
-use super::{BootReport, Config, KvmError, layout, ports};
+use super::{Config, KvmError, layout, ports};
 use crate::emulate::{
     self, Access, DtRegisters, Exception, GuestMemory, Insn, NotEmulated, Outcome,
 };
@@ -104,7 +104,9 @@ use cpu::TrapCpu;
 mod store;
 mod wp;
 pub use wp::{PF_STUB, PF_STUB_AT, PTE_HV_WP, TrapMode, WpReport};
+mod report;
 pub mod workload;
+pub use report::{Bounced, TrapBootReport};
 
 pub use super::paging::PagingMemory;
 use layout::{PTE_P, PTE_RW, PTE_U};
@@ -113,75 +115,6 @@ const RFLAGS_TF: u64 = 1 << 8;
 const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_NT: u64 = 1 << 14;
 const RFLAGS_RF: u64 = 1 << 16;
-
-/// A #GP hv-sim did not emulate and delivered to the guest's own handler.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Bounced {
-    /// The faulting instruction.
-    pub rip: u64,
-    /// The #GP's error code.
-    pub error_code: u64,
-    /// Why it was not emulated.
-    pub reason: String,
-}
-
-/// What a trap-and-emulate boot did.
-#[derive(Clone, Debug)]
-pub struct TrapBootReport {
-    /// The guest's text, checks and exits.
-    pub boot: BootReport,
-    /// #GP traps that reached hv-sim (each one a port exit of the stub).
-    pub traps: u64,
-    /// Instructions emulated, by mnemonic.
-    pub emulated: BTreeMap<&'static str, u64>,
-    /// Exceptions the emulator injected instead: (instruction, exception).
-    pub injected: Vec<(&'static str, String)>,
-    /// #GPs delivered to the guest's handler as they were.
-    pub bounced: Vec<Bounced>,
-    /// Traps whose instruction bytes changed during emulation: resumed at
-    /// the same RIP, nothing done (the self-modifying-code race).
-    pub restarts: u64,
-    /// Times the real tables' registers changed (TR/LDTR or CR2 written).
-    pub installs: u64,
-    /// Did the vCPU accept CR4.UMIP (so `sgdt`…`sldt` trap)?
-    pub umip: bool,
-    /// Time hv-sim spent handling traps (from the port exit to the
-    /// registers set), summed.
-    pub handler_time: Duration,
-    /// Of that, in the emulator (fetch, decode, operand, checks), summed.
-    pub emulate_time: Duration,
-    /// Of that, rebuilding the real tables from the guest's, summed.
-    pub sync_time: Duration,
-    /// Where the emulator's time went, by phase (profiling on).
-    pub phases: emulate::profile::Phases,
-    /// The guest's virtual descriptor-table registers at its exit.
-    pub virtual_dt: DtRegisters,
-    /// The vCPU's segments at the guest's exit.
-    pub final_segments: Option<FinalSegments>,
-    /// The real TR and LDTR at the guest's exit: (selector, base).
-    pub real_tr_ldtr: Option<((u16, u64), (u16, u64))>,
-    /// Write-protect mode's counts ([`TrapMode::WriteProtect`] only).
-    pub write_protect: Option<WpReport>,
-}
-
-impl TrapBootReport {
-    /// Instructions emulated, all kinds.
-    pub fn emulated_total(&self) -> u64 {
-        self.emulated.values().sum()
-    }
-
-    /// The one-line summary.
-    pub fn summary(&self) -> String {
-        format!(
-            "personality=trap-and-emulate backend=native checks={}/{} emulated={} exits={}{}",
-            self.boot.passed(),
-            self.boot.ran(),
-            self.emulated_total(),
-            self.boot.exits.total(),
-            self.boot.skipped_suffix()
-        )
-    }
-}
 
 /// Boot `image` (a native-backend kernel) deprivileged, trapping and
 /// emulating its descriptor-table instructions.
