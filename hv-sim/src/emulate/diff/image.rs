@@ -329,6 +329,95 @@ fn runner(paging: Paging, at: u32, recorder: u32, output: u32) -> (Asm, u32) {
     (a, after)
 }
 
+/// Copy `b` into the image at guest-physical `at`.
+fn put(img: &mut [u8], at: u32, b: &[u8]) {
+    let o = (at - LOAD) as usize;
+    img[o..o + b.len()].copy_from_slice(b);
+}
+
+/// The identity-mapped page tables for `paging` (32-bit or PAE).
+fn page_tables(img: &mut [u8], paging: Paging) {
+    match paging {
+        Paging::Bits32 => {
+            for k in 0..1024u32 {
+                put(img, PT + 4 * k, &pte(k << 12).to_le_bytes());
+            }
+            put(img, PD, &(PT | 7).to_le_bytes());
+            for k in 1..MAPPED_4M {
+                put(img, PD + 4 * k, &pde(paging, k).to_le_bytes());
+            }
+        }
+        Paging::Pae => {
+            // SDM vol. 3A 4.4: a PDPTE has P and the address only.
+            put(img, PD, &u64::from(PAE_PD | 1).to_le_bytes());
+            for k in 0..512u32 {
+                put(img, PT + 8 * k, &u64::from(pte(k << 12)).to_le_bytes());
+            }
+            put(img, PAE_PD, &u64::from(PT | 7).to_le_bytes());
+            for k in 1..2 * MAPPED_4M {
+                put(
+                    img,
+                    PAE_PD + 8 * k,
+                    &u64::from(pde(paging, k)).to_le_bytes(),
+                );
+            }
+        }
+    }
+}
+
+/// The entry (stack, GDT with a far jump, IDT, paging on) and the
+/// multiboot header; it jumps to the first scenario, or to `output` if
+/// there is none (`any` false).
+fn entry(img: &mut [u8], paging: Paging, any: bool, output: u32) {
+    // The entry: stack, our GDT (reloading CS by a far jump), IDT.
+    let mut e = Asm::new(LOAD + 32);
+    e.b(&[0xfa]).mov_r_imm(4, STACK_TOP).load_dt(2, RT_GDTR);
+    let far = e.here() + 7;
+    e.b(&[0xea]).d(far).b(&[0x08, 0x00]); // jmp 0x08:far
+    for s in [0, 2, 3, 4, 5] {
+        e.load_sreg(s, 0x10);
+    }
+    e.load_dt(3, RT_IDTR);
+    // Paging: CR3, CR4.PSE (32-bit) or CR4.PAE, SMEP and SMAP and
+    // EFER.NXE (PAE), then CR0.PG and CR0.WP.
+    e.mov_r_imm(0, PD).b(&[0x0f, 0x22, 0xd8]);
+    let cr4 = match paging {
+        Paging::Bits32 => 0x10,
+        Paging::Pae => {
+            // mov ecx, IA32_EFER; rdmsr; or eax, NXE; wrmsr
+            e.mov_r_imm(1, 0xc000_0080)
+                .b(&[0x0f, 0x32, 0x0d])
+                .d(0x800)
+                .b(&[0x0f, 0x30]);
+            0x20 | 1 << 20 | 1 << 21
+        }
+    };
+    e.b(&[0x0f, 0x20, 0xe0, 0x0d]).d(cr4).b(&[0x0f, 0x22, 0xe0]);
+    e.b(&[0x0f, 0x20, 0xc0, 0x0d])
+        .d(0x8001_0000)
+        .b(&[0x0f, 0x22, 0xc0]);
+    e.jmp(if any { SCENARIOS } else { output });
+    put(img, LOAD + 32, &e.bytes);
+    // Multiboot header (a.out kludge): magic, flags bit 16, checksum,
+    // header, load start, load end, bss end, entry.
+    let (magic, flags) = (0x1bad_b002u32, 0x0001_0000u32);
+    let end = LOAD + img.len() as u32;
+    let mut h = Vec::new();
+    for v in [
+        magic,
+        flags,
+        0u32.wrapping_sub(magic + flags),
+        LOAD,
+        LOAD,
+        end,
+        end,
+        LOAD + 32,
+    ] {
+        h.extend_from_slice(&v.to_le_bytes());
+    }
+    put(img, LOAD, &h);
+}
+
 /// The whole image, and each scenario's instruction address.
 pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
     let paging = scenarios.first().map_or(Paging::Bits32, |s| s.paging);
@@ -337,10 +426,6 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
         "one paging mode per image"
     );
     let mut img = vec![0u8; (SCENARIOS - LOAD) as usize];
-    let put = |img: &mut Vec<u8>, at: u32, b: &[u8]| {
-        let o = (at - LOAD) as usize;
-        img[o..o + b.len()].copy_from_slice(b);
-    };
     // GDT: null, flat code, flat data.
     put(&mut img, GDT + 8, &0x00cf_9b00_0000_ffffu64.to_le_bytes());
     put(&mut img, GDT + 16, &0x00cf_9300_0000_ffffu64.to_le_bytes());
@@ -350,32 +435,7 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
     let mut dtr = IDT_LIMIT.to_le_bytes().to_vec();
     dtr.extend_from_slice(&IDT.to_le_bytes());
     put(&mut img, RT_IDTR, &dtr);
-    match paging {
-        Paging::Bits32 => {
-            for k in 0..1024u32 {
-                put(&mut img, PT + 4 * k, &pte(k << 12).to_le_bytes());
-            }
-            put(&mut img, PD, &(PT | 7).to_le_bytes());
-            for k in 1..MAPPED_4M {
-                put(&mut img, PD + 4 * k, &pde(paging, k).to_le_bytes());
-            }
-        }
-        Paging::Pae => {
-            // SDM vol. 3A 4.4: a PDPTE has P and the address only.
-            put(&mut img, PD, &u64::from(PAE_PD | 1).to_le_bytes());
-            for k in 0..512u32 {
-                put(&mut img, PT + 8 * k, &u64::from(pte(k << 12)).to_le_bytes());
-            }
-            put(&mut img, PAE_PD, &u64::from(PT | 7).to_le_bytes());
-            for k in 1..2 * MAPPED_4M {
-                put(
-                    &mut img,
-                    PAE_PD + 8 * k,
-                    &u64::from(pde(paging, k)).to_le_bytes(),
-                );
-            }
-        }
-    }
+    page_tables(&mut img, paging);
     let (text, stubs, recorder) = text(paging);
     put(&mut img, TEXT, &text.bytes);
     for (v, h) in stubs.iter().enumerate() {
@@ -410,57 +470,7 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
     put(&mut img, RESUME, &after.to_le_bytes());
     put(&mut img, CUR_DATA, &blocks.to_le_bytes());
     put(&mut img, LEFT, &(scenarios.len() as u32).to_le_bytes());
-    // The entry: stack, our GDT (reloading CS by a far jump), IDT.
-    let mut e = Asm::new(LOAD + 32);
-    e.b(&[0xfa]).mov_r_imm(4, STACK_TOP).load_dt(2, RT_GDTR);
-    let far = e.here() + 7;
-    e.b(&[0xea]).d(far).b(&[0x08, 0x00]); // jmp 0x08:far
-    for s in [0, 2, 3, 4, 5] {
-        e.load_sreg(s, 0x10);
-    }
-    e.load_dt(3, RT_IDTR);
-    // Paging: CR3, CR4.PSE (32-bit) or CR4.PAE, SMEP and SMAP and
-    // EFER.NXE (PAE), then CR0.PG and CR0.WP.
-    e.mov_r_imm(0, PD).b(&[0x0f, 0x22, 0xd8]);
-    let cr4 = match paging {
-        Paging::Bits32 => 0x10,
-        Paging::Pae => {
-            // mov ecx, IA32_EFER; rdmsr; or eax, NXE; wrmsr
-            e.mov_r_imm(1, 0xc000_0080)
-                .b(&[0x0f, 0x32, 0x0d])
-                .d(0x800)
-                .b(&[0x0f, 0x30]);
-            0x20 | 1 << 20 | 1 << 21
-        }
-    };
-    e.b(&[0x0f, 0x20, 0xe0, 0x0d]).d(cr4).b(&[0x0f, 0x22, 0xe0]);
-    e.b(&[0x0f, 0x20, 0xc0, 0x0d])
-        .d(0x8001_0000)
-        .b(&[0x0f, 0x22, 0xc0]);
-    e.jmp(if scenarios.is_empty() {
-        output
-    } else {
-        SCENARIOS
-    });
-    put(&mut img, LOAD + 32, &e.bytes);
-    // Multiboot header (a.out kludge): magic, flags bit 16, checksum,
-    // header, load start, load end, bss end, entry.
-    let (magic, flags) = (0x1bad_b002u32, 0x0001_0000u32);
-    let end = LOAD + img.len() as u32;
-    let mut h = Vec::new();
-    for v in [
-        magic,
-        flags,
-        0u32.wrapping_sub(magic + flags),
-        LOAD,
-        LOAD,
-        end,
-        end,
-        LOAD + 32,
-    ] {
-        h.extend_from_slice(&v.to_le_bytes());
-    }
-    put(&mut img, LOAD, &h);
+    entry(&mut img, paging, !scenarios.is_empty(), output);
     (img, at)
 }
 
