@@ -26,10 +26,14 @@ fn emulator_against_qemu_tcg() {
         .unwrap_or(100_000);
     // 32-bit paging, then PAE (a quarter as many).
     run(n, diff::Paging::Bits32);
-    run(n / 4, diff::Paging::Pae);
+    run((n / 4).max(1), diff::Paging::Pae);
 }
 
 fn run(n: usize, paging: diff::Paging) {
+    assert!(
+        n > 0,
+        "HV_SIM_EMUDIFF_N must be at least 1: zero scenarios compare nothing"
+    );
     let seed = diff::SEED;
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let t0 = Instant::now();

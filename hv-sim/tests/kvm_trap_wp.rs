@@ -110,13 +110,14 @@ fn workload_layouts_trap_as_their_sharing_implies() {
 /// exit counts, not assumed).
 #[test]
 fn paravirt_and_trap_and_emulate_side_by_side() {
+    use hv_sim::emulate::profile::Phase;
     use hv_sim::kvm::trap::workload::{Way, compare, tsc_hz};
     if !kvm_or_skip("paravirt_and_trap_and_emulate_side_by_side") {
         return;
     }
     let image = example_kernel_image().expect("example kernel builds");
     let cfg = Config::default();
-    let hz = tsc_hz(std::time::Duration::from_millis(20));
+    let hz = tsc_hz();
     for way in Way::ALL {
         let c = compare(&image, &cfg, way, 50, hz).unwrap_or_else(|e| panic!("{way:?}: {e}"));
         println!("{c:?}");
@@ -125,7 +126,12 @@ fn paravirt_and_trap_and_emulate_side_by_side() {
             Way::TrapWriteProtect => {
                 assert_eq!(c.exits_per_switch, 3.0, "one #PF exit per TLS store");
                 let p = c.phases_us.expect("phases");
-                assert_eq!(p.len(), 8);
+                // Each store was fetched, decoded and went through guest
+                // memory: those phases measured time, not just a row.
+                for ph in [Phase::Fetch, Phase::Decode, Phase::Memory] {
+                    let us = p.iter().find(|(q, _)| *q == ph).map(|(_, us)| *us);
+                    assert!(us.is_some_and(|us| us > 0.0), "{ph:?}: {p:?}");
+                }
                 assert!(c.handler_us.expect("handler time") > 0.0);
             }
             Way::TrapShadow => {

@@ -6,8 +6,6 @@
 //! with where hv-sim's emulation time goes). One boot row in the summary
 //! carries the structural checks, so a wrong count fails the demo.
 
-use std::time::Duration;
-
 use hv_sim::kvm::trap::TrapMode;
 use hv_sim::kvm::trap::workload::{Layout, Way, compare, run_workload, tsc_hz};
 
@@ -58,7 +56,7 @@ pub fn run(demo: &mut Demo) -> Vec<String> {
         }
     };
     let cfg = hv_sim::kvm::Config::default();
-    let hz = tsc_hz(Duration::from_millis(50));
+    let hz = tsc_hz();
     let cpu = crate::fuzz::cpu_model();
     let mut checks = Vec::new();
     let mut out = vec![

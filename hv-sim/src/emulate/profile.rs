@@ -119,7 +119,14 @@ fn now() -> u64 {
     }
 }
 
-/// [`now`]'s ticks per second, measured once.
+/// The host's TSC rate in Hz (the profiler's ticks per second), measured once
+/// per process over 10 ms. The first call sleeps: call it before starting a
+/// clock that [`measure`] runs inside (the trap personality does so before
+/// its VM runs).
+pub fn tsc_hz() -> f64 {
+    hz()
+}
+
 fn hz() -> f64 {
     static HZ: OnceLock<f64> = OnceLock::new();
     *HZ.get_or_init(|| {

@@ -128,6 +128,9 @@ pub fn boot_trap_with(
     cfg: &Config,
     mode: TrapMode,
 ) -> Result<TrapBootReport, KvmError> {
+    // The profiler's one-time 10 ms calibration, here rather than inside
+    // the first trap's handler and emulation times.
+    emulate::profile::tsc_hz();
     let (boot, o) = super::personality::launch_ring3(
         "trap-and-emulate",
         image,

@@ -44,6 +44,13 @@ pub enum DiffError {
         /// Record bytes expected.
         want: usize,
     },
+    /// The scenarios mix paging modes (one image runs one): the first
+    /// scenario whose mode differs from the first one's.
+    #[error("scenario {index} has another paging mode than scenario 0: one image runs one mode")]
+    MixedPaging {
+        /// Its index.
+        index: usize,
+    },
     /// A comparison thread panicked (a bug in hv-sim): its message.
     #[error("a comparison thread panicked: {0}")]
     ThreadPanicked(String),

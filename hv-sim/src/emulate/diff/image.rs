@@ -23,7 +23,7 @@
 //! through `isa-debugcon` cost a system call per byte: 29 s of 40 for
 //! 100,000 scenarios).
 
-use super::{Paging, RECORD, Scenario};
+use super::{DiffError, Paging, RECORD, Scenario};
 
 /// Where the image is loaded.
 pub const LOAD: u32 = 0x10_0000;
@@ -419,12 +419,13 @@ fn entry(img: &mut [u8], paging: Paging, any: bool, output: u32) {
 }
 
 /// The whole image, and each scenario's instruction address.
-pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
+/// One image runs one paging mode: scenarios that mix them are refused
+/// ([`DiffError::MixedPaging`]).
+pub fn build(scenarios: &[Scenario]) -> Result<(Vec<u8>, Vec<u32>), DiffError> {
     let paging = scenarios.first().map_or(Paging::Bits32, |s| s.paging);
-    assert!(
-        scenarios.iter().all(|s| s.paging == paging),
-        "one paging mode per image"
-    );
+    if let Some(index) = scenarios.iter().position(|s| s.paging != paging) {
+        return Err(DiffError::MixedPaging { index });
+    }
     let mut img = vec![0u8; (SCENARIOS - LOAD) as usize];
     // GDT: null, flat code, flat data.
     put(&mut img, GDT + 8, &0x00cf_9b00_0000_ffffu64.to_le_bytes());
@@ -471,7 +472,7 @@ pub fn build(scenarios: &[Scenario]) -> (Vec<u8>, Vec<u32>) {
     put(&mut img, CUR_DATA, &blocks.to_le_bytes());
     put(&mut img, LEFT, &(scenarios.len() as u32).to_le_bytes());
     entry(&mut img, paging, !scenarios.is_empty(), output);
-    (img, at)
+    Ok((img, at))
 }
 
 #[cfg(test)]

@@ -717,7 +717,9 @@ pub fn compare_scenarios(scenarios: &[Scenario], timeout: Duration) -> Result<Re
 /// hand: `qemu-system-x86_64 -kernel <path>` with [`run_qemu`]'s other
 /// arguments; the records are in the RAM file at [`image::RESULTS`]).
 pub fn write_image(path: &Path, n: usize, seed: u64) -> std::io::Result<()> {
-    std::fs::write(path, image::build(&generate(n, seed)).0)
+    let (img, _) =
+        image::build(&generate(n, seed)).map_err(|e| std::io::Error::other(e.to_string()))?;
+    std::fs::write(path, img)
 }
 
 /// The exception a vector names, for messages.

@@ -14,7 +14,7 @@ pub fn run_qemu(
 ) -> Result<(Vec<u8>, Vec<u32>), DiffError> {
     crate::qemu::available()?;
     let io = |what: String| move |source| DiffError::Io { what, source };
-    let (img, at) = image::build(scenarios);
+    let (img, at) = image::build(scenarios)?;
     if image::LOAD as usize + img.len() > image::RESULTS as usize {
         return Err(DiffError::TooManyScenarios {
             scenarios: scenarios.len(),

@@ -81,25 +81,9 @@ pub fn run_workload(
     })
 }
 
-/// The host's TSC rate in Hz, measured over `over` (the guest's cycles
-/// are the host's: KVM and PVM offset the TSC, they do not scale it).
-pub fn tsc_hz(over: Duration) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let t = std::time::Instant::now();
-        // SAFETY: rdtsc has no memory effects.
-        let c0 = unsafe { core::arch::x86_64::_rdtsc() };
-        std::thread::sleep(over);
-        // SAFETY: as above.
-        let c1 = unsafe { core::arch::x86_64::_rdtsc() };
-        c1.wrapping_sub(c0) as f64 / t.elapsed().as_secs_f64()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = over;
-        0.0
-    }
-}
+/// The host's TSC rate in Hz (the guest's cycles are the host's: KVM and
+/// PVM offset the TSC, they do not scale it): the profiler's calibration.
+pub use crate::emulate::profile::tsc_hz;
 
 /// The guest's `workload …` line.
 #[derive(Clone, Copy, Debug)]
