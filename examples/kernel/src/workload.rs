@@ -4,8 +4,9 @@
 //! (`load_kernel_stack` + `load_tls` in lazy mode, as a kernel's switch
 //! does, two threads alternating) followed by a load of FS from the new TLS
 //! slot (the real GDT must not be stale: FS:[0] must read the thread's
-//! probe), and a timer-style update of a variable (`ticks += 1`, a plain
-//! load and `mov` store). Prints one `workload …` line with the TSC cycles
+//! probe), and a timer-style update of a variable (`ticks += 1`: a
+//! relaxed load and store, which the release build compiles to one
+//! `inc qword` on memory). Prints one `workload …` line with the TSC cycles
 //! the loop took, and one check.
 
 use core::arch::naked_asm;
@@ -174,7 +175,7 @@ pub fn run<O: DescriptorOps>(ops: &O, t: &mut Tally, flags: u64, tss: bool) {
         let l = ops.leave_lazy_cpu();
         errors += u32::from(e.is_err() || r.is_err() || l.is_err());
         mismatches += u32::from(read_fs0(tls_sel) != PROBES[k].load(Ordering::Relaxed));
-        // A timer tick: a plain load and store, as `jiffies++`.
+        // A timer tick, as `jiffies++` (one `inc qword` on memory).
         ticks.store(ticks.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
     let cycles = rdtsc().wrapping_sub(start);

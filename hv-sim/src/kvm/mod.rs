@@ -540,7 +540,8 @@ struct Run {
     stray_io: Vec<(u16, u8)>,
     run_time: Duration,
     handle_time: Duration,
-    /// vCPUs started through [`ports::START_AP`].
+    /// Secondary vCPUs started: through [`ports::START_AP`] (native) or a
+    /// hypercall (`VCPUOP_up`, Xen-style).
     aps: u64,
     /// Their vCPU ioctls.
     ap_ioctls: VcpuIoctls,

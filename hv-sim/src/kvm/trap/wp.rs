@@ -93,7 +93,8 @@ pub struct WpReport {
     pub reprotects: u64,
     /// The linear pages protected at the guest's exit.
     pub protected: Vec<u64>,
-    /// Real-table slots rewritten by stores.
+    /// Descriptor slots that stores touched (summed over the true-sharing
+    /// traps; a slot rewritten with the same value counts too).
     pub slots_updated: u64,
     /// Where the store emulations' time went (commit: the real-table
     /// update).
