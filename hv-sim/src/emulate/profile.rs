@@ -177,13 +177,27 @@ pub fn enter(p: Phase) -> Guard {
     Guard(Some(switch(p, true)))
 }
 
+/// Turns this thread's profiling off and drops its state when dropped.
+struct Session;
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        ON.with(|o| o.set(false));
+        STATE.with(|s| s.set(None));
+    }
+}
+
 /// Run `f` with profiling on for this thread; its result and the phases.
-/// Nested calls profile into the outer one.
+/// Nested calls profile into the outer one. If `f` panics, profiling is
+/// off again for this thread when the panic leaves `measure`.
 pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Phases) {
     if ON.with(Cell::get) {
         return (f(), Phases::default());
     }
     let hz = hz();
+    // Profiling is off again and the state gone when this drops, also when
+    // `f` unwinds (a caught panic must not leave this thread profiling).
+    let session = Session;
     ON.with(|o| o.set(true));
     STATE.with(|s| {
         s.set(Some(State {
@@ -195,9 +209,10 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Phases) {
     });
     let r = f();
     switch(Phase::Other, false);
-    ON.with(|o| o.set(false));
+    let st = STATE.with(|s| s.take());
+    drop(session);
     let mut phases = Phases::default();
-    if let Some(st) = STATE.with(|s| s.take()) {
+    if let Some(st) = st {
         for k in 0..8 {
             phases.time[k] = Duration::from_secs_f64(st.cycles[k] as f64 / hz);
             phases.count[k] = st.count[k];
@@ -259,5 +274,25 @@ mod tests {
         // Off: nothing recorded, no state left behind.
         let _ = emulate(&mut cpu, &Profiled(&mem));
         assert!(STATE.with(|s| s.take()).is_none());
+    }
+
+    #[test]
+    fn a_panic_in_measure_leaves_profiling_off() {
+        let r = std::panic::catch_unwind(|| {
+            measure(|| {
+                let _g = enter(Phase::Decode);
+                assert!(ON.with(Cell::get));
+                panic!("inside measure");
+            })
+        });
+        assert!(r.is_err());
+        assert!(!ON.with(Cell::get), "profiling left on after a panic");
+        assert!(STATE.with(|s| s.take()).is_none(), "state left behind");
+        // Off: a phase boundary records nothing; a new measure starts clean.
+        drop(enter(Phase::Fetch));
+        assert!(STATE.with(|s| s.take()).is_none());
+        let ((), p) = measure(|| drop(enter(Phase::Fetch)));
+        assert_eq!(p.count(Phase::Fetch), 1);
+        assert_eq!(p.count(Phase::Decode), 0);
     }
 }
