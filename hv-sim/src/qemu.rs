@@ -10,7 +10,25 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::kvm::{BootReport, ExitCounts, Unavailable, VcpuIoctls, parse_checks};
+use crate::kvm::{BootReport, ExitCounts, TEXT_CAP, Unavailable, VcpuIoctls, parse_checks};
+
+/// The first [`TEXT_CAP`] bytes of the kernel's text (lossy UTF-8), and
+/// how many more the file holds.
+fn read_text(path: &Path) -> (String, u64) {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let total = std::fs::File::open(path)
+        .and_then(|f| {
+            let len = f.metadata()?.len();
+            f.take(TEXT_CAP as u64).read_to_end(&mut bytes)?;
+            Ok(len)
+        })
+        .unwrap_or(0);
+    (
+        String::from_utf8_lossy(&bytes).into_owned(),
+        total.saturating_sub(bytes.len() as u64),
+    )
+}
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -109,7 +127,7 @@ pub fn boot(elf: &Path, timeout: Duration) -> Result<BootReport, QemuError> {
             Ok(None) if start.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let text = std::fs::read_to_string(&text_path).unwrap_or_default();
+                let (text, _) = read_text(&text_path);
                 return Err(QemuError::Timeout {
                     limit: timeout,
                     text,
@@ -119,7 +137,7 @@ pub fn boot(elf: &Path, timeout: Duration) -> Result<BootReport, QemuError> {
             Err(e) => return Err(io("waiting for QEMU".into())(e)),
         }
     };
-    let text = std::fs::read_to_string(&text_path).unwrap_or_default();
+    let (text, text_dropped) = read_text(&text_path);
     let _ = std::fs::remove_dir_all(&dir);
     let exit_status = match status.code() {
         Some(c) if c & 1 == 1 => Some((c >> 1) as u32),
@@ -139,8 +157,9 @@ pub fn boot(elf: &Path, timeout: Duration) -> Result<BootReport, QemuError> {
         exit_status,
         checks: parse_checks(&text),
         text,
+        text_dropped,
         exits: ExitCounts::default(),
-        stray_io: Vec::new(),
+        stray_io: Default::default(),
         // QEMU runs the vCPU; hv-sim counts and times nothing.
         ioctls: VcpuIoctls::default(),
         run_time: Duration::ZERO,

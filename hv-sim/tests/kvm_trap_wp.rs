@@ -31,7 +31,7 @@ fn write_protect_mode_boot_passes_every_check() {
     assert!(shadow.write_protect.is_none());
     // The same descriptor-table instructions were emulated in both modes.
     assert_eq!(r.emulated, shadow.emulated);
-    assert_eq!(r.bounced.len(), 1, "{:?}", r.bounced);
+    assert_eq!(r.bounced.total(), 1, "{:?}", r.bounced);
     // The kernel's tables are pvops TableStorage: each alone in its pages,
     // so every store that trapped wrote a descriptor (true sharing).
     assert!(wp.true_traps > 0, "the kernel's descriptor writes trapped");

@@ -328,7 +328,7 @@ fn kvm_trap(demo: &mut Demo, xen_calls: Option<(u64, usize)>) {
         return;
     };
     let emulated = r.emulated_total();
-    let trap_exits = r.traps - r.bounced.len() as u64;
+    let trap_exits = r.traps - r.bounced.total();
     let per_op = trap_exits as f64 / emulated.max(1) as f64;
     let e = r.boot.exits;
     let total = e.io + e.mmio + e.hlt + e.other;
@@ -342,15 +342,24 @@ fn kvm_trap(demo: &mut Demo, xen_calls: Option<(u64, usize)>) {
     let kinds: Vec<String> = r.emulated.iter().map(|(n, c)| format!("{n} {c}")).collect();
     b.details
         .push(format!("emulated by kind: {}", kinds.join(", ")));
-    for (insn, exc) in &r.injected {
+    for (insn, exc) in r.injected.kept() {
         b.details
             .push(format!("injected instead of emulating: {insn} -> {exc}"));
     }
-    for x in &r.bounced {
+    for x in r.bounced.kept() {
         b.details.push(format!(
             "delivered to the guest's own #GP handler: rip {:#x}, error code {:#x} ({})",
             x.rip, x.error_code, x.reason
         ));
+    }
+    for (what, dropped) in [
+        ("injected exceptions", r.injected.dropped()),
+        ("bounced #GPs", r.bounced.dropped()),
+    ] {
+        if dropped > 0 {
+            b.details
+                .push(format!("{dropped} more {what} (counted, not listed)"));
+        }
     }
     let per = |d: Duration| d.as_secs_f64() * 1e6 / r.traps.max(1) as f64;
     b.details.push(format!(

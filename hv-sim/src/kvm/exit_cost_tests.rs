@@ -77,3 +77,27 @@ fn text_buffer_writes_are_read_from_guest_memory() {
     assert!(e.contains("one dword"), "{e}");
     assert_eq!(text, b"> hello\n");
 }
+
+/// The exit loop keeps the first [`TEXT_CAP`] bytes of a guest's text and
+/// counts the rest; stray port writes are kept up to a cap, all counted.
+#[test]
+fn a_guest_that_prints_forever_keeps_a_bounded_text() {
+    let mut run = Run {
+        text: vec![b'x'; TEXT_CAP - 3],
+        ..Run::default()
+    };
+    run.bound_text();
+    assert_eq!((run.text.len(), run.text_dropped), (TEXT_CAP - 3, 0));
+    for _ in 0..3 {
+        run.text.extend_from_slice(&[b'y'; 4095]);
+        run.bound_text();
+    }
+    assert_eq!(run.text.len(), TEXT_CAP);
+    assert_eq!(run.text_dropped, 3 * 4095 - 3);
+    assert_eq!(&run.text[TEXT_CAP - 3..], b"yyy", "the first bytes kept");
+    for i in 0..Capped::<(u16, u8)>::DEFAULT_CAP + 5 {
+        run.stray_io.push((0x80, i as u8));
+    }
+    assert_eq!(run.stray_io.kept().len(), Capped::<(u16, u8)>::DEFAULT_CAP);
+    assert_eq!(run.stray_io.dropped(), 5);
+}

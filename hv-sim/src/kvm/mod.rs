@@ -31,6 +31,7 @@
 //! [`regs`] (KVM's sync regs in `kvm_run`), not through register ioctls,
 //! and [`BootReport::ioctls`] counts what a boot issued.
 
+mod capped;
 mod error;
 pub mod escape_audit;
 pub mod layout;
@@ -54,6 +55,7 @@ use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+pub use capped::Capped;
 pub(crate) use error::panic_message;
 pub use error::{KvmError, Unavailable};
 use personality::{Personality, PortAction};
@@ -175,14 +177,17 @@ impl ExitCounts {
 pub struct BootReport {
     /// Status written to the exit port (`None` if it halted instead).
     pub exit_status: Option<u32>,
-    /// Everything it printed.
+    /// What it printed: the first [`TEXT_CAP`] bytes.
     pub text: String,
+    /// Bytes it printed past [`TEXT_CAP`] (counted, not kept).
+    pub text_dropped: u64,
     /// Checks parsed from the text.
     pub checks: Vec<GuestCheck>,
     /// VM exits.
     pub exits: ExitCounts,
-    /// Writes to ports outside the protocol, (port, first byte).
-    pub stray_io: Vec<(u16, u8)>,
+    /// Writes to ports outside the protocol, (port, first byte): the
+    /// first [`Capped::DEFAULT_CAP`] kept, all counted.
+    pub stray_io: Capped<(u16, u8)>,
     /// The vCPU ioctls the boot issued (all zero where no vCPU ran).
     pub ioctls: VcpuIoctls,
     /// Time spent in `KVM_RUN` (the guest running, the exits themselves).
@@ -510,12 +515,14 @@ fn run_vm(
         &mut run,
         0,
     )?;
+    run.bound_text();
     let text = String::from_utf8_lossy(&run.text).into_owned();
     Ok((
         BootReport {
             exit_status,
             checks: parse_checks(&text),
             text,
+            text_dropped: run.text_dropped,
             exits: run.exits,
             stray_io: run.stray_io,
             ioctls: {
@@ -535,9 +542,11 @@ fn run_vm(
 /// What the exit loop gathers.
 #[derive(Default)]
 struct Run {
+    /// At most [`TEXT_CAP`] bytes between exits ([`Run::bound_text`]).
     text: Vec<u8>,
+    text_dropped: u64,
     exits: ExitCounts,
-    stray_io: Vec<(u16, u8)>,
+    stray_io: Capped<(u16, u8)>,
     run_time: Duration,
     handle_time: Duration,
     /// Secondary vCPUs started: through [`ports::START_AP`] (native) or a
@@ -549,7 +558,21 @@ struct Run {
     started: u64,
 }
 
+/// Most bytes of a guest's text a boot report keeps (the Xen model's
+/// console buffer is as large: [`crate::xen::misc::CONSOLE_CAP`]).
+pub const TEXT_CAP: usize = 1 << 20;
+
 impl Run {
+    /// Keep the first [`TEXT_CAP`] bytes of the text, counting the rest
+    /// (once per exit: one exit adds at most a text buffer or a console's
+    /// worth).
+    fn bound_text(&mut self) {
+        if self.text.len() > TEXT_CAP {
+            self.text_dropped += (self.text.len() - TEXT_CAP) as u64;
+            self.text.truncate(TEXT_CAP);
+        }
+    }
+
     /// The guest stopped in a way that is not an orderly exit: `what`,
     /// with the text it printed (`run`'s).
     fn crashed(what: String, run: &Run) -> KvmError {
@@ -578,6 +601,7 @@ fn exit_loop(
         text: String::from_utf8_lossy(text).into_owned(),
     };
     loop {
+        run.bound_text();
         if timed_out.load(Ordering::SeqCst) {
             return Err(KvmError::Timeout {
                 limit: cfg.timeout,

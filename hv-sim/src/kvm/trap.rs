@@ -106,7 +106,11 @@ mod wp;
 pub use wp::{PF_STUB, PF_STUB_AT, PTE_HV_WP, TrapMode, WpReport};
 mod report;
 pub mod workload;
+use super::Capped;
 pub use report::{Bounced, TrapBootReport};
+/// Most injected exceptions and bounced #GPs a report keeps (each list
+/// counts them all).
+pub const MAX_RECORDS: usize = 4096;
 
 pub use super::paging::PagingMemory;
 use layout::{PTE_P, PTE_RW, PTE_U};
@@ -213,8 +217,8 @@ struct GuestTables {
 pub(crate) struct TrapOutcome {
     traps: u64,
     emulated: BTreeMap<Insn, u64>,
-    injected: Vec<(&'static str, String)>,
-    bounced: Vec<Bounced>,
+    injected: Capped<(&'static str, String)>,
+    bounced: Capped<Bounced>,
     restarts: u64,
     installs: u64,
     umip: bool,
@@ -235,8 +239,8 @@ pub(crate) struct TrapGuest {
     dt: DtRegisters,
     traps: u64,
     emulated: BTreeMap<Insn, u64>,
-    injected: Vec<(&'static str, String)>,
-    bounced: Vec<Bounced>,
+    injected: Capped<(&'static str, String)>,
+    bounced: Capped<Bounced>,
     restarts: u64,
     installs: u64,
     umip: bool,
@@ -310,8 +314,8 @@ impl TrapGuest {
             },
             traps: 0,
             emulated: BTreeMap::new(),
-            injected: Vec::new(),
-            bounced: Vec::new(),
+            injected: Capped::new(MAX_RECORDS),
+            bounced: Capped::new(MAX_RECORDS),
             restarts: 0,
             installs: 0,
             umip: false,
@@ -576,7 +580,8 @@ impl TrapGuest {
                 Ok(false)
             }
             Outcome::Inject { insn, exception } => {
-                self.injected.push((insn.name(), exception.to_string()));
+                self.injected
+                    .push_with(|| (insn.name(), exception.to_string()));
                 self.deliver(vcpu, &mem, regs, &mut sregs, saved_rax, exception)
             }
             Outcome::NotEmulated(NotEmulated::Changed) => {
@@ -586,7 +591,7 @@ impl TrapGuest {
                 Ok(false)
             }
             Outcome::NotEmulated(why) => {
-                self.bounced.push(Bounced {
+                self.bounced.push_with(|| Bounced {
                     rip,
                     error_code,
                     reason: why.to_string(),

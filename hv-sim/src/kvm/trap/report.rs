@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::WpReport;
 use crate::emulate::{self, DtRegisters};
-use crate::kvm::BootReport;
 use crate::kvm::xen::FinalSegments;
+use crate::kvm::{BootReport, Capped};
 
 /// A #GP hv-sim did not emulate and delivered to the guest's own handler.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,10 +28,12 @@ pub struct TrapBootReport {
     pub traps: u64,
     /// Instructions emulated, by mnemonic.
     pub emulated: BTreeMap<&'static str, u64>,
-    /// Exceptions the emulator injected instead: (instruction, exception).
-    pub injected: Vec<(&'static str, String)>,
-    /// #GPs delivered to the guest's handler as they were.
-    pub bounced: Vec<Bounced>,
+    /// Exceptions the emulator injected instead: (instruction, exception);
+    /// the first [`super::MAX_RECORDS`] kept, all counted.
+    pub injected: Capped<(&'static str, String)>,
+    /// #GPs delivered to the guest's handler as they were; the first
+    /// [`super::MAX_RECORDS`] kept, all counted.
+    pub bounced: Capped<Bounced>,
     /// Traps whose instruction bytes changed during emulation: resumed at
     /// the same RIP, nothing done (the self-modifying-code race).
     pub restarts: u64,
@@ -74,5 +76,47 @@ impl TrapBootReport {
             self.boot.exits.total(),
             self.boot.skipped_suffix()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    use super::super::{Bounced, MAX_RECORDS, TrapGuest, TrapMode};
+    use crate::emulate::{Exception, Insn, NotEmulated};
+    use crate::kvm::Config;
+
+    /// A guest that bounces and has injected more traps than a report
+    /// keeps: the lists stop at [`MAX_RECORDS`], the counts stay exact.
+    #[test]
+    fn injected_and_bounced_are_capped_and_counted() {
+        let cfg = Config {
+            mem_size: 16 << 20,
+            ..Config::default()
+        };
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), cfg.mem_size)]).expect("mmap");
+        let mut g = TrapGuest::new(&mem, &cfg, TrapMode::Shadow).expect("layout");
+        let n = MAX_RECORDS as u64 + 1000;
+        for i in 0..n {
+            // As the #GP handler records them.
+            let why = NotEmulated::Other("test".into());
+            g.bounced.push_with(|| Bounced {
+                rip: i,
+                error_code: 0x7f8,
+                reason: why.to_string(),
+            });
+            g.injected
+                .push_with(|| (Insn::Lgdt.name(), Exception::Gp(0).to_string()));
+        }
+        let o = g.finish();
+        for (kept, total) in [
+            (o.bounced.kept().len(), o.bounced.total()),
+            (o.injected.kept().len(), o.injected.total()),
+        ] {
+            assert_eq!((kept, total), (MAX_RECORDS, n));
+        }
+        assert_eq!(o.bounced.kept()[0].rip, 0, "the first ones are kept");
+        assert_eq!(o.bounced.dropped(), 1000);
     }
 }
