@@ -34,6 +34,7 @@
 mod capped;
 mod error;
 pub mod escape_audit;
+pub mod flat;
 pub mod layout;
 pub mod paging;
 mod personality;
