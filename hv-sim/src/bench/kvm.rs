@@ -156,7 +156,10 @@ pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, KvmError> {
             Ok(VcpuExit::IoOut(0xe0, _)) => {}
             Ok(other) => {
                 return Err(KvmError::GuestCrashed {
-                    what: format!("bare guest: unexpected exit {other:?}"),
+                    crash: crate::kvm::Crash::UnexpectedExit {
+                        exit: format!("bare guest: unexpected exit {other:?}"),
+                        at: None,
+                    },
                     text: String::new(),
                 });
             }

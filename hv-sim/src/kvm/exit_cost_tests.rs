@@ -72,9 +72,21 @@ fn text_buffer_writes_are_read_from_guest_memory() {
     // Running past guest RAM: refused, the text unchanged.
     let w = hvsim_boot_protocol::text_buffer::word(0x3000, 0xfff).expect("word");
     let e = read_text_buffer(&mem, w.to_le_bytes(), 4, &mut text).unwrap_err();
-    assert!(e.contains("not guest RAM"), "{e}");
+    assert!(e.to_string().contains("not guest RAM"), "{e}");
+    assert!(
+        matches!(
+            e,
+            Crash::TextBuffer {
+                gpa: 0x3000,
+                len: 0xfff,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let e = read_text_buffer(&mem, w.to_le_bytes(), 1, &mut text).unwrap_err();
-    assert!(e.contains("one dword"), "{e}");
+    assert!(e.to_string().contains("one dword"), "{e}");
+    assert!(matches!(e, Crash::PortWidth { len: 1, .. }), "{e:?}");
     assert_eq!(text, b"> hello\n");
 }
 

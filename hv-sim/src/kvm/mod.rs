@@ -58,7 +58,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 pub use capped::Capped;
 pub(crate) use error::panic_message;
-pub use error::{KvmError, Unavailable};
+pub use error::{Crash, KvmError, PortError, Unavailable};
 use personality::{Personality, PortAction};
 pub use regs::VcpuIoctls;
 use regs::{RegCache, Vcpu};
@@ -470,7 +470,7 @@ fn setup_vcpu(
     guest.adjust_cpuid(cpuid.as_mut_slice());
     vcpu.set_cpuid2(&cpuid).map_err(io("KVM_SET_CPUID2"))?;
     let setup_err =
-        |stage: &'static str| move |detail: String| KvmError::VcpuSetup { stage, detail };
+        |stage: &'static str| move |source: PortError| KvmError::VcpuSetup { stage, source };
     let mut sregs = cache.sregs(&vcpu).map_err(setup_err("entry state"))?;
     layout::long_mode_sregs(&mut sregs);
     let mut regs = cache.regs(&vcpu).map_err(setup_err("entry state"))?;
@@ -574,13 +574,10 @@ impl Run {
         }
     }
 
-    /// The guest stopped in a way that is not an orderly exit: `what`,
-    /// with the text it printed (`run`'s).
-    fn crashed(what: String, run: &Run) -> KvmError {
-        KvmError::GuestCrashed {
-            what,
-            text: String::from_utf8_lossy(&run.text).into_owned(),
-        }
+    /// The guest's run stopped with `e` ([`KvmError::stopped`]), with the
+    /// text it printed (`run`'s).
+    fn stopped(&self, e: impl Into<PortError>) -> KvmError {
+        KvmError::stopped(e.into(), &self.text)
     }
 }
 
@@ -597,10 +594,6 @@ fn exit_loop(
     run: &mut Run,
     id: u64,
 ) -> Result<Option<u32>, KvmError> {
-    let crashed = |what: String, text: &[u8]| KvmError::GuestCrashed {
-        what,
-        text: String::from_utf8_lossy(text).into_owned(),
-    };
     loop {
         run.bound_text();
         if timed_out.load(Ordering::SeqCst) {
@@ -609,9 +602,7 @@ fn exit_loop(
                 text: String::from_utf8_lossy(&run.text).into_owned(),
             });
         }
-        cache
-            .before_run(vcpu)
-            .map_err(|e| crashed(format!("writing the registers: {e}"), &run.text))?;
+        cache.before_run(vcpu).map_err(|e| run.stopped(e))?;
         let t_run = Instant::now();
         let exit = next_exit(vcpu)?;
         let t_handle = Instant::now();
@@ -624,7 +615,7 @@ fn exit_loop(
                 match port {
                     ports::TEXT => run.text.extend_from_slice(&b[..len.min(4)]),
                     ports::TEXT_BUFFER => read_text_buffer(&m.mem, b, len, &mut run.text)
-                        .map_err(|what| crashed(what, &run.text))?,
+                        .map_err(|e| run.stopped(e))?,
                     ports::EXIT => {
                         guest.at_exit(&mut cpu);
                         return Ok(Some(u32::from_le_bytes(b)));
@@ -649,7 +640,7 @@ fn exit_loop(
                                 }
                             }
                             Some(Ok(PortAction::VcpuDown)) => return Ok(None),
-                            Some(Err(what)) => return Err(crashed(what, &run.text)),
+                            Some(Err(e)) => return Err(run.stopped(e)),
                             None => run.stray_io.push((p, b[0])),
                         }
                     }
@@ -663,19 +654,16 @@ fn exit_loop(
             }
             Exit::Shutdown => {
                 let rip = cpu.regs().map(|r| r.rip).unwrap_or(0);
-                return Err(crashed(
-                    format!("shutdown (triple fault) near rip {rip:#x}"),
-                    &run.text,
-                ));
+                return Err(run.stopped(Crash::TripleFault { rip }));
             }
             Exit::Other(what) => {
                 let rip = cpu.regs().map(|r| r.rip).unwrap_or(0);
                 let mut bytes = [0u8; 16];
                 let _ = m.mem.read_slice(&mut bytes, GuestAddress(rip));
-                return Err(crashed(
-                    format!("{what} at rip {rip:#x} (bytes {bytes:02x?})"),
-                    &run.text,
-                ));
+                return Err(run.stopped(Crash::UnexpectedExit {
+                    exit: what,
+                    at: Some((rip, bytes)),
+                }));
             }
             Exit::Interrupted => run.exits.other += 1,
         }
@@ -716,23 +704,27 @@ fn read_text_buffer(
     b: [u8; 4],
     len: usize,
     text: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), Crash> {
     let word = u32::from_le_bytes(b);
+    let port = ports::TEXT_BUFFER;
     if len != 4 {
-        return Err(format!(
-            "text-buffer port {:#x} written with {len} bytes: the protocol is one dword, the buffer's address | its length",
-            ports::TEXT_BUFFER
-        ));
+        return Err(Crash::PortWidth {
+            name: "text-buffer",
+            port,
+            len,
+            protocol: "the buffer's address | its length",
+        });
     }
     let (gpa, n) = hvsim_boot_protocol::text_buffer::split(word);
     let at = text.len();
     text.resize(at + n, 0);
     mem.read_slice(&mut text[at..], GuestAddress(gpa))
-        .map_err(|e| {
-            format!(
-                "text-buffer port {:#x} written with {word:#x}: {n} bytes at {gpa:#x} are not guest RAM ({e})",
-                ports::TEXT_BUFFER
-            )
+        .map_err(|source| Crash::TextBuffer {
+            port,
+            word,
+            gpa,
+            len: n,
+            source,
         })
         .inspect_err(|_| text.truncate(at))
 }

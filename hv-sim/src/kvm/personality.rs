@@ -16,7 +16,7 @@ use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
 use super::regs::Vcpu;
-use super::{Config, KvmError, Outcome, Setup, layout, trap, vmi, xen};
+use super::{Config, KvmError, Outcome, PortError, Setup, layout, trap, vmi, xen};
 
 /// What a port write did.
 pub(crate) enum PortAction {
@@ -50,7 +50,7 @@ pub(crate) trait Personality {
 
     /// Install what must be in place before the first instruction, once
     /// KVM holds the entry state.
-    fn initial_tables(&mut self, _vm: &VmFd, _vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+    fn initial_tables(&mut self, _vm: &VmFd, _vcpu: &mut Vcpu<'_>) -> Result<(), PortError> {
         Ok(())
     }
 
@@ -66,7 +66,7 @@ pub(crate) trait Personality {
         data: u32,
         len: usize,
         text: &mut Vec<u8>,
-    ) -> Option<Result<PortAction, String>>;
+    ) -> Option<Result<PortAction, PortError>>;
 
     /// [`super::boot_flags::START_AP_PORT`] if this personality starts a
     /// vCPU on a write to [`super::ports::START_AP`], else 0.
@@ -81,7 +81,7 @@ pub(crate) trait Personality {
 
     /// The vCPU selected again after another ran: make what this
     /// personality keeps per vCPU (the real tables) its own again.
-    fn resume(&mut self, _vm: &VmFd, _vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+    fn resume(&mut self, _vm: &VmFd, _vcpu: &mut Vcpu<'_>) -> Result<(), PortError> {
         Ok(())
     }
 
@@ -115,7 +115,7 @@ impl Personality for Native {
         _: u32,
         _: usize,
         _: &mut Vec<u8>,
-    ) -> Option<Result<PortAction, String>> {
+    ) -> Option<Result<PortAction, PortError>> {
         None
     }
 

@@ -20,6 +20,8 @@
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd};
 
+use super::PortError;
+
 /// The vCPU ioctls a boot issued, by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VcpuIoctls {
@@ -67,10 +69,6 @@ pub(crate) struct RegCache {
     counts: VcpuIoctls,
 }
 
-fn ioctl_err(what: &str) -> impl Fn(kvm_ioctls::Error) -> String + '_ {
-    move |e| format!("{what}: {e}")
-}
-
 impl RegCache {
     /// A cache for `vcpu`; with `sync`, KVM is asked to store the
     /// registers into `kvm_run` on every exit.
@@ -93,23 +91,25 @@ impl RegCache {
     }
 
     /// The general registers.
-    pub(crate) fn regs(&mut self, vcpu: &VcpuFd) -> Result<kvm_regs, String> {
+    pub(crate) fn regs(&mut self, vcpu: &VcpuFd) -> Result<kvm_regs, PortError> {
         if let Some(r) = self.regs {
             return Ok(r);
         }
         self.counts.get_regs += 1;
-        let r = vcpu.get_regs().map_err(ioctl_err("KVM_GET_REGS"))?;
+        let r = vcpu.get_regs().map_err(PortError::ioctl("KVM_GET_REGS"))?;
         self.regs = Some(r);
         Ok(r)
     }
 
     /// The system registers.
-    pub(crate) fn sregs(&mut self, vcpu: &VcpuFd) -> Result<kvm_sregs, String> {
+    pub(crate) fn sregs(&mut self, vcpu: &VcpuFd) -> Result<kvm_sregs, PortError> {
         if let Some(s) = self.sregs {
             return Ok(s);
         }
         self.counts.get_sregs += 1;
-        let s = vcpu.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?;
+        let s = vcpu
+            .get_sregs()
+            .map_err(PortError::ioctl("KVM_GET_SREGS"))?;
         self.sregs = Some(s);
         Ok(s)
     }
@@ -135,14 +135,15 @@ impl RegCache {
     /// Hand the written registers to KVM with ioctls now, and forget the
     /// cached ones (the next read asks KVM: what it accepted). For the
     /// entry state, before the first run.
-    pub(crate) fn write_back_now(&mut self, vcpu: &VcpuFd) -> Result<(), String> {
+    pub(crate) fn write_back_now(&mut self, vcpu: &VcpuFd) -> Result<(), PortError> {
         if let (true, Some(s)) = (self.sregs_dirty, self.sregs.as_ref()) {
             self.counts.set_sregs += 1;
-            vcpu.set_sregs(s).map_err(ioctl_err("KVM_SET_SREGS"))?;
+            vcpu.set_sregs(s)
+                .map_err(PortError::ioctl("KVM_SET_SREGS"))?;
         }
         if let (true, Some(r)) = (self.regs_dirty, self.regs.as_ref()) {
             self.counts.set_regs += 1;
-            vcpu.set_regs(r).map_err(ioctl_err("KVM_SET_REGS"))?;
+            vcpu.set_regs(r).map_err(PortError::ioctl("KVM_SET_REGS"))?;
         }
         self.regs = None;
         self.sregs = None;
@@ -153,7 +154,7 @@ impl RegCache {
 
     /// Before `KVM_RUN`: hand the written registers to KVM (through
     /// `kvm_dirty_regs`, or with ioctls), and count the run.
-    pub(crate) fn before_run(&mut self, vcpu: &mut VcpuFd) -> Result<(), String> {
+    pub(crate) fn before_run(&mut self, vcpu: &mut VcpuFd) -> Result<(), PortError> {
         if self.sync {
             if let (true, Some(s)) = (self.sregs_dirty, self.sregs) {
                 vcpu.sync_regs_mut().sregs = s;
@@ -220,12 +221,12 @@ impl<'a> Vcpu<'a> {
     }
 
     /// The general registers.
-    pub(crate) fn regs(&mut self) -> Result<kvm_regs, String> {
+    pub(crate) fn regs(&mut self) -> Result<kvm_regs, PortError> {
         self.cache.regs(self.fd)
     }
 
     /// The system registers.
-    pub(crate) fn sregs(&mut self) -> Result<kvm_sregs, String> {
+    pub(crate) fn sregs(&mut self) -> Result<kvm_sregs, PortError> {
         self.cache.sregs(self.fd)
     }
 

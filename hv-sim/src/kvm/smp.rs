@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{Config, KvmError, Machine, Run, boot_flags, exit_loop, ports, setup_vcpu};
+use super::{Config, Crash, KvmError, Machine, Run, boot_flags, exit_loop, ports, setup_vcpu};
 use crate::kvm::personality::Personality;
 use crate::kvm::regs::Vcpu;
 
@@ -36,34 +36,29 @@ pub(super) fn start_ap(
     len: usize,
 ) -> Result<Option<u32>, KvmError> {
     let entry = u32::from_le_bytes(b) as u64;
+    let port = ports::START_AP;
     if len != 4 {
-        return Err(Run::crashed(
-            format!(
-                "start-AP port {:#x} written with {len} bytes: the protocol is one dword, the AP's 64-bit entry point",
-                ports::START_AP
-            ),
-            run,
-        ));
+        return Err(run.stopped(Crash::PortWidth {
+            name: "start-AP",
+            port,
+            len,
+            protocol: "the AP's 64-bit entry point",
+        }));
     }
     if entry >= cfg.mem_size as u64 {
-        return Err(Run::crashed(
-            format!(
-                "start-AP port {:#x}: entry {entry:#x} is outside guest RAM ({:#x} bytes)",
-                ports::START_AP,
-                cfg.mem_size
-            ),
-            run,
-        ));
+        return Err(run.stopped(Crash::ApEntry {
+            port,
+            entry,
+            mem_size: cfg.mem_size,
+        }));
     }
     let id = run.aps + 1;
     if id >= MAX_VCPUS {
-        return Err(Run::crashed(
-            format!(
-                "start-AP port {:#x}: vCPU {id} asked for; the native runner starts at most {MAX_VCPUS} vCPUs",
-                ports::START_AP
-            ),
-            run,
-        ));
+        return Err(run.stopped(Crash::TooManyAps {
+            port,
+            id,
+            max: MAX_VCPUS,
+        }));
     }
     run.aps = id;
     debug_assert_ne!(boot_flags::START_AP_PORT, 0);
@@ -85,27 +80,22 @@ pub(super) fn start_vcpu(
     next: u64,
 ) -> Result<Option<u32>, KvmError> {
     if next >= MAX_VCPUS || next == cur || run.started & (1 << next) != 0 {
-        return Err(Run::crashed(
-            format!(
-                "vCPU {cur} brought up vCPU {next}: hv-sim runs each secondary vCPU once, at most {MAX_VCPUS} in all, taking turns with the one that starts it"
-            ),
-            run,
-        ));
+        return Err(run.stopped(Crash::VcpuRestart {
+            cur,
+            next,
+            max: MAX_VCPUS,
+        }));
     }
     run.started |= 1 << next;
     run.aps += 1;
-    let s = vcpu
-        .sregs()
-        .map_err(|e| Run::crashed(format!("reading vCPU {cur}'s registers: {e}"), run))?;
+    let s = vcpu.sregs().map_err(|e| run.stopped(e))?;
     if let Some(line) = guest.vcpu_report(cur, &s) {
         run.text.extend_from_slice(line.as_bytes());
     }
     let status = run_ap(m, guest, cfg, timed_out, run, 0, next)?;
     if status.is_none() {
         guest.select_vcpu(cur);
-        guest
-            .resume(&m.vm, vcpu)
-            .map_err(|e| Run::crashed(format!("resuming vCPU {cur}: {e}"), run))?;
+        guest.resume(&m.vm, vcpu).map_err(|e| run.stopped(e))?;
     }
     Ok(status)
 }
@@ -128,9 +118,7 @@ pub(super) fn run_ap(
     if status.is_none() {
         // What KVM holds for the stopped vCPU: the runner's side of the
         // kernel's own read-back (`smp cpu N:` lines).
-        let s = cache
-            .sregs(&vcpu)
-            .map_err(|e| Run::crashed(format!("reading vCPU {id}'s registers: {e}"), run))?;
+        let s = cache.sregs(&vcpu).map_err(|e| run.stopped(e))?;
         let line = guest.vcpu_report(id, &s).unwrap_or_else(|| {
             // The rsp0 of the TSS its TR names, read from guest memory.
             let mut rsp0 = [0u8; 8];

@@ -73,7 +73,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::regs::Vcpu;
 use super::xen::FinalSegments;
-use super::{Config, KvmError, layout, ports};
+use super::{Config, Crash, KvmError, PortError, layout, ports};
 use crate::emulate::{
     self, Access, DtRegisters, Exception, GuestMemory, Insn, NotEmulated, Outcome,
 };
@@ -201,6 +201,21 @@ fn real_gate(v: usize, low: u64, high: u64, pf_stub: bool) -> (u64, u64) {
     } else {
         (0, 0)
     }
+}
+
+/// A write to the trap port that did not come from hv-sim's `owner` entry.
+fn stub_misuse(len: usize, data: u32, regs: &kvm_regs, owner: &'static str) -> PortError {
+    Crash::NotFromStub {
+        name: "trap",
+        port: ports::TRAP,
+        len,
+        data,
+        rax: regs.rax,
+        rip: regs.rip,
+        owner,
+        why: None,
+    }
+    .into()
 }
 
 /// The guest's tables as a build of the real ones read them.
@@ -357,7 +372,7 @@ impl TrapGuest {
     }
 
     /// Before the guest runs: the #GP gate, and whether UMIP stuck.
-    pub(crate) fn initial_tables(&mut self, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+    pub(crate) fn initial_tables(&mut self, vcpu: &mut Vcpu<'_>) -> Result<(), PortError> {
         let sregs = vcpu.sregs()?;
         self.umip = sregs.cr4 & CR4_UMIP != 0;
         self.sync(vcpu, sregs, true)
@@ -373,12 +388,12 @@ impl TrapGuest {
         vcpu: &mut Vcpu<'_>,
         mut sregs: kvm_sregs,
         install: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), PortError> {
         let dt = self.dt;
         let w = |addr: u64, v: u64| {
             self.mem
                 .write_obj(v, GuestAddress(addr))
-                .map_err(|e| format!("writing hv-sim page {addr:#x}: {e}"))
+                .map_err(PortError::hv_memory("writing hv-sim's page", addr))
         };
         let ldt_entries = ((u64::from(dt.ldtr_limit) + 1) / 8).min(REAL_LDT_ENTRIES);
         let gates = ((u64::from(dt.idtr.limit) + 1) / 16).min(256);
@@ -399,8 +414,7 @@ impl TrapGuest {
                 false
             }
         };
-        let hv_tss =
-            pvops::SystemDescriptor::tss(HV_TSS, 0x67).map_err(|e| format!("hv TSS: {e}"))?;
+        let hv_tss = pvops::SystemDescriptor::tss(HV_TSS, 0x67)?;
         let tr = if !dt.tr.is_null() && slot(dt.tr, (hv_tss.low | BUSY, hv_tss.high)) {
             (dt.tr.bits(), HV_TSS, 0x67)
         } else {
@@ -408,8 +422,7 @@ impl TrapGuest {
         };
         let mut ldtr = (0, 0, 0);
         if !dt.ldtr.is_null() {
-            let sd = pvops::SystemDescriptor::ldt(REAL_LDT, ldt_entries as u32)
-                .map_err(|e| format!("LDT descriptor: {e}"))?;
+            let sd = pvops::SystemDescriptor::ldt(REAL_LDT, ldt_entries as u32)?;
             if slot(dt.ldtr, (sd.low, sd.high)) {
                 ldtr = (dt.ldtr.bits(), REAL_LDT, (ldt_entries * 8 - 1) as u32);
             }
@@ -524,18 +537,14 @@ impl TrapGuest {
         vcpu: &mut Vcpu<'_>,
         data: u32,
         len: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), PortError> {
         if len == 4 && data == 14 {
             return self.page_fault(vcpu);
         }
         let t0 = Instant::now();
         let regs = vcpu.regs()?;
         if len != 4 || data != 13 || regs.rax != 13 || regs.rip != TRAP_STUB_EXIT_RIP {
-            return Err(format!(
-                "trap port {:#x} written with {len} bytes {data:#x} at rip {:#x}; only hv-sim's #GP entry may use it",
-                ports::TRAP,
-                regs.rip
-            ));
+            return Err(stub_misuse(len, data, &regs, "hv-sim's #GP entry"));
         }
         self.traps += 1;
         let mut sregs = vcpu.sregs()?;
@@ -544,7 +553,7 @@ impl TrapGuest {
         // rflags, rsp, ss.
         let mut frame = [0u8; 56];
         mem.read(regs.rsp, &mut frame, Access::ImplicitRead)
-            .map_err(|pf| format!("reading the #GP frame at {:#x}: {pf:?}", regs.rsp))?;
+            .map_err(PortError::guest_access("reading the #GP frame", regs.rsp))?;
         let f =
             |i: usize| u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().unwrap_or_default());
         let (saved_rax, error_code, rip, rflags, rsp) = (f(0), f(1), f(2), f(4), f(5));
@@ -632,7 +641,7 @@ impl TrapGuest {
         sregs: &mut kvm_sregs,
         saved_rax: u64,
         exc: Exception,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, PortError> {
         let v = u64::from(exc.vector());
         let idtr = self.dt.idtr;
         let mut g = [0u8; 16];
@@ -644,23 +653,29 @@ impl TrapGuest {
         let high = u64::from_le_bytes(g[8..].try_into().unwrap_or_default());
         let typ = (low >> 40) & 0xf;
         if !ok || low & (1 << 47) == 0 || (typ != 0xe && typ != 0xf) {
-            return Err(format!(
-                "{exc} to deliver and the guest's IDT (base {:#x} limit {:#x}) has no gate for vector {v}",
-                idtr.base, idtr.limit
-            ));
+            return Err(Crash::NoGate {
+                exception: exc,
+                base: idtr.base,
+                limit: idtr.limit,
+            }
+            .into());
         }
         let handler = (low & 0xffff) | ((low >> 48) << 16) | (high << 32);
         let frame = regs.rsp.wrapping_add(8);
         let rflags: u64 = {
             let mut b = [0u8; 8];
-            mem.read(frame.wrapping_add(24), &mut b, Access::ImplicitRead)
-                .map_err(|pf| format!("reading the #GP frame: {pf:?}"))?;
+            let at = frame.wrapping_add(24);
+            mem.read(at, &mut b, Access::ImplicitRead)
+                .map_err(PortError::guest_access(
+                    "reading the exception frame's rflags",
+                    at,
+                ))?;
             u64::from_le_bytes(b)
         };
         match exc.error_code() {
             Some(code) => {
                 mem.write(frame, &u64::from(code).to_le_bytes(), Access::ImplicitWrite)
-                    .map_err(|pf| format!("writing the error code: {pf:?}"))?;
+                    .map_err(PortError::guest_access("writing the error code", frame))?;
                 regs.rsp = frame;
             }
             // No error code: the frame starts at the saved rip.
@@ -728,8 +743,12 @@ impl super::personality::Personality for TrapGuest {
         TrapGuest::entry_state(self, regs, sregs)
     }
 
-    fn initial_tables(&mut self, _: &kvm_ioctls::VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
-        TrapGuest::initial_tables(self, vcpu).map_err(|e| format!("trap personality setup: {e}"))
+    fn initial_tables(
+        &mut self,
+        _: &kvm_ioctls::VmFd,
+        vcpu: &mut Vcpu<'_>,
+    ) -> Result<(), PortError> {
+        TrapGuest::initial_tables(self, vcpu)
     }
 
     fn port(
@@ -740,7 +759,7 @@ impl super::personality::Personality for TrapGuest {
         data: u32,
         len: usize,
         _: &mut Vec<u8>,
-    ) -> Option<Result<super::personality::PortAction, String>> {
+    ) -> Option<Result<super::personality::PortAction, PortError>> {
         (port == ports::TRAP).then(|| {
             self.trap(vm, vcpu, data, len)
                 .map(|()| super::personality::PortAction::Handled)

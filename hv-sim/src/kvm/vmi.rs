@@ -77,7 +77,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::escape_audit::{self, Escape};
 use super::regs::Vcpu;
 use super::xen::FinalSegments;
-use super::{BootReport, Config, KvmError, layout, ports};
+use super::{BootReport, Config, Crash, KvmError, PortError, layout, ports};
 use crate::vmi::abi::call;
 use crate::vmi::abi::port::{PSEUDO_GET_RELOC, PSEUDO_INIT};
 use crate::vmi::{
@@ -389,7 +389,7 @@ impl VmiGuest {
         vcpu: &mut Vcpu<'_>,
         data: u32,
         len: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), PortError> {
         let mut regs = vcpu.regs()?;
         // The stub starts with the 5-byte `mov eax, imm32`, then the 2-byte
         // `out`. rip is at the `out` where KVM completes it on the next
@@ -403,18 +403,21 @@ impl VmiGuest {
         };
         let from_stub = self.hv.decode_entry(entry);
         if len != 4 || regs.rax != u64::from(data) || from_stub != Ok(data) {
-            let why = format!(
-                "VMI port {:#x} written with {len} bytes {data:#x} (rax {:#x}) at rip {:#x}: only the ROM's call stubs may use it ({})",
-                ports::VMI,
-                regs.rax,
-                regs.rip,
-                match from_stub {
+            let crash = Crash::NotFromStub {
+                name: "VMI",
+                port: ports::VMI,
+                len,
+                data,
+                rax: regs.rax,
+                rip: regs.rip,
+                owner: "the ROM's call stubs",
+                why: Some(match from_stub {
                     Ok(v) => format!("the stub there exits with {v:#x}"),
                     Err(e) => e.to_string(),
-                }
-            );
-            self.hv.bad_entry(entry, why.clone());
-            return Err(why);
+                }),
+            };
+            self.hv.bad_entry(entry, crash.to_string());
+            return Err(crash.into());
         }
         self.rom_calls += 1;
         let args = [regs.rdi, regs.rsi, regs.rdx, regs.rcx];
@@ -449,25 +452,25 @@ impl VmiGuest {
         // invariants (a violation is hv-sim's bug, reported as such).
         self.hv
             .check_invariants()
-            .map_err(|e| format!("hv-sim VMI invariant broken after call {data:#x}: {e}"))?;
+            .map_err(|source| PortError::VmiInvariant { call: data, source })?;
         self.install(vcpu)
     }
 
-    fn write(&self, addr: u64, v: u64) -> Result<(), String> {
+    fn write(&self, addr: u64, v: u64) -> Result<(), PortError> {
         self.mem
             .write_obj(v, GuestAddress(addr))
-            .map_err(|e| format!("writing hv-sim page {addr:#x}: {e}"))
+            .map_err(PortError::hv_memory("writing hv-sim's page", addr))
     }
 
-    fn read(&self, addr: u64) -> Result<u64, String> {
+    fn read(&self, addr: u64) -> Result<u64, PortError> {
         self.mem
             .read_obj(GuestAddress(addr))
-            .map_err(|e| format!("reading hv-sim page {addr:#x}: {e}"))
+            .map_err(PortError::hv_memory("reading hv-sim's page", addr))
     }
 
     /// Make the effective state real on the vCPU (nothing to do while it is
     /// unchanged, e.g. during a lazy batch).
-    fn install(&mut self, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+    fn install(&mut self, vcpu: &mut Vcpu<'_>) -> Result<(), PortError> {
         let eff = self.hv.effective();
         if eff == self.last {
             return Ok(());
@@ -479,10 +482,10 @@ impl VmiGuest {
         // at hv-sim's copies.
         let mut gdt = eff.gdt.clone();
         if gdt.len() > FIRST_HV_GDT_ENTRY as usize {
-            return Err(format!(
-                "effective GDT of {} entries runs into hv-sim's reserved entries at {FIRST_HV_GDT_ENTRY}",
-                gdt.len()
-            ));
+            return Err(PortError::GdtOverflow {
+                entries: gdt.len(),
+                first: FIRST_HV_GDT_ENTRY,
+            });
         }
         let tr = if eff.tr.is_null() {
             layout::system_segment(HV_TSS_SELECTOR, HV_TSS, 0x67, 0xb)
@@ -493,16 +496,19 @@ impl VmiGuest {
                 let mut page = vec![0u8; limit as usize + 1];
                 self.mem
                     .read_slice(&mut page, GuestAddress(eff.tss_base))
-                    .map_err(|e| format!("copying the guest's TSS at {:#x}: {e}", eff.tss_base))?;
+                    .map_err(PortError::hv_memory(
+                        "copying the guest's TSS",
+                        eff.tss_base,
+                    ))?;
                 self.mem
                     .write_slice(&page, GuestAddress(TSS_COPY))
-                    .map_err(|e| format!("writing the TSS copy: {e}"))?;
+                    .map_err(PortError::hv_memory("writing the TSS copy", TSS_COPY))?;
             }
             // TSS.rsp0 at offset 4.
             self.mem
                 .write_obj(eff.sp0, GuestAddress(TSS_COPY + 4))
-                .map_err(|e| format!("writing the TSS copy: {e}"))?;
-            let sd = pvops::SystemDescriptor::tss(TSS_COPY, limit).map_err(|e| e.to_string())?;
+                .map_err(PortError::hv_memory("writing the TSS copy", TSS_COPY + 4))?;
+            let sd = pvops::SystemDescriptor::tss(TSS_COPY, limit)?;
             let i = eff.tr.index() as usize;
             if i + 1 < gdt.len() {
                 gdt[i] = sd.low | BUSY;
@@ -522,7 +528,7 @@ impl VmiGuest {
                 }
             }
             let n = eff.ldt.len() as u32;
-            let sd = pvops::SystemDescriptor::ldt(REAL_LDT, n).map_err(|e| e.to_string())?;
+            let sd = pvops::SystemDescriptor::ldt(REAL_LDT, n)?;
             let i = eff.ldtr.index() as usize;
             if i + 1 < gdt.len() {
                 gdt[i] = sd.low;
@@ -565,12 +571,12 @@ impl VmiGuest {
 
     /// Audit the tables `sregs` names, as the vCPU will read them, for a
     /// way above ring 3 ([`super::escape_audit`]); record what it finds.
-    fn audit(&mut self, s: &kvm_sregs) -> Result<(), String> {
-        let quads = |base: u64, limit: u32| -> Result<Vec<u64>, String> {
+    fn audit(&mut self, s: &kvm_sregs) -> Result<(), PortError> {
+        let quads = |base: u64, limit: u32| -> Result<Vec<u64>, PortError> {
             let mut bytes = vec![0u8; (limit as usize + 1) & !7];
             self.mem
                 .read_slice(&mut bytes, GuestAddress(base))
-                .map_err(|e| format!("audit: reading {base:#x}: {e}"))?;
+                .map_err(PortError::hv_memory("audit: reading the real tables", base))?;
             Ok(bytes
                 .chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
@@ -680,7 +686,7 @@ impl super::personality::Personality for VmiGuest {
         data: u32,
         len: usize,
         _: &mut Vec<u8>,
-    ) -> Option<Result<super::personality::PortAction, String>> {
+    ) -> Option<Result<super::personality::PortAction, PortError>> {
         (port == ports::VMI).then(|| {
             self.rom_call(vcpu, data, len)
                 .map(|()| super::personality::PortAction::Handled)

@@ -111,6 +111,8 @@ impl core::fmt::Display for GuestFault {
     }
 }
 
+impl std::error::Error for GuestFault {}
+
 /// Per-vCPU PV state (`struct pv_vcpu` subset).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VcpuState {

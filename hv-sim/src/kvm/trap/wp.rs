@@ -39,6 +39,7 @@ use kvm_bindings::{kvm_sregs, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use super::super::{Crash, PortError};
 use super::cpu::TrapCpu;
 use super::store::Store;
 use super::{PagingMemory, TRAP_TEXT, TrapGuest};
@@ -149,10 +150,10 @@ fn table_ranges(g: &TrapGuest) -> [(u64, u64); 3] {
 }
 
 /// Drop every mapping KVM derived from the page tables.
-fn reload_mappings(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), String> {
+fn reload_mappings(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), PortError> {
     let host = mem
         .get_host_address(GuestAddress(0))
-        .map_err(|e| format!("guest memory: {e}"))?;
+        .map_err(PortError::hv_memory("the host address of guest RAM", 0))?;
     let size = mem.iter().map(|r| r.len()).sum::<u64>();
     let mut region = kvm_userspace_memory_region {
         slot: 0,
@@ -163,17 +164,17 @@ fn reload_mappings(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), String> {
     };
     // SAFETY: size 0 deletes slot 0; the vCPU is stopped in an exit.
     unsafe { vm.set_user_memory_region(region) }
-        .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION (delete): {e}"))?;
+        .map_err(PortError::ioctl("KVM_SET_USER_MEMORY_REGION (delete)"))?;
     region.memory_size = size;
     // SAFETY: the same mapping as at launch: `host` is the start of the
     // `size`-byte mapping `mem` owns, which outlives the VM.
     unsafe { vm.set_user_memory_region(region) }
-        .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION (re-add): {e}"))
+        .map_err(PortError::ioctl("KVM_SET_USER_MEMORY_REGION (re-add)"))
 }
 
 impl TrapGuest {
     /// Protect exactly the pages of the guest's current tables.
-    pub(super) fn reprotect(&mut self, vm: &VmFd, cr3: u64) -> Result<(), String> {
+    pub(super) fn reprotect(&mut self, vm: &VmFd, cr3: u64) -> Result<(), PortError> {
         let Some(wp) = self.wp.as_ref() else {
             return Ok(());
         };
@@ -202,7 +203,7 @@ impl TrapGuest {
         if want == wp.pages {
             return Ok(());
         }
-        let set = |pte: u64, protect: bool| -> Result<(), String> {
+        let set = |pte: u64, protect: bool| -> Result<(), PortError> {
             let e: u64 = self.mem.read_obj(GuestAddress(pte)).unwrap_or(0);
             let e = if protect {
                 (e & !PTE_RW) | PTE_HV_WP
@@ -211,7 +212,7 @@ impl TrapGuest {
             };
             self.mem
                 .write_obj(e, GuestAddress(pte))
-                .map_err(|e| format!("writing PTE {pte:#x}: {e}"))
+                .map_err(PortError::hv_memory("writing the guest's PTE", pte))
         };
         for (p, pte) in &wp.pages {
             if !want.contains_key(p) {
@@ -233,21 +234,18 @@ impl TrapGuest {
     }
 
     /// hv-sim's #PF entry wrote the trap port.
-    pub(super) fn page_fault(&mut self, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+    pub(super) fn page_fault(&mut self, vcpu: &mut Vcpu<'_>) -> Result<(), PortError> {
         let t0 = Instant::now();
         let regs = vcpu.regs()?;
         if regs.rax != 14 || regs.rip != PF_STUB_EXIT_RIP || self.wp.is_none() {
-            return Err(format!(
-                "trap port written with 14 at rip {:#x}; only hv-sim's #PF entry may",
-                regs.rip
-            ));
+            return Err(super::stub_misuse(4, 14, &regs, "hv-sim's #PF entry"));
         }
         let mut sregs = vcpu.sregs()?;
         let gm = self.mem.clone();
         let mem = PagingMemory::new(&gm, sregs.cr3);
         let mut frame = [0u8; 56];
         mem.read(regs.rsp, &mut frame, Access::ImplicitRead)
-            .map_err(|pf| format!("reading the #PF frame at {:#x}: {pf:?}", regs.rsp))?;
+            .map_err(PortError::guest_access("reading the #PF frame", regs.rsp))?;
         let f =
             |i: usize| u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().unwrap_or_default());
         let (saved_rax, error_code, rip, rflags, rsp) = (f(0), f(1), f(2), f(4), f(5));
@@ -313,7 +311,7 @@ impl TrapGuest {
         sregs: &kvm_sregs,
         raw: &PagingMemory<'_>,
         cr2: u64,
-    ) -> Result<Option<(u64, usize)>, String> {
+    ) -> Result<Option<(u64, usize)>, PortError> {
         let mem = &Profiled(raw);
         let mode = Mode::of(cpu);
         let bytes = {
@@ -321,27 +319,23 @@ impl TrapGuest {
             fetch::fetch(cpu, mem, mode)
         };
         let p = enter(Phase::Decode);
-        let i = fetch::decode(&bytes, cpu.rip(), mode).map_err(|_| {
-            format!(
-                "write-protect mode: the faulting store at {:#x} cannot be fetched or decoded",
-                cpu.rip()
-            )
-        })?;
-        let st = Store::of(&i, &cpu.regs, sregs).ok_or_else(|| {
-            format!(
-                "write-protect mode: {:?} at {:#x} stores into a protected table page; only mov, add, sub, and, or, xor, inc and dec are emulated",
-                i.mnemonic(),
-                cpu.rip()
-            )
+        let i = fetch::decode(&bytes, cpu.rip(), mode)
+            .map_err(|_| Crash::WpUndecodable { rip: cpu.rip() })?;
+        let st = Store::of(&i, &cpu.regs, sregs).ok_or_else(|| Crash::WpUnsupported {
+            mnemonic: format!("{:?}", i.mnemonic()),
+            rip: cpu.rip(),
         })?;
         drop(p);
         let (addr, n) = (st.addr, st.size);
         if !(addr..addr.wrapping_add(n as u64)).contains(&cr2) {
-            return Err(format!(
-                "write-protect mode: {:?} at {:#x} stores {n} bytes at {addr:#x}, but the fault was at {cr2:#x}",
-                i.mnemonic(),
-                cpu.rip()
-            ));
+            return Err(Crash::WpMismatch {
+                mnemonic: format!("{:?}", i.mnemonic()),
+                rip: cpu.rip(),
+                size: n,
+                addr,
+                cr2,
+            }
+            .into());
         }
         let len = i.len();
         let at = fetch::byte_linear(cpu, mode, 0).unwrap_or(cpu.rip());
@@ -349,16 +343,16 @@ impl TrapGuest {
             let p = enter(Phase::Recheck);
             let again = fetch::fetch(cpu, mem, mode);
             if again.n < len || again.bytes[..len] != bytes.bytes[..len] {
-                return Ok::<bool, String>(false);
+                return Ok::<bool, PortError>(false);
             }
             drop(p);
             let _p = enter(Phase::Execute);
             let mut old = [0u8; 8];
             mem.read(addr, &mut old[..n], Access::Read)
-                .map_err(|pf| format!("reading the operand at {addr:#x}: {pf:?}"))?;
+                .map_err(PortError::guest_access("reading the operand", addr))?;
             let (new, rflags) = st.apply(u64::from_le_bytes(old), cpu.regs.rflags);
             mem.write(addr, &new.to_le_bytes()[..n], Access::Write)
-                .map_err(|pf| format!("performing the store at {addr:#x}: {pf:?}"))?;
+                .map_err(PortError::guest_access("performing the store", addr))?;
             cpu.regs.rflags = rflags;
             Ok(true)
         })?;
@@ -371,7 +365,12 @@ impl TrapGuest {
 
     /// Rebuild the real slots of every table that `[addr, addr + n)`
     /// touches; how many.
-    fn update_slots(&mut self, addr: u64, n: u64, mem: &PagingMemory<'_>) -> Result<u64, String> {
+    fn update_slots(
+        &mut self,
+        addr: u64,
+        n: u64,
+        mem: &PagingMemory<'_>,
+    ) -> Result<u64, PortError> {
         let [gdt, idt, ldt] = table_ranges(self);
         let hits = |(base, len): (u64, u64), size: u64| {
             let lo = addr.wrapping_sub(base);
@@ -415,13 +414,13 @@ impl TrapGuest {
         }
     }
 
-    fn write_real(&self, gpa: u64, v: u64) -> Result<(), String> {
+    fn write_real(&self, gpa: u64, v: u64) -> Result<(), PortError> {
         self.mem
             .write_obj(v, GuestAddress(gpa))
-            .map_err(|e| format!("writing hv-sim page {gpa:#x}: {e}"))
+            .map_err(PortError::hv_memory("writing hv-sim's page", gpa))
     }
 
-    fn update_gdt_slot(&mut self, i: u64, mem: &PagingMemory<'_>) -> Result<(), String> {
+    fn update_gdt_slot(&mut self, i: u64, mem: &PagingMemory<'_>) -> Result<(), PortError> {
         let idx = i as usize;
         // The TR and LDTR slots hold hv-sim's descriptors in the real GDT.
         let own = |sel: pvops::Selector| {
@@ -442,7 +441,7 @@ impl TrapGuest {
         Ok(())
     }
 
-    fn update_idt_slot(&mut self, v: u64, mem: &PagingMemory<'_>) -> Result<(), String> {
+    fn update_idt_slot(&mut self, v: u64, mem: &PagingMemory<'_>) -> Result<(), PortError> {
         let base = self.dt.idtr.base.wrapping_add(v * 16);
         let g = super::real_gate(
             v as usize,
@@ -461,7 +460,7 @@ impl TrapGuest {
         Ok(())
     }
 
-    fn update_ldt_slot(&mut self, i: u64, mem: &PagingMemory<'_>) -> Result<(), String> {
+    fn update_ldt_slot(&mut self, i: u64, mem: &PagingMemory<'_>) -> Result<(), PortError> {
         let idx = i as usize;
         if self.last_ldtr.0 == 0 || idx >= self.last_ldt.len() {
             return Ok(());

@@ -39,7 +39,7 @@ impl XenGuest {
         vcpu: &mut Vcpu<'_>,
         mut regs: kvm_regs,
         v: u8,
-    ) -> Result<(), String> {
+    ) -> Result<(), PortError> {
         const PREFIX: [u8; 7] = [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2];
         let saved_rax = self.read(regs.rsp)?;
         let mut p = regs.rsp + 8;
@@ -121,18 +121,18 @@ impl XenGuest {
         }
         let t = self.dom.vcpu(self.cur).trap_table[usize::from(v)];
         if t.address == 0 {
-            return Err(format!(
-                "exception {v} (error code {error_code:x?}) at rip {:#x} and the guest registered no handler for it: Xen crashes the domain",
-                at.rip
-            ));
+            return Err(Crash::XenNoHandler {
+                vector: v,
+                error_code,
+                rip: at.rip,
+            }
+            .into());
         }
         let bf = traps::bounce_frame(&at, error_code, self.upcall_mask, t.flags & 4 != 0);
         for (i, word) in bf.words.iter().enumerate() {
             self.dom
                 .guest_write_u64(bf.rsp + i as u64 * 8, *word)
-                .map_err(|f| {
-                    format!("bounce frame for exception {v}: {f}; Xen crashes the domain")
-                })?;
+                .map_err(|fault| Crash::XenBounceFrame { vector: v, fault })?;
         }
         self.upcall_mask = bf.upcall_mask;
         regs.rax = saved_rax;
@@ -145,21 +145,22 @@ impl XenGuest {
     }
 
     /// The `iret` stub's port write: the `iret_context` is at rsp.
-    pub(super) fn iret(&mut self, vcpu: &mut Vcpu<'_>, mut regs: kvm_regs) -> Result<(), String> {
+    pub(super) fn iret(
+        &mut self,
+        vcpu: &mut Vcpu<'_>,
+        mut regs: kvm_regs,
+    ) -> Result<(), PortError> {
         let mut ctx = [0u64; 9];
         for (i, w) in ctx.iter_mut().enumerate() {
             let a = regs.rsp.wrapping_add(i as u64 * 8);
             *w = self
                 .dom
                 .guest_read_u64(a)
-                .ok_or_else(|| traps::IretError::Unreadable(a).to_string())?;
+                .ok_or(Crash::XenIret(traps::IretError::Unreadable(a)))?;
         }
-        let r = traps::iret(ctx).map_err(|e| format!("{e}; Xen crashes the domain"))?;
+        let r = traps::iret(ctx).map_err(Crash::XenIret)?;
         if r.cs != FLAT_KERNEL_CS || r.ss != FLAT_KERNEL_SS {
-            return Err(format!(
-                "iret to cs {:#x} ss {:#x}: hv-sim returns only to FLAT_KERNEL_CS/SS",
-                r.cs, r.ss
-            ));
+            return Err(Crash::XenIretMode { cs: r.cs, ss: r.ss }.into());
         }
         regs.rax = r.rax;
         regs.rip = r.rip;

@@ -98,7 +98,7 @@ use kvm_ioctls::VmFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::regs::Vcpu;
-use super::{BootReport, Config, KvmError, layout};
+use super::{BootReport, Config, Crash, KvmError, PortError, layout};
 use crate::xen::traps::{self, Interrupted};
 use crate::xen::{Trace, TraceEvent, VcpuState, XenDomain, ZERO_BLOCK_PTR};
 pub use builder::{
@@ -600,15 +600,20 @@ impl XenGuest {
         data: u32,
         len: usize,
         text: &mut Vec<u8>,
-    ) -> Result<Option<XenPort>, String> {
+    ) -> Result<Option<XenPort>, PortError> {
         let mut regs = vcpu.regs()?;
         if len != 4 || regs.rax != u64::from(data) {
-            return Err(format!(
-                "hypercall port {:#x} written with {len} bytes {data:#x} while rax = {:#x} (rip {:#x}); only hv-sim's stubs may use it",
-                super::ports::HYPERCALL,
-                regs.rax,
-                regs.rip
-            ));
+            return Err(Crash::NotFromStub {
+                name: "hypercall",
+                port: super::ports::HYPERCALL,
+                len,
+                data,
+                rax: regs.rax,
+                rip: regs.rip,
+                owner: "hv-sim's stubs",
+                why: None,
+            }
+            .into());
         }
         if let Some(v) = data.checked_sub(EXCEPTION_MARKER).filter(|v| *v < 32) {
             return self.exception(vm, vcpu, regs, v as u8).map(|()| None);
@@ -642,7 +647,7 @@ impl XenGuest {
 
     /// After a hypercall that may have brought a vCPU up or this one down:
     /// what the runner does next.
-    fn vcpu_changes(&self, was_up: Option<Vec<bool>>) -> Result<Option<XenPort>, String> {
+    fn vcpu_changes(&self, was_up: Option<Vec<bool>>) -> Result<Option<XenPort>, PortError> {
         let Some(was_up) = was_up else {
             return Ok(None);
         };
@@ -654,10 +659,12 @@ impl XenGuest {
         };
         let e = self.dom.vcpu(next).entry.unwrap_or_default();
         if e.cs != FLAT_KERNEL_CS || e.ss != FLAT_KERNEL_SS {
-            return Err(format!(
-                "vCPU {next} brought up on cs {:#x} ss {:#x}: hv-sim starts a vCPU only in kernel mode on FLAT_KERNEL_CS/SS ({FLAT_KERNEL_CS:#x}/{FLAT_KERNEL_SS:#x})",
-                e.cs, e.ss
-            ));
+            return Err(Crash::XenVcpuMode {
+                vcpu: next,
+                cs: e.cs,
+                ss: e.ss,
+            }
+            .into());
         }
         Ok(Some(XenPort::Start(next as u64)))
     }
@@ -699,8 +706,8 @@ impl super::personality::Personality for XenGuest {
         XenGuest::entry_state(self, regs, sregs)
     }
 
-    fn initial_tables(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
-        XenGuest::initial_tables(self, vm, vcpu).map_err(|e| format!("xen personality setup: {e}"))
+    fn initial_tables(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), PortError> {
+        XenGuest::initial_tables(self, vm, vcpu)
     }
 
     fn port(
@@ -711,7 +718,7 @@ impl super::personality::Personality for XenGuest {
         data: u32,
         len: usize,
         text: &mut Vec<u8>,
-    ) -> Option<Result<super::personality::PortAction, String>> {
+    ) -> Option<Result<super::personality::PortAction, PortError>> {
         use super::personality::PortAction;
         if port != super::ports::HYPERCALL {
             return None;
@@ -739,7 +746,7 @@ impl super::personality::Personality for XenGuest {
         self.cur = id as usize;
     }
 
-    fn resume(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+    fn resume(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), PortError> {
         // The real GDT and LDT are shared by the vCPUs, which take turns:
         // rewrite them from this vCPU's frames.
         self.last_gdt.clear();

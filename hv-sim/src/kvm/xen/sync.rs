@@ -5,7 +5,11 @@ use super::*;
 
 impl XenGuest {
     /// Install the initial real tables before the guest runs.
-    pub(crate) fn initial_tables(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+    pub(crate) fn initial_tables(
+        &mut self,
+        vm: &VmFd,
+        vcpu: &mut Vcpu<'_>,
+    ) -> Result<(), PortError> {
         let before = self.pte_flushes;
         self.sync(vm, vcpu)?;
         if self.cur == 0 {
@@ -32,20 +36,20 @@ impl XenGuest {
         )
     }
 
-    pub(super) fn read(&self, addr: u64) -> Result<u64, String> {
+    pub(super) fn read(&self, addr: u64) -> Result<u64, PortError> {
         self.mem
             .read_obj(GuestAddress(addr))
-            .map_err(|e| format!("reading guest memory at {addr:#x}: {e}"))
+            .map_err(PortError::hv_memory("reading guest memory", addr))
     }
 
-    pub(super) fn write(&self, addr: u64, v: u64) -> Result<(), String> {
+    pub(super) fn write(&self, addr: u64, v: u64) -> Result<(), PortError> {
         self.mem
             .write_obj(v, GuestAddress(addr))
-            .map_err(|e| format!("writing hv-sim page {addr:#x}: {e}"))
+            .map_err(PortError::hv_memory("writing hv-sim's page", addr))
     }
 
     /// Make the domain's state real on the vCPU.
-    pub(super) fn sync(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), String> {
+    pub(super) fn sync(&mut self, vm: &VmFd, vcpu: &mut Vcpu<'_>) -> Result<(), PortError> {
         let (cur, vc) = (self.cur, self.dom.vcpu(self.cur));
         let mut sregs = vcpu.sregs()?;
 
@@ -95,8 +99,7 @@ impl XenGuest {
                 };
             } else {
                 let limit = entries.len() as u32 * 8 - 1;
-                let sd = pvops::SystemDescriptor::ldt(REAL_LDT, entries.len() as u32)
-                    .map_err(|e| format!("LDT descriptor: {e}"))?;
+                let sd = pvops::SystemDescriptor::ldt(REAL_LDT, entries.len() as u32)?;
                 self.write(REAL_GDT + sel_idx * 8, sd.low)?;
                 self.write(REAL_GDT + sel_idx * 8 + 8, sd.high)?;
                 sregs.ldt = kvm_segment {
@@ -161,7 +164,7 @@ impl XenGuest {
     /// Write the real page-table entry at `at` if it differs from `want`;
     /// the accessed/dirty bits the CPU sets are not a difference. Returns
     /// whether it wrote.
-    pub(super) fn set_real_pte(&self, at: u64, want: u64) -> Result<bool, String> {
+    pub(super) fn set_real_pte(&self, at: u64, want: u64) -> Result<bool, PortError> {
         if self.read(at)? & !PTE_AD == want {
             return Ok(false);
         }
@@ -172,7 +175,7 @@ impl XenGuest {
     /// hv-sim wrote page-table entries behind KVM's back: KVM's shadow
     /// copies (PVM shadows the guest's tables) are stale. Re-registering the
     /// memory slot drops them; the guest's next accesses rebuild them.
-    pub(super) fn flush_shadow_mmu(&mut self, vm: &VmFd) -> Result<(), String> {
+    pub(super) fn flush_shadow_mmu(&mut self, vm: &VmFd) -> Result<(), PortError> {
         let mut gone = self.region;
         gone.memory_size = 0;
         // SAFETY: deletes slot 0 and re-adds it with the same host range
@@ -180,9 +183,9 @@ impl XenGuest {
         // is stopped in this thread while this runs.
         unsafe {
             vm.set_user_memory_region(gone)
-                .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION (delete): {e}"))?;
+                .map_err(PortError::ioctl("KVM_SET_USER_MEMORY_REGION (delete)"))?;
             vm.set_user_memory_region(self.region)
-                .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION (re-add): {e}"))?;
+                .map_err(PortError::ioctl("KVM_SET_USER_MEMORY_REGION (re-add)"))?;
         }
         self.pte_flushes += 1;
         Ok(())
