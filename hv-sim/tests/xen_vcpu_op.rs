@@ -149,7 +149,7 @@ fn a_good_context_initialises_and_up_starts() {
     assert_eq!(e.rip, 0xffff_ffff_8100_1000);
     assert_eq!(e.rsp, 0xffff_ffff_8120_0000);
     assert_eq!((e.cs, e.ss), (0xe033, 0xe02b));
-    assert_eq!(e.rflags, 0x0202);
+    assert_eq!((e.rflags, e.iopl), (0x0202, 0x3000));
     assert_eq!(v.gdt_frames, vec![t.gdt]);
     assert_eq!(v.gdt_ents, 16);
     assert_eq!(v.cr3, Some(t.root));
@@ -186,4 +186,51 @@ fn down_stops_a_vcpu_and_the_last_one_powers_off() {
     assert_eq!(t.op(DOWN, 0), 0);
     assert_eq!(t.d.shutdown_reason(), Some(0), "poweroff");
     assert_eq!(t.op(DOWN, 2), -ENOENT);
+}
+
+/// RFLAGS through `VCPUOP_initialise`, bit by bit, each pinned to its
+/// source (Xen RELEASE-4.17.7).
+///
+/// Xen's saved flags after `arch_set_info_guest` (`xen/arch/x86/domain.c`):
+/// line 1131 (`memcpy` of `user_regs`) takes the flags as given; lines
+/// 1168-1169 move IOPL (bits 12-13) into `pv.iopl` and clear it; line 1172
+/// sets IF (bit 9). Nothing else: VM (17), VIF (19), VIP (20), bit 1 and
+/// the reserved bits stay as the guest gave them.
+///
+/// What the vCPU runs with (`traps::exit_rflags`):
+/// `xen/arch/x86/x86_64/entry.S` lines 241-242 (`iret_exit_to_guest`) clear
+/// IOPL and VM and set IF (207-208 on the sysret path); then `iretq` at
+/// CPL 0 (SDM vol. 2A, IRET, 64-bit return to an outer level) loads CF PF
+/// AF ZF SF TF DF OF NT RF AC ID IF IOPL VIF VIP, bit 1 reads as 1, bits 3,
+/// 5, 15 and 22-63 are not loaded; `sysretq` (SDM vol. 2B, SYSRET:
+/// `R11 & 3C7FD7H | 2`) does not load RF either.
+#[test]
+fn rflags_bit_by_bit_as_xen_4_17_7() {
+    const IF: u64 = 1 << 9;
+    const MBS: u64 = 1 << 1;
+    for b in 0..64u32 {
+        let bit = 1u64 << b;
+        let t = setup();
+        t.put(RFLAGS, bit);
+        assert_eq!(t.op(INITIALISE, 1), 0, "bit {b}");
+        let e = t.d.vcpu(1).entry.expect("entry registers");
+        let (saved, iopl) = match b {
+            12 | 13 => (IF, bit), // domain.c 1168-1169
+            9 => (IF, 0),         // domain.c 1172
+            _ => (bit | IF, 0),   // domain.c 1131, untouched after
+        };
+        assert_eq!((e.rflags, e.iopl), (saved, iopl), "bit {b}: saved");
+        let runs = match b {
+            12 | 13 | 17 => IF | MBS,             // entry.S 241
+            1 | 3 | 5 | 15 | 22..=63 => IF | MBS, // not loaded by iretq
+            _ => bit | IF | MBS,                  // loaded (9: entry.S 242)
+        };
+        assert_eq!(traps::exit_rflags(e.rflags, false), runs, "bit {b}: iretq");
+        let sysret = if b == 16 { IF | MBS } else { runs };
+        assert_eq!(
+            traps::exit_rflags(e.rflags, true),
+            sysret,
+            "bit {b}: sysretq"
+        );
+    }
 }

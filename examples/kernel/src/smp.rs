@@ -557,10 +557,35 @@ fn xen_cpu_up(cpu: usize) {
 /// vCPU 1's entry under Xen (ring 3, the context's rsp = its stack's top).
 #[unsafe(naked)]
 extern "C" fn xen_ap_entry() -> ! {
-    naked_asm!("xor ebp, ebp", "call {main}", "ud2", main = sym xen_ap_main)
+    naked_asm!(
+        "pushfq",
+        "pop rdi",
+        "xor ebp, ebp",
+        "call {main}",
+        "ud2",
+        main = sym xen_ap_main
+    )
 }
 
-extern "C" fn xen_ap_main() -> ! {
+/// The RFLAGS vCPU 1's context asks for: IOPL 1 and IF clear (as Linux's
+/// `cpu_initialize_context` passes, 0x1000), ID (21, which `iretq` loads),
+/// and bits Xen must not let reach the CPU: VM (17), reserved bits 3, 5,
+/// 15, 22 and 63, bit 1 clear.
+const AP_CONTEXT_RFLAGS: u64 =
+    0x1000 | 1 << 21 | 1 << 17 | 1 << 3 | 1 << 5 | 1 << 15 | 1 << 22 | 1 << 63;
+/// The RFLAGS vCPU 1 found at its first instruction.
+static AP_ENTRY_RFLAGS: AtomicU64 = AtomicU64::new(0);
+
+/// What Xen's exit to the guest leaves of [`AP_CONTEXT_RFLAGS`]
+/// (`iret_exit_to_guest` clears IOPL and VM and sets IF; `iretq` loads ID,
+/// not the reserved bits, and bit 1 reads as 1): ID, IF and bit 1. IOPL is
+/// not compared (hv-sim's real IOPL is 3).
+fn ap_entry_rflags_ok(f: u64) -> bool {
+    f & !(3 << 12) == 1 << 21 | 1 << 9 | 1 << 1
+}
+
+extern "C" fn xen_ap_main(entry_rflags: u64) -> ! {
+    AP_ENTRY_RFLAGS.store(entry_rflags, Ordering::Relaxed);
     match crate::xen::P2M.get() {
         Some(p2m) => match XEN_CPUS.register_current(crate::xen::backend(p2m, LAYOUT, 1)) {
             Ok(_) => xen_cpu_up(1),
@@ -601,7 +626,7 @@ pub fn run_xen(t: &mut Tally, pt_base: u64) {
         (ctx::FLAGS, VGCF_IN_KERNEL),
         (ctx::RIP, xen_ap_entry as *const () as u64),
         (ctx::CS, FLAT_KERNEL_CS),
-        (ctx::RFLAGS, 0x202),
+        (ctx::RFLAGS, AP_CONTEXT_RFLAGS),
         (ctx::RSP, stack_top),
         (ctx::SS, pvops_xen::abi::FLAT_KERNEL_SS),
         (
@@ -656,6 +681,16 @@ pub fn run_xen(t: &mut Tally, pt_base: u64) {
             rsp0_top(cpu)
         );
     }
+    let f = AP_ENTRY_RFLAGS.load(Ordering::Relaxed);
+    ok &= ap_entry_rflags_ok(f);
+    crate::say!(
+        "xen smp vcpu 1 entry rflags {f:#x} (context {AP_CONTEXT_RFLAGS:#x}): {}\n",
+        if ap_entry_rflags_ok(f) {
+            "ID, IF and bit 1 set, VM and reserved bits clear"
+        } else {
+            "WRONG: want ID, IF and bit 1 (IOPL aside)"
+        }
+    );
     t.check(
         NAME,
         ok,

@@ -159,7 +159,8 @@ pub struct VcpuState {
 
 /// A vCPU's first registers, from `VCPUOP_initialise`'s `user_regs`
 /// (selectors with their RPL raised, RFLAGS with IOPL cleared and IF set,
-/// as `arch_set_info_guest` leaves them).
+/// as `arch_set_info_guest` leaves them in Xen's saved registers; what the
+/// vCPU then runs with is [`super::traps::exit_rflags`] of them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VcpuEntry {
     /// rip.
@@ -178,6 +179,10 @@ pub struct VcpuEntry {
     pub ss: u16,
     /// The `flags` word (`VGCF_*`).
     pub flags: u64,
+    /// The virtual IOPL (`v->arch.pv.iopl`): the context's RFLAGS.IOPL
+    /// bits, in place (hv-sim models no I/O emulation or
+    /// `VMASST_TYPE_architectural_iopl` that would read it).
+    pub iopl: u64,
 }
 
 impl VcpuState {

@@ -41,6 +41,35 @@ pub const RFLAGS_RF: u64 = 1 << 16;
 pub const RFLAGS_VM: u64 = 1 << 17;
 /// RFLAGS.AC.
 pub const RFLAGS_AC: u64 = 1 << 18;
+/// RFLAGS bit 1: reserved, always 1 (Xen's `X86_EFLAGS_MBS`).
+pub const RFLAGS_MBS: u64 = 1 << 1;
+/// The RFLAGS bits a 64-bit `iretq` executed at CPL 0 loads from its
+/// frame (SDM vol. 2A, IRET, RETURN-TO-OUTER-PRIVILEGE-LEVEL, operand size
+/// 64): CF PF AF ZF SF TF DF OF NT; RF AC ID; IF (CPL <= IOPL); IOPL, VIF,
+/// VIP (CPL 0). Not VM (IA-32e mode) and none of the reserved bits 1, 3,
+/// 5, 15, 22-63 (bit 1 reads as 1).
+pub const IRETQ_LOADS: u64 = 0x3d_7fd5;
+/// The RFLAGS bits `sysretq` loads from r11 (SDM vol. 2B, SYSRET:
+/// `RFLAGS <- (R11 & 3C7FD7H) | 2`): as [`IRETQ_LOADS`] less RF.
+pub const SYSRET_LOADS: u64 = 0x3c_7fd5;
+
+/// The RFLAGS a 64-bit PV vCPU runs with when Xen 4.17.7 enters it with
+/// `saved` in its saved registers (`restore_all_guest`,
+/// `x86_64/entry.S`): IOPL and VM cleared and IF set (lines 207-208 on the
+/// `sysretq` path, 241-242 on the `iretq` one), then the instruction loads
+/// what it loads ([`IRETQ_LOADS`], [`SYSRET_LOADS`]) with bit 1 set. The
+/// `sysretq` path is taken when the saved `entry_vector` has
+/// `TRAP_syscall` (a hypercall's `iret` with `VGCF_in_syscall`) and rip
+/// is canonical. The result is always a valid RFLAGS for a 64-bit vCPU
+/// entry (SDM vol. 3C, VM entries, "Checks on Guest RIP, RFLAGS, and
+/// SSP": bits 3, 5, 15 and 22-63 clear, bit 1 set, VM clear in IA-32e
+/// mode).
+pub fn exit_rflags(saved: u64, sysret: bool) -> u64 {
+    let r11 = (saved & !(RFLAGS_IOPL | RFLAGS_VM)) | RFLAGS_IF;
+    let loads = if sysret { SYSRET_LOADS } else { IRETQ_LOADS };
+    (r11 & loads) | RFLAGS_MBS
+}
+
 /// `VGCF_in_syscall` in `iret_context.flags`.
 pub const VGCF_IN_SYSCALL: u64 = 1 << 8;
 /// `trap_info.flags` bit 2: mask events on entry (`TBF_INTERRUPT`).
@@ -263,5 +292,32 @@ mod tests {
             iret([0, 0, 0, 0, 1, 0xe033, 0, 2, 0xe02b]),
             Err(IretError::NoUserPageTables(0xe033))
         );
+    }
+
+    /// Whatever a guest put in its flags, the vCPU is entered with a valid
+    /// RFLAGS (SDM vol. 3C, VM-entry checks on guest RFLAGS, written out
+    /// here: bits 3, 5, 15, 22-63 clear, bit 1 set, VM clear in IA-32e
+    /// mode) with IF set and IOPL 0.
+    #[test]
+    fn exit_rflags_is_always_a_valid_entry_rflags() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut values = vec![0, u64::MAX];
+        values.extend((0..64).map(|b| 1u64 << b));
+        values.extend((0..256).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }));
+        let reserved: u64 = (1 << 3) | (1 << 5) | (1 << 15) | !((1u64 << 22) - 1);
+        for v in values {
+            for sysret in [false, true] {
+                let r = exit_rflags(v, sysret);
+                assert_eq!(r & reserved, 0, "{v:#x}: reserved bits in {r:#x}");
+                assert_eq!(r & 0x2, 0x2, "{v:#x}: bit 1");
+                assert_eq!(r & (1 << 17), 0, "{v:#x}: VM");
+                assert_eq!(r & 0x3200, 0x200, "{v:#x}: IF set, IOPL 0");
+            }
+        }
     }
 }

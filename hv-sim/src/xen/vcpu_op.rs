@@ -112,6 +112,7 @@ impl VcpuContext {
                 cs: q(off::CS) as u16,
                 ss: q(off::SS) as u16,
                 flags: q(off::FLAGS),
+                iopl: 0,
             },
             trap_ctxt,
             ldt: (q(off::LDT_BASE), q(off::LDT_BASE + 8)),
@@ -207,8 +208,13 @@ impl Inner {
         let mut entry = c.entry;
         entry.cs = raise(entry.cs);
         entry.ss = raise(entry.ss);
-        // IOPL is virtualised; IF always set.
-        entry.rflags = (entry.rflags & !0x3000) | 0x200;
+        // RFLAGS, exactly as arch_set_info_guest (4.17.7 domain.c
+        // 1167-1172): IOPL is virtualised (kept in pv.iopl, cleared in the
+        // saved flags), IF set. Nothing else is touched there: VM and the
+        // reserved bits stay in Xen's saved registers until the exit to
+        // the guest clamps them (traps::exit_rflags).
+        entry.iopl = entry.rflags & traps::RFLAGS_IOPL;
+        entry.rflags = (entry.rflags & !traps::RFLAGS_IOPL) | traps::RFLAGS_IF;
         let vc = &mut self.vcpus[t];
         vc.entry = Some(entry);
         vc.trap_table = c

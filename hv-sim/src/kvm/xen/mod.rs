@@ -573,13 +573,15 @@ impl XenGuest {
         );
         match self.dom.vcpu(self.cur).entry.filter(|_| self.cur != 0) {
             // A vCPU brought up with VCPUOP_initialise: its context's
-            // registers (Xen raised the selectors' RPL and set IF).
+            // registers (Xen raised the selectors' RPL and set IF), the
+            // flags as Xen's iretq to the guest leaves them (never a bad
+            // RFLAGS for KVM); the real IOPL 3 is hv-sim's.
             Some(e) => {
                 regs.rip = e.rip;
                 regs.rsp = e.rsp;
                 regs.rdi = e.rdi;
                 regs.rsi = e.rsi;
-                regs.rflags = e.rflags | traps::RFLAGS_IOPL;
+                regs.rflags = traps::exit_rflags(e.rflags, false) | traps::RFLAGS_IOPL;
             }
             None => {
                 regs.rsi = self.layout.start_info;
