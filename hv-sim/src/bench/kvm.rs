@@ -20,9 +20,8 @@
 
 use std::time::Instant;
 
-use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Kvm, SyncReg, VcpuExit};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use kvm_ioctls::{SyncReg, VcpuExit};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{Figure, Goal, Section, median};
 use crate::kvm::{self, BootReport, Config, KvmError, layout};
@@ -48,31 +47,8 @@ const HANDLER: u64 = 0x10_1000;
 pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, KvmError> {
     let er = KvmError::ioctl;
     let size = 4usize << 20;
-    let mem: GuestMemoryMmap =
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| {
-            KvmError::GuestMemory {
-                what: "mmap",
-                detail: e.to_string(),
-            }
-        })?;
-    let kvm = Kvm::new().map_err(er("open /dev/kvm"))?;
-    let vm = kvm.create_vm().map_err(er("KVM_CREATE_VM"))?;
-    let host = mem
-        .get_host_address(GuestAddress(0))
-        .map_err(|e| KvmError::GuestMemory {
-            what: "host address",
-            detail: e.to_string(),
-        })?;
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: size as u64,
-        userspace_addr: host as u64,
-        flags: 0,
-    };
-    // SAFETY: `host` is the start of the `size`-byte mapping owned by `mem`,
-    // which outlives `vm` (dropped at the end of this function, after it).
-    unsafe { vm.set_user_memory_region(region) }.map_err(er("KVM_SET_USER_MEMORY_REGION"))?;
+    let m = kvm::Machine::new(kvm::guest_ram(size)?)?;
+    let (vm, kvm, mem) = (&m.vm, &m.kvm, &m.mem);
     let mut vcpu = vm.create_vcpu(0).map_err(er("KVM_CREATE_VCPU"))?;
     let cpuid = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -95,12 +71,12 @@ pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, KvmError> {
     // out 0xe0, al; jmp $-2
     let out_loop: [u8; 4] = [0xe6, 0xe0, 0xeb, 0xfc];
     if kind == BareKind::Ring0 {
-        layout::write_boot_tables(&mem)?;
+        layout::write_boot_tables(mem)?;
         code(CODE, &out_loop)?;
     } else {
         // GDT at 0x5000 (ring-3 code 0x08, data 0x10, TSS 0x18), TSS at
         // 0x6000, IDT at 0x9000; those pages are user-accessible.
-        layout::write_ring3_page_tables(&mem, size, |a| {
+        layout::write_ring3_page_tables(mem, size, |a| {
             if (0x5000..0xa000).contains(&a) {
                 a | layout::PTE_P | layout::PTE_RW
             } else {
@@ -144,7 +120,7 @@ pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, KvmError> {
     }
     vcpu.set_sregs(&sregs).map_err(er("KVM_SET_SREGS"))?;
     vcpu.set_regs(&regs).map_err(er("KVM_SET_REGS"))?;
-    if crate::kvm::regs::sync_regs_available(&kvm) {
+    if crate::kvm::regs::sync_regs_available(kvm) {
         vcpu.set_sync_valid_reg(SyncReg::Register);
         vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
     }

@@ -64,14 +64,8 @@ pub enum KvmError {
     #[error("kernel image rejected: {0}")]
     Elf(#[from] goblin::error::Error),
     /// A KVM ioctl failed.
-    #[error("KVM ioctl {op} failed: {errno}")]
-    Ioctl {
-        /// The ioctl (`KVM_CREATE_VM`, `KVM_RUN` ...).
-        op: &'static str,
-        /// Its errno.
-        #[source]
-        errno: kvm_ioctls::Error,
-    },
+    #[error(transparent)]
+    Ioctl(#[from] IoctlError),
     /// The guest memory could not be created or mapped.
     #[error("guest memory ({what}): {detail}")]
     GuestMemory {
@@ -80,18 +74,10 @@ pub enum KvmError {
         /// Why it failed.
         detail: String,
     },
-    /// Writing hv-sim's own tables or pages into guest memory failed
-    /// (the address is outside guest RAM).
-    #[error("writing {what} at {addr:#x}: {source}")]
-    GuestWrite {
-        /// What was being written.
-        what: &'static str,
-        /// Where.
-        addr: u64,
-        /// Why.
-        #[source]
-        source: vm_memory::GuestMemoryError,
-    },
+    /// Writing hv-sim's own tables or pages (or the kernel's segments)
+    /// into guest memory failed (the address is outside guest RAM).
+    #[error(transparent)]
+    GuestWrite(#[from] HvPageError),
     /// hv-sim's own descriptor for the personality's tables is refused
     /// by pvops' rules (a bug in hv-sim).
     #[error("building hv-sim's own descriptor: {0}")]
@@ -160,7 +146,7 @@ pub enum KvmError {
 impl KvmError {
     /// A failed ioctl `op`.
     pub(crate) fn ioctl(op: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError + Copy {
-        move |errno| KvmError::Ioctl { op, errno }
+        move |errno| IoctlError { op, errno }.into()
     }
 
     /// The guest's run stopped with `e`, after printing `text`: a
@@ -178,8 +164,43 @@ impl KvmError {
         what: &'static str,
         addr: u64,
     ) -> impl Fn(vm_memory::GuestMemoryError) -> KvmError + Copy {
-        move |source| KvmError::GuestWrite { what, addr, source }
+        move |source| {
+            HvPageError {
+                op: "writing",
+                what,
+                addr,
+                source,
+            }
+            .into()
+        }
     }
+}
+
+/// A KVM ioctl that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("KVM ioctl {op} failed: {errno}")]
+pub struct IoctlError {
+    /// The ioctl (`KVM_CREATE_VM`, `KVM_RUN`, `KVM_GET_REGS` ...).
+    pub op: &'static str,
+    /// Its errno.
+    #[source]
+    pub errno: kvm_ioctls::Error,
+}
+
+/// An access to guest memory on hv-sim's behalf (its own pages, the
+/// kernel's segments) that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {what} at {addr:#x}: {source}")]
+pub struct HvPageError {
+    /// `reading`, `writing`.
+    pub op: &'static str,
+    /// What (`hv-sim's pages`, `the TSS copy` ...).
+    pub what: &'static str,
+    /// The guest-physical address.
+    pub addr: u64,
+    /// Why it failed.
+    #[source]
+    pub source: vm_memory::GuestMemoryError,
 }
 
 /// The rule a guest broke that stops its run: which port, value, vector or
@@ -419,26 +440,12 @@ pub enum PortError {
     #[error(transparent)]
     Crash(#[from] Crash),
     /// A vCPU or VM ioctl failed.
-    #[error("KVM ioctl {op} failed: {errno}")]
-    Ioctl {
-        /// The ioctl (`KVM_GET_REGS`, `KVM_SET_USER_MEMORY_REGION` ...).
-        op: &'static str,
-        /// Its errno.
-        #[source]
-        errno: kvm_ioctls::Error,
-    },
+    #[error(transparent)]
+    Ioctl(#[from] IoctlError),
     /// hv-sim's own pages (real tables, TSS copy, page tables) cannot be
     /// read or written.
-    #[error("{what} at {addr:#x}: {source}")]
-    HvMemory {
-        /// What was being done.
-        what: &'static str,
-        /// The guest-physical address.
-        addr: u64,
-        /// Why it failed.
-        #[source]
-        source: vm_memory::GuestMemoryError,
-    },
+    #[error(transparent)]
+    HvMemory(#[from] HvPageError),
     /// hv-sim's own TSS or LDT descriptor is refused by pvops' rules.
     #[error("building hv-sim's own descriptor: {0}")]
     HvDescriptor(#[from] pvops::PvError),
@@ -464,15 +471,25 @@ pub enum PortError {
 impl PortError {
     /// A failed ioctl `op`.
     pub(crate) fn ioctl(op: &'static str) -> impl Fn(kvm_ioctls::Error) -> PortError + Copy {
-        move |errno| PortError::Ioctl { op, errno }
+        move |errno| IoctlError { op, errno }.into()
     }
 
-    /// A failed access (`what`) to hv-sim's page at `addr`.
+    /// A failed `op` (`reading`, `writing`) of `what` at `addr`, a page
+    /// of hv-sim's.
     pub(crate) fn hv_memory(
+        op: &'static str,
         what: &'static str,
         addr: u64,
     ) -> impl Fn(vm_memory::GuestMemoryError) -> PortError + Copy {
-        move |source| PortError::HvMemory { what, addr, source }
+        move |source| {
+            HvPageError {
+                op,
+                what,
+                addr,
+                source,
+            }
+            .into()
+        }
     }
 
     /// An access (`what`) to the guest's memory at `addr` through its page

@@ -33,15 +33,14 @@
 //! do not (`KVM_SET_SREGS` succeeds, CR0.PG is dropped, the next run shuts
 //! down; a guest's own `mov cr0` setting PG raises #GP(0)).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_sregs, kvm_userspace_memory_region};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_sregs};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::{KvmError, available, kick_handler};
+use super::{KvmError, available};
 
 /// What a flat run is given.
 #[derive(Clone, Debug)]
@@ -138,40 +137,14 @@ where
             cfg.mem_size
         )));
     }
-    let mem = guest_ram(cfg.mem_size)?;
+    let mem = super::guest_ram(cfg.mem_size)?;
     for (gpa, bytes) in chunks {
         mem.write_slice(bytes, GuestAddress(*gpa))
             .map_err(KvmError::guest_write("a flat image chunk", *gpa))?;
     }
-    vmm_sys_util::signal::register_signal_handler(vmm_sys_util::signal::SIGRTMIN(), kick_handler)
-        .map_err(KvmError::Signal)?;
     let cfg = cfg.clone();
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let flag = timed_out.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let limit = cfg.timeout;
-    let handle = std::thread::spawn(move || {
-        let r = run_vcpu(&cfg, mem, entry, &flag);
-        let _ = tx.send(());
-        r
-    });
-    if rx.recv_timeout(limit).is_err() {
-        timed_out.store(true, Ordering::SeqCst);
-        while !handle.is_finished() {
-            use vmm_sys_util::signal::Killable;
-            let _ = handle.kill(vmm_sys_util::signal::SIGRTMIN());
-            let _ = rx.recv_timeout(Duration::from_millis(50));
-        }
-    }
-    handle
-        .join()
-        .map_err(|p| KvmError::VcpuThreadPanicked(super::panic_message(p.as_ref())))?
-}
-
-fn guest_ram(size: usize) -> Result<GuestMemoryMmap, KvmError> {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| KvmError::GuestMemory {
-        what: "mmap",
-        detail: e.to_string(),
+    super::with_watchdog(cfg.timeout, move |timed_out| {
+        run_vcpu(&cfg, mem, entry, timed_out)
     })
 }
 
@@ -186,25 +159,10 @@ where
     F: FnOnce(&mut kvm_regs, &mut kvm_sregs),
 {
     let io = KvmError::ioctl;
-    let kvm = Kvm::new().map_err(io("open /dev/kvm"))?;
-    let vm = kvm.create_vm().map_err(io("KVM_CREATE_VM"))?;
-    let host = mem
-        .get_host_address(GuestAddress(0))
-        .map_err(|e| KvmError::GuestMemory {
-            what: "host address",
-            detail: e.to_string(),
-        })?;
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: cfg.mem_size as u64,
-        userspace_addr: host as u64,
-        flags: 0,
-    };
-    // SAFETY: `host` is the start of the `mem_size`-byte mapping owned by
-    // `mem`, which outlives `vm` (dropped at the end of this function; the
-    // mapping moves into the returned FlatRun).
-    unsafe { vm.set_user_memory_region(region) }.map_err(io("KVM_SET_USER_MEMORY_REGION"))?;
+    // `vm` drops at the end of this function, before the mapping, which
+    // moves into the returned FlatRun.
+    let m = super::Machine::new(mem)?;
+    let (vm, kvm) = (&m.vm, &m.kvm);
     let mut vcpu = vm.create_vcpu(0).map_err(io("KVM_CREATE_VCPU"))?;
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -220,6 +178,7 @@ where
     let regs = vcpu.get_regs().map_err(io("KVM_GET_REGS"))?;
     let sregs = vcpu.get_sregs().map_err(io("KVM_GET_SREGS"))?;
     drop(vcpu);
+    let super::Machine { vm, mem, .. } = m;
     drop(vm);
     Ok(FlatRun {
         stop,

@@ -36,6 +36,7 @@ mod error;
 pub mod escape_audit;
 pub mod flat;
 pub mod layout;
+mod machine;
 pub mod paging;
 mod personality;
 pub mod regs;
@@ -47,18 +48,18 @@ pub mod xen;
 #[cfg(test)]
 mod exit_cost_tests;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use goblin::elf::{Elf, program_header::PT_LOAD};
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub use capped::Capped;
 pub(crate) use error::panic_message;
 pub use error::{Crash, KvmError, PortError, Unavailable};
+pub(crate) use machine::{Machine, guest_ram, reload_slot, with_watchdog};
 use personality::{Personality, PortAction};
 pub use regs::VcpuIoctls;
 use regs::{RegCache, Vcpu};
@@ -325,8 +326,6 @@ pub fn parse_elf(image: &[u8]) -> Result<(u64, Vec<Segment<'_>>), KvmError> {
     Ok((elf.entry, segs))
 }
 
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
 /// Boot `image` (an ELF kernel) and run it to its exit.
 pub fn boot(image: &[u8], cfg: &Config) -> Result<BootReport, KvmError> {
     available()?;
@@ -364,30 +363,9 @@ fn launch(
 ) -> Result<(BootReport, Option<Outcome>), KvmError> {
     let owned: Vec<(u64, Vec<u8>)> = segs.iter().map(|(a, b, _)| (*a, b.to_vec())).collect();
     let cfg = cfg.clone();
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let flag = timed_out.clone();
-    // SIGRTMIN interrupts KVM_RUN in the vCPU thread when the watchdog fires.
-    vmm_sys_util::signal::register_signal_handler(vmm_sys_util::signal::SIGRTMIN(), kick_handler)
-        .map_err(KvmError::Signal)?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let limit = cfg.timeout;
-    let handle = std::thread::spawn(move || {
-        let r = run_vm(entry, &owned, &cfg, &flag, setup);
-        let _ = tx.send(());
-        r
-    });
-    if rx.recv_timeout(limit).is_err() {
-        timed_out.store(true, Ordering::SeqCst);
-        // Kick the vCPU out of KVM_RUN until the thread notices the flag.
-        while !handle.is_finished() {
-            use vmm_sys_util::signal::Killable;
-            let _ = handle.kill(vmm_sys_util::signal::SIGRTMIN());
-            let _ = rx.recv_timeout(Duration::from_millis(50));
-        }
-    }
-    handle
-        .join()
-        .map_err(|p| KvmError::VcpuThreadPanicked(error::panic_message(p.as_ref())))?
+    machine::with_watchdog(cfg.timeout, move |timed_out| {
+        run_vm(entry, &owned, &cfg, timed_out, setup)
+    })
 }
 
 /// One VM exit, copied out of the vCPU's run structure.
@@ -401,45 +379,15 @@ enum Exit {
     Other(String),
 }
 
-/// A VM with its guest memory. Fields drop in order: the VM before the
-/// memory KVM maps.
-struct Machine {
-    vm: VmFd,
-    kvm: Kvm,
-    mem: GuestMemoryMmap,
-}
-
 /// Create the VM and its RAM, and load `segs`.
 fn create_vm(cfg: &Config, segs: &[(u64, Vec<u8>)]) -> Result<Machine, KvmError> {
-    let io = KvmError::ioctl;
-    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), cfg.mem_size)])
-        .map_err(|e| KvmError::GuestMemory {
-            what: "mmap",
-            detail: e.to_string(),
-        })?;
-    let kvm = Kvm::new().map_err(io("open /dev/kvm"))?;
-    let vm = kvm.create_vm().map_err(io("KVM_CREATE_VM"))?;
-    let host = mem
-        .get_host_address(GuestAddress(0))
-        .map_err(|e| KvmError::GuestMemory {
-            what: "host address",
-            detail: e.to_string(),
-        })?;
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: cfg.mem_size as u64,
-        userspace_addr: host as u64,
-        flags: 0,
-    };
-    // SAFETY: `host` is the start of the `mem_size`-byte anonymous mapping
-    // owned by `mem`, which the returned Machine drops after `vm`.
-    unsafe { vm.set_user_memory_region(region) }.map_err(io("KVM_SET_USER_MEMORY_REGION"))?;
+    let m = Machine::new(machine::guest_ram(cfg.mem_size)?)?;
     for (paddr, bytes) in segs {
-        mem.write_slice(bytes, GuestAddress(*paddr))
+        m.mem
+            .write_slice(bytes, GuestAddress(*paddr))
             .map_err(KvmError::guest_write("a kernel segment", *paddr))?;
     }
-    Ok(Machine { vm, kvm, mem })
+    Ok(m)
 }
 
 /// Create vCPU `id` with the personality's CPUID and entry state, and let

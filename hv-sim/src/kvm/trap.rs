@@ -393,7 +393,7 @@ impl TrapGuest {
         let w = |addr: u64, v: u64| {
             self.mem
                 .write_obj(v, GuestAddress(addr))
-                .map_err(PortError::hv_memory("writing hv-sim's page", addr))
+                .map_err(PortError::hv_memory("writing", "hv-sim's page", addr))
         };
         let ldt_entries = ((u64::from(dt.ldtr_limit) + 1) / 8).min(REAL_LDT_ENTRIES);
         let gates = ((u64::from(dt.idtr.limit) + 1) / 16).min(256);

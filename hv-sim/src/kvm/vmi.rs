@@ -459,13 +459,13 @@ impl VmiGuest {
     fn write(&self, addr: u64, v: u64) -> Result<(), PortError> {
         self.mem
             .write_obj(v, GuestAddress(addr))
-            .map_err(PortError::hv_memory("writing hv-sim's page", addr))
+            .map_err(PortError::hv_memory("writing", "hv-sim's page", addr))
     }
 
     fn read(&self, addr: u64) -> Result<u64, PortError> {
         self.mem
             .read_obj(GuestAddress(addr))
-            .map_err(PortError::hv_memory("reading hv-sim's page", addr))
+            .map_err(PortError::hv_memory("reading", "hv-sim's page", addr))
     }
 
     /// Make the effective state real on the vCPU (nothing to do while it is
@@ -497,17 +497,22 @@ impl VmiGuest {
                 self.mem
                     .read_slice(&mut page, GuestAddress(eff.tss_base))
                     .map_err(PortError::hv_memory(
-                        "copying the guest's TSS",
+                        "copying",
+                        "the guest's TSS",
                         eff.tss_base,
                     ))?;
                 self.mem
                     .write_slice(&page, GuestAddress(TSS_COPY))
-                    .map_err(PortError::hv_memory("writing the TSS copy", TSS_COPY))?;
+                    .map_err(PortError::hv_memory("writing", "the TSS copy", TSS_COPY))?;
             }
             // TSS.rsp0 at offset 4.
             self.mem
                 .write_obj(eff.sp0, GuestAddress(TSS_COPY + 4))
-                .map_err(PortError::hv_memory("writing the TSS copy", TSS_COPY + 4))?;
+                .map_err(PortError::hv_memory(
+                    "writing",
+                    "the TSS copy",
+                    TSS_COPY + 4,
+                ))?;
             let sd = pvops::SystemDescriptor::tss(TSS_COPY, limit)?;
             let i = eff.tr.index() as usize;
             if i + 1 < gdt.len() {
@@ -576,7 +581,7 @@ impl VmiGuest {
             let mut bytes = vec![0u8; (limit as usize + 1) & !7];
             self.mem
                 .read_slice(&mut bytes, GuestAddress(base))
-                .map_err(PortError::hv_memory("audit: reading the real tables", base))?;
+                .map_err(PortError::hv_memory("auditing", "the real tables", base))?;
             Ok(bytes
                 .chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))

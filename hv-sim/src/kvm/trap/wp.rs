@@ -35,9 +35,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_sregs, kvm_userspace_memory_region};
+use kvm_bindings::kvm_sregs;
 use kvm_ioctls::VmFd;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::super::{Crash, PortError};
 use super::cpu::TrapCpu;
@@ -149,29 +149,6 @@ fn table_ranges(g: &TrapGuest) -> [(u64, u64); 3] {
     ]
 }
 
-/// Drop every mapping KVM derived from the page tables.
-fn reload_mappings(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), PortError> {
-    let host = mem
-        .get_host_address(GuestAddress(0))
-        .map_err(PortError::hv_memory("the host address of guest RAM", 0))?;
-    let size = mem.iter().map(|r| r.len()).sum::<u64>();
-    let mut region = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: 0,
-        userspace_addr: host as u64,
-        flags: 0,
-    };
-    // SAFETY: size 0 deletes slot 0; the vCPU is stopped in an exit.
-    unsafe { vm.set_user_memory_region(region) }
-        .map_err(PortError::ioctl("KVM_SET_USER_MEMORY_REGION (delete)"))?;
-    region.memory_size = size;
-    // SAFETY: the same mapping as at launch: `host` is the start of the
-    // `size`-byte mapping `mem` owns, which outlives the VM.
-    unsafe { vm.set_user_memory_region(region) }
-        .map_err(PortError::ioctl("KVM_SET_USER_MEMORY_REGION (re-add)"))
-}
-
 impl TrapGuest {
     /// Protect exactly the pages of the guest's current tables.
     pub(super) fn reprotect(&mut self, vm: &VmFd, cr3: u64) -> Result<(), PortError> {
@@ -212,7 +189,7 @@ impl TrapGuest {
             };
             self.mem
                 .write_obj(e, GuestAddress(pte))
-                .map_err(PortError::hv_memory("writing the guest's PTE", pte))
+                .map_err(PortError::hv_memory("writing", "the guest's PTE", pte))
         };
         for (p, pte) in &wp.pages {
             if !want.contains_key(p) {
@@ -224,7 +201,7 @@ impl TrapGuest {
                 set(*pte, true)?;
             }
         }
-        reload_mappings(vm, &self.mem)?;
+        crate::kvm::reload_slot(vm, &self.mem)?;
         if let Some(wp) = self.wp.as_mut() {
             wp.report.reprotects += 1;
             wp.report.protected = want.keys().copied().collect();
@@ -417,7 +394,7 @@ impl TrapGuest {
     fn write_real(&self, gpa: u64, v: u64) -> Result<(), PortError> {
         self.mem
             .write_obj(v, GuestAddress(gpa))
-            .map_err(PortError::hv_memory("writing hv-sim's page", gpa))
+            .map_err(PortError::hv_memory("writing", "hv-sim's page", gpa))
     }
 
     fn update_gdt_slot(&mut self, i: u64, mem: &PagingMemory<'_>) -> Result<(), PortError> {

@@ -95,7 +95,7 @@ use std::ptr::NonNull;
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VmFd;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::regs::Vcpu;
 use super::{BootReport, Config, Crash, KvmError, PortError, layout};
@@ -429,7 +429,6 @@ pub(crate) struct XenGuest {
     /// Per vCPU: the FS and kernel GS bases last applied from the domain.
     bases: Vec<(u64, u64)>,
     pte_flushes: u64,
-    region: kvm_bindings::kvm_userspace_memory_region,
     cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
     emulated_cpuids: u64,
     bounced: BTreeMap<u8, u64>,
@@ -457,12 +456,12 @@ impl XenGuest {
         let pages = cfg.mem_size / 4096;
         write_hv_pages(mem, cfg, setup)?;
         // The domain over the guest's RAM.
-        let host = mem
-            .get_host_address(GuestAddress(0))
+        let host = super::machine::slot0(mem)
             .map_err(|e| KvmError::GuestMemory {
                 what: "host address",
                 detail: e.to_string(),
-            })?;
+            })?
+            .userspace_addr as *mut u8;
         let host = NonNull::new(host).ok_or_else(|| KvmError::GuestMemory {
             what: "host address",
             detail: "null".into(),
@@ -518,13 +517,6 @@ impl XenGuest {
             cur: 0,
             bases: vec![(0, 0); XEN_VCPUS],
             pte_flushes: 0,
-            region: kvm_bindings::kvm_userspace_memory_region {
-                slot: 0,
-                guest_phys_addr: 0,
-                memory_size: cfg.mem_size as u64,
-                userspace_addr: host.as_ptr() as u64,
-                flags: 0,
-            },
             cpuid: Vec::new(),
             emulated_cpuids: 0,
             bounced: BTreeMap::new(),

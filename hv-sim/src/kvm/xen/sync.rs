@@ -39,13 +39,13 @@ impl XenGuest {
     pub(super) fn read(&self, addr: u64) -> Result<u64, PortError> {
         self.mem
             .read_obj(GuestAddress(addr))
-            .map_err(PortError::hv_memory("reading guest memory", addr))
+            .map_err(PortError::hv_memory("reading", "guest memory", addr))
     }
 
     pub(super) fn write(&self, addr: u64, v: u64) -> Result<(), PortError> {
         self.mem
             .write_obj(v, GuestAddress(addr))
-            .map_err(PortError::hv_memory("writing hv-sim's page", addr))
+            .map_err(PortError::hv_memory("writing", "hv-sim's page", addr))
     }
 
     /// Make the domain's state real on the vCPU.
@@ -176,17 +176,7 @@ impl XenGuest {
     /// copies (PVM shadows the guest's tables) are stale. Re-registering the
     /// memory slot drops them; the guest's next accesses rebuild them.
     pub(super) fn flush_shadow_mmu(&mut self, vm: &VmFd) -> Result<(), PortError> {
-        let mut gone = self.region;
-        gone.memory_size = 0;
-        // SAFETY: deletes slot 0 and re-adds it with the same host range
-        // (the mmap owned by `self.mem`, alive as long as the VM); the vCPU
-        // is stopped in this thread while this runs.
-        unsafe {
-            vm.set_user_memory_region(gone)
-                .map_err(PortError::ioctl("KVM_SET_USER_MEMORY_REGION (delete)"))?;
-            vm.set_user_memory_region(self.region)
-                .map_err(PortError::ioctl("KVM_SET_USER_MEMORY_REGION (re-add)"))?;
-        }
+        super::super::reload_slot(vm, &self.mem)?;
         self.pte_flushes += 1;
         Ok(())
     }
