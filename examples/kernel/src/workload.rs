@@ -66,20 +66,27 @@ static PROBES: [AtomicU64; 2] = [
 
 /// #PFs taken by [`pf_skip`].
 static PF_TAKEN: AtomicU32 = AtomicU32::new(0);
+/// The error code of the last one.
+static PF_ERROR: AtomicU64 = AtomicU64::new(u64::MAX);
 /// A page no guest access reaches under the trap-and-emulate personality
 /// (hv-sim's page tables: not present).
 const UNMAPPED_UNDER_TRAP: u64 = 0x2_0000;
 
-/// #PF (native frame): count it and resume after the 3-byte store of
-/// [`direct_store`].
+/// #PF (native frame): count it, keep its error code and resume after
+/// the 3-byte store of [`direct_store`].
 #[unsafe(naked)]
 extern "C" fn pf_skip() {
     naked_asm!(
+        "push rax",
+        "mov rax, [rsp + 8]",
+        "mov [rip + {e}], rax",
+        "pop rax",
         "add rsp, 8",
         "add qword ptr [rsp], 3",
         "lock inc dword ptr [rip + {c}]",
         "iretq",
-        c = sym PF_TAKEN
+        c = sym PF_TAKEN,
+        e = sym PF_ERROR,
     )
 }
 
@@ -195,10 +202,64 @@ pub fn run<O: DescriptorOps>(ops: &O, t: &mut Tally, flags: u64, tss: bool) {
             n == 1,
             format_args!("#PF count={n}"),
         );
+        split_store(ops, t, &idt);
     }
     t.check(
         "workload FS reads its thread's TLS after every switch",
         mismatches == 0 && errors == 0 && done == u64::from(n),
         format_args!("mismatches={mismatches} errors={errors} ticks={done}"),
+    );
+}
+
+/// Under the trap personality: a 16-gate IDT at the end of the boot-stack
+/// page (0x7000, the kernel's own RAM there), whose next page (0x8000) is
+/// not mapped.
+const SPLIT_IDT: u64 = 0x7f00;
+
+/// An 8-byte store that starts in the IDT's page (write-protected by
+/// hv-sim's write-protect mode) and continues into the not-present page:
+/// as on a CPU, the kernel's handler gets #PF for the second page (error
+/// code W, not P: 2) and neither page is written (SDM vol. 3A 6.15: the
+/// faulting instruction is not executed). Then the workload's IDT again.
+/// U (4) is not compared: without write protection the #PF comes straight
+/// from the CPU, which runs the kernel in ring 3.
+fn split_store<O: DescriptorOps>(ops: &O, t: &mut Tally, idt: &Idt) {
+    const NAME: &str = "workload store from a table page into a not-present page";
+    const PATTERN: u64 = 0x5a5a_5a5a_5a5a_5a5a;
+    let pf = IdtGate::interrupt_handler(Selector(KERNEL_CS), pf_skip, Ring::Ring0);
+    let gate = |v: u64| SPLIT_IDT + v * 16;
+    // SAFETY: the boot-stack page is the kernel's RAM, unused once it runs
+    // on its own stack; nothing has loaded it as a table yet.
+    unsafe {
+        for v in 0..16 {
+            pvops::table::store_u64(gate(v), 0);
+            pvops::table::store_u64(gate(v) + 8, 0);
+        }
+        pvops::table::store_u64(gate(14), pf.low);
+        pvops::table::store_u64(gate(14) + 8, pf.high);
+        // Gate 15's upper half (not present: its lower half is 0): what
+        // the store would overwrite in this page.
+        pvops::table::store_u64(gate(15) + 8, PATTERN);
+    }
+    let before = PF_TAKEN.load(Ordering::SeqCst);
+    let r = Idt::new(SPLIT_IDT, 16).and_then(|split| {
+        // SAFETY: a valid IDT (gate 14 present) while the store runs, the
+        // workload's own one back after it.
+        unsafe {
+            ops.load_idt(&split)?;
+            direct_store(gate(15) + 12, 0x1122_3344_5566_7788);
+            ops.load_idt(idt)
+        }
+    });
+    let taken = PF_TAKEN.load(Ordering::SeqCst) - before;
+    let err = PF_ERROR.load(Ordering::SeqCst);
+    // SAFETY: reading the kernel's own RAM.
+    let kept = unsafe { core::ptr::read_volatile((gate(15) + 8) as *const u64) };
+    t.check(
+        NAME,
+        r.is_ok() && taken == 1 && err & !4 == 2 && kept == PATTERN,
+        format_args!(
+            "#PF, nothing written: {r:?} #PF count={taken} error code={err:#x} first page {kept:#x}"
+        ),
     );
 }

@@ -25,7 +25,16 @@
 //! touched a descriptor slot, **false** sharing if it only touched other
 //! data on a protected page. Any other #PF (not present, a read, outside
 //! the protected pages) goes to the guest's own handler with its CR2 and
-//! error code (U cleared: the guest believes it runs in ring 0).
+//! error code (U cleared: the guest believes it runs in ring 0). So does
+//! the #PF of a store that continues from a protected page into one the
+//! guest cannot write (not present, read-only): CR2 the first byte of that
+//! page, the error code of a write (P if present), nothing written to
+//! either page, RIP at the store ([`WpReport::split_faults`]; SDM vol. 3A
+//! 4.7 and 6.15: the faulting instruction is not executed, and a CPU
+//! checks both pages of a split store before either part is written).
+//! PVM reports such a store's write-protect fault on the first page
+//! first, so this path is taken there (the workload's split-store check;
+//! without protection the CPU's own #PF gives the kernel the same).
 //!
 //! PTE changes are made visible by re-registering guest memory
 //! (`KVM_SET_USER_MEMORY_REGION` with size 0, then again): KVM drops every
@@ -39,12 +48,12 @@ use kvm_bindings::kvm_sregs;
 use kvm_ioctls::VmFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::super::{Crash, PortError};
+use super::super::{Capped, Crash, PortError};
 use super::cpu::TrapCpu;
 use super::store::Store;
 use super::{PagingMemory, TRAP_TEXT, TrapGuest};
 use crate::emulate::profile::{Phase, Phases, Profiled, enter, measure};
-use crate::emulate::{Access, CpuState, GuestMemory, Mode, fetch};
+use crate::emulate::{Access, CpuState, Exception, GuestMemory, Mode, PageFault, fetch};
 use crate::kvm::layout::{PTE_P, PTE_RW, PTE_U};
 use crate::kvm::ports;
 use crate::kvm::regs::Vcpu;
@@ -86,8 +95,13 @@ pub struct WpReport {
     pub true_time: Duration,
     /// hv-sim's handling time for false-sharing traps, summed.
     pub false_time: Duration,
-    /// Page faults delivered to the guest's own handler.
+    /// Page faults delivered to the guest's own handler (those of
+    /// [`split_faults`](WpReport::split_faults) included).
     pub delivered: u64,
+    /// Stores into a protected page that continue into a page the guest
+    /// cannot write (not present, read-only): the #PF injected for the
+    /// second page, nothing written (the first 4096 kept, all counted).
+    pub split_faults: Capped<PageFault>,
     /// Traps whose instruction bytes changed before the store was made.
     pub restarts: u64,
     /// Times the protected set changed (each a memory re-registration).
@@ -108,6 +122,17 @@ pub struct WpReport {
 
 /// Most per-trap samples kept.
 const MAX_SAMPLES: usize = 4096;
+
+/// What [`TrapGuest::emulate_store`] did.
+enum StoreDone {
+    /// The instruction's bytes changed: nothing done (re-execute).
+    Changed,
+    /// The store continues into a page the guest cannot write: nothing
+    /// written, this #PF for the guest.
+    Faulted(PageFault),
+    /// Stored: descriptor slots touched, instruction length.
+    Stored(u64, usize),
+}
 
 /// Write-protect mode's state.
 #[derive(Default)]
@@ -131,6 +156,21 @@ fn pte_gpa(mem: &GuestMemoryMmap, cr3: u64, va: u64) -> Option<u64> {
         table = e & 0x000f_ffff_ffff_f000;
     }
     Some(table + ((va >> 12) & 511) * 8)
+}
+
+/// Can the guest write all of `[addr, addr + n)`? Else the #PF for the
+/// first page that fails (CR2 its first byte in the range; the error code
+/// of a supervisor write: the guest believes it runs in ring 0).
+fn writable(mem: &PagingMemory<'_>, addr: u64, n: usize) -> Result<(), PageFault> {
+    let mut va = addr;
+    loop {
+        mem.translate(va, Access::Write)?;
+        let next = (va | 0xfff).wrapping_add(1);
+        if next.wrapping_sub(addr) >= n as u64 {
+            return Ok(());
+        }
+        va = next;
+    }
 }
 
 /// The linear byte ranges of the guest's tables: (start, length).
@@ -251,13 +291,27 @@ impl TrapGuest {
         cpu.regs.rsp = rsp;
         cpu.regs.rflags = rflags;
         let (done, phases) = measure(|| self.emulate_store(&mut cpu, &sregs, &mem, cr2));
-        let done = done?;
-        let Some((touched, len)) = done else {
-            if let Some(wp) = self.wp.as_mut() {
-                wp.report.restarts += 1;
+        let (touched, len) = match done? {
+            StoreDone::Stored(touched, len) => (touched, len),
+            StoreDone::Changed => {
+                if let Some(wp) = self.wp.as_mut() {
+                    wp.report.restarts += 1;
+                }
+                vcpu.set_regs(&cpu.regs);
+                return Ok(());
             }
-            vcpu.set_regs(&cpu.regs);
-            return Ok(());
+            StoreDone::Faulted(pf) => {
+                // As the CPU would: #PF for the second page, the
+                // instruction not executed (SDM vol. 3A 6.15).
+                if let Some(wp) = self.wp.as_mut() {
+                    wp.report.delivered += 1;
+                    wp.report.split_faults.push(pf);
+                }
+                if self.deliver(vcpu, &mem, regs, &mut sregs, saved_rax, Exception::Pf(pf))? {
+                    vcpu.set_sregs(&sregs);
+                }
+                return Ok(());
+            }
         };
         cpu.regs.rip = rip.wrapping_add(len as u64);
         vcpu.set_regs(&cpu.regs);
@@ -280,15 +334,23 @@ impl TrapGuest {
     }
 
     /// Fetch, decode and perform the store at the faulting RIP; update the
-    /// real slots it touched. `Ok(None)`: the bytes changed (nothing done);
-    /// else (descriptor slots touched, instruction length).
+    /// real slots it touched.
+    ///
+    /// A store that continues past the protected page into one the guest
+    /// cannot write faults as the CPU faults it: #PF for the first byte of
+    /// the second page that fails, the error code of a write (also for a
+    /// read-modify-write), and nothing written to either page. The SDM
+    /// (vol. 3A 6.15, #PF, "Program State Change") says the faulting
+    /// instruction is not executed; a CPU translates both pages of a split
+    /// store before either part reaches memory. So every page is checked
+    /// for the write before the operand is read or written.
     fn emulate_store(
         &mut self,
         cpu: &mut TrapCpu,
         sregs: &kvm_sregs,
         raw: &PagingMemory<'_>,
         cr2: u64,
-    ) -> Result<Option<(u64, usize)>, PortError> {
+    ) -> Result<StoreDone, PortError> {
         let mem = &Profiled(raw);
         let mode = Mode::of(cpu);
         let bytes = {
@@ -320,10 +382,13 @@ impl TrapGuest {
             let p = enter(Phase::Recheck);
             let again = fetch::fetch(cpu, mem, mode);
             if again.n < len || again.bytes[..len] != bytes.bytes[..len] {
-                return Ok::<bool, PortError>(false);
+                return Ok::<_, PortError>(StoreDone::Changed);
             }
             drop(p);
             let _p = enter(Phase::Execute);
+            if let Err(pf) = writable(raw, addr, n) {
+                return Ok(StoreDone::Faulted(pf));
+            }
             let mut old = [0u8; 8];
             mem.read(addr, &mut old[..n], Access::Read)
                 .map_err(PortError::guest_access("reading the operand", addr))?;
@@ -331,13 +396,16 @@ impl TrapGuest {
             mem.write(addr, &new.to_le_bytes()[..n], Access::Write)
                 .map_err(PortError::guest_access("performing the store", addr))?;
             cpu.regs.rflags = rflags;
-            Ok(true)
+            Ok(StoreDone::Stored(0, len))
         })?;
-        if !stored {
-            return Ok(None);
+        if !matches!(stored, StoreDone::Stored(..)) {
+            return Ok(stored);
         }
         let _p = enter(Phase::Commit);
-        Ok(Some((self.update_slots(addr, n as u64, raw)?, len)))
+        Ok(StoreDone::Stored(
+            self.update_slots(addr, n as u64, raw)?,
+            len,
+        ))
     }
 
     /// Rebuild the real slots of every table that `[addr, addr + n)`
@@ -453,3 +521,7 @@ impl TrapGuest {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "wp_tests.rs"]
+mod tests;
