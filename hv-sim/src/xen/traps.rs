@@ -70,6 +70,24 @@ pub fn exit_rflags(saved: u64, sysret: bool) -> u64 {
     (r11 & loads) | RFLAGS_MBS
 }
 
+/// The vCPU after Xen 4.17.7 returns from an `iret` hypercall to `r`:
+/// (rflags, rcx, r11). Without `VGCF_in_syscall`, `iretq` with the
+/// context's rcx and r11. With it, the hypercall's `TRAP_syscall` stays in
+/// `entry_vector`, so `restore_all_guest` leaves through `sysretq`
+/// (`x86_64/entry.S` 204-233; `iretq` at 236-247 when rip is not
+/// canonical): rcx = rip (line 230, or 238) and r11 = the flags (206-208,
+/// as `do_iret` left them), which `sysretq` then loads ([`exit_rflags`]).
+pub fn iret_exit(r: &IretReturn) -> (u64, u64, u64) {
+    match r.rcx_r11 {
+        Some((rcx, r11)) => (exit_rflags(r.rflags, false), rcx, r11),
+        None => {
+            let r11 = (r.rflags & !(RFLAGS_IOPL | RFLAGS_VM)) | RFLAGS_IF;
+            let sysret = super::domain::is_canonical(r.rip);
+            (exit_rflags(r.rflags, sysret), r.rip, r11)
+        }
+    }
+}
+
 /// `VGCF_in_syscall` in `iret_context.flags`.
 pub const VGCF_IN_SYSCALL: u64 = 1 << 8;
 /// `trap_info.flags` bit 2: mask events on entry (`TBF_INTERRUPT`).
@@ -319,5 +337,22 @@ mod tests {
                 assert_eq!(r & 0x3200, 0x200, "{v:#x}: IF set, IOPL 0");
             }
         }
+    }
+
+    /// `iret` with and without `VGCF_in_syscall` (entry.S: sysretq with
+    /// rcx = rip and r11 = the flags; RF not loaded), and with a
+    /// non-canonical rip (iretq, RF loaded, rcx = rip still).
+    #[test]
+    fn iret_exit_registers() {
+        let rf = RFLAGS_RF | RFLAGS_AC;
+        // rax r11 rcx flags rip cs rflags rsp ss
+        let ctx = |flags: u64, rip: u64| [1, 0x11, 0xc, flags, rip, 0xe030, 0x46 | rf, 8, 0xe02b];
+        let r = iret(ctx(0, 0x20_1000)).expect("kernel return");
+        assert_eq!(iret_exit(&r), (0x246 | rf, 0xc, 0x11));
+        let r = iret(ctx(VGCF_IN_SYSCALL, 0x20_1000)).expect("kernel return");
+        assert_eq!(iret_exit(&r), (0x246 | RFLAGS_AC, 0x20_1000, 0x246 | rf));
+        let far = 0x8000_0000_0000_0000;
+        let r = iret(ctx(VGCF_IN_SYSCALL, far)).expect("kernel return");
+        assert_eq!(iret_exit(&r), (0x246 | rf, far, 0x246 | rf));
     }
 }

@@ -165,15 +165,11 @@ impl XenGuest {
         regs.rax = r.rax;
         regs.rip = r.rip;
         regs.rsp = r.rsp;
-        // As Xen's exit to the guest leaves them: sysretq with
-        // VGCF_in_syscall and a canonical rip, else iretq (never a bad
-        // RFLAGS for KVM). The real IOPL stays 3: hv-sim's stubs use `out`.
-        let sysret = r.rcx_r11.is_none() && crate::xen::domain::is_canonical(r.rip);
-        regs.rflags = traps::exit_rflags(r.rflags, sysret) | traps::RFLAGS_IOPL;
-        if let Some((rcx, r11)) = r.rcx_r11 {
-            regs.rcx = rcx;
-            regs.r11 = r11;
-        }
+        // As Xen's exit to the guest leaves them (never a bad RFLAGS for
+        // KVM). The real IOPL stays 3: hv-sim's stubs use `out`.
+        let (rflags, rcx, r11) = traps::iret_exit(&r);
+        regs.rflags = rflags | traps::RFLAGS_IOPL;
+        (regs.rcx, regs.r11) = (rcx, r11);
         self.upcall_mask = r.upcall_mask;
         self.irets += 1;
         vcpu.set_regs(&regs);
