@@ -97,10 +97,7 @@ pub fn write_ring3_page_tables(
     mem_size: usize,
     low_page: impl Fn(u64) -> u64,
 ) -> Result<(), KvmError> {
-    let w = |addr: u64, v: u64| {
-        mem.write_obj(v, GuestAddress(addr))
-            .map_err(KvmError::guest_write("the ring-3 page tables", addr))
-    };
+    let w = |addr: u64, v: u64| put(mem, "the ring-3 page tables", addr, v);
     let pages = (mem_size / 4096) as u64;
     w(PML4, 0x2000 | PTE_P | PTE_RW | PTE_U)?;
     w(0x2000, 0x3000 | PTE_P | PTE_RW | PTE_U)?;
@@ -124,10 +121,7 @@ pub fn write_ring3_page_tables(
 
 /// Write the boot GDT and page tables.
 pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), KvmError> {
-    let w = |addr: u64, v: u64| {
-        mem.write_obj(v, GuestAddress(addr))
-            .map_err(KvmError::guest_write("the boot tables", addr))
-    };
+    let w = |addr: u64, v: u64| put(mem, "the boot tables", addr, v);
     for (i, d) in BOOT_GDT_ENTRIES.iter().enumerate() {
         w(BOOT_GDT + i as u64 * 8, *d)?;
     }
@@ -227,4 +221,125 @@ pub fn long_mode_sregs(sregs: &mut kvm_sregs) {
     sregs.cr4 = 1 << 5; // PAE
     sregs.cr0 = 0x8005_0033; // PG | WP | NE | ET | MP | PE
     sregs.efer = 0x500; // LME | LMA
+}
+
+/// Write `v` at `addr` of guest memory on hv-sim's behalf (`what` names it
+/// in the error).
+pub(crate) fn put(
+    mem: &GuestMemoryMmap,
+    what: &'static str,
+    addr: u64,
+    v: u64,
+) -> Result<(), KvmError> {
+    mem.write_obj(v, GuestAddress(addr))
+        .map_err(KvmError::guest_write(what, addr))
+}
+
+/// A flat ring-3 64-bit code descriptor (DPL 3, L, accessed).
+pub const RING3_CODE64: u64 = 0x00af_fb00_0000_ffff;
+/// A flat ring-3 data descriptor (DPL 3, D/B, G, accessed).
+pub const RING3_DATA: u64 = 0x00cf_f300_0000_ffff;
+/// A TSS descriptor's busy bit (TR is loaded with it).
+pub const TSS_BUSY: u64 = 2 << 40;
+
+/// Write `entries` (index, descriptor) into the GDT at `gdt`; a TSS at
+/// `tss` (limit 0x67, busy) at index `tss_index` and the one after.
+pub(crate) fn write_gdt_entries(
+    mem: &GuestMemoryMmap,
+    gdt: u64,
+    entries: &[(u32, u64)],
+    (tss_index, tss): (u32, u64),
+) -> Result<(), KvmError> {
+    let sd = pvops::SystemDescriptor::tss(tss, 0x67)?;
+    let tss = [(tss_index, sd.low | TSS_BUSY), (tss_index + 1, sd.high)];
+    for (i, d) in entries.iter().chain(&tss) {
+        put(mem, "hv-sim's GDT entries", gdt + u64::from(*i) * 8, *d)?;
+    }
+    Ok(())
+}
+
+/// An interrupt or trap gate's two halves: `offset` in `selector`,
+/// `type_attr` its byte 5 (P, DPL, type).
+pub fn gate(offset: u64, selector: u16, type_attr: u64) -> (u64, u64) {
+    let low = (offset & 0xffff)
+        | (u64::from(selector) << 16)
+        | (type_attr << 40)
+        | ((offset >> 16) & 0xffff) << 48;
+    (low, offset >> 32)
+}
+
+/// What a ring-3 personality maps in hv-sim's first MiB, besides the real
+/// descriptor tables and its TSS (supervisor-only: the CPU's implicit
+/// accesses).
+#[derive(Clone, Copy)]
+pub(crate) struct LowMap {
+    /// The boot stack (0x7000–0x8000), read/write for the guest.
+    pub(crate) boot_stack: bool,
+    /// The option-ROM window (0xC0000 up), read-only for the guest.
+    pub(crate) rom_window: bool,
+    /// The personality's own page ([`ring3::OWN_PAGE`]): the guest's
+    /// (read, execute: stubs) rather than supervisor-only (a TSS copy).
+    pub(crate) own_page_user: bool,
+}
+
+/// [`write_ring3_page_tables`] with hv-sim's pages as `map` says; the
+/// rest of the first MiB is not present.
+pub(crate) fn write_ring3_map(
+    mem: &GuestMemoryMmap,
+    mem_size: usize,
+    map: LowMap,
+) -> Result<(), KvmError> {
+    use ring3::{OWN_PAGE, REAL_GDT};
+    write_ring3_page_tables(mem, mem_size, |a| {
+        if map.boot_stack && (0x7000..BOOT_STACK_TOP).contains(&a) {
+            a | PTE_P | PTE_RW | PTE_U
+        } else if (map.rom_window && a >= crate::vmi::abi::scan::START)
+            || (map.own_page_user && a == OWN_PAGE)
+        {
+            a | PTE_P | PTE_U
+        } else if (REAL_GDT..OWN_PAGE + 0x1000).contains(&a) {
+            a | PTE_P | PTE_RW
+        } else {
+            0
+        }
+    })
+}
+
+/// hv-sim's own ring-3 tables (VMI-style, trap-and-emulate): its flat
+/// selectors at the top of the real GDT, the real IDT, its TSS.
+pub const HV_RING3: Ring3Tables = Ring3Tables {
+    cs: ring3::KERNEL_CS,
+    ss: ring3::KERNEL_SS,
+    gdt: (ring3::REAL_GDT, ring3::REAL_GDT_ENTRIES as u64),
+    idt: ring3::REAL_IDT,
+    tss: (ring3::HV_TSS_SELECTOR, ring3::HV_TSS),
+};
+
+/// hv-sim's pages of a personality that runs the guest on its own ring-3
+/// selectors ([`HV_RING3`]: VMI-style, trap-and-emulate): the page tables
+/// as `map` says, and its GDT entries (ring-3 code, data, its TSS) from
+/// [`ring3::FIRST_HV_GDT_ENTRY`].
+pub(crate) fn write_hv_ring3(
+    mem: &GuestMemoryMmap,
+    mem_size: usize,
+    map: LowMap,
+) -> Result<(), KvmError> {
+    use ring3::FIRST_HV_GDT_ENTRY as FIRST;
+    write_ring3_map(mem, mem_size, map)?;
+    write_gdt_entries(
+        mem,
+        ring3::REAL_GDT,
+        &[(FIRST, RING3_CODE64), (FIRST + 1, RING3_DATA)],
+        (FIRST + 2, ring3::HV_TSS),
+    )
+}
+
+/// The entry state on hv-sim's own ring-3 selectors ([`HV_RING3`]); on a
+/// PVM host the boot flag that says the guest's `cpuid` shows the host's
+/// leaves (ring 3 there has no CPUID faulting).
+pub(crate) fn hv_ring3_entry(regs: &mut kvm_regs, sregs: &mut kvm_sregs) {
+    if super::host_is_pvm() {
+        regs.rdi |= super::boot_flags::CPUID_SHOWS_HOST;
+    }
+    ring3_entry(regs, sregs, &HV_RING3);
 }

@@ -60,7 +60,7 @@ pub use capped::Capped;
 pub(crate) use error::panic_message;
 pub use error::{Crash, KvmError, PortError, Unavailable};
 pub(crate) use machine::{Machine, guest_ram, reload_slot, with_watchdog};
-use personality::{Personality, PortAction};
+use personality::{Personality, PortAction, PortWrite};
 pub use regs::VcpuIoctls;
 use regs::{RegCache, Vcpu};
 
@@ -576,7 +576,15 @@ fn exit_loop(
                     }
                     p => {
                         let data = u32::from_le_bytes(b);
-                        match guest.port(&m.vm, &mut cpu, p, data, len, &mut run.text) {
+                        let w = PortWrite {
+                            vm: &m.vm,
+                            vcpu: &mut cpu,
+                            port: p,
+                            data,
+                            len,
+                            text: &mut run.text,
+                        };
+                        match guest.port(w) {
                             Some(Ok(PortAction::Handled)) => {}
                             Some(Ok(PortAction::Exit(status))) => return Ok(Some(status)),
                             Some(Ok(PortAction::StartVcpu(next))) => {

@@ -32,6 +32,23 @@ pub(crate) enum PortAction {
     VcpuDown,
 }
 
+/// A write to a port that is not the report protocol's, and what a
+/// personality may use to serve it.
+pub(crate) struct PortWrite<'a, 'v> {
+    /// The VM.
+    pub(crate) vm: &'a VmFd,
+    /// The vCPU that wrote.
+    pub(crate) vcpu: &'a mut Vcpu<'v>,
+    /// The port.
+    pub(crate) port: u16,
+    /// The value (little-endian, zero-extended).
+    pub(crate) data: u32,
+    /// Bytes written.
+    pub(crate) len: usize,
+    /// The boot's text so far (Xen's console adds to it).
+    pub(crate) text: &'a mut Vec<u8>,
+}
+
 /// A personality during one boot.
 pub(crate) trait Personality {
     /// The CPUID 0x4000_0000 signature it answers with (`None`: the
@@ -54,19 +71,13 @@ pub(crate) trait Personality {
         Ok(())
     }
 
-    /// A write of `len` bytes `data` to `port` (not a report port).
-    /// `None`: not this personality's port (a stray write). `Err`: the
-    /// guest broke the personality's protocol or did what its hypervisor
-    /// refuses to survive.
-    fn port(
-        &mut self,
-        vm: &VmFd,
-        vcpu: &mut Vcpu<'_>,
-        port: u16,
-        data: u32,
-        len: usize,
-        text: &mut Vec<u8>,
-    ) -> Option<Result<PortAction, PortError>>;
+    /// A port write `w` (not to a report port). `None`: not this
+    /// personality's port (a stray write; the default). `Err`: the guest
+    /// broke the personality's protocol ([`super::Crash`]) or hv-sim
+    /// failed.
+    fn port(&mut self, _w: PortWrite<'_, '_>) -> Option<Result<PortAction, PortError>> {
+        None
+    }
 
     /// [`super::boot_flags::START_AP_PORT`] if this personality starts a
     /// vCPU on a write to [`super::ports::START_AP`], else 0.
@@ -105,18 +116,6 @@ struct Native;
 impl Personality for Native {
     fn ap_start_flag(&self) -> u64 {
         super::boot_flags::START_AP_PORT
-    }
-
-    fn port(
-        &mut self,
-        _: &VmFd,
-        _: &mut Vcpu<'_>,
-        _: u16,
-        _: u32,
-        _: usize,
-        _: &mut Vec<u8>,
-    ) -> Option<Result<PortAction, PortError>> {
-        None
     }
 
     fn finish(self: Box<Self>) -> Option<Outcome> {

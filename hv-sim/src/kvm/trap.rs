@@ -71,6 +71,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::personality::{PortAction, PortWrite};
 use super::regs::Vcpu;
 use super::xen::FinalSegments;
 use super::{Config, Crash, KvmError, PortError, layout, ports};
@@ -113,8 +114,7 @@ pub use report::{Bounced, TrapBootReport};
 pub const MAX_RECORDS: usize = 4096;
 
 pub use super::paging::PagingMemory;
-use layout::{PTE_P, PTE_RW, PTE_U};
-const BUSY: u64 = 2 << 40;
+use layout::{TSS_BUSY as BUSY, gate};
 const RFLAGS_TF: u64 = 1 << 8;
 const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_NT: u64 = 1 << 14;
@@ -174,15 +174,6 @@ fn compress(d: u64) -> u64 {
     } else {
         d
     }
-}
-
-/// An interrupt gate's two halves.
-fn gate(offset: u64, selector: u16, type_attr: u64) -> (u64, u64) {
-    let low = (offset & 0xffff)
-        | (u64::from(selector) << 16)
-        | (type_attr << 40)
-        | ((offset >> 16) & 0xffff) << 48;
-    (low, offset >> 32)
 }
 
 /// The real gate for vector `v` from the guest's (`low`, `high`): DPL 3,
@@ -286,34 +277,21 @@ impl TrapGuest {
         cfg: &Config,
         mode: TrapMode,
     ) -> Result<TrapGuest, KvmError> {
-        let w = |addr: u64, v: u64| {
-            mem.write_obj(v, GuestAddress(addr))
-                .map_err(KvmError::guest_write("hv-sim's pages", addr))
-        };
-        layout::write_ring3_page_tables(mem, cfg.mem_size, |a| {
-            if (0x7000..0x8000).contains(&a) {
-                a | PTE_P | PTE_RW | PTE_U
-            } else if a >= crate::vmi::abi::scan::START || a == TRAP_TEXT {
-                // The (empty) option-ROM window, so the kernel's VMI probe
-                // reads zeros as on a plain machine; the stub page.
-                a | PTE_P | PTE_U
-            } else if (REAL_GDT..HV_TSS + 0x1000).contains(&a) {
-                // Supervisor only: the CPU's implicit accesses.
-                a | PTE_P | PTE_RW
-            } else {
-                0
-            }
-        })?;
+        // The (empty) option-ROM window, so the kernel's VMI probe reads
+        // zeros as on a plain machine; the stub page.
+        layout::write_hv_ring3(
+            mem,
+            cfg.mem_size,
+            layout::LowMap {
+                boot_stack: true,
+                rom_window: true,
+                own_page_user: true,
+            },
+        )?;
         mem.write_slice(&TRAP_STUB, GuestAddress(TRAP_TEXT))
             .map_err(KvmError::guest_write("the #GP entry", TRAP_TEXT))?;
         mem.write_slice(&PF_STUB, GuestAddress(wp::PF_STUB_AT))
             .map_err(KvmError::guest_write("the #PF entry", wp::PF_STUB_AT))?;
-        let gdt = |idx: u32, d: u64| w(REAL_GDT + u64::from(idx) * 8, d);
-        gdt(FIRST_HV_GDT_ENTRY, 0x00af_fb00_0000_ffff)?;
-        gdt(FIRST_HV_GDT_ENTRY + 1, 0x00cf_f300_0000_ffff)?;
-        let tss = pvops::SystemDescriptor::tss(HV_TSS, 0x67)?;
-        gdt(FIRST_HV_GDT_ENTRY + 2, tss.low | BUSY)?;
-        gdt(FIRST_HV_GDT_ENTRY + 3, tss.high)?;
         // The virtual registers start as after reset: GDTR/IDTR base 0,
         // limit 0xffff; TR and LDTR null.
         let reset = DescriptorTablePointer {
@@ -354,20 +332,7 @@ impl TrapGuest {
     /// hv-sim's GDT/IDT/TR; the boot flags that say so.
     pub(crate) fn entry_state(&mut self, regs: &mut kvm_regs, sregs: &mut kvm_sregs) {
         regs.rdi |= super::boot_flags::DEPRIVILEGED;
-        if super::host_is_pvm() {
-            regs.rdi |= super::boot_flags::CPUID_SHOWS_HOST;
-        }
-        layout::ring3_entry(
-            regs,
-            sregs,
-            &layout::Ring3Tables {
-                cs: TRAP_KERNEL_CS,
-                ss: TRAP_KERNEL_SS,
-                gdt: (REAL_GDT, REAL_GDT_ENTRIES as u64),
-                idt: REAL_IDT,
-                tss: (HV_TSS_SELECTOR, HV_TSS),
-            },
-        );
+        layout::hv_ring3_entry(regs, sregs);
         sregs.cr4 |= CR4_UMIP;
     }
 
@@ -699,14 +664,7 @@ impl TrapGuest {
     /// The guest wrote its exit status: record the vCPU's segments.
     pub(crate) fn at_exit(&mut self, vcpu: &mut Vcpu<'_>) {
         if let Ok(s) = vcpu.sregs() {
-            self.final_segments = Some(FinalSegments {
-                cs: s.cs.selector,
-                cpl: s.cs.dpl,
-                ss: s.ss.selector,
-                ds: s.ds.selector,
-                es: s.es.selector,
-                ds_dpl: s.ds.dpl,
-            });
+            self.final_segments = Some(FinalSegments::of(&s));
             let ldt = if s.ldt.unusable != 0 {
                 (0, 0)
             } else {
@@ -751,18 +709,10 @@ impl super::personality::Personality for TrapGuest {
         TrapGuest::initial_tables(self, vcpu)
     }
 
-    fn port(
-        &mut self,
-        vm: &kvm_ioctls::VmFd,
-        vcpu: &mut Vcpu<'_>,
-        port: u16,
-        data: u32,
-        len: usize,
-        _: &mut Vec<u8>,
-    ) -> Option<Result<super::personality::PortAction, PortError>> {
-        (port == ports::TRAP).then(|| {
-            self.trap(vm, vcpu, data, len)
-                .map(|()| super::personality::PortAction::Handled)
+    fn port(&mut self, w: PortWrite<'_, '_>) -> Option<Result<PortAction, PortError>> {
+        (w.port == ports::TRAP).then(|| {
+            self.trap(w.vm, w.vcpu, w.data, w.len)
+                .map(|()| PortAction::Handled)
         })
     }
 

@@ -75,6 +75,7 @@ use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::escape_audit::{self, Escape};
+use super::personality::{PortAction, PortWrite};
 use super::regs::Vcpu;
 use super::xen::FinalSegments;
 use super::{BootReport, Config, Crash, KvmError, PortError, layout, ports};
@@ -103,8 +104,7 @@ pub const VMI_KERNEL_SS: u16 = layout::ring3::KERNEL_SS;
 /// callee clobber them; a kernel that relied on them would see this).
 pub const CLOBBER: u64 = 0xdead_0000_c0de_0000;
 
-use layout::{PTE_P, PTE_RW, PTE_U};
-const BUSY: u64 = 2 << 40;
+use layout::TSS_BUSY as BUSY;
 
 /// The guest's RAM as the VMI personality reads and writes it: guest
 /// virtual = guest physical, and only the guest's pages (1 MiB up to the
@@ -314,33 +314,19 @@ impl VmiGuest {
         cfg: &Config,
         rom: &RomBuilder,
     ) -> Result<VmiGuest, KvmError> {
-        let w = |addr: u64, v: u64| {
-            mem.write_obj(v, GuestAddress(addr))
-                .map_err(KvmError::guest_write("hv-sim's pages", addr))
-        };
-        layout::write_ring3_page_tables(mem, cfg.mem_size, |a| {
-            if (0x7000..0x8000).contains(&a) {
-                a | PTE_P | PTE_RW | PTE_U
-            } else if a >= abi::scan::START {
-                // The option-ROM window: read-only, as ROM is.
-                a | PTE_P | PTE_U
-            } else if (REAL_GDT..TSS_COPY + 0x1000).contains(&a) {
-                // Supervisor only: the CPU's implicit accesses.
-                a | PTE_P | PTE_RW
-            } else {
-                0
-            }
-        })?;
-        // The ROM.
+        // The option-ROM window read-only, as ROM is; the TSS copy
+        // supervisor-only.
+        layout::write_hv_ring3(
+            mem,
+            cfg.mem_size,
+            layout::LowMap {
+                boot_stack: true,
+                rom_window: true,
+                own_page_user: false,
+            },
+        )?;
         mem.write_slice(&rom.build(), GuestAddress(ROM_BASE))
             .map_err(KvmError::guest_write("the VMI ROM", ROM_BASE))?;
-        // hv-sim's reserved GDT entries: ring-3 code and data, its TSS.
-        let gdt = |idx: u32, d: u64| w(REAL_GDT + u64::from(idx) * 8, d);
-        gdt(FIRST_HV_GDT_ENTRY, 0x00af_fb00_0000_ffff)?;
-        gdt(FIRST_HV_GDT_ENTRY + 1, 0x00cf_f300_0000_ffff)?;
-        let tss = pvops::SystemDescriptor::tss(HV_TSS, 0x67)?;
-        gdt(FIRST_HV_GDT_ENTRY + 2, tss.low | BUSY)?;
-        gdt(FIRST_HV_GDT_ENTRY + 3, tss.high)?;
         let ram = KvmGuestRam {
             mem: mem.clone(),
             end: cfg.mem_size as u64,
@@ -365,21 +351,8 @@ impl VmiGuest {
     /// The entry state: ring 3 on hv-sim's flat selectors, IOPL 3, hv-sim's
     /// GDT/IDT/TR, no LDT.
     pub(crate) fn entry_state(&mut self, regs: &mut kvm_regs, sregs: &mut kvm_sregs) {
-        if super::host_is_pvm() {
-            regs.rdi |= super::boot_flags::CPUID_SHOWS_HOST;
-        }
         regs.rsi = 0;
-        layout::ring3_entry(
-            regs,
-            sregs,
-            &layout::Ring3Tables {
-                cs: VMI_KERNEL_CS,
-                ss: VMI_KERNEL_SS,
-                gdt: (REAL_GDT, REAL_GDT_ENTRIES as u64),
-                idt: REAL_IDT,
-                tss: (HV_TSS_SELECTOR, HV_TSS),
-            },
-        );
+        layout::hv_ring3_entry(regs, sregs);
     }
 
     /// A ROM stub's port write: run the call, write the result, make its
@@ -618,14 +591,7 @@ impl VmiGuest {
         let Ok(s) = vcpu.sregs() else {
             return;
         };
-        self.final_segments = Some(FinalSegments {
-            cs: s.cs.selector,
-            cpl: s.cs.dpl,
-            ss: s.ss.selector,
-            ds: s.ds.selector,
-            es: s.es.selector,
-            ds_dpl: s.ds.dpl,
-        });
+        self.final_segments = Some(FinalSegments::of(&s));
         let gdt = (0..self.gdt_written)
             .map(|i| self.read(REAL_GDT + i as u64 * 8).unwrap_or(0))
             .collect();
@@ -683,18 +649,10 @@ impl super::personality::Personality for VmiGuest {
         VmiGuest::entry_state(self, regs, sregs)
     }
 
-    fn port(
-        &mut self,
-        _: &kvm_ioctls::VmFd,
-        vcpu: &mut Vcpu<'_>,
-        port: u16,
-        data: u32,
-        len: usize,
-        _: &mut Vec<u8>,
-    ) -> Option<Result<super::personality::PortAction, PortError>> {
-        (port == ports::VMI).then(|| {
-            self.rom_call(vcpu, data, len)
-                .map(|()| super::personality::PortAction::Handled)
+    fn port(&mut self, w: PortWrite<'_, '_>) -> Option<Result<PortAction, PortError>> {
+        (w.port == ports::VMI).then(|| {
+            self.rom_call(w.vcpu, w.data, w.len)
+                .map(|()| PortAction::Handled)
         })
     }
 

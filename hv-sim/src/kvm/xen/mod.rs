@@ -193,6 +193,20 @@ pub struct FinalSegments {
     pub ds_dpl: u8,
 }
 
+impl FinalSegments {
+    /// The segments in `s` (`KVM_GET_SREGS`).
+    pub(crate) fn of(s: &kvm_sregs) -> FinalSegments {
+        FinalSegments {
+            cs: s.cs.selector,
+            cpl: s.cs.dpl,
+            ss: s.ss.selector,
+            ds: s.ds.selector,
+            es: s.es.selector,
+            ds_dpl: s.ds.dpl,
+        }
+    }
+}
+
 /// What a Xen PV boot did.
 #[derive(Clone, Debug)]
 pub struct XenBootReport {
@@ -346,20 +360,17 @@ fn accessed(d: u64) -> u64 {
 /// stubs, the exception stubs with their IDT gates, and Xen's reserved GDT
 /// entries.
 fn write_hv_pages(mem: &GuestMemoryMmap, cfg: &Config, setup: &XenSetup) -> Result<(), KvmError> {
-    let w = |addr: u64, v: u64| {
-        mem.write_obj(v, GuestAddress(addr))
-            .map_err(KvmError::guest_write("hv-sim's pages", addr))
-    };
-    layout::write_ring3_page_tables(mem, cfg.mem_size, |a| {
-        if a == TRAP_TEXT {
-            a | PTE_P | PTE_U
-        } else if (REAL_GDT..REAL_TSS + 0x1000).contains(&a) {
-            // Supervisor only: the CPU's implicit accesses.
-            a | PTE_P | PTE_RW
-        } else {
-            0
-        }
-    })?;
+    let w = |addr: u64, v: u64| layout::put(mem, "hv-sim's pages", addr, v);
+    // The exception stubs' page (TRAP_TEXT) is the guest's to run.
+    layout::write_ring3_map(
+        mem,
+        cfg.mem_size,
+        layout::LowMap {
+            boot_stack: false,
+            rom_window: false,
+            own_page_user: true,
+        },
+    )?;
     // Hypercall page and exception stubs.
     let mut stubs = vec![0u8; 4096];
     for (nr, s) in stubs.chunks_mut(STUB_SIZE).enumerate() {
@@ -377,25 +388,24 @@ fn write_hv_pages(mem: &GuestMemoryMmap, cfg: &Config, setup: &XenSetup) -> Resu
         // Interrupt gates into the stubs; #BP and #OF may be raised by
         // `int3`/`into` in ring 3, as Xen's IDT allows.
         let dpl: u64 = if v == 3 || v == 4 { 3 } else { 0 };
-        let low = (at & 0xffff)
-            | (u64::from(FLAT_KERNEL_CS) << 16)
-            | ((0x8e | dpl << 5) << 40)
-            | ((at >> 16) & 0xffff) << 48;
+        let (low, high) = layout::gate(at, FLAT_KERNEL_CS, 0x8e | dpl << 5);
         w(REAL_IDT + u64::from(v) * 16, low)?;
-        w(REAL_IDT + u64::from(v) * 16 + 8, at >> 32)?;
+        w(REAL_IDT + u64::from(v) * 16 + 8, high)?;
     }
-    // Xen's reserved GDT entries.
-    let gdt = |idx: u32, d: u64| w(REAL_GDT + u64::from(idx) * 8, d);
-    gdt(u32::from(HYPERVISOR_CS >> 3), 0x00af_9b00_0000_ffff)?;
-    gdt(u32::from(HYPERVISOR_DS >> 3), 0x00cf_9300_0000_ffff)?;
-    gdt(u32::from(FLAT_USER_CS32 >> 3), 0x00cf_fb00_0000_ffff)?;
-    gdt(u32::from(FLAT_KERNEL_SS >> 3), 0x00cf_f300_0000_ffff)?;
-    gdt(u32::from(FLAT_KERNEL_CS >> 3), 0x00af_fb00_0000_ffff)?;
-    let tss = pvops::SystemDescriptor::tss(REAL_TSS, 0x67)?;
-    // Busy: TR is loaded with it.
-    gdt(u32::from(TSS_SELECTOR >> 3), tss.low | (0x2 << 40))?;
-    gdt(u32::from(TSS_SELECTOR >> 3) + 1, tss.high)?;
-    Ok(())
+    // Xen's reserved GDT entries, its TSS.
+    let idx = |sel: u16| u32::from(sel >> 3);
+    layout::write_gdt_entries(
+        mem,
+        REAL_GDT,
+        &[
+            (idx(HYPERVISOR_CS), 0x00af_9b00_0000_ffff),
+            (idx(HYPERVISOR_DS), 0x00cf_9300_0000_ffff),
+            (idx(FLAT_USER_CS32), 0x00cf_fb00_0000_ffff),
+            (idx(FLAT_KERNEL_SS), layout::RING3_DATA),
+            (idx(FLAT_KERNEL_CS), layout::RING3_CODE64),
+        ],
+        (idx(TSS_SELECTOR), REAL_TSS),
+    )
 }
 
 /// What a port write did beyond running the hypercall.
@@ -449,10 +459,7 @@ impl XenGuest {
         cfg: &Config,
         setup: &XenSetup,
     ) -> Result<XenGuest, KvmError> {
-        let w = |addr: u64, v: u64| {
-            mem.write_obj(v, GuestAddress(addr))
-                .map_err(KvmError::guest_write("hv-sim's pages", addr))
-        };
+        let w = |addr: u64, v: u64| layout::put(mem, "hv-sim's pages", addr, v);
         let pages = cfg.mem_size / 4096;
         write_hv_pages(mem, cfg, setup)?;
         // The domain over the guest's RAM.
@@ -531,16 +538,7 @@ impl XenGuest {
 
     /// The guest shut down: record the vCPU's segments.
     pub(crate) fn at_exit(&mut self, vcpu: &mut Vcpu<'_>) {
-        if let Ok(s) = vcpu.sregs() {
-            self.final_segments = Some(FinalSegments {
-                cs: s.cs.selector,
-                cpl: s.cs.dpl,
-                ss: s.ss.selector,
-                ds: s.ds.selector,
-                es: s.es.selector,
-                ds_dpl: s.ds.dpl,
-            });
-        }
+        self.final_segments = vcpu.sregs().ok().map(|s| FinalSegments::of(&s));
     }
 
     /// The CPUID leaves the vCPU was given (what emulated `cpuid` answers).
@@ -706,30 +704,27 @@ impl super::personality::Personality for XenGuest {
 
     fn port(
         &mut self,
-        vm: &VmFd,
-        vcpu: &mut Vcpu<'_>,
-        port: u16,
-        data: u32,
-        len: usize,
-        text: &mut Vec<u8>,
+        w: super::personality::PortWrite<'_, '_>,
     ) -> Option<Result<super::personality::PortAction, PortError>> {
         use super::personality::PortAction;
-        if port != super::ports::HYPERCALL {
+        if w.port != super::ports::HYPERCALL {
             return None;
         }
-        Some(match XenGuest::port(self, vm, vcpu, data, len, text) {
-            Ok(Some(XenPort::Start(next))) => Ok(PortAction::StartVcpu(next)),
-            Ok(Some(XenPort::Down)) => Ok(PortAction::VcpuDown),
-            Ok(Some(XenPort::Shutdown(reason))) => {
-                XenGuest::at_exit(self, vcpu);
-                Ok(PortAction::Exit(exit_status(
-                    &String::from_utf8_lossy(text),
-                    reason,
-                )))
-            }
-            Ok(None) => Ok(PortAction::Handled),
-            Err(e) => Err(e),
-        })
+        Some(
+            match XenGuest::port(self, w.vm, w.vcpu, w.data, w.len, w.text) {
+                Ok(Some(XenPort::Start(next))) => Ok(PortAction::StartVcpu(next)),
+                Ok(Some(XenPort::Down)) => Ok(PortAction::VcpuDown),
+                Ok(Some(XenPort::Shutdown(reason))) => {
+                    XenGuest::at_exit(self, w.vcpu);
+                    Ok(PortAction::Exit(exit_status(
+                        &String::from_utf8_lossy(w.text),
+                        reason,
+                    )))
+                }
+                Ok(None) => Ok(PortAction::Handled),
+                Err(e) => Err(e),
+            },
+        )
     }
 
     fn at_exit(&mut self, vcpu: &mut Vcpu<'_>) {
