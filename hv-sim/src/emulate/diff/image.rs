@@ -106,7 +106,7 @@ pub(crate) struct Asm {
 }
 
 impl Asm {
-    fn new(base: u32) -> Asm {
+    pub(crate) fn new(base: u32) -> Asm {
         Asm {
             bytes: Vec::new(),
             base,
@@ -115,15 +115,15 @@ impl Asm {
     pub(crate) fn here(&self) -> u32 {
         self.base + self.bytes.len() as u32
     }
-    fn b(&mut self, b: &[u8]) -> &mut Self {
+    pub(crate) fn b(&mut self, b: &[u8]) -> &mut Self {
         self.bytes.extend_from_slice(b);
         self
     }
-    fn d(&mut self, v: u32) -> &mut Self {
+    pub(crate) fn d(&mut self, v: u32) -> &mut Self {
         self.b(&v.to_le_bytes())
     }
     /// `mov r32, imm32` (r: 0 eax … 7 edi).
-    fn mov_r_imm(&mut self, r: u8, v: u32) -> &mut Self {
+    pub(crate) fn mov_r_imm(&mut self, r: u8, v: u32) -> &mut Self {
         self.b(&[0xb8 + r]).d(v)
     }
     /// `mov dword ss:[abs], imm32`.
@@ -151,7 +151,7 @@ impl Asm {
         }
     }
     /// `mov ax, sel` then `mov sreg, ax` (sreg: 0 ES, 2 SS, 3 DS, 4 FS, 5 GS).
-    fn load_sreg(&mut self, sreg: u8, sel: u16) -> &mut Self {
+    pub(crate) fn load_sreg(&mut self, sreg: u8, sel: u16) -> &mut Self {
         self.b(&[0x66, 0xb8])
             .b(&sel.to_le_bytes())
             .b(&[0x8e, 0xc0 | sreg << 3])
@@ -161,16 +161,16 @@ impl Asm {
         self.b(&[0x36, 0x0f, 0x01, 0x05 | reg << 3]).d(abs)
     }
     /// `mov eax, cr3; mov cr3, eax` (flushes the TLB).
-    fn reload_cr3(&mut self) -> &mut Self {
+    pub(crate) fn reload_cr3(&mut self) -> &mut Self {
         self.b(&[0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8])
     }
     /// `jmp rel32` to `to`.
-    fn jmp(&mut self, to: u32) -> &mut Self {
+    pub(crate) fn jmp(&mut self, to: u32) -> &mut Self {
         let rel = to.wrapping_sub(self.here() + 5);
         self.b(&[0xe9]).d(rel)
     }
     /// `call rel32` to `to`.
-    fn call(&mut self, to: u32) -> &mut Self {
+    pub(crate) fn call(&mut self, to: u32) -> &mut Self {
         let rel = to.wrapping_sub(self.here() + 5);
         self.b(&[0xe8]).d(rel)
     }
@@ -330,7 +330,7 @@ fn runner(paging: Paging, at: u32, recorder: u32, output: u32) -> (Asm, u32) {
 }
 
 /// Copy `b` into the image at guest-physical `at`.
-fn put(img: &mut [u8], at: u32, b: &[u8]) {
+pub(crate) fn put(img: &mut [u8], at: u32, b: &[u8]) {
     let o = (at - LOAD) as usize;
     img[o..o + b.len()].copy_from_slice(b);
 }
@@ -398,8 +398,13 @@ fn entry(img: &mut [u8], paging: Paging, any: bool, output: u32) {
         .b(&[0x0f, 0x22, 0xc0]);
     e.jmp(if any { SCENARIOS } else { output });
     put(img, LOAD + 32, &e.bytes);
-    // Multiboot header (a.out kludge): magic, flags bit 16, checksum,
-    // header, load start, load end, bss end, entry.
+    multiboot_header(img, LOAD + 32);
+}
+
+/// The multiboot header at [`LOAD`] (the a.out kludge: magic, flags bit
+/// 16, checksum, header, load start, load end, bss end, `entry`), for an
+/// image that ends where `img` does.
+pub(crate) fn multiboot_header(img: &mut [u8], entry: u32) {
     let (magic, flags) = (0x1bad_b002u32, 0x0001_0000u32);
     let end = LOAD + img.len() as u32;
     let mut h = Vec::new();
@@ -411,7 +416,7 @@ fn entry(img: &mut [u8], paging: Paging, any: bool, output: u32) {
         LOAD,
         end,
         end,
-        LOAD + 32,
+        entry,
     ] {
         h.extend_from_slice(&v.to_le_bytes());
     }

@@ -35,14 +35,17 @@
 //! is aimed at the window, where QEMU puts it too (a unit test checks all
 //! 100,000). [`compare`] splits a run over several QEMU processes.
 //!
-//! Not covered yet: CPL > 0 and UMIP, 4-level paging, SMAP with
-//! EFLAGS.AC set, 16-bit code segments, compatibility and 64-bit mode (so
-//! no KVM side either: it is long mode only), #SS (SS stays flat: the
+//! 4-level paging, 64-bit mode and compatibility mode (16- and 32-bit
+//! code, 16-byte system descriptors, SMAP with EFLAGS.AC either way) are
+//! [`long`]'s: a second guest that reuses this one's generator, encoder,
+//! QEMU run and departures. Not covered yet here: CPL > 0 and UMIP, SMAP
+//! with EFLAGS.AC set, 16-bit code segments, #SS (SS stays flat: the
 //! guest's exception delivery needs it), reserved bits in the PDPTE and
 //! PDE (only the window's PTE varies), XD on instruction fetches.
 
 mod error;
 pub mod image;
+pub mod long;
 mod run;
 pub use run::run_qemu;
 
@@ -165,26 +168,26 @@ impl Paging {
 }
 
 /// A small deterministic generator (SplitMix64).
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+    pub(super) fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
         xs[self.below(xs.len() as u64) as usize]
     }
 }
 
 /// An 8-byte descriptor.
-fn desc(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
+pub(super) fn desc(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
     let (b, l) = (u64::from(base), u64::from(limit));
     (l & 0xffff)
         | (b & 0xff_ffff) << 16
@@ -243,11 +246,11 @@ impl Departures {
         v
     }
 
-    fn flat(self) -> bool {
+    pub(super) fn flat(self) -> bool {
         self.no_segment_checks
     }
 
-    fn no_lock(self) -> bool {
+    pub(super) fn no_lock(self) -> bool {
         self.ignores_lock
     }
 }
@@ -278,16 +281,7 @@ impl std::fmt::Display for Departures {
 /// GDT and the window.
 fn guest_memory(s: &Scenario, rip: u32, model: Departures) -> MockPhys {
     let phys = MockPhys::default();
-    let opcode = s.insn.iter().position(|&b| b == 0x0f).unwrap_or(0);
-    let mut insn = Vec::new();
-    for (k, &b) in s.insn.iter().enumerate() {
-        match b {
-            0xf0 if k < opcode && model.no_lock() => {}
-            // CS (flat, base 0) unchecked: as DS, flat in this model.
-            0x2e if k < opcode && model.flat() => insn.push(0x3e),
-            _ => insn.push(b),
-        }
-    }
+    let insn = modelled_insn(&s.insn, model);
     paging_for(&phys, s, rip);
     phys.put(u64::from(rip), &insn);
     phys.put(
@@ -306,6 +300,35 @@ fn guest_memory(s: &Scenario, rip: u32, model: Departures) -> MockPhys {
     }
     phys.put(u64::from(image::WIN), &s.window);
     phys
+}
+
+/// The instruction as a QEMU departure sees it: no LOCK prefix
+/// ([`Departures::ignores_lock`]); a CS override as DS
+/// ([`Departures::no_segment_checks`]: CS is flat, base 0, unchecked).
+pub(super) fn modelled_insn(insn: &[u8], model: Departures) -> Vec<u8> {
+    let opcode = insn.iter().position(|&b| b == 0x0f).unwrap_or(0);
+    let mut out = Vec::new();
+    for (k, &b) in insn.iter().enumerate() {
+        match b {
+            0xf0 if k < opcode && model.no_lock() => {}
+            0x2e if k < opcode && model.flat() => out.push(0x3e),
+            _ => out.push(b),
+        }
+    }
+    out
+}
+
+/// An LTR instruction's bytes made LLDT (ModRM.reg 3 → 2), or `None` if
+/// `insn` is not an LTR.
+pub(super) fn ltr_as_lldt(insn: &[u8]) -> Option<Vec<u8>> {
+    let opcode = insn.iter().position(|&b| b == 0x0f)?;
+    let modrm = *insn.get(opcode + 2)?;
+    if insn.get(opcode + 1) != Some(&0) || modrm >> 3 & 7 != 3 {
+        return None;
+    }
+    let mut v = insn.to_vec();
+    v[opcode + 2] = modrm & !0x38 | 2 << 3;
+    Some(v)
 }
 
 /// The guest's page tables as the emulator needs them (the window's entry
@@ -476,11 +499,10 @@ fn null_ltr(
     tr_before: u16,
     model: Departures,
 ) -> Option<(Record, Outcome)> {
-    let opcode = s.insn.iter().position(|&b| b == 0x0f)?;
-    let modrm = *s.insn.get(opcode + 2)?;
-    if s.insn.get(opcode + 1) != Some(&0) || modrm >> 3 & 7 != 3 {
-        return None;
-    }
+    let as_lldt = Scenario {
+        insn: ltr_as_lldt(&s.insn)?,
+        ..s.clone()
+    };
     let (sdm, _) = emulate_scenario(
         s,
         rip,
@@ -493,8 +515,6 @@ fn null_ltr(
     if (sdm.vector, sdm.error) != (Some(13), 0) {
         return None;
     }
-    let mut as_lldt = s.clone();
-    as_lldt.insn[opcode + 2] = modrm & !0x38 | 2 << 3;
     let (mut r, o) = emulate_scenario(
         &as_lldt,
         rip,
@@ -523,7 +543,11 @@ fn peek(phys: &MockPhys, at: u32, len: usize) -> Vec<u8> {
 /// compared, or no RAM) instead of the mock's failure; a real page fault
 /// (the window's entry) stands. Used only with a departure that sends
 /// accesses outside the checked segments.
-struct Lenient<'a, M: GuestMemory>(&'a M, Cell<bool>, &'a MockPhys);
+pub(super) struct Lenient<'a, M: GuestMemory>(
+    pub(super) &'a M,
+    pub(super) Cell<bool>,
+    pub(super) &'a MockPhys,
+);
 
 impl<M: GuestMemory> Lenient<'_, M> {
     fn known(&self, addr: u64) -> bool {
@@ -671,21 +695,7 @@ pub fn compare_scenarios(scenarios: &[Scenario], timeout: Duration) -> Result<Re
     for (i, s) in scenarios.iter().enumerate() {
         let (q, tr_before) = Record::parse(&records[i * RECORD..(i + 1) * RECORD]);
         let (e, o) = emulate_scenario(s, at[i], tr_before, Departures::default());
-        let key = match &o {
-            Outcome::Emulated { insn, .. } => format!("{insn} ok"),
-            Outcome::Inject { insn, exception } => {
-                let e = match exception {
-                    Exception::Gp(0) => "#GP(0)".to_string(),
-                    Exception::Gp(_) => "#GP(sel)".to_string(),
-                    Exception::Np(_) => "#NP(sel)".to_string(),
-                    Exception::Pf(pf) => format!("#PF({:#x})", pf.error_code),
-                    other => other.to_string(),
-                };
-                format!("{insn} {e}")
-            }
-            Outcome::NotEmulated(why) => format!("not emulated: {why}"),
-        };
-        *report.outcomes.entry(key).or_default() += 1;
+        *report.outcomes.entry(outcome_key(&o)).or_default() += 1;
         let fields = differences(&q, &e);
         if fields.is_empty() {
             report.agreed += 1;
@@ -711,6 +721,24 @@ pub fn compare_scenarios(scenarios: &[Scenario], timeout: Duration) -> Result<Re
         }
     }
     Ok(report)
+}
+
+/// An outcome as [`Report::outcomes`] counts it.
+pub(super) fn outcome_key(o: &Outcome) -> String {
+    match o {
+        Outcome::Emulated { insn, .. } => format!("{insn} ok"),
+        Outcome::Inject { insn, exception } => {
+            let e = match exception {
+                Exception::Gp(0) => "#GP(0)".to_string(),
+                Exception::Gp(_) => "#GP(sel)".to_string(),
+                Exception::Np(_) => "#NP(sel)".to_string(),
+                Exception::Pf(pf) => format!("#PF({:#x})", pf.error_code),
+                other => other.to_string(),
+            };
+            format!("{insn} {e}")
+        }
+        Outcome::NotEmulated(why) => format!("not emulated: {why}"),
+    }
 }
 
 /// Write a guest image for `n` scenarios from `seed` (for running it by

@@ -12,12 +12,25 @@ pub fn run_qemu(
     scenarios: &[Scenario],
     timeout: Duration,
 ) -> Result<(Vec<u8>, Vec<u32>), DiffError> {
+    let (img, at) = image::build(scenarios)?;
+    let records = run_image(&img, scenarios.len(), RECORD, timeout)?;
+    Ok((records, at))
+}
+
+/// Run a guest image (multiboot, loaded at [`image::LOAD`]) under QEMU TCG
+/// that writes `n` records of `record` bytes at [`image::RESULTS`] and
+/// exits through `isa-debug-exit`: the records.
+pub(super) fn run_image(
+    img: &[u8],
+    n: usize,
+    record: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, DiffError> {
     crate::qemu::available()?;
     let io = |what: String| move |source| DiffError::Io { what, source };
-    let (img, at) = image::build(scenarios)?;
     if image::LOAD as usize + img.len() > image::RESULTS as usize {
         return Err(DiffError::TooManyScenarios {
-            scenarios: scenarios.len(),
+            scenarios: n,
             bytes: img.len(),
             records_at: image::RESULTS,
         });
@@ -29,7 +42,7 @@ pub fn run_qemu(
     let kernel = dir.join("guest.bin");
     let ram = dir.join("ram");
     let _ = std::fs::remove_file(&ram);
-    std::fs::write(&kernel, &img).map_err(io(format!("writing {}", kernel.display())))?;
+    std::fs::write(&kernel, img).map_err(io(format!("writing {}", kernel.display())))?;
     let mut child = Command::new(crate::qemu::QEMU)
         .args(["-cpu", "qemu64,+smep,+smap"])
         .args([
@@ -68,18 +81,18 @@ pub fn run_qemu(
             Err(e) => break Err(io("waiting for QEMU".into())(e)),
         }
     };
-    let records = read_records(&ram, scenarios.len() * RECORD).unwrap_or_default();
+    let records = read_records(&ram, n * record).unwrap_or_default();
     // The RAM file is 256 MiB (sparse): removed whatever happened.
     let _ = std::fs::remove_dir_all(&dir);
     let status = waited?;
-    if status.code() != Some(1) || records.len() != scenarios.len() * RECORD {
+    if status.code() != Some(1) || records.len() != n * record {
         return Err(DiffError::Unfinished {
             status,
             got: records.len(),
-            want: scenarios.len() * RECORD,
+            want: n * record,
         });
     }
-    Ok((records, at))
+    Ok(records)
 }
 
 /// `len` bytes of records from the guest's RAM file (guest-physical

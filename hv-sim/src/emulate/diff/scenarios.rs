@@ -8,7 +8,7 @@ use super::image::{GDT, WIN};
 use super::{Paging, Rng, Scenario, desc};
 
 /// A flat writable data segment.
-const FLAT: u64 = 0x00cf_9300_0000_ffff;
+pub(super) const FLAT: u64 = 0x00cf_9300_0000_ffff;
 
 /// The registers' numbers (x86 order) for iced's 16/32-bit registers.
 fn reg_no(r: Register) -> Option<usize> {
@@ -80,7 +80,7 @@ fn memory_form(r: &mut Rng, a16: bool, reg: u8, o: u32) -> Vec<u8> {
 
 /// The segment descriptor for an access of `size` bytes at offset `o`:
 /// a type, and a limit at one of the access's edges.
-fn segment_for(r: &mut Rng, o: u32, size: u32, base: u32) -> u64 {
+pub(super) fn segment_for(r: &mut Rng, o: u32, size: u32, base: u32) -> u64 {
     let typ = r.pick(&[3u8, 3, 3, 1, 7, 7, 5, 0xb]);
     let expand_down = typ & 0xc == 4;
     let big = r.below(2) == 1;
@@ -115,7 +115,7 @@ fn segment_for(r: &mut Rng, o: u32, size: u32, base: u32) -> u64 {
 }
 
 /// A random system (or other) descriptor for the LTR/LLDT slots.
-fn system_slot(r: &mut Rng) -> u64 {
+pub(super) fn system_slot(r: &mut Rng) -> u64 {
     let access = r.pick(&[
         0x89u8, 0x89, 0x8b, 0x81, 0x83, 0x82, 0x82, 0x09, 0x02, 0x93, 0x8c,
     ]);

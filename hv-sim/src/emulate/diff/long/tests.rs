@@ -1,0 +1,159 @@
+//! The long-mode guest's hand-written encodings decode (iced-x86) to what
+//! they mean; the records parse; the emulator side agrees with itself.
+
+use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+
+use super::super::super::Outcome;
+use super::image::{self, ENTRY64, IDT, WIN};
+use super::*;
+
+fn listing(bits: u32, bytes: &[u8], ip: u64) -> Vec<String> {
+    let mut d = Decoder::with_ip(bits, bytes, ip, DecoderOptions::NONE);
+    let mut f = IntelFormatter::new();
+    d.iter()
+        .map(|i| {
+            let mut s = String::new();
+            f.format(&i, &mut s);
+            s
+        })
+        .collect()
+}
+
+fn at(img: &[u8], addr: u32, len: usize) -> &[u8] {
+    let o = (addr - 0x10_0000) as usize;
+    &img[o..o + len]
+}
+
+fn one(mode: CodeMode) -> LongScenario {
+    let kind = if mode == CodeMode::Bits64 {
+        Kind::Bits64
+    } else {
+        Kind::Compat
+    };
+    generate(50, 3, kind, LongPaging::Plain)
+        .into_iter()
+        .find(|s| s.mode == mode)
+        .expect("a scenario of that mode")
+}
+
+/// The 32-bit entry, [`ENTRY64`], an exception stub, the common handler
+/// and the recorder decode to what they mean.
+#[test]
+fn entry_handler_recorder_decode_back() {
+    let (img, _) = image::build(&[]).unwrap();
+    let e = listing(32, at(&img, 0x10_0020, 64), 0x10_0020);
+    assert_eq!(e[0], "cli");
+    assert!(e.contains(&"mov cr3,eax".to_string()), "{e:?}");
+    assert!(e.contains(&"wrmsr".to_string()), "{e:?}");
+    assert!(
+        e.iter().any(|l| l == &format!("jmp far {ENTRY64:08X}h,8")),
+        "{e:?}"
+    );
+    let x = listing(64, at(&img, ENTRY64, 64), u64::from(ENTRY64));
+    assert_eq!(x[0], "mov esp,70000h");
+    assert!(
+        x[1].starts_with("lgdt [") && x[2].starts_with("lidt ["),
+        "{x:?}"
+    );
+    assert!(x.contains(&"mov ss,ax".to_string()), "{x:?}");
+    assert!(
+        x.iter().any(|l| l.starts_with("jmp far fword ptr [")),
+        "{x:?}"
+    );
+    // The #PF gate and its stub.
+    let g = at(&img, IDT + 14 * 16, 16);
+    let lo = u64::from_le_bytes(g[..8].try_into().unwrap());
+    let h = (lo & 0xffff) as u32 | ((lo >> 48) as u32) << 16;
+    assert_eq!((lo >> 16 & 0xffff, lo >> 40 & 0xff), (8, 0x8e));
+    let s = listing(64, at(&img, h, 32), u64::from(h));
+    assert!(
+        s[0].starts_with("mov [") && s[0].ends_with("],rax"),
+        "{s:?}"
+    );
+    assert_eq!(s[1], "push 0Eh", "#PF pushes its own error code: {s:?}");
+    assert!(s[2].starts_with("jmp"), "{s:?}");
+    let s0 = listing(64, at(&img, h - 14 * 32, 32), u64::from(h));
+    assert_eq!(s0[1], "push 0");
+}
+
+/// A scenario's stub in each mode and the runner decode back: the test
+/// LGDT, the instruction, the saves, the way back to 64-bit mode.
+#[test]
+fn stubs_decode_back() {
+    for (mode, bits) in [
+        (CodeMode::Bits64, 64),
+        (CodeMode::Compat32, 32),
+        (CodeMode::Compat16, 16),
+    ] {
+        let s = one(mode);
+        let (img, ats) = image::build(std::slice::from_ref(&s)).unwrap();
+        let start = ats[0] - image::insn_offset(mode);
+        let ip = if mode == CodeMode::Compat16 {
+            0
+        } else {
+            u64::from(start)
+        };
+        let l = listing(bits, at(&img, start, 80), ip);
+        assert!(
+            l[0].starts_with("lgdt ") && l[0].contains(':') == (bits != 64),
+            "{l:?}"
+        );
+        let insn = listing(
+            bits,
+            &s.insn_at(u64::from(ats[0])),
+            ip + 8 + u64::from(bits == 16) * 2,
+        );
+        assert_eq!(l[1], insn[0], "{mode:?}");
+        let back = l.iter().position(|x| x.contains("jmp")).unwrap();
+        if bits == 64 {
+            assert!(l[2].ends_with("],rax") && l[3].ends_with("],r8"), "{l:?}");
+        } else {
+            assert!(l[2].ends_with("],eax"), "{l:?}");
+            assert!(l[back - 4].starts_with("sgdt ") && l[back - 3].starts_with("sidt "));
+            assert!(
+                l[back].contains("jmp far ") && l[back].ends_with(",8"),
+                "{l:?}"
+            );
+            assert!(l[back - 2].starts_with("lgdt ") && l[back - 1].starts_with("lidt "));
+        }
+    }
+}
+
+/// The RIP-relative displacement is set for the instruction's address.
+#[test]
+fn rip_relative_is_patched() {
+    let s = generate(2000, 5, Kind::Bits64, LongPaging::Plain)
+        .into_iter()
+        .find(|s| s.rip_rel.is_some())
+        .unwrap();
+    let rip = 0x12_3456u64;
+    let b = s.insn_at(rip);
+    let mut d = Decoder::with_ip(64, &b, rip, DecoderOptions::NONE);
+    let i = d.decode();
+    assert!(i.is_ip_rel_memory_operand(), "{b:02x?}");
+    let want = s.rip_rel.unwrap().1;
+    let got = i.ip_rel_memory_address();
+    let mask = if b.contains(&0x67) {
+        0xffff_ffff
+    } else {
+        u64::MAX
+    };
+    assert_eq!(got & mask, want & mask);
+}
+
+/// The emulator side: a 64-bit SGDT to the window stores the 10-byte
+/// pseudo-descriptor (SDM vol. 2B SGDT: 64-bit mode, 8-byte base).
+#[test]
+fn emulated_sgdt_in_64_bit_mode() {
+    let mut s = one(CodeMode::Bits64);
+    s.insn = vec![0x0f, 0x01, 0x04, 0x25];
+    s.insn.extend_from_slice(&WIN.to_le_bytes());
+    s.rip_rel = None;
+    s.win = Window::Low;
+    s.win_pte = u64::from(WIN | 3);
+    s.test_gdtr = (0x7f, u64::from(image::GDT));
+    let (r, o) = emulate_long(&s, 0x10_d000, 0x40, LongDepartures::default());
+    assert!(matches!(o, Outcome::Emulated { .. }), "{o:?}");
+    assert_eq!(r.window[..10], [0x7f, 0, 0x00, 0x10, 0x10, 0, 0, 0, 0, 0]);
+    assert_eq!(r.pte & 0x60, 0x60, "A and D set");
+}
