@@ -6,6 +6,7 @@
 #[path = "common/text.rs"]
 mod text;
 
+use hv_sim::kvm::CheckSummary;
 use hv_sim::kvm::{self, Config};
 use hv_sim::testing::{example_kernel_image, kvm_or_skip};
 

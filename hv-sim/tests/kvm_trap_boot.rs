@@ -4,6 +4,7 @@
 //!
 //! Needs /dev/kvm; prints `SKIPPED: <reason>` and passes without it.
 
+use hv_sim::kvm::CheckSummary;
 use hv_sim::kvm::Config;
 use hv_sim::kvm::trap::{HV_TSS, TRAP_KERNEL_CS, TRAP_KERNEL_SS, boot_trap};
 use hv_sim::testing::{example_kernel_image, kvm_or_skip};

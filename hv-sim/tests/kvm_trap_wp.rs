@@ -7,6 +7,7 @@
 //! Needs /dev/kvm; prints `SKIPPED: <reason>` and passes without it
 //! (fails with HV_SIM_REQUIRE_KVM=1).
 
+use hv_sim::kvm::CheckSummary;
 use hv_sim::kvm::Config;
 use hv_sim::kvm::trap::{TrapMode, boot_trap_with};
 use hv_sim::testing::{example_kernel_image, kvm_or_skip};

@@ -8,6 +8,7 @@
 #[path = "common/boot.rs"]
 mod boot;
 
+use hv_sim::kvm::CheckSummary;
 use hv_sim::kvm::vmi::{self, boot_vmi};
 use hv_sim::kvm::{self, Config};
 use hv_sim::testing::{example_kernel_image, kvm_or_skip};

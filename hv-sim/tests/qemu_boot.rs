@@ -2,6 +2,7 @@
 //! "second real machine". Prints `SKIPPED: <reason>` without QEMU (fails
 //! instead with `HV_SIM_REQUIRE_QEMU=1`).
 
+use hv_sim::kvm::CheckSummary;
 use std::time::Duration;
 
 use hv_sim::kernel_build::build_example_kernel;

@@ -7,6 +7,7 @@
 //! lines, then `exit status N`) and ends with `sched_op(SCHEDOP_shutdown)`,
 //! reason poweroff when every check passed and crash otherwise.
 
+use hv_sim::kvm::CheckSummary;
 use std::time::Duration;
 
 use hv_sim::kernel_build::build_example_kernel;

@@ -7,6 +7,7 @@ mod in_process;
 pub mod report;
 mod seeds;
 
+use hv_sim::kvm::CheckSummary;
 use std::process::ExitCode;
 use std::time::Duration;
 

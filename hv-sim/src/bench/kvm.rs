@@ -18,6 +18,7 @@
 //! world switch through the host kernel: these figures are PVM's, and on
 //! hardware KVM they are several times smaller.
 
+use crate::kvm::CheckSummary;
 use std::time::Instant;
 
 use kvm_ioctls::{SyncReg, VcpuExit};

@@ -146,6 +146,11 @@ mod tests {
         (0x8e00_0000_0000 | sel << 16, 0)
     }
     /// A call gate low half to `sel`, DPL `dpl`.
+    /// Tables without an LDT.
+    fn no_ldt<'a>(gdt: &'a [u64], idt: &'a [(u64, u64)]) -> RealTables<'a> {
+        RealTables { gdt, ldt: &[], idt }
+    }
+
     fn call_gate(sel: u64, dpl: u64) -> u64 {
         P | 0xc << 40 | dpl << 45 | sel << 16
     }
@@ -154,11 +159,7 @@ mod tests {
     fn compressed_tables_have_no_escape() {
         let gdt = [0, 0, code(3), DATA0 | 3 << 45];
         let idt = [intr(0x13), intr(0x10)];
-        let t = RealTables {
-            gdt: &gdt,
-            ldt: &[],
-            idt: &idt,
-        };
+        let t = no_ldt(&gdt, &idt);
         assert!(t.escapes(3, 8).is_empty());
     }
 
@@ -169,11 +170,8 @@ mod tests {
         let gdt = [0, 0, code(3), 0, code(0)];
         let mut g = intr(0x20);
         g.0 &= !(3 << 45); // DPL 0 gate: still used for exceptions
-        let t = RealTables {
-            gdt: &gdt,
-            ldt: &[],
-            idt: &[intr(0x10), g],
-        };
+        let idt = [intr(0x10), g];
+        let t = no_ldt(&gdt, &idt);
         let e = t.escapes(3, 8);
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(e[0].via, "IDT vector 1");
@@ -186,22 +184,14 @@ mod tests {
     #[test]
     fn call_gate_from_any_slot_pair() {
         let gdt = [0, call_gate(0x18, 3), 0, code(0), call_gate(0x18, 3), DATA0];
-        let t = RealTables {
-            gdt: &gdt,
-            ldt: &[],
-            idt: &[],
-        };
+        let t = no_ldt(&gdt, &[]);
         let e = t.escapes(3, 8);
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(e[0].via, "GDT call gate at slot 1");
         assert_eq!(e[0].selector, 0x18);
         // DPL 0 gate: ring 3 cannot use it.
         let gdt = [0, call_gate(0x18, 0), 0, code(0)];
-        let t = RealTables {
-            gdt: &gdt,
-            ldt: &[],
-            idt: &[],
-        };
+        let t = no_ldt(&gdt, &[]);
         assert!(t.escapes(3, 8).is_empty());
     }
 
@@ -219,11 +209,7 @@ mod tests {
             intr(0x28),
             intr(0),
         ];
-        let t = RealTables {
-            gdt: &gdt,
-            ldt: &[],
-            idt: &idt,
-        };
+        let t = no_ldt(&gdt, &idt);
         assert!(t.escapes(3, 8).is_empty());
     }
 

@@ -258,6 +258,20 @@ pub(crate) fn write_gdt_entries(
     Ok(())
 }
 
+/// hv-sim's copy of a guest descriptor in the real tables the vCPU runs
+/// on: a present code/data descriptor gets the accessed bit (the CPU must
+/// not need to write hv-sim's tables) and `dpl` ORed into its DPL (3: ring
+/// compression); other entries are unchanged.
+pub fn real_descriptor(d: u64, dpl: u8) -> u64 {
+    const S: u64 = 1 << 44;
+    const P: u64 = 1 << 47;
+    if d & (S | P) == S | P {
+        d | u64::from(dpl & 3) << 45 | 1 << 40
+    } else {
+        d
+    }
+}
+
 /// An interrupt or trap gate's two halves: `offset` in `selector`,
 /// `type_attr` its byte 5 (P, DPL, type).
 pub fn gate(offset: u64, selector: u16, type_attr: u64) -> (u64, u64) {
@@ -317,14 +331,20 @@ pub const HV_RING3: Ring3Tables = Ring3Tables {
 
 /// hv-sim's pages of a personality that runs the guest on its own ring-3
 /// selectors ([`HV_RING3`]: VMI-style, trap-and-emulate): the page tables
-/// as `map` says, and its GDT entries (ring-3 code, data, its TSS) from
+/// with the boot stack, the option-ROM window and the own page (the
+/// guest's with `own_page_user`) mapped, and its GDT entries (ring-3 code, data, its TSS) from
 /// [`ring3::FIRST_HV_GDT_ENTRY`].
 pub(crate) fn write_hv_ring3(
     mem: &GuestMemoryMmap,
     mem_size: usize,
-    map: LowMap,
+    own_page_user: bool,
 ) -> Result<(), KvmError> {
     use ring3::FIRST_HV_GDT_ENTRY as FIRST;
+    let map = LowMap {
+        boot_stack: true,
+        rom_window: true,
+        own_page_user,
+    };
     write_ring3_map(mem, mem_size, map)?;
     write_gdt_entries(
         mem,

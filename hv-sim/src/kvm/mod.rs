@@ -199,22 +199,53 @@ pub struct BootReport {
     pub handle_time: Duration,
 }
 
-impl BootReport {
+/// How a guest's reported checks came out: one set of counts for every
+/// report that holds them (a KVM or QEMU boot's [`BootReport`], a real-Xen
+/// boot's `RealXenReport`).
+pub trait CheckSummary {
+    /// The checks the guest reported.
+    fn checks(&self) -> &[GuestCheck];
+
     /// Checks passed.
-    pub fn passed(&self) -> usize {
-        self.checks.iter().filter(|c| c.passed).count()
+    fn passed(&self) -> usize {
+        self.checks().iter().filter(|c| c.passed).count()
     }
 
     /// Checks that ran (passed or failed; skipped ones excluded).
-    pub fn ran(&self) -> usize {
-        self.checks.iter().filter(|c| !c.skipped).count()
+    fn ran(&self) -> usize {
+        self.checks().iter().filter(|c| !c.skipped).count()
     }
 
     /// Checks reported as skipped (not runnable on this host).
-    pub fn skipped(&self) -> usize {
-        self.checks.iter().filter(|c| c.skipped).count()
+    fn skipped(&self) -> usize {
+        self.checks().iter().filter(|c| c.skipped).count()
     }
 
+    /// Checks that failed.
+    fn failed(&self) -> Vec<&GuestCheck> {
+        self.checks()
+            .iter()
+            .filter(|c| !c.passed && !c.skipped)
+            .collect()
+    }
+
+    /// ` skipped=N` for a summary line when checks were skipped, so the
+    /// `checks=passed/ran` figure never hides them; empty otherwise.
+    fn skipped_suffix(&self) -> String {
+        match self.skipped() {
+            0 => String::new(),
+            n => format!(" skipped={n}"),
+        }
+    }
+}
+
+impl CheckSummary for BootReport {
+    fn checks(&self) -> &[GuestCheck] {
+        &self.checks
+    }
+}
+
+impl BootReport {
     /// The demo's summary line for this boot:
     /// `backend=<name> checks=<passed>/<ran> hypercalls=<n> exits=<n>[ skipped=<n>]`.
     pub fn summary_line(&self, backend: &str, hypercalls: u64) -> String {
@@ -225,23 +256,6 @@ impl BootReport {
             self.exits.total(),
             self.skipped_suffix()
         )
-    }
-
-    /// ` skipped=N` for the summary line when checks were skipped, so the
-    /// `checks=passed/ran` figure never hides them; empty otherwise.
-    pub fn skipped_suffix(&self) -> String {
-        match self.skipped() {
-            0 => String::new(),
-            n => format!(" skipped={n}"),
-        }
-    }
-
-    /// Checks that failed.
-    pub fn failed(&self) -> Vec<&GuestCheck> {
-        self.checks
-            .iter()
-            .filter(|c| !c.passed && !c.skipped)
-            .collect()
     }
 }
 

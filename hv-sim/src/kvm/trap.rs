@@ -165,15 +165,10 @@ pub fn boot_trap_with(
     })
 }
 
-/// A ring-3 copy of a code/data descriptor: DPL 3, accessed (the real
-/// tables are hv-sim's: the CPU must not need to write them). Other
-/// entries unchanged.
+/// A ring-3 copy of a guest descriptor: DPL 3, accessed
+/// ([`layout::real_descriptor`]).
 fn compress(d: u64) -> u64 {
-    if d & (1 << 44) != 0 && d & (1 << 47) != 0 {
-        d | (3 << 45) | (1 << 40)
-    } else {
-        d
-    }
+    layout::real_descriptor(d, 3)
 }
 
 /// The real gate for vector `v` from the guest's (`low`, `high`): DPL 3,
@@ -207,6 +202,47 @@ fn stub_misuse(len: usize, data: u32, regs: &kvm_regs, owner: &'static str) -> P
         why: None,
     }
     .into()
+}
+
+/// What hv-sim's #GP and #PF entries leave on the guest's stack: the
+/// stub's saved rax, then the CPU's frame (error code, rip, cs, rflags,
+/// rsp, ss).
+#[derive(Clone, Copy)]
+struct StubFrame {
+    saved_rax: u64,
+    error_code: u64,
+    rip: u64,
+    rflags: u64,
+    rsp: u64,
+}
+
+impl StubFrame {
+    /// The frame at `rsp` (`what` names the read in the error).
+    fn read(mem: &PagingMemory<'_>, rsp: u64, what: &'static str) -> Result<StubFrame, PortError> {
+        let mut frame = [0u8; 56];
+        mem.read(rsp, &mut frame, Access::ImplicitRead)
+            .map_err(PortError::guest_access(what, rsp))?;
+        let f =
+            |i: usize| u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        Ok(StubFrame {
+            saved_rax: f(0),
+            error_code: f(1),
+            rip: f(2),
+            rflags: f(4),
+            rsp: f(5),
+        })
+    }
+
+    /// The emulator's view of the vCPU at the faulting instruction: `regs`
+    /// with the frame's rax, rip, rsp and rflags.
+    fn cpu(&self, regs: kvm_regs, sregs: &kvm_sregs, dt: DtRegisters) -> TrapCpu {
+        let mut cpu = TrapCpu::new(regs, sregs, dt);
+        cpu.regs.rax = self.saved_rax;
+        cpu.regs.rip = self.rip;
+        cpu.regs.rsp = self.rsp;
+        cpu.regs.rflags = self.rflags;
+        cpu
+    }
 }
 
 /// The guest's tables as a build of the real ones read them.
@@ -243,17 +279,9 @@ pub(crate) struct TrapGuest {
     mem: GuestMemoryMmap,
     /// The guest's virtual descriptor-table registers.
     dt: DtRegisters,
-    traps: u64,
-    emulated: BTreeMap<Insn, u64>,
-    injected: Capped<(&'static str, String)>,
-    bounced: Capped<Bounced>,
-    restarts: u64,
-    installs: u64,
-    umip: bool,
-    handler_time: Duration,
-    emulate_time: Duration,
-    sync_time: Duration,
-    phases: emulate::profile::Phases,
+    /// What it counts and records for the report (its `dt` and
+    /// `write_protect` are filled in at the end).
+    out: TrapOutcome,
     /// What the real tables hold (to write only changes).
     last_gdt: Vec<u64>,
     last_ldt: Vec<u64>,
@@ -263,8 +291,6 @@ pub(crate) struct TrapGuest {
     /// The real TR and LDTR last installed: (selector, base, limit).
     last_tr: (u16, u64, u32),
     last_ldtr: (u16, u64, u32),
-    final_segments: Option<FinalSegments>,
-    real_tr_ldtr: Option<((u16, u64), (u16, u64))>,
     /// Write-protect mode's state (`None`: shadowing).
     wp: Option<wp::Wp>,
 }
@@ -279,15 +305,7 @@ impl TrapGuest {
     ) -> Result<TrapGuest, KvmError> {
         // The (empty) option-ROM window, so the kernel's VMI probe reads
         // zeros as on a plain machine; the stub page.
-        layout::write_hv_ring3(
-            mem,
-            cfg.mem_size,
-            layout::LowMap {
-                boot_stack: true,
-                rom_window: true,
-                own_page_user: true,
-            },
-        )?;
+        layout::write_hv_ring3(mem, cfg.mem_size, true)?;
         mem.write_slice(&TRAP_STUB, GuestAddress(TRAP_TEXT))
             .map_err(KvmError::guest_write("the #GP entry", TRAP_TEXT))?;
         mem.write_slice(&PF_STUB, GuestAddress(wp::PF_STUB_AT))
@@ -298,32 +316,37 @@ impl TrapGuest {
             limit: 0xffff,
             base: 0,
         };
+        let dt = DtRegisters {
+            gdtr: reset,
+            idtr: reset,
+            ..DtRegisters::default()
+        };
         Ok(TrapGuest {
             mem: mem.clone(),
-            dt: DtRegisters {
-                gdtr: reset,
-                idtr: reset,
-                ..DtRegisters::default()
+            dt,
+            out: TrapOutcome {
+                traps: 0,
+                emulated: BTreeMap::new(),
+                injected: Capped::new(MAX_RECORDS),
+                bounced: Capped::new(MAX_RECORDS),
+                restarts: 0,
+                installs: 0,
+                umip: false,
+                handler_time: Duration::ZERO,
+                emulate_time: Duration::ZERO,
+                sync_time: Duration::ZERO,
+                phases: Default::default(),
+                dt,
+                final_segments: None,
+                real_tr_ldtr: None,
+                write_protect: None,
             },
-            traps: 0,
-            emulated: BTreeMap::new(),
-            injected: Capped::new(MAX_RECORDS),
-            bounced: Capped::new(MAX_RECORDS),
-            restarts: 0,
-            installs: 0,
-            umip: false,
-            handler_time: Duration::ZERO,
-            emulate_time: Duration::ZERO,
-            sync_time: Duration::ZERO,
-            phases: Default::default(),
             last_gdt: Vec::new(),
             last_ldt: Vec::new(),
             last_idt: vec![(0, 0); 256],
             last_raw: None,
             last_tr: (HV_TSS_SELECTOR, HV_TSS, 0x67),
             last_ldtr: (0, 0, 0),
-            final_segments: None,
-            real_tr_ldtr: None,
             wp: (mode == TrapMode::WriteProtect).then(wp::Wp::default),
         })
     }
@@ -339,7 +362,7 @@ impl TrapGuest {
     /// Before the guest runs: the #GP gate, and whether UMIP stuck.
     pub(crate) fn initial_tables(&mut self, vcpu: &mut Vcpu<'_>) -> Result<(), PortError> {
         let sregs = vcpu.sregs()?;
-        self.umip = sregs.cr4 & CR4_UMIP != 0;
+        self.out.umip = sregs.cr4 & CR4_UMIP != 0;
         self.sync(vcpu, sregs, true)
     }
 
@@ -489,7 +512,7 @@ impl TrapGuest {
             }
         };
         vcpu.set_sregs(sregs);
-        self.installs += 1;
+        self.out.installs += 1;
         self.last_tr = tr;
         self.last_ldtr = ldtr;
     }
@@ -511,22 +534,17 @@ impl TrapGuest {
         if len != 4 || data != 13 || regs.rax != 13 || regs.rip != TRAP_STUB_EXIT_RIP {
             return Err(stub_misuse(len, data, &regs, "hv-sim's #GP entry"));
         }
-        self.traps += 1;
+        self.out.traps += 1;
         let mut sregs = vcpu.sregs()?;
         let mem = PagingMemory::new(&self.mem, sregs.cr3);
-        // The stub's saved rax, then the CPU's frame: error code, rip, cs,
-        // rflags, rsp, ss.
-        let mut frame = [0u8; 56];
-        mem.read(regs.rsp, &mut frame, Access::ImplicitRead)
-            .map_err(PortError::guest_access("reading the #GP frame", regs.rsp))?;
-        let f =
-            |i: usize| u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().unwrap_or_default());
-        let (saved_rax, error_code, rip, rflags, rsp) = (f(0), f(1), f(2), f(4), f(5));
-        let mut cpu = TrapCpu::new(regs, &sregs, self.dt);
-        cpu.regs.rax = saved_rax;
-        cpu.regs.rip = rip;
-        cpu.regs.rsp = rsp;
-        cpu.regs.rflags = rflags;
+        let frame = StubFrame::read(&mem, regs.rsp, "reading the #GP frame")?;
+        let StubFrame {
+            saved_rax,
+            error_code,
+            rip,
+            ..
+        } = frame;
+        let mut cpu = frame.cpu(regs, &sregs, self.dt);
         // Ring 3 raises #GP(0) for every descriptor-table instruction before
         // any other check: a non-zero error code is some other fault.
         let outcome = if error_code != 0 {
@@ -538,8 +556,8 @@ impl TrapGuest {
             let (o, p) = emulate::profile::measure(|| {
                 emulate::emulate(&mut cpu, &emulate::profile::Profiled(&mem))
             });
-            self.emulate_time += t.elapsed();
-            self.phases.add(&p);
+            self.out.emulate_time += t.elapsed();
+            self.out.phases.add(&p);
             o
         };
         let dt_before = self.dt;
@@ -547,25 +565,26 @@ impl TrapGuest {
         let r = match outcome {
             Outcome::Emulated { insn, len, .. } => {
                 store = !insn.is_load();
-                *self.emulated.entry(insn).or_default() += 1;
+                *self.out.emulated.entry(insn).or_default() += 1;
                 self.dt = cpu.dt;
                 cpu.regs.rip = rip.wrapping_add(len as u64);
                 vcpu.set_regs(&cpu.regs);
                 Ok(false)
             }
             Outcome::Inject { insn, exception } => {
-                self.injected
+                self.out
+                    .injected
                     .push_with(|| (insn.name(), exception.to_string()));
                 self.deliver(vcpu, &mem, regs, &mut sregs, saved_rax, exception)
             }
             Outcome::NotEmulated(NotEmulated::Changed) => {
                 // Re-execute whatever is at RIP now, as after the fault.
-                self.restarts += 1;
+                self.out.restarts += 1;
                 vcpu.set_regs(&cpu.regs);
                 Ok(false)
             }
             Outcome::NotEmulated(why) => {
-                self.bounced.push_with(|| Bounced {
+                self.out.bounced.push_with(|| Bounced {
                     rip,
                     error_code,
                     reason: why.to_string(),
@@ -589,8 +608,8 @@ impl TrapGuest {
             self.sync(vcpu, sregs, cr2_changed)?;
             self.reprotect(vm, sregs.cr3)?;
         }
-        self.sync_time += t.elapsed();
-        self.handler_time += t0.elapsed();
+        self.out.sync_time += t.elapsed();
+        self.out.handler_time += t0.elapsed();
         Ok(())
     }
 
@@ -664,34 +683,22 @@ impl TrapGuest {
     /// The guest wrote its exit status: record the vCPU's segments.
     pub(crate) fn at_exit(&mut self, vcpu: &mut Vcpu<'_>) {
         if let Ok(s) = vcpu.sregs() {
-            self.final_segments = Some(FinalSegments::of(&s));
+            self.out.final_segments = Some(FinalSegments::of(&s));
             let ldt = if s.ldt.unusable != 0 {
                 (0, 0)
             } else {
                 (s.ldt.selector, s.ldt.base)
             };
-            self.real_tr_ldtr = Some(((s.tr.selector, s.tr.base), ldt));
+            self.out.real_tr_ldtr = Some(((s.tr.selector, s.tr.base), ldt));
         }
     }
 
     /// The outcome, once the guest has stopped.
     pub(crate) fn finish(self) -> TrapOutcome {
         TrapOutcome {
-            traps: self.traps,
-            emulated: self.emulated,
-            injected: self.injected,
-            bounced: self.bounced,
-            restarts: self.restarts,
-            installs: self.installs,
-            umip: self.umip,
-            handler_time: self.handler_time,
-            emulate_time: self.emulate_time,
-            sync_time: self.sync_time,
-            phases: self.phases,
             dt: self.dt,
-            final_segments: self.final_segments,
-            real_tr_ldtr: self.real_tr_ldtr,
             write_protect: self.wp.map(|w| w.report),
+            ..self.out
         }
     }
 }

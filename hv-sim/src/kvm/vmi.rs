@@ -316,15 +316,7 @@ impl VmiGuest {
     ) -> Result<VmiGuest, KvmError> {
         // The option-ROM window read-only, as ROM is; the TSS copy
         // supervisor-only.
-        layout::write_hv_ring3(
-            mem,
-            cfg.mem_size,
-            layout::LowMap {
-                boot_stack: true,
-                rom_window: true,
-                own_page_user: false,
-            },
-        )?;
+        layout::write_hv_ring3(mem, cfg.mem_size, false)?;
         mem.write_slice(&rom.build(), GuestAddress(ROM_BASE))
             .map_err(KvmError::guest_write("the VMI ROM", ROM_BASE))?;
         let ram = KvmGuestRam {

@@ -63,6 +63,7 @@
 //! Debian's 4.17 build has no 32-bit PV support (`CONFIG_PV32` unset): only
 //! 64-bit PV guests run.
 
+use crate::kvm::CheckSummary;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -264,30 +265,13 @@ pub struct RealXenReport {
     pub wall: Duration,
 }
 
+impl crate::kvm::CheckSummary for RealXenReport {
+    fn checks(&self) -> &[GuestCheck] {
+        &self.checks
+    }
+}
+
 impl RealXenReport {
-    /// Checks passed.
-    pub fn passed(&self) -> usize {
-        self.checks.iter().filter(|c| c.passed).count()
-    }
-
-    /// Checks that ran (passed or failed; skipped ones excluded).
-    pub fn ran(&self) -> usize {
-        self.checks.iter().filter(|c| !c.skipped).count()
-    }
-
-    /// Checks the guest reported as skipped.
-    pub fn skipped(&self) -> usize {
-        self.checks.iter().filter(|c| c.skipped).count()
-    }
-
-    /// Checks that failed.
-    pub fn failed(&self) -> Vec<&GuestCheck> {
-        self.checks
-            .iter()
-            .filter(|c| !c.passed && !c.skipped)
-            .collect()
-    }
-
     /// `xen-<major>.<minor>` from the banner's version (`xen-4.17`), or
     /// `xen-unknown`.
     pub fn on_label(&self) -> String {

@@ -3,6 +3,7 @@
 //! `#[path = "common/boot.rs"] mod boot;`.
 
 use hv_sim::kvm::BootReport;
+use hv_sim::kvm::CheckSummary;
 
 /// Every check passed, at least `min` ran, the kernel exited 0 with no
 /// stray port I/O, and it reported `backend: <backend>`.

@@ -1,5 +1,6 @@
 //! What a trap-and-emulate boot reports ([`super::boot_trap`]).
 
+use crate::kvm::CheckSummary;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -101,12 +102,13 @@ mod tests {
         for i in 0..n {
             // As the #GP handler records them.
             let why = NotEmulated::Other("test".into());
-            g.bounced.push_with(|| Bounced {
+            g.out.bounced.push_with(|| Bounced {
                 rip: i,
                 error_code: 0x7f8,
                 reason: why.to_string(),
             });
-            g.injected
+            g.out
+                .injected
                 .push_with(|| (Insn::Lgdt.name(), Exception::Gp(0).to_string()));
         }
         let o = g.finish();

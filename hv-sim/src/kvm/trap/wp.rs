@@ -260,12 +260,13 @@ impl TrapGuest {
         let mut sregs = vcpu.sregs()?;
         let gm = self.mem.clone();
         let mem = PagingMemory::new(&gm, sregs.cr3);
-        let mut frame = [0u8; 56];
-        mem.read(regs.rsp, &mut frame, Access::ImplicitRead)
-            .map_err(PortError::guest_access("reading the #PF frame", regs.rsp))?;
-        let f =
-            |i: usize| u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().unwrap_or_default());
-        let (saved_rax, error_code, rip, rflags, rsp) = (f(0), f(1), f(2), f(4), f(5));
+        let frame = super::StubFrame::read(&mem, regs.rsp, "reading the #PF frame")?;
+        let super::StubFrame {
+            saved_rax,
+            error_code,
+            rip,
+            ..
+        } = frame;
         let cr2 = sregs.cr2;
         let protected = self
             .wp
@@ -285,11 +286,7 @@ impl TrapGuest {
             }
             return Ok(());
         }
-        let mut cpu = TrapCpu::new(regs, &sregs, self.dt);
-        cpu.regs.rax = saved_rax;
-        cpu.regs.rip = rip;
-        cpu.regs.rsp = rsp;
-        cpu.regs.rflags = rflags;
+        let mut cpu = frame.cpu(regs, &sregs, self.dt);
         let (done, phases) = measure(|| self.emulate_store(&mut cpu, &sregs, &mem, cr2));
         let (touched, len) = match done? {
             StoreDone::Stored(touched, len) => (touched, len),

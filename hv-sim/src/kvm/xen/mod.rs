@@ -346,14 +346,10 @@ pub fn boot_xen(image: &[u8], cfg: &Config) -> Result<XenBootReport, KvmError> {
     })
 }
 
-/// Set the accessed bit of a present code/data descriptor (the real tables
-/// are hv-sim's copies: the CPU must not need to write them).
+/// The real tables' copy of a validated descriptor: accessed, DPL as Xen
+/// left it ([`layout::real_descriptor`]).
 fn accessed(d: u64) -> u64 {
-    if d & (1 << 47) != 0 && d & (1 << 44) != 0 {
-        d | (1 << 40)
-    } else {
-        d
-    }
+    layout::real_descriptor(d, 0)
 }
 
 /// hv-sim's pages below 1 MiB: the real page tables, the hypercall page's
