@@ -43,6 +43,7 @@ fn cfg() -> FlatConfig {
         timeout: Duration::from_secs(10),
         max_exits: 64,
         done_port: DONE,
+        maxphyaddr: None,
     }
 }
 

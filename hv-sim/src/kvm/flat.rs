@@ -53,6 +53,10 @@ pub struct FlatConfig {
     pub max_exits: u64,
     /// The port whose write ends the run ([`Stop::Done`]).
     pub done_port: u16,
+    /// The physical-address width CPUID leaf 0x8000_0008 reports (bits
+    /// 7:0 of EAX), where not the host's: KVM checks the reserved bits of
+    /// the guest's page-table entries against it.
+    pub maxphyaddr: Option<u8>,
 }
 
 /// Why a flat run ended.
@@ -164,9 +168,16 @@ where
     let m = super::Machine::new(mem)?;
     let (vm, kvm) = (&m.vm, &m.kvm);
     let mut vcpu = vm.create_vcpu(0).map_err(io("KVM_CREATE_VCPU"))?;
-    let cpuid = kvm
+    let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(io("KVM_GET_SUPPORTED_CPUID"))?;
+    if let Some(bits) = cfg.maxphyaddr {
+        for e in cpuid.as_mut_slice() {
+            if e.function == 0x8000_0008 {
+                e.eax = e.eax & !0xff | u32::from(bits);
+            }
+        }
+    }
     vcpu.set_cpuid2(&cpuid).map_err(io("KVM_SET_CPUID2"))?;
     let mut sregs = vcpu.get_sregs().map_err(io("KVM_GET_SREGS"))?;
     let mut regs = vcpu.get_regs().map_err(io("KVM_GET_REGS"))?;

@@ -32,6 +32,7 @@
 //! and [`BootReport::ioctls`] counts what a boot issued.
 
 mod capped;
+pub mod diff;
 mod error;
 pub mod escape_audit;
 pub mod flat;
