@@ -33,9 +33,8 @@
 //! # Measured (AMD EPYC host, PVM; 2,000 scenarios per mode and paging)
 //! About 1,000 scenarios a second (one VM exit per run: the guest reports
 //! through its RAM). 8–10% of the scenarios differ from the SDM's answer;
-//! the five departures explain 90% of those. The rest (about 1% of the
-//! scenarios, not yet modelled) are: LTR loading a TSS whose 16-byte
-//! descriptor's upper half the SDM refuses (#GP(selector)); compatibility-
+//! the seven departures explain 90% of those. The rest (about 1% of the
+//! scenarios, not yet modelled) are: compatibility-
 //! mode STR/SLDT raising #GP(0) where the SDM's answer is a #PF or success,
 //! and the reverse; SLDT/STR/SGDT/LGDT raising #PF (reserved bit or write
 //! protection) where the SDM's is #GP(0) from a canonical check; LLDT
@@ -210,18 +209,34 @@ pub struct KvmDepartures {
     /// Linux's `__load_segment_descriptor` takes this exit before it sets
     /// the error code.
     pub ltr_ldt_gp0: bool,
+    /// In IA-32e mode LTR loads a 16-bit available TSS (type 1) as a TSS
+    /// and marks it busy (type 3). The SDM has no 16-bit TSS in IA-32e
+    /// mode (vol. 3A table 3-2: types 1 and 3 are reserved there; LTR:
+    /// "#GP(selector) If the source selector points to a segment that is
+    /// not a TSS"); Linux's `__load_segment_descriptor` accepts type 1 in
+    /// every mode.
+    pub tss16_in_long_mode: bool,
+    /// In IA-32e mode LTR and LLDT read the upper half of a 16-byte system
+    /// descriptor past the GDT limit. The SDM checks the whole descriptor
+    /// against the limit (vol. 2B LTR/LLDT: "#GP(selector) If the source
+    /// selector ... is beyond the GDT limit"; vol. 3A 8.2.3: the
+    /// descriptor is 16 bytes); Linux's `__load_segment_descriptor` reads
+    /// the upper half without a limit check.
+    pub upper_half_past_limit: bool,
 }
 
 impl KvmDepartures {
     /// Every non-empty set, smallest first.
     pub fn all() -> Vec<KvmDepartures> {
-        let mut v: Vec<KvmDepartures> = (1..32u8)
+        let mut v: Vec<KvmDepartures> = (1..128u8)
             .map(|m| KvmDepartures {
                 accessed_on_fault: m & 1 != 0,
                 no_segment_checks: m & 2 != 0,
                 wide_store: m & 4 != 0,
                 partial_store: m & 8 != 0,
                 ltr_ldt_gp0: m & 16 != 0,
+                tss16_in_long_mode: m & 32 != 0,
+                upper_half_past_limit: m & 64 != 0,
             })
             .collect();
         v.sort_by_key(|d| d.count());
@@ -235,6 +250,8 @@ impl KvmDepartures {
             self.wide_store,
             self.partial_store,
             self.ltr_ldt_gp0,
+            self.tss16_in_long_mode,
+            self.upper_half_past_limit,
         ]
         .iter()
         .map(|&b| u32::from(b))
@@ -245,7 +262,32 @@ impl KvmDepartures {
     pub fn emulate(self, s: &LongScenario, at: u32, tr_before: u16) -> LongRecord {
         let mut model = LongDepartures::default();
         model.qemu.no_segment_checks = self.no_segment_checks;
-        let (mut r, _) = emulate_long(s, at, tr_before, model);
+        let tss16 = self.tss16_in_long_mode && is_ltr(s, at);
+        let wide_limit = self.upper_half_past_limit && is_ltr_or_lldt(s, at);
+        let mut t = s.clone();
+        if tss16 {
+            for d in &mut t.gdt_slots {
+                if *d >> 40 & 0x1f == 1 {
+                    *d |= 8 << 40;
+                }
+            }
+        }
+        if wide_limit {
+            t.test_gdtr.0 = t.test_gdtr.0.saturating_add(8);
+        }
+        let (mut r, _) = emulate_long(&t, at, tr_before, model);
+        r.gdtr.0 = if r.gdtr.0 == t.test_gdtr.0 {
+            s.test_gdtr.0
+        } else {
+            r.gdtr.0
+        };
+        if tss16 {
+            for (k, d) in s.gdt_slots.iter().enumerate() {
+                if d >> 40 & 0x1f == 1 {
+                    r.gdt[8 * k + 5] &= !8;
+                }
+            }
+        }
         let store = Store::of(s, at);
         if let Some(st) = &store
             && self.wide_store
@@ -291,6 +333,12 @@ impl std::fmt::Display for KvmDepartures {
         if self.ltr_ldt_gp0 {
             names.push("LTR of an LDT selector #GP(0)");
         }
+        if self.tss16_in_long_mode {
+            names.push("LTR loads a 16-bit TSS");
+        }
+        if self.upper_half_past_limit {
+            names.push("descriptor's upper half past the GDT limit");
+        }
         write!(f, "PVM: {}", names.join(" + "))
     }
 }
@@ -303,6 +351,13 @@ fn decode(s: &LongScenario, at: u32) -> iced_x86::Instruction {
 
 fn is_ltr(s: &LongScenario, at: u32) -> bool {
     decode(s, at).mnemonic() == iced_x86::Mnemonic::Ltr
+}
+
+fn is_ltr_or_lldt(s: &LongScenario, at: u32) -> bool {
+    matches!(
+        decode(s, at).mnemonic(),
+        iced_x86::Mnemonic::Ltr | iced_x86::Mnemonic::Lldt
+    )
 }
 
 /// A 64-bit-mode store instruction's memory operand (SGDT, SIDT, STR,
