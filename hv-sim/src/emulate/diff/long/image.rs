@@ -417,10 +417,12 @@ fn runner(at: u32, recorder: u32, output: u32) -> (Asm, u32) {
         a.b(&[0x8b, 0x96]).d(from + 4); // mov edx, [rsi+d+4]
         a.b(&[0x0f, 0x30]); // wrmsr
     }
-    // RFLAGS.AC: clac, then stac if the block says so.
-    a.b(&[0x0f, 0x01, 0xca]);
+    // RFLAGS.AC as the block says, through popfq: KVM's instruction
+    // emulator, which runs this code under PVM, has no clac/stac.
+    a.b(&[0x9c, 0x81, 0x24, 0x24]).d(!(1 << 18)); // pushfq; and dword [rsp], !AC
     a.b(&[0x83, 0xbe]).d(D_AC).b(&[0x00]); // cmp dword [rsi+d], 0
-    a.b(&[0x74, 0x03, 0x0f, 0x01, 0xcb]); // je +3; stac
+    a.b(&[0x74, 0x07, 0x81, 0x0c, 0x24]).d(1 << 18); // je +7; or dword [rsp], AC
+    a.b(&[0x9d]); // popfq
     for r in (0u8..16).filter(|&r| r != 4 && r != 6).chain([6]) {
         load_rsi(&mut a, r, D_REGS + 8 * u32::from(r));
     }
