@@ -7,7 +7,7 @@
 //! documented QEMU departure from the SDM explains.
 //! `HV_SIM_EMUDIFF_LONG_N` sets the 64-bit-mode count (50,000 by default,
 //! half without and half with SMEP/SMAP); half as many compatibility-mode
-//! scenarios run (75,000 in all: 45 s on a 2-core AMD EPYC VM shared with
+//! scenarios run (75,000 in all: 45–60 s on a 2-core AMD EPYC VM shared with
 //! other builds, one QEMU process per CPU). Needs QEMU (`SKIPPED`
 //! otherwise, a failure with `HV_SIM_REQUIRE_QEMU=1`).
 

@@ -382,23 +382,7 @@ fn cpu_for(s: &Scenario, rip: u32, tr_before: u16, model: Departures) -> MockCpu
         .into_iter()
         .zip(s.sels)
     {
-        let c = if sel & 0xfffc == 0 {
-            SegmentCache {
-                unusable: true,
-                ..SegmentCache::default()
-            }
-        } else {
-            SegmentCache::from_descriptor(s.gdt_slots[usize::from(sel >> 3) - 3])
-        };
-        let c = if model.flat() {
-            // QEMU loads a null selector with base 0.
-            SegmentCache {
-                base: if c.unusable { 0 } else { c.base },
-                ..SegmentCache::from_descriptor(0x00cf_9300_0000_ffff)
-            }
-        } else {
-            c
-        };
+        let c = segment_cache(sel, &s.gdt_slots, model.flat());
         *cpu.seg_mut(seg) = c;
         match seg {
             Segment::Fs => cpu.fs_base = c.base,
@@ -416,6 +400,29 @@ fn cpu_for(s: &Scenario, rip: u32, tr_before: u16, model: Departures) -> MockCpu
     };
     cpu.dt.tr = Selector(tr_before);
     cpu
+}
+
+/// The hidden part `sel` loads from the GDT's scenario slots (0x18..):
+/// unusable for a null selector; under
+/// [`Departures::no_segment_checks`] a flat read/write segment with the
+/// same base (QEMU loads a null selector with base 0).
+pub(super) fn segment_cache(sel: u16, slots: &[u64; 13], flat: bool) -> SegmentCache {
+    let c = if sel & 0xfffc == 0 {
+        SegmentCache {
+            unusable: true,
+            ..SegmentCache::default()
+        }
+    } else {
+        SegmentCache::from_descriptor(slots[usize::from(sel >> 3) - 3])
+    };
+    if flat {
+        SegmentCache {
+            base: if c.unusable { 0 } else { c.base },
+            ..SegmentCache::from_descriptor(0x00cf_9300_0000_ffff)
+        }
+    } else {
+        c
+    }
 }
 
 /// The emulator's record for `s` (its instruction at `rip`), with TR
@@ -628,35 +635,46 @@ pub fn differences(q: &Record, e: &Record) -> Vec<&'static str> {
     d
 }
 
-/// What a comparison found.
-#[derive(Clone, Debug, Default)]
-pub struct Report {
+/// What a comparison found (`M`: one mismatch, [`Mismatch`] here,
+/// [`long::LongMismatch`] in long mode).
+#[derive(Clone, Debug)]
+pub struct Report<M = Mismatch> {
     /// Scenarios on which QEMU and the emulator agree exactly.
     pub agreed: usize,
     /// The others.
-    pub mismatches: Vec<Mismatch>,
+    pub mismatches: Vec<M>,
     /// The emulator's (the SDM's) outcomes, by instruction and exception:
     /// what the scenarios covered.
     pub outcomes: BTreeMap<String, usize>,
 }
 
-/// Generate `n` scenarios from `seed`, run them under QEMU and through the
-/// emulator, and compare: in `jobs` slices, each its own QEMU process and
-/// comparison on its own thread (each scenario stands alone: the guest
-/// resets what it changed, so the slicing does not change the answers).
-pub fn compare(
-    n: usize,
-    seed: u64,
-    paging: Paging,
+impl<M> Default for Report<M> {
+    fn default() -> Self {
+        Report {
+            agreed: 0,
+            mismatches: Vec::new(),
+            outcomes: BTreeMap::new(),
+        }
+    }
+}
+
+/// Compare `all` in `jobs` slices, each its own QEMU process and
+/// comparison (`f`) on its own thread (each scenario stands alone: the
+/// guest resets what it changed, so the slicing does not change the
+/// answers), and merge the reports, each mismatch's index (`index`) moved
+/// to its place in `all`.
+pub(super) fn compare_in_slices<S: Sync, M: Send>(
+    all: &[S],
     jobs: usize,
-    timeout: Duration,
-) -> Result<Report, DiffError> {
-    let all = generate_in(n, seed, paging);
-    let per = n.div_ceil(jobs.max(1)).max(1);
-    let parts: Vec<Result<Report, DiffError>> = std::thread::scope(|scope| {
+    f: impl Fn(&[S]) -> Result<Report<M>, DiffError> + Sync,
+    index: impl Fn(&mut M) -> &mut usize,
+) -> Result<Report<M>, DiffError> {
+    let per = all.len().div_ceil(jobs.max(1)).max(1);
+    let f = &f;
+    let parts: Vec<Result<Report<M>, DiffError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = all
             .chunks(per)
-            .map(|part| scope.spawn(move || compare_scenarios(part, timeout)))
+            .map(|part| scope.spawn(move || f(part)))
             .collect();
         handles
             .into_iter()
@@ -673,17 +691,35 @@ pub fn compare(
     for (k, part) in parts.into_iter().enumerate() {
         let part = part?;
         report.agreed += part.agreed;
-        report
-            .mismatches
-            .extend(part.mismatches.into_iter().map(|m| Mismatch {
-                index: m.index + k * per,
-                ..m
-            }));
+        for mut m in part.mismatches {
+            *index(&mut m) += k * per;
+            report.mismatches.push(m);
+        }
         for (key, count) in part.outcomes {
             *report.outcomes.entry(key).or_default() += count;
         }
     }
     Ok(report)
+}
+
+/// Generate `n` scenarios from `seed`, run them under QEMU and through the
+/// emulator, and compare: in `jobs` slices, each its own QEMU process and
+/// comparison on its own thread (each scenario stands alone: the guest
+/// resets what it changed, so the slicing does not change the answers).
+pub fn compare(
+    n: usize,
+    seed: u64,
+    paging: Paging,
+    jobs: usize,
+    timeout: Duration,
+) -> Result<Report, DiffError> {
+    let all = generate_in(n, seed, paging);
+    compare_in_slices(
+        &all,
+        jobs,
+        |part| compare_scenarios(part, timeout),
+        |m| &mut m.index,
+    )
 }
 
 /// Run and compare the given scenarios (a slice of [`generate`]'s, to

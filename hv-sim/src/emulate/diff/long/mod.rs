@@ -35,7 +35,6 @@ pub mod image;
 mod model;
 mod scenarios;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::DiffError;
@@ -280,17 +279,8 @@ pub struct LongMismatch {
     pub unverifiable: bool,
 }
 
-/// What a comparison found.
-#[derive(Clone, Debug, Default)]
-pub struct LongReport {
-    /// Scenarios on which QEMU and the emulator agree exactly.
-    pub agreed: usize,
-    /// The others.
-    pub mismatches: Vec<LongMismatch>,
-    /// The emulator's (the SDM's) outcomes by mode, instruction and
-    /// exception.
-    pub outcomes: BTreeMap<String, usize>,
-}
+/// What a long-mode comparison found.
+pub type LongReport = super::Report<LongMismatch>;
 
 /// Generate `n` scenarios of `kind` from `seed` under `paging`, run them
 /// under QEMU (in `jobs` QEMU processes) and through the emulator, and
@@ -304,38 +294,12 @@ pub fn compare(
     timeout: Duration,
 ) -> Result<LongReport, DiffError> {
     let all = generate(n, seed, kind, paging);
-    let per = n.div_ceil(jobs.max(1)).max(1);
-    let parts: Vec<Result<LongReport, DiffError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = all
-            .chunks(per)
-            .map(|part| scope.spawn(move || compare_scenarios(part, timeout)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|p| {
-                    Err(DiffError::ThreadPanicked(crate::kvm::panic_message(
-                        p.as_ref(),
-                    )))
-                })
-            })
-            .collect()
-    });
-    let mut report = LongReport::default();
-    for (k, part) in parts.into_iter().enumerate() {
-        let part = part?;
-        report.agreed += part.agreed;
-        report
-            .mismatches
-            .extend(part.mismatches.into_iter().map(|m| LongMismatch {
-                index: m.index + k * per,
-                ..m
-            }));
-        for (key, count) in part.outcomes {
-            *report.outcomes.entry(key).or_default() += count;
-        }
-    }
-    Ok(report)
+    super::compare_in_slices(
+        &all,
+        jobs,
+        |part| compare_scenarios(part, timeout),
+        |m| &mut m.index,
+    )
 }
 
 /// Run the given scenarios under QEMU (one image, one process) and through

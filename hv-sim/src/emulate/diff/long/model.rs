@@ -11,7 +11,6 @@ use pvops::{DescriptorTablePointer, Selector};
 
 use super::super::super::mock::{MockCpu, MockPhys};
 use super::super::super::paged::Paged;
-use super::super::super::segment::SegmentCache;
 use super::super::super::walk::{PagingMode, PhysicalMemory, Walker};
 use super::super::super::{
     Access, Exception, GuestMemory, Insn, Outcome, PageFault, Segment, emulate,
@@ -27,8 +26,9 @@ pub struct LongDepartures {
     /// The 32-bit harness's.
     pub qemu: Departures,
     /// QEMU TCG (7.2) adds the ES or DS base to an operand with an ES or
-    /// DS override in 64-bit mode (SDM vol. 3A 3.4.4: in 64-bit mode the
-    /// processor treats the segment bases of CS, DS, ES and SS as zero).
+    /// DS override in 64-bit mode (SDM vol. 3A 3.2.4 "Segmentation in
+    /// IA-32e Mode": in 64-bit mode the processor treats the segment bases
+    /// of CS, DS, ES and SS as zero).
     pub legacy_override_base: bool,
     /// QEMU TCG's LGDT/LIDT with a 0x66 prefix in 64-bit mode loads a
     /// 24-bit base, as with a 16-bit operand size outside 64-bit mode (SDM
@@ -63,13 +63,14 @@ pub struct LongDepartures {
     /// 12:8 must be 0.
     pub sys_upper_unchecked: bool,
     /// QEMU TCG's LTR/LLDT in IA-32e mode load a non-canonical 64-bit
-    /// base (SDM vol. 2A LLDT, vol. 2B LTR, 64-bit mode: "#GP(selector) If
-    /// the descriptor ... contains a non-canonical base").
+    /// base, where hv-sim's [`system`](crate::emulate::system) check
+    /// raises #GP(selector) (SDM vol. 3A 8.2.3, the 16-byte descriptor's
+    /// base is a 64-bit linear address).
     pub sys_base_unchecked: bool,
     /// QEMU TCG's LTR in IA-32e mode takes an available 16-bit TSS, type
     /// 1, and makes it busy, type 3 (SDM vol. 3A table 3-2: in IA-32e mode
-    /// both types are reserved; vol. 2B LTR: "#GP(selector) If the source
-    /// selector ... is not an available TSS").
+    /// both types are reserved; vol. 2B LTR: #GP(selector) for a
+    /// descriptor that is not an available TSS).
     pub tss16_in_ia32e: bool,
 }
 
@@ -379,23 +380,7 @@ fn cpu_for(s: &LongScenario, at: u32, tr_before: u16, model: LongDepartures) -> 
         .into_iter()
         .enumerate()
     {
-        let sel = s.sels[k];
-        let c = if sel & 0xfffc == 0 {
-            SegmentCache {
-                unusable: true,
-                ..SegmentCache::default()
-            }
-        } else {
-            SegmentCache::from_descriptor(s.gdt_slots[usize::from(sel >> 3) - 3])
-        };
-        *cpu.seg_mut(seg) = if flat {
-            SegmentCache {
-                base: if c.unusable { 0 } else { c.base },
-                ..SegmentCache::from_descriptor(image::DATA)
-            }
-        } else {
-            c
-        };
+        *cpu.seg_mut(seg) = super::super::segment_cache(s.sels[k], &s.gdt_slots, flat);
     }
     (cpu.fs_base, cpu.gs_base) = (s.fs_base, s.gs_base);
     cpu.dt.gdtr = DescriptorTablePointer {
