@@ -175,8 +175,8 @@ impl ExitCounts {
     }
 }
 
-/// What a guest did.
-#[derive(Clone, Debug)]
+/// What a guest did (the default: an empty report, no exit status).
+#[derive(Clone, Debug, Default)]
 pub struct BootReport {
     /// Status written to the exit port (`None` if it halted instead).
     pub exit_status: Option<u32>,
@@ -366,7 +366,7 @@ pub(crate) enum Setup {
 pub(crate) enum Outcome {
     Xen(Box<xen::XenOutcome>),
     Vmi(Box<vmi::VmiOutcome>),
-    Trap(Box<trap::TrapOutcome>),
+    Trap(Box<trap::TrapBootReport>),
 }
 
 /// Load `segs` and run the VM on a thread under the watchdog.

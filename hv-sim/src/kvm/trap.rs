@@ -74,10 +74,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::personality::{PortAction, PortWrite};
 use super::regs::Vcpu;
 use super::xen::FinalSegments;
-use super::{Config, Crash, KvmError, PortError, layout, ports};
-use crate::emulate::{
-    self, Access, DtRegisters, Exception, GuestMemory, Insn, NotEmulated, Outcome,
-};
+use super::{BootReport, Config, Crash, KvmError, PortError, layout, ports};
+use crate::emulate::{self, Access, DtRegisters, Exception, GuestMemory, NotEmulated, Outcome};
 use pvops::{DescriptorTablePointer, Selector};
 
 pub use super::layout::ring3::{
@@ -145,24 +143,7 @@ pub fn boot_trap_with(
             _ => None,
         },
     )?;
-    Ok(TrapBootReport {
-        boot,
-        traps: o.traps,
-        emulated: o.emulated.iter().map(|(k, v)| (k.name(), *v)).collect(),
-        injected: o.injected,
-        bounced: o.bounced,
-        restarts: o.restarts,
-        installs: o.installs,
-        umip: o.umip,
-        handler_time: o.handler_time,
-        emulate_time: o.emulate_time,
-        sync_time: o.sync_time,
-        phases: o.phases,
-        virtual_dt: o.dt,
-        final_segments: o.final_segments,
-        real_tr_ldtr: o.real_tr_ldtr,
-        write_protect: o.write_protect,
-    })
+    Ok(TrapBootReport { boot, ..o })
 }
 
 /// A ring-3 copy of a guest descriptor: DPL 3, accessed
@@ -255,33 +236,14 @@ struct GuestTables {
     idt: Vec<u64>,
 }
 
-/// What the personality did, handed back with the boot report.
-pub(crate) struct TrapOutcome {
-    traps: u64,
-    emulated: BTreeMap<Insn, u64>,
-    injected: Capped<(&'static str, String)>,
-    bounced: Capped<Bounced>,
-    restarts: u64,
-    installs: u64,
-    umip: bool,
-    handler_time: Duration,
-    emulate_time: Duration,
-    sync_time: Duration,
-    phases: emulate::profile::Phases,
-    dt: DtRegisters,
-    final_segments: Option<FinalSegments>,
-    real_tr_ldtr: Option<((u16, u64), (u16, u64))>,
-    write_protect: Option<WpReport>,
-}
-
 /// The personality's state during a boot.
 pub(crate) struct TrapGuest {
     mem: GuestMemoryMmap,
     /// The guest's virtual descriptor-table registers.
     dt: DtRegisters,
-    /// What it counts and records for the report (its `dt` and
-    /// `write_protect` are filled in at the end).
-    out: TrapOutcome,
+    /// The report it keeps (its `boot`, `virtual_dt` and `write_protect`
+    /// are filled in at the end).
+    out: TrapBootReport,
     /// What the real tables hold (to write only changes).
     last_gdt: Vec<u64>,
     last_ldt: Vec<u64>,
@@ -324,7 +286,8 @@ impl TrapGuest {
         Ok(TrapGuest {
             mem: mem.clone(),
             dt,
-            out: TrapOutcome {
+            out: TrapBootReport {
+                boot: BootReport::default(),
                 traps: 0,
                 emulated: BTreeMap::new(),
                 injected: Capped::new(MAX_RECORDS),
@@ -336,7 +299,7 @@ impl TrapGuest {
                 emulate_time: Duration::ZERO,
                 sync_time: Duration::ZERO,
                 phases: Default::default(),
-                dt,
+                virtual_dt: dt,
                 final_segments: None,
                 real_tr_ldtr: None,
                 write_protect: None,
@@ -565,7 +528,7 @@ impl TrapGuest {
         let r = match outcome {
             Outcome::Emulated { insn, len, .. } => {
                 store = !insn.is_load();
-                *self.out.emulated.entry(insn).or_default() += 1;
+                *self.out.emulated.entry(insn.name()).or_default() += 1;
                 self.dt = cpu.dt;
                 cpu.regs.rip = rip.wrapping_add(len as u64);
                 vcpu.set_regs(&cpu.regs);
@@ -694,9 +657,9 @@ impl TrapGuest {
     }
 
     /// The outcome, once the guest has stopped.
-    pub(crate) fn finish(self) -> TrapOutcome {
-        TrapOutcome {
-            dt: self.dt,
+    pub(crate) fn finish(self) -> TrapBootReport {
+        TrapBootReport {
+            virtual_dt: self.dt,
             write_protect: self.wp.map(|w| w.report),
             ..self.out
         }
