@@ -21,8 +21,9 @@
 use crate::kvm::CheckSummary;
 use std::time::Instant;
 
-use kvm_ioctls::{SyncReg, VcpuExit};
-use vm_memory::{Bytes, GuestAddress};
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{Figure, Goal, Section, median};
 use crate::kvm::{self, BootReport, Config, KvmError, layout};
@@ -44,14 +45,23 @@ const CODE: u64 = 0x10_0000;
 /// The #GP handler's address (ring 3).
 const HANDLER: u64 = 0x10_1000;
 
+/// A bare guest's RAM.
+const BARE_RAM: usize = 4 << 20;
+
 /// Median µs per `KVM_RUN` round trip over `n` exits of a bare guest.
 pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, KvmError> {
+    let bare = kvm::Machine::new(kvm::guest_ram(BARE_RAM)?)?;
+    let mut vcpu = bare_vcpu(&bare, kind)?;
+    time_exits(&mut vcpu, n)
+}
+
+/// vCPU 0 of `bare` with the host's CPUID, in long mode at [`CODE`], with
+/// the `kind` guest written and sync regs on where available.
+fn bare_vcpu(bare: &kvm::Machine, kind: BareKind) -> Result<VcpuFd, KvmError> {
     let er = KvmError::ioctl;
-    let size = 4usize << 20;
-    let m = kvm::Machine::new(kvm::guest_ram(size)?)?;
-    let (vm, kvm, mem) = (&m.vm, &m.kvm, &m.mem);
-    let mut vcpu = vm.create_vcpu(0).map_err(er("KVM_CREATE_VCPU"))?;
-    let cpuid = kvm
+    let mut vcpu = bare.vm.create_vcpu(0).map_err(er("KVM_CREATE_VCPU"))?;
+    let cpuid = bare
+        .kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(er("KVM_GET_SUPPORTED_CPUID"))?;
     vcpu.set_cpuid2(&cpuid).map_err(er("KVM_SET_CPUID2"))?;
@@ -61,70 +71,94 @@ pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, KvmError> {
     regs.rip = CODE;
     regs.rflags = 2;
     regs.rsp = layout::BOOT_STACK_TOP;
+    if kind == BareKind::Ring0 {
+        layout::write_boot_tables(&bare.mem)?;
+        write_code(&bare.mem, CODE, &OUT_LOOP)?;
+    } else {
+        ring3_guest(bare, kind, &mut regs, &mut sregs)?;
+    }
+    vcpu.set_sregs(&sregs).map_err(er("KVM_SET_SREGS"))?;
+    vcpu.set_regs(&regs).map_err(er("KVM_SET_REGS"))?;
+    if crate::kvm::regs::sync_regs_available(&bare.kvm) {
+        vcpu.set_sync_valid_reg(SyncReg::Register);
+        vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
+    }
+    Ok(vcpu)
+}
+
+/// `out 0xe0, al; jmp $-2`.
+const OUT_LOOP: [u8; 4] = [0xe6, 0xe0, 0xeb, 0xfc];
+
+/// Write guest code `b` at `a`.
+fn write_code(mem: &GuestMemoryMmap, a: u64, b: &[u8]) -> Result<(), KvmError> {
+    mem.write_slice(b, GuestAddress(a))
+        .map_err(KvmError::guest_write("the bare guest's code", a))
+}
+
+/// The ring-3 guests: GDT at 0x5000 (ring-3 code 0x08, data 0x10, TSS
+/// 0x18), TSS at 0x6000, IDT at 0x9000 (those pages user-accessible); the
+/// `out` loop, or (`Ring3Gp`) an `lgdt` loop whose #GP goes to a DPL-3
+/// handler at [`HANDLER`] that does the `out`.
+fn ring3_guest(
+    bare: &kvm::Machine,
+    kind: BareKind,
+    regs: &mut kvm_regs,
+    sregs: &mut kvm_sregs,
+) -> Result<(), KvmError> {
+    let mem = &bare.mem;
     let w = |a: u64, v: u64| {
         mem.write_obj(v, GuestAddress(a))
             .map_err(KvmError::guest_write("the bare guest's tables", a))
     };
-    let code = |a: u64, b: &[u8]| {
-        mem.write_slice(b, GuestAddress(a))
-            .map_err(KvmError::guest_write("the bare guest's code", a))
-    };
-    // out 0xe0, al; jmp $-2
-    let out_loop: [u8; 4] = [0xe6, 0xe0, 0xeb, 0xfc];
-    if kind == BareKind::Ring0 {
-        layout::write_boot_tables(mem)?;
-        code(CODE, &out_loop)?;
-    } else {
-        // GDT at 0x5000 (ring-3 code 0x08, data 0x10, TSS 0x18), TSS at
-        // 0x6000, IDT at 0x9000; those pages are user-accessible.
-        layout::write_ring3_page_tables(mem, size, |a| {
-            if (0x5000..0xa000).contains(&a) {
-                a | layout::PTE_P | layout::PTE_RW
-            } else {
-                0
-            }
-        })?;
-        w(0x5008, 0x00af_fb00_0000_ffff)?;
-        w(0x5010, 0x00cf_f300_0000_ffff)?;
-        let tss = 0x6000u64;
-        w(
-            0x5018,
-            0x67 | (tss & 0xff_ffff) << 16 | 0x8b << 40 | ((tss >> 24) & 0xff) << 56,
-        )?;
-        w(0x5020, tss >> 32)?;
-        layout::ring3_entry(
-            &mut regs,
-            &mut sregs,
-            &layout::Ring3Tables {
-                cs: 0x0b,
-                ss: 0x13,
-                gdt: (0x5000, 8),
-                idt: 0x9000,
-                tss: (0x18, tss),
-            },
-        );
-        regs.rsp = 0x20_0000;
-        if kind == BareKind::Ring3Gp {
-            // #GP gate (vector 13) -> HANDLER, DPL 3, ring-3 CS.
-            w(
-                0x9000 + 13 * 16,
-                (HANDLER & 0xffff) | 0x0b << 16 | 0xee << 40 | ((HANDLER >> 16) & 0xffff) << 48,
-            )?;
-            w(0x9000 + 13 * 16 + 8, HANDLER >> 32)?;
-            // lgdt [rax]; jmp back to it.
-            code(CODE, &[0x0f, 0x01, 0x10, 0xeb, 0xfb])?;
-            // out 0xe0, al; add rsp, 8 (the error code); iretq
-            code(HANDLER, &[0xe6, 0xe0, 0x48, 0x83, 0xc4, 0x08, 0x48, 0xcf])?;
+    layout::write_ring3_page_tables(mem, BARE_RAM, |a| {
+        if (0x5000..0xa000).contains(&a) {
+            a | layout::PTE_P | layout::PTE_RW
         } else {
-            code(CODE, &out_loop)?;
+            0
         }
+    })?;
+    w(0x5008, 0x00af_fb00_0000_ffff)?;
+    w(0x5010, 0x00cf_f300_0000_ffff)?;
+    let tss = 0x6000u64;
+    w(
+        0x5018,
+        0x67 | (tss & 0xff_ffff) << 16 | 0x8b << 40 | ((tss >> 24) & 0xff) << 56,
+    )?;
+    w(0x5020, tss >> 32)?;
+    layout::ring3_entry(
+        regs,
+        sregs,
+        &layout::Ring3Tables {
+            cs: 0x0b,
+            ss: 0x13,
+            gdt: (0x5000, 8),
+            idt: 0x9000,
+            tss: (0x18, tss),
+        },
+    );
+    regs.rsp = 0x20_0000;
+    if kind != BareKind::Ring3Gp {
+        return write_code(mem, CODE, &OUT_LOOP);
     }
-    vcpu.set_sregs(&sregs).map_err(er("KVM_SET_SREGS"))?;
-    vcpu.set_regs(&regs).map_err(er("KVM_SET_REGS"))?;
-    if crate::kvm::regs::sync_regs_available(kvm) {
-        vcpu.set_sync_valid_reg(SyncReg::Register);
-        vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
-    }
+    // #GP gate (vector 13) -> HANDLER, DPL 3, ring-3 CS.
+    w(
+        0x9000 + 13 * 16,
+        (HANDLER & 0xffff) | 0x0b << 16 | 0xee << 40 | ((HANDLER >> 16) & 0xffff) << 48,
+    )?;
+    w(0x9000 + 13 * 16 + 8, HANDLER >> 32)?;
+    // lgdt [rax]; jmp back to it.
+    write_code(mem, CODE, &[0x0f, 0x01, 0x10, 0xeb, 0xfb])?;
+    // out 0xe0, al; add rsp, 8 (the error code); iretq
+    write_code(
+        mem,
+        HANDLER,
+        &[0xe6, 0xe0, 0x48, 0x83, 0xc4, 0x08, 0x48, 0xcf],
+    )
+}
+
+/// Median µs of `n` `KVM_RUN` round trips, each ending at the guest's
+/// `out 0xe0`, after 50 warm-up ones.
+fn time_exits(vcpu: &mut VcpuFd, n: usize) -> Result<f64, KvmError> {
     const WARM: usize = 50;
     let mut samples = Vec::with_capacity(n);
     for i in 0..n + WARM {
@@ -140,7 +174,7 @@ pub fn bare_exit_us(kind: BareKind, n: usize) -> Result<f64, KvmError> {
                     text: String::new(),
                 });
             }
-            Err(e) => return Err(er("KVM_RUN")(e)),
+            Err(e) => return Err(KvmError::ioctl("KVM_RUN")(e)),
         }
         if i >= WARM {
             samples.push(t.elapsed().as_secs_f64() * 1e6);
