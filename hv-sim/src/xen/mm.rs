@@ -1,9 +1,12 @@
 //! `arch/x86/mm.c` for descriptor and writable pages: their type
 //! references (`get_page_type` for `PGT_seg_desc_page` and
-//! `PGT_writable_page`), `do_update_va_mapping` and `do_mmuext_op` (the
-//! page-table commands are in `pagetables.rs` and its modules).
+//! `PGT_writable_page`), `do_update_va_mapping` and `do_mmuext_op` with its `switch` (the
+//! page-table commands are in `mmuext_pt.rs`, the batch loop it shares
+//! with `do_mmu_update` in `mmu_update.rs`).
 
-use super::pagetables::ERESTART;
+use std::ops::ControlFlow;
+
+use super::pagetables::{Batch, in_batch};
 use super::*;
 
 impl Inner {
@@ -232,6 +235,8 @@ impl Inner {
         }
     }
 
+    /// `do_mmuext_op(uops, count, pdone, foreigndom)` (and, for a 32-bit
+    /// guest, `compat_mmuext_op`'s translation around it).
     pub(super) fn mmuext_op(
         &mut self,
         v: usize,
@@ -240,193 +245,190 @@ impl Inner {
         pdone: u64,
         foreigndom: u32,
     ) -> Hc {
-        // put_old_guest_table: a demotion under way finishes first.
-        if !self.demote_pending() {
-            let args = [ops, count.into(), pdone, foreigndom.into(), 0, 0];
-            return Ok(self.continuation(nr::MMUEXT_OP, args));
-        }
-        // The final-status continuation (`count == MMU_UPDATE_PREEMPTED`
-        // with a NULL ops handle) hands `foreigndom` back as the result
-        // (`do_mmuext_op`; `compat_mmuext_op` forwards it unchanged).
-        if count == 0x8000_0000 && ops == 0 {
-            let rc = i64::from(foreigndom as i32);
-            self.note(Change::PreemptedStatus { what: "ops", rc });
-            return Ok(rc);
-        }
-        let preempted = count & 0x8000_0000 != 0;
-        let count = count & !0x8000_0000;
+        let esize = 3 * self.long_size();
+        let b = Batch::new(nr::MMUEXT_OP, ops, esize, count, pdone, foreigndom);
+        let b = match self.batch_start(b, "ops") {
+            ControlFlow::Continue(b) => b,
+            ControlFlow::Break(rc) => return rc,
+        };
         // pv32 (`compat_mmuext_op`): ops are translated in chunks and only a
         // non-empty chunk reaches `do_mmuext_op`, so with count 0 nothing
         // else (foreigndom, pdone) is looked at.
-        if self.abi == Abi::Pv32 && count == 0 {
+        if self.abi == Abi::Pv32 && b.count == 0 {
             return Ok(0);
         }
-        // A continuation resumes counting from *pdone; read errors are
-        // ignored (the unread part reads as 0). A NULL pdone means 0.
-        let mut done: u32 = 0;
-        if preempted && pdone != 0 {
-            let mut b = [0u8; 4];
-            let _ = self.load_bytes_padded(pdone, &mut b);
-            done = u32::from_le_bytes(b);
-        }
-        let esize: u64 = match self.abi {
-            Abi::Pv64 => 24,
-            Abi::Pv32 => 12,
-        };
         if !self.addr_ok(ops) {
             return Err(fail(EFAULT, format!("ops {ops:#x} is not a guest address")));
         }
-        let dom = foreigndom as u16;
-        let pg = match dom {
-            DOMID_SELF => PgOwner::Current,
-            d if d == self.own_domid() => {
+        let pg = self.mmuext_pg_owner(foreigndom)?;
+        let ops = self.batch_items(&b, |this, i, va| {
+            let Some(op) = this.copy_mmuext_op(va) else {
                 return Err(fail(
-                    ESRCH,
-                    format!("foreigndom {d} is the caller's own id; use DOMID_SELF"),
+                    EFAULT,
+                    format!("mmuext_op {i} at {va:#x} cannot be read"),
                 ));
-            }
+            };
+            this.mmuext_cmd(v, op, pg)
+                .map_err(|f| in_batch(f, format_args!("op {i} (cmd {})", op.cmd)))
+        });
+        self.batch_end(&b, ops)
+    }
+
+    /// `get_pg_owner(foreigndom)` and `xsm_mmuext_op` for `do_mmuext_op`.
+    fn mmuext_pg_owner(&self, foreigndom: u32) -> Result<PgOwner, Fail> {
+        let dom = foreigndom as u16;
+        match dom {
+            DOMID_SELF => Ok(PgOwner::Current),
+            d if d == self.own_domid() => Err(fail(
+                ESRCH,
+                format!("foreigndom {d} is the caller's own id; use DOMID_SELF"),
+            )),
             // dom_io / dom_xen exist and are PV, and so does dom0 for a
             // domU (`get_pg_owner` finds it), but the default XSM policy
             // (XSM_TARGET) lets only the domain itself or a control domain
             // act on another: a domU is refused, the hardware domain not.
-            DOMID_IO | DOMID_XEN | 0 if !self.privileged => {
-                return Err(fail(
-                    EPERM,
-                    format!(
-                        "foreigndom {dom:#x}: the default XSM policy refuses an unprivileged domain acting on another (no op runs)"
-                    ),
-                ));
-            }
-            DOMID_IO => PgOwner::Io,
-            DOMID_XEN => PgOwner::Xen,
-            d => return Err(fail(ESRCH, format!("no domain {d:#x}"))),
-        };
-        let mut i: u32 = 0;
-        let mut rc = Ok(0);
-        while i < count {
-            // hypercall_preempt_check between ops, and an op's demotion
-            // (`old_guest_table`) finished before the next.
-            if i > 0 && (!self.demote_pending() || self.work >= PREEMPT_BUDGET) {
-                rc = Err(fail(ERESTART, "preempted"));
-                break;
-            }
-            self.work += 1;
-            let va = ops.wrapping_add(u64::from(i) * esize);
-            let mut b = [0u8; 24];
-            if self.load_bytes(va, &mut b[..esize as usize]).is_err() {
-                rc = Err(fail(
-                    EFAULT,
-                    format!("mmuext_op {i} at {va:#x} cannot be read"),
-                ));
-                break;
-            }
-            let cmd = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            let (arg1, arg2) = match self.abi {
-                Abi::Pv64 => (
-                    u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8])),
-                    u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8])),
+            DOMID_IO | DOMID_XEN | 0 if !self.privileged => Err(fail(
+                EPERM,
+                format!(
+                    "foreigndom {dom:#x}: the default XSM policy refuses an unprivileged domain acting on another (no op runs)"
                 ),
-                Abi::Pv32 => (
-                    u64::from(u32::from_le_bytes([b[4], b[5], b[6], b[7]])),
-                    u64::from(u32::from_le_bytes([b[8], b[9], b[10], b[11]])),
-                ),
-            };
-            if let Err(f) = self.mmuext_one(v, cmd, arg1, arg2, pg) {
-                rc = Err(if f.errno == ERESTART {
-                    f
-                } else {
-                    fail(f.errno, format!("op {i} (cmd {cmd}): {}", f.reason))
-                });
-                break;
-            }
-            i += 1;
-        }
-        if pdone != 0 {
-            let _ = self.store_bytes(pdone, &(done.wrapping_add(i)).to_le_bytes(), false);
-        }
-        match rc {
-            // Preempted (`-ERESTART`): the guest re-executes the rest of
-            // the batch, `done` counting on from what is stored above.
-            Err(f) if f.errno == ERESTART => {
-                let rest = ops.wrapping_add(u64::from(i) * esize);
-                let left = u64::from(count - i) | 0x8000_0000;
-                let args = [rest, left, pdone, u64::from(foreigndom), 0, 0];
-                Ok(self.continuation(nr::MMUEXT_OP, args))
-            }
-            rc => self.final_status(nr::MMUEXT_OP, rc),
+            )),
+            DOMID_IO => Ok(PgOwner::Io),
+            DOMID_XEN => Ok(PgOwner::Xen),
+            d => Err(fail(ESRCH, format!("no domain {d:#x}"))),
         }
     }
 
-    pub(super) fn mmuext_one(
-        &mut self,
-        v: usize,
-        cmd: u32,
-        arg1: u64,
-        arg2: u64,
-        pg: PgOwner,
-    ) -> Hc {
+    /// `__copy_from_guest` of one `struct mmuext_op` at `va` (`cmd`, then
+    /// `arg1` and `arg2` as longs: 24 bytes for pv64, 12 in the compat
+    /// layout); `None` if it cannot be read.
+    fn copy_mmuext_op(&self, va: u64) -> Option<MmuextOp> {
+        let mut b = [0u8; 24];
+        let long = self.long_size() as usize;
+        self.load_bytes(va, &mut b[..3 * long]).ok()?;
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w[..long].copy_from_slice(&b[at..at + long]);
+            u64::from_le_bytes(w)
+        };
+        Some(MmuextOp {
+            cmd: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            arg1: word(long),
+            arg2: word(2 * long),
+        })
+    }
+
+    /// `do_mmuext_op`'s `switch ( op.cmd )`, in Xen's order. Every command
+    /// but the pins and UNPIN needs the caller to be the page owner.
+    fn mmuext_cmd(&mut self, v: usize, op: MmuextOp, pg: PgOwner) -> Hc {
+        let MmuextOp { cmd, arg1, arg2 } = op;
         let foreign = pg != PgOwner::Current;
+        let perm = |what: &str| {
+            fail(
+                EPERM,
+                format!("{what} with a foreign page owner ({})", pg.name()),
+            )
+        };
         match cmd {
-            MMUEXT_SET_LDT => {
-                if foreign {
-                    return Err(fail(EPERM, "SET_LDT with a foreign page owner"));
-                }
-                let ents = arg2 as u32;
-                if ents > 8192 {
-                    return Err(fail(EINVAL, format!("{ents} LDT entries: at most 8192")));
-                }
-                let base = if ents > 0 {
-                    if arg1 & 0xFFF != 0 {
-                        return Err(fail(
-                            EINVAL,
-                            format!("LDT base {arg1:#x} is not page aligned"),
-                        ));
-                    }
-                    if !self.addr_ok(arg1) {
-                        return Err(fail(
-                            EINVAL,
-                            format!("LDT base {arg1:#x} is not a guest address"),
-                        ));
-                    }
-                    arg1
-                } else {
-                    ZERO_BLOCK_PTR
-                };
-                let vc = &self.vcpus[v];
-                if vc.ldt_base == base && vc.ldt_ents == ents {
-                    return Ok(0);
-                }
-                self.destroy_ldt(v);
-                let vc = &mut self.vcpus[v];
-                vc.ldt_base = base;
-                vc.ldt_ents = ents;
-                self.note(Change::Ldt {
-                    base,
-                    entries: u64::from(ents),
-                });
-                Ok(0)
-            }
-            MMUEXT_TLB_FLUSH_LOCAL
-            | MMUEXT_TLB_FLUSH_ALL
-            | MMUEXT_INVLPG_LOCAL
-            | MMUEXT_INVLPG_ALL => {
-                if foreign {
-                    return Err(fail(
-                        EPERM,
-                        format!("TLB flush with a foreign page owner ({pg:?})"),
-                    ));
-                }
-                Ok(0)
-            }
+            MMUEXT_PIN_L1_TABLE..=MMUEXT_PIN_L4_TABLE => self.pin(cmd, arg1, pg),
+            MMUEXT_UNPIN_TABLE => self.unpin(arg1, pg),
+            MMUEXT_NEW_BASEPTR if foreign => Err(perm("NEW_BASEPTR")),
+            MMUEXT_NEW_BASEPTR => self.new_baseptr(v, arg1),
+            // `compat_mmuext_op` refuses it while translating, before
+            // `do_mmuext_op` looks at the page owner.
             MMUEXT_NEW_USER_BASEPTR if self.abi == Abi::Pv32 => Err(fail(
                 EINVAL,
                 "NEW_USER_BASEPTR does not exist for 32-bit PV guests",
             )),
+            MMUEXT_NEW_USER_BASEPTR if foreign => Err(perm("NEW_USER_BASEPTR")),
+            MMUEXT_NEW_USER_BASEPTR => self.new_user_baseptr(v, arg1),
+            MMUEXT_TLB_FLUSH_LOCAL
+            | MMUEXT_INVLPG_LOCAL
+            | MMUEXT_TLB_FLUSH_ALL
+            | MMUEXT_INVLPG_ALL
+                if foreign =>
+            {
+                Err(perm("TLB flush"))
+            }
+            MMUEXT_TLB_FLUSH_LOCAL
+            | MMUEXT_INVLPG_LOCAL
+            | MMUEXT_TLB_FLUSH_ALL
+            | MMUEXT_INVLPG_ALL => Ok(0),
+            MMUEXT_TLB_FLUSH_MULTI | MMUEXT_INVLPG_MULTI if foreign => {
+                Err(perm("TLB_FLUSH_MULTI/INVLPG_MULTI"))
+            }
+            // vcpumask_to_pcpumask failing makes the op -EINVAL.
+            MMUEXT_TLB_FLUSH_MULTI | MMUEXT_INVLPG_MULTI => self
+                .read_vcpu_bitmap(arg2)
+                .map_err(|f| fail(EINVAL, format!("vCPU mask: {}", f.reason))),
+            MMUEXT_FLUSH_CACHE if foreign => Err(perm("FLUSH_CACHE")),
+            MMUEXT_FLUSH_CACHE if !self.privileged => Err(fail(
+                EACCES,
+                "FLUSH_CACHE needs cache-flush permission (I/O capabilities)",
+            )),
+            MMUEXT_FLUSH_CACHE_GLOBAL if foreign => Err(perm("FLUSH_CACHE_GLOBAL")),
+            MMUEXT_FLUSH_CACHE_GLOBAL if !self.privileged => Err(fail(
+                EINVAL,
+                "FLUSH_CACHE_GLOBAL needs cache-flush permission (I/O capabilities)",
+            )),
+            MMUEXT_FLUSH_CACHE | MMUEXT_FLUSH_CACHE_GLOBAL => Ok(0),
+            MMUEXT_SET_LDT if foreign => Err(perm("SET_LDT")),
+            MMUEXT_SET_LDT => self.set_ldt(v, arg1, arg2 as u32),
+            MMUEXT_CLEAR_PAGE => self.clear_page(pg, arg1),
+            MMUEXT_COPY_PAGE => self.copy_page(pg, arg1, arg2),
             MMUEXT_MARK_SUPER | MMUEXT_UNMARK_SUPER => {
                 Err(fail(EOPNOTSUPP, "superpage marking is not supported"))
             }
-            0..=5 | 8 | 9 | 12 | 15..=18 => self.mmuext_pt(v, cmd, arg1, arg2, pg),
             _ => Err(fail(ENOSYS, format!("unknown MMUEXT command {cmd}"))),
         }
     }
+
+    /// MMUEXT_SET_LDT: `ents` entries at `ptr` (ZERO_BLOCK_PTR for none);
+    /// the old LDT's mapped pages are dropped when it changes.
+    fn set_ldt(&mut self, v: usize, ptr: u64, ents: u32) -> Hc {
+        if ents > 8192 {
+            return Err(fail(EINVAL, format!("{ents} LDT entries: at most 8192")));
+        }
+        let base = if ents > 0 {
+            if ptr & 0xFFF != 0 {
+                return Err(fail(
+                    EINVAL,
+                    format!("LDT base {ptr:#x} is not page aligned"),
+                ));
+            }
+            if !self.addr_ok(ptr) {
+                return Err(fail(
+                    EINVAL,
+                    format!("LDT base {ptr:#x} is not a guest address"),
+                ));
+            }
+            ptr
+        } else {
+            ZERO_BLOCK_PTR
+        };
+        let vc = &self.vcpus[v];
+        if vc.ldt_base == base && vc.ldt_ents == ents {
+            return Ok(0);
+        }
+        self.destroy_ldt(v);
+        let vc = &mut self.vcpus[v];
+        vc.ldt_base = base;
+        vc.ldt_ents = ents;
+        self.note(Change::Ldt {
+            base,
+            entries: u64::from(ents),
+        });
+        Ok(0)
+    }
+}
+
+/// One `struct mmuext_op` as the guest wrote it.
+#[derive(Clone, Copy, Debug)]
+struct MmuextOp {
+    /// `cmd`: an `MMUEXT_*` command.
+    cmd: u32,
+    /// `arg1` (`mfn` or `linear_addr`).
+    arg1: u64,
+    /// `arg2` (`nr_ents`, `vcpumask` or `src_mfn`).
+    arg2: u64,
 }

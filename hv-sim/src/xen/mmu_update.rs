@@ -2,7 +2,65 @@
 //! page-table entry updates with Xen's fast path, and
 //! `MMU_MACHPHYS_UPDATE`.
 
+use std::ops::ControlFlow;
+
 use super::*;
+
+/// `MMU_UPDATE_PREEMPTED`: set in `count` by a batch's continuation.
+const MMU_UPDATE_PREEMPTED: u32 = 0x8000_0000;
+
+/// A `do_mmu_update` / `do_mmuext_op` batch: the hypercall's arguments,
+/// `count` without `MMU_UPDATE_PREEMPTED`, and `done` as a continuation
+/// left it in `*pdone`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Batch {
+    /// The hypercall (`nr::MMU_UPDATE` or `nr::MMUEXT_OP`).
+    pub(crate) op: u64,
+    /// The guest's list (`ureqs` / `uops`).
+    pub(crate) list: u64,
+    /// The size of one element of the list in the guest's ABI.
+    pub(crate) esize: u64,
+    /// Elements to process.
+    pub(crate) count: u32,
+    /// Where the running total of elements done goes (0: nowhere).
+    pub(crate) pdone: u64,
+    /// The page owner (and, for mmu_update, the page-table owner).
+    pub(crate) foreigndom: u32,
+    /// Elements done by earlier continuations.
+    pub(crate) done: u32,
+}
+
+impl Batch {
+    /// The batch as the guest called it (`done` not read yet).
+    pub(crate) fn new(
+        op: u64,
+        list: u64,
+        esize: u64,
+        count: u32,
+        pdone: u64,
+        foreigndom: u32,
+    ) -> Batch {
+        Batch {
+            op,
+            list,
+            esize,
+            count,
+            pdone,
+            foreigndom,
+            done: 0,
+        }
+    }
+}
+
+/// An element's error with the element named (`-ERESTART` passes
+/// through unchanged: the guest never sees it).
+pub(crate) fn in_batch(f: Fail, what: std::fmt::Arguments<'_>) -> Fail {
+    if f.errno == ERESTART {
+        f
+    } else {
+        fail(f.errno, format!("{what}: {}", f.reason))
+    }
+}
 
 impl Inner {
     /// `mod_l1_entry` .. `mod_l4_entry` on slot `slot` of validated table
@@ -88,29 +146,10 @@ impl Inner {
                 "hv-sim models mmu_update for 64-bit PV guests only",
             ));
         }
-        // put_old_guest_table: a demotion under way finishes first.
-        if !self.demote_pending() {
-            let args = [ureqs, count.into(), pdone, foreigndom.into(), 0, 0];
-            return Ok(self.continuation(nr::MMU_UPDATE, args));
-        }
-        if count == 0x8000_0000 && ureqs == 0 {
-            let rc = i64::from(foreigndom as i32);
-            self.note(Change::PreemptedStatus {
-                what: "requests",
-                rc,
-            });
-            return Ok(rc);
-        }
-        let mut done: u32 = 0;
-        let count = if count & 0x8000_0000 != 0 {
-            if pdone != 0 {
-                let mut b = [0u8; 4];
-                let _ = self.load_bytes_padded(pdone, &mut b);
-                done = u32::from_le_bytes(b);
-            }
-            count & !0x8000_0000
-        } else {
-            count
+        let b = Batch::new(nr::MMU_UPDATE, ureqs, 16, count, pdone, foreigndom);
+        let b = match self.batch_start(b, "requests") {
+            ControlFlow::Continue(b) => b,
+            ControlFlow::Break(rc) => return rc,
         };
         if !self.addr_ok(ureqs) {
             return Err(fail(
@@ -129,10 +168,10 @@ impl Inner {
                 ),
             ));
         }
-        let (rc, i) = match foreigndom as u16 {
-            DOMID_SELF => self.mmu_update_reqs(ureqs, count, PgOwner::Current),
-            DOMID_IO => self.mmu_update_reqs(ureqs, count, PgOwner::Io),
-            DOMID_XEN => self.mmu_update_reqs(ureqs, count, PgOwner::Xen),
+        let reqs = match foreigndom as u16 {
+            DOMID_SELF => self.mmu_update_reqs(&b, PgOwner::Current),
+            DOMID_IO => self.mmu_update_reqs(&b, PgOwner::Io),
+            DOMID_XEN => self.mmu_update_reqs(&b, PgOwner::Xen),
             d if d == own => (
                 Err(fail(
                     ESRCH,
@@ -144,7 +183,7 @@ impl Inner {
             // policy (`xsm_mmu_update`, XSM_TARGET, checked per request)
             // refuses the first request. (Modelled for the page-table and
             // machphys commands; an empty batch does nothing.)
-            0 if count == 0 => (Ok(0), 0),
+            0 if b.count == 0 => (Ok(0), 0),
             0 => (
                 Err(fail(
                     EPERM,
@@ -154,19 +193,80 @@ impl Inner {
             ),
             d => (Err(fail(ESRCH, format!("no domain {d:#x}"))), 0),
         };
-        if pdone != 0 {
-            let _ = self.store_bytes(pdone, &done.wrapping_add(i).to_le_bytes(), false);
+        self.batch_end(&b, reqs)
+    }
+
+    /// The start of `do_mmu_update` / `do_mmuext_op`: a demotion under way
+    /// (`put_old_guest_table`) finishes first, in a continuation of the
+    /// whole call; the final-status continuation (`count ==
+    /// MMU_UPDATE_PREEMPTED` with a NULL list) hands `foreigndom` back as
+    /// the result (`compat_mmuext_op` forwards it unchanged); a continued
+    /// batch (`MMU_UPDATE_PREEMPTED` set in `count`) resumes counting from
+    /// `*pdone`, read errors ignored (the unread part reads as 0, a NULL
+    /// `pdone` means 0). `what` names the list in the trace.
+    pub(crate) fn batch_start(
+        &mut self,
+        mut b: Batch,
+        what: &'static str,
+    ) -> ControlFlow<Hc, Batch> {
+        if !self.demote_pending() {
+            let args = [b.list, b.count.into(), b.pdone, b.foreigndom.into(), 0, 0];
+            return ControlFlow::Break(Ok(self.continuation(b.op, args)));
+        }
+        if b.count == MMU_UPDATE_PREEMPTED && b.list == 0 {
+            let rc = i64::from(b.foreigndom as i32);
+            self.note(Change::PreemptedStatus { what, rc });
+            return ControlFlow::Break(Ok(rc));
+        }
+        if b.count & MMU_UPDATE_PREEMPTED != 0 {
+            b.count &= !MMU_UPDATE_PREEMPTED;
+            if b.pdone != 0 {
+                let mut d = [0u8; 4];
+                let _ = self.load_bytes_padded(b.pdone, &mut d);
+                b.done = u32::from_le_bytes(d);
+            }
+        }
+        ControlFlow::Continue(b)
+    }
+
+    /// The loop of `do_mmu_update` / `do_mmuext_op`: `item(self, i, va)`
+    /// for each element of the list, with `hypercall_preempt_check`
+    /// between elements and an element's demotion (`old_guest_table`)
+    /// finished before the next. Stops at the first error: (result,
+    /// elements done).
+    pub(crate) fn batch_items(
+        &mut self,
+        b: &Batch,
+        mut item: impl FnMut(&mut Self, u32, u64) -> Hc,
+    ) -> (Hc, u32) {
+        for i in 0..b.count {
+            if i > 0 && (!self.demote_pending() || self.work >= PREEMPT_BUDGET) {
+                return (Err(fail(ERESTART, "preempted")), i);
+            }
+            self.work += 1;
+            if let Err(f) = item(self, i, b.list.wrapping_add(u64::from(i) * b.esize)) {
+                return (Err(f), i);
+            }
+        }
+        (Ok(0), b.count)
+    }
+
+    /// The end of `do_mmu_update` / `do_mmuext_op` after `i` elements:
+    /// `*pdone` gets `done + i`; a preempted batch (`-ERESTART`) is
+    /// continued from element `i` (the guest re-executes the rest, `done`
+    /// counting on from what was stored), else [`Inner::final_status`].
+    pub(crate) fn batch_end(&mut self, b: &Batch, (rc, i): (Hc, u32)) -> Hc {
+        if b.pdone != 0 {
+            let _ = self.store_bytes(b.pdone, &b.done.wrapping_add(i).to_le_bytes(), false);
         }
         match rc {
-            // Preempted (`-ERESTART`): the guest re-executes the rest of
-            // the batch, `done` counting on from what is stored above.
             Err(f) if f.errno == ERESTART => {
-                let rest = ureqs.wrapping_add(u64::from(i) * 16);
-                let args = [rest, u64::from(count - i) | 0x8000_0000, pdone];
-                let args = [args[0], args[1], args[2], u64::from(foreigndom), 0, 0];
-                Ok(self.continuation(nr::MMU_UPDATE, args))
+                let rest = b.list.wrapping_add(u64::from(i) * b.esize);
+                let left = u64::from((b.count - i) | MMU_UPDATE_PREEMPTED);
+                let args = [rest, left, b.pdone, u64::from(b.foreigndom), 0, 0];
+                Ok(self.continuation(b.op, args))
             }
-            rc => self.final_status(nr::MMU_UPDATE, rc),
+            rc => self.final_status(b.op, rc),
         }
     }
 
@@ -182,63 +282,44 @@ impl Inner {
             Ok(x) => *x,
             Err(f) => -f.errno,
         };
-        let args = [0, 0x8000_0000, 0, u64::from(r as u32), 0, 0];
+        let args = [0, MMU_UPDATE_PREEMPTED.into(), 0, u64::from(r as u32), 0, 0];
         Ok(self.continuation(op, args))
     }
 
     /// The request loop of `do_mmu_update`: (result, requests done).
-    pub(crate) fn mmu_update_reqs(&mut self, ureqs: u64, count: u32, pg: PgOwner) -> (Hc, u32) {
+    fn mmu_update_reqs(&mut self, b: &Batch, pg: PgOwner) -> (Hc, u32) {
         let mut xsm_checked = false;
-        for i in 0..count {
-            // hypercall_preempt_check between requests, and a request's
-            // demotion (`old_guest_table`) finished before the next.
-            if i > 0 && (!self.demote_pending() || self.work >= PREEMPT_BUDGET) {
-                return (Err(fail(ERESTART, "preempted")), i);
+        self.batch_items(b, |this, i, va| {
+            let mut r = [0u8; 16];
+            if this.load_bytes(va, &mut r).is_err() {
+                return Err(fail(
+                    EFAULT,
+                    format!("request {i} at {va:#x} cannot be read"),
+                ));
             }
-            self.work += 1;
-            let va = ureqs.wrapping_add(u64::from(i) * 16);
-            let mut b = [0u8; 16];
-            if self.load_bytes(va, &mut b).is_err() {
-                return (
-                    Err(fail(
-                        EFAULT,
-                        format!("request {i} at {va:#x} cannot be read"),
-                    )),
-                    i,
-                );
-            }
-            let ptr = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
-            let val = u64::from_le_bytes(b[8..].try_into().unwrap_or([0; 8]));
+            let ptr = u64::from_le_bytes(r[..8].try_into().unwrap_or([0; 8]));
+            let val = u64::from_le_bytes(r[8..].try_into().unwrap_or([0; 8]));
             let cmd = ptr & 7;
             // xsm_mmu_update (default policy): naming dom_xen's pages
             // needs a control domain; dom_io's are not checked.
             if cmd <= MMU_PT_UPDATE_NO_TRANSLATE && !xsm_checked {
-                if pg == PgOwner::Xen && !self.privileged {
-                    return (
-                        Err(fail(
-                            EPERM,
-                            "foreigndom DOMID_XEN: the default XSM policy refuses an unprivileged domain",
-                        )),
-                        i,
-                    );
+                if pg == PgOwner::Xen && !this.privileged {
+                    return Err(fail(
+                        EPERM,
+                        "foreigndom DOMID_XEN: the default XSM policy refuses an unprivileged domain",
+                    ));
                 }
                 xsm_checked = true;
             }
-            let r = match cmd {
+            match cmd {
                 MMU_NORMAL_PT_UPDATE | MMU_PT_UPDATE_PRESERVE_AD | MMU_PT_UPDATE_NO_TRANSLATE => {
-                    self.normal_update(ptr - cmd, val, cmd == MMU_PT_UPDATE_PRESERVE_AD, pg)
+                    this.normal_update(ptr - cmd, val, cmd == MMU_PT_UPDATE_PRESERVE_AD, pg)
                 }
-                MMU_MACHPHYS_UPDATE => self.machphys_update(ptr >> 12, val, pg),
+                MMU_MACHPHYS_UPDATE => this.machphys_update(ptr >> 12, val, pg),
                 _ => Err(fail(ENOSYS, format!("unknown mmu_update command {cmd}"))),
-            };
-            if let Err(f) = r {
-                if f.errno == ERESTART {
-                    return (Err(f), i);
-                }
-                return (Err(fail(f.errno, format!("request {i}: {}", f.reason))), i);
             }
-        }
-        (Ok(0), count)
+            .map_err(|f| in_batch(f, format_args!("request {i}")))
+        })
     }
 
     /// One MMU_NORMAL_PT_UPDATE: a validated table in use is updated with

@@ -1,88 +1,42 @@
 //! `arch/x86/mm.c` `do_mmuext_op`, the page-table commands: pins, the
-//! base pointers (`new_guest_cr3`), and the page commands.
+//! base pointers (`new_guest_cr3`), and the page commands (the `switch`
+//! that calls them is `mmuext_cmd` in `mm.rs`).
 
 use super::*;
 
 impl Inner {
-    /// The page-table commands of `do_mmuext_op` (PIN/UNPIN, NEW_BASEPTR,
-    /// NEW_USER_BASEPTR, TLB_FLUSH_MULTI, INVLPG_MULTI, FLUSH_CACHE,
-    /// CLEAR_PAGE, COPY_PAGE, FLUSH_CACHE_GLOBAL).
-    pub(crate) fn mmuext_pt(
-        &mut self,
-        v: usize,
-        cmd: u32,
-        arg1: u64,
-        arg2: u64,
-        pg: PgOwner,
-    ) -> Hc {
-        let foreign = pg != PgOwner::Current;
-        let perm = |what: &str| {
-            fail(
-                EPERM,
-                format!("{what} with a foreign page owner ({})", pg.name()),
-            )
-        };
-        match cmd {
-            MMUEXT_PIN_L1_TABLE..=MMUEXT_PIN_L4_TABLE => self.pin(cmd, arg1, pg),
-            MMUEXT_UNPIN_TABLE => self.unpin(arg1, pg),
-            MMUEXT_NEW_BASEPTR if foreign => Err(perm("NEW_BASEPTR")),
-            MMUEXT_NEW_BASEPTR => self.new_baseptr(v, arg1),
-            MMUEXT_NEW_USER_BASEPTR if foreign => Err(perm("NEW_USER_BASEPTR")),
-            MMUEXT_NEW_USER_BASEPTR => self.new_user_baseptr(v, arg1),
-            MMUEXT_TLB_FLUSH_MULTI | MMUEXT_INVLPG_MULTI => {
-                if foreign {
-                    return Err(perm("TLB_FLUSH_MULTI/INVLPG_MULTI"));
-                }
-                // vcpumask_to_pcpumask failing makes the op -EINVAL.
-                self.read_vcpu_bitmap(arg2)
-                    .map_err(|f| fail(EINVAL, format!("vCPU mask: {}", f.reason)))?;
-                Ok(0)
-            }
-            MMUEXT_FLUSH_CACHE if foreign => Err(perm("FLUSH_CACHE")),
-            MMUEXT_FLUSH_CACHE if !self.privileged => Err(fail(
-                EACCES,
-                "FLUSH_CACHE needs cache-flush permission (I/O capabilities)",
-            )),
-            MMUEXT_FLUSH_CACHE_GLOBAL if foreign => Err(perm("FLUSH_CACHE_GLOBAL")),
-            MMUEXT_FLUSH_CACHE_GLOBAL if !self.privileged => Err(fail(
-                EINVAL,
-                "FLUSH_CACHE_GLOBAL needs cache-flush permission (I/O capabilities)",
-            )),
-            MMUEXT_FLUSH_CACHE | MMUEXT_FLUSH_CACHE_GLOBAL => Ok(0),
-            MMUEXT_CLEAR_PAGE => {
-                let pfn = self.writable_page_of(pg, arg1)?;
-                for i in 0..512 {
-                    self.ram.write_u64(pfn, i * 8, 0);
-                }
-                self.frames[pfn].type_count -= 1;
-                self.put_page(pfn);
-                self.note(Change::Cleared { mfn: arg1 });
-                Ok(0)
-            }
-            MMUEXT_COPY_PAGE => {
-                let src = self.get_page_of(pg, arg2)?;
-                let dst = match self.writable_page_of(pg, arg1) {
-                    Ok(d) => d,
-                    Err(f) => {
-                        self.put_page(src);
-                        return Err(f);
-                    }
-                };
-                for i in 0..512 {
-                    let w = self.slot(src, i);
-                    self.ram.write_u64(dst, i * 8, w);
-                }
-                self.frames[dst].type_count -= 1;
-                self.put_page(dst);
-                self.put_page(src);
-                self.note(Change::Copied {
-                    src: arg2,
-                    dst: arg1,
-                });
-                Ok(0)
-            }
-            _ => Err(fail(ENOSYS, format!("unknown MMUEXT command {cmd}"))),
+    /// MMUEXT_CLEAR_PAGE: the frame must take the writable type.
+    pub(crate) fn clear_page(&mut self, pg: PgOwner, mfn: u64) -> Hc {
+        let pfn = self.writable_page_of(pg, mfn)?;
+        for i in 0..512 {
+            self.ram.write_u64(pfn, i * 8, 0);
         }
+        self.frames[pfn].type_count -= 1;
+        self.put_page(pfn);
+        self.note(Change::Cleared { mfn });
+        Ok(0)
+    }
+
+    /// MMUEXT_COPY_PAGE from `src` (any of the owner's frames) to `dst`
+    /// (which must take the writable type).
+    pub(crate) fn copy_page(&mut self, pg: PgOwner, dst: u64, src: u64) -> Hc {
+        let spfn = self.get_page_of(pg, src)?;
+        let dpfn = match self.writable_page_of(pg, dst) {
+            Ok(d) => d,
+            Err(f) => {
+                self.put_page(spfn);
+                return Err(f);
+            }
+        };
+        for i in 0..512 {
+            let w = self.slot(spfn, i);
+            self.ram.write_u64(dpfn, i * 8, w);
+        }
+        self.frames[dpfn].type_count -= 1;
+        self.put_page(dpfn);
+        self.put_page(spfn);
+        self.note(Change::Copied { src, dst });
+        Ok(0)
     }
 
     /// CLEAR_PAGE/COPY_PAGE's destination: a page reference and a writable

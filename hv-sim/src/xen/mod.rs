@@ -24,9 +24,9 @@
 //! | `arch/x86/pv/callback.c` (`do_set_trap_table`) | `callback.rs` |
 //! | `arch/x86/pv/misc-hypercalls.c` (`do_stack_switch`, `do_set_segment_base`) | `misc_hypercalls.rs` |
 //! | `common/multicall.c` (`do_multicall`) | `multicall.rs` |
-//! | `arch/x86/mm.c`: seg_desc / writable types, `do_update_va_mapping`, `do_mmuext_op` | `mm.rs` |
+//! | `arch/x86/mm.c`: seg_desc / writable types, `do_update_va_mapping`, `do_mmuext_op` (its `switch` is `mmuext_cmd`, MMUEXT_SET_LDT `set_ldt`) | `mm.rs` |
 //! | `arch/x86/mm.c`: page-table types, `get_page_from_l*e`, validation | `pagetables.rs` |
-//! | `arch/x86/mm.c`: `do_mmu_update`, `mod_l*_entry` | `mmu_update.rs` |
+//! | `arch/x86/mm.c`: `do_mmu_update`, `mod_l*_entry`; the batch start, loop and end both batch calls share | `mmu_update.rs` |
 //! | `arch/x86/mm.c`: MMUEXT pins, base pointers, page commands | `mmuext_pt.rs` |
 //! | `arch/x86/pv/mm.c` (`pv_map_ldt_shadow_page`) | `pv_mm.rs` |
 //! | `arch/x86/pv/ro-page-fault.c` (writable page tables) | `ro_page_fault.rs` |

@@ -1,7 +1,7 @@
 //! Xen's page-table types for a 64-bit PV guest: the page-table part of
 //! `xen/arch/x86/mm.c` (Xen 4.17), as `impl Inner` blocks over the domain's
 //! state. A child module of [`super`] (`domain.rs`), hooked from its
-//! dispatcher (`mmu_update`) and from `mmuext_one` (PIN/UNPIN, the base
+//! dispatcher (`mmu_update`) and from `mmuext_cmd` (PIN/UNPIN, the base
 //! pointers, the MULTI flushes, the cache and page commands).
 //!
 //! What is modelled, by Xen function:
@@ -59,6 +59,7 @@ pub use ro_page_fault::guest_pf_error_code;
 mod dom0_build;
 #[path = "mmu_update.rs"]
 mod mmu_update;
+pub(crate) use mmu_update::{Batch, in_batch};
 #[path = "mmuext_pt.rs"]
 mod mmuext_pt;
 #[path = "pt_invariants.rs"]
@@ -129,7 +130,7 @@ pub(crate) enum PgOwner {
 }
 
 impl PgOwner {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             PgOwner::Current => "DOMID_SELF",
             PgOwner::Io => "DOMID_IO",
