@@ -17,7 +17,6 @@ mod xen_helpers;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use hv_sim::xen::domain::{CallCost, PREEMPT_BUDGET};
 use hv_sim::xen::fixtures::spanning_tree;
@@ -26,17 +25,18 @@ use xen_helpers::{hc, map, mfn};
 
 struct Counting;
 
-/// Bytes allocated (cumulative, frees not subtracted) by the counted
-/// thread.
-static ALLOCATED: AtomicU64 = AtomicU64::new(0);
-
 thread_local! {
+    /// Whether this thread's allocations are being counted.
     static COUNTED: Cell<bool> = const { Cell::new(false) };
+    /// Bytes this thread allocated while counted (cumulative, frees not
+    /// subtracted): per thread, so tests running in parallel do not count
+    /// each other's allocations.
+    static ALLOCATED: Cell<u64> = const { Cell::new(0) };
 }
 
 fn count(bytes: usize) {
     if COUNTED.with(Cell::get) {
-        ALLOCATED.fetch_add(bytes as u64, Ordering::Relaxed);
+        ALLOCATED.with(|a| a.set(a.get() + bytes as u64));
     }
 }
 
@@ -90,19 +90,24 @@ const RW: u64 = 2;
 struct Measured {
     cost: CallCost,
     bytes: u64,
+    /// Bytes of state the model keeps for what the arguments name, allowed
+    /// on top of the per-invocation bound (set_gdt: a shadow page and its
+    /// bookkeeping per frame).
+    arg_bytes: u64,
 }
 
 fn measure(d: &XenDomain, f: impl FnOnce() -> i64) -> (i64, Measured) {
     COUNTED.with(|c| c.set(true));
-    let before = ALLOCATED.load(Ordering::Relaxed);
+    let before = ALLOCATED.with(Cell::get);
     let r = f();
-    let bytes = ALLOCATED.load(Ordering::Relaxed) - before;
+    let bytes = ALLOCATED.with(Cell::get) - before;
     COUNTED.with(|c| c.set(false));
     (
         r,
         Measured {
             cost: d.last_call_cost(),
             bytes,
+            arg_bytes: 0,
         },
     )
 }
@@ -130,13 +135,8 @@ fn tree(d: &XenDomain, pages: usize, spare: usize) -> (u64, u64, usize) {
     (t.l4, t.l3, t.tables)
 }
 
+/// One invocation's work, RAM words and heap bytes under the bounds.
 fn check(what: &str, pages: usize, m: Measured) {
-    check_with(what, pages, m, 0)
-}
-
-/// [`check`], for a call whose arguments name `arg_bytes` of state the
-/// model keeps (set_gdt: a shadow page and its bookkeeping per frame).
-fn check_with(what: &str, pages: usize, m: Measured, arg_bytes: u64) {
     let c = m.cost;
     println!(
         "{what:36} {pages:5} pages: {:6} invocations, max {:5} units, {:6} RAM words, {:9} bytes",
@@ -153,7 +153,7 @@ fn check_with(what: &str, pages: usize, m: Measured, arg_bytes: u64) {
         c.max_ram_words
     );
     assert!(
-        m.bytes <= c.invocations * MAX_BYTES_PER_INVOCATION + arg_bytes,
+        m.bytes <= c.invocations * MAX_BYTES_PER_INVOCATION + m.arg_bytes,
         "{what} ({pages} pages): {} bytes over {} invocations: {m:?}",
         m.bytes,
         c.invocations
@@ -172,18 +172,36 @@ fn same_at_both_sizes(what: &str, small: Measured, large: Measured) {
     );
 }
 
+/// Run `case` on a fresh pv64 domain of each size in [`SIZES`] with
+/// `vcpus` vCPUs: it makes its calls and returns each measured one by
+/// name. Each is [`check`]ed, the domain's invariants hold afterwards, and
+/// each call's cost is [`same_at_both_sizes`].
+fn for_each_size(vcpus: usize, case: impl Fn(&XenDomain, usize) -> Vec<(&'static str, Measured)>) {
+    let runs = SIZES.map(|pages| {
+        let d = XenDomain::pv64(pages, vcpus);
+        let runs = case(&d, pages);
+        d.check_invariants().unwrap();
+        for &(what, m) in &runs {
+            check(what, pages, m);
+        }
+        runs
+    });
+    assert_eq!(runs[0].len(), runs[1].len());
+    for (&(what, small), &(_, large)) in runs[0].iter().zip(&runs[1]) {
+        same_at_both_sizes(what, small, large);
+    }
+}
+
 /// MMUEXT_PIN_L4_TABLE of a tree spanning the domain validates every table
 /// in it (`promote_l4_table` recursing down to each L1): preempted, it
 /// continues where it stopped, and ends pinned with every table validated,
 /// exactly as one long call would.
 #[test]
 fn pinning_a_tree_that_spans_ram_is_preempted() {
-    let mut runs = Vec::new();
-    for pages in SIZES {
-        let d = XenDomain::pv64(pages, 1);
+    for_each_size(1, |d, pages| {
         let list = d.alloc_pages(1);
-        let (l4, l3, tables) = tree(&d, pages, 0);
-        let (r, m) = measure(&d, || ext(&d, list, MMUEXT_PIN_L4_TABLE, l4));
+        let (l4, l3, tables) = tree(d, pages, 0);
+        let (r, m) = measure(d, || ext(d, list, MMUEXT_PIN_L4_TABLE, l4));
         assert_eq!(r, 0);
         assert!(d.is_pinned(l4));
         assert!(d.frame(l3).unwrap().validated);
@@ -191,10 +209,9 @@ fn pinning_a_tree_that_spans_ram_is_preempted() {
         // invocations at the larger size.
         assert!(m.cost.invocations as usize >= tables * 496 / MAX_UNITS as usize);
         d.check_invariants().unwrap();
-        check("PIN_L4_TABLE", pages, m);
         // UNPIN drops the last type reference: every table in the tree is
         // demoted (`demote_l*_table` via `old_guest_table`), preemptibly.
-        let (r, u) = measure(&d, || ext(&d, list, MMUEXT_UNPIN_TABLE, l4));
+        let (r, u) = measure(d, || ext(d, list, MMUEXT_UNPIN_TABLE, l4));
         assert_eq!(r, 0);
         assert!(!d.is_pinned(l4));
         for m in [l4, l3] {
@@ -204,43 +221,32 @@ fn pinning_a_tree_that_spans_ram_is_preempted() {
         }
         assert!(u.cost.invocations as usize >= tables * 496 / MAX_UNITS as usize);
         d.check_invariants().unwrap();
-        check("UNPIN_TABLE", pages, u);
         // Pinned again: the same validation as the first time.
-        assert_eq!(ext(&d, list, MMUEXT_PIN_L4_TABLE, l4), 0);
+        assert_eq!(ext(d, list, MMUEXT_PIN_L4_TABLE, l4), 0);
         assert_eq!(d.last_call_cost().invocations, m.cost.invocations);
-        d.check_invariants().unwrap();
-        runs.push((m, u));
-    }
-    same_at_both_sizes("PIN_L4_TABLE", runs[0].0, runs[1].0);
-    same_at_both_sizes("UNPIN_TABLE", runs[0].1, runs[1].1);
+        vec![("PIN_L4_TABLE", m), ("UNPIN_TABLE", u)]
+    });
 }
 
 /// MMUEXT_NEW_BASEPTR (`new_guest_cr3`) to an unvalidated tree spanning the
 /// domain: the same preemptible validation.
 #[test]
 fn loading_a_tree_that_spans_ram_as_cr3_is_preempted() {
-    let mut runs = Vec::new();
-    for pages in SIZES {
-        let d = XenDomain::pv64(pages, 1);
+    for_each_size(1, |d, pages| {
         let list = d.alloc_pages(1);
         // An empty L4 to switch back to.
-        let (_, boot) = ro_page(&d);
-        let (l4, _, _) = tree(&d, pages, 0);
-        let (r, m) = measure(&d, || ext(&d, list, MMUEXT_NEW_BASEPTR, l4));
+        let (_, boot) = ro_page(d);
+        let (l4, _, _) = tree(d, pages, 0);
+        let (r, m) = measure(d, || ext(d, list, MMUEXT_NEW_BASEPTR, l4));
         assert_eq!(r, 0);
         assert_eq!(d.vcpu(0).cr3, Some(l4));
         d.check_invariants().unwrap();
-        check("NEW_BASEPTR", pages, m);
         // To the empty root: the tree loses its last reference.
-        let (r, back) = measure(&d, || ext(&d, list, MMUEXT_NEW_BASEPTR, boot));
+        let (r, back) = measure(d, || ext(d, list, MMUEXT_NEW_BASEPTR, boot));
         assert_eq!(r, 0);
         assert_eq!(d.frame(l4).unwrap().type_count, 0);
-        d.check_invariants().unwrap();
-        check("NEW_BASEPTR (old root demoted)", pages, back);
-        runs.push((m, back));
-    }
-    same_at_both_sizes("NEW_BASEPTR", runs[0].0, runs[1].0);
-    same_at_both_sizes("NEW_BASEPTR (old root demoted)", runs[0].1, runs[1].1);
+        vec![("NEW_BASEPTR", m), ("NEW_BASEPTR (old root demoted)", back)]
+    });
 }
 
 /// mmu_update writing an L4 entry that names an unvalidated L3 spanning the
@@ -248,48 +254,39 @@ fn loading_a_tree_that_spans_ram_as_cr3_is_preempted() {
 /// is re-executed until the L3 is validated, then written once.
 #[test]
 fn an_mmu_update_promoting_a_subtree_that_spans_ram_is_preempted() {
-    let mut runs = Vec::new();
-    for pages in SIZES {
-        let d = XenDomain::pv64(pages, 1);
+    for_each_size(1, |d, pages| {
         let list = d.alloc_pages(1);
-        let (top_va, top) = ro_page(&d);
-        assert_eq!(ext(&d, list, MMUEXT_PIN_L4_TABLE, top), 0);
-        let (_, l3, _) = tree(&d, pages, 0);
+        let (top_va, top) = ro_page(d);
+        assert_eq!(ext(d, list, MMUEXT_PIN_L4_TABLE, top), 0);
+        let (_, l3, _) = tree(d, pages, 0);
         assert!(d.host_write_u64(list + 1024, top << 12));
         assert!(d.host_write_u64(list + 1032, l3 << 12 | P | RW));
         let done = list + 2048;
-        let (r, m) = measure(&d, || {
+        let update = || {
             hc(
-                &d,
+                d,
                 nr::MMU_UPDATE,
                 &[list + 1024, 1, done, u64::from(DOMID_SELF)],
             )
-        });
+        };
+        let (r, m) = measure(d, update);
         assert_eq!(r, 0);
         assert_eq!(d.host_read_u64(done), Some(1));
         assert_eq!(d.host_read_u64(top_va).unwrap() & !0xfff, l3 << 12);
         assert!(d.frame(l3).unwrap().validated);
         d.check_invariants().unwrap();
-        check("mmu_update(L4 entry)", pages, m);
         // Clearing the entry drops the subtree (`put_page_from_l4e` with
         // PTF_defer: `old_guest_table`).
         assert!(d.host_write_u64(list + 1032, 0));
-        let (r, clear) = measure(&d, || {
-            hc(
-                &d,
-                nr::MMU_UPDATE,
-                &[list + 1024, 1, done, u64::from(DOMID_SELF)],
-            )
-        });
+        let (r, clear) = measure(d, update);
         assert_eq!(r, 0);
         assert_eq!(d.host_read_u64(done), Some(1));
         assert_eq!(d.frame(l3).unwrap().type_count, 0);
-        d.check_invariants().unwrap();
-        check("mmu_update(L4 entry cleared)", pages, clear);
-        runs.push((m, clear));
-    }
-    same_at_both_sizes("mmu_update(L4 entry)", runs[0].0, runs[1].0);
-    same_at_both_sizes("mmu_update(L4 entry cleared)", runs[0].1, runs[1].1);
+        vec![
+            ("mmu_update(L4 entry)", m),
+            ("mmu_update(L4 entry cleared)", clear),
+        ]
+    });
 }
 
 /// Long batches: an mmuext_op and an mmu_update whose lists fill most of
@@ -297,32 +294,29 @@ fn an_mmu_update_promoting_a_subtree_that_spans_ram_is_preempted() {
 /// counting on across them.
 #[test]
 fn batches_as_long_as_ram_are_preempted() {
-    let mut runs = Vec::new();
-    for pages in SIZES {
-        let d = XenDomain::pv64(pages, 1);
+    for_each_size(1, |d, pages| {
         let ops = (pages as u64 - 64) * 4096 / 24;
         let list = d.alloc_pages(pages - 64);
         let done = d.alloc_pages(1);
         for i in 0..ops {
             assert!(d.host_write_u64(list + i * 24, u64::from(MMUEXT_TLB_FLUSH_LOCAL)));
         }
-        let (r, m) = measure(&d, || {
-            hc(&d, nr::MMUEXT_OP, &[list, ops, done, u64::from(DOMID_SELF)])
+        let (r, m) = measure(d, || {
+            hc(d, nr::MMUEXT_OP, &[list, ops, done, u64::from(DOMID_SELF)])
         });
         assert_eq!(r, 0);
         assert_eq!(d.host_read_u64(done).map(|x| x as u32), Some(ops as u32));
         assert_eq!(m.cost.invocations, ops.div_ceil(PREEMPT_BUDGET));
-        check("mmuext_op(TLB_FLUSH_LOCAL × RAM)", pages, m);
         // mmu_update: MMU_MACHPHYS_UPDATE requests for one frame.
         let reqs = (pages as u64 - 64) * 4096 / 16;
-        let m0 = mfn(&d, done);
+        let m0 = mfn(d, done);
         for i in 0..reqs {
             assert!(d.host_write_u64(list + i * 16, m0 << 12 | 1));
             assert!(d.host_write_u64(list + i * 16 + 8, i));
         }
-        let (r, m2) = measure(&d, || {
+        let (r, m2) = measure(d, || {
             hc(
-                &d,
+                d,
                 nr::MMU_UPDATE,
                 &[list, reqs, done, u64::from(DOMID_SELF)],
             )
@@ -331,26 +325,23 @@ fn batches_as_long_as_ram_are_preempted() {
         assert_eq!(d.host_read_u64(done).map(|x| x as u32), Some(reqs as u32));
         assert_eq!(d.machphys_entry(m0), Some(reqs - 1));
         assert_eq!(m2.cost.invocations, reqs.div_ceil(PREEMPT_BUDGET));
-        check("mmu_update(MACHPHYS × RAM)", pages, m2);
-        d.check_invariants().unwrap();
-        runs.push((m, m2));
-    }
-    same_at_both_sizes("mmuext_op batch", runs[0].0, runs[1].0);
-    same_at_both_sizes("mmu_update batch", runs[0].1, runs[1].1);
+        vec![
+            ("mmuext_op(TLB_FLUSH_LOCAL × RAM)", m),
+            ("mmu_update(MACHPHYS × RAM)", m2),
+        ]
+    });
 }
 
 /// A multicall whose entries pin trees spanning the domain: each preempted
 /// sub-call rewrites its entry and the multicall resumes there.
 #[test]
 fn a_multicall_of_pins_is_preempted_inside_its_entries() {
-    let mut runs = Vec::new();
-    for pages in SIZES {
-        let d = XenDomain::pv64(pages, 1);
+    for_each_size(1, |d, pages| {
         let list = d.alloc_pages(1);
         let mc = d.alloc_pages(1);
         // Two trees, each half the domain.
-        let (a, _, _) = tree(&d, pages, pages / 2);
-        let (b, _, _) = tree(&d, pages, 0);
+        let (a, _, _) = tree(d, pages, pages / 2);
+        let (b, _, _) = tree(d, pages, 0);
         for (k, m) in [a, b].into_iter().enumerate() {
             let ops = list + 64 * k as u64;
             assert!(d.host_write_u64(ops, u64::from(MMUEXT_PIN_L4_TABLE)));
@@ -361,16 +352,13 @@ fn a_multicall_of_pins_is_preempted_inside_its_entries() {
             assert!(d.host_write_u64(e + 24, 1));
             assert!(d.host_write_u64(e + 40, u64::from(DOMID_SELF)));
         }
-        let (r, m) = measure(&d, || hc(&d, nr::MULTICALL, &[mc, 2]));
+        let (r, m) = measure(d, || hc(d, nr::MULTICALL, &[mc, 2]));
         assert_eq!(r, 0);
         assert_eq!(d.host_read_u64(mc + 8), Some(0));
         assert_eq!(d.host_read_u64(mc + 64 + 8), Some(0));
         assert!(d.is_pinned(a) && d.is_pinned(b));
-        d.check_invariants().unwrap();
-        check("multicall(PIN_L4 × 2)", pages, m);
-        runs.push(m);
-    }
-    same_at_both_sizes("multicall(PIN_L4 × 2)", runs[0], runs[1]);
+        vec![("multicall(PIN_L4 × 2)", m)]
+    });
 }
 
 /// The calls whose size the arguments fix, at their largest: set_gdt of 14
@@ -379,30 +367,24 @@ fn a_multicall_of_pins_is_preempted_inside_its_entries() {
 /// filling most of RAM (its terminator the zeroes after it).
 #[test]
 fn the_largest_fixed_size_calls_are_bounded() {
-    let mut runs = Vec::new();
-    for pages in SIZES {
-        let d = XenDomain::pv64(pages, 1);
-        let frames: Vec<u64> = (0..14).map(|_| ro_page(&d).1).collect();
-        let (r, gdt) = measure(&d, || xen_helpers::set_gdt(&d, &frames, 7168));
+    for_each_size(1, |d, pages| {
+        let frames: Vec<u64> = (0..14).map(|_| ro_page(d).1).collect();
+        let (r, mut gdt) = measure(d, || xen_helpers::set_gdt(d, &frames, 7168));
         assert_eq!(r, 0);
         // 14 frames: the model keeps a 4 KiB shadow of each (xen/shadow.rs),
         // so the call may allocate in proportion to its frame list.
-        check_with("set_gdt(7168)", pages, gdt, 14 * 8192);
+        gdt.arg_bytes = 14 * 8192;
         let n = (pages as u64 - 64) * 4096 / 16;
         let t = d.alloc_pages(pages - 64);
         for i in 0..n {
             assert!(d.host_write_u64(t + i * 16, (i % 256) | 0xe033 << 16));
             assert!(d.host_write_u64(t + i * 16 + 8, 0xffff_8000_0000_0000 + i));
         }
-        let (r, tt) = measure(&d, || hc(&d, nr::SET_TRAP_TABLE, &[t]));
+        let (r, tt) = measure(d, || hc(d, nr::SET_TRAP_TABLE, &[t]));
         assert_eq!(r, 0);
         assert_eq!(tt.cost.invocations, (n + 1).div_ceil(PREEMPT_BUDGET));
-        check("set_trap_table(RAM)", pages, tt);
-        d.check_invariants().unwrap();
-        runs.push((gdt, tt));
-    }
-    same_at_both_sizes("set_gdt(7168)", runs[0].0, runs[1].0);
-    same_at_both_sizes("set_trap_table(RAM)", runs[0].1, runs[1].1);
+        vec![("set_gdt(7168)", gdt), ("set_trap_table(RAM)", tt)]
+    });
 }
 
 /// A preempted validation that fails at the last entry of the last L1,
@@ -448,11 +430,9 @@ fn vcpu_initialise_on_a_root_that_spans_ram_is_preempted() {
     use xen_helpers::vcpu_ctx::{
         CS, CTRLREG, FLAGS, KERNEL_SS, RIP, RSP, SS, VCPU_OP, VGCF_IN_KERNEL,
     };
-    let mut runs = Vec::new();
-    for pages in SIZES {
-        let d = XenDomain::pv64(pages, 2);
+    for_each_size(2, |d, pages| {
         let ctx = d.alloc_pages(2);
-        let (l4, _, _) = tree(&d, pages, 0);
+        let (l4, _, _) = tree(d, pages, 0);
         for (off, v) in [
             (FLAGS, VGCF_IN_KERNEL),
             (RIP, 0xffff_ffff_8100_1000),
@@ -464,15 +444,12 @@ fn vcpu_initialise_on_a_root_that_spans_ram_is_preempted() {
         ] {
             assert!(d.host_write_u64(ctx + off, v));
         }
-        let (r, m) = measure(&d, || hc(&d, VCPU_OP, &[0, 1, ctx]));
+        let (r, m) = measure(d, || hc(d, VCPU_OP, &[0, 1, ctx]));
         assert_eq!(r, 0);
         let v = d.vcpu(1);
         assert!(v.initialised);
         assert_eq!(v.cr3, Some(l4));
         assert!(m.cost.invocations > 100, "{m:?}");
-        d.check_invariants().unwrap();
-        check("vcpu_op(VCPUOP_initialise)", pages, m);
-        runs.push(m);
-    }
-    same_at_both_sizes("vcpu_op(VCPUOP_initialise)", runs[0], runs[1]);
+        vec![("vcpu_op(VCPUOP_initialise)", m)]
+    });
 }
