@@ -5,10 +5,14 @@
 //! first unexplained mismatches, and fails on any mismatch that no
 //! documented QEMU departure from the SDM explains. `HV_SIM_EMUDIFF_N`
 //! sets the count (100,000 by default: issue 11's bar) under 32-bit
-//! paging; a quarter as many run under PAE paging. 23 s in all (55 s under
-//! heavy load) on a 2-core AMD EPYC VM shared with other builds, split
-//! over one QEMU process per CPU (at most 8). Needs QEMU (`SKIPPED` otherwise, a failure with
-//! `HV_SIM_REQUIRE_QEMU=1`).
+//! paging; a quarter as many run under PAE paging. Then
+//! `HV_SIM_EMUDIFF_RINGS` (a quarter of the count by default) scenarios
+//! at CPL 0–3, UMIP on and off, in 16- and 32-bit code under 32-bit
+//! paging, and half as many under PAE (`diff::compare_rings`). 23 s for
+//! the first 125,000 (55 s under heavy load), about 15 s more for the
+//! rings, on a 2-core AMD EPYC VM shared with other builds, split over
+//! one QEMU process per CPU (at most 8). Needs QEMU (`SKIPPED` otherwise,
+//! a failure with `HV_SIM_REQUIRE_QEMU=1`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -25,11 +29,17 @@ fn emulator_against_qemu_tcg() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     // 32-bit paging, then PAE (a quarter as many).
-    run(n, diff::Paging::Bits32);
-    run((n / 4).max(1), diff::Paging::Pae);
+    run(n, diff::Paging::Bits32, false);
+    run((n / 4).max(1), diff::Paging::Pae, false);
+    let rings: usize = std::env::var("HV_SIM_EMUDIFF_RINGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n / 4);
+    run(rings.max(1), diff::Paging::Bits32, true);
+    run((rings / 2).max(1), diff::Paging::Pae, true);
 }
 
-fn run(n: usize, paging: diff::Paging) {
+fn run(n: usize, paging: diff::Paging, rings: bool) {
     assert!(
         n > 0,
         "HV_SIM_EMUDIFF_N must be at least 1: zero scenarios compare nothing"
@@ -37,10 +47,19 @@ fn run(n: usize, paging: diff::Paging) {
     let seed = diff::SEED;
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let t0 = Instant::now();
-    let report =
-        diff::compare(n, seed, paging, jobs, Duration::from_secs(300)).expect("the QEMU run");
+    let compare = if rings {
+        diff::compare_rings
+    } else {
+        diff::compare
+    };
+    let report = compare(n, seed, paging, jobs, Duration::from_secs(300)).expect("the QEMU run");
+    let what = if rings {
+        "CPL 0-3, UMIP, 16/32-bit code"
+    } else {
+        "CPL 0, 32-bit code"
+    };
     println!(
-        "{paging:?}: {n} scenarios in {jobs} QEMU processes: {:.1} s",
+        "{paging:?}, {what}: {n} scenarios in {jobs} QEMU processes: {:.1} s",
         t0.elapsed().as_secs_f64()
     );
     println!("SDM outcomes (the emulator's): {:?}", report.outcomes);
@@ -59,19 +78,24 @@ fn run(n: usize, paging: diff::Paging) {
         .filter(|m| m.explained_by.is_none() && !m.unverifiable)
         .collect();
     println!(
-        "emulator vs QEMU TCG, {paging:?} paging: {n} scenarios (seed {seed:#x}), {} mismatches, {} not explained by a documented QEMU departure: {by_cause:?}",
+        "emulator vs QEMU TCG, {paging:?} paging, {what}: {n} scenarios (seed {seed:#x}), {} mismatches, {} not explained by a documented QEMU departure: {by_cause:?}",
         mismatches.len(),
         unexplained.len()
     );
     assert_eq!(mismatches.len() + report.agreed, n);
     for m in unexplained.iter().take(8) {
         println!(
-            "#{} {:02x?} regs {:x?} sels {:x?} gdtr {:x?}\n  qemu {} err {:#x} | emulator {} err {:#x}; differ: {:?}",
+            "#{} cpl {} umip {} ac {} code16 {:?} {:02x?} regs {:x?} sels {:x?} gdtr {:x?} pte {:#x}\n  qemu {} err {:#x} | emulator {} err {:#x}; differ: {:?}",
             m.index,
+            m.scenario.cpl,
+            m.scenario.umip,
+            m.scenario.ac,
+            m.scenario.code16,
             m.scenario.insn,
             m.scenario.regs,
             m.scenario.sels,
             m.scenario.test_gdtr,
+            m.scenario.win_pte,
             diff::vector_name(m.qemu.vector),
             m.qemu.error,
             diff::vector_name(m.emulator.vector),

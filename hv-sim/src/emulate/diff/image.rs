@@ -9,13 +9,13 @@
 //! | address | what |
 //! |---|---|
 //! | [`LOAD`] | multiboot header, entry |
-//! | [`GDT`] | the GDT: null, 0x08 flat code, 0x10 flat data, scenario slots 0x18–0x78 |
+//! | [`GDT`] | the GDT: null, 0x08 flat code, 0x10 flat data, scenario slots 0x18–0x78, the runtime TSS ([`TSS_SEL`]), the scenario's code and stack ([`CODE_SEL`], [`STACK_SEL`]); the TSS itself (SS0:ESP0) |
 //! | [`VARS`] | the GDTR/IDTR images, the current record, vector, error code, EAX, resume address, a scratch pseudo-descriptor |
-//! | [`IDT`] | 32 interrupt gates to the stubs |
+//! | [`IDT`] | 32 interrupt gates to the stubs, [`BACK`]'s (DPL 3) |
 //! | `TEXT` | the stubs, the common handler, the recorder, the output code |
 //! | [`WIN`] | the data window the operands point into |
 //! | [`PD`], [`PT`] | 32-bit paging (SDM vol. 3A 4.3): the first 4 MiB through [`PT`] (its directory entry user, so the window's entry, set by each scenario, decides; the other 4 KiB pages supervisor), the rest identity in 4 MiB pages; CR0.WP set; code read-only ([`pte`], [`pde`]) |
-//! | `SCENARIOS` | the runner (one loop for all scenarios), each instruction's stub, one data block per scenario |
+//! | `SCENARIOS` | the runner (one loop for all scenarios), each instruction's stub (CPL 0–2), one data block per scenario; from the next 4 MiB boundary, user pages: the CPL 3 stubs |
 //!
 //! Records go to [`RESULTS`] (outside the image); then `isa-debug-exit`.
 //! The guest's RAM is a file (`memory-backend-file`, shared), so the host
@@ -23,7 +23,7 @@
 //! through `isa-debugcon` cost a system call per byte: 29 s of 40 for
 //! 100,000 scenarios).
 
-use super::{DiffError, Paging, RECORD, Scenario};
+use super::{DiffError, Paging, RECORD, Scenario, desc};
 
 /// Where the image is loaded.
 pub const LOAD: u32 = 0x10_0000;
@@ -41,7 +41,25 @@ const RESUME: u32 = VARS + 32;
 const CUR_CR2: u32 = VARS + 36;
 const CUR_DATA: u32 = VARS + 40;
 const LEFT: u32 = VARS + 44;
-const JUMP: u32 = VARS + 56;
+/// SGDT's answer, taken before anything restores the runtime GDTR (a
+/// 16-bit stub restores it itself: its far jump back reads the GDT).
+const SAVED_GDTR: u32 = VARS + 64;
+/// The runtime TSS: SS0:ESP0 for exceptions from rings 1–3.
+const RT_TSS: u32 = LOAD + 0x1200;
+/// The runtime TSS's selector (the runner loads TR with it before each
+/// scenario).
+pub const TSS_SEL: u16 = 0x88;
+/// The scenario's code segment (ring N, 32- or 16-bit), written before
+/// each scenario.
+pub const CODE_SEL: u16 = 0x90;
+/// The scenario's ring-N stack segment.
+pub const STACK_SEL: u16 = 0x98;
+/// The least test GDT limit that covers the runtime entries.
+pub const RUNTIME_GDT_END: u16 = 0x9f;
+/// Rings 1–3's ESP (never used: nothing there pushes).
+const RING_STACK: u32 = 0x6_0000;
+/// The vector a stub at CPL > 0 returns to ring 0 through (a DPL 3 gate).
+pub const BACK: u8 = 0x20;
 /// The test GDTR image each scenario loads before its instruction.
 pub const SCRATCH: u32 = VARS + 48;
 /// The IDT.
@@ -72,10 +90,10 @@ const SCENARIOS: u32 = LOAD + 0x8000;
 /// Where the records go (past the image: the guest has 256 MiB).
 pub const RESULTS: u32 = 0x800_0000;
 const STACK_TOP: u32 = 0x7_0000;
-/// The IDT's limit (32 gates).
-pub const IDT_LIMIT: u16 = 32 * 8 - 1;
+/// The IDT's limit (32 exception gates and [`BACK`]).
+pub const IDT_LIMIT: u16 = 33 * 8 - 1;
 /// The runtime GDT's limit.
-pub const GDT_LIMIT: u16 = 0x7f;
+pub const GDT_LIMIT: u16 = 0xff;
 
 /// The first 4 MiB's page-table entry for `page` (its address): present,
 /// identity, writable only where the guest writes (below [`LOAD`]: the
@@ -90,13 +108,47 @@ pub fn pte(page: u32) -> u32 {
 
 /// The page-directory entry `k` (1 ≤ k < [`MAPPED_4M`]; PAE: 2 MiB
 /// pages, 1 ≤ k < 2 × [`MAPPED_4M`]): a large page, identity, writable
-/// only from [`RESULTS`] on (the records).
-pub fn pde(paging: Paging, k: u32) -> u32 {
+/// only from [`RESULTS`] on (the records), user from `user_from` (4 MiB
+/// aligned: the ring-3 stubs) up to [`RESULTS`].
+pub fn pde(paging: Paging, k: u32, user_from: u32) -> u32 {
     let shift = match paging {
         Paging::Bits32 => 22,
         Paging::Pae => 21,
     };
-    k << shift | 0x81 | u32::from(k << shift >= RESULTS) << 1
+    let at = k << shift;
+    at | 0x81 | u32::from(at >= RESULTS) << 1 | u32::from(at >= user_from && at < RESULTS) << 2
+}
+
+/// The scenario's code segment descriptor (at [`CODE_SEL`]), its
+/// instruction at linear `at`: flat 32-bit code, or 16-bit code based so
+/// that the instruction sits at its offset; DPL the scenario's CPL.
+pub fn code_descriptor(s: &Scenario, at: u32) -> u64 {
+    let dpl = s.cpl << 5;
+    match s.code16 {
+        Some(ip) => desc(at.wrapping_sub(u32::from(ip)), s.cs_limit, 0x9b | dpl, 0),
+        None => desc(0, 0xf_ffff, 0x9b | dpl, 0xc),
+    }
+}
+
+/// The scenario's stack segment descriptor (at [`STACK_SEL`]): flat,
+/// DPL the scenario's CPL.
+pub fn stack_descriptor(s: &Scenario) -> u64 {
+    desc(0, 0xf_ffff, 0x93 | s.cpl << 5, 0xc)
+}
+
+/// The runtime TSS's descriptor (busy once TR holds it).
+pub fn tss_descriptor(busy: bool) -> u64 {
+    desc(RT_TSS, 0x67, if busy { 0x8b } else { 0x89 }, 0)
+}
+
+/// Where the runner's IRET enters the scenario: (CS, EIP). CPL 0 with
+/// 32-bit code keeps the runtime's 0x08 (within every test GDT limit).
+pub fn entry_point(s: &Scenario, at: u32) -> (u16, u32) {
+    match s.code16 {
+        Some(ip) => (CODE_SEL | u16::from(s.cpl), u32::from(ip)),
+        None if s.cpl == 0 => (0x08, at),
+        None => (CODE_SEL | u16::from(s.cpl), at),
+    }
 }
 
 /// A byte buffer at a known load address.
@@ -176,9 +228,10 @@ impl Asm {
     }
 }
 
-/// The stubs, the common handler and the recorder, at [`TEXT`]: returns
-/// the code, the stubs' addresses and the recorder's address.
-fn text(paging: Paging) -> (Asm, Vec<u32>, u32) {
+/// The stubs, the common handler, the recorder and [`BACK`]'s handler,
+/// at [`TEXT`]: returns the code, the stubs' addresses, the recorder's
+/// and [`BACK`]'s handler's addresses.
+fn text(paging: Paging) -> (Asm, Vec<u32>, u32, u32) {
     let win_pte = win_pte(paging);
     let mut a = Asm::new(TEXT);
     // Common handler: save EAX, pop vector and error code, reset the
@@ -207,7 +260,8 @@ fn text(paging: Paging) -> (Asm, Vec<u32>, u32) {
     // The recorder.
     let rec = a.here();
     a.b(&[0x36, 0x8b, 0x3d]).d(CUR_REC); // mov edi, ss:[cur_rec]
-    a.b(&[0x36, 0x0f, 0x01, 0x87]).d(12); // sgdt ss:[edi+12]
+    a.load_eax(SAVED_GDTR).store_edi(12, false);
+    a.load_eax(SAVED_GDTR + 4).store_edi(16, false);
     a.b(&[0x36, 0x0f, 0x01, 0x8f]).d(20); // sidt ss:[edi+20]
     a.b(&[0x66, 0x0f, 0x00, 0xc8]).store_edi(28, true); // str ax
     a.b(&[0x66, 0x0f, 0x00, 0xc0]).store_edi(30, true); // sldt ax
@@ -238,25 +292,33 @@ fn text(paging: Paging) -> (Asm, Vec<u32>, u32) {
         a.load_eax(GDT + 0x18 + 4 * k).store_edi(96 + 4 * k, false);
     }
     a.b(&[0xc3]); // ret
-    (a, stubs, rec)
+    // BACK: a stub at CPL > 0 is done; save EAX, no exception.
+    let back = a.here();
+    a.store_eax(CUR_EAX).mov_r_imm(4, STACK_TOP);
+    a.b(&[0x36, 0xff, 0x25]).d(RESUME); // jmp ss:[resume]
+    (a, stubs, rec, back)
 }
 
 /// Bytes of one scenario's data block (see [`runner`]).
-const DATA: u32 = 232;
+const DATA: u32 = 268;
 /// Offsets in a data block: GDT slots (104 bytes) and window (64) first,
 /// for `rep movsd`; then, relative to where those leave ESI: the window's
-/// entry, the test GDTR image (8), ES/DS/FS/GS (4 words), the
-/// instruction's stub, EAX…EDI (8 dwords), the record's address.
+/// entry, the test GDTR image (8), ES/DS/FS/GS (4 words), the IRET frame
+/// (EIP, CS, EFLAGS, ESP, SS), EAX…EDI (8 dwords), the record's address,
+/// the entry's high half, CR4.UMIP, the code and stack descriptors.
 const D_PTE: u32 = 0;
 const D_GDTR: u32 = 4;
 const D_SELS: u32 = 12;
-const D_STUB: u32 = 20;
-const D_REGS: u32 = 24;
-const D_REC: u32 = 56;
-const D_PTE_HIGH: u32 = 60;
+const D_FRAME: u32 = 20;
+const D_REGS: u32 = 40;
+const D_REC: u32 = 72;
+const D_PTE_HIGH: u32 = 76;
+const D_CR4: u32 = 80;
+const D_CSD: u32 = 84;
+const D_SSD: u32 = 92;
 
-/// One scenario's data block.
-fn data(i: usize, s: &Scenario, stub: u32) -> Vec<u8> {
+/// One scenario's data block (its instruction at `at`).
+fn data(i: usize, s: &Scenario, at: u32) -> Vec<u8> {
     let mut v = Vec::with_capacity(DATA as usize);
     for w in s.gdt_slots {
         v.extend_from_slice(&w.to_le_bytes());
@@ -270,24 +332,41 @@ fn data(i: usize, s: &Scenario, stub: u32) -> Vec<u8> {
     for sel in s.sels {
         v.extend_from_slice(&sel.to_le_bytes());
     }
-    v.extend_from_slice(&stub.to_le_bytes());
+    let (cs, eip) = entry_point(s, at);
+    let ss = if s.cpl == 0 {
+        0x10
+    } else {
+        STACK_SEL | u16::from(s.cpl)
+    };
+    let eflags = 2 | u32::from(s.ac) << 18;
+    for w in [eip, u32::from(cs), eflags, RING_STACK, u32::from(ss)] {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
     for r in s.regs {
         v.extend_from_slice(&r.to_le_bytes());
     }
     v.extend_from_slice(&(RESULTS + (i * RECORD) as u32).to_le_bytes());
     v.extend_from_slice(&((s.win_pte >> 32) as u32).to_le_bytes());
+    v.extend_from_slice(&(u32::from(s.umip) << 11).to_le_bytes());
+    v.extend_from_slice(&code_descriptor(s, at).to_le_bytes());
+    v.extend_from_slice(&stack_descriptor(s).to_le_bytes());
     debug_assert_eq!(v.len(), DATA as usize);
     v
 }
 
 /// The loop that runs every scenario from its data block (one piece of
 /// code, translated once by QEMU; only each instruction's stub is new
-/// code): set up, load the test GDTR, jump to the stub (the instruction,
-/// `mov [eax_slot], eax`, `jmp after`), record, next. An exception resumes
-/// at `after` too. Returns the code and `after`'s address.
-fn runner(paging: Paging, at: u32, recorder: u32, output: u32) -> (Asm, u32) {
+/// code): set up, load the runtime TSS into TR (exceptions from rings 1–3
+/// take SS0:ESP0 from it), the test GDTR, IRET to the stub at the
+/// scenario's CPL and code segment, record, next. A stub at CPL 0 comes
+/// back by a jump (32-bit code) or, having restored the runtime GDTR, a
+/// far jump (16-bit code); above CPL 0 by `int` [`BACK`]; an exception
+/// by its gate. Returns the code, `after` (SGDT into [`SAVED_GDTR`], then
+/// `after_saved`) and `after_saved`'s address.
+fn runner(paging: Paging, at: u32, recorder: u32, output: u32) -> (Asm, u32, u32) {
     let mut a = Asm::new(at);
     let next = a.here();
+    a.mov_r_imm(4, STACK_TOP);
     a.b(&[0x36, 0x8b, 0x35]).d(CUR_DATA); // mov esi, ss:[cur_data]
     a.b(&[0x36, 0x8b, 0x86]).d(104 + 64 + D_REC); // mov eax, ss:[esi+rec]
     a.store_eax(CUR_REC)
@@ -295,6 +374,13 @@ fn runner(paging: Paging, at: u32, recorder: u32, output: u32) -> (Asm, u32) {
         .store_imm(CUR_ERR, 0)
         .store_imm(CUR_CR2, 0);
     a.b(&[0x31, 0xc0, 0x0f, 0x00, 0xd0]); // xor eax, eax; lldt ax
+    // TR: the runtime TSS, made available again (mov byte [type], 0x89).
+    a.b(&[0x36, 0xc6, 0x05])
+        .d(GDT + u32::from(TSS_SEL) + 5)
+        .b(&[0x89]);
+    a.b(&[0x66, 0xb8])
+        .b(&TSS_SEL.to_le_bytes())
+        .b(&[0x0f, 0x00, 0xd8]); // mov ax, TSS_SEL; ltr ax
     a.b(&[0x66, 0x0f, 0x00, 0xc8]); // str ax
     a.b(&[0x36, 0x8b, 0x3d]).d(CUR_REC); // mov edi, ss:[cur_rec]
     a.store_edi(200, true);
@@ -309,24 +395,83 @@ fn runner(paging: Paging, at: u32, recorder: u32, output: u32) -> (Asm, u32) {
     a.reload_cr3();
     a.load_esi(0, D_GDTR).store_eax(SCRATCH);
     a.load_esi(0, D_GDTR + 4).store_eax(SCRATCH + 4);
-    a.load_esi(0, D_STUB).store_eax(JUMP);
+    for (d, sel) in [(D_CSD, CODE_SEL), (D_SSD, STACK_SEL)] {
+        for h in [0, 4] {
+            a.load_esi(0, d + h).store_eax(GDT + u32::from(sel) + h);
+        }
+    }
+    // CR4.UMIP as the scenario says: mov eax, cr4; and eax, ~UMIP;
+    // or eax, ss:[esi+cr4]; mov cr4, eax.
+    a.b(&[0x0f, 0x20, 0xe0, 0x25]).d(!0x800);
+    a.b(&[0x36, 0x0b, 0x86]).d(D_CR4).b(&[0x0f, 0x22, 0xe0]);
     for (k, sreg) in [0u8, 3, 4, 5].into_iter().enumerate() {
         a.b(&[0x36, 0x66, 0x8b, 0x86]).d(D_SELS + 2 * k as u32); // mov ax, ss:[esi+d]
         a.b(&[0x8e, 0xc0 | sreg << 3]);
+    }
+    // The IRET frame: push SS, ESP, EFLAGS, CS, EIP (push dword ss:[esi+d]).
+    for k in (0..5).rev() {
+        a.b(&[0x36, 0xff, 0xb6]).d(D_FRAME + 4 * k);
     }
     for r in [0u8, 1, 2, 3, 5, 7, 6] {
         a.load_esi(r, D_REGS + 4 * u32::from(r));
     }
     a.load_dt(2, SCRATCH);
-    a.b(&[0x36, 0xff, 0x25]).d(JUMP); // jmp ss:[jump]
+    a.b(&[0xcf]); // iretd
     let after = a.here();
+    a.b(&[0x36, 0x0f, 0x01, 0x05]).d(SAVED_GDTR); // sgdt ss:[saved]
+    let after_saved = a.here();
     a.call(recorder);
     a.b(&[0x36, 0x81, 0x05]).d(CUR_DATA).d(DATA); // add dword ss:[cur_data], DATA
     a.b(&[0x36, 0xff, 0x0d]).d(LEFT); // dec dword ss:[left]
     let rel = next.wrapping_sub(a.here() + 6);
     a.b(&[0x0f, 0x85]).d(rel); // jnz next
     a.jmp(output);
-    (a, after)
+    (a, after, after_saved)
+}
+
+/// A scenario's stub: its instruction, then the way back (see
+/// [`runner`]); returns its address. A stub whose instruction crosses
+/// offset 0xFFFF of its 16-bit code segment is kept within one page:
+/// QEMU, which fetches past the limit ([`super::Departures`]), fetched
+/// some such bytes wrapped to offset 0 where a page boundary intervened
+/// (scenario 16,677 of the rings run), and only the SDM's answer there
+/// is compared.
+fn stub(a: &mut Asm, s: &Scenario, after: u32, after_saved: u32) -> u32 {
+    let tail = match (s.cpl, s.code16) {
+        (0, None) => 11,
+        (0, Some(_)) => 36,
+        _ => 2,
+    };
+    let len = s.insn.len() as u32 + tail;
+    let straddles = s
+        .code16
+        .is_some_and(|ip| u32::from(ip) + s.insn.len() as u32 > 0x1_0000);
+    if straddles && (a.here() & 0xfff) + len > 0x1000 {
+        while a.here() & 0xfff != 0 {
+            a.b(&[0xcc]);
+        }
+    }
+    let at = a.here();
+    a.b(&s.insn);
+    match (s.cpl, s.code16) {
+        (0, None) => {
+            a.store_eax(CUR_EAX).jmp(after);
+        }
+        (0, Some(_)) => {
+            // 16-bit code, 0x66/0x67 for EAX and 32-bit addresses: mov
+            // ss:[cur_eax], eax; sgdt ss:[saved]; lgdt ss:[rt_gdtr]; jmp
+            // far 0x08:after_saved.
+            a.b(&[0x66, 0x67, 0x36, 0xa3]).d(CUR_EAX);
+            a.b(&[0x66, 0x67, 0x36, 0x0f, 0x01, 0x05]).d(SAVED_GDTR);
+            a.b(&[0x66, 0x67, 0x36, 0x0f, 0x01, 0x15]).d(RT_GDTR);
+            a.b(&[0x66, 0xea]).d(after_saved).b(&[0x08, 0x00]);
+        }
+        _ => {
+            a.b(&[0xcd, BACK]);
+        }
+    }
+    debug_assert_eq!(a.here(), at + len);
+    at
 }
 
 /// Copy `b` into the image at guest-physical `at`.
@@ -335,8 +480,9 @@ pub(crate) fn put(img: &mut [u8], at: u32, b: &[u8]) {
     img[o..o + b.len()].copy_from_slice(b);
 }
 
-/// The identity-mapped page tables for `paging` (32-bit or PAE).
-fn page_tables(img: &mut [u8], paging: Paging) {
+/// The identity-mapped page tables for `paging` (32-bit or PAE), user
+/// pages from `user_from` on.
+fn page_tables(img: &mut [u8], paging: Paging, user_from: u32) {
     match paging {
         Paging::Bits32 => {
             for k in 0..1024u32 {
@@ -344,7 +490,7 @@ fn page_tables(img: &mut [u8], paging: Paging) {
             }
             put(img, PD, &(PT | 7).to_le_bytes());
             for k in 1..MAPPED_4M {
-                put(img, PD + 4 * k, &pde(paging, k).to_le_bytes());
+                put(img, PD + 4 * k, &pde(paging, k, user_from).to_le_bytes());
             }
         }
         Paging::Pae => {
@@ -358,7 +504,7 @@ fn page_tables(img: &mut [u8], paging: Paging) {
                 put(
                     img,
                     PAE_PD + 8 * k,
-                    &u64::from(pde(paging, k)).to_le_bytes(),
+                    &u64::from(pde(paging, k, user_from)).to_le_bytes(),
                 );
             }
         }
@@ -425,28 +571,38 @@ pub(crate) fn multiboot_header(img: &mut [u8], entry: u32) {
 
 /// The whole image, and each scenario's instruction address.
 /// One image runs one paging mode: scenarios that mix them are refused
-/// ([`DiffError::MixedPaging`]).
+/// ([`DiffError::MixedPaging`]). The stubs of CPL 0–2 come first, then
+/// the data blocks, then (from a 4 MiB boundary on: user pages) the
+/// stubs of CPL 3.
 pub fn build(scenarios: &[Scenario]) -> Result<(Vec<u8>, Vec<u32>), DiffError> {
     let paging = scenarios.first().map_or(Paging::Bits32, |s| s.paging);
     if let Some(index) = scenarios.iter().position(|s| s.paging != paging) {
         return Err(DiffError::MixedPaging { index });
     }
     let mut img = vec![0u8; (SCENARIOS - LOAD) as usize];
-    // GDT: null, flat code, flat data.
+    // GDT: null, flat code, flat data, the runtime TSS.
     put(&mut img, GDT + 8, &0x00cf_9b00_0000_ffffu64.to_le_bytes());
     put(&mut img, GDT + 16, &0x00cf_9300_0000_ffffu64.to_le_bytes());
+    let tss = tss_descriptor(false).to_le_bytes();
+    put(&mut img, GDT + u32::from(TSS_SEL), &tss);
+    put(&mut img, RT_TSS + 4, &STACK_TOP.to_le_bytes()); // ESP0
+    put(&mut img, RT_TSS + 8, &0x10u32.to_le_bytes()); // SS0
     let mut dtr = GDT_LIMIT.to_le_bytes().to_vec();
     dtr.extend_from_slice(&GDT.to_le_bytes());
     put(&mut img, RT_GDTR, &dtr);
     let mut dtr = IDT_LIMIT.to_le_bytes().to_vec();
     dtr.extend_from_slice(&IDT.to_le_bytes());
     put(&mut img, RT_IDTR, &dtr);
-    page_tables(&mut img, paging);
-    let (text, stubs, recorder) = text(paging);
+    let (text, mut handlers, recorder, back) = text(paging);
     put(&mut img, TEXT, &text.bytes);
-    for (v, h) in stubs.iter().enumerate() {
-        // 32-bit interrupt gate, selector 0x08, DPL 0, present.
-        let gate = u64::from(h & 0xffff) | 0x08 << 16 | 0x8e00u64 << 32 | u64::from(h >> 16) << 48;
+    handlers.push(back);
+    for (v, h) in handlers.iter().enumerate() {
+        // 32-bit interrupt gate, selector 0x08, present; DPL 0, BACK's 3.
+        let dpl3 = if v == usize::from(BACK) { 0x6000 } else { 0 };
+        let gate = u64::from(h & 0xffff)
+            | 0x08 << 16
+            | (0x8e00u64 | dpl3) << 32
+            | u64::from(h >> 16) << 48;
         put(&mut img, IDT + 8 * v as u32, &gate.to_le_bytes());
     }
     // The runner, the output, each instruction's stub, the data blocks.
@@ -455,17 +611,25 @@ pub fn build(scenarios: &[Scenario]) -> Result<(Vec<u8>, Vec<u32>), DiffError> {
     let mut o = Asm::new(output);
     o.b(&[0x66, 0xba, 0xf4, 0x00, 0x31, 0xc0, 0xef]) // mov dx, 0xf4; xor eax, eax; out dx, eax
         .b(&[0xf4, 0xeb, 0xfd]); // hlt; jmp $-1
-    let (run, after) = runner(paging, SCENARIOS, recorder, output);
+    let (run, after, after_saved) = runner(paging, SCENARIOS, recorder, output);
     let mut a = Asm::new(o.here());
-    let mut at = Vec::new();
-    for s in scenarios {
-        at.push(a.here());
-        a.b(&s.insn).store_eax(CUR_EAX).jmp(after);
+    let mut at = vec![0; scenarios.len()];
+    for (i, s) in scenarios.iter().enumerate().filter(|(_, s)| s.cpl < 3) {
+        at[i] = stub(&mut a, s, after, after_saved);
     }
     while !a.here().is_multiple_of(4) {
         a.b(&[0xcc]);
     }
-    let blocks = a.here();
+    let data_end = a.here() + DATA * scenarios.len() as u32;
+    let user_from = if scenarios.iter().any(|s| s.cpl == 3) {
+        data_end.next_multiple_of(0x40_0000)
+    } else {
+        RESULTS
+    };
+    let mut u = Asm::new(user_from);
+    for (i, s) in scenarios.iter().enumerate().filter(|(_, s)| s.cpl == 3) {
+        at[i] = stub(&mut u, s, after, after_saved);
+    }
     for (i, s) in scenarios.iter().enumerate() {
         let d = data(i, s, at[i]);
         a.b(&d);
@@ -473,100 +637,21 @@ pub fn build(scenarios: &[Scenario]) -> Result<(Vec<u8>, Vec<u32>), DiffError> {
     img.extend_from_slice(&run.bytes);
     img.extend_from_slice(&o.bytes);
     img.extend_from_slice(&a.bytes);
+    if !u.bytes.is_empty() {
+        img.resize((user_from - LOAD) as usize, 0);
+        img.extend_from_slice(&u.bytes);
+    }
+    page_tables(&mut img, paging, user_from);
     put(&mut img, RESUME, &after.to_le_bytes());
-    put(&mut img, CUR_DATA, &blocks.to_le_bytes());
+    put(
+        &mut img,
+        CUR_DATA,
+        &(data_end - DATA * scenarios.len() as u32).to_le_bytes(),
+    );
     put(&mut img, LEFT, &(scenarios.len() as u32).to_le_bytes());
     entry(&mut img, paging, !scenarios.is_empty(), output);
     Ok((img, at))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
-
-    fn listing(bytes: &[u8], ip: u32) -> Vec<String> {
-        let mut d = Decoder::with_ip(32, bytes, u64::from(ip), DecoderOptions::NONE);
-        let mut f = IntelFormatter::new();
-        let mut out = Vec::new();
-        for i in d.iter() {
-            let mut s = String::new();
-            f.format(&i, &mut s);
-            out.push(s);
-        }
-        out
-    }
-
-    /// The hand-written encodings decode (iced-x86) to what they mean.
-    #[test]
-    fn encodings_decode_back() {
-        let (t, stubs, rec) = text(Paging::Bits32);
-        let l = listing(&t.bytes[..16], TEXT);
-        assert_eq!(l[0], "mov ss:[10111Ch],eax");
-        assert_eq!(l[1], "push 0");
-        assert_eq!(l[2], "push 0");
-        assert!(l[3].starts_with("jmp"), "{l:?}");
-        assert_eq!(stubs[13] - stubs[12], 16);
-        let r = listing(&t.bytes[(rec - TEXT) as usize..][..40], rec);
-        assert_eq!(r[0], "mov edi,ss:[101110h]");
-        assert_eq!(r[1], "sgdt ss:[edi+0Ch]");
-        assert_eq!(r[2], "sidt ss:[edi+14h]");
-        assert_eq!(r[3], "str ax");
-        assert_eq!(r[4], "mov ss:[edi+1Ch],ax");
-        let mut a = Asm::new(0);
-        a.load_sreg(3, 0x18)
-            .store_imm(0x1234, 5)
-            .load_dt(2, SCRATCH);
-        assert_eq!(
-            listing(&a.bytes, 0),
-            [
-                "mov ax,18h",
-                "mov ds,ax",
-                "mov dword ptr ss:[1234h],5",
-                "lgdt ss:[101130h]"
-            ]
-        );
-    }
-
-    /// The runner's hand-written encodings decode to what they mean.
-    #[test]
-    fn runner_decodes_back() {
-        let (a, after) = runner(Paging::Bits32, SCENARIOS, 0x10_3000, 0x20_0000);
-        let l = listing(&a.bytes, SCENARIOS);
-        assert_eq!(l[0], "mov esi,ss:[101128h]");
-        assert_eq!(l[1], "mov eax,ss:[esi+0E0h]");
-        assert!(l.contains(&"rep movsd [edi],[esi]".to_string()), "{l:?}");
-        assert!(l.contains(&"mov fs,ax".to_string()), "{l:?}");
-        assert!(l.contains(&"mov esi,ss:[esi+30h]".to_string()), "{l:?}");
-        assert!(
-            l.contains(&"jmp dword ptr ss:[101138h]".to_string()),
-            "{l:?}"
-        );
-        let tail = listing(&a.bytes[(after - SCENARIOS) as usize..], after);
-        assert_eq!(tail[0], "call 00103000h");
-        assert_eq!(tail[1], "add dword ptr ss:[101128h],0E8h");
-        assert_eq!(tail[2], "dec dword ptr ss:[10112Ch]");
-        assert_eq!(tail[3], format!("jne {SCENARIOS:08X}h"));
-    }
-
-    /// Only the pages the guest writes are writable (SDM vol. 3A 4.6: with
-    /// CR0.WP, supervisor writes to read-only pages fault).
-    #[test]
-    fn code_is_read_only() {
-        for page in [LOAD, IDT, TEXT, SCENARIOS, 0x3f_f000] {
-            assert_eq!(pte(page) & 3, 1, "{page:#x}");
-        }
-        for page in [0x6_f000, GDT, WIN, PD, PT] {
-            assert_eq!(pte(page) & 3, 3, "{page:#x}");
-        }
-        let b = Paging::Bits32;
-        assert_eq!(pde(b, 1) & 0x83, 0x81);
-        assert_eq!(pde(b, MAPPED_4M - 1) & 0x83, 0x83);
-        assert_eq!(pde(b, RESULTS >> 22) & 0x83, 0x83);
-        assert_eq!(pde(b, (RESULTS >> 22) - 1) & 0x83, 0x81);
-        let p = Paging::Pae;
-        assert_eq!(pde(p, 1), 1 << 21 | 0x81);
-        assert_eq!(pde(p, RESULTS >> 21) & 0x83, 0x83);
-        assert_eq!(pde(p, (RESULTS >> 21) - 1) & 0x83, 0x81);
-    }
-}
+mod tests;

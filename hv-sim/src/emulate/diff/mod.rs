@@ -10,11 +10,11 @@
 //! and busy 16/32-bit TSS, LDT, data, not present) and a selector.
 //!
 //! [`image::build`] turns them into one small 32-bit guest that runs them
-//! all under QEMU TCG (legacy protected mode, CPL 0, paging off), catching
+//! all under QEMU TCG (legacy protected mode, a ring-0 runner, paging on), catching
 //! every exception, and writes one record per scenario: the vector and
 //! error code, EAX, GDTR, IDTR, TR, LDTR, the data window and the GDT's
 //! scenario slots. The same scenario is run through [`super::emulate`] on a
-//! [`MockCpu`] over [`MockPhys`] and the page walker, holding the same
+//! [`MockCpu`](super::mock::MockCpu) over [`MockPhys`](super::mock::MockPhys) and the page walker, holding the same
 //! state, and the two are compared field by field.
 //!
 //! The guest runs with CR0.WP under 32-bit paging or (a second image)
@@ -35,13 +35,50 @@
 //! is aimed at the window, where QEMU puts it too (a unit test checks all
 //! 100,000). [`compare`] splits a run over several QEMU processes.
 //!
+//! # Rings, UMIP and 16-bit code ([`generate_rings`], [`compare_rings`])
+//! A second stream of scenarios runs the instruction at CPL 0–3, with
+//! CR4.UMIP on or off (QEMU's `-cpu qemu64,+smep,+smap,+umip`: TCG
+//! emulates UMIP), EFLAGS.AC on or off, in flat 32-bit code or 16-bit
+//! code (CS.D = 0: 0x66 and 0x67 then select 32-bit sizes, the operand
+//! at 16-bit addressing by default; the instruction sometimes across
+//! offset 0xFFFF of a 64 KiB or 1 MiB code segment). The design:
+//! * Every scenario is entered by IRET from the ring-0 runner, with the
+//!   scenario's CS (0x08, or a ring-N 32/16-bit code segment written at
+//!   [`image::CODE_SEL`] before it), SS (a ring-N flat stack at
+//!   [`image::STACK_SEL`]) and EFLAGS (AC); the runner sets CR4.UMIP as
+//!   the scenario says. Data segments get DPL 3 above CPL 0 (the IRET
+//!   would null them otherwise). The test GDTR's limit then covers those
+//!   entries (IRET reads them); the LTR/LLDT limit edges stay with the
+//!   CPL 0, 32-bit scenarios.
+//! * Back to ring 0: a CPL 0 stub jumps back (16-bit code: after saving
+//!   SGDT's answer and restoring the runtime GDTR, whose entry 0x08 the
+//!   far jump reads); above CPL 0, `int 0x20` through a DPL 3 gate;
+//!   exceptions through the DPL 0 gates (a gate's DPL binds `int n` only).
+//! * TR: the runner loads the runtime TSS ([`image::TSS_SEL`], SS0:ESP0
+//!   the ring-0 stack, its busy bit cleared first) before every scenario,
+//!   so delivery from rings 1–3 can switch stacks whatever the previous
+//!   scenario's LTR loaded; STR then stores that selector (the record's
+//!   TR before, given to the emulator too). LTR at CPL > 0 is #GP(0)
+//!   before it reads anything, so no scenario above CPL 0 changes TR.
+//! * Paging: the ring-3 stubs lie in user pages (from a 4 MiB boundary
+//!   past the data blocks); the others, and everything the runner reads,
+//!   in supervisor pages (SMEP, SMAP). The window's entry is a user page
+//!   three times in four at CPL 3.
+//!
+//! They found no emulator bug, and a fifth QEMU departure
+//! ([`Departures::no_fetch_limit`]). With seed [`SEED`], 25,000 under
+//! 32-bit paging and 12,500 under PAE: 0 unexplained (the test prints
+//! the counts).
+//!
 //! 4-level paging, 64-bit mode and compatibility mode (16- and 32-bit
 //! code, 16-byte system descriptors, SMAP with EFLAGS.AC either way) are
 //! [`long`]'s: a second guest that reuses this one's generator, encoder,
-//! QEMU run and departures. Not covered yet here: CPL > 0 and UMIP, SMAP
-//! with EFLAGS.AC set, 16-bit code segments, #SS (SS stays flat: the
+//! QEMU run and departures. Not covered yet here: #SS (SS stays flat: the
 //! guest's exception delivery needs it), reserved bits in the PDPTE and
-//! PDE (only the window's PTE varies), XD on instruction fetches.
+//! PDE (only the window's PTE varies), XD on instruction fetches, LTR/LLDT
+//! limit edges in 16-bit code, where execution goes after an instruction
+//! that ends at offset 0xFFFF (no EIP is recorded), IRET's own checks
+//! (data segments below the new CPL), conforming code segments.
 
 mod error;
 pub mod image;
@@ -49,18 +86,12 @@ pub mod long;
 mod run;
 pub use run::run_qemu;
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use pvops::{DescriptorTablePointer, Selector};
-
-use super::mock::{MockCpu, MockPhys};
-use super::paged::Paged;
-use super::segment::SegmentCache;
-use super::walk::{PagingMode, PhysicalMemory, Walker};
-use super::{Access, Exception, GuestMemory, Outcome, PageFault, Segment, emulate};
+use super::walk::PagingMode;
+use super::{Exception, Outcome};
 
 /// Bytes per record.
 pub const RECORD: usize = 216;
@@ -87,6 +118,18 @@ pub struct Scenario {
     pub win_pte: u64,
     /// The paging mode (one per guest image).
     pub paging: Paging,
+    /// The CPL the instruction runs at (the runner IRETs to it).
+    pub cpl: u8,
+    /// CR4.UMIP during the instruction.
+    pub umip: bool,
+    /// EFLAGS.AC during the instruction (lifts SMAP for explicit
+    /// supervisor accesses, SDM vol. 3A 4.6).
+    pub ac: bool,
+    /// 16-bit code (CS.D = 0, a 64 KiB code segment based so that the
+    /// instruction sits at this offset), or `None`: flat 32-bit code.
+    pub code16: Option<u16>,
+    /// 16-bit code: CS's limit (byte granular; 0xFFFF or 0xF_FFFF).
+    pub cs_limit: u32,
 }
 
 /// One record, as the guest writes it.
@@ -197,9 +240,12 @@ pub(super) fn desc(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
         | (b >> 24) << 56
 }
 
+mod model;
 mod scenarios;
 pub use error::DiffError;
-pub use scenarios::{generate, generate_in};
+pub use model::emulate_scenario;
+use model::{Lenient, ltr_as_lldt, modelled_insn, segment_cache};
+pub use scenarios::{generate, generate_in, generate_rings};
 
 /// QEMU TCG's departures from the SDM that the harness models, to
 /// classify a mismatch (the emulator keeps the SDM's answer). A set of
@@ -224,17 +270,24 @@ pub struct Departures {
     /// (error code 0x8 or 0xA under PAE paging; SDM vol. 3A 4.7: "bit 3
     /// of the error code can be set only if bit 0 is also set").
     pub rsvd_without_p: bool,
+    /// QEMU TCG (7.2) fetches instruction bytes past CS's limit: an
+    /// instruction in 16-bit code that crosses offset 0xFFFF of a 64 KiB
+    /// code segment runs, fetched on from offset 0x10000 (SDM vol. 3A 5.3:
+    /// the limit applies to every byte fetched, "#GP(0) if the code
+    /// segment limit is exceeded"; IP does not wrap to 0).
+    pub no_fetch_limit: bool,
 }
 
 impl Departures {
     /// Every non-empty set, smallest first.
     pub fn all() -> Vec<Departures> {
-        let mut v: Vec<Departures> = (1..16u8)
+        let mut v: Vec<Departures> = (1..32u8)
             .map(|m| Departures {
                 no_segment_checks: m & 1 != 0,
                 ignores_lock: m & 2 != 0,
                 null_ltr: m & 4 != 0,
                 rsvd_without_p: m & 8 != 0,
+                no_fetch_limit: m & 16 != 0,
             })
             .collect();
         v.sort_by_key(|d| {
@@ -242,8 +295,18 @@ impl Departures {
                 + u8::from(d.ignores_lock)
                 + u8::from(d.null_ltr)
                 + u8::from(d.rsvd_without_p)
+                + u8::from(d.no_fetch_limit)
         });
         v
+    }
+
+    /// Whether every departure in the set can change `s`'s answer (the
+    /// others are not tried: the search stays as short as before them).
+    fn apply_to(self, s: &Scenario) -> bool {
+        let straddles = s
+            .code16
+            .is_some_and(|ip| usize::from(ip) + s.insn.len() > 0x1_0000);
+        (!self.no_fetch_limit || straddles) && (!self.rsvd_without_p || s.paging == Paging::Pae)
     }
 
     pub(super) fn flat(self) -> bool {
@@ -270,319 +333,10 @@ impl std::fmt::Display for Departures {
         if self.rsvd_without_p {
             names.push("RSVD without P");
         }
+        if self.no_fetch_limit {
+            names.push("no CS limit on fetch");
+        }
         write!(f, "QEMU: {}", names.join(" + "))
-    }
-}
-
-/// The guest's physical memory for `s` as the emulator needs it: the
-/// paging (the window's entry as the scenario sets it, the first 4 MiB's
-/// other pages identity, the directory's first entry already accessed:
-/// the guest ran through it), the instruction (as `model` sees it), the
-/// GDT and the window.
-fn guest_memory(s: &Scenario, rip: u32, model: Departures) -> MockPhys {
-    let phys = MockPhys::default();
-    let insn = modelled_insn(&s.insn, model);
-    paging_for(&phys, s, rip);
-    phys.put(u64::from(rip), &insn);
-    phys.put(
-        u64::from(image::GDT) + 8,
-        &0x00cf_9b00_0000_ffffu64.to_le_bytes(),
-    );
-    phys.put(
-        u64::from(image::GDT) + 16,
-        &0x00cf_9300_0000_ffffu64.to_le_bytes(),
-    );
-    for (k, w) in s.gdt_slots.iter().enumerate() {
-        phys.put(
-            u64::from(image::GDT) + 0x18 + 8 * k as u64,
-            &w.to_le_bytes(),
-        );
-    }
-    phys.put(u64::from(image::WIN), &s.window);
-    phys
-}
-
-/// The instruction as a QEMU departure sees it: no LOCK prefix
-/// ([`Departures::ignores_lock`]); a CS override as DS
-/// ([`Departures::no_segment_checks`]: CS is flat, base 0, unchecked).
-pub(super) fn modelled_insn(insn: &[u8], model: Departures) -> Vec<u8> {
-    let opcode = insn.iter().position(|&b| b == 0x0f).unwrap_or(0);
-    let mut out = Vec::new();
-    for (k, &b) in insn.iter().enumerate() {
-        match b {
-            0xf0 if k < opcode && model.no_lock() => {}
-            0x2e if k < opcode && model.flat() => out.push(0x3e),
-            _ => out.push(b),
-        }
-    }
-    out
-}
-
-/// An LTR instruction's bytes made LLDT (ModRM.reg 3 → 2), or `None` if
-/// `insn` is not an LTR.
-pub(super) fn ltr_as_lldt(insn: &[u8]) -> Option<Vec<u8>> {
-    let opcode = insn.iter().position(|&b| b == 0x0f)?;
-    let modrm = *insn.get(opcode + 2)?;
-    if insn.get(opcode + 1) != Some(&0) || modrm >> 3 & 7 != 3 {
-        return None;
-    }
-    let mut v = insn.to_vec();
-    v[opcode + 2] = modrm & !0x38 | 2 << 3;
-    Some(v)
-}
-
-/// The guest's page tables as the emulator needs them (the window's entry
-/// as the scenario sets it, the directory's first entry already accessed:
-/// the guest ran through it).
-fn paging_for(phys: &MockPhys, s: &Scenario, rip: u32) {
-    let pages = [rip, rip.wrapping_add(15), image::GDT, image::IDT];
-    let win = u64::from(image::win_pte(s.paging));
-    match s.paging {
-        Paging::Bits32 => {
-            phys.put_u32(u64::from(image::PD), image::PT | 0x27);
-            for k in 1..image::MAPPED_4M {
-                phys.put_u32(u64::from(image::PD + 4 * k), image::pde(s.paging, k));
-            }
-            for page in pages.into_iter().filter(|p| p >> 22 == 0) {
-                let at = image::PT + (page >> 12) * 4;
-                phys.put_u32(u64::from(at), image::pte(page) | 0x20);
-            }
-            phys.put_u32(win, s.win_pte as u32);
-        }
-        Paging::Pae => {
-            phys.put(
-                u64::from(image::PD),
-                &u64::from(image::PAE_PD | 1).to_le_bytes(),
-            );
-            let pd = u64::from(image::PAE_PD);
-            phys.put(pd, &u64::from(image::PT | 0x27).to_le_bytes());
-            for k in 1..2 * image::MAPPED_4M {
-                let e = u64::from(image::pde(s.paging, k));
-                phys.put(pd + 8 * u64::from(k), &e.to_le_bytes());
-            }
-            for page in pages.into_iter().filter(|p| p >> 21 == 0) {
-                let at = image::PT + (page >> 12) * 8;
-                let e = u64::from(image::pte(page) | 0x20);
-                phys.put(u64::from(at), &e.to_le_bytes());
-            }
-            phys.put(win, &s.win_pte.to_le_bytes());
-        }
-    }
-}
-
-/// The vCPU for `s`: 32-bit protected mode, its registers and segments
-/// (flattened under [`Departures::no_segment_checks`]), GDTR, IDTR, TR.
-fn cpu_for(s: &Scenario, rip: u32, tr_before: u16, model: Departures) -> MockCpu {
-    let mut cpu = MockCpu::protected32();
-    cpu.rip = u64::from(rip);
-    for (r, v) in s.regs.iter().enumerate() {
-        cpu.gprs[r] = u64::from(*v);
-    }
-    for (seg, sel) in [Segment::Es, Segment::Ds, Segment::Fs, Segment::Gs]
-        .into_iter()
-        .zip(s.sels)
-    {
-        let c = segment_cache(sel, &s.gdt_slots, model.flat());
-        *cpu.seg_mut(seg) = c;
-        match seg {
-            Segment::Fs => cpu.fs_base = c.base,
-            Segment::Gs => cpu.gs_base = c.base,
-            _ => {}
-        }
-    }
-    cpu.dt.gdtr = DescriptorTablePointer {
-        limit: s.test_gdtr.0,
-        base: u64::from(s.test_gdtr.1),
-    };
-    cpu.dt.idtr = DescriptorTablePointer {
-        limit: image::IDT_LIMIT,
-        base: u64::from(image::IDT),
-    };
-    cpu.dt.tr = Selector(tr_before);
-    cpu
-}
-
-/// The hidden part `sel` loads from the GDT's scenario slots (0x18..):
-/// unusable for a null selector; under
-/// [`Departures::no_segment_checks`] a flat read/write segment with the
-/// same base (QEMU loads a null selector with base 0).
-pub(super) fn segment_cache(sel: u16, slots: &[u64; 13], flat: bool) -> SegmentCache {
-    let c = if sel & 0xfffc == 0 {
-        SegmentCache {
-            unusable: true,
-            ..SegmentCache::default()
-        }
-    } else {
-        SegmentCache::from_descriptor(slots[usize::from(sel >> 3) - 3])
-    };
-    if flat {
-        SegmentCache {
-            base: if c.unusable { 0 } else { c.base },
-            ..SegmentCache::from_descriptor(0x00cf_9300_0000_ffff)
-        }
-    } else {
-        c
-    }
-}
-
-/// The emulator's record for `s` (its instruction at `rip`), with TR
-/// `tr_before` at the start; `model` applies a QEMU departure.
-pub fn emulate_scenario(
-    s: &Scenario,
-    rip: u32,
-    tr_before: u16,
-    model: Departures,
-) -> (Record, Outcome) {
-    if model.null_ltr
-        && let Some(r) = null_ltr(s, rip, tr_before, model)
-    {
-        return r;
-    }
-    let phys = guest_memory(s, rip, model);
-    let mut walker = Walker::new(s.paging.mode(), u64::from(image::PD));
-    let pae = s.paging == Paging::Pae;
-    (walker.nxe, walker.smep, walker.smap, walker.maxphyaddr) = (pae, pae, pae, 40);
-    let mem = Paged {
-        phys: &phys,
-        walker,
-        cpl: 0,
-    };
-    let mut cpu = cpu_for(s, rip, tr_before, model);
-    let lenient = Lenient(&mem, Cell::new(false), &phys);
-    let o = if model.flat() {
-        emulate(&mut cpu, &lenient)
-    } else {
-        emulate(&mut cpu, &mem)
-    };
-    let (vector, error) = match &o {
-        Outcome::Inject {
-            exception: Exception::Pf(pf),
-            ..
-        } if model.rsvd_without_p && pf.error_code & 8 != 0 => (Some(14), pf.error_code & !1),
-        Outcome::Inject { exception, .. } => (
-            Some(exception.vector()),
-            exception.error_code().unwrap_or(0),
-        ),
-        Outcome::Emulated { .. } => (None, 0),
-        // Not one of ours: no CPU answer to compare with.
-        Outcome::NotEmulated(_) => (Some(0xff), 0),
-    };
-    let rec = Record {
-        vector,
-        error,
-        eax: cpu.gprs[0] as u32,
-        gdtr: (cpu.dt.gdtr.limit, cpu.dt.gdtr.base as u32),
-        idtr: (cpu.dt.idtr.limit, cpu.dt.idtr.base as u32),
-        tr: cpu.dt.tr.bits(),
-        ldtr: cpu.dt.ldtr.bits(),
-        window: peek(&phys, image::WIN, 64),
-        gdt: peek(&phys, image::GDT + 0x18, 104),
-        cr2: match &o {
-            Outcome::Inject {
-                exception: Exception::Pf(pf),
-                ..
-            } => pf.addr as u32,
-            _ => 0,
-        },
-        pte: match s.paging {
-            Paging::Bits32 => u64::from(
-                phys.read_u32(u64::from(image::win_pte(s.paging)))
-                    .unwrap_or(0),
-            ),
-            Paging::Pae => phys
-                .read_u64(u64::from(image::win_pte(s.paging)))
-                .unwrap_or(0),
-        },
-        outside: lenient.1.get(),
-    };
-    (rec, o)
-}
-
-/// QEMU's LTR of a null selector: LLDT's null path, into TR. `None` where
-/// the instruction is not an LTR that the SDM faults for a null selector.
-fn null_ltr(
-    s: &Scenario,
-    rip: u32,
-    tr_before: u16,
-    model: Departures,
-) -> Option<(Record, Outcome)> {
-    let as_lldt = Scenario {
-        insn: ltr_as_lldt(&s.insn)?,
-        ..s.clone()
-    };
-    let (sdm, _) = emulate_scenario(
-        s,
-        rip,
-        tr_before,
-        Departures {
-            null_ltr: false,
-            ..model
-        },
-    );
-    if (sdm.vector, sdm.error) != (Some(13), 0) {
-        return None;
-    }
-    let (mut r, o) = emulate_scenario(
-        &as_lldt,
-        rip,
-        tr_before,
-        Departures {
-            null_ltr: false,
-            ..model
-        },
-    );
-    if r.vector.is_some() || r.ldtr & 0xfffc != 0 {
-        return None;
-    }
-    r.tr = r.ldtr;
-    r.ldtr = 0;
-    Some((r, o))
-}
-
-fn peek(phys: &MockPhys, at: u32, len: usize) -> Vec<u8> {
-    let mut b = vec![0u8; len];
-    let _ = phys.read_bytes(u64::from(at), &mut b);
-    b
-}
-
-/// The memory as QEMU's guest sees it: where the harness holds no
-/// physical memory, reads give zeros and writes go nowhere (RAM not
-/// compared, or no RAM) instead of the mock's failure; a real page fault
-/// (the window's entry) stands. Used only with a departure that sends
-/// accesses outside the checked segments.
-pub(super) struct Lenient<'a, M: GuestMemory>(
-    pub(super) &'a M,
-    pub(super) Cell<bool>,
-    pub(super) &'a MockPhys,
-);
-
-impl<M: GuestMemory> Lenient<'_, M> {
-    fn known(&self, addr: u64) -> bool {
-        let mut b = [0u8];
-        addr >> 12 == u64::from(image::WIN >> 12) || self.2.read_bytes(addr, &mut b).is_some()
-    }
-}
-
-impl<M: GuestMemory> GuestMemory for Lenient<'_, M> {
-    fn read(&self, addr: u64, buf: &mut [u8], access: Access) -> Result<(), PageFault> {
-        match self.0.read(addr, buf, access) {
-            Err(pf) if !self.known(pf.addr) => {
-                buf.fill(0);
-                self.1.set(true);
-                Ok(())
-            }
-            r => r,
-        }
-    }
-
-    fn write(&self, addr: u64, data: &[u8], access: Access) -> Result<(), PageFault> {
-        match self.0.write(addr, data, access) {
-            Err(pf) if !self.known(pf.addr) => {
-                self.1.set(true);
-                Ok(())
-            }
-            r => r,
-        }
     }
 }
 
@@ -658,6 +412,41 @@ impl<M> Default for Report<M> {
     }
 }
 
+/// Generate `n` scenarios from `seed`, run them under QEMU and through the
+/// emulator, and compare: in `jobs` slices, each its own QEMU process and
+/// comparison on its own thread (each scenario stands alone: the guest
+/// resets what it changed, so the slicing does not change the answers).
+pub fn compare(
+    n: usize,
+    seed: u64,
+    paging: Paging,
+    jobs: usize,
+    timeout: Duration,
+) -> Result<Report, DiffError> {
+    compare_all(&generate_in(n, seed, paging), jobs, timeout)
+}
+
+/// [`compare`] for [`generate_rings`]' scenarios: every CPL, UMIP on and
+/// off, EFLAGS.AC, 16- and 32-bit code.
+pub fn compare_rings(
+    n: usize,
+    seed: u64,
+    paging: Paging,
+    jobs: usize,
+    timeout: Duration,
+) -> Result<Report, DiffError> {
+    compare_all(&generate_rings(n, seed, paging), jobs, timeout)
+}
+
+fn compare_all(all: &[Scenario], jobs: usize, timeout: Duration) -> Result<Report, DiffError> {
+    compare_in_slices(
+        all,
+        jobs,
+        |part| compare_scenarios(part, timeout),
+        |m| &mut m.index,
+    )
+}
+
 /// Compare `all` in `jobs` slices, each its own QEMU process and
 /// comparison (`f`) on its own thread (each scenario stands alone: the
 /// guest resets what it changed, so the slicing does not change the
@@ -702,26 +491,6 @@ pub(super) fn compare_in_slices<S: Sync, M: Send>(
     Ok(report)
 }
 
-/// Generate `n` scenarios from `seed`, run them under QEMU and through the
-/// emulator, and compare: in `jobs` slices, each its own QEMU process and
-/// comparison on its own thread (each scenario stands alone: the guest
-/// resets what it changed, so the slicing does not change the answers).
-pub fn compare(
-    n: usize,
-    seed: u64,
-    paging: Paging,
-    jobs: usize,
-    timeout: Duration,
-) -> Result<Report, DiffError> {
-    let all = generate_in(n, seed, paging);
-    compare_in_slices(
-        &all,
-        jobs,
-        |part| compare_scenarios(part, timeout),
-        |m| &mut m.index,
-    )
-}
-
 /// Run and compare the given scenarios (a slice of [`generate`]'s, to
 /// replay one).
 pub fn compare_scenarios(scenarios: &[Scenario], timeout: Duration) -> Result<Report, DiffError> {
@@ -738,13 +507,16 @@ pub fn compare_scenarios(scenarios: &[Scenario], timeout: Duration) -> Result<Re
         }
         if !fields.is_empty() {
             let mut unverifiable = false;
-            let explained_by = Departures::all().into_iter().find(|&d| {
-                let (r, _) = emulate_scenario(s, at[i], tr_before, d);
-                // An operand outside the known memory: QEMU read or wrote
-                // RAM the harness does not hold; only the fault is certain.
-                unverifiable |= r.outside;
-                differences(&q, &r).is_empty()
-            });
+            let explained_by = Departures::all()
+                .into_iter()
+                .filter(|d| d.apply_to(s))
+                .find(|&d| {
+                    let (r, _) = emulate_scenario(s, at[i], tr_before, d);
+                    // An operand outside the known memory: QEMU read or wrote
+                    // RAM the harness does not hold; only the fault is certain.
+                    unverifiable |= r.outside;
+                    differences(&q, &r).is_empty()
+                });
             out.push(Mismatch {
                 index: i,
                 scenario: s.clone(),

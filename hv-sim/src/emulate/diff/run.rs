@@ -44,7 +44,7 @@ pub(super) fn run_image(
     let _ = std::fs::remove_file(&ram);
     std::fs::write(&kernel, img).map_err(io(format!("writing {}", kernel.display())))?;
     let mut child = Command::new(crate::qemu::QEMU)
-        .args(["-cpu", "qemu64,+smep,+smap"])
+        .args(["-cpu", "qemu64,+smep,+smap,+umip"])
         .args([
             "-machine",
             "pc,memory-backend=ram",

@@ -9,6 +9,8 @@ use super::{Paging, Rng, Scenario, desc};
 
 /// A flat writable data segment.
 pub(super) const FLAT: u64 = 0x00cf_9300_0000_ffff;
+/// The same at DPL 3 (usable at every CPL).
+const FLAT3: u64 = 0x00cf_f300_0000_ffff;
 
 /// The registers' numbers (x86 order) for iced's 16/32-bit registers.
 fn reg_no(r: Register) -> Option<usize> {
@@ -79,8 +81,10 @@ fn memory_form(r: &mut Rng, a16: bool, reg: u8, o: u32) -> Vec<u8> {
 }
 
 /// The segment descriptor for an access of `size` bytes at offset `o`:
-/// a type, and a limit at one of the access's edges.
-pub(super) fn segment_for(r: &mut Rng, o: u32, size: u32, base: u32) -> u64 {
+/// a type, and a limit at one of the access's edges; DPL 3 above CPL 0
+/// (the runner's IRET to an outer ring nulls a data segment whose DPL is
+/// below the new CPL: SDM vol. 2A IRET, "RETURN-TO-OUTER-PRIVILEGE-LEVEL").
+pub(super) fn segment_for(r: &mut Rng, o: u32, size: u32, base: u32, cpl: u8) -> u64 {
     let typ = r.pick(&[3u8, 3, 3, 1, 7, 7, 5, 0xb]);
     let expand_down = typ & 0xc == 4;
     let big = r.below(2) == 1;
@@ -109,7 +113,7 @@ pub(super) fn segment_for(r: &mut Rng, o: u32, size: u32, base: u32) -> u64 {
     desc(
         base,
         field,
-        0x90 | typ,
+        0x90 | typ | if cpl > 0 { 0x60 } else { 0 },
         u8::from(g) << 3 | u8::from(big) << 2,
     )
 }
@@ -140,7 +144,8 @@ struct Target {
 /// selector), and set the registers so the effective address is `o`.
 fn aim(r: &mut Rng, s: &mut Scenario, insn: &mut [u8], a16: bool, at: Target) {
     let Target { t, o, size } = at;
-    let mut d = Decoder::new(32, insn, DecoderOptions::NO_INVALID_CHECK);
+    let bits = if s.code16.is_some() { 16 } else { 32 };
+    let mut d = Decoder::new(bits, insn, DecoderOptions::NO_INVALID_CHECK);
     let i = d.decode();
     let offsets = d.get_constant_offsets(&i);
     if i.op0_kind() == iced_x86::OpKind::Memory {
@@ -185,7 +190,7 @@ fn aim(r: &mut Rng, s: &mut Scenario, insn: &mut [u8], a16: bool, at: Target) {
         }
         if let Some(k) = slot {
             let base = (WIN + t).wrapping_sub(o);
-            s.gdt_slots[k] = segment_for(r, o, size, base);
+            s.gdt_slots[k] = segment_for(r, o, size, base, s.cpl);
             if null {
                 s.sels[k] = r.pick(&[0u16, 1, 3]);
             }
@@ -193,8 +198,64 @@ fn aim(r: &mut Rng, s: &mut Scenario, insn: &mut [u8], a16: bool, at: Target) {
     }
 }
 
-/// One scenario.
-fn scenario(r: &mut Rng, paging: Paging) -> Scenario {
+/// What a scenario's instruction runs under beyond the classic CPL 0,
+/// 32-bit code (drawn first, from their own stream, by [`generate_rings`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Dims {
+    cpl: u8,
+    umip: bool,
+    ac: bool,
+    code16: Option<u16>,
+    /// 16-bit code: put the instruction across offset 0xFFFF.
+    straddle: bool,
+    /// 16-bit code: CS's limit.
+    cs_limit: u32,
+}
+
+impl Dims {
+    /// CPL 0, 32-bit flat code, UMIP and AC clear: the first harness's
+    /// scenarios (their draws unchanged, so their indices keep meaning).
+    const CLASSIC: Dims = Dims {
+        cpl: 0,
+        umip: false,
+        ac: false,
+        code16: None,
+        straddle: false,
+        cs_limit: 0xffff,
+    };
+
+    fn draw(r: &mut Rng) -> Dims {
+        let cpl = r.pick(&[0u8, 1, 2, 3, 3, 3]);
+        let umip = r.below(2) == 0;
+        let ac = r.below(4) == 0;
+        // 16-bit code: the instruction's offset in a 64 KiB code segment
+        // (room for it and the stub's tail below the limit).
+        let code16 = (r.below(10) < 3).then(|| r.below(0xff00) as u16);
+        // Across offset 0xFFFF (SDM vol. 3A 5.3: every byte's offset is
+        // checked against the limit, no wrap to 0): #GP(0) with a 64 KiB
+        // limit, fetched on from offset 0x10000 with a larger one.
+        let straddle = code16.is_some() && r.below(4) == 0;
+        let cs_limit = r.pick(&[0xffff, 0xffff, 0xf_ffff]);
+        Dims {
+            cpl,
+            umip,
+            ac,
+            code16,
+            straddle,
+            cs_limit,
+        }
+    }
+
+    /// Needs the runtime GDT entries (ring-N code and stack, 16-bit code)
+    /// within the test GDTR's limit: the runner's IRET reads them.
+    fn needs_runtime_gdt(self) -> bool {
+        self.cpl > 0 || self.code16.is_some()
+    }
+}
+
+/// The instruction's prefixes and opcode: (bytes, second opcode byte,
+/// ModRM.reg, 16-bit addressing, an override to a flat segment).
+fn prefixes(r: &mut Rng, d: Dims) -> (Vec<u8>, u8, u8, bool, bool) {
     // (second opcode byte, ModRM.reg): lgdt lidt sgdt sidt ltr lldt str sldt.
     let (op, reg) = r.pick(&[
         (1u8, 2u8),
@@ -206,21 +267,25 @@ fn scenario(r: &mut Rng, paging: Paging) -> Scenario {
         (0, 1),
         (0, 0),
     ]);
-    let size: u32 = if op == 1 { 6 } else { 2 };
     let a16 = r.below(10) < 3;
     let mut insn = Vec::new();
     if r.below(30) == 0 {
         insn.push(0xf0);
     }
+    // 0x66 and 0x67 invert the code segment's default sizes (SDM vol. 1
+    // 3.6): 16-bit addressing is 0x67 in 32-bit code, none in 16-bit code.
     if r.below(5) == 0 {
         insn.push(0x66);
     }
-    if a16 {
+    if a16 != d.code16.is_some() {
         insn.push(0x67);
     }
-    // Segment override: 16-bit addressing only through ES/DS/FS/GS.
+    // Segment override: 16-bit addressing only through ES/DS/FS/GS; no CS
+    // in 16-bit code (its base is the stub's, not 0).
     let overrides: &[u8] = if a16 {
         &[0x26, 0x3e, 0x64, 0x65]
+    } else if d.code16.is_some() {
+        &[0x26, 0x3e, 0x36, 0x3e, 0x64, 0x65]
     } else {
         &[0x26, 0x2e, 0x36, 0x3e, 0x64, 0x65]
     };
@@ -231,21 +296,16 @@ fn scenario(r: &mut Rng, paging: Paging) -> Scenario {
         insn.push(p);
     }
     insn.extend_from_slice(&[0x0f, op]);
-    let t = r.below(0x30 - u64::from(size) + 1) as u32;
-    let mut s = Scenario {
-        insn: Vec::new(),
-        regs: [0; 8],
-        sels: [0x18, 0x20, 0x28, 0x30],
-        gdt_slots: [FLAT; 13],
-        window: [0; 64],
-        test_gdtr: (super::image::GDT_LIMIT, GDT),
-        win_pte: u64::from(WIN | 3),
-        paging,
-    };
-    // The window's page: read/write, read-only (CR0.WP: a write faults),
-    // not present, or a user page (no matter at CPL 0 without SMAP).
+    (insn, op, reg, a16, flat_override)
+}
+
+/// The window page's entry: read/write, read-only (CR0.WP: a write
+/// faults), not present, or a user page (no matter at CPL 0 without SMAP;
+/// at CPL 3 a supervisor page faults, so ring-3 scenarios make it a user
+/// page three times in four).
+fn window_pte(r: &mut Rng, paging: Paging, d: Dims) -> u64 {
     let w = u64::from(WIN);
-    s.win_pte = match paging {
+    let pte = match paging {
         Paging::Bits32 => r.pick(&[w | 3, w | 3, w | 3, w | 1, w | 1, w | 2, w | 7, 0]),
         // PAE with EFER.NXE: also XD (no effect on data accesses), and
         // reserved bits: address bits at and above MAXPHYADDR (40 under
@@ -266,6 +326,71 @@ fn scenario(r: &mut Rng, paging: Paging) -> Scenario {
             1 << 52 | w | 3,
         ]),
     };
+    if d.cpl == 3 && r.below(4) != 0 {
+        pte | 4
+    } else {
+        pte
+    }
+}
+
+/// The operand's offset: any in 32-bit addressing, < 64 KiB in 16-bit.
+fn operand_offset(r: &mut Rng, a16: bool) -> u32 {
+    if a16 {
+        r.below(0xfff0) as u32
+    } else if r.below(2) == 0 {
+        r.below(0x1_0000) as u32
+    } else {
+        r.next() as u32
+    }
+}
+
+/// LTR/LLDT's selector (a slot, with edges: put in AX or the window at
+/// `t`) and the test GDT limit: the runtime's, or an edge of the
+/// selector's entry (never below 0x0f: the guest's exception delivery
+/// needs 0x08; never below the runtime entries where the runner's IRET
+/// reads them).
+fn selector_and_limit(r: &mut Rng, s: &mut Scenario, reg_form: bool, t: usize, d: Dims) {
+    let sel = r.pick(&[
+        0x38u16, 0x40, 0x48, 0x50, 0x58, 0x60, 0x68, 0x70, 0x78, 0x08, 0x18, 0, 3, 0x80, 0xf8,
+    ]) | r.below(4) as u16
+        | if r.below(10) == 0 { 4 } else { 0 };
+    if reg_form {
+        s.regs[0] = (s.regs[0] & 0xffff_0000) | u32::from(sel);
+    } else {
+        s.window[t..t + 2].copy_from_slice(&sel.to_le_bytes());
+    }
+    let edge = (sel & 0xfff8).wrapping_add(r.pick(&[6u16, 7, 8]));
+    let any = 0x0f + r.below(0x70) as u16;
+    let limit = r.pick(&[0x7f, edge.max(0x0f), any]);
+    let limit = if d.needs_runtime_gdt() {
+        limit.max(super::image::RUNTIME_GDT_END)
+    } else {
+        limit
+    };
+    s.test_gdtr = (limit, GDT);
+}
+
+/// One scenario under `d`.
+fn scenario(r: &mut Rng, paging: Paging, d: Dims) -> Scenario {
+    let (mut insn, op, reg, a16, flat_override) = prefixes(r, d);
+    let size: u32 = if op == 1 { 6 } else { 2 };
+    let t = r.below(0x30 - u64::from(size) + 1) as u32;
+    let mut s = Scenario {
+        insn: Vec::new(),
+        regs: [0; 8],
+        sels: [0x18, 0x20, 0x28, 0x30],
+        gdt_slots: [if d.cpl > 0 { FLAT3 } else { FLAT }; 13],
+        window: [0; 64],
+        test_gdtr: (super::image::GDT_LIMIT, GDT),
+        win_pte: 0,
+        paging,
+        cpl: d.cpl,
+        umip: d.umip,
+        ac: d.ac,
+        code16: d.code16,
+        cs_limit: d.cs_limit,
+    };
+    s.win_pte = window_pte(r, paging, d);
     for b in s.window.iter_mut() {
         *b = r.next() as u8;
     }
@@ -275,14 +400,7 @@ fn scenario(r: &mut Rng, paging: Paging) -> Scenario {
     for slot in s.gdt_slots[4..].iter_mut() {
         *slot = system_slot(r);
     }
-    // The operand's offset: any in 32-bit addressing, < 64 KiB in 16-bit.
-    let o = if a16 {
-        r.below(0xfff0) as u32
-    } else if r.below(2) == 0 {
-        r.below(0x1_0000) as u32
-    } else {
-        r.next() as u32
-    };
+    let o = operand_offset(r, a16);
     let reg_form = op == 0 && r.below(4) == 0;
     if reg_form {
         insn.push(0xc0 | reg << 3); // the register form: eax/ax
@@ -291,35 +409,40 @@ fn scenario(r: &mut Rng, paging: Paging) -> Scenario {
         insn.extend(memory_form(r, a16, reg, disp_only));
     }
     aim(r, &mut s, &mut insn, a16, Target { t, o, size });
-    // LTR/LLDT's selector: a slot, with edges.
-    let sel = r.pick(&[
-        0x38u16, 0x40, 0x48, 0x50, 0x58, 0x60, 0x68, 0x70, 0x78, 0x08, 0x18, 0, 3, 0x80, 0xf8,
-    ]) | r.below(4) as u16
-        | if r.below(10) == 0 { 4 } else { 0 };
-    if reg_form {
-        s.regs[0] = (s.regs[0] & 0xffff_0000) | u32::from(sel);
-    } else {
-        s.window[t as usize..t as usize + 2].copy_from_slice(&sel.to_le_bytes());
+    selector_and_limit(r, &mut s, reg_form, t as usize, d);
+    if d.straddle {
+        // 1 to len - 1 bytes below offset 0x10000.
+        let k = 1 + r.below(insn.len() as u64 - 1) as u32;
+        s.code16 = Some((0x1_0000 - k) as u16);
     }
-    // The GDT limit: the runtime's, or an edge of the selector's entry
-    // (never below 0x0f: the guest's exception delivery needs 0x08).
-    let edge = (sel & 0xfff8).wrapping_add(r.pick(&[6u16, 7, 8]));
-    let any = 0x0f + r.below(0x70) as u16;
-    let limit = r.pick(&[0x7f, edge.max(0x0f), any]);
-    s.test_gdtr = (limit, GDT);
     s.insn = insn;
     s
 }
 
-/// `n` scenarios from `seed`.
+/// `n` scenarios from `seed` (CPL 0, 32-bit code, 32-bit paging).
 pub fn generate(n: usize, seed: u64) -> Vec<Scenario> {
     generate_in(n, seed, Paging::Bits32)
 }
 
-/// `n` scenarios from `seed` under `paging`.
+/// `n` scenarios from `seed` under `paging` (CPL 0, 32-bit code).
 pub fn generate_in(n: usize, seed: u64, paging: Paging) -> Vec<Scenario> {
     let mut r = Rng(seed);
-    (0..n).map(|_| scenario(&mut r, paging)).collect()
+    (0..n)
+        .map(|_| scenario(&mut r, paging, Dims::CLASSIC))
+        .collect()
+}
+
+/// `n` scenarios from `seed` under `paging` at every CPL (0–3), CR4.UMIP
+/// on or off, EFLAGS.AC on or off, in 32- or 16-bit code (CS.D = 0),
+/// drawn from another stream than [`generate_in`]'s.
+pub fn generate_rings(n: usize, seed: u64, paging: Paging) -> Vec<Scenario> {
+    let mut r = Rng(seed ^ 0x0c91_u64.rotate_right(16));
+    (0..n)
+        .map(|_| {
+            let d = Dims::draw(&mut r);
+            scenario(&mut r, paging, d)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -331,7 +454,8 @@ mod tests {
     /// departure), puts a scenario's memory operand: base (0 for a null
     /// selector) plus the effective address, mod 2^32.
     fn qemu_linear(s: &Scenario) -> Option<u32> {
-        let mut d = Decoder::new(32, &s.insn, DecoderOptions::NO_INVALID_CHECK);
+        let bits = if s.code16.is_some() { 16 } else { 32 };
+        let mut d = Decoder::new(bits, &s.insn, DecoderOptions::NO_INVALID_CHECK);
         let i = d.decode();
         if i.op0_kind() != OpKind::Memory {
             return None;
@@ -368,19 +492,110 @@ mod tests {
     #[test]
     fn qemu_stores_only_into_the_window() {
         let all = generate(100_000, super::super::SEED);
-        let mut checked = 0;
-        for (k, s) in all.iter().enumerate() {
-            let Some(at) = qemu_linear(s) else { continue };
-            checked += 1;
-            assert!(
-                (WIN..WIN + 0x40).contains(&at) || at < 0x1_0000,
-                "scenario {k}: {:02x?} lands at {at:#x}",
-                s.insn
-            );
+        let rings = generate_rings(25_000, super::super::SEED, Paging::Bits32);
+        for (set, least) in [(&all, 70_000), (&rings, 17_000)] {
+            let mut checked = 0;
+            for (k, s) in set.iter().enumerate() {
+                let Some(at) = qemu_linear(s) else { continue };
+                checked += 1;
+                assert!(
+                    (WIN..WIN + 0x40).contains(&at) || at < 0x1_0000,
+                    "scenario {k}: {:02x?} lands at {at:#x}",
+                    s.insn
+                );
+            }
+            assert!(checked > least, "{checked}");
         }
-        assert!(checked > 70_000, "{checked}");
         let s = &all[10_781];
         assert_eq!(s.insn[..5], [0x66, 0x64, 0x0f, 0x00, 0x0d]);
         assert!((WIN..WIN + 0x40).contains(&qemu_linear(s).unwrap()));
+    }
+
+    /// FNV-1a over the fields the first harness drew.
+    fn digest(all: &[Scenario]) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for s in all {
+            let t = format!(
+                "{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
+                s.insn, s.regs, s.sels, s.gdt_slots, s.window, s.test_gdtr, s.win_pte
+            );
+            for b in t.bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        h
+    }
+
+    /// The CPL 0, 32-bit code scenarios are drawn as before the CPL,
+    /// UMIP and 16-bit code dimensions came (digests taken from the
+    /// generator before that change), so the scenario numbers in the
+    /// regression notes (10,781, 30,002) still name the same scenarios.
+    #[test]
+    fn classic_scenarios_unchanged() {
+        let seed = super::super::SEED;
+        assert_eq!(
+            digest(&generate_in(3000, seed, Paging::Bits32)),
+            0x14bf_7a3b_103a_c098
+        );
+        assert_eq!(
+            digest(&generate_in(3000, seed, Paging::Pae)),
+            0x7c51_a9ed_9d37_aa96
+        );
+    }
+
+    /// The rings scenarios cover every CPL, UMIP and AC both ways, 16-bit
+    /// code with and without 0x66/0x67, and at 16 bits decode (iced-x86)
+    /// to one of the eight with the operand and address sizes the
+    /// prefixes give (SDM vol. 1 3.6: they invert CS.D's default).
+    #[test]
+    fn rings_cover_every_dimension() {
+        let all = generate_rings(20_000, super::super::SEED, Paging::Pae);
+        let mut cpl = [0usize; 4];
+        let (mut umip, mut ac, mut c16, mut o32, mut a32) = (0, 0, 0, 0, 0);
+        let mut straddle = [0; 2];
+        for s in &all {
+            cpl[usize::from(s.cpl)] += 1;
+            umip += usize::from(s.umip);
+            ac += usize::from(s.ac);
+            if s.cpl > 0 || s.code16.is_some() {
+                assert!(s.test_gdtr.0 >= super::super::image::RUNTIME_GDT_END);
+            }
+            let Some(ip) = s.code16 else { continue };
+            c16 += 1;
+            if u32::from(ip) + s.insn.len() as u32 > 0x1_0000 {
+                straddle[usize::from(s.cs_limit > 0xffff)] += 1;
+            } else {
+                assert!(ip < 0xff00);
+            }
+            let mut d = Decoder::new(16, &s.insn, DecoderOptions::NO_INVALID_CHECK);
+            let i = d.decode();
+            assert_eq!(i.len(), s.insn.len(), "{:02x?}", s.insn);
+            let op = s.insn.iter().position(|&b| b == 0x0f).unwrap();
+            let pre = &s.insn[..op];
+            assert!(!pre.contains(&0x2e), "{:02x?}", s.insn);
+            if pre.contains(&0x66) {
+                o32 += 1;
+            }
+            if pre.contains(&0x67) {
+                a32 += 1;
+            }
+            if i.op0_kind() == OpKind::Memory {
+                let regs = if pre.contains(&0x67) {
+                    Register::EAX..=Register::EDI
+                } else {
+                    Register::AX..=Register::DI
+                };
+                for r in [i.memory_base(), i.memory_index()] {
+                    assert!(r == Register::None || regs.contains(&r), "{:02x?}", s.insn);
+                }
+            }
+        }
+        for (k, n) in cpl.iter().enumerate() {
+            assert!(*n > 2000, "CPL {k}: {n}");
+        }
+        assert!(umip > 8000 && umip < 12_000, "{umip}");
+        assert!(ac > 3000, "{ac}");
+        assert!(c16 > 4000 && o32 > 500 && a32 > 2000, "{c16} {o32} {a32}");
+        assert!(straddle[0] > 500 && straddle[1] > 250, "{straddle:?}");
     }
 }

@@ -150,7 +150,7 @@ pub fn pte(page: u32) -> u64 {
 /// The first 1 GiB's directory entry `k` (1 ≤ k < 512): a 2 MiB page,
 /// identity, writable from [`RESULTS`] on.
 pub fn pde(k: u32) -> u64 {
-    super::super::image::pde(super::super::Paging::Pae, k).into()
+    super::super::image::pde(super::super::Paging::Pae, k, super::super::image::RESULTS).into()
 }
 
 /// The page tables: `(physical address, entry)`, every non-zero entry.

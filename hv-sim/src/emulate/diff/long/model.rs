@@ -86,6 +86,8 @@ impl LongDepartures {
                 ignores_lock: bit(1),
                 null_ltr: bit(2),
                 rsvd_without_p: bit(3),
+                // The long guest's code segments are flat: no fetch limit.
+                no_fetch_limit: false,
             },
             legacy_override_base: bit(4),
             o16_dt_base: bit(5),

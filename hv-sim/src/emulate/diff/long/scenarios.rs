@@ -457,7 +457,7 @@ fn blank64(r: &mut Rng, paging: LongPaging) -> LongScenario {
         } else {
             any
         };
-        *slot = segment_for(r, o, 2, base);
+        *slot = segment_for(r, o, 2, base, 0);
     }
     system_slots(r, &mut gdt_slots);
     let mut sels = [0x18, 0x20, 0x28, 0x30];
