@@ -9,7 +9,7 @@
 mod boot;
 
 use hv_sim::kvm::CheckSummary;
-use hv_sim::kvm::vmi::{self, boot_vmi};
+use hv_sim::kvm::vmi::{self, VmiBootReport, boot_vmi};
 use hv_sim::kvm::{self, Config};
 use hv_sim::testing::{example_kernel_image, kvm_or_skip};
 use hv_sim::vmi::VmiEvent;
@@ -22,6 +22,9 @@ fn kernel_image() -> Vec<u8> {
 
 const TSS_SEL: u16 = 0x40;
 const KERNEL_DS: u16 = 0x18;
+
+/// The kernel stack the last of the 64 switches set.
+const LAST_SP0: u64 = 0x90_0000 + 63 * 0x1000;
 
 #[test]
 fn vmi_backend_boot_passes_every_check() {
@@ -39,6 +42,28 @@ fn vmi_backend_boot_passes_every_check() {
         "found by the probe"
     );
 
+    assert_rom_calls(&r);
+    assert_guest_and_effective_tables(&r);
+    assert_real_tables(&r);
+
+    // Ring 3 on hv-sim's flat CS/SS, DS from the guest's GDT (DPL 3).
+    let seg = r.final_segments.expect("segments recorded at exit");
+    assert_eq!(seg.cpl, 3, "{seg:?}");
+    assert_eq!((seg.cs, seg.ss), (vmi::VMI_KERNEL_CS, vmi::VMI_KERNEL_SS));
+    assert_eq!((seg.ds, seg.es, seg.ds_dpl), (KERNEL_DS, KERNEL_DS, 3));
+    assert!(
+        r.summary().starts_with("backend=vmi checks="),
+        "{}",
+        r.summary()
+    );
+    // The host's audit of the tables the vCPU ran on, after every install.
+    assert_eq!(r.audits, r.installs, "every install audited");
+    assert!(r.escapes.is_empty(), "{:#?}", r.escapes);
+}
+
+/// The ROM calls by kind (each one a port exit hv-sim served), the one
+/// refusal the ROM judges, and the lazy batches.
+fn assert_rom_calls(r: &VmiBootReport) {
     // ROM calls by kind: each one a port exit hv-sim served.
     let by = r.calls_by_name();
     println!("{by:?}");
@@ -84,14 +109,17 @@ fn vmi_backend_boot_passes_every_check() {
     let (deferred, flushes) = r.lazy_batches();
     assert_eq!(flushes, 65);
     assert!(deferred >= 64 * 3, "{deferred}");
+}
 
+/// The guest's view at the end, and the effective state hv-sim derived.
+fn assert_guest_and_effective_tables(r: &VmiBootReport) {
     // The guest's view at the end.
     let g = &r.guest;
     assert_eq!(g.gdtr.map(|p| p.limit), Some(16 * 8 - 1));
     assert_eq!(g.idtr.map(|p| p.limit), Some(256 * 16 - 1));
     assert_eq!(g.tr, Selector(TSS_SEL));
     assert_eq!(g.ldtr, Selector::NULL, "the last switch loaded no LDT");
-    let last_sp0 = 0x90_0000 + 63 * 0x1000;
+    let last_sp0 = LAST_SP0;
     assert_eq!(g.kernel_stack, Some((Selector(TSS_SEL), last_sp0)));
     assert_eq!(g.lazy_mode, 0);
 
@@ -118,7 +146,12 @@ fn vmi_backend_boot_passes_every_check() {
     };
     assert_eq!(gate(6).selector(), Selector(0x13), "RPL raised to 3");
     assert_eq!(gate(13).selector(), Selector(0x13));
+}
 
+/// The tables the real vCPU ran on.
+fn assert_real_tables(r: &VmiBootReport) {
+    let e = &r.effective;
+    let last_sp0 = LAST_SP0;
     // The real vCPU ran on them.
     let real = r.real.as_ref().expect("tables recorded at exit");
     assert_eq!(real.gdtr, (vmi::REAL_GDT, 0xffff));
@@ -146,20 +179,6 @@ fn vmi_backend_boot_passes_every_check() {
         "slot 15 written, accessed bit set"
     );
     assert_eq!(real.gdt[14], 0, "the refused call gate is nowhere");
-
-    // Ring 3 on hv-sim's flat CS/SS, DS from the guest's GDT (DPL 3).
-    let seg = r.final_segments.expect("segments recorded at exit");
-    assert_eq!(seg.cpl, 3, "{seg:?}");
-    assert_eq!((seg.cs, seg.ss), (vmi::VMI_KERNEL_CS, vmi::VMI_KERNEL_SS));
-    assert_eq!((seg.ds, seg.es, seg.ds_dpl), (KERNEL_DS, KERNEL_DS, 3));
-    assert!(
-        r.summary().starts_with("backend=vmi checks="),
-        "{}",
-        r.summary()
-    );
-    // The host's audit of the tables the vCPU ran on, after every install.
-    assert_eq!(r.audits, r.installs, "every install audited");
-    assert!(r.escapes.is_empty(), "{:#?}", r.escapes);
 }
 
 /// Issue 10's VMI escapes, sent by the kernel as raw ROM calls on a real
