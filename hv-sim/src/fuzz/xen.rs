@@ -24,6 +24,10 @@
 //! changed nothing observable (every vCPU's state, every frame's type
 //! state, every PTE, and the word `update_descriptor` named), as on Xen,
 //! where each of them checks everything before it writes.
+//!
+//! pv64 guest VAs are host addresses of the domain's RAM: only a word the
+//! model takes as an address carries the direct map's base, so a case is a
+//! function of its words wherever the host put the RAM (tested).
 
 use super::{CaseStats, Source, descriptor, int, selector};
 use crate::xen::domain::MFN_OFFSET;
@@ -97,12 +101,22 @@ impl Dom {
 
     /// A VA: in the direct map, at its edges, or anywhere.
     fn va_val(&self, s: &mut Source) -> u64 {
+        self.va_word(s, true)
+    }
+
+    /// [`Dom::va_val`]'s choice as an address (`addr`), or else as a
+    /// number: the offset from the direct map's base in its place. pv64
+    /// VAs are host addresses of the RAM, so only a word the model takes
+    /// as an address may carry the base: a run stays a function of its
+    /// words wherever the host put the RAM.
+    fn va_word(&self, s: &mut Source, addr: bool) -> u64 {
+        let base = if addr { self.base } else { 0 };
         match s.below(8) {
             0..=5 => {
                 let p = self.pfn(s);
-                self.va(p, Self::off(s))
+                base.wrapping_add(p * PAGE).wrapping_add(Self::off(s))
             }
-            6 => self.base.wrapping_sub(s.pick(&[8, PAGE, 1])),
+            6 => base.wrapping_sub(s.pick(&[8, PAGE, 1])),
             _ => int(s),
         }
     }
@@ -144,10 +158,10 @@ impl Dom {
     }
 
     /// Any argument: one of the domain's values, a descriptor, a selector
-    /// or an integer.
-    fn arg(&self, s: &mut Source) -> u64 {
+    /// or an integer; a VA only where `addr` (see [`Dom::va_word`]).
+    fn arg(&self, s: &mut Source, addr: bool) -> u64 {
         match s.below(10) {
-            0 | 1 => self.va_val(s),
+            0 | 1 => self.va_word(s, addr),
             2 => self.mfn_val(s),
             3 => self.maddr_val(s),
             4 => self.pte_val(s),
@@ -181,8 +195,8 @@ impl Dom {
     fn args_for(&self, s: &mut Source, n: u64) -> [u64; 6] {
         let mut a = [0u64; 6];
         if s.chance(1, 6) {
-            for x in &mut a {
-                *x = self.arg(s);
+            for (i, x) in a.iter_mut().enumerate() {
+                *x = self.arg(s, self.is_addr(n, i));
             }
             return a;
         }
@@ -226,8 +240,10 @@ impl Dom {
             nr::UPDATE_VA_MAPPING => self.uvm_args(s, &mut a),
             nr::SET_SEGMENT_BASE => {
                 a[0] = if s.chance(7, 8) { s.below(5) } else { int(s) };
+                // SEGBASE_GS_USER_SEL (3) takes a selector, the others a base.
+                let base = a[0] as u32 <= 2;
                 a[1] = if s.chance(1, 2) {
-                    self.va_val(s)
+                    self.va_word(s, base)
                 } else {
                     int(s)
                 };
@@ -242,12 +258,27 @@ impl Dom {
                 a[1] = self.va_val(s);
             }
             _ => {
-                for x in &mut a {
-                    *x = self.arg(s);
+                for (i, x) in a.iter_mut().enumerate() {
+                    *x = self.arg(s, self.is_addr(n, i));
                 }
             }
         }
         a
+    }
+
+    /// Whether the model takes argument `i` of hypercall `n` as a guest
+    /// address, whatever the others are (`set_segment_base`'s base is a
+    /// selector for `SEGBASE_GS_USER_SEL`: shaped in [`Dom::args_for`]).
+    fn is_addr(&self, n: u64, i: usize) -> bool {
+        let uvm_flags = if self.abi == Abi::Pv32 { 3 } else { 2 };
+        match n {
+            nr::SET_TRAP_TABLE | nr::SET_GDT | nr::MULTICALL => i == 0,
+            nr::UPDATE_VA_MAPPING => i == 0 || i == uvm_flags,
+            nr::MMU_UPDATE | nr::MMUEXT_OP => i == 0 || i == 2,
+            nr::STACK_SWITCH | nr::SCHED_OP => i == 1,
+            nr::CONSOLE_IO | nr::VCPU_OP => i == 2,
+            _ => false,
+        }
     }
 
     /// mmu_update / mmuext_op: a list (or any address), its count, the
@@ -373,7 +404,7 @@ fn write_word(dm: &mut Dom, s: &mut Source) {
     let v = match s.below(3) {
         0 => descriptor(s),
         1 => dm.pte_val(s),
-        _ => dm.arg(s),
+        _ => dm.arg(s, false),
     };
     dm.d.host_write_u64(va, v);
 }
@@ -406,7 +437,7 @@ fn write_trap_table(dm: &mut Dom, s: &mut Source) {
         let addr = if i + 1 == n && s.chance(1, 2) {
             0
         } else {
-            dm.arg(s)
+            dm.arg(s, true)
         };
         b.push(vector as u8);
         b.push(flags as u8);
@@ -470,15 +501,17 @@ fn write_mmuext_list(dm: &mut Dom, s: &mut Source) {
     let mut b = Vec::new();
     for _ in 0..n {
         let cmd = if s.chance(7, 8) { s.below(21) } else { int(s) };
+        // arg1 is a linear address for INVLPG_LOCAL/MULTI/ALL and SET_LDT,
+        // arg2 the vcpumask's for TLB_FLUSH_MULTI and INVLPG_MULTI.
         let arg1 = match s.below(3) {
             0 => dm.mfn_val(s),
-            1 => dm.va_val(s),
+            1 => dm.va_word(s, matches!(cmd, 7 | 9 | 11 | 13)),
             _ => int(s),
         };
         let arg2 = match s.below(3) {
             0 => Dom::count(s),
             1 => dm.mfn_val(s),
-            _ => dm.va_val(s),
+            _ => dm.va_word(s, matches!(cmd, 8 | 9)),
         };
         b.extend_from_slice(&(cmd as u32).to_le_bytes());
         if wide {
@@ -627,15 +660,20 @@ fn domain(abi: Abi, s: &mut Source) -> Dom {
 /// One case (see the module documentation).
 pub(crate) fn case(abi: Abi, s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
     let mut dm = domain(abi, s);
+    steps(&mut dm, s, st)
+}
+
+/// A case's steps on its domain.
+fn steps(dm: &mut Dom, s: &mut Source, st: &mut CaseStats) -> Result<(), String> {
     let steps = s.range(1, 48);
     for step in 0..steps {
         let kind = s.weighted(&[4, 7, 1, 1, 1]);
         let what = match kind {
             0 => {
-                write_step(&mut dm, s);
+                write_step(dm, s);
                 continue;
             }
-            1 => hypercall_step(&mut dm, s, st)?,
+            1 => hypercall_step(dm, s, st)?,
             2 => {
                 let v = s.below(dm.vcpus as u64) as usize;
                 let index = if s.chance(3, 4) {
@@ -651,7 +689,7 @@ pub(crate) fn case(abi: Abi, s: &mut Source, st: &mut CaseStats) -> Result<(), S
             }
             3 => {
                 let va = dm.va_val(s);
-                let v = dm.arg(s);
+                let v = dm.arg(s, false);
                 st.calls += 1;
                 let r = dm.d.guest_write_u64(va, v);
                 st.outcome(0x1001, i64::from(r.is_ok()));
@@ -739,3 +777,7 @@ fn hypercall_step(dm: &mut Dom, s: &mut Source, st: &mut CaseStats) -> Result<St
     }
     Ok(what)
 }
+
+#[cfg(test)]
+#[path = "xen_tests.rs"]
+mod tests;
