@@ -42,7 +42,10 @@
 //! #PF on the next page); LLDT raising #NP(selector) where the SDM's is
 //! #GP(selector), or #GP with an error code that is no selector; LTR of
 //! a 64-bit TSS whose upper half has a non-zero type field. Each is still
-//! compared and printed. Part of the compatibility-mode LTR/LLDT group (an LTR or LLDT of
+//! compared and printed. The compatibility-mode groups are probably not
+//! KVM's answers at all: PVM does not load the guest's data-segment
+//! descriptors (see [`KvmDepartures::no_segment_checks`]). Part of the
+//! compatibility-mode LTR/LLDT group (an LTR or LLDT of
 //! selector 0x78 or 0x79 that succeeds on KVM where the emulator raises
 //! #GP(0x78)) is [`KvmDepartures::compat_8byte_descriptors`] where its
 //! model cannot reach: 0x78 is the last of the scenario's 13 slots, its
@@ -198,6 +201,20 @@ pub struct KvmDepartures {
     /// In compatibility mode, data-segment limits and types are not
     /// checked (SDM vol. 3A 5.3, 5.4: #GP(0)); as QEMU TCG's
     /// [`crate::emulate::diff::Departures::no_segment_checks`].
+    ///
+    /// The likely cause is not KVM's emulator but PVM itself: PVM's patch
+    /// series says segmentation in a PVM guest is disabled except for
+    /// instruction emulation, the guest's segment descriptors are only
+    /// cached, and DS/ES/FS/GS are refreshed from the hardware, where
+    /// they were loaded against the host's GDT, not the scenario's. So
+    /// the emulator never sees the scenario's data-segment descriptors,
+    /// and this model (segment checks off, the scenario's base kept) is an
+    /// approximation: compatibility-mode segment state on PVM is not what
+    /// the guest loaded. The compatibility-mode groups still unexplained
+    /// (see the module docs) are probably the same artefact, not KVM's
+    /// answers. Segment-limit and type checks are therefore confirmed
+    /// neither here nor by QEMU TCG; only the SDM-cited unit tests check
+    /// them.
     pub no_segment_checks: bool,
     /// STR and SLDT with REX.W and a memory operand store 8 bytes (the
     /// selector zero-extended) instead of 2 (SDM vol. 2B STR, vol. 2B
