@@ -64,7 +64,13 @@ impl Machine {
 /// KVM derived from them (PVM's shadow page tables) by deleting slot 0 and
 /// adding it again over the same RAM; the guest's next accesses rebuild
 /// them. The vCPU must be stopped (in an exit).
-pub(crate) fn reload_slot(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), PortError> {
+///
+/// # Safety
+///
+/// `mem` must be the RAM registered as `vm`'s slot 0 when the VM was made
+/// ([`Machine::new`]), and must outlive `vm`: KVM maps whatever `mem`
+/// names into the guest.
+pub(crate) unsafe fn reload_slot(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), PortError> {
     let region = slot0(mem).map_err(PortError::hv_memory(
         "finding",
         "the host address of guest RAM",
@@ -74,11 +80,12 @@ pub(crate) fn reload_slot(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), PortEr
         memory_size: 0,
         ..region
     };
-    // SAFETY: size 0 deletes slot 0; the vCPU is stopped in an exit.
+    // SAFETY: size 0 deletes slot 0 (no mapping is made); the vCPU is
+    // stopped in an exit.
     unsafe { vm.set_user_memory_region(gone) }
         .map_err(PortError::ioctl("KVM_SET_USER_MEMORY_REGION (delete)"))?;
-    // SAFETY: the same mapping as at the VM's creation: the RAM `mem`
-    // owns, which outlives the VM.
+    // SAFETY: the caller guarantees `mem` is the RAM of the VM's slot 0 at
+    // its creation and outlives the VM: the same mapping again.
     unsafe { vm.set_user_memory_region(region) }
         .map_err(PortError::ioctl("KVM_SET_USER_MEMORY_REGION (re-add)"))
 }

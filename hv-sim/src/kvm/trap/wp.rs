@@ -241,7 +241,10 @@ impl TrapGuest {
                 set(*pte, true)?;
             }
         }
-        crate::kvm::reload_slot(vm, &self.mem)?;
+        // SAFETY: `self.mem` is a clone (the same mapping) of the RAM the
+        // runner's Machine registered as `vm`'s slot 0; the Machine keeps
+        // it alive until after the VM is dropped.
+        unsafe { crate::kvm::reload_slot(vm, &self.mem) }?;
         if let Some(wp) = self.wp.as_mut() {
             wp.report.reprotects += 1;
             wp.report.protected = want.keys().copied().collect();

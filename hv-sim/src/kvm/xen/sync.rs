@@ -176,7 +176,10 @@ impl XenGuest {
     /// copies (PVM shadows the guest's tables) are stale. Re-registering the
     /// memory slot drops them; the guest's next accesses rebuild them.
     pub(super) fn flush_shadow_mmu(&mut self, vm: &VmFd) -> Result<(), PortError> {
-        super::super::reload_slot(vm, &self.mem)?;
+        // SAFETY: `self.mem` is a clone (the same mapping) of the RAM the
+        // runner's Machine registered as `vm`'s slot 0; the Machine keeps
+        // it alive until after the VM is dropped.
+        unsafe { super::super::reload_slot(vm, &self.mem) }?;
         self.pte_flushes += 1;
         Ok(())
     }
