@@ -522,7 +522,11 @@ fn operand_ea(s: &LongScenario, insn: &iced_x86::Instruction) -> Option<u64> {
 
 fn decode(s: &LongScenario, at: u32) -> iced_x86::Instruction {
     let bytes = s.insn_at(u64::from(at));
-    let bits = if s.mode == CodeMode::Bits64 { 64 } else { 32 };
+    let bits = match s.mode {
+        CodeMode::Bits64 => 64,
+        CodeMode::Compat32 => 32,
+        CodeMode::Compat16 => 16,
+    };
     iced_x86::Decoder::with_ip(bits, &bytes, u64::from(at), iced_x86::DecoderOptions::NONE).decode()
 }
 
@@ -687,8 +691,9 @@ pub fn compare_scenarios(
         run_time: run.run_time,
         ..KvmReport::default()
     };
-    for (i, s) in scenarios.iter().enumerate() {
-        let (k, tr_before) = LongRecord::parse(&run.records[i * RECORD..(i + 1) * RECORD]);
+    let (records, _) = run.records.as_chunks::<RECORD>();
+    for (i, (s, b)) in scenarios.iter().zip(records).enumerate() {
+        let (k, tr_before) = LongRecord::parse(b);
         let at = run.at[i];
         let (e, o) = emulate_long(s, at, tr_before, LongDepartures::default());
         *report

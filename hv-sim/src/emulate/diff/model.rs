@@ -176,13 +176,17 @@ fn cpu_for(s: &Scenario, rip: u32, tr_before: u16, model: Departures) -> MockCpu
 /// [`Departures::no_segment_checks`] a flat read/write segment with the
 /// same base (QEMU loads a null selector with base 0).
 pub(super) fn segment_cache(sel: u16, slots: &[u64; 13], flat: bool) -> SegmentCache {
-    let c = if sel & 0xfffc == 0 {
-        SegmentCache {
+    // A null selector, or (in a hand-built scenario) one outside the
+    // scenario's slots, which the harness never loads: unusable.
+    let slot = usize::from(sel >> 3)
+        .checked_sub(3)
+        .and_then(|k| slots.get(k));
+    let c = match slot {
+        Some(&d) if sel & 0xfffc != 0 => SegmentCache::from_descriptor(d),
+        _ => SegmentCache {
             unusable: true,
             ..SegmentCache::default()
-        }
-    } else {
-        SegmentCache::from_descriptor(slots[usize::from(sel >> 3) - 3])
+        },
     };
     if flat {
         SegmentCache {

@@ -193,8 +193,9 @@ pub struct LongRecord {
 }
 
 impl LongRecord {
-    /// A record and the TR the scenario started with.
-    pub fn parse(b: &[u8]) -> (LongRecord, u16) {
+    /// A record and the TR the scenario started with (a whole record:
+    /// the type says its length, so no slice can be short).
+    pub fn parse(b: &[u8; RECORD]) -> (LongRecord, u16) {
         let q = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or_default());
         let w = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
         let v = q(0);
@@ -311,8 +312,9 @@ pub fn compare_scenarios(
     let (img, at) = image::build(scenarios)?;
     let records = super::run::run_image(&img, scenarios.len(), RECORD, timeout)?;
     let mut report = LongReport::default();
-    for (i, s) in scenarios.iter().enumerate() {
-        let (q, tr_before) = LongRecord::parse(&records[i * RECORD..(i + 1) * RECORD]);
+    let (records, _) = records.as_chunks::<RECORD>();
+    for (i, (s, b)) in scenarios.iter().zip(records).enumerate() {
+        let (q, tr_before) = LongRecord::parse(b);
         let (e, o) = emulate_long(s, at[i], tr_before, LongDepartures::default());
         let key = format!("{:?} {}", s.mode, super::outcome_key(&o));
         *report.outcomes.entry(key).or_default() += 1;

@@ -422,11 +422,12 @@ fn as_qemu_runs(s: &LongScenario, model: LongDepartures) -> Option<LongScenario>
     let mut q = s.clone();
     q.insn[k] = 0x64;
     let sel = s.sels[seg];
-    q.fs_base = if sel & 0xfffc == 0 {
-        0
-    } else {
-        let d = s.gdt_slots[usize::from(sel >> 3) - 3];
-        (d >> 16 & 0xff_ffff) | (d >> 56) << 24
+    // A selector outside the scenario's slots (a hand-built scenario) has
+    // no descriptor the harness wrote: base 0, as a null one.
+    let slot = usize::from(sel >> 3).checked_sub(3);
+    q.fs_base = match slot.and_then(|k| s.gdt_slots.get(k)) {
+        Some(&d) if sel & 0xfffc != 0 => (d >> 16 & 0xff_ffff) | (d >> 56) << 24,
+        _ => 0,
     };
     Some(q)
 }
