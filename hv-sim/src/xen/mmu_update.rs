@@ -209,7 +209,7 @@ impl Inner {
         mut b: Batch,
         what: &'static str,
     ) -> ControlFlow<Hc, Batch> {
-        if !self.demote_pending() {
+        if !self.finish_demotions() {
             let args = [b.list, b.count.into(), b.pdone, b.foreigndom.into(), 0, 0];
             return ControlFlow::Break(Ok(self.continuation(b.op, args)));
         }
@@ -240,7 +240,7 @@ impl Inner {
         mut item: impl FnMut(&mut Self, u32, u64) -> Hc,
     ) -> (Hc, u32) {
         for i in 0..b.count {
-            if i > 0 && (!self.demote_pending() || self.work >= PREEMPT_BUDGET) {
+            if i > 0 && (!self.finish_demotions() || self.work >= PREEMPT_BUDGET) {
                 return (Err(fail(ERESTART, "preempted")), i);
             }
             self.work += 1;
@@ -275,7 +275,7 @@ impl Inner {
     /// (a NULL list, `MMU_UPDATE_PREEMPTED`, the result in place of
     /// `foreigndom`), which returns that result once it is done.
     pub(crate) fn final_status(&mut self, op: u64, rc: Hc) -> Hc {
-        if self.demote_pending() {
+        if self.finish_demotions() {
             return rc;
         }
         let r = match &rc {

@@ -404,7 +404,7 @@ impl Inner {
     /// Xen: the table becomes partial with every slot still holding its
     /// references (the partial state keeps a type and a general
     /// reference) and joins the demotion stack, which
-    /// [`Inner::demote_pending`] releases within the invocation's budget.
+    /// [`Inner::finish_demotions`] releases within the invocation's budget.
     /// Until then a `_get_page_type` of the same type resumes it as a
     /// partial validation (Xen's `nr_validated_ptes` serves both ways).
     fn start_demotion(&mut self, pfn: usize, ty: PageType) {
@@ -425,11 +425,12 @@ impl Inner {
     /// `put_old_guest_table` / `demote_l1_table` .. `demote_l4_table`:
     /// release the demotion stack's references, highest slot first, one
     /// unit of work per entry (a table whose last type reference goes
-    /// joins the stack). False when the budget ran out first (`-ERESTART`:
+    /// joins the stack). True when the stack is empty (every demotion
+    /// finished); false when the budget ran out first (`-ERESTART`:
     /// the caller makes a continuation); at least one entry is released
     /// per invocation. hv-sim keeps one stack per domain where Xen keeps
     /// `old_guest_table` per vCPU: continuations run at once here.
-    pub(crate) fn demote_pending(&mut self) -> bool {
+    pub(crate) fn finish_demotions(&mut self) -> bool {
         while let Some(pfn) = self.pt.demoting.pop() {
             // A table taken again meanwhile is validated, or partial in a
             // validation of its own: its demotion is over.
