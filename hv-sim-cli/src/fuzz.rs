@@ -6,18 +6,8 @@ use std::time::Instant;
 
 use hv_sim::fuzz::*;
 
-/// The host CPU's model name (from /proc/cpuinfo), for the report.
-pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
+/// The host CPU, for the report.
+pub use hv_sim::bench::cpu_model;
 
 /// `hv-sim fuzz`'s arguments.
 #[derive(Clone, Debug)]

@@ -25,21 +25,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use hv_sim::bench::cpu_model;
 use hv_sim::emulate::diff;
 use hv_sim::emulate::diff::long::{Kind, LongPaging};
 use hv_sim::kvm::diff::{KvmReport, compare, mode_name};
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
 
 #[test]
 fn emulator_against_kvm_long_mode() {

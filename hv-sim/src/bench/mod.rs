@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 /// The machine a table was measured on.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Machine {
-    /// `model name` from `/proc/cpuinfo`.
+    /// The CPU ([`cpu_model`]).
     pub cpu: String,
     /// Logical CPUs online.
     pub cpus: usize,
@@ -75,7 +75,7 @@ impl Machine {
             Ok(()) => "hardware KVM".into(),
         };
         Machine {
-            cpu: field("model name").unwrap_or_else(|| "unknown CPU".into()),
+            cpu: cpu_model(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             kvm,
             load_before: load_average(),
@@ -87,6 +87,26 @@ impl Machine {
     /// Record the load average at the end of the run.
     pub fn finish(&mut self) {
         self.load_after = load_average();
+    }
+}
+
+/// The host CPU from `/proc/cpuinfo`: its model name with its family,
+/// model and stepping (the model name alone is masked on some hosts, e.g.
+/// `AMD EPYC`), or `unknown CPU`.
+pub fn cpu_model() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    };
+    let Some(name) = field("model name") else {
+        return "unknown CPU".into();
+    };
+    match (field("cpu family"), field("model"), field("stepping")) {
+        (Some(f), Some(m), Some(s)) => format!("{name} (family {f}, model {m}, stepping {s})"),
+        _ => name,
     }
 }
 
