@@ -33,8 +33,8 @@
 //! # Measured (AMD EPYC host, PVM; 2,500 scenarios per mode and paging)
 //! 700–2,000 scenarios a second (one VM exit per run: the guest reports
 //! through its RAM). About 9% of the scenarios differ from the SDM's
-//! answer; the nine departures explain 93% of those. The rest (63 of
-//! 10,000 scenarios, 0.4–0.9% of a run, not yet modelled) are:
+//! answer; the nine departures explain 93% of those. The rest (60 of
+//! 10,000 scenarios, 0.4–0.76% of a run, not yet modelled) are:
 //! compatibility-mode STR/SLDT raising #GP(0) where the SDM's answer is
 //! a #PF or success, and the reverse; 64-bit operands across the
 //! canonical hole whose first page does not fault (KVM goes on through
@@ -191,12 +191,15 @@ fn enter64(regs: &mut kvm_bindings::kvm_regs, s: &mut kvm_bindings::kvm_sregs, e
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KvmDepartures {
     /// The window page's accessed flag is set although the instruction
-    /// faulted (#PF for a write to a read-only page, #GP(0) from a segment
-    /// or canonical check that comes before any memory access). SDM vol.
-    /// 3A 4.8: the processor sets A in an entry it uses for a translation;
-    /// an access that fails its segment checks makes no translation, and
-    /// one refused by the entry's permissions uses nothing (QEMU TCG and
-    /// hv-sim leave A clear).
+    /// faulted with #PF (a write to a read-only page) or #GP (a segment or
+    /// canonical check that comes before any memory access); modelled for
+    /// those two vectors only, the ones observed. The cause is not found:
+    /// Linux's emulator sets A/D only on a walk without error, so this may
+    /// be PVM's shadow MMU or the harness rather than KVM's answer. hv-sim
+    /// (like QEMU TCG) leaves A clear: SDM vol. 3A 4.8 has the processor
+    /// set A in an entry it uses to translate, and the faulting access
+    /// completes no translation (hv-sim's reading; the SDM does not say it
+    /// in these words).
     pub accessed_on_fault: bool,
     /// In compatibility mode, data-segment limits and types are not
     /// checked (SDM vol. 3A 5.3, 5.4: #GP(0)); as QEMU TCG's
@@ -369,7 +372,7 @@ impl KvmDepartures {
         if self.ltr_ldt_gp0 && r.vector == Some(13) && r.error & 4 != 0 && is_ltr(s, at) {
             r.error = 0;
         }
-        if self.accessed_on_fault && r.vector.is_some() && r.pte & 1 != 0 {
+        if self.accessed_on_fault && matches!(r.vector, Some(13 | 14)) && r.pte & 1 != 0 {
             r.pte |= 0x20;
         }
         r
