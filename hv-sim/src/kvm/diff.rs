@@ -750,3 +750,7 @@ pub fn mode_name(m: CodeMode) -> &'static str {
         CodeMode::Compat16 => "compatibility, 16-bit code",
     }
 }
+
+#[cfg(test)]
+#[path = "diff_tests.rs"]
+mod tests;

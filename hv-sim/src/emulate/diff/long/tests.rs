@@ -157,3 +157,40 @@ fn emulated_sgdt_in_64_bit_mode() {
     assert_eq!(r.window[..10], [0x7f, 0, 0x00, 0x10, 0x10, 0, 0, 0, 0, 0]);
     assert_eq!(r.pte & 0x60, 0x60, "A and D set");
 }
+
+/// The QEMU departure search can fail: a record that differs from the
+/// SDM's in a way no modelled departure makes (an error code bit no fault
+/// sets, an IDTR limit off by one, CR2 off by 16 after a #PF) is never
+/// explained, so an emulator bug that shows that way stays unexplained.
+#[test]
+fn no_qemu_departure_explains_a_difference_it_does_not_make() {
+    for kind in [Kind::Bits64, Kind::Compat] {
+        let scenarios = generate(40, crate::emulate::diff::SEED, kind, LongPaging::Plain);
+        let (_, at) = image::build(&scenarios).expect("the image");
+        for (i, s) in scenarios.iter().enumerate() {
+            let (e, _) = emulate_long(s, at[i], 0, LongDepartures::default());
+            let mut perturbed = Vec::new();
+            if e.vector.is_some() {
+                let mut q = e.clone();
+                q.error ^= 0x4000_0000;
+                perturbed.push(("error code", q));
+            }
+            let mut q = e.clone();
+            q.idtr.0 ^= 1;
+            perturbed.push(("IDTR limit", q));
+            if e.vector == Some(14) {
+                let mut q = e.clone();
+                q.cr2 ^= 0x10;
+                perturbed.push(("CR2", q));
+            }
+            for (what, q) in perturbed {
+                if let Some(d) = LongDepartures::all(s.mode)
+                    .into_iter()
+                    .find(|&d| differences(s.mode, &q, &emulate_long(s, at[i], 0, d).0).is_empty())
+                {
+                    panic!("{kind:?} #{i}: {d} explains a changed {what}");
+                }
+            }
+        }
+    }
+}
