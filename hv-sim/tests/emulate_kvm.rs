@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use hv_sim::bench::cpu_model;
 use hv_sim::emulate::diff;
-use hv_sim::emulate::diff::long::{Kind, LongPaging};
-use hv_sim::kvm::diff::{KvmReport, compare, mode_name};
+use hv_sim::emulate::diff::long::{Kind, LongPaging, describe};
+use hv_sim::kvm::diff::{KvmReport, compare};
 
 #[test]
 fn emulator_against_kvm_long_mode() {
@@ -121,40 +121,8 @@ fn summarize(n: usize, kind: Kind, paging: LongPaging, report: &KvmReport) -> us
     );
     assert_eq!(report.mismatches.len() + report.agreed, n);
     for m in unexplained.iter().take(10) {
-        let s = &m.scenario;
-        println!(
-            "#{} {} at {:#x} {:02x?} regs {:x?} fs {:#x} gs {:#x} sels {:x?} gdtr {:x?} win {:?} pte {:#x} ac {}\n  kvm {} err {:#x} cr2 {:#x} | emulator {} err {:#x} cr2 {:#x}; differ: {:?}\n  kvm {:x?}\n  emu {:x?}",
-            m.index,
-            mode_name(s.mode),
-            m.at,
-            s.insn_at(u64::from(m.at)),
-            s.regs,
-            s.fs_base,
-            s.gs_base,
-            s.sels,
-            s.test_gdtr,
-            s.win,
-            s.win_pte,
-            s.ac,
-            diff::vector_name(m.kvm.vector),
-            m.kvm.error,
-            m.kvm.cr2,
-            diff::vector_name(m.emulator.vector),
-            m.emulator.error,
-            m.emulator.cr2,
-            m.fields,
-            (
-                m.kvm.gdtr, m.kvm.idtr, m.kvm.tr, m.kvm.ldtr, m.kvm.pte, m.kvm.rax
-            ),
-            (
-                m.emulator.gdtr,
-                m.emulator.idtr,
-                m.emulator.tr,
-                m.emulator.ldtr,
-                m.emulator.pte,
-                m.emulator.rax
-            ),
-        );
+        let d = describe(&m.scenario, m.at, "kvm", &m.kvm, &m.emulator, &m.fields);
+        println!("#{} {d}", m.index);
     }
     unexplained.len()
 }

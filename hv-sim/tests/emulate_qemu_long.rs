@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hv_sim::emulate::diff;
-use hv_sim::emulate::diff::long::{self, Kind, LongPaging};
+use hv_sim::emulate::diff::long::{self, Kind, LongPaging, describe};
 
 #[test]
 fn emulator_against_qemu_tcg_long_mode() {
@@ -74,45 +74,8 @@ fn run(n: usize, kind: Kind, paging: LongPaging) -> usize {
     );
     assert_eq!(report.mismatches.len() + report.agreed, n);
     for m in unexplained.iter().take(10) {
-        let s = &m.scenario;
-        println!(
-            "#{} {:?} at {:#x} {:02x?} regs {:x?} fs {:#x} gs {:#x} sels {:x?} gdtr {:x?} win {:?} pte {:#x} ac {}\n  qemu {} err {:#x} cr2 {:#x} | emulator {} err {:#x} cr2 {:#x}; differ: {:?}\n  qemu {:x?}\n  emu  {:x?}",
-            m.index,
-            s.mode,
-            m.at,
-            s.insn_at(u64::from(m.at)),
-            s.regs,
-            s.fs_base,
-            s.gs_base,
-            s.sels,
-            s.test_gdtr,
-            s.win,
-            s.win_pte,
-            s.ac,
-            diff::vector_name(m.qemu.vector),
-            m.qemu.error,
-            m.qemu.cr2,
-            diff::vector_name(m.emulator.vector),
-            m.emulator.error,
-            m.emulator.cr2,
-            m.fields,
-            (
-                m.qemu.gdtr,
-                m.qemu.idtr,
-                m.qemu.tr,
-                m.qemu.ldtr,
-                m.qemu.pte,
-                m.qemu.rax
-            ),
-            (
-                m.emulator.gdtr,
-                m.emulator.idtr,
-                m.emulator.tr,
-                m.emulator.ldtr,
-                m.emulator.pte,
-                m.emulator.rax
-            ),
-        );
+        let d = describe(&m.scenario, m.at, "qemu", &m.qemu, &m.emulator, &m.fields);
+        println!("#{} {d}", m.index);
     }
     unexplained.len()
 }

@@ -59,7 +59,7 @@ use crate::emulate::diff::long::{
     self, CodeMode, Kind, LongDepartures, LongPaging, LongRecord, LongScenario, RECORD,
     differences, emulate_long, image,
 };
-use crate::emulate::{Exception, Outcome};
+use crate::emulate::diff::outcome_key;
 
 use super::KvmError;
 use super::flat::{FlatConfig, FlatRun, Stop, run_flat};
@@ -722,33 +722,6 @@ pub fn compare_scenarios(
         });
     }
     Ok(report)
-}
-
-/// "instruction outcome", as the report counts them.
-fn outcome_key(o: &Outcome) -> String {
-    match o {
-        Outcome::Emulated { insn, .. } => format!("{insn} ok"),
-        Outcome::Inject { insn, exception } => {
-            let e = match exception {
-                Exception::Gp(0) => "#GP(0)".to_string(),
-                Exception::Gp(_) => "#GP(sel)".to_string(),
-                Exception::Np(_) => "#NP(sel)".to_string(),
-                Exception::Pf(pf) => format!("#PF({:#x})", pf.error_code),
-                other => other.to_string(),
-            };
-            format!("{insn} {e}")
-        }
-        Outcome::NotEmulated(why) => format!("not emulated: {why}"),
-    }
-}
-
-/// The mode a scenario's instruction ran in, for messages.
-pub fn mode_name(m: CodeMode) -> &'static str {
-    match m {
-        CodeMode::Bits64 => "64-bit",
-        CodeMode::Compat32 => "compatibility, 32-bit code",
-        CodeMode::Compat16 => "compatibility, 16-bit code",
-    }
 }
 
 #[cfg(test)]

@@ -531,8 +531,9 @@ pub fn compare_scenarios(scenarios: &[Scenario], timeout: Duration) -> Result<Re
     Ok(report)
 }
 
-/// An outcome as [`Report::outcomes`] counts it.
-pub(super) fn outcome_key(o: &Outcome) -> String {
+/// An outcome as [`Report::outcomes`] (and `kvm::diff`'s report) counts
+/// it: "instruction outcome".
+pub(crate) fn outcome_key(o: &Outcome) -> String {
     match o {
         Outcome::Emulated { insn, .. } => format!("{insn} ok"),
         Outcome::Inject { insn, exception } => {

@@ -258,6 +258,41 @@ pub fn differences(mode: CodeMode, q: &LongRecord, e: &LongRecord) -> Vec<&'stat
     d
 }
 
+/// A mismatch for a test's output: the scenario (its instruction at
+/// `at`), then `real`'s record (QEMU's or KVM's, named `who`) beside the
+/// emulator's, and the fields that differ.
+pub fn describe(
+    s: &LongScenario,
+    at: u32,
+    who: &str,
+    real: &LongRecord,
+    emulator: &LongRecord,
+    fields: &[&str],
+) -> String {
+    let tables = |r: &LongRecord| (r.gdtr, r.idtr, r.tr, r.ldtr, r.pte, r.rax);
+    format!(
+        "{:?} at {at:#x} {:02x?} regs {:x?} fs {:#x} gs {:#x} sels {:x?} gdtr {:x?} win {:?} pte {:#x} ac {}\n  {who} {} err {:#x} cr2 {:#x} | emulator {} err {:#x} cr2 {:#x}; differ: {fields:?}\n  {who} {:x?}\n  emu {:x?}",
+        s.mode,
+        s.insn_at(u64::from(at)),
+        s.regs,
+        s.fs_base,
+        s.gs_base,
+        s.sels,
+        s.test_gdtr,
+        s.win,
+        s.win_pte,
+        s.ac,
+        super::vector_name(real.vector),
+        real.error,
+        real.cr2,
+        super::vector_name(emulator.vector),
+        emulator.error,
+        emulator.cr2,
+        tables(real),
+        tables(emulator),
+    )
+}
+
 /// One scenario on which QEMU and the emulator disagree.
 #[derive(Clone, Debug)]
 pub struct LongMismatch {
