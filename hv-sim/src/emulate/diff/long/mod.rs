@@ -363,7 +363,8 @@ pub fn compare_scenarios(
         // whose contents the emulator cannot see, so even the fault can
         // depend on it (requiring every other field to agree left 14 of
         // the 25,000 compatibility-mode scenarios unexplained: an LTR/LLDT
-        // descriptor read from unknown RAM, #GP(sel) against #GP(0)).
+        // selector operand read from unknown RAM through a segment QEMU
+        // does not check, #GP(that selector) against #GP(0)).
         let mut unverifiable = false;
         let explained_by = LongDepartures::all(s.mode).into_iter().find(|&d| {
             let (r, _) = emulate_long(s, at[i], tr_before, d);
