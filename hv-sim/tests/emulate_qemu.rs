@@ -5,7 +5,8 @@
 //! first unexplained mismatches, and fails on any mismatch that no
 //! documented QEMU departure from the SDM explains. `HV_SIM_EMUDIFF_N`
 //! sets the count (100,000 by default: issue 11's bar) under 32-bit
-//! paging; a quarter as many run under PAE paging. Then
+//! paging; a quarter as many run under PAE paging, an eighth with paging
+//! off (CR0.PG = 0: what kernel32 and PVM run). Then
 //! `HV_SIM_EMUDIFF_RINGS` (a quarter of the count by default) scenarios
 //! at CPL 0–3, UMIP on and off, in 16- and 32-bit code under 32-bit
 //! paging, and half as many under PAE (`diff::compare_rings`). 23 s for
@@ -28,9 +29,11 @@ fn emulator_against_qemu_tcg() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    // 32-bit paging, then PAE (a quarter as many).
+    // 32-bit paging, then PAE and paging off (a quarter and an eighth
+    // as many).
     run(n, diff::Paging::Bits32, false);
     run((n / 4).max(1), diff::Paging::Pae, false);
+    run((n / 8).max(1), diff::Paging::Off, false);
     let rings: usize = std::env::var("HV_SIM_EMUDIFF_RINGS")
         .ok()
         .and_then(|v| v.parse().ok())

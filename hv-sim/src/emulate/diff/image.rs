@@ -75,10 +75,11 @@ pub const PT: u32 = LOAD + 0x6000;
 /// the first 2 MiB at [`PT`]).
 pub const PAE_PD: u32 = LOAD + 0x7000;
 
-/// The window's page-table entry: 4 bytes (32-bit paging) or 8 (PAE).
+/// The window's page-table entry: 4 bytes (32-bit paging) or 8 (PAE);
+/// with paging off, where 32-bit paging's would be (unused).
 pub const fn win_pte(paging: Paging) -> u32 {
     match paging {
-        Paging::Bits32 => PT + (WIN >> 12) * 4,
+        Paging::Bits32 | Paging::Off => PT + (WIN >> 12) * 4,
         Paging::Pae => PT + (WIN >> 12) * 8,
     }
 }
@@ -112,7 +113,7 @@ pub fn pte(page: u32) -> u32 {
 /// aligned: the ring-3 stubs) up to [`RESULTS`].
 pub fn pde(paging: Paging, k: u32, user_from: u32) -> u32 {
     let shift = match paging {
-        Paging::Bits32 => 22,
+        Paging::Bits32 | Paging::Off => 22,
         Paging::Pae => 21,
     };
     let at = k << shift;
@@ -269,22 +270,24 @@ fn text(paging: Paging) -> (Asm, Vec<u32>, u32, u32) {
     for s in [0, 3, 4, 5] {
         a.load_sreg(s, 0x10);
     }
-    for (abs, off) in [
-        (CUR_VEC, 0),
-        (CUR_ERR, 4),
-        (CUR_EAX, 8),
-        (CUR_CR2, 204),
-        (win_pte, 208),
-    ] {
+    for (abs, off) in [(CUR_VEC, 0), (CUR_ERR, 4), (CUR_EAX, 8), (CUR_CR2, 204)] {
         a.load_eax(abs).store_edi(off, false);
     }
-    // The window present and writable again before it is read.
-    a.store_imm(win_pte, WIN_PTE_RW);
-    if paging == Paging::Pae {
-        a.load_eax(win_pte + 4).store_edi(212, false);
-        a.store_imm(win_pte + 4, 0);
+    if paging == Paging::Off {
+        // No page-table entry: the record's is 0.
+        a.b(&[0x31, 0xc0])
+            .store_edi(208, false)
+            .store_edi(212, false); // xor eax, eax
+    } else {
+        a.load_eax(win_pte).store_edi(208, false);
+        // The window present and writable again before it is read.
+        a.store_imm(win_pte, WIN_PTE_RW);
+        if paging == Paging::Pae {
+            a.load_eax(win_pte + 4).store_edi(212, false);
+            a.store_imm(win_pte + 4, 0);
+        }
+        a.reload_cr3();
     }
-    a.reload_cr3();
     for k in 0..16 {
         a.load_eax(WIN + 4 * k).store_edi(32 + 4 * k, false);
     }
@@ -388,11 +391,13 @@ fn runner(paging: Paging, at: u32, recorder: u32, output: u32) -> (Asm, u32, u32
     a.mov_r_imm(7, GDT + 0x18).mov_r_imm(1, 26).b(&[0xf3, 0xa5]); // rep movsd
     a.mov_r_imm(7, WIN).mov_r_imm(1, 16).b(&[0xf3, 0xa5]);
     let win_pte = win_pte(paging);
-    a.load_esi(0, D_PTE).store_eax(win_pte);
-    if paging == Paging::Pae {
-        a.load_esi(0, D_PTE_HIGH).store_eax(win_pte + 4);
+    if paging != Paging::Off {
+        a.load_esi(0, D_PTE).store_eax(win_pte);
+        if paging == Paging::Pae {
+            a.load_esi(0, D_PTE_HIGH).store_eax(win_pte + 4);
+        }
+        a.reload_cr3();
     }
-    a.reload_cr3();
     a.load_esi(0, D_GDTR).store_eax(SCRATCH);
     a.load_esi(0, D_GDTR + 4).store_eax(SCRATCH + 4);
     for (d, sel) in [(D_CSD, CODE_SEL), (D_SSD, STACK_SEL)] {
@@ -416,6 +421,14 @@ fn runner(paging: Paging, at: u32, recorder: u32, output: u32) -> (Asm, u32, u32
         a.load_esi(r, D_REGS + 4 * u32::from(r));
     }
     a.load_dt(2, SCRATCH);
+    if paging == Paging::Off {
+        // Paging off: a CPL 0, flat 32-bit scenario (CS 0x08, EFLAGS 2)
+        // is entered by RET, not IRET (PVM stops at a protected-mode
+        // IRET): cmp dword ss:[esp+4], 8; jne iret; cmp dword
+        // ss:[esp+8], 2; jne iret; ret.
+        a.b(&[0x36, 0x83, 0x7c, 0x24, 0x04, 0x08, 0x75, 0x09]);
+        a.b(&[0x36, 0x83, 0x7c, 0x24, 0x08, 0x02, 0x75, 0x01, 0xc3]);
+    }
     a.b(&[0xcf]); // iretd
     let after = a.here();
     a.b(&[0x36, 0x0f, 0x01, 0x05]).d(SAVED_GDTR); // sgdt ss:[saved]
@@ -484,6 +497,7 @@ pub(crate) fn put(img: &mut [u8], at: u32, b: &[u8]) {
 /// pages from `user_from` on.
 fn page_tables(img: &mut [u8], paging: Paging, user_from: u32) {
     match paging {
+        Paging::Off => {}
         Paging::Bits32 => {
             for k in 0..1024u32 {
                 put(img, PT + 4 * k, &pte(k << 12).to_le_bytes());
@@ -524,10 +538,17 @@ fn entry(img: &mut [u8], paging: Paging, any: bool, output: u32) {
         e.load_sreg(s, 0x10);
     }
     e.load_dt(3, RT_IDTR);
+    if paging == Paging::Off {
+        e.jmp(if any { SCENARIOS } else { output });
+        put(img, LOAD + 32, &e.bytes);
+        multiboot_header(img, LOAD + 32);
+        return;
+    }
     // Paging: CR3, CR4.PSE (32-bit) or CR4.PAE, SMEP and SMAP and
     // EFER.NXE (PAE), then CR0.PG and CR0.WP.
     e.mov_r_imm(0, PD).b(&[0x0f, 0x22, 0xd8]);
     let cr4 = match paging {
+        Paging::Off => 0,
         Paging::Bits32 => 0x10,
         Paging::Pae => {
             // mov ecx, IA32_EFER; rdmsr; or eax, NXE; wrmsr

@@ -23,7 +23,9 @@
 //! under PAE also execute-disable or with a reserved bit (an address bit
 //! at or above MAXPHYADDR, or bit 52): #PF with its error code and CR2, and the
 //! accessed and dirty bits, are compared too; the emulator walks the same
-//! tables ([`super::walk`], [`super::paged`]). The PAE scenarios found a
+//! tables ([`super::walk`], [`super::paged`]). A third image runs with
+//! paging off ([`Paging::Off`]: CR0.PG = 0, as examples/kernel32 and PVM
+//! run 32-bit code), the window's entry unused. The PAE scenarios found a
 //! walker bug (bits 62:52 of a PAE entry are reserved, SDM vol. 3A tables
 //! 4-9 to 4-11; fixed, with a regression test in `walk`) and a fourth
 //! QEMU departure ([`Departures::rsvd_without_p`]).
@@ -198,6 +200,13 @@ pub enum Paging {
     /// 4.6: a supervisor store or load to a user page faults, EFLAGS.AC
     /// being 0).
     Pae,
+    /// No paging (CR0.PG = 0, SDM vol. 3A 2.5: linear = physical): the
+    /// window's page-table entry means nothing (no #PF, no accessed or
+    /// dirty bits; the records' `pte` is 0). The image enters a CPL 0,
+    /// flat 32-bit scenario without IRET (PVM stops at a protected-mode
+    /// IRET); a stream with other rings or 16-bit code runs too (IRET,
+    /// under QEMU), its ring-3 stubs in ordinary memory.
+    Off,
 }
 
 impl Paging {
@@ -206,6 +215,7 @@ impl Paging {
         match self {
             Paging::Bits32 => PagingMode::Bits32,
             Paging::Pae => PagingMode::Pae,
+            Paging::Off => PagingMode::Off,
         }
     }
 }

@@ -95,6 +95,7 @@ fn paging_for(phys: &MockPhys, s: &Scenario, rip: u32) {
         image::RESULTS
     };
     match s.paging {
+        Paging::Off => {}
         Paging::Bits32 => {
             phys.put_u32(u64::from(image::PD), image::PT | 0x27);
             for k in 1..image::MAPPED_4M {
@@ -259,6 +260,7 @@ pub fn emulate_scenario(
             _ => 0,
         },
         pte: match s.paging {
+            Paging::Off => 0,
             Paging::Bits32 => u64::from(
                 phys.read_u32(u64::from(image::win_pte(s.paging)))
                     .unwrap_or(0),

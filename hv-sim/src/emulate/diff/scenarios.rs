@@ -302,11 +302,18 @@ fn prefixes(r: &mut Rng, d: Dims) -> (Vec<u8>, u8, u8, bool, bool) {
 /// The window page's entry: read/write, read-only (CR0.WP: a write
 /// faults), not present, or a user page (no matter at CPL 0 without SMAP;
 /// at CPL 3 a supervisor page faults, so ring-3 scenarios make it a user
-/// page three times in four).
+/// page three times in four). Paging off: 0, drawn as 32-bit paging's
+/// (the stream is 32-bit paging's otherwise).
 fn window_pte(r: &mut Rng, paging: Paging, d: Dims) -> u64 {
+    if paging == Paging::Off {
+        window_pte(r, Paging::Bits32, d);
+        return 0;
+    }
     let w = u64::from(WIN);
     let pte = match paging {
-        Paging::Bits32 => r.pick(&[w | 3, w | 3, w | 3, w | 1, w | 1, w | 2, w | 7, 0]),
+        Paging::Bits32 | Paging::Off => {
+            r.pick(&[w | 3, w | 3, w | 3, w | 1, w | 1, w | 2, w | 7, 0])
+        }
         // PAE with EFER.NXE: also XD (no effect on data accesses), and
         // reserved bits: address bits at and above MAXPHYADDR (40 under
         // QEMU TCG) and bit 52 (SDM vol. 3A table 4-11: bits 62:M of a

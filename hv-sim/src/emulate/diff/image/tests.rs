@@ -184,3 +184,34 @@ fn ring_stubs_decode_back() {
     assert_eq!(l[1], "int 20h", "{l:?}");
     assert_eq!(entry_point(&all[k], at[k]), (CODE_SEL | 2, at[k]));
 }
+
+/// Paging off: the runner enters a CPL 0, flat 32-bit scenario by RET
+/// (CS 0x08 and EFLAGS 2 on the frame), any other by IRET, and touches
+/// no page-table entry; the entry sets no CR0.PG.
+#[test]
+fn paging_off_enters_by_ret() {
+    let (a, after, _) = runner(Paging::Off, SCENARIOS, 0x10_3000, 0x20_0000);
+    let l = listing(&a.bytes, SCENARIOS);
+    let k = l.iter().position(|i| i == "iretd").unwrap();
+    let jne = format!("jne short {:08X}h", after - 1);
+    assert_eq!(
+        l[k - 5..=k],
+        [
+            "cmp dword ptr [esp+4],8",
+            jne.as_str(),
+            "cmp dword ptr [esp+8],2",
+            jne.as_str(),
+            "ret",
+            "iretd"
+        ]
+        .map(String::from),
+        "{l:?}"
+    );
+    assert!(!l.iter().any(|i| i.contains("cr3")), "{l:?}");
+    let (b, _, _) = runner(Paging::Bits32, SCENARIOS, 0x10_3000, 0x20_0000);
+    assert!(!listing(&b.bytes, SCENARIOS).iter().any(|i| i == "ret"));
+    let all = super::super::generate_in(20, super::super::SEED, Paging::Off);
+    let (img, _) = build(&all).unwrap();
+    let e = listing(&img[32..120], LOAD + 32);
+    assert!(!e.iter().any(|i| i.contains("cr0")), "{e:?}");
+}
