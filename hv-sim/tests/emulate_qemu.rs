@@ -31,18 +31,32 @@ fn emulator_against_qemu_tcg() {
         .unwrap_or(100_000);
     // 32-bit paging, then PAE and paging off (a quarter and an eighth
     // as many).
-    run(n, diff::Paging::Bits32, false);
-    run((n / 4).max(1), diff::Paging::Pae, false);
-    run((n / 8).max(1), diff::Paging::Off, false);
+    run(n, diff::Paging::Bits32, Stream::Classic);
+    run((n / 4).max(1), diff::Paging::Pae, Stream::Classic);
+    run((n / 8).max(1), diff::Paging::Off, Stream::Classic);
     let rings: usize = std::env::var("HV_SIM_EMUDIFF_RINGS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(n / 4);
-    run(rings.max(1), diff::Paging::Bits32, true);
-    run((rings / 2).max(1), diff::Paging::Pae, true);
+    run(rings.max(1), diff::Paging::Bits32, Stream::Rings);
+    run((rings / 2).max(1), diff::Paging::Pae, Stream::Rings);
+    let edges: usize = std::env::var("HV_SIM_EMUDIFF_EDGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n / 4);
+    run(edges.max(1), diff::Paging::Bits32, Stream::Edges);
+    run((edges / 2).max(1), diff::Paging::Pae, Stream::Edges);
 }
 
-fn run(n: usize, paging: diff::Paging, rings: bool) {
+/// Which generator.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Classic,
+    Rings,
+    Edges,
+}
+
+fn run(n: usize, paging: diff::Paging, stream: Stream) {
     assert!(
         n > 0,
         "HV_SIM_EMUDIFF_N must be at least 1: zero scenarios compare nothing"
@@ -50,16 +64,16 @@ fn run(n: usize, paging: diff::Paging, rings: bool) {
     let seed = diff::SEED;
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let t0 = Instant::now();
-    let compare = if rings {
-        diff::compare_rings
-    } else {
-        diff::compare
+    let compare = match stream {
+        Stream::Classic => diff::compare,
+        Stream::Rings => diff::compare_rings,
+        Stream::Edges => diff::compare_edges,
     };
     let report = compare(n, seed, paging, jobs, Duration::from_secs(300)).expect("the QEMU run");
-    let what = if rings {
-        "CPL 0-3, UMIP, 16/32-bit code"
-    } else {
-        "CPL 0, 32-bit code"
+    let what = match stream {
+        Stream::Classic => "CPL 0, 32-bit code",
+        Stream::Rings => "CPL 0-3, UMIP, 16/32-bit code",
+        Stream::Edges => "CPL 0-3, TF and the resumed EIP, #SS, conforming CS",
     };
     println!(
         "{paging:?}, {what}: {n} scenarios in {jobs} QEMU processes: {:.1} s",
@@ -88,12 +102,13 @@ fn run(n: usize, paging: diff::Paging, rings: bool) {
     assert_eq!(mismatches.len() + report.agreed, n);
     for m in unexplained.iter().take(8) {
         println!(
-            "#{} cpl {} umip {} ac {} code16 {:?} {:02x?} regs {:x?} sels {:x?} gdtr {:x?} pte {:#x}\n  qemu {} err {:#x} | emulator {} err {:#x}; differ: {:?}",
+            "#{} cpl {} umip {} ac {} code16 {:?} {:x?} {:02x?} regs {:x?} sels {:x?} gdtr {:x?} pte {:#x}\n  qemu {} err {:#x} eip {:x?} | emulator {} err {:#x} eip {:x?}; differ: {:?}",
             m.index,
             m.scenario.cpl,
             m.scenario.umip,
             m.scenario.ac,
             m.scenario.code16,
+            m.scenario.edges,
             m.scenario.insn,
             m.scenario.regs,
             m.scenario.sels,
@@ -101,8 +116,10 @@ fn run(n: usize, paging: diff::Paging, rings: bool) {
             m.scenario.win_pte,
             diff::vector_name(m.qemu.vector),
             m.qemu.error,
+            m.qemu.eip,
             diff::vector_name(m.emulator.vector),
             m.emulator.error,
+            m.emulator.eip,
             m.fields
         );
     }

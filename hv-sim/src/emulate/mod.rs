@@ -399,6 +399,26 @@ pub fn emulate<C: CpuState, M: GuestMemory>(cpu: &mut C, mem: &M) -> Outcome {
     })
 }
 
+/// Where execution resumes after an instruction of `len` bytes at the
+/// vCPU's RIP ([`Outcome::Emulated`]'s "advance RIP by `len`"): RIP + len
+/// in 64-bit mode, else EIP + len modulo 4 GiB, in 16-bit code too (CS.D
+/// = 0): IP does not wrap at 64 KiB, so an instruction whose last byte is
+/// at offset 0xFFFF resumes at offset 0x10000, where the next fetch
+/// meets CS's limit (SDM vol. 3A 5.3: #GP(0) if "the code segment limit
+/// is exceeded"; [`fetch`] checks each byte's EIP + k the same way).
+/// QEMU TCG resumes there too (the 32-bit differential's TF scenarios),
+/// and a real CPU faults at EIP 0x10000 (a 16-bit program run under KVM,
+/// dosemu2 pull request 2807; OS/2 Museum, "Does (E)IP wrap around in
+/// 16-bit segments?").
+pub fn next_rip<C: CpuState + ?Sized>(cpu: &C, len: usize) -> u64 {
+    let next = cpu.rip().wrapping_add(len as u64);
+    if Mode::of(cpu).is_64() {
+        next
+    } else {
+        next & 0xffff_ffff
+    }
+}
+
 /// Emulate the instruction whose bytes (at the guest's RIP) are `bytes`
 /// (no fetch, so no re-check).
 pub fn emulate_bytes<C: CpuState, M: GuestMemory>(cpu: &mut C, mem: &M, bytes: &[u8]) -> Outcome {

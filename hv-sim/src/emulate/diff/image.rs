@@ -44,6 +44,8 @@ const LEFT: u32 = VARS + 44;
 /// SGDT's answer, taken before anything restores the runtime GDTR (a
 /// 16-bit stub restores it itself: its far jump back reads the GDT).
 const SAVED_GDTR: u32 = VARS + 64;
+/// The EIP in the last exception's frame.
+const CUR_EIP: u32 = VARS + 72;
 /// The runtime TSS: SS0:ESP0 for exceptions from rings 1–3.
 const RT_TSS: u32 = LOAD + 0x1200;
 /// The runtime TSS's selector (the runner loads TR with it before each
@@ -56,8 +58,6 @@ pub const CODE_SEL: u16 = 0x90;
 pub const STACK_SEL: u16 = 0x98;
 /// The least test GDT limit that covers the runtime entries.
 pub const RUNTIME_GDT_END: u16 = 0x9f;
-/// Rings 1–3's ESP (never used: nothing there pushes).
-const RING_STACK: u32 = 0x6_0000;
 /// The vector a stub at CPL > 0 returns to ring 0 through (a DPL 3 gate).
 pub const BACK: u8 = 0x20;
 /// The test GDTR image each scenario loads before its instruction.
@@ -123,18 +123,31 @@ pub fn pde(paging: Paging, k: u32, user_from: u32) -> u32 {
 /// The scenario's code segment descriptor (at [`CODE_SEL`]), its
 /// instruction at linear `at`: flat 32-bit code, or 16-bit code based so
 /// that the instruction sits at its offset; DPL the scenario's CPL.
+/// A conforming one ([`super::Edges::conforming`]) has its own DPL.
 pub fn code_descriptor(s: &Scenario, at: u32) -> u64 {
-    let dpl = s.cpl << 5;
+    let access = match s.edges.conforming {
+        Some(dpl) => 0x9f | dpl << 5,
+        None => 0x9b | s.cpl << 5,
+    };
     match s.code16 {
-        Some(ip) => desc(at.wrapping_sub(u32::from(ip)), s.cs_limit, 0x9b | dpl, 0),
-        None => desc(0, 0xf_ffff, 0x9b | dpl, 0xc),
+        Some(ip) => desc(at.wrapping_sub(u32::from(ip)), s.cs_limit, access, 0),
+        None => desc(0, 0xf_ffff, access, 0xc),
     }
 }
 
 /// The scenario's stack segment descriptor (at [`STACK_SEL`]): flat,
-/// DPL the scenario's CPL.
+/// DPL the scenario's CPL, or [`super::Edges::stack`].
 pub fn stack_descriptor(s: &Scenario) -> u64 {
-    desc(0, 0xf_ffff, 0x93 | s.cpl << 5, 0xc)
+    s.edges
+        .stack
+        .unwrap_or_else(|| desc(0, 0xf_ffff, 0x93 | s.cpl << 5, 0xc))
+}
+
+/// The ESP the runner's IRET gives an outer ring: the scenario's
+/// (`regs[4]`: 0, which nothing uses, unless an operand goes through
+/// ESP; a CPL 0 scenario keeps the runner's).
+pub fn ring_esp(s: &Scenario) -> u32 {
+    s.regs[4]
 }
 
 /// The runtime TSS's descriptor (busy once TR holds it).
@@ -147,7 +160,7 @@ pub fn tss_descriptor(busy: bool) -> u64 {
 pub fn entry_point(s: &Scenario, at: u32) -> (u16, u32) {
     match s.code16 {
         Some(ip) => (CODE_SEL | u16::from(s.cpl), u32::from(ip)),
-        None if s.cpl == 0 => (0x08, at),
+        None if s.cpl == 0 && s.edges.conforming.is_none() => (0x08, at),
         None => (CODE_SEL | u16::from(s.cpl), at),
     }
 }
@@ -255,6 +268,7 @@ fn text(paging: Paging) -> (Asm, Vec<u32>, u32, u32) {
     debug_assert_eq!(a.here(), common);
     a.b(&[0x58]).store_eax(CUR_VEC); // pop eax
     a.b(&[0x58]).store_eax(CUR_ERR);
+    a.b(&[0x8b, 0x04, 0x24]).store_eax(CUR_EIP); // mov eax, [esp]
     a.b(&[0x0f, 0x20, 0xd0]).store_eax(CUR_CR2); // mov eax, cr2
     a.mov_r_imm(4, STACK_TOP);
     a.b(&[0x36, 0xff, 0x25]).d(RESUME); // jmp ss:[resume]
@@ -270,7 +284,13 @@ fn text(paging: Paging) -> (Asm, Vec<u32>, u32, u32) {
     for s in [0, 3, 4, 5] {
         a.load_sreg(s, 0x10);
     }
-    for (abs, off) in [(CUR_VEC, 0), (CUR_ERR, 4), (CUR_EAX, 8), (CUR_CR2, 204)] {
+    for (abs, off) in [
+        (CUR_VEC, 0),
+        (CUR_ERR, 4),
+        (CUR_EAX, 8),
+        (CUR_CR2, 204),
+        (CUR_EIP, 216),
+    ] {
         a.load_eax(abs).store_edi(off, false);
     }
     if paging == Paging::Off {
@@ -341,8 +361,8 @@ fn data(i: usize, s: &Scenario, at: u32) -> Vec<u8> {
     } else {
         STACK_SEL | u16::from(s.cpl)
     };
-    let eflags = 2 | u32::from(s.ac) << 18;
-    for w in [eip, u32::from(cs), eflags, RING_STACK, u32::from(ss)] {
+    let eflags = 2 | u32::from(s.edges.tf) << 8 | u32::from(s.ac) << 18;
+    for w in [eip, u32::from(cs), eflags, ring_esp(s), u32::from(ss)] {
         v.extend_from_slice(&w.to_le_bytes());
     }
     for r in s.regs {

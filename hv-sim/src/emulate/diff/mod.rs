@@ -12,8 +12,8 @@
 //! [`image::build`] turns them into one small 32-bit guest that runs them
 //! all under QEMU TCG (legacy protected mode, a ring-0 runner, paging on), catching
 //! every exception, and writes one record per scenario: the vector and
-//! error code, EAX, GDTR, IDTR, TR, LDTR, the data window and the GDT's
-//! scenario slots. The same scenario is run through [`super::emulate`] on a
+//! error code, the EIP in the exception's frame, EAX, GDTR, IDTR, TR,
+//! LDTR, the data window and the GDT's scenario slots. The same scenario is run through [`super::emulate`] on a
 //! [`MockCpu`](super::mock::MockCpu) over [`MockPhys`](super::mock::MockPhys) and the page walker, holding the same
 //! state, and the two are compared field by field.
 //!
@@ -72,15 +72,45 @@
 //! 32-bit paging and 12,500 under PAE: 0 unexplained (the test prints
 //! the counts).
 //!
+//! # Edges ([`generate_edges`], [`compare_edges`])
+//! A third stream draws the rings stream's dimensions and then what those
+//! leave out ([`Edges`]):
+//! * The EIP: every record holds the EIP of the exception's frame, so a
+//!   fault's EIP (the faulting instruction's, SDM vol. 3A 6.5 "faults")
+//!   is compared in every stream. Here EFLAGS.TF is set three times in
+//!   four by the runner's IRET: a completed instruction then ends in the
+//!   single-step #DB, a trap whose frame holds the EIP execution resumes
+//!   at (SDM vol. 3A 17.3.1.4; the IRET that sets TF does not trap
+//!   itself), recorded as a success with that EIP and compared with
+//!   [`super::next_rip`]. Not after a CPL 0 LGDT/LIDT: the #DB would go
+//!   through the table just loaded.
+//! * 16-bit code ending at offset 0xFFFF (one 16-bit scenario in three,
+//!   always with TF: without the trap, execution would go on where the
+//!   guest has no code for it). QEMU resumes at 0x10000, as the emulator
+//!   does: IP does not wrap at 64 KiB ([`super::next_rip`]).
+//! * #SS: above CPL 0, half the scenarios give an SS-relative operand (an
+//!   SS override, `[esp+…]`, `[ebp+…]`, `[bp+si]`, `[bp+di]`) a stack
+//!   segment of its own at [`image::STACK_SEL`] (read/write or
+//!   expand-down, DPL = CPL, a limit at an edge of the access: #SS(0)
+//!   past it, SDM vol. 3A 6.15 "Interrupt 12"). The runner's IRET loads
+//!   it with the scenario's ESP; exception delivery from an outer ring
+//!   switches to the TSS's SS0:ESP0, so the scenario's SS need only be
+//!   one IRET loads. An ESP-based operand gets a 32-bit stack (B = 1):
+//!   IRET to a 16-bit stack loads SP only, ESP's upper half staying the
+//!   ring-0 one (what Linux's espfix hides). QEMU checks no data segment
+//!   ([`Departures::no_segment_checks`], SS included here), so the #SS
+//!   itself is the emulator's (the SDM-cited unit tests check it).
+//! * Conforming code: one scenario in four runs in a conforming CS of
+//!   DPL 0 to the CPL (SDM vol. 3A 5.8.1.2: CPL unchanged, the RPL the
+//!   CPL), entered by IRET.
+//!
 //! 4-level paging, 64-bit mode and compatibility mode (16- and 32-bit
 //! code, 16-byte system descriptors, SMAP with EFLAGS.AC either way) are
 //! [`long`]'s: a second guest that reuses this one's generator, encoder,
-//! QEMU run and departures. Not covered yet here: #SS (SS stays flat: the
-//! guest's exception delivery needs it), reserved bits in the PDPTE and
-//! PDE (only the window's PTE varies), XD on instruction fetches, LTR/LLDT
-//! limit edges in 16-bit code, where execution goes after an instruction
-//! that ends at offset 0xFFFF (no EIP is recorded), IRET's own checks
-//! (data segments below the new CPL), conforming code segments.
+//! QEMU run and departures. Not covered yet here: reserved bits in the
+//! PDPTE and PDE (only the window's PTE varies), XD on instruction
+//! fetches, LTR/LLDT limit edges in 16-bit code, IRET's own checks (data
+//! segments below the new CPL).
 
 mod error;
 pub mod image;
@@ -96,7 +126,7 @@ use super::walk::PagingMode;
 use super::{Exception, Outcome};
 
 /// Bytes per record.
-pub const RECORD: usize = 216;
+pub const RECORD: usize = 220;
 
 /// The seed CI's run draws its scenarios from.
 pub const SEED: u64 = 0x11_d1ff;
@@ -132,6 +162,27 @@ pub struct Scenario {
     pub code16: Option<u16>,
     /// 16-bit code: CS's limit (byte granular; 0xFFFF or 0xF_FFFF).
     pub cs_limit: u32,
+    /// The dimensions only [`generate_edges`] draws (all off elsewhere).
+    pub edges: Edges,
+}
+
+/// What [`generate_edges`]' scenarios add: EFLAGS.TF (the resumed EIP
+/// recorded from the single-step trap), a limited or expand-down stack
+/// segment, a conforming code segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Edges {
+    /// EFLAGS.TF during the instruction: a successful one ends in a
+    /// single-step #DB (a trap: its frame holds the EIP execution resumes
+    /// at, SDM vol. 3A 17.3.1.4), recorded as a success with that EIP.
+    pub tf: bool,
+    /// The ring-N stack segment's descriptor (at [`image::STACK_SEL`]),
+    /// or `None`: flat. The runner's IRET loads it with ESP = EAX…EDI's
+    /// ESP (`regs[4]`).
+    pub stack: Option<u64>,
+    /// A conforming code segment at [`image::CODE_SEL`] with this DPL
+    /// (≤ the CPL: SDM vol. 3A 5.8.1.2), or `None`: non-conforming, DPL =
+    /// CPL.
+    pub conforming: Option<u8>,
 }
 
 /// One record, as the guest writes it.
@@ -159,6 +210,11 @@ pub struct Record {
     pub cr2: u32,
     /// The window's page-table entry after the instruction (A and D).
     pub pte: u64,
+    /// The EIP in the exception's frame (the faulting instruction's, or
+    /// under [`Edges::tf`] where execution resumes), `None` without an
+    /// exception (QEMU's; the emulator's is always known). Compared where
+    /// both are known.
+    pub eip: Option<u32>,
     /// Emulator only, under [`Departures::no_segment_checks`]: the operand
     /// fell outside the memory the harness knows (QEMU's read RAM the
     /// harness does not compare). Not compared.
@@ -183,6 +239,7 @@ impl Record {
                 gdt: b[96..200].to_vec(),
                 cr2: u32at(204),
                 pte: u64::from(u32at(208)) | u64::from(u32at(212)) << 32,
+                eip: (v != u32::MAX).then_some(u32at(216)),
                 outside: false,
             },
             u16at(200),
@@ -255,7 +312,7 @@ mod scenarios;
 pub use error::DiffError;
 pub use model::emulate_scenario;
 use model::{Lenient, ltr_as_lldt, modelled_insn, segment_cache};
-pub use scenarios::{generate, generate_in, generate_rings};
+pub use scenarios::{generate, generate_edges, generate_in, generate_rings};
 
 /// QEMU TCG's departures from the SDM that the harness models, to
 /// classify a mismatch (the emulator keeps the SDM's answer). A set of
@@ -383,6 +440,11 @@ pub fn differences(q: &Record, e: &Record) -> Vec<&'static str> {
     if q.vector == Some(14) && e.vector == Some(14) && q.cr2 != e.cr2 {
         d.push("cr2");
     }
+    if let (Some(a), Some(b)) = (q.eip, e.eip)
+        && a != b
+    {
+        d.push("eip");
+    }
     for (name, same) in [
         ("pte", q.pte == e.pte),
         ("gdtr", q.gdtr == e.gdtr),
@@ -448,6 +510,19 @@ pub fn compare_rings(
     compare_all(&generate_rings(n, seed, paging), jobs, timeout)
 }
 
+/// [`compare`] for [`generate_edges`]' scenarios: [`compare_rings`]'
+/// and EFLAGS.TF (the resumed EIP), 16-bit code ending at 0xFFFF, #SS,
+/// conforming code.
+pub fn compare_edges(
+    n: usize,
+    seed: u64,
+    paging: Paging,
+    jobs: usize,
+    timeout: Duration,
+) -> Result<Report, DiffError> {
+    compare_all(&generate_edges(n, seed, paging), jobs, timeout)
+}
+
 fn compare_all(all: &[Scenario], jobs: usize, timeout: Duration) -> Result<Report, DiffError> {
     compare_in_slices(
         all,
@@ -508,7 +583,11 @@ pub fn compare_scenarios(scenarios: &[Scenario], timeout: Duration) -> Result<Re
     let mut report = Report::default();
     let out = &mut report.mismatches;
     for (i, s) in scenarios.iter().enumerate() {
-        let (q, tr_before) = Record::parse(&records[i * RECORD..(i + 1) * RECORD]);
+        let (mut q, tr_before) = Record::parse(&records[i * RECORD..(i + 1) * RECORD]);
+        if s.edges.tf && q.vector == Some(1) {
+            // The single-step trap: the instruction completed.
+            q.vector = None;
+        }
         let (e, o) = emulate_scenario(s, at[i], tr_before, Departures::default());
         *report.outcomes.entry(outcome_key(&o)).or_default() += 1;
         let fields = differences(&q, &e);

@@ -144,7 +144,17 @@ fn cpu_for(s: &Scenario, rip: u32, tr_before: u16, model: Departures) -> MockCpu
         (cs.limit, cs.g) = (0xf_ffff, true);
     }
     *cpu.seg_mut(Segment::Cs) = cs;
-    *cpu.seg_mut(Segment::Ss) = SegmentCache::from_descriptor(image::stack_descriptor(s));
+    let ss = SegmentCache::from_descriptor(image::stack_descriptor(s));
+    // A scenario's own stack segment is unchecked like the others under
+    // the departure (flat, same base).
+    *cpu.seg_mut(Segment::Ss) = if model.flat() && s.edges.stack.is_some() {
+        SegmentCache {
+            base: ss.base,
+            ..SegmentCache::from_descriptor(0x00cf_9300_0000_ffff)
+        }
+    } else {
+        ss
+    };
     for (r, v) in s.regs.iter().enumerate() {
         cpu.gprs[r] = u64::from(*v);
     }
@@ -269,6 +279,14 @@ pub fn emulate_scenario(
                 .read_u64(u64::from(image::win_pte(s.paging)))
                 .unwrap_or(0),
         },
+        eip: Some(match (&o, raised) {
+            // The bytes a departure dropped (a LOCK prefix) were QEMU's too.
+            (Outcome::Emulated { len, .. }, None) => {
+                let dropped = s.insn.len() - modelled_insn(&s.insn, model).len();
+                super::super::next_rip(&cpu, *len + dropped) as u32
+            }
+            _ => cpu.rip as u32,
+        }),
         outside: lenient.1.get(),
     };
     (rec, o)

@@ -5,7 +5,7 @@
 use iced_x86::{Decoder, DecoderOptions, Register};
 
 use super::image::{GDT, WIN};
-use super::{Paging, Rng, Scenario, desc};
+use super::{Edges, Paging, Rng, Scenario, desc};
 
 /// A flat writable data segment.
 pub(super) const FLAT: u64 = 0x00cf_9300_0000_ffff;
@@ -26,11 +26,16 @@ fn reg_no(r: Register) -> Option<usize> {
 
 /// The ModRM (and SIB, displacement) bytes of a memory form; `o` is the
 /// wanted offset for displacement-only forms.
-fn memory_form(r: &mut Rng, a16: bool, reg: u8, o: u32) -> Vec<u8> {
+fn memory_form(r: &mut Rng, a16: bool, reg: u8, o: u32, ss: bool) -> Vec<u8> {
     let m = |md: u8, rm: u8| md << 6 | reg << 3 | rm;
     if a16 {
-        // No BP-based forms: they go through SS, which stays flat.
-        let rm = r.pick(&[0u8, 1, 4, 5, 7, 6]);
+        // No BP-based forms (they go through SS), unless SS is the
+        // scenario's own ([`Edges::stack`]): then [bp+si], [bp+di] too.
+        let rm = if ss {
+            r.pick(&[0u8, 1, 2, 3, 2, 3, 4, 5, 7, 6])
+        } else {
+            r.pick(&[0u8, 1, 4, 5, 7, 6])
+        };
         if rm == 6 {
             let mut v = vec![m(0, 6)];
             v.extend_from_slice(&(o as u16).to_le_bytes());
@@ -59,7 +64,11 @@ fn memory_form(r: &mut Rng, a16: bool, reg: u8, o: u32) -> Vec<u8> {
         1 => {
             // SIB: base ebx/ebp/esi/edi, index ecx/edx or none.
             let md = 1 + r.below(2) as u8;
-            let base = r.pick(&[3u8, 5, 6, 7]);
+            let base = if ss {
+                r.pick(&[3u8, 5, 6, 7, 4, 5, 4])
+            } else {
+                r.pick(&[3u8, 5, 6, 7])
+            };
             let index = r.pick(&[1u8, 2, 4]);
             let scale = r.below(4) as u8;
             let mut v = vec![m(md, 4), scale << 6 | index << 3 | base];
@@ -86,6 +95,23 @@ fn memory_form(r: &mut Rng, a16: bool, reg: u8, o: u32) -> Vec<u8> {
 /// below the new CPL: SDM vol. 2A IRET, "RETURN-TO-OUTER-PRIVILEGE-LEVEL").
 pub(super) fn segment_for(r: &mut Rng, o: u32, size: u32, base: u32, cpl: u8) -> u64 {
     let typ = r.pick(&[3u8, 3, 3, 1, 7, 7, 5, 0xb]);
+    let dpl = if cpl > 0 { 3 } else { 0 };
+    segment_of(r, typ, dpl, Target { t: base, o, size })
+}
+
+/// A stack segment for an SS-relative access of `size` bytes at offset
+/// `o` (at `base`): read/write or expand-down read/write (SS takes no
+/// other type: SDM vol. 2A MOV, IRET), DPL the CPL, a limit at an edge
+/// of the access: #SS(0) past it (SDM vol. 3A 5.3, 6.15 "Interrupt 12").
+fn stack_for(r: &mut Rng, o: u32, size: u32, base: u32, cpl: u8) -> u64 {
+    let typ = r.pick(&[3u8, 7]);
+    segment_of(r, typ, cpl, Target { t: base, o, size })
+}
+
+/// A data segment of type `typ` and DPL `dpl` based at `at.t` whose
+/// limit sits at an edge of `at`'s access.
+fn segment_of(r: &mut Rng, typ: u8, dpl: u8, at: Target) -> u64 {
+    let Target { t: base, o, size } = at;
     let expand_down = typ & 0xc == 4;
     let big = r.below(2) == 1;
     let l = if expand_down {
@@ -113,7 +139,7 @@ pub(super) fn segment_for(r: &mut Rng, o: u32, size: u32, base: u32, cpl: u8) ->
     desc(
         base,
         field,
-        0x90 | typ | if cpl > 0 { 0x60 } else { 0 },
+        0x90 | typ | dpl << 5,
         u8::from(g) << 3 | u8::from(big) << 2,
     )
 }
@@ -142,7 +168,9 @@ struct Target {
 /// segment and registers, give that segment a base that puts offset `o`
 /// on the window and a limit at an edge of the access (or a null
 /// selector), and set the registers so the effective address is `o`.
-fn aim(r: &mut Rng, s: &mut Scenario, insn: &mut [u8], a16: bool, at: Target) {
+/// With `own_ss` ([`Edges::stack`]), an SS-relative operand gets a stack
+/// segment of its own the same way.
+fn aim(r: &mut Rng, s: &mut Scenario, insn: &mut [u8], a16: bool, at: Target, own_ss: bool) {
     let Target { t, o, size } = at;
     let bits = if s.code16.is_some() { 16 } else { 32 };
     let mut d = Decoder::new(bits, insn, DecoderOptions::NO_INVALID_CHECK);
@@ -163,7 +191,8 @@ fn aim(r: &mut Rng, s: &mut Scenario, insn: &mut [u8], a16: bool, at: Target) {
         // through a null one outside 16-bit addressing: QEMU, which does
         // not check segments, then writes to the window, not over the
         // guest's own code.
-        let flat = matches!(seg, Register::SS | Register::CS) || (null && !a16);
+        let own_ss = own_ss && seg == Register::SS;
+        let flat = (matches!(seg, Register::SS | Register::CS) && !own_ss) || (null && !a16);
         let o = if flat { WIN + t } else { o };
         let mask = if a16 { 0xffff } else { u32::MAX };
         let mut disp = i.memory_displacement64() as u32;
@@ -195,6 +224,19 @@ fn aim(r: &mut Rng, s: &mut Scenario, insn: &mut [u8], a16: bool, at: Target) {
                 s.sels[k] = r.pick(&[0u16, 1, 3]);
             }
         }
+        if own_ss {
+            let base = (WIN + t).wrapping_sub(o);
+            let d = stack_for(r, o, size, base, s.cpl);
+            // IRET to a 16-bit stack (B = 0) loads SP only, ESP's upper
+            // half staying the ring-0 stack's (what Linux's espfix hides):
+            // an ESP-based operand gets a 32-bit stack.
+            let big = if i.memory_base() == Register::ESP {
+                1 << 54
+            } else {
+                0
+            };
+            s.edges.stack = Some(d | big);
+        }
     }
 }
 
@@ -210,6 +252,19 @@ struct Dims {
     straddle: bool,
     /// 16-bit code: CS's limit.
     cs_limit: u32,
+    /// [`generate_edges`]' dimensions: EFLAGS.TF (where the runner can
+    /// take the trap: not after a CPL 0 LGDT/LIDT, whose new table the
+    /// #DB would go through).
+    tf: bool,
+    /// An SS-relative operand through a stack segment of its own (CPL >
+    /// 0: exceptions switch to the TSS's SS0:ESP0, so SS can be anything
+    /// IRET loads).
+    stack: bool,
+    /// A conforming code segment with this DPL.
+    conforming: Option<u8>,
+    /// 16-bit code: the instruction's last byte at offset 0xFFFF (with
+    /// TF: the trap's EIP says where execution resumes).
+    end_at_ffff: bool,
 }
 
 impl Dims {
@@ -222,6 +277,10 @@ impl Dims {
         code16: None,
         straddle: false,
         cs_limit: 0xffff,
+        tf: false,
+        stack: false,
+        conforming: None,
+        end_at_ffff: false,
     };
 
     fn draw(r: &mut Rng) -> Dims {
@@ -243,13 +302,33 @@ impl Dims {
             code16,
             straddle,
             cs_limit,
+            ..Dims::CLASSIC
+        }
+    }
+
+    /// [`Dims::draw`]'s, then [`generate_edges`]' own: TF three times in
+    /// four, an own stack segment half the time above CPL 0, a conforming
+    /// code segment (DPL 0 to the CPL) one time in four, and one 16-bit
+    /// scenario in three ending at offset 0xFFFF.
+    fn draw_edges(r: &mut Rng) -> Dims {
+        let d = Dims::draw(r);
+        let tf = r.below(4) != 0;
+        let stack = d.cpl > 0 && r.below(2) == 0;
+        let conforming = (r.below(4) == 0).then(|| r.below(u64::from(d.cpl) + 1) as u8);
+        let end_at_ffff = d.code16.is_some() && !d.straddle && r.below(3) == 0;
+        Dims {
+            tf,
+            stack,
+            conforming,
+            end_at_ffff,
+            ..d
         }
     }
 
     /// Needs the runtime GDT entries (ring-N code and stack, 16-bit code)
     /// within the test GDTR's limit: the runner's IRET reads them.
     fn needs_runtime_gdt(self) -> bool {
-        self.cpl > 0 || self.code16.is_some()
+        self.cpl > 0 || self.code16.is_some() || self.conforming.is_some()
     }
 }
 
@@ -290,9 +369,12 @@ fn prefixes(r: &mut Rng, d: Dims) -> (Vec<u8>, u8, u8, bool, bool) {
         &[0x26, 0x2e, 0x36, 0x3e, 0x64, 0x65]
     };
     let mut flat_override = false;
-    if a16 || r.below(10) < 4 {
+    if d.stack && r.below(2) == 0 {
+        // Through the scenario's own SS.
+        insn.push(0x36);
+    } else if a16 || r.below(10) < 4 {
         let p = r.pick(overrides);
-        flat_override = matches!(p, 0x2e | 0x36);
+        flat_override = matches!(p, 0x2e) || (p == 0x36 && !d.stack);
         insn.push(p);
     }
     insn.extend_from_slice(&[0x0f, op]);
@@ -396,6 +478,10 @@ fn scenario(r: &mut Rng, paging: Paging, d: Dims) -> Scenario {
         ac: d.ac,
         code16: d.code16,
         cs_limit: d.cs_limit,
+        edges: Edges {
+            conforming: d.conforming,
+            ..Edges::default()
+        },
     };
     s.win_pte = window_pte(r, paging, d);
     for b in s.window.iter_mut() {
@@ -413,14 +499,21 @@ fn scenario(r: &mut Rng, paging: Paging, d: Dims) -> Scenario {
         insn.push(0xc0 | reg << 3); // the register form: eax/ax
     } else {
         let disp_only = if flat_override { WIN + t } else { o };
-        insn.extend(memory_form(r, a16, reg, disp_only));
+        insn.extend(memory_form(r, a16, reg, disp_only, d.stack));
     }
-    aim(r, &mut s, &mut insn, a16, Target { t, o, size });
+    aim(r, &mut s, &mut insn, a16, Target { t, o, size }, d.stack);
     selector_and_limit(r, &mut s, reg_form, t as usize, d);
     if d.straddle {
         // 1 to len - 1 bytes below offset 0x10000.
         let k = 1 + r.below(insn.len() as u64 - 1) as u32;
         s.code16 = Some((0x1_0000 - k) as u16);
+    }
+    // TF, except where the #DB would go through a CPL 0 LGDT/LIDT's new
+    // table; an instruction ending at 0xFFFF only with it (without the
+    // trap, execution would go on at offset 0: not the stub's code).
+    s.edges.tf = d.tf && !(d.cpl == 0 && op == 1 && reg >= 2);
+    if d.end_at_ffff && s.edges.tf {
+        s.code16 = Some((0x1_0000 - insn.len()) as u16);
     }
     s.insn = insn;
     s
@@ -447,6 +540,21 @@ pub fn generate_rings(n: usize, seed: u64, paging: Paging) -> Vec<Scenario> {
     (0..n)
         .map(|_| {
             let d = Dims::draw(&mut r);
+            scenario(&mut r, paging, d)
+        })
+        .collect()
+}
+
+/// `n` scenarios from `seed` under `paging` like [`generate_rings`]'
+/// (from a third stream), with the edges those leave out: EFLAGS.TF and
+/// the EIP execution resumes at, 16-bit code ending at offset 0xFFFF,
+/// SS-relative operands through a limited or expand-down stack segment
+/// (#SS(0)), conforming code segments ([`Edges`]).
+pub fn generate_edges(n: usize, seed: u64, paging: Paging) -> Vec<Scenario> {
+    let mut r = Rng(seed ^ 0xed9e_u64.rotate_right(24));
+    (0..n)
+        .map(|_| {
+            let d = Dims::draw_edges(&mut r);
             scenario(&mut r, paging, d)
         })
         .collect()
@@ -480,7 +588,12 @@ mod tests {
             Register::DS => Some(base(1)),
             Register::FS => Some(base(2)),
             Register::GS => Some(base(3)),
-            Register::SS | Register::CS => Some(0),
+            Register::SS => Some(
+                s.edges
+                    .stack
+                    .map_or(0, |w| (w >> 16 & 0xff_ffff) | (w >> 56) << 24),
+            ),
+            Register::CS => Some(0),
             r => reg_no(r).map(|k| {
                 let v = u64::from(s.regs[k]);
                 let word = (Register::AX as u32..Register::AX as u32 + 8).contains(&(r as u32));
@@ -500,7 +613,8 @@ mod tests {
     fn qemu_stores_only_into_the_window() {
         let all = generate(100_000, super::super::SEED);
         let rings = generate_rings(25_000, super::super::SEED, Paging::Bits32);
-        for (set, least) in [(&all, 70_000), (&rings, 17_000)] {
+        let edges = generate_edges(25_000, super::super::SEED, Paging::Pae);
+        for (set, least) in [(&all, 70_000), (&rings, 17_000), (&edges, 17_000)] {
             let mut checked = 0;
             for (k, s) in set.iter().enumerate() {
                 let Some(at) = qemu_linear(s) else { continue };
@@ -604,5 +718,69 @@ mod tests {
         assert!(ac > 3000, "{ac}");
         assert!(c16 > 4000 && o32 > 500 && a32 > 2000, "{c16} {o32} {a32}");
         assert!(straddle[0] > 500 && straddle[1] > 250, "{straddle:?}");
+    }
+}
+
+/// The edges stream covers what it adds: TF (never after a CPL 0
+/// LGDT/LIDT), 16-bit code ending at 0xFFFF (always with TF), SS-relative
+/// operands through a stack segment of its own (above CPL 0, DPL = CPL,
+/// read/write, 32-bit where ESP is the base) and conforming code (DPL ≤
+/// CPL); and the emulator's answers include #SS(0) and a resumed EIP of
+/// 0x10000.
+#[cfg(test)]
+mod edges_tests {
+    use super::super::super::{Exception, Outcome};
+    use super::super::{emulate_scenario, image};
+    use super::*;
+
+    #[test]
+    fn edges_cover_every_dimension() {
+        let all = generate_edges(4000, super::super::SEED, Paging::Bits32);
+        let (_, at) = image::build(&all).unwrap();
+        let (mut tf, mut ffff, mut stack, mut conforming, mut ss_faults) = (0, 0, 0, 0, 0);
+        let mut resumed_past = 0;
+        for (i, s) in all.iter().enumerate() {
+            let op = s.insn.iter().position(|&b| b == 0x0f).unwrap();
+            if s.edges.tf {
+                tf += 1;
+                let table_load = s.insn[op + 1] == 1 && s.insn[op + 2] >> 3 & 7 >= 2;
+                assert!(!(s.cpl == 0 && table_load), "{i}");
+            }
+            if let Some(ip) = s.code16
+                && usize::from(ip) + s.insn.len() == 0x1_0000
+            {
+                ffff += 1;
+                assert!(s.edges.tf, "{i}");
+            }
+            if let Some(d) = s.edges.stack {
+                stack += 1;
+                assert!(s.cpl > 0);
+                assert_eq!(d >> 45 & 3, u64::from(s.cpl), "{i}: DPL");
+                assert!(matches!(d >> 40 & 0x1f, 0x13 | 0x17), "{i}: type");
+            }
+            if let Some(dpl) = s.edges.conforming {
+                conforming += 1;
+                assert!(dpl <= s.cpl);
+            }
+            let (r, o) = emulate_scenario(s, at[i], image::TSS_SEL, Default::default());
+            if let Outcome::Inject {
+                exception: Exception::Ss(0),
+                ..
+            } = o
+            {
+                ss_faults += 1;
+            }
+            if r.vector.is_none() && r.eip == Some(0x1_0000) {
+                resumed_past += 1;
+            }
+        }
+        assert!(
+            tf > 2500 && ffff > 80 && stack > 800 && conforming > 800,
+            "{tf} {ffff} {stack} {conforming}"
+        );
+        assert!(
+            ss_faults > 100 && resumed_past > 10,
+            "{ss_faults} {resumed_past}"
+        );
     }
 }
