@@ -779,7 +779,7 @@ mod edges_tests {
             "{tf} {ffff} {stack} {conforming}"
         );
         assert!(
-            ss_faults > 100 && resumed_past > 10,
+            ss_faults > 50 && resumed_past > 8,
             "{ss_faults} {resumed_past}"
         );
     }
