@@ -307,6 +307,8 @@ pub(super) fn desc(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
         | (b >> 24) << 56
 }
 
+#[cfg(test)]
+mod departure_tests;
 mod model;
 mod scenarios;
 pub use error::DiffError;
@@ -595,17 +597,7 @@ pub fn compare_scenarios(scenarios: &[Scenario], timeout: Duration) -> Result<Re
             report.agreed += 1;
         }
         if !fields.is_empty() {
-            let mut unverifiable = false;
-            let explained_by = Departures::all()
-                .into_iter()
-                .filter(|d| d.apply_to(s))
-                .find(|&d| {
-                    let (r, _) = emulate_scenario(s, at[i], tr_before, d);
-                    // An operand outside the known memory: QEMU read or wrote
-                    // RAM the harness does not hold; only the fault is certain.
-                    unverifiable |= r.outside;
-                    differences(&q, &r).is_empty()
-                });
+            let (explained_by, unverifiable) = explain(s, at[i], tr_before, &q);
             out.push(Mismatch {
                 index: i,
                 scenario: s.clone(),
@@ -618,6 +610,23 @@ pub fn compare_scenarios(scenarios: &[Scenario], timeout: Duration) -> Result<Re
         }
     }
     Ok(report)
+}
+
+/// The smallest set of QEMU departures that makes the emulator's record
+/// for `s` (at `rip`, TR `tr_before`) equal `q`, if one does; and whether
+/// a departure run used memory the harness does not hold (QEMU read or
+/// wrote RAM the harness does not hold: only the fault is certain).
+fn explain(s: &Scenario, rip: u32, tr_before: u16, q: &Record) -> (Option<Departures>, bool) {
+    let mut unverifiable = false;
+    let explained_by = Departures::all()
+        .into_iter()
+        .filter(|d| d.apply_to(s))
+        .find(|&d| {
+            let (r, _) = emulate_scenario(s, rip, tr_before, d);
+            unverifiable |= r.outside;
+            differences(q, &r).is_empty()
+        });
+    (explained_by, unverifiable)
 }
 
 /// An outcome as [`Report::outcomes`] (and `kvm::diff`'s report) counts
