@@ -75,10 +75,11 @@ pub struct LongDepartures {
 }
 
 /// How many flags [`LongDepartures`] has.
-const FLAGS: u32 = 12;
+pub(super) const FLAGS: u32 = 12;
 
 impl LongDepartures {
-    fn from_bits(m: u32) -> LongDepartures {
+    /// The set whose flags are `m`'s bits (bit order as in [`Self::all`]'s masks).
+    pub(super) fn from_bits(m: u32) -> LongDepartures {
         let bit = |k: u32| m & 1 << k != 0;
         LongDepartures {
             qemu: Departures {
