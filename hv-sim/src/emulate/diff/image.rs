@@ -46,6 +46,9 @@ const LEFT: u32 = VARS + 44;
 const SAVED_GDTR: u32 = VARS + 64;
 /// The EIP in the last exception's frame.
 const CUR_EIP: u32 = VARS + 72;
+/// Where a scenario without [`super::Edges::xd_fetch`] writes its code
+/// page's entry's high half (nowhere that matters).
+const NO_XD: u32 = VARS + 76;
 /// The runtime TSS: SS0:ESP0 for exceptions from rings 1–3.
 const RT_TSS: u32 = LOAD + 0x1200;
 /// The runtime TSS's selector (the runner loads TR with it before each
@@ -153,6 +156,18 @@ pub fn ring_esp(s: &Scenario) -> u32 {
 /// The runtime TSS's descriptor (busy once TR holds it).
 pub fn tss_descriptor(busy: bool) -> u64 {
     desc(RT_TSS, 0x67, if busy { 0x8b } else { 0x89 }, 0)
+}
+
+/// The page whose PAE entry is execute-disable during `s` (its
+/// instruction at linear `at`): under [`super::Edges::xd_fetch`], the
+/// page of the instruction's last byte (the first page's too unless the
+/// instruction crosses into the next), where [`PT`] maps it (below 2 MiB:
+/// the stubs of CPL 0–2). SDM vol. 3A 4.6: an instruction fetch from it
+/// is a #PF with I/D set.
+pub fn xd_page(s: &Scenario, at: u32) -> Option<u32> {
+    let page = at.wrapping_add(s.insn.len() as u32 - 1) & !0xfff;
+    (s.edges.xd_fetch && s.paging == Paging::Pae && (LOAD..0x20_0000).contains(&page))
+        .then_some(page)
 }
 
 /// Where the runner's IRET enters the scenario: (CS, EIP). CPL 0 with
@@ -305,6 +320,11 @@ fn text(paging: Paging) -> (Asm, Vec<u32>, u32, u32) {
         if paging == Paging::Pae {
             a.load_eax(win_pte + 4).store_edi(212, false);
             a.store_imm(win_pte + 4, 0);
+            // The code page executable again (mov esi, ss:[cur_data];
+            // mov eax, ss:[esi+xd]; mov dword ss:[eax], 0).
+            a.b(&[0x36, 0x8b, 0x35]).d(CUR_DATA);
+            a.load_esi(0, 104 + 64 + D_XD);
+            a.b(&[0x36, 0xc7, 0x00]).d(0);
         }
         a.reload_cr3();
     }
@@ -323,12 +343,13 @@ fn text(paging: Paging) -> (Asm, Vec<u32>, u32, u32) {
 }
 
 /// Bytes of one scenario's data block (see [`runner`]).
-const DATA: u32 = 268;
+const DATA: u32 = 276;
 /// Offsets in a data block: GDT slots (104 bytes) and window (64) first,
 /// for `rep movsd`; then, relative to where those leave ESI: the window's
 /// entry, the test GDTR image (8), ES/DS/FS/GS (4 words), the IRET frame
 /// (EIP, CS, EFLAGS, ESP, SS), EAX…EDI (8 dwords), the record's address,
-/// the entry's high half, CR4.UMIP, the code and stack descriptors.
+/// the entry's high half, CR4.UMIP, the code and stack descriptors, the
+/// address and value of the code page's entry's high half ([`xd_page`]).
 const D_PTE: u32 = 0;
 const D_GDTR: u32 = 4;
 const D_SELS: u32 = 12;
@@ -339,6 +360,8 @@ const D_PTE_HIGH: u32 = 76;
 const D_CR4: u32 = 80;
 const D_CSD: u32 = 84;
 const D_SSD: u32 = 92;
+const D_XD: u32 = 100;
+const D_XD_HIGH: u32 = 104;
 
 /// One scenario's data block (its instruction at `at`).
 fn data(i: usize, s: &Scenario, at: u32) -> Vec<u8> {
@@ -373,6 +396,10 @@ fn data(i: usize, s: &Scenario, at: u32) -> Vec<u8> {
     v.extend_from_slice(&(u32::from(s.umip) << 11).to_le_bytes());
     v.extend_from_slice(&code_descriptor(s, at).to_le_bytes());
     v.extend_from_slice(&stack_descriptor(s).to_le_bytes());
+    let xd = xd_page(s, at).map(|p| (PT + (p >> 12) * 8 + 4, 1 << 31));
+    let (xd_at, xd_high) = xd.unwrap_or((NO_XD, 0));
+    v.extend_from_slice(&xd_at.to_le_bytes());
+    v.extend_from_slice(&(xd_high as u32).to_le_bytes());
     debug_assert_eq!(v.len(), DATA as usize);
     v
 }
@@ -415,6 +442,9 @@ fn runner(paging: Paging, at: u32, recorder: u32, output: u32) -> (Asm, u32, u32
         a.load_esi(0, D_PTE).store_eax(win_pte);
         if paging == Paging::Pae {
             a.load_esi(0, D_PTE_HIGH).store_eax(win_pte + 4);
+            // The code page's XD: mov edx, ss:[esi+xd_high]; mov ss:[eax], edx.
+            a.load_esi(0, D_XD).load_esi(2, D_XD_HIGH);
+            a.b(&[0x36, 0x89, 0x10]);
         }
         a.reload_cr3();
     }
@@ -654,6 +684,11 @@ pub fn build(scenarios: &[Scenario]) -> Result<(Vec<u8>, Vec<u32>), DiffError> {
         .b(&[0xf4, 0xeb, 0xfd]); // hlt; jmp $-1
     let (run, after, after_saved) = runner(paging, SCENARIOS, recorder, output);
     let mut a = Asm::new(o.here());
+    // The stubs from a page of their own: an execute-disable stub page
+    // ([`xd_page`]) never holds the runner.
+    while a.here() & 0xfff != 0 {
+        a.b(&[0xcc]);
+    }
     let mut at = vec![0; scenarios.len()];
     for (i, s) in scenarios.iter().enumerate().filter(|(_, s)| s.cpl < 3) {
         at[i] = stub(&mut a, s, after, after_saved);

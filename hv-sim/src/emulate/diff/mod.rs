@@ -103,14 +103,24 @@
 //! * Conforming code: one scenario in four runs in a conforming CS of
 //!   DPL 0 to the CPL (SDM vol. 3A 5.8.1.2: CPL unchanged, the RPL the
 //!   CPL), entered by IRET.
+//! * XD on instruction fetches: under PAE, one scenario in eight at CPL
+//!   0–2 runs with the page of its instruction's last byte execute-disable
+//!   ([`image::xd_page`]; the runner sets bit 63 of its entry before the
+//!   CR3 reload, the recorder clears it; the stubs start on a page of
+//!   their own, so the runner's never is): a fetch #PF with I/D set
+//!   (error code 0x11, SDM vol. 3A 4.6, 4.7), its CR2 and EIP compared.
 //!
 //! 4-level paging, 64-bit mode and compatibility mode (16- and 32-bit
 //! code, 16-byte system descriptors, SMAP with EFLAGS.AC either way) are
 //! [`long`]'s: a second guest that reuses this one's generator, encoder,
-//! QEMU run and departures. Not covered yet here: reserved bits in the
-//! PDPTE and PDE (only the window's PTE varies), XD on instruction
-//! fetches, LTR/LLDT limit edges in 16-bit code, IRET's own checks (data
-//! segments below the new CPL).
+//! QEMU run and departures. Not covered yet here: reserved bits and XD in
+//! the PDPTE and PDE (only the window's PTE varies: the directory entry
+//! above it maps the guest's own code and tables too; under PAE the CPU
+//! loads the PDPTEs at a MOV to CR3, #GP(0) for reserved bits, SDM vol.
+//! 3A 4.4.1, so a PDPTE with reserved bits can't be in use at all, while
+//! the emulator's walker reads PDPTEs from memory at each walk), LTR/LLDT
+//! limit edges in 16-bit code, IRET's own checks (data segments below
+//! the new CPL).
 
 mod error;
 pub mod image;
@@ -183,6 +193,9 @@ pub struct Edges {
     /// (≤ the CPL: SDM vol. 3A 5.8.1.2), or `None`: non-conforming, DPL =
     /// CPL.
     pub conforming: Option<u8>,
+    /// Under PAE, the page of the instruction's last byte execute-disable
+    /// ([`image::xd_page`]: CPL 0–2): the fetch is a #PF with I/D set.
+    pub xd_fetch: bool,
 }
 
 /// One record, as the guest writes it.
@@ -643,6 +656,10 @@ pub(crate) fn outcome_key(o: &Outcome) -> String {
                 other => other.to_string(),
             };
             format!("{insn} {e}")
+        }
+        // A fetch #PF by its error code, not its address.
+        Outcome::NotEmulated(super::NotEmulated::Fetch(Exception::Pf(pf))) => {
+            format!("not emulated: fetch #PF({:#x})", pf.error_code)
         }
         Outcome::NotEmulated(why) => format!("not emulated: {why}"),
     }

@@ -121,7 +121,12 @@ fn paging_for(phys: &MockPhys, s: &Scenario, rip: u32) {
             }
             for page in pages.into_iter().filter(|p| p >> 21 == 0) {
                 let at = image::PT + (page >> 12) * 8;
-                let e = u64::from(image::pte(page) | 0x20);
+                let xd = if image::xd_page(s, rip) == Some(page & !0xfff) {
+                    1 << 63
+                } else {
+                    0
+                };
+                let e = u64::from(image::pte(page) | 0x20) | xd;
                 phys.put(u64::from(at), &e.to_le_bytes());
             }
             phys.put(win, &s.win_pte.to_le_bytes());

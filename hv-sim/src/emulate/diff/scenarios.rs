@@ -265,6 +265,8 @@ struct Dims {
     /// 16-bit code: the instruction's last byte at offset 0xFFFF (with
     /// TF: the trap's EIP says where execution resumes).
     end_at_ffff: bool,
+    /// Under PAE at CPL 0–2, the code page execute-disable.
+    xd_fetch: bool,
 }
 
 impl Dims {
@@ -281,6 +283,7 @@ impl Dims {
         stack: false,
         conforming: None,
         end_at_ffff: false,
+        xd_fetch: false,
     };
 
     fn draw(r: &mut Rng) -> Dims {
@@ -309,18 +312,21 @@ impl Dims {
     /// [`Dims::draw`]'s, then [`generate_edges`]' own: TF three times in
     /// four, an own stack segment half the time above CPL 0, a conforming
     /// code segment (DPL 0 to the CPL) one time in four, and one 16-bit
-    /// scenario in three ending at offset 0xFFFF.
+    /// scenario in three ending at offset 0xFFFF; an execute-disable code
+    /// page one time in eight at CPL 0–2 (under PAE).
     fn draw_edges(r: &mut Rng) -> Dims {
         let d = Dims::draw(r);
         let tf = r.below(4) != 0;
         let stack = d.cpl > 0 && r.below(2) == 0;
         let conforming = (r.below(4) == 0).then(|| r.below(u64::from(d.cpl) + 1) as u8);
         let end_at_ffff = d.code16.is_some() && !d.straddle && r.below(3) == 0;
+        let xd_fetch = d.cpl < 3 && r.below(8) == 0;
         Dims {
             tf,
             stack,
             conforming,
             end_at_ffff,
+            xd_fetch,
             ..d
         }
     }
@@ -480,6 +486,7 @@ fn scenario(r: &mut Rng, paging: Paging, d: Dims) -> Scenario {
         cs_limit: d.cs_limit,
         edges: Edges {
             conforming: d.conforming,
+            xd_fetch: d.xd_fetch && paging == Paging::Pae,
             ..Edges::default()
         },
     };
@@ -783,4 +790,31 @@ mod edges_tests {
             "{ss_faults} {resumed_past}"
         );
     }
+}
+
+/// Under PAE the edges stream makes the code page execute-disable at CPL
+/// 0–2 (never a CPL 3 stub's page: no page table maps those), and the
+/// emulator's fetch then faults with I/D set at the instruction (SDM vol.
+/// 3A 4.7: error code 0x11).
+#[cfg(test)]
+#[test]
+fn edges_fetch_from_execute_disable_pages() {
+    use super::super::{Exception, NotEmulated, Outcome};
+    let all = generate_edges(4000, super::SEED, Paging::Pae);
+    let (_, at) = super::image::build(&all).unwrap();
+    let mut faults = 0;
+    for (i, s) in all.iter().enumerate() {
+        let Some(page) = super::image::xd_page(s, at[i]) else {
+            continue;
+        };
+        assert!(s.cpl < 3 && s.edges.xd_fetch, "{i}");
+        let (r, o) = super::emulate_scenario(s, at[i], super::image::TSS_SEL, Default::default());
+        if let Outcome::NotEmulated(NotEmulated::Fetch(Exception::Pf(pf))) = o {
+            assert_eq!(pf.error_code, 0x11, "{i}");
+            assert_eq!(pf.addr as u32 & !0xfff, page, "{i}");
+            assert_eq!(r.eip, Some(super::image::entry_point(s, at[i]).1), "{i}");
+            faults += 1;
+        }
+    }
+    assert!(faults > 200, "{faults}");
 }

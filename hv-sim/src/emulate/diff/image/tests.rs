@@ -86,9 +86,20 @@ fn runner_decodes_back() {
     assert_eq!(tail[0], "sgdt ss:[101140h]");
     assert_eq!(tail[1], format!("call 00103000h"));
     assert_eq!(after_saved, after + 8);
-    assert_eq!(tail[2], "add dword ptr ss:[101128h],10Ch");
+    assert_eq!(tail[2], "add dword ptr ss:[101128h],114h");
     assert_eq!(tail[3], "dec dword ptr ss:[10112Ch]");
     assert_eq!(tail[4], format!("jne {SCENARIOS:08X}h"));
+    // PAE: the code page's entry's high half (xd_page) set before the
+    // CR3 reload.
+    let (a, _, _) = runner(Paging::Pae, SCENARIOS, 0x10_3000, 0x20_0000);
+    let l = listing(&a.bytes, SCENARIOS);
+    let k = l
+        .iter()
+        .position(|i| i == "mov ss:[eax],edx")
+        .expect("the XD store");
+    assert_eq!(l[k - 2], "mov eax,ss:[esi+64h]");
+    assert_eq!(l[k - 1], "mov edx,ss:[esi+68h]");
+    assert_eq!(l[k + 1], "mov eax,cr3");
 }
 
 /// Only the pages the guest writes are writable (SDM vol. 3A 4.6: with
