@@ -33,6 +33,7 @@
 
 mod capped;
 pub mod diff;
+pub mod diff32;
 mod error;
 pub mod escape_audit;
 pub mod flat;

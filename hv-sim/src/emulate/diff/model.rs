@@ -191,7 +191,7 @@ fn cpu_for(s: &Scenario, rip: u32, tr_before: u16, model: Departures) -> MockCpu
 /// unusable for a null selector; under
 /// [`Departures::no_segment_checks`] a flat read/write segment with the
 /// same base (QEMU loads a null selector with base 0).
-pub(super) fn segment_cache(sel: u16, slots: &[u64; 13], flat: bool) -> SegmentCache {
+pub fn segment_cache(sel: u16, slots: &[u64; 13], flat: bool) -> SegmentCache {
     // A null selector, or (in a hand-built scenario) one outside the
     // scenario's slots, which the harness never loads: unusable.
     let slot = usize::from(sel >> 3)
