@@ -18,13 +18,13 @@ use crate::{
 
 /// Linux i386's GDT layout (`asm/segment.h`): TLS 6..=8, kernel code and
 /// data 12 and 13, user code and data 14 and 15, TSS 16, LDT 17.
-const LAYOUT: GdtLayout = GdtLayout::LINUX_I386;
+pub(crate) const LAYOUT: GdtLayout = GdtLayout::LINUX_I386;
 const KERNEL_CS: u16 = 12 << 3;
 /// Linux i386's `__KERNEL_DS`.
 pub const KERNEL_DS: u16 = 13 << 3;
 const USER_CS: u16 = (14 << 3) | 3;
 const USER_DS: u16 = (15 << 3) | 3;
-const TSS_SEL: Selector = Selector::gdt(LAYOUT.tss, Ring::Ring0);
+pub(crate) const TSS_SEL: Selector = Selector::gdt(LAYOUT.tss, Ring::Ring0);
 const LDT_SEL: Selector = Selector::gdt(LAYOUT.ldt, Ring::Ring0);
 /// A slot Linux i386 leaves unused, for a 64-bit code segment a 32-bit gate
 /// must not target.
@@ -41,10 +41,10 @@ const fn initial_gdt() -> [Descriptor; GDT_ENTRIES] {
     g
 }
 
-static GDT: DescriptorStorage<GDT_ENTRIES> = DescriptorStorage::new(initial_gdt());
-static IDT: IdtStorage<256> = IdtStorage::new([Gate32::MISSING; 256]);
+pub(crate) static GDT: DescriptorStorage<GDT_ENTRIES> = DescriptorStorage::new(initial_gdt());
+pub(crate) static IDT: IdtStorage<256> = IdtStorage::new([Gate32::MISSING; 256]);
 static LDT: DescriptorStorage<4> = DescriptorStorage::new([Descriptor::NULL; 4]);
-static TSS: TssStorage<Tss32> = TssStorage::new(Tss32::new().with_stack0(KERNEL_DS, 0));
+pub(crate) static TSS: TssStorage<Tss32> = TssStorage::new(Tss32::new().with_stack0(KERNEL_DS, 0));
 
 /// The stacks of the ring-3 round trip: ring 3's, and the ring-0 stack
 /// `load_kernel_stack` names in TSS.esp0.
@@ -53,7 +53,7 @@ struct SmallStack([u8; 4096]);
 static mut USER_STACK: SmallStack = SmallStack([0; 4096]);
 static mut RING0_STACK: SmallStack = SmallStack([0; 4096]);
 
-/// What FS:[0] / GS:[0] read through the LDT and TLS segments.
+/// What `FS:[0]` / `GS:[0]` read through the LDT and TLS segments.
 static LDT_PROBE: AtomicU32 = AtomicU32::new(0x1d7_0b1e);
 static TLS_PROBE: AtomicU32 = AtomicU32::new(0x7150_0b1e);
 
@@ -115,7 +115,7 @@ fn lsl(sel: u16) -> Option<u32> {
 /// # Safety
 /// The loaded GDT must hold a 32-bit code segment at KERNEL_CS and a data
 /// segment at KERNEL_DS, both flat.
-unsafe fn reload_segments() {
+pub(crate) unsafe fn reload_segments() {
     // SAFETY: per the contract; the far return lands on the next label.
     unsafe {
         asm!(
@@ -152,7 +152,7 @@ fn faulting_segment_load(sel: u16) {
     };
 }
 
-/// Read the dword at FS:[0] (`gs == false`) or GS:[0] through `sel`, then
+/// Read the dword at `FS:[0]` (`gs == false`) or `GS:[0]` through `sel`, then
 /// load the null selector again.
 fn read_seg0(sel: u16, gs: bool) -> u32 {
     let v: u32;

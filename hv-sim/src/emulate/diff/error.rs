@@ -51,6 +51,14 @@ pub enum DiffError {
         /// Its index.
         index: usize,
     },
+    /// A scenario [`super::kernel32`] cannot give the kernel (its index).
+    #[error("scenario {index} cannot run in examples/kernel32: {why}")]
+    NotForKernel32 {
+        /// Its index.
+        index: usize,
+        /// Why.
+        why: String,
+    },
     /// A comparison thread panicked (a bug in hv-sim): its message.
     #[error("a comparison thread panicked: {0}")]
     ThreadPanicked(String),
