@@ -9,7 +9,8 @@
 //! off (CR0.PG = 0: what kernel32 and PVM run). Then
 //! `HV_SIM_EMUDIFF_RINGS` (a quarter of the count by default) scenarios
 //! at CPL 0–3, UMIP on and off, in 16- and 32-bit code under 32-bit
-//! paging, and half as many under PAE (`diff::compare_rings`). 23 s for
+//! paging, half as many under PAE and a quarter with paging off
+//! (`diff::compare_rings`). 23 s for
 //! the first 125,000 (55 s under heavy load), about 15 s more for the
 //! rings, on a 2-core AMD EPYC VM shared with other builds, split over
 //! one QEMU process per CPU (at most 8). Needs QEMU (`SKIPPED` otherwise,
@@ -40,6 +41,9 @@ fn emulator_against_qemu_tcg() {
         .unwrap_or(n / 4);
     run(rings.max(1), diff::Paging::Bits32, Stream::Rings);
     run((rings / 2).max(1), diff::Paging::Pae, Stream::Rings);
+    // Paging off: rings 1-3 and 16-bit code entered by IRET (QEMU only:
+    // PVM stops at a protected-mode IRET).
+    run((rings / 4).max(1), diff::Paging::Off, Stream::Rings);
     let edges: usize = std::env::var("HV_SIM_EMUDIFF_EDGES")
         .ok()
         .and_then(|v| v.parse().ok())
