@@ -63,6 +63,8 @@ const JUMP: u32 = VARS + 144;
 const ENTRY_JUMP: u32 = VARS + 152;
 /// The test GDTR image each stub loads (10 bytes).
 pub const SCRATCH: u32 = VARS + 160;
+/// The exception frame's RIP, RFLAGS and RSP (0 when none was taken).
+const CUR_FRAME: u32 = VARS + 176;
 /// The IDT (32 16-byte gates).
 pub const IDT: u32 = LOAD + 0x2000;
 const TEXT: u32 = LOAD + 0x3000;
@@ -247,6 +249,11 @@ fn text(after_entry: u32) -> (Asm, Vec<u32>, u32, u32) {
     store_rax(&mut a, CUR_VEC).b(&[0x58]);
     store_rax(&mut a, CUR_ERR).b(&[0x0f, 0x20, 0xd0]); // mov rax, cr2
     store_rax(&mut a, CUR_CR2);
+    // The frame: RIP at [rsp], RFLAGS at [rsp+16], RSP at [rsp+24].
+    for (k, disp) in [0u8, 16, 24].into_iter().enumerate() {
+        a.b(&[0x48, 0x8b, 0x44, 0x24, disp]); // mov rax, [rsp+disp]
+        store_rax(&mut a, CUR_FRAME + 8 * k as u32);
+    }
     dt64(&mut a, 0, SAVED_GDTR);
     dt64(&mut a, 1, SAVED_IDTR);
     a.mov_r_imm(4, STACK_TOP); // mov esp (zero-extends)
@@ -270,7 +277,8 @@ fn text(after_entry: u32) -> (Asm, Vec<u32>, u32, u32) {
 }
 
 /// The recorder: the saved GDTR/IDTR, TR, LDTR into the record; the
-/// runtime tables and segments back; vector, error code, RAX, R8, CR2, the
+/// runtime tables and segments back; vector, error code, RAX, R8, CR2,
+/// the exception frame's RIP, RFLAGS and RSP, the
 /// window's entry (then every window entry present and writable again),
 /// the window and the GDT's scenario slots.
 fn recorder(a: &mut Asm) {
@@ -297,6 +305,9 @@ fn recorder(a: &mut Asm) {
         (CUR_RAX, 16),
         (CUR_R8, 24),
         (CUR_CR2, 72),
+        (CUR_FRAME, 272),
+        (CUR_FRAME + 8, 280),
+        (CUR_FRAME + 16, 288),
     ] {
         load_rax(a, from);
         store_rdi(a, off, false);
@@ -381,7 +392,15 @@ fn runner(at: u32, recorder: u32, output: u32) -> (Asm, u32) {
     load_rsi(&mut a, 0, 184 + D_REC);
     store_rax(&mut a, CUR_REC);
     store_imm(&mut a, CUR_VEC, u32::MAX);
-    for at in [CUR_ERR, CUR_CR2, CUR_RAX, CUR_R8] {
+    for at in [
+        CUR_ERR,
+        CUR_CR2,
+        CUR_RAX,
+        CUR_R8,
+        CUR_FRAME,
+        CUR_FRAME + 8,
+        CUR_FRAME + 16,
+    ] {
         store_imm(&mut a, at, 0);
     }
     for k in 0..4 {

@@ -25,7 +25,9 @@
 //! [`image::ENTRY64`] by a VMM that can't start a 32-bit guest); each
 //! scenario's record (vector, 64-bit error code, RAX, R8, CR2, GDTR and
 //! IDTR with 64-bit bases, TR, LDTR, the window's entry, 80 bytes of the
-//! window, the GDT's scenario slots) is compared field by field with
+//! window, the GDT's scenario slots, and after an exception its frame's
+//! RIP, RSP and RFLAGS.AC: the fault is the instruction's, not the stub's
+//! next, with the scenario's AC in force) is compared field by field with
 //! [`super::super::emulate`] run on a [`MockCpu`](crate::emulate::mock::MockCpu) in the same mode over the
 //! same memory through the 4-level walker ([`emulate_long`]). A mismatch
 //! counts as explained only if a set of documented QEMU departures
@@ -47,7 +49,7 @@ pub use model::{LongDepartures, emulate_long};
 pub use scenarios::generate;
 
 /// Bytes per record.
-pub const RECORD: usize = 272;
+pub const RECORD: usize = 296;
 
 /// The code the instruction runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -185,6 +187,11 @@ pub struct LongRecord {
     pub ldtr: u16,
     /// CR2 (compared after a #PF only).
     pub cr2: u64,
+    /// After an exception, its frame's RIP, RFLAGS and RSP (all 0 after a
+    /// success). Compared when both runs faulted: RIP (the faulting
+    /// instruction's, an offset in CS in 16-bit code), RSP, and RFLAGS.AC
+    /// (the other flags are what the guest's runner left).
+    pub frame: (u64, u64, u64),
     /// The window's entry after the instruction (A and D).
     pub pte: u64,
     /// The window's first 64 and last 16 bytes.
@@ -214,6 +221,7 @@ impl LongRecord {
                 tr: w(64),
                 ldtr: w(66),
                 cr2: q(72),
+                frame: (q(272), q(280), q(288)),
                 pte: q(80),
                 window: b[88..168].to_vec(),
                 gdt: b[168..272].to_vec(),
@@ -225,7 +233,8 @@ impl LongRecord {
 }
 
 /// The fields on which two records differ (RAX and R8 only after a
-/// success in the mode that can see them; CR2 only after a #PF).
+/// success in the mode that can see them; CR2 only after a #PF; the
+/// exception frame only when both faulted).
 pub fn differences(mode: CodeMode, q: &LongRecord, e: &LongRecord) -> Vec<&'static str> {
     let mut d = Vec::new();
     if (q.vector, q.error) != (e.vector, e.error) {
@@ -245,6 +254,13 @@ pub fn differences(mode: CodeMode, q: &LongRecord, e: &LongRecord) -> Vec<&'stat
     }
     if q.vector == Some(14) && e.vector == Some(14) && q.cr2 != e.cr2 {
         d.push("cr2");
+    }
+    let (qf, ef) = (q.frame, e.frame);
+    if q.vector.is_some() && e.vector.is_some() && (qf.0, qf.2) != (ef.0, ef.2) {
+        d.push("frame rip/rsp");
+    }
+    if q.vector.is_some() && e.vector.is_some() && (qf.1 ^ ef.1) & 1 << 18 != 0 {
+        d.push("frame rflags.ac");
     }
     for (name, same) in [
         ("pte", q.pte == e.pte),
@@ -273,7 +289,7 @@ pub fn describe(
     emulator: &LongRecord,
     fields: &[&str],
 ) -> String {
-    let tables = |r: &LongRecord| (r.gdtr, r.idtr, r.tr, r.ldtr, r.pte, r.rax);
+    let tables = |r: &LongRecord| (r.gdtr, r.idtr, r.tr, r.ldtr, r.pte, r.rax, r.frame);
     format!(
         "{:?} at {at:#x} {:02x?} regs {:x?} fs {:#x} gs {:#x} sels {:x?} gdtr {:x?} win {:?} pte {:#x} ac {}\n  {who} {} err {:#x} cr2 {:#x} | emulator {} err {:#x} cr2 {:#x}; differ: {fields:?}\n  {who} {:x?}\n  emu {:x?}",
         s.mode,

@@ -626,6 +626,13 @@ fn record_of(
         tr: cpu.dt.tr.bits(),
         ldtr: cpu.dt.ldtr.bits(),
         cr2,
+        // Fault semantics (SDM vol. 3A 6.5): the frame holds the state
+        // before the instruction; the guest's RFLAGS are the runner's, of
+        // which only AC is the scenario's.
+        frame: match vector {
+            Some(_) => (cpu.rip, u64::from(s.ac) << 18, cpu.gprs[4]),
+            None => (0, 0, 0),
+        },
         pte: phys.get_u64(u64::from(s.win.pte_at())),
         window,
         gdt,
