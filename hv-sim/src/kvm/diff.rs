@@ -398,7 +398,9 @@ impl KvmDepartures {
         }
         match self.dst_read_first.then(|| dst_read(s, at, &decode(s, at))) {
             Some(Some(DstRead::Fault(vector, error, cr2, pte))) => {
-                return unstored(s, r, vector, error, cr2, pte);
+                let mut u = unstored(s, r, vector, error, cr2, pte);
+                u.frame = long::fault_frame(s, at);
+                return u;
             }
             Some(Some(DstRead::Passed(pte))) => r.pte |= pte & 0x20,
             _ => {}
@@ -417,6 +419,7 @@ impl KvmDepartures {
             // The 8-byte store's second page faults after its first
             // page's part is written.
             (r.vector, r.error, r.cr2) = (Some(14), error, cr2);
+            r.frame = long::fault_frame(s, at);
             st.partial(s, &mut r, true);
             return r;
         }

@@ -84,7 +84,8 @@ pub const PD_H: u32 = LOAD + 0xa000;
 /// See [`PDPT_H`].
 pub const PT_H: u32 = LOAD + 0xb000;
 const SCENARIOS: u32 = LOAD + 0xc000;
-const STACK_TOP: u32 = 0x7_0000;
+/// The guest's stack: RSP while a scenario's instruction runs.
+pub const STACK_TOP: u32 = 0x7_0000;
 /// The IDT's limit (32 16-byte gates).
 pub const IDT_LIMIT: u16 = 32 * 16 - 1;
 /// The runtime GDT's limit.

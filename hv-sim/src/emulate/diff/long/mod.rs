@@ -232,6 +232,22 @@ impl LongRecord {
     }
 }
 
+/// The exception frame's RIP, RFLAGS and RSP for a fault of `s`'s
+/// instruction at linear `at` (SDM vol. 3A 6.5: the state before it; RIP
+/// an offset in CS in 16-bit code; of RFLAGS only AC is compared), for a
+/// record made a fault by a modelled departure.
+pub fn fault_frame(s: &LongScenario, at: u32) -> (u64, u64, u64) {
+    let rip = match s.mode {
+        CodeMode::Compat16 => image::insn_offset(s.mode),
+        _ => at,
+    };
+    (
+        u64::from(rip),
+        u64::from(s.ac) << 18,
+        u64::from(image::STACK_TOP),
+    )
+}
+
 /// The fields on which two records differ (RAX and R8 only after a
 /// success in the mode that can see them; CR2 only after a #PF; the
 /// exception frame only when both faulted).

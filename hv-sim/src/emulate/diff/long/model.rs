@@ -377,7 +377,7 @@ fn cpu_for(s: &LongScenario, at: u32, tr_before: u16, model: LongDepartures) -> 
     let mut cpu = MockCpu::with_segments(true, cs, image::DATA);
     cpu.rip = rip;
     cpu.gprs = s.regs;
-    cpu.gprs[4] = 0x7_0000;
+    cpu.gprs[4] = u64::from(image::STACK_TOP);
     let flat = model.qemu.flat() && s.mode != CodeMode::Bits64;
     for (k, seg) in [Segment::Es, Segment::Ds, Segment::Fs, Segment::Gs]
         .into_iter()
