@@ -51,16 +51,14 @@
 //! the canonical-hole exclusion. The "LLDT #NP(sel) or #GP(non-selector)"
 //! group was the canonical-hole one: a selector read across the hole.
 //!
-//! Compatibility-mode segment checks are now checked in part by KVM: the
-//! 4-byte destination reads of STR/SLDT raise #GP(0) exactly where the
-//! scenario's data-segment limit ends (32 scenarios of 5,000, writable
-//! data segments), so PVM's emulator holds the guest's segment limits.
-//! [`KvmDepartures::no_segment_checks`] (111 scenarios) is not one
-//! cause: the records it explains are stores through read-only data or
-//! code segments that KVM lets through, and LGDT/LIDT with a 16-bit
-//! operand that read 5 bytes (Linux's `read_descriptor`) where the SDM
-//! checks 6; which of KVM's type checks PVM's segment state defeats is
-//! not found yet.
+//! Compatibility-mode segment checks are checked by KVM: `KVM_GET_SREGS`
+//! at a `hlt` put in a scenario's place shows PVM holding exactly the
+//! scenario's DS/ES/FS/GS (base, limit, type: read-only, code,
+//! expand-down), and the STR/SLDT destination reads fault exactly at the
+//! scenario's limits. An earlier "no segment checks" approximation
+//! explained 111 compatibility-mode records; they are all two modelled
+//! causes: STR/SLDT's read (a #PF before the store's type check, 58) and
+//! LGDT/LIDT's two-piece read ([`KvmDepartures::dt_pieces`], 53).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -77,7 +75,7 @@ use super::flat::{FlatConfig, FlatRun, Stop, run_flat};
 
 #[path = "diff_read.rs"]
 mod diff_read;
-use diff_read::{DstRead, dst_read, operand_size, store_fault};
+use diff_read::{DstRead, dst_read, dt_read, operand_size, store_fault};
 
 /// Guest RAM: the image's 1 GiB of identity paging needs only what the
 /// records reach; 256 MiB, as the QEMU side.
@@ -216,18 +214,19 @@ pub struct KvmDepartures {
     /// completes no translation (hv-sim's reading; the SDM does not say it
     /// in these words).
     pub accessed_on_fault: bool,
-    /// In compatibility mode, data-segment limits and types are not
-    /// checked (SDM vol. 3A 5.3, 5.4: #GP(0)); as QEMU TCG's
-    /// [`crate::emulate::diff::Departures::no_segment_checks`].
-    ///
-    /// Not one cause (see the module docs): the scenarios it explains are
-    /// stores through read-only data or code segments that KVM performs,
-    /// and 16-bit-operand LGDT/LIDT reading 5 bytes where the SDM checks
-    /// 6. PVM's emulator does hold the guest's segment limits (the
-    /// measured [`KvmDepartures::dst_read_first`] #GP(0)s follow them);
-    /// why the type checks pass is not found. An approximation kept until
-    /// each cause is modelled on its own.
-    pub no_segment_checks: bool,
+    /// In compatibility mode LGDT and LIDT read their pseudo-descriptor in
+    /// two pieces, the limit's 2 bytes then the base's 4 (3 with a 16-bit
+    /// operand size), each with its own segment-limit and page checks: a
+    /// #PF on the first piece comes before a limit violation of the
+    /// second, and a 16-bit operand's 6th byte is never checked. The SDM
+    /// checks the whole 6-byte operand (vol. 2A LGDT/LIDT: m16&32, "#GP(0)
+    /// If a memory operand effective address is outside the ... segment
+    /// limit") before any access. Linux's `read_descriptor` (`emulate.c`)
+    /// makes two `segmented_read_std` calls, the second of
+    /// `op_bytes == 2 ? 3 : op_bytes` bytes. (Measured: with
+    /// [`KvmDepartures::dst_read_first`] it explains all 111 compatibility-
+    /// mode mismatches an earlier "no segment checks" approximation did.)
+    pub dt_pieces: bool,
     /// STR and SLDT with REX.W and a memory operand store 8 bytes (the
     /// selector zero-extended) instead of 2 (SDM vol. 2B STR, vol. 2B
     /// SLDT: "a 16-bit value is stored to memory regardless of the operand
@@ -308,7 +307,7 @@ impl KvmDepartures {
             .filter(|m| m & never == 0)
             .map(|m| KvmDepartures {
                 accessed_on_fault: m & 1 != 0,
-                no_segment_checks: m & 2 != 0,
+                dt_pieces: m & 2 != 0,
                 wide_store: m & 4 != 0,
                 partial_store: m & 8 != 0,
                 ltr_ldt_gp0: m & 16 != 0,
@@ -327,7 +326,7 @@ impl KvmDepartures {
     fn count(self) -> u32 {
         [
             self.accessed_on_fault,
-            self.no_segment_checks,
+            self.dt_pieces,
             self.wide_store,
             self.partial_store,
             self.ltr_ldt_gp0,
@@ -345,8 +344,7 @@ impl KvmDepartures {
 
     /// The emulator's record for `s` under these departures.
     pub fn emulate(self, s: &LongScenario, at: u32, tr_before: u16) -> LongRecord {
-        let mut model = LongDepartures::default();
-        model.qemu.no_segment_checks = self.no_segment_checks;
+        let model = LongDepartures::default();
         let tss16 = self.tss16_in_long_mode && is_ltr(s, at);
         let wide_limit = self.upper_half_past_limit && is_ltr_or_lldt(s, at);
         let mut t = s.clone();
@@ -395,6 +393,20 @@ impl KvmDepartures {
                     r.gdt[8 * k + 5] &= !8;
                 }
             }
+        }
+        if self.dt_pieces
+            && let Some(read) = dt_read(s, at, &decode(s, at))
+        {
+            return match read {
+                DstRead::Fault(vector, error, cr2, pte) => unstored(s, r, vector, error, cr2, pte),
+                DstRead::Passed(_) => {
+                    // Both pieces pass: the bytes the SDM's unchecked read
+                    // loads (a flat segment with the same base).
+                    let mut flat = model;
+                    flat.qemu.no_segment_checks = true;
+                    emulate_long(&t, at, tr_before, flat).0
+                }
+            };
         }
         match self.dst_read_first.then(|| dst_read(s, at, &decode(s, at))) {
             Some(Some(DstRead::Fault(vector, error, cr2, pte))) => {
@@ -455,8 +467,8 @@ impl std::fmt::Display for KvmDepartures {
         if self.accessed_on_fault {
             names.push("A set on a fault");
         }
-        if self.no_segment_checks {
-            names.push("no segment checks (compatibility mode)");
+        if self.dt_pieces {
+            names.push("LGDT/LIDT read limit then base (compatibility mode)");
         }
         if self.wide_store {
             names.push("8-byte STR/SLDT store");
@@ -775,6 +787,8 @@ pub struct KvmMismatch {
     pub scenario: LongScenario,
     /// Its instruction's linear address.
     pub at: u32,
+    /// TR when it started (the record's).
+    pub tr_before: u16,
     /// What KVM did.
     pub kvm: LongRecord,
     /// What the emulator did.
@@ -849,6 +863,7 @@ pub fn compare_scenarios(
             index: i,
             scenario: s.clone(),
             at,
+            tr_before,
             kvm: k,
             emulator: e,
             fields,

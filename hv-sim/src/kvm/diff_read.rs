@@ -49,27 +49,55 @@ pub(super) fn dst_read(s: &LongScenario, at: u32, i: &Instruction) -> Option<Dst
     if !matches!(i.mnemonic(), Mnemonic::Str | Mnemonic::Sldt) || i.op0_kind() != OpKind::Memory {
         return None;
     }
-    let n = operand_size(s);
-    let phys = page_tables(s);
-    let la = match linear(s, at, i, n) {
-        Ok(la) => la,
-        Err(e) => {
-            let pte = phys.get_u64(u64::from(s.win.pte_at()));
-            return Some(DstRead::Fault(
-                e.vector(),
-                u64::from(e.error_code().unwrap_or(0)),
-                0,
-                pte,
-            ));
-        }
-    };
-    match walk(s, &phys, la, n, WalkAccess::Read) {
-        Some((error, cr2)) => {
-            let pte = phys.get_u64(u64::from(s.win.pte_at()));
-            Some(DstRead::Fault(14, error | 2, cr2, pte))
-        }
-        None => Some(DstRead::Passed(phys.get_u64(u64::from(s.win.pte_at())))),
+    Some(read_pieces(s, at, i, &[(0, operand_size(s))], 2))
+}
+
+/// KVM's read of a compatibility-mode LGDT/LIDT's pseudo-descriptor
+/// ([`KvmDepartures::dt_pieces`](super::KvmDepartures::dt_pieces)):
+/// Linux's `read_descriptor` reads the limit's 2 bytes, then the base's
+/// 4 (3 with a 16-bit operand size), each a `segmented_read_std` with its
+/// own segment and page checks. `None` for another instruction or mode.
+pub(super) fn dt_read(s: &LongScenario, at: u32, i: &Instruction) -> Option<DstRead> {
+    use iced_x86::Mnemonic;
+    if s.mode == CodeMode::Bits64
+        || !matches!(i.mnemonic(), Mnemonic::Lgdt | Mnemonic::Lidt)
+        || i.op0_kind() != OpKind::Memory
+    {
+        return None;
     }
+    let base = if operand_size(s) == 2 { 3 } else { 4 };
+    Some(read_pieces(s, at, i, &[(0, 2), (2, base)], 0))
+}
+
+/// KVM's reads of `pieces` (offset from the operand, bytes) in order,
+/// each its segment check then its pages; a #PF's error code with
+/// `w_bit` or'ed in.
+fn read_pieces(
+    s: &LongScenario,
+    at: u32,
+    i: &Instruction,
+    pieces: &[(u64, u64)],
+    w_bit: u32,
+) -> DstRead {
+    let phys = page_tables(s);
+    let pte = |phys: &MockPhys| phys.get_u64(u64::from(s.win.pte_at()));
+    for &(skip, n) in pieces {
+        let la = match linear(s, at, i, skip, n) {
+            Ok(la) => la,
+            Err(e) => {
+                return DstRead::Fault(
+                    e.vector(),
+                    u64::from(e.error_code().unwrap_or(0)),
+                    0,
+                    pte(&phys),
+                );
+            }
+        };
+        if let Some((error, cr2)) = walk(s, &phys, la, n, WalkAccess::Read) {
+            return DstRead::Fault(14, error | u64::from(w_bit), cr2, pte(&phys));
+        }
+    }
+    DstRead::Passed(pte(&phys))
 }
 
 /// The #PF (error code, CR2) of KVM's `n`-byte `access` at `la` page by
@@ -129,7 +157,7 @@ pub(super) fn operand_size(s: &LongScenario) -> u64 {
 
 /// The operand's linear address as KVM's `__linearize` forms it for an
 /// `n`-byte read, or the fault it raises.
-fn linear(s: &LongScenario, at: u32, i: &Instruction, n: u64) -> Result<u64, Exception> {
+fn linear(s: &LongScenario, at: u32, i: &Instruction, skip: u64, n: u64) -> Result<u64, Exception> {
     let offset = i
         .virtual_address(0, 0, |reg, _, _| {
             if segment_of(reg).is_some() {
@@ -148,7 +176,8 @@ fn linear(s: &LongScenario, at: u32, i: &Instruction, n: u64) -> Result<u64, Exc
                 return None;
             })
         })
-        .ok_or(Exception::Gp(0))?;
+        .ok_or(Exception::Gp(0))?
+        .wrapping_add(skip);
     let seg = segment_of(i.memory_segment()).ok_or(Exception::Gp(0))?;
     if s.mode == CodeMode::Bits64 {
         let base = match seg {

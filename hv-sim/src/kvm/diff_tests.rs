@@ -73,6 +73,13 @@ fn the_new_departures_are_not_catch_alls() {
         ),
         (
             KvmDepartures {
+                dt_pieces: true,
+                ..KvmDepartures::default()
+            },
+            Kind::Compat,
+        ),
+        (
+            KvmDepartures {
                 compat_8byte_descriptors: true,
                 ..KvmDepartures::default()
             },
