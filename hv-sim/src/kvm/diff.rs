@@ -398,7 +398,9 @@ impl KvmDepartures {
             && let Some(read) = dt_read(s, at, &decode(s, at))
         {
             return match read {
-                DstRead::Fault(vector, error, cr2, pte) => unstored(s, r, vector, error, cr2, pte),
+                DstRead::Fault(vector, error, cr2, pte) => {
+                    unstored(s, at, r, vector, error, cr2, pte)
+                }
                 DstRead::Passed(_) => {
                     // Both pieces pass: the bytes the SDM's unchecked read
                     // loads (a flat segment with the same base).
@@ -410,9 +412,7 @@ impl KvmDepartures {
         }
         match self.dst_read_first.then(|| dst_read(s, at, &decode(s, at))) {
             Some(Some(DstRead::Fault(vector, error, cr2, pte))) => {
-                let mut u = unstored(s, r, vector, error, cr2, pte);
-                u.frame = long::fault_frame(s, at);
-                return u;
+                return unstored(s, at, r, vector, error, cr2, pte);
             }
             Some(Some(DstRead::Passed(pte))) => r.pte |= pte & 0x20,
             _ => {}
@@ -543,11 +543,13 @@ fn eight_byte(
     r2
 }
 
-/// [`KvmDepartures::dst_read_first`]: the record of an STR/SLDT whose
-/// read of its destination faulted (nothing stored; the window's entry
-/// as the read's walk left it), from the SDM's record `r`.
+/// [`KvmDepartures::dst_read_first`], [`KvmDepartures::dt_pieces`]: the
+/// record of an instruction (at `at`) whose read of its operand faulted
+/// (nothing stored or loaded; the window's entry as the read's walk left
+/// it; the fault's frame), from the SDM's record `r`.
 fn unstored(
     s: &LongScenario,
+    at: u32,
     mut r: LongRecord,
     vector: u8,
     error: u64,
@@ -557,6 +559,7 @@ fn unstored(
     (r.vector, r.error, r.cr2, r.pte) = (Some(vector), error, cr2, pte);
     r.window = [&s.window[..], &s.window_tail[..]].concat();
     r.gdt = s.gdt_slots.iter().flat_map(|d| d.to_le_bytes()).collect();
+    r.frame = long::fault_frame(s, at);
     r
 }
 
