@@ -75,7 +75,10 @@ use super::flat::{FlatConfig, FlatRun, Stop, run_flat};
 
 #[path = "diff_read.rs"]
 mod diff_read;
+#[path = "diff_store.rs"]
+mod diff_store;
 use diff_read::{DstRead, dst_read, dt_read, operand_size, store_fault};
+use diff_store::Store;
 
 /// Guest RAM: the image's 1 GiB of identity paging needs only what the
 /// records reach; 256 MiB, as the QEMU side.
@@ -89,21 +92,10 @@ pub const MAXPHYADDR: u8 = 40;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KvmDiffError {
-    /// The image could not be built.
-    #[error("building the long-mode image: {0}")]
+    /// The image could not be built, or (`DiffError::TooManyScenarios`)
+    /// would overlap the records.
+    #[error("the differential's guest image: {0}")]
     Image(#[from] crate::emulate::diff::DiffError),
-    /// The scenarios' image would overlap the records.
-    #[error(
-        "{scenarios} scenarios make a {bytes}-byte image that reaches the records at {records_at:#x}: run fewer at a time"
-    )]
-    TooManyScenarios {
-        /// How many.
-        scenarios: usize,
-        /// The image's size.
-        bytes: usize,
-        /// Where the records start.
-        records_at: u32,
-    },
     /// The VM could not run (KVM unavailable, an ioctl, the time limit).
     #[error("the KVM run: {0}")]
     Kvm(#[from] KvmError),
@@ -143,11 +135,12 @@ pub fn run_kvm(scenarios: &[LongScenario], timeout: Duration) -> Result<KvmRecor
     if LOAD as usize + img.len() > records_at as usize
         || records_at as usize + scenarios.len() * RECORD > MEM
     {
-        return Err(KvmDiffError::TooManyScenarios {
+        return Err(crate::emulate::diff::DiffError::TooManyScenarios {
             scenarios: scenarios.len(),
             bytes: img.len(),
             records_at,
-        });
+        }
+        .into());
     }
     let paging = scenarios.first().map_or(LongPaging::Plain, |s| s.paging);
     let entry = image::Entry64::for_paging(paging);
@@ -688,97 +681,6 @@ fn is_ltr_or_lldt(s: &LongScenario, at: u32) -> bool {
         decode(s, at).mnemonic(),
         iced_x86::Mnemonic::Ltr | iced_x86::Mnemonic::Lldt
     )
-}
-
-/// A 64-bit-mode store instruction's memory operand (SGDT, SIDT, STR,
-/// SLDT), for the store departures.
-struct Store {
-    ea: u64,
-    rex_w: bool,
-    /// STR or SLDT (else SGDT or SIDT).
-    selector: bool,
-    ldtr_or_idtr: bool,
-}
-
-impl Store {
-    fn of(s: &LongScenario, at: u32) -> Option<Store> {
-        use iced_x86::{Mnemonic, OpKind};
-        if s.mode != CodeMode::Bits64 {
-            return None;
-        }
-        let bytes = s.insn_at(u64::from(at));
-        let opcode = bytes.iter().position(|&b| b == 0x0f).unwrap_or(0);
-        let rex_w = opcode > 0 && bytes[opcode - 1] & 0xf8 == 0x48;
-        let insn = decode(s, at);
-        let (selector, ldtr_or_idtr) = match insn.mnemonic() {
-            Mnemonic::Str => (true, false),
-            Mnemonic::Sldt => (true, true),
-            Mnemonic::Sgdt => (false, false),
-            Mnemonic::Sidt => (false, true),
-            _ => return None,
-        };
-        if insn.op0_kind() != OpKind::Memory {
-            return None;
-        }
-        let ea = operand_ea(s, &insn)?;
-        Some(Store {
-            ea,
-            rex_w,
-            selector,
-            ldtr_or_idtr,
-        })
-    }
-
-    /// The bytes the instruction stores (the record's registers).
-    fn value(&self, r: &LongRecord, wide: bool) -> Vec<u8> {
-        if self.selector {
-            let sel = if self.ldtr_or_idtr { r.ldtr } else { r.tr };
-            let mut v = u64::from(sel).to_le_bytes().to_vec();
-            v.truncate(if wide && self.rex_w { 8 } else { 2 });
-            v
-        } else {
-            let (limit, base) = if self.ldtr_or_idtr { r.idtr } else { r.gdtr };
-            let mut v = limit.to_le_bytes().to_vec();
-            v.extend_from_slice(&base.to_le_bytes());
-            v
-        }
-    }
-
-    /// The 8-byte store into the record's window, where it falls in the
-    /// window page without crossing it.
-    fn put_wide(&self, s: &LongScenario, r: &mut LongRecord) {
-        let v = self.value(r, true);
-        let off = self.ea.wrapping_sub(s.win.linear());
-        if off.saturating_add(v.len() as u64) > 4096 {
-            return;
-        }
-        for (k, b) in (off..).zip(v) {
-            window_put(r, k, b);
-        }
-    }
-
-    /// The first page's part of a page-split store.
-    fn partial(&self, s: &LongScenario, r: &mut LongRecord, wide: bool) {
-        let v = self.value(r, wide);
-        let off = self.ea.wrapping_sub(s.win.linear());
-        if off >= 4096 {
-            return;
-        }
-        for (k, b) in (off..4096).zip(v) {
-            window_put(r, k, b);
-        }
-    }
-}
-
-/// Byte `k` of the window page into the record (its first 64 and last 16
-/// bytes are recorded).
-fn window_put(r: &mut LongRecord, k: u64, b: u8) {
-    let at = match k {
-        0..64 => k as usize,
-        0xff0..0x1000 => 64 + (k - 0xff0) as usize,
-        _ => return,
-    };
-    r.window[at] = b;
 }
 
 /// One scenario on which KVM and the emulator disagree.

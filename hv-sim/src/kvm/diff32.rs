@@ -69,11 +69,12 @@ pub fn run_kvm32(scenarios: &[Scenario], timeout: Duration) -> Result<KvmRecords
     if LOAD as usize + img.len() > RESULTS as usize
         || RESULTS as usize + scenarios.len() * RECORD > MEM
     {
-        return Err(KvmDiffError::TooManyScenarios {
+        return Err(crate::emulate::diff::DiffError::TooManyScenarios {
             scenarios: scenarios.len(),
             bytes: img.len(),
             records_at: RESULTS,
-        });
+        }
+        .into());
     }
     let cfg = FlatConfig {
         mem_size: MEM,
