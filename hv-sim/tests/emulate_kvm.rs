@@ -23,9 +23,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hv_sim::bench::cpu_model;
+use hv_sim::emulate::SegmentCache;
 use hv_sim::emulate::diff;
 use hv_sim::emulate::diff::long::{Kind, LongPaging, describe};
-use hv_sim::kvm::diff::{KvmReport, compare};
+use hv_sim::kvm::diff::{KvmReport, compare, segments_at_instruction};
 
 #[test]
 fn emulator_against_kvm_long_mode() {
@@ -52,6 +53,62 @@ fn emulator_against_kvm_long_mode() {
             );
         }
     }
+}
+
+/// PVM holds the scenario's data segments at its instruction: for the
+/// first 40 compatibility-mode scenarios, `KVM_GET_SREGS` at a `hlt` in
+/// the instruction's place gives each non-null DS/ES/FS/GS the base (low
+/// 32 bits: FS/GS's were then set by WRMSR), limit and type of the
+/// scenario's descriptor (read-only, code, expand-down and small limits
+/// among them). So the compatibility-mode runs check the emulator's
+/// data-segment rules against KVM's.
+#[test]
+fn pvm_holds_the_scenarios_data_segments() {
+    if !hv_sim::testing::kvm_or_skip("pvm_holds_the_scenarios_data_segments") {
+        return;
+    }
+    let scenarios =
+        hv_sim::emulate::diff::long::generate(40, diff::SEED, Kind::Compat, LongPaging::Plain);
+    let mut checked = 0;
+    for (i, s) in scenarios.iter().enumerate() {
+        let sr = segments_at_instruction(s, Duration::from_secs(20)).expect("the KVM run");
+        for (k, (name, seg)) in [("es", sr.es), ("ds", sr.ds), ("fs", sr.fs), ("gs", sr.gs)]
+            .into_iter()
+            .enumerate()
+        {
+            let sel = s.sels[k];
+            let Some(&d) = usize::from(sel >> 3)
+                .checked_sub(3)
+                .and_then(|j| s.gdt_slots.get(j))
+            else {
+                continue;
+            };
+            if sel & 0xfffc == 0 {
+                continue;
+            }
+            let c = SegmentCache::from_descriptor(d);
+            assert_eq!(
+                (
+                    seg.selector,
+                    seg.base & 0xffff_ffff,
+                    seg.limit,
+                    seg.type_,
+                    seg.present != 0
+                ),
+                (
+                    sel,
+                    c.base & 0xffff_ffff,
+                    c.effective_limit(),
+                    c.typ,
+                    c.present
+                ),
+                "#{i} {name}: PVM's segment against the scenario's descriptor {d:#x}"
+            );
+            checked += 1;
+        }
+    }
+    println!("{checked} data segments of 40 scenarios as the scenarios loaded them");
+    assert!(checked >= 100, "only {checked} segments checked");
 }
 
 fn run(n: usize, kind: Kind, paging: LongPaging) -> usize {

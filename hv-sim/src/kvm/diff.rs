@@ -52,7 +52,8 @@
 //! group was the canonical-hole one: a selector read across the hole.
 //!
 //! Compatibility-mode segment checks are checked by KVM: `KVM_GET_SREGS`
-//! at a `hlt` put in a scenario's place shows PVM holding exactly the
+//! at a `hlt` put in a scenario's place ([`segments_at_instruction`],
+//! tested in `tests/emulate_kvm.rs`) shows PVM holding exactly the
 //! scenario's DS/ES/FS/GS (base, limit, type: read-only, code,
 //! expand-down), and the STR/SLDT destination reads fault exactly at the
 //! scenario's limits. An earlier "no segment checks" approximation
@@ -164,6 +165,36 @@ pub fn run_kvm(scenarios: &[LongScenario], timeout: Duration) -> Result<KvmRecor
         exits: run.exits,
         run_time: run.run_time,
     })
+}
+
+/// The segment registers PVM holds at `s`'s instruction: `s` run alone
+/// with a `hlt` in its instruction's place, `KVM_GET_SREGS` at the stop
+/// (the check that KVM's emulator sees the scenario's data segments).
+pub fn segments_at_instruction(
+    s: &LongScenario,
+    timeout: Duration,
+) -> Result<kvm_bindings::kvm_sregs, KvmDiffError> {
+    let t = LongScenario {
+        insn: vec![0xf4],
+        rip_rel: None,
+        ..s.clone()
+    };
+    let (img, _) = image::build(std::slice::from_ref(&t))?;
+    let entry = image::Entry64::for_paging(t.paging);
+    let cfg = FlatConfig {
+        mem_size: MEM,
+        timeout,
+        max_exits: 10,
+        done_port: DONE,
+        maxphyaddr: Some(MAXPHYADDR),
+    };
+    let run = run_flat(&cfg, &[(u64::from(LOAD), &img)], move |regs, s| {
+        enter64(regs, s, entry);
+    })?;
+    if run.stop != Stop::Hlt {
+        return Err(unfinished(&run));
+    }
+    Ok(run.sregs)
 }
 
 fn unfinished(run: &FlatRun) -> KvmDiffError {
