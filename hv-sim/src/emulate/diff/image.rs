@@ -99,13 +99,25 @@ pub const IDT_LIMIT: u16 = 33 * 8 - 1;
 /// The runtime GDT's limit.
 pub const GDT_LIMIT: u16 = 0xff;
 
+/// The linear addresses below this map the window's page ([`pte`]).
+pub const LOW_ALIAS: u32 = 0x1_0000;
+
 /// The first 4 MiB's page-table entry for `page` (its address): present,
 /// identity, writable only where the guest writes (below [`LOAD`]: the
 /// stack; the GDT and variables, the window, the page tables), read-only
 /// elsewhere: the code, the IDT. With CR0.WP, a store that QEMU lets
 /// through an unchecked segment faults there instead of rewriting the
 /// code of a later scenario.
+///
+/// The first 64 KiB are read-only aliases of the window's page: where
+/// QEMU, not checking a null segment, puts a 16-bit address (base 0), so
+/// that it reads memory the harness holds (the window, or the zeros past
+/// it, which nothing writes: a store through an alias faults) instead of
+/// RAM whose contents the harness can't know.
 pub fn pte(page: u32) -> u32 {
+    if page < LOW_ALIAS {
+        return WIN | 1;
+    }
     let writable = page < LOAD || [GDT, WIN, PD, PT, PAE_PD].contains(&(page & !0xfff));
     page & !0xfff | 1 | u32::from(writable) << 1
 }

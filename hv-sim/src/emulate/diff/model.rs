@@ -48,6 +48,8 @@ fn guest_memory(s: &Scenario, rip: u32, model: Departures) -> MockPhys {
     ] {
         phys.put(u64::from(image::GDT + u32::from(sel)), &w.to_le_bytes());
     }
+    // The page's other bytes are zeros (the mock holds whole pages), as in
+    // the guest, where only the low aliases reach them ([`image::pte`]).
     phys.put(u64::from(image::WIN), &s.window);
     phys
 }
@@ -85,7 +87,19 @@ pub(super) fn ltr_as_lldt(insn: &[u8]) -> Option<Vec<u8>> {
 /// as the scenario sets it, the directory's first entry already accessed:
 /// the guest ran through it).
 fn paging_for(phys: &MockPhys, s: &Scenario, rip: u32) {
-    let pages = [rip, rip.wrapping_add(15), image::GDT, image::IDT];
+    let low = (0..image::LOW_ALIAS).step_by(0x1000);
+    // Known memory for [`Lenient`], which judges a fault's (linear)
+    // address by whether the harness holds it: the low aliases are known
+    // (a fault there, a store or a user access, is the CPU's answer).
+    // Their physical pages are never reached: the aliases map the window.
+    if s.paging != Paging::Off {
+        for page in low.clone() {
+            phys.put(u64::from(page), &[0]); // a whole page of zeros
+        }
+    }
+    let pages = [rip, rip.wrapping_add(15), image::GDT, image::IDT]
+        .into_iter()
+        .chain(low);
     let win = u64::from(image::win_pte(s.paging));
     // A ring-3 stub lies in the user pages, which start at a 4 MiB
     // boundary at or below it; the emulator reaches no other large page.
