@@ -10,9 +10,12 @@
 //! `HV_SIM_EMUDIFF_RINGS` (a quarter of the count by default) scenarios
 //! at CPL 0–3, UMIP on and off, in 16- and 32-bit code under 32-bit
 //! paging, half as many under PAE and a quarter with paging off
-//! (`diff::compare_rings`). 23 s for
-//! the first 125,000 (55 s under heavy load), about 15 s more for the
-//! rings, on a 2-core AMD EPYC VM shared with other builds, split over
+//! (`diff::compare_rings`). Then `HV_SIM_EMUDIFF_EDGES` (a quarter of
+//! the count by default) under 32-bit paging and half as many under PAE
+//! (`diff::compare_edges`: TF and the resumed EIP, 16-bit code ending at
+//! 0xFFFF, #SS, conforming CS, XD fetches). 23 s for the first 125,000
+//! (55 s under heavy load), about 15 s more for the rings and 8–10 s for
+//! the edges, on a 2-core AMD EPYC VM shared with other builds, split over
 //! one QEMU process per CPU (at most 8). Needs QEMU (`SKIPPED` otherwise,
 //! a failure with `HV_SIM_REQUIRE_QEMU=1`).
 
