@@ -298,10 +298,13 @@ pub struct KvmDepartures {
     /// The SDM raises #GP(0), or #SS(0) through SS, when any byte of the
     /// operand is non-canonical (vol. 3A 3.3.7.1; vol. 2A LGDT/SGDT, vol.
     /// 2B LLDT/LTR/SLDT/STR "64-Bit Mode Exceptions"). Linux's
-    /// `__linearize` checks only the first byte's address and bounds the
-    /// size against 2^48, the virtual-address width. Modelled where the
-    /// first page faults; where it does not, KVM goes on through bits
-    /// 47:0 and the mismatch stays unexplained.
+    /// `__linearize` checks only the first byte's address for canonicity.
+    /// Upstream Linux also bounds the size against 2^48 less the address,
+    /// which would refuse such an operand; PVM did not (measured: an
+    /// 8-byte SLDT at `0x7fff_ffff_ffff` completes), and why is not yet
+    /// known. Modelled where the first page faults; where it does not,
+    /// KVM goes on through bits 47:0, and the scenario is counted apart
+    /// and not compared ([`crosses_canonical_hole`]).
     pub first_byte_canonical: bool,
     /// STR and SLDT with a memory operand read it first, operand-size
     /// bytes (2, 4, or 8 with REX.W), with a read's segment, canonical
