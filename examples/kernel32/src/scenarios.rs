@@ -27,6 +27,14 @@
 //! (15), EAX..EDI (8 dwords), ES/DS/FS/GS (4 words), the test GDTR
 //! (limit word, pad word, base dword), GDT slots 3..=15 (13 qwords), the
 //! window (64 bytes).
+//!
+//! The blob is trusted: it is hv-sim's (`emulate::diff::kernel32`). The
+//! kernel refuses a malformed one (magic, version, sizes, counts,
+//! instruction lengths, a TSS selector outside the image's GDT, regions
+//! that overlap each other, the first MiB, the kernel or the blob), but
+//! each scenario is ring-0 code and descriptors of the blob's choosing,
+//! and the regions are not checked against the memory map: a hostile
+//! blob is not contained.
 
 use core::arch::{asm, global_asm};
 
@@ -409,7 +417,8 @@ unsafe fn parse(at: u32, size: u32) -> Result<Header, &'static str> {
     let (k0, k1) = kernel_extent();
     let regions = [
         (h.gdt as u64, GDT_BYTES as u64),
-        (h.idt as u64, u64::from(idt_limit) + 1),
+        // write_idt writes whole gates: idt_limit / 8 + 1 of them.
+        (h.idt as u64, (u64::from(idt_limit) / 8 + 1) * 8),
         (h.window as u64, 64),
         (h.stub as u64, u64::from(STUB_BYTES)),
         (h.records as u64, u64::from(count) * RECORD as u64),
@@ -463,7 +472,7 @@ unsafe fn wr32(at: u32, v: u32) {
 /// the vector stubs; the rest of its limit zero.
 ///
 /// # Safety
-/// `h.idt..+idt_limit+1` is free RAM (checked by [`parse`]).
+/// `h.idt..+(idt_limit / 8 + 1) * 8` is free RAM (checked by [`parse`]).
 unsafe fn write_idt(h: &Header) {
     let base = sc_vectors as *const () as usize as u32;
     for v in 0..=u32::from(h.idt_limit) / 8 {
