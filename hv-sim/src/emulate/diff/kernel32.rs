@@ -14,8 +14,9 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::run::{read_records, wait};
 use super::{DiffError, Edges, Paging, RECORD, Report, Scenario, compare_records, image};
 use crate::kvm::{GuestCheck, parse_checks};
 
@@ -164,7 +165,7 @@ pub fn run_blob(
         .spawn()
         .map_err(io(format!("starting {}", crate::qemu::QEMU)));
     let waited = child.and_then(|mut child| wait(&mut child, timeout));
-    let records = read_ram(&ram, image::RESULTS, n * RECORD).unwrap_or_default();
+    let records = read_records(&ram, n * RECORD).unwrap_or_default();
     let text = std::fs::read(&text)
         .map(|t| String::from_utf8_lossy(&t[..t.len().min(1 << 20)]).into_owned())
         .unwrap_or_default();
@@ -188,42 +189,6 @@ pub fn run_blob(
         text,
         exit_status,
     })
-}
-
-/// `len` bytes of the guest's RAM file from guest-physical `at` (= file
-/// offset below the PCI hole).
-fn read_ram(ram: &Path, at: u32, len: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(ram)?;
-    f.seek(SeekFrom::Start(u64::from(at)))?;
-    let mut b = vec![0u8; len];
-    f.read_exact(&mut b)?;
-    Ok(b)
-}
-
-/// Wait for QEMU, killing it after `timeout`.
-fn wait(
-    child: &mut std::process::Child,
-    timeout: Duration,
-) -> Result<std::process::ExitStatus, DiffError> {
-    let t0 = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Ok(s),
-            Ok(None) if t0.elapsed() > timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(DiffError::Timeout(timeout));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => {
-                return Err(DiffError::Io {
-                    what: "waiting for QEMU".into(),
-                    source: e,
-                });
-            }
-        }
-    }
 }
 
 /// Run `scenarios` in the kernel (see [`run_blob`]) and compare its

@@ -68,19 +68,7 @@ pub(super) fn run_image(
         .stderr(Stdio::null())
         .spawn()
         .map_err(io(format!("starting {}", crate::qemu::QEMU)))?;
-    let t0 = Instant::now();
-    let waited = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Ok(s),
-            Ok(None) if t0.elapsed() > timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break Err(DiffError::Timeout(timeout));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => break Err(io("waiting for QEMU".into())(e)),
-        }
-    };
+    let waited = wait(&mut child, timeout);
     let records = read_records(&ram, n * record).unwrap_or_default();
     // The RAM file is 256 MiB (sparse): removed whatever happened.
     let _ = std::fs::remove_dir_all(&dir);
@@ -95,9 +83,35 @@ pub(super) fn run_image(
     Ok(records)
 }
 
-/// `len` bytes of records from the guest's RAM file (guest-physical
-/// address = file offset below the PCI hole).
-fn read_records(ram: &Path, len: usize) -> std::io::Result<Vec<u8>> {
+/// Wait for QEMU, killing it after `timeout`.
+pub(super) fn wait(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Result<std::process::ExitStatus, DiffError> {
+    let t0 = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Ok(s),
+            Ok(None) if t0.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(DiffError::Timeout(timeout));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(source) => {
+                return Err(DiffError::Io {
+                    what: "waiting for QEMU".into(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// `len` bytes of records from the guest's RAM file, from
+/// [`image::RESULTS`] (guest-physical address = file offset below the
+/// PCI hole).
+pub(super) fn read_records(ram: &Path, len: usize) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(ram)?;
     f.seek(SeekFrom::Start(u64::from(image::RESULTS)))?;
