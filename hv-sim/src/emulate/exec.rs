@@ -75,7 +75,8 @@ pub(crate) fn gpr(reg: Register) -> Option<(u8, u8)> {
         .or_else(|| block(Register::RAX, 8))
 }
 
-fn segment_of(reg: Register) -> Option<Segment> {
+/// The segment register an iced-x86 register names, if it names one.
+pub(crate) fn segment_of(reg: Register) -> Option<Segment> {
     Some(match reg {
         Register::ES => Segment::Es,
         Register::CS => Segment::Cs,

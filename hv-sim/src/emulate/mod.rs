@@ -54,6 +54,8 @@
 #[cfg(feature = "kvm")]
 pub mod diff;
 mod exec;
+#[cfg(feature = "kvm")]
+pub(crate) use exec::segment_of;
 pub mod fetch;
 pub mod mock;
 pub mod paged;

@@ -30,7 +30,7 @@ use crate::emulate::diff::long::{CodeMode, LongPaging, LongScenario, image};
 use crate::emulate::mock::MockPhys;
 use crate::emulate::segment::{self, SegAccess};
 use crate::emulate::walk::{PagingMode, WalkAccess, Walker};
-use crate::emulate::{Exception, Segment};
+use crate::emulate::{Exception, Segment, segment_of};
 
 /// What KVM's read of the destination did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,18 +224,6 @@ fn segment_cache(s: &LongScenario, at: u32, seg: Segment) -> SegmentCache {
         },
         Segment::Cs => SegmentCache::from_descriptor(image::CODE32),
     }
-}
-
-fn segment_of(reg: Register) -> Option<Segment> {
-    Some(match reg {
-        Register::ES => Segment::Es,
-        Register::CS => Segment::Cs,
-        Register::SS => Segment::Ss,
-        Register::DS => Segment::Ds,
-        Register::FS => Segment::Fs,
-        Register::GS => Segment::Gs,
-        _ => return None,
-    })
 }
 
 /// The image's page tables as the guest has them for `s` (the first 1 GiB
